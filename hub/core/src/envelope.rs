@@ -1,0 +1,77 @@
+//! The exchange envelope and the wire shapes around it.
+//!
+//! A request body is `{"envelope": {...}, "signature": "<detached JWS>"}`;
+//! the signature (present when the sending agency registered a key) is over
+//! the RFC 8785 canonical form of `envelope` exactly as sent.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ids::{CaseRef, ExchangeId, Member, PersonalId, PurposeCode, ServiceName};
+use crate::log::Record;
+use crate::schema::Violation;
+
+/// The person on whose behalf an agency acts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum EndUser {
+    /// A citizen signed in with the national e-identity (VNeID).
+    Citizen { personal_id: PersonalId },
+    /// The official handling the case.
+    Official { official_id: String, full_name: String },
+}
+
+/// What an agency sends: who, to which service, why, and the payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// Set by the sender to make retries idempotent; otherwise the hub assigns one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<ExchangeId>,
+    pub sender: Member,
+    /// The provider, when the sender names it; it must match the service's provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiver: Option<Member>,
+    pub service: ServiceName,
+    pub version: u32,
+    pub purpose: PurposeCode,
+    pub case_ref: CaseRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<EndUser>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    pub payload: Value,
+}
+
+/// The body of `POST /v1/exchanges`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeRequest {
+    pub envelope: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+/// What the hub answers: a log record it signed, and the body whose hash the
+/// record carries (the response payload for a query, the envelope for an event).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub record: Record,
+    pub body: Value,
+}
+
+/// The JSON body of every error the API returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable, machine-readable.
+    pub code: String,
+    /// For people.
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<Violation>,
+    /// The exchange the refusal was logged under, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange_id: Option<ExchangeId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_index: Option<u64>,
+}

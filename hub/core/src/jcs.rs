@@ -1,0 +1,158 @@
+//! RFC 8785 JSON Canonicalization Scheme.
+//!
+//! Object members are sorted by the UTF-16 code units of their names, strings
+//! are escaped as ECMAScript's `JSON.stringify` does, and numbers are written
+//! as ECMAScript's `Number.prototype.toString` writes an IEEE 754 double.
+//! Integers beyond ±2^53 cannot survive that round trip, so they are refused
+//! rather than silently changed: identifiers and amounts travel as strings.
+
+use serde_json::{Map, Number, Value};
+
+/// Why a value has no canonical form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JcsError {
+    #[error("the number {0} is not exactly representable as an IEEE 754 double (send it as a string)")]
+    UnsafeInteger(String),
+    #[error("the number {0} is not finite")]
+    NotFinite(String),
+}
+
+/// The largest integer a double holds exactly with all its neighbours (2^53).
+const MAX_SAFE: u64 = 1 << 53;
+
+/// The canonical bytes of `value`.
+pub fn canonicalize(value: &Value) -> Result<Vec<u8>, JcsError> {
+    let mut out = Vec::with_capacity(256);
+    write_value(value, &mut out)?;
+    Ok(out)
+}
+
+/// The canonical bytes of any serializable value.
+pub fn canonicalize_serialize<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, JcsError> {
+    let v = serde_json::to_value(value).map_err(|e| JcsError::NotFinite(e.to_string()))?;
+    canonicalize(&v)
+}
+
+fn write_value(value: &Value, out: &mut Vec<u8>) -> Result<(), JcsError> {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(n) => write_number(n, out)?,
+        Value::String(s) => write_string(s, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(item, out)?;
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => write_object(map, out)?,
+    }
+    Ok(())
+}
+
+fn write_object(map: &Map<String, Value>, out: &mut Vec<u8>) -> Result<(), JcsError> {
+    let mut members: Vec<(&String, &Value)> = map.iter().collect();
+    members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+    out.push(b'{');
+    for (i, (k, v)) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(k, out);
+        out.push(b':');
+        write_value(v, out)?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+fn write_number(n: &Number, out: &mut Vec<u8>) -> Result<(), JcsError> {
+    if let Some(u) = n.as_u64() {
+        if u > MAX_SAFE {
+            return Err(JcsError::UnsafeInteger(n.to_string()));
+        }
+        out.extend_from_slice(u.to_string().as_bytes());
+        return Ok(());
+    }
+    if let Some(i) = n.as_i64() {
+        if i.unsigned_abs() > MAX_SAFE {
+            return Err(JcsError::UnsafeInteger(n.to_string()));
+        }
+        out.extend_from_slice(i.to_string().as_bytes());
+        return Ok(());
+    }
+    let f = n.as_f64().ok_or_else(|| JcsError::NotFinite(n.to_string()))?;
+    if !f.is_finite() {
+        return Err(JcsError::NotFinite(n.to_string()));
+    }
+    if f == 0.0 {
+        // ECMAScript prints negative zero as "0".
+        out.push(b'0');
+        return Ok(());
+    }
+    let mut buf = ryu_js::Buffer::new();
+    out.extend_from_slice(buf.format_finite(f).as_bytes());
+    Ok(())
+}
+
+fn write_string(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape: Option<&[u8]> = match b {
+            b'"' => Some(b"\\\""),
+            b'\\' => Some(b"\\\\"),
+            0x08 => Some(b"\\b"),
+            0x0c => Some(b"\\f"),
+            b'\n' => Some(b"\\n"),
+            b'\r' => Some(b"\\r"),
+            b'\t' => Some(b"\\t"),
+            _ => None,
+        };
+        if let Some(esc) = escape {
+            out.extend_from_slice(&s.as_bytes()[start..i]);
+            out.extend_from_slice(esc);
+            start = i + 1;
+        } else if b < 0x20 {
+            out.extend_from_slice(&s.as_bytes()[start..i]);
+            out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+            start = i + 1;
+        }
+    }
+    out.extend_from_slice(&s.as_bytes()[start..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn sorts_by_utf16_code_units_not_bytes() {
+        // U+1F600 (surrogate pair D83D DE00) sorts before U+FB01 in UTF-16,
+        // although its UTF-8 bytes sort after.
+        let v = json!({"\u{fb01}": 1, "\u{1f600}": 2});
+        let out = String::from_utf8(canonicalize(&v).unwrap()).unwrap();
+        assert_eq!(out, "{\"\u{1f600}\":2,\"\u{fb01}\":1}");
+    }
+
+    #[test]
+    fn refuses_integers_beyond_two_to_the_53() {
+        let v: Value = serde_json::from_str("9007199254740993").unwrap();
+        assert!(matches!(canonicalize(&v), Err(JcsError::UnsafeInteger(_))));
+        let v: Value = serde_json::from_str("9007199254740992").unwrap();
+        assert_eq!(canonicalize(&v).unwrap(), b"9007199254740992");
+    }
+
+    #[test]
+    fn negative_zero_and_exponents_follow_ecmascript() {
+        let v: Value = serde_json::from_str("[-0.0, 1e21, 1e-7, 123e-2]").unwrap();
+        assert_eq!(canonicalize(&v).unwrap(), b"[0,1e+21,1e-7,1.23]");
+    }
+}

@@ -1,0 +1,23 @@
+//! The hub's pure core: everything an auditor's tool, an adapter and the
+//! server share, and nothing that does I/O.
+//!
+//! - [`ids`]: typed identifiers (agency codes, personal IDs, tax codes, exchange ids)
+//! - [`jcs`]: RFC 8785 canonical JSON
+//! - [`jws`]: detached JWS with unencoded payload (RFC 7515 + RFC 7797), Ed25519 and P-256
+//! - [`envelope`]: the exchange envelope as a typed value
+//! - [`schema`]: the schema catalog, compiled once, with the named semantic checks
+//! - [`semantic`]: checks a schema cannot express (ID vs birth year, tax-code check digit)
+//! - [`log`]: log entries, their canonical form, hub signature and RFC 6962 leaf hash
+//!
+//! Time, randomness and keys are always parameters, so tests and replays are exact.
+#![forbid(unsafe_code)]
+
+pub mod envelope;
+pub mod hash;
+pub mod ids;
+pub mod jcs;
+pub mod jws;
+pub mod log;
+pub mod schema;
+pub mod semantic;
+pub mod timefmt;

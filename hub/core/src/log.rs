@@ -1,0 +1,249 @@
+//! Exchange-log entries.
+//!
+//! Every outcome becomes one entry. The pipeline fills an [`EntryDraft`];
+//! the log's single writer [`seal`]s it: gives it its index, the previous
+//! entry's leaf hash and the time, signs the canonical statement with the
+//! hub's key, and computes the RFC 6962 leaf hash of the canonical record
+//! (statement + `hub_signature`): `SHA-256(0x00 || JCS(record))`.
+//!
+//! The record is also the receipt the hub hands out: whoever holds it can
+//! check the hub's signature with the published JWKS, and later its
+//! inclusion in the log.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::envelope::EndUser;
+use crate::hash::{Hash, b64url, sha256};
+use crate::ids::{CaseRef, ExchangeId, Member, PurposeCode, ServiceName};
+use crate::jcs::{self, JcsError};
+use crate::jws::{self, Jwks, JwsError, SigningKey};
+use crate::timefmt::rfc3339_millis;
+
+/// The entry format's version.
+pub const ENTRY_VERSION: u32 = 1;
+
+/// What an entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// A query accepted and queued for its provider.
+    Request,
+    /// A provider's answer to a request.
+    Response,
+    /// An event accepted and queued for every subscriber.
+    Event,
+    /// Something refused: invalid, denied, unknown service, bad signature.
+    Refusal,
+    /// A recipient acknowledged a delivery.
+    Receipt,
+    /// An accepted exchange that failed: provider unavailable, timed out, invalid answer.
+    Failure,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Request => "request",
+            Self::Response => "response",
+            Self::Event => "event",
+            Self::Refusal => "refusal",
+            Self::Receipt => "receipt",
+            Self::Failure => "failure",
+        }
+    }
+}
+
+/// The error a refusal or failure carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryError {
+    pub code: String,
+    pub message: String,
+}
+
+/// An entry before the log's writer places it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntryDraft {
+    pub kind: EntryKind,
+    pub exchange_id: ExchangeId,
+    /// Who sent what this entry records (the provider, for a response).
+    pub sender: Member,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiver: Option<Member>,
+    /// Every subscriber an event goes to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<Member>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<PurposeCode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case_ref: Option<CaseRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<EndUser>,
+    /// The catalog id of the schema the body was validated against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// base64url SHA-256 of the body: the canonical envelope, response
+    /// payload or acknowledgment; for unparseable input, of the raw bytes.
+    pub body_hash: String,
+    /// The index of the entry this one answers or acknowledges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refers_to: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<EntryError>,
+    /// The sending agency's detached JWS over the canonical envelope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_signature: Option<String>,
+}
+
+/// What the hub signs: the draft placed in the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Statement {
+    pub v: u32,
+    pub index: u64,
+    /// base64url leaf hash of entry `index - 1` (32 zero bytes for entry 0).
+    pub prev: String,
+    pub time: String,
+    #[serde(flatten)]
+    pub draft: EntryDraft,
+}
+
+/// A statement with the hub's detached JWS over its canonical form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    #[serde(flatten)]
+    pub statement: Statement,
+    pub hub_signature: String,
+}
+
+/// A sealed entry: the record, its canonical bytes and its leaf hash.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    pub record: Record,
+    pub canonical: Vec<u8>,
+    pub leaf_hash: Hash,
+}
+
+/// The RFC 6962 leaf hash: `SHA-256(0x00 || entry)`.
+pub fn leaf_hash(canonical_entry: &[u8]) -> Hash {
+    let mut buf = Vec::with_capacity(canonical_entry.len() + 1);
+    buf.push(0u8);
+    buf.extend_from_slice(canonical_entry);
+    sha256(&buf)
+}
+
+/// The hash a draft's `body_hash` carries for a JSON body.
+pub fn body_hash(body: &Value) -> Result<String, JcsError> {
+    Ok(b64url(&sha256(&jcs::canonicalize(body)?)))
+}
+
+/// Place `draft` at `index` after the entry whose leaf hash is `prev`, sign it.
+pub fn seal(
+    draft: EntryDraft,
+    index: u64,
+    prev: &Hash,
+    time: OffsetDateTime,
+    key: &SigningKey,
+) -> Result<Sealed, JcsError> {
+    let statement = Statement {
+        v: ENTRY_VERSION,
+        index,
+        prev: b64url(prev),
+        time: rfc3339_millis(time),
+        draft,
+    };
+    let hub_signature = key.sign_detached(&jcs::canonicalize_serialize(&statement)?);
+    let record = Record {
+        statement,
+        hub_signature,
+    };
+    let canonical = jcs::canonicalize_serialize(&record)?;
+    let leaf_hash = leaf_hash(&canonical);
+    Ok(Sealed {
+        record,
+        canonical,
+        leaf_hash,
+    })
+}
+
+/// Check the hub's signature on a record given as JSON: the signature must
+/// verify over the canonical form of the record without `hub_signature`.
+pub fn verify_record_signature(record: &Value, keys: &Jwks) -> Result<String, RecordError> {
+    let mut statement = record.as_object().cloned().ok_or(RecordError::NotAnObject)?;
+    let sig = statement
+        .remove("hub_signature")
+        .and_then(|s| s.as_str().map(str::to_owned))
+        .ok_or(RecordError::NoSignature)?;
+    let canonical = jcs::canonicalize(&Value::Object(statement))?;
+    Ok(jws::verify_detached(&sig, &canonical, keys)?)
+}
+
+/// A record that does not check out.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("the record is not a JSON object")]
+    NotAnObject,
+    #[error("the record has no hub_signature")]
+    NoSignature,
+    #[error(transparent)]
+    Canonical(#[from] JcsError),
+    #[error(transparent)]
+    Signature(#[from] JwsError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::ExchangeId;
+
+    fn draft() -> EntryDraft {
+        EntryDraft {
+            kind: EntryKind::Request,
+            exchange_id: ExchangeId::from_parts(1_700_000_000_000, [1; 10]),
+            sender: "000.00.00.H29/one-stop".parse().unwrap(),
+            receiver: Some("000.00.00.G01/population-registry".parse().unwrap()),
+            recipients: vec![],
+            service: Some(ServiceName::parse("citizen.lookup").unwrap()),
+            version: Some(1),
+            purpose: None,
+            case_ref: None,
+            on_behalf_of: None,
+            schema: None,
+            body_hash: body_hash(&serde_json::json!({"personal_id": "001085012345"})).unwrap(),
+            refers_to: None,
+            error: None,
+            sender_signature: None,
+        }
+    }
+
+    #[test]
+    fn sealed_record_verifies_and_leaf_commits_to_it() {
+        let rng = ring::rand::SystemRandom::new();
+        let (key, _) = SigningKey::generate(&rng).unwrap();
+        let keys = Jwks { keys: vec![key.public_jwk()] };
+        let sealed = seal(draft(), 7, &[0; 32], OffsetDateTime::UNIX_EPOCH, &key).unwrap();
+        let value = serde_json::to_value(&sealed.record).unwrap();
+        assert_eq!(verify_record_signature(&value, &keys).unwrap(), key.kid());
+        assert_eq!(jcs::canonicalize(&value).unwrap(), sealed.canonical);
+        let mut expected = vec![0u8];
+        expected.extend_from_slice(&sealed.canonical);
+        assert_eq!(sealed.leaf_hash, sha256(&expected));
+        // Any change to the statement breaks the signature.
+        let mut tampered = value.clone();
+        tampered["index"] = serde_json::json!(8);
+        assert!(verify_record_signature(&tampered, &keys).is_err());
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let rng = ring::rand::SystemRandom::new();
+        let (key, _) = SigningKey::generate(&rng).unwrap();
+        let sealed = seal(draft(), 0, &[0; 32], OffsetDateTime::UNIX_EPOCH, &key).unwrap();
+        let back: Record = serde_json::from_slice(&sealed.canonical).unwrap();
+        assert_eq!(back, sealed.record);
+    }
+}
