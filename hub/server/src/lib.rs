@@ -1,1 +1,30 @@
+//! The hub's server: the mTLS HTTP API, the exchange pipeline, storage,
+//! the embedded queue, the in-process reference adapters and the dev PKI.
+//!
+//! - [`app`]: start-up ([`app::start`]) and the demo seed
+//! - [`pipeline`]: the exchange pipeline ([`pipeline::Hub`])
+//! - [`http`]: routes, and the one mapping of errors to HTTP
+//! - [`serve`]: the TLS accept loop with identity from the client certificate
+//! - [`store`]: the storage trait and its SQLite backend
+//! - [`queue`]: the delivery trait and the embedded durable queue
+//! - [`log_writer`]: the log's single writer with group commit
+//! - [`pki`], [`tls`], [`identity`]: certificates, keys and who is calling
+//! - [`config`], [`clock`]: configuration, time and randomness
 #![forbid(unsafe_code)]
+
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod identity;
+pub mod log_writer;
+pub mod pipeline;
+pub mod pki;
+pub mod queue;
+pub mod serve;
+pub mod store;
+pub mod tls;
+
+pub use app::{RunningHub, start};
+pub use config::Config;

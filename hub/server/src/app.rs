@@ -1,0 +1,278 @@
+//! Start-up: configuration in, a running hub out. Everything the binary and
+//! the tests start goes through [`start`], so tests run the real thing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hub_adapter_sdk::{Adapter, ServiceKind};
+use hub_core::ids::{Member, PurposeCode, ServiceName};
+use hub_core::jws::SigningKey;
+use hub_core::schema::Catalog;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::clock::{Clock, Random};
+use crate::config::Config;
+use crate::http::{AppState, api_routes, public_routes};
+use crate::log_writer::LogWriter;
+use crate::pipeline::Hub;
+use crate::pki::{DEMO_AGENCIES, PkiPaths, ensure_dev_pki, read_signing_key};
+use crate::queue::EmbeddedQueue;
+use crate::store::{AgencyRecord, Grant, ServiceRecord, Store, Subscription};
+use crate::{serve, store, tls};
+
+/// A hub that is serving.
+pub struct RunningHub {
+    pub api_addr: SocketAddr,
+    pub public_addr: SocketAddr,
+    pub hub: Arc<Hub>,
+    pub pki: PkiPaths,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl std::fmt::Debug for RunningHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningHub")
+            .field("api_addr", &self.api_addr)
+            .field("public_addr", &self.public_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningHub {
+    /// Stop accepting, let open connections and workers finish.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// The in-process reference adapters over their synthetic registries.
+pub fn reference_adapters(generated: usize) -> Vec<Arc<dyn Adapter>> {
+    vec![
+        Arc::new(adapter_population::PopulationAdapter::new(adapter_population::Registry::synthetic(1, generated))),
+        Arc::new(adapter_land::LandAdapter::new(adapter_land::Registry::synthetic(2, generated))),
+        Arc::new(adapter_enterprise::EnterpriseAdapter::new(adapter_enterprise::Registry::synthetic(3, generated))),
+    ]
+}
+
+/// What `init` made or found.
+pub struct Initialized {
+    pub pki: PkiPaths,
+    pub store: Arc<dyn Store>,
+    pub hub_key: SigningKey,
+    pub new_pki: bool,
+    pub seeded: bool,
+}
+
+/// Create what is missing - dev PKI, database, demo registry - and open it.
+pub async fn init(config: &Config, clock: &dyn Clock, adapters: &[Arc<dyn Adapter>]) -> anyhow::Result<Initialized> {
+    tls::install_default_provider();
+    let pki = PkiPaths::new(&config.data_dir);
+    let new_pki = ensure_dev_pki(&pki, clock.now()).context("creating the dev PKI")?;
+    let store = store::open(&config.database_url())
+        .await
+        .with_context(|| format!("opening {}", config.database_url()))?;
+    let hub_key = read_signing_key(&pki.hub_signing_key()).context("reading the hub signing key")?;
+    register_adapters(store.as_ref(), adapters).await?;
+    let seeded = config.seed_demo && seed_demo(store.as_ref(), &pki).await?;
+    Ok(Initialized {
+        pki,
+        store,
+        hub_key,
+        new_pki,
+        seeded,
+    })
+}
+
+/// Register the in-process adapters' members and services (idempotent).
+async fn register_adapters(store: &dyn Store, adapters: &[Arc<dyn Adapter>]) -> anyhow::Result<()> {
+    for a in adapters {
+        let provider = a.provider().clone();
+        if store.agency(&provider).await?.is_none() {
+            store
+                .upsert_agency(&AgencyRecord {
+                    member: provider.clone(),
+                    name: provider.to_string(),
+                    signing_key: None,
+                })
+                .await?;
+        }
+        for spec in a.services() {
+            store
+                .upsert_service(&ServiceRecord {
+                    request_schema: spec.request_schema(),
+                    response_schema: spec.response_schema(),
+                    name: spec.name,
+                    version: spec.version,
+                    kind: spec.kind,
+                    provider: provider.clone(),
+                })
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+fn parse_member(s: &str) -> anyhow::Result<Member> {
+    s.parse().with_context(|| format!("demo member {s}"))
+}
+
+/// Seed the demo agencies, grants and subscriptions once (when no grant exists yet).
+async fn seed_demo(store: &dyn Store, pki: &PkiPaths) -> anyhow::Result<bool> {
+    if !store.grants().await?.is_empty() {
+        return Ok(false);
+    }
+    for demo in DEMO_AGENCIES {
+        let member = parse_member(demo.member)?;
+        let signing_key = if demo.signs {
+            Some(read_signing_key(&pki.agency_signing_key(&member))?.public_jwk())
+        } else {
+            None
+        };
+        store
+            .upsert_agency(&AgencyRecord {
+                member,
+                name: demo.name.to_owned(),
+                signing_key,
+            })
+            .await?;
+    }
+    let grants: [(&str, &str, &[&str]); 13] = [
+        ("000.00.29.H29/one-stop", "citizen.lookup", &["public_service", "civil_status", "residence_registration"]),
+        ("000.00.29.H29/one-stop", "citizen.verify", &["public_service"]),
+        ("000.00.29.H29/one-stop", "parcel.lookup", &["public_service", "land_administration"]),
+        ("000.00.29.H29/one-stop", "parcels.by_holder", &["land_administration"]),
+        ("000.00.29.H29/one-stop", "enterprise.lookup", &["public_service", "business_registration"]),
+        ("000.00.00.G08/tax", "enterprise.lookup", &["tax_administration"]),
+        ("000.00.00.G08/tax", "citizen.verify", &["tax_administration"]),
+        ("000.00.00.G08/tax", "enterprise.registered", &["tax_administration"]),
+        ("000.00.00.G22/social-insurance", "citizen.lookup", &["social_insurance"]),
+        ("000.00.00.G22/social-insurance", "enterprise.lookup", &["social_insurance"]),
+        ("000.00.00.G22/social-insurance", "enterprise.registered", &["social_insurance"]),
+        ("000.00.00.G22/social-insurance", "citizen.address_changed", &["social_insurance"]),
+        ("000.00.00.Z01/bank-ekyc", "citizen.verify", &["kyc"]),
+    ];
+    for (consumer, service, purposes) in grants {
+        for purpose in purposes {
+            store
+                .add_grant(&Grant {
+                    consumer: parse_member(consumer)?,
+                    service: ServiceName::parse(service)?,
+                    purpose: PurposeCode::parse(purpose)?,
+                })
+                .await?;
+        }
+    }
+    for (subscriber, service) in [
+        ("000.00.00.G08/tax", "enterprise.registered"),
+        ("000.00.00.G22/social-insurance", "enterprise.registered"),
+        ("000.00.00.G22/social-insurance", "citizen.address_changed"),
+    ] {
+        store
+            .add_subscription(&Subscription {
+                subscriber: parse_member(subscriber)?,
+                service: ServiceName::parse(service)?,
+                version: 1,
+            })
+            .await?;
+    }
+    Ok(true)
+}
+
+/// Start the hub: init, then the log writer, the adapters' workers and both listeners.
+pub async fn start(config: Config, clock: Arc<dyn Clock>, random: Arc<dyn Random>) -> anyhow::Result<RunningHub> {
+    let adapters = reference_adapters(config.synthetic_records);
+    let init = init(&config, clock.as_ref(), &adapters).await?;
+    if init.new_pki {
+        info!(dir = %init.pki.dir.display(), "created a dev PKI");
+    }
+    let catalog = Arc::new(Catalog::builtin().context("compiling the schema catalog")?);
+    let hub_key = Arc::new(init.hub_key);
+    let log = LogWriter::start(init.store.clone(), hub_key.clone(), clock.clone(), config.log_batch_max).await?;
+    let queue = Arc::new(EmbeddedQueue::new(
+        init.store.clone(),
+        clock.clone(),
+        Duration::from_secs(config.inbox_visibility_secs),
+    ));
+    let hub = Arc::new(Hub::new(
+        catalog,
+        init.store.clone(),
+        queue,
+        log,
+        clock,
+        random,
+        &hub_key,
+        Duration::from_millis(config.query_timeout_ms),
+    ));
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    for adapter in adapters {
+        let in_process = adapter
+            .services()
+            .iter()
+            .any(|s| s.kind == ServiceKind::Query);
+        if in_process {
+            tasks.spawn(adapter_worker(hub.clone(), adapter, shutdown_rx.clone()));
+        }
+    }
+
+    let state = AppState {
+        hub: hub.clone(),
+        max_body_bytes: config.max_body_bytes,
+    };
+    let api = TcpListener::bind(config.api_listen)
+        .await
+        .with_context(|| format!("binding the API listener to {}", config.api_listen))?;
+    let public = TcpListener::bind(config.public_listen)
+        .await
+        .with_context(|| format!("binding the public listener to {}", config.public_listen))?;
+    let api_addr = api.local_addr()?;
+    let public_addr = public.local_addr()?;
+    let api_tls = Arc::new(tls::api_server_config(&init.pki)?);
+    let public_tls = Arc::new(tls::public_server_config(&init.pki)?);
+    tasks.spawn(serve::serve_tls(api, api_tls, api_routes().with_state(state.clone()), shutdown_rx.clone()));
+    tasks.spawn(serve::serve_tls(public, public_tls, public_routes().with_state(state), shutdown_rx));
+    info!(%api_addr, %public_addr, "hub listening");
+    Ok(RunningHub {
+        api_addr,
+        public_addr,
+        hub,
+        pki: init.pki,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Feed one in-process adapter from its queue until shutdown.
+async fn adapter_worker(hub: Arc<Hub>, adapter: Arc<dyn Adapter>, mut shutdown: watch::Receiver<bool>) {
+    let provider = adapter.provider().clone();
+    let wake = hub.waker(&provider);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        match hub.queue.receive(&provider, 64).await {
+            Ok(batch) if !batch.is_empty() => {
+                let work = batch
+                    .into_iter()
+                    .map(|d| hub.deliver_to_adapter(adapter.as_ref(), d));
+                futures_util::future::join_all(work).await;
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => warn!(%provider, error = %e, "could not read the queue"),
+        }
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}

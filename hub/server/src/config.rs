@@ -1,0 +1,92 @@
+//! Layered configuration: built-in defaults, then an optional TOML file,
+//! then `HUB_*` environment variables (`HUB_API_LISTEN=0.0.0.0:8443`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything the hub reads at start-up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// Where the database, the dev PKI and keys live.
+    pub data_dir: PathBuf,
+    /// The mTLS API (client certificate required).
+    pub api_listen: SocketAddr,
+    /// Health, JWKS and schema catalog over TLS without a client certificate.
+    pub public_listen: SocketAddr,
+    /// `sqlite:<path>`; empty means `sqlite:<data_dir>/hub.db`.
+    pub database_url: String,
+    /// Largest request body accepted, in bytes (larger: 413).
+    pub max_body_bytes: usize,
+    /// How long a query waits for its provider before 504.
+    pub query_timeout_ms: u64,
+    /// How long a fetched inbox message stays invisible before it comes back.
+    pub inbox_visibility_secs: u64,
+    /// Most entries written in one group commit.
+    pub log_batch_max: usize,
+    /// The name the hub signs its log under.
+    pub origin: String,
+    /// Seed demo agencies, services, grants and subscriptions on first run.
+    pub seed_demo: bool,
+    /// Generated records per synthetic registry, besides the fixtures.
+    pub synthetic_records: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("hub-data"),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            public_listen: SocketAddr::from(([127, 0, 0, 1], 8444)),
+            database_url: String::new(),
+            max_body_bytes: 1024 * 1024,
+            query_timeout_ms: 10_000,
+            inbox_visibility_secs: 30,
+            log_batch_max: 512,
+            origin: "hub.example.invalid/log".into(),
+            seed_demo: true,
+            synthetic_records: 1000,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` if given, then `HUB_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment.merge(Env::prefixed("HUB_")).extract().map_err(Box::new)
+    }
+
+    /// The database URL, defaulted from the data directory.
+    pub fn database_url(&self) -> String {
+        if self.database_url.is_empty() {
+            format!("sqlite:{}", self.data_dir.join("hub.db").display())
+        } else {
+            self.database_url.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("hub.toml", "max_body_bytes = 2048\norigin = \"from-file\"")?;
+            jail.set_env("HUB_ORIGIN", "from-env");
+            let c = Config::load(Some(Path::new("hub.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.max_body_bytes, 2048);
+            assert_eq!(c.origin, "from-env");
+            assert_eq!(c.query_timeout_ms, 10_000);
+            Ok(())
+        });
+    }
+}

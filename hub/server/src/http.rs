@@ -1,0 +1,290 @@
+//! The HTTP API, and the one place errors become HTTP statuses.
+//!
+//! Two routers: the public one (health, JWKS, schema catalog) is served on
+//! both listeners; the data routes exist only on the mTLS listener, where
+//! every connection carries the client certificate's [`Identity`].
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hub_core::envelope::ErrorBody;
+use hub_core::ids::ExchangeId;
+use serde::Deserialize;
+use serde_json::json;
+use tracing::{error, instrument};
+
+use crate::error::{ExchangeError, Failure};
+use crate::identity::Identity;
+use crate::pipeline::{Hub, Outcome};
+use crate::store::ExchangeState;
+
+/// What the routes share.
+#[derive(Clone)]
+pub struct AppState {
+    pub hub: Arc<Hub>,
+    pub max_body_bytes: usize,
+}
+
+/// Every error the API returns.
+#[derive(Debug)]
+pub enum ApiError {
+    Exchange(Failure),
+    Unauthenticated(String),
+    PayloadTooLarge { limit: usize },
+    UnsupportedMediaType,
+    BadRequest(String),
+    NotFound(String),
+}
+
+impl From<Failure> for ApiError {
+    fn from(f: Failure) -> Self {
+        Self::Exchange(f)
+    }
+}
+
+fn status_of(e: &ExchangeError) -> StatusCode {
+    use ExchangeError as E;
+    match e {
+        E::MalformedJson(_) | E::MalformedRequest(_) => StatusCode::BAD_REQUEST,
+        E::InvalidEnvelope(_) | E::InvalidPayload { .. } | E::ReceiverMismatch { .. } => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        E::SignatureRequired(_) | E::SignatureInvalid(_) | E::SignatureUnexpected(_) => {
+            StatusCode::UNAUTHORIZED
+        }
+        E::SenderMismatch { .. } | E::UnknownMember(_) | E::NoGrant { .. } | E::NotProvider { .. } => {
+            StatusCode::FORBIDDEN
+        }
+        E::UnknownService { .. } => StatusCode::NOT_FOUND,
+        E::IdConflict(_) | E::InProgress(_) => StatusCode::CONFLICT,
+        E::ProviderUnavailable(_) | E::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        E::ProviderTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        E::ProviderInvalidResponse { .. } => StatusCode::BAD_GATEWAY,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match self {
+            ApiError::Exchange(Failure { error, logged }) => {
+                let status = status_of(&error);
+                let message = if let ExchangeError::StorageUnavailable(cause) = &error {
+                    // The cause is for operators, not clients.
+                    error!(%cause, "storage unavailable");
+                    "the hub is temporarily unavailable; retry with the same exchange id".to_owned()
+                } else {
+                    error.to_string()
+                };
+                let body = ErrorBody {
+                    code: error.code().to_owned(),
+                    message,
+                    violations: error.violations().to_vec(),
+                    exchange_id: logged.map(|l| l.exchange_id),
+                    log_index: logged.map(|l| l.index),
+                };
+                (status, body)
+            }
+            ApiError::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, plain("unauthenticated", m)),
+            ApiError::PayloadTooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                plain("payload_too_large", format!("the request body exceeds {limit} bytes")),
+            ),
+            ApiError::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                plain("unsupported_media_type", "send Content-Type: application/json".into()),
+            ),
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, plain("bad_request", m)),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, plain("not_found", m)),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+fn plain(code: &str, message: String) -> ErrorBody {
+    ErrorBody {
+        code: code.to_owned(),
+        message,
+        violations: vec![],
+        exchange_id: None,
+        log_index: None,
+    }
+}
+
+fn json_text(status: StatusCode, text: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], text).into_response()
+}
+
+/// Health, keys and schemas: no client certificate needed.
+pub fn public_routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/v1/schemas", get(schema_list))
+        .route("/v1/schemas/{*id}", get(schema_get))
+}
+
+/// Everything, for the mTLS listener.
+pub fn api_routes() -> Router<AppState> {
+    public_routes()
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/services", get(services))
+        .route("/v1/exchanges", post(post_exchange))
+        .route("/v1/exchanges/{id}", get(get_exchange))
+        .route("/v1/inbox", get(inbox))
+        .route("/v1/inbox/ack", post(ack))
+}
+
+async fn health(State(s): State<AppState>) -> Response {
+    match s.hub.store.ping().await {
+        Ok(()) => Json(json!({"status": "ok", "database": "ok"})).into_response(),
+        Err(e) => {
+            error!(error = %e, "health check: database unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable", "database": "unavailable"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn jwks(State(s): State<AppState>) -> Response {
+    Json(&s.hub.jwks).into_response()
+}
+
+async fn schema_list(State(s): State<AppState>) -> Response {
+    let ids: Vec<&str> = s.hub.catalog.ids().collect();
+    Json(json!({"schemas": ids})).into_response()
+}
+
+async fn schema_get(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = id.trim_end_matches(".json");
+    s.hub
+        .catalog
+        .get(id)
+        .map(|doc| Json(doc).into_response())
+        .ok_or_else(|| ApiError::NotFound(format!("no schema {id}")))
+}
+
+fn member(id: Option<Extension<Identity>>) -> Result<Identity, ApiError> {
+    id.map(|Extension(i)| i).ok_or_else(|| {
+        ApiError::Unauthenticated("a client certificate naming agency/subsystem is required".into())
+    })
+}
+
+async fn whoami(id: Option<Extension<Identity>>) -> Result<Response, ApiError> {
+    let Identity(m) = member(id)?;
+    Ok(Json(json!({"agency": m.agency, "subsystem": m.subsystem})).into_response())
+}
+
+async fn services(State(s): State<AppState>, id: Option<Extension<Identity>>) -> Result<Response, ApiError> {
+    member(id)?;
+    let list = s.hub.store.services().await.map_err(|e| {
+        ApiError::Exchange(ExchangeError::StorageUnavailable(e.to_string()).into())
+    })?;
+    let list: Vec<_> = list
+        .iter()
+        .map(|s| {
+            json!({"name": s.name, "version": s.version, "kind": s.kind.as_str(), "provider": s.provider,
+                   "request_schema": s.request_schema, "response_schema": s.response_schema})
+        })
+        .collect();
+    Ok(Json(json!({"services": list})).into_response())
+}
+
+async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")));
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge { limit }),
+        Err(e) => Err(ApiError::BadRequest(format!("could not read the body: {e}"))),
+    }
+}
+
+#[instrument(skip_all)]
+async fn post_exchange(
+    State(s): State<AppState>,
+    id: Option<Extension<Identity>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Identity(who) = member(id)?;
+    let raw = read_json_body(&headers, body, s.max_body_bytes).await?;
+    let (outcome, reply) = s.hub.submit(&who, &raw).await?;
+    let status = match outcome {
+        Outcome::Answered => StatusCode::OK,
+        Outcome::Published => StatusCode::ACCEPTED,
+    };
+    Ok(json_text(status, reply))
+}
+
+#[instrument(skip_all, fields(exchange = %raw_id))]
+async fn get_exchange(
+    State(s): State<AppState>,
+    id: Option<Extension<Identity>>,
+    Path(raw_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let Identity(who) = member(id)?;
+    let exchange_id = ExchangeId::parse(&raw_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    match s.hub.result_of(&who, exchange_id).await? {
+        Some(ExchangeState::Done { reply }) => Ok(json_text(StatusCode::OK, reply)),
+        Some(ExchangeState::Pending) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"exchange_id": exchange_id, "state": "pending"})),
+        )
+            .into_response()),
+        None => Err(ApiError::NotFound(format!("no exchange {exchange_id} sent by {who}"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct InboxQuery {
+    max: Option<u32>,
+}
+
+#[instrument(skip_all)]
+async fn inbox(
+    State(s): State<AppState>,
+    id: Option<Extension<Identity>>,
+    Query(q): Query<InboxQuery>,
+) -> Result<Response, ApiError> {
+    let Identity(who) = member(id)?;
+    let text = s.hub.inbox(&who, q.max.unwrap_or(20)).await?;
+    Ok(json_text(StatusCode::OK, text))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckRequest {
+    exchange_ids: Vec<ExchangeId>,
+}
+
+#[instrument(skip_all)]
+async fn ack(
+    State(s): State<AppState>,
+    id: Option<Extension<Identity>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Identity(who) = member(id)?;
+    let raw = read_json_body(&headers, body, s.max_body_bytes).await?;
+    let req: AckRequest = serde_json::from_slice(&raw)
+        .map_err(|e| ApiError::BadRequest(format!("expected {{\"exchange_ids\": [...]}}: {e}")))?;
+    if req.exchange_ids.len() > 100 {
+        return Err(ApiError::BadRequest("acknowledge at most 100 messages at once".into()));
+    }
+    let answer = s.hub.acknowledge(&who, &req.exchange_ids).await?;
+    Ok(Json(answer).into_response())
+}

@@ -1,0 +1,32 @@
+//! The calling agency's identity, read once from its TLS client certificate
+//! and carried into handlers as a typed value.
+
+use hub_core::ids::Member;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// The authenticated member behind a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity(pub Member);
+
+/// Why a verified certificate does not name a member.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("the client certificate cannot be parsed")]
+    Unparseable,
+    #[error("the client certificate has no subject common name")]
+    NoCommonName,
+    #[error("the subject common name {0:?} is not agency/subsystem")]
+    NotAMember(String),
+}
+
+/// The member named by a client certificate's subject CN (`agency/subsystem`).
+pub fn member_from_certificate(der: &[u8]) -> Result<Member, IdentityError> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|_| IdentityError::Unparseable)?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .ok_or(IdentityError::NoCommonName)?;
+    cn.parse().map_err(|_| IdentityError::NotAMember(cn.to_owned()))
+}

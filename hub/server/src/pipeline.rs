@@ -1,0 +1,691 @@
+//! The exchange pipeline: one visible sequence of steps, each a function
+//! with a typed input and output.
+//!
+//! ```text
+//! mTLS identity -> parse envelope -> verify sender signature (if the agency has a key)
+//!   -> authorize (grant) -> validate payload (schema + semantic checks)
+//!   -> assign exchange id + log position -> hub countersign
+//!   -> append to log + outbox in ONE transaction (durable before any ack)
+//!   -> deliver -> provider adapter -> response
+//!   -> validate response -> countersign -> log -> reply
+//! ```
+//!
+//! Every outcome is logged, refusals included, so that an auditor sees what
+//! was refused as well as what passed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hub_adapter_sdk::{Adapter, AdapterRequest, ServiceKind};
+use hub_core::envelope::{Envelope, ExchangeRequest};
+use hub_core::hash::{b64url, sha256};
+use hub_core::ids::{ExchangeId, Member};
+use hub_core::jcs;
+use hub_core::jws::{self, Jwks, SigningKey};
+use hub_core::log::{EntryDraft, EntryError, EntryKind, Record, body_hash};
+use hub_core::schema::{Catalog, SchemaRejection, Violation};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, oneshot};
+use tracing::{info, instrument, warn};
+
+use crate::clock::{Clock, Random};
+use crate::error::{ExchangeError, Failure, Logged};
+use crate::log_writer::{AppendError, LogWriter};
+use crate::queue::Queue;
+use crate::store::{AppendItem, Delivery, Effect, ExchangeState, ServiceRecord, Store, StoreError};
+
+/// What a finished query hands its waiting caller.
+type Completion = Result<String, Failure>;
+
+/// A request that passed every check, ready to be logged and routed.
+#[derive(Debug)]
+pub struct Accepted {
+    pub exchange_id: ExchangeId,
+    pub envelope: Envelope,
+    /// RFC 8785 form of the envelope as sent.
+    pub canonical: Vec<u8>,
+    pub request_hash: String,
+    pub signature: Option<String>,
+    pub service: ServiceRecord,
+}
+
+/// What the hub knows about a request when it refuses it, for the log.
+#[derive(Debug, Default)]
+struct Known {
+    exchange_id: Option<ExchangeId>,
+    envelope: Option<Envelope>,
+    body: Vec<u8>,
+    signature: Option<String>,
+}
+
+/// How an accepted exchange ended, for the HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Answered,
+    Published,
+}
+
+/// The hub's shared state and its pipeline.
+pub struct Hub {
+    pub catalog: Arc<Catalog>,
+    pub store: Arc<dyn Store>,
+    pub queue: Arc<dyn Queue>,
+    pub log: LogWriter,
+    pub clock: Arc<dyn Clock>,
+    pub random: Arc<dyn Random>,
+    pub jwks: Jwks,
+    pub query_timeout: Duration,
+    waiters: Mutex<HashMap<ExchangeId, oneshot::Sender<Completion>>>,
+    in_flight: Mutex<HashSet<ExchangeId>>,
+    wakers: Mutex<HashMap<Member, Arc<Notify>>>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+fn storage(e: StoreError) -> Failure {
+    warn!(error = %e, "storage error");
+    ExchangeError::StorageUnavailable(e.to_string()).into()
+}
+
+fn append_failed(e: AppendError) -> Failure {
+    warn!(error = %e, "append failed");
+    ExchangeError::StorageUnavailable(e.to_string()).into()
+}
+
+fn violations_of(r: SchemaRejection) -> Vec<Violation> {
+    match r {
+        SchemaRejection::Invalid(v) => v,
+        SchemaRejection::UnknownSchema(id) => vec![Violation {
+            pointer: String::new(),
+            keyword: "$ref".into(),
+            schema_path: String::new(),
+            message: format!("the catalog has no schema {id}"),
+        }],
+    }
+}
+
+/// Removes an exchange id from the in-flight set when dropped.
+struct InFlight<'a> {
+    hub: &'a Hub,
+    id: ExchangeId,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.hub.in_flight.lock() {
+            set.remove(&self.id);
+        }
+    }
+}
+
+impl Hub {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        catalog: Arc<Catalog>,
+        store: Arc<dyn Store>,
+        queue: Arc<dyn Queue>,
+        log: LogWriter,
+        clock: Arc<dyn Clock>,
+        random: Arc<dyn Random>,
+        hub_key: &SigningKey,
+        query_timeout: Duration,
+    ) -> Self {
+        Self {
+            catalog,
+            store,
+            queue,
+            log,
+            clock,
+            random,
+            jwks: Jwks {
+                keys: vec![hub_key.public_jwk()],
+            },
+            query_timeout,
+            waiters: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashSet::new()),
+            wakers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The notifier that wakes an in-process provider's worker.
+    pub fn waker(&self, member: &Member) -> Arc<Notify> {
+        let mut w = self.wakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        w.entry(member.clone()).or_default().clone()
+    }
+
+    fn wake(&self, member: &Member) {
+        let w = self.wakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = w.get(member) {
+            n.notify_one();
+        }
+    }
+
+    /// A fresh UUIDv7 from the hub's clock and randomness.
+    pub fn new_exchange_id(&self) -> ExchangeId {
+        let mut r = [0u8; 10];
+        self.random.fill(&mut r);
+        ExchangeId::from_parts(self.clock.unix_millis(), r)
+    }
+
+    /// Run one request from `who` through the pipeline.
+    #[instrument(skip_all, fields(sender = %who))]
+    pub async fn submit(&self, who: &Member, raw: &[u8]) -> Result<(Outcome, String), Failure> {
+        let mut known = Known {
+            body: raw.to_vec(),
+            ..Known::default()
+        };
+        let accepted = match self.check(who, raw, &mut known).await {
+            Ok(a) => a,
+            Err(e @ ExchangeError::StorageUnavailable(_)) => return Err(e.into()),
+            Err(e) => return Err(self.refuse(who, known, e).await),
+        };
+        match accepted.service.kind {
+            ServiceKind::Query => self.run_query(who, accepted).await.map(|r| (Outcome::Answered, r)),
+            ServiceKind::Event => self.publish(who, accepted).await.map(|r| (Outcome::Published, r)),
+        }
+    }
+
+    /// Every check before anything is written.
+    async fn check(&self, who: &Member, raw: &[u8], known: &mut Known) -> Result<Accepted, ExchangeError> {
+        let value: Value = serde_json::from_slice(raw).map_err(|e| ExchangeError::MalformedJson(e.to_string()))?;
+        let request: ExchangeRequest =
+            serde_json::from_value(value).map_err(|e| ExchangeError::MalformedRequest(e.to_string()))?;
+        known.signature.clone_from(&request.signature);
+        let canonical = jcs::canonicalize(&request.envelope).map_err(|e| {
+            ExchangeError::InvalidEnvelope(vec![Violation {
+                pointer: String::new(),
+                keyword: "rfc8785".into(),
+                schema_path: String::new(),
+                message: e.to_string(),
+            }])
+        })?;
+        known.body.clone_from(&canonical);
+        if let Some(id) = request.envelope.get("id").and_then(Value::as_str) {
+            known.exchange_id = ExchangeId::parse(id).ok();
+        }
+        self.catalog
+            .validate("envelope/v1", &request.envelope)
+            .map_err(|r| ExchangeError::InvalidEnvelope(violations_of(r)))?;
+        let envelope: Envelope = serde_json::from_value(request.envelope).map_err(|e| {
+            ExchangeError::InvalidEnvelope(vec![Violation {
+                pointer: String::new(),
+                keyword: "type".into(),
+                schema_path: String::new(),
+                message: e.to_string(),
+            }])
+        })?;
+        known.envelope = Some(envelope.clone());
+
+        // Authenticate: the envelope speaks for the certificate's member only.
+        if &envelope.sender != who {
+            return Err(ExchangeError::SenderMismatch {
+                claimed: envelope.sender,
+                authenticated: who.clone(),
+            });
+        }
+        let agency = self
+            .store
+            .agency(who)
+            .await
+            .map_err(|e| ExchangeError::StorageUnavailable(e.to_string()))?
+            .ok_or_else(|| ExchangeError::UnknownMember(who.clone()))?;
+        match (&agency.signing_key, &request.signature) {
+            (Some(key), Some(sig)) => {
+                let keys = Jwks { keys: vec![key.clone()] };
+                jws::verify_detached(sig, &canonical, &keys).map_err(ExchangeError::SignatureInvalid)?;
+            }
+            (Some(_), None) => return Err(ExchangeError::SignatureRequired(who.clone())),
+            (None, Some(_)) => return Err(ExchangeError::SignatureUnexpected(who.clone())),
+            (None, None) => {}
+        }
+
+        // Route and authorize (default deny).
+        let service = self
+            .store
+            .service(&envelope.service, envelope.version)
+            .await
+            .map_err(|e| ExchangeError::StorageUnavailable(e.to_string()))?
+            .ok_or_else(|| ExchangeError::UnknownService {
+                service: envelope.service.clone(),
+                version: envelope.version,
+            })?;
+        if let Some(named) = &envelope.receiver
+            && named != &service.provider
+        {
+            return Err(ExchangeError::ReceiverMismatch {
+                service: service.name.clone(),
+                named: named.clone(),
+                provider: service.provider.clone(),
+            });
+        }
+        match service.kind {
+            ServiceKind::Query => {
+                let grant = crate::store::Grant {
+                    consumer: who.clone(),
+                    service: service.name.clone(),
+                    purpose: envelope.purpose.clone(),
+                };
+                let granted = self
+                    .store
+                    .has_grant(&grant)
+                    .await
+                    .map_err(|e| ExchangeError::StorageUnavailable(e.to_string()))?;
+                if !granted {
+                    return Err(ExchangeError::NoGrant {
+                        consumer: grant.consumer,
+                        service: grant.service,
+                        purpose: grant.purpose,
+                    });
+                }
+            }
+            ServiceKind::Event if &service.provider != who => {
+                return Err(ExchangeError::NotProvider {
+                    service: service.name.clone(),
+                    provider: service.provider.clone(),
+                });
+            }
+            ServiceKind::Event => {}
+        }
+
+        // Validate the payload: schema and semantic checks.
+        self.catalog
+            .validate(&service.request_schema, &envelope.payload)
+            .map_err(|r| ExchangeError::InvalidPayload {
+                schema: service.request_schema.clone(),
+                violations: violations_of(r),
+            })?;
+
+        let exchange_id = envelope.id.unwrap_or_else(|| self.new_exchange_id());
+        Ok(Accepted {
+            exchange_id,
+            request_hash: b64url(&sha256(&canonical)),
+            canonical,
+            signature: request.signature,
+            envelope,
+            service,
+        })
+    }
+
+    /// Log a refusal and return it with where it was logged.
+    async fn refuse(&self, who: &Member, known: Known, error: ExchangeError) -> Failure {
+        let exchange_id = known.exchange_id.unwrap_or_else(|| self.new_exchange_id());
+        let env = known.envelope.as_ref();
+        let draft = EntryDraft {
+            kind: EntryKind::Refusal,
+            exchange_id,
+            sender: who.clone(),
+            receiver: env.and_then(|e| e.receiver.clone()),
+            recipients: vec![],
+            service: env.map(|e| e.service.clone()),
+            version: env.map(|e| e.version),
+            purpose: env.map(|e| e.purpose.clone()),
+            case_ref: env.map(|e| e.case_ref.clone()),
+            on_behalf_of: env.and_then(|e| e.on_behalf_of.clone()),
+            schema: None,
+            body_hash: b64url(&sha256(&known.body)),
+            refers_to: None,
+            error: Some(EntryError {
+                code: error.code().to_owned(),
+                message: error.to_string(),
+            }),
+            sender_signature: known.signature,
+        };
+        info!(code = error.code(), %exchange_id, "refused");
+        match self.log.append(draft, known.body, vec![]).await {
+            Ok(item) => Failure {
+                error,
+                logged: Some(Logged {
+                    exchange_id,
+                    index: item.sealed.record.statement.index,
+                }),
+            },
+            Err(e) => {
+                warn!(error = %e, "could not log a refusal");
+                append_failed(e)
+            }
+        }
+    }
+
+    fn accepted_draft(&self, who: &Member, a: &Accepted, kind: EntryKind, recipients: Vec<Member>) -> EntryDraft {
+        EntryDraft {
+            kind,
+            exchange_id: a.exchange_id,
+            sender: who.clone(),
+            receiver: (kind == EntryKind::Request).then(|| a.service.provider.clone()),
+            recipients,
+            service: Some(a.service.name.clone()),
+            version: Some(a.service.version),
+            purpose: Some(a.envelope.purpose.clone()),
+            case_ref: Some(a.envelope.case_ref.clone()),
+            on_behalf_of: a.envelope.on_behalf_of.clone(),
+            schema: Some(a.service.request_schema.clone()),
+            body_hash: a.request_hash.clone(),
+            refers_to: None,
+            error: None,
+            sender_signature: a.signature.clone(),
+        }
+    }
+
+    /// An exchange id seen before: the first result, or a conflict.
+    async fn replay_or_claim<'a>(&'a self, who: &Member, a: &Accepted) -> Result<Result<InFlight<'a>, String>, Failure> {
+        let id = a.exchange_id;
+        if let Some(row) = self.store.exchange(id).await.map_err(storage)? {
+            if row.request_hash != a.request_hash || row.sender != who.to_string() {
+                return Err(ExchangeError::IdConflict(id).into());
+            }
+            return match row.state {
+                ExchangeState::Done { reply } => Ok(Err(reply)),
+                ExchangeState::Pending => Err(ExchangeError::InProgress(id).into()),
+            };
+        }
+        let mut set = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !set.insert(id) {
+            return Err(ExchangeError::InProgress(id).into());
+        }
+        Ok(Ok(InFlight { hub: self, id }))
+    }
+
+    async fn run_query(&self, who: &Member, a: Accepted) -> Result<String, Failure> {
+        let _claim = match self.replay_or_claim(who, &a).await? {
+            Ok(claim) => claim,
+            Err(first_reply) => return Ok(first_reply),
+        };
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(a.exchange_id, tx);
+        let provider = a.service.provider.clone();
+        let effects = vec![
+            Effect::OpenExchange {
+                sender: who.clone(),
+                request_hash: a.request_hash.clone(),
+            },
+            Effect::Enqueue {
+                recipient: provider.clone(),
+                visible_at_millis: self.clock.unix_millis(),
+            },
+        ];
+        let draft = self.accepted_draft(who, &a, EntryKind::Request, vec![]);
+        if let Err(e) = self.log.append(draft, a.canonical.clone(), effects).await {
+            self.forget_waiter(a.exchange_id);
+            return Err(append_failed(e));
+        }
+        self.wake(&provider);
+        match tokio::time::timeout(self.query_timeout, rx).await {
+            Ok(Ok(completion)) => completion,
+            Ok(Err(_)) | Err(_) => {
+                self.forget_waiter(a.exchange_id);
+                Err(self.log_timeout(who, &a).await)
+            }
+        }
+    }
+
+    fn forget_waiter(&self, id: ExchangeId) {
+        self.waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+    }
+
+    async fn log_timeout(&self, who: &Member, a: &Accepted) -> Failure {
+        let error = ExchangeError::ProviderTimeout(a.service.name.clone());
+        let mut draft = self.accepted_draft(who, a, EntryKind::Failure, vec![]);
+        draft.error = Some(EntryError {
+            code: error.code().into(),
+            message: error.to_string(),
+        });
+        draft.sender_signature = None;
+        draft.body_hash = body_hash(&json!({})).unwrap_or_default();
+        match self.log.append(draft, b"{}".to_vec(), vec![]).await {
+            Ok(item) => Failure {
+                error,
+                logged: Some(Logged {
+                    exchange_id: a.exchange_id,
+                    index: item.sealed.record.statement.index,
+                }),
+            },
+            Err(e) => append_failed(e),
+        }
+    }
+
+    async fn publish(&self, who: &Member, a: Accepted) -> Result<String, Failure> {
+        let _claim = match self.replay_or_claim(who, &a).await? {
+            Ok(claim) => claim,
+            Err(first_reply) => return Ok(first_reply),
+        };
+        let subscribers = self
+            .store
+            .subscribers(&a.service.name, a.service.version)
+            .await
+            .map_err(storage)?;
+        let now = self.clock.unix_millis();
+        let mut effects = vec![
+            Effect::OpenExchange {
+                sender: who.clone(),
+                request_hash: a.request_hash.clone(),
+            },
+            Effect::CloseExchange,
+        ];
+        effects.extend(subscribers.iter().map(|s| Effect::Enqueue {
+            recipient: s.clone(),
+            visible_at_millis: now,
+        }));
+        let draft = self.accepted_draft(who, &a, EntryKind::Event, subscribers.clone());
+        let item = self
+            .log
+            .append(draft, a.canonical.clone(), effects)
+            .await
+            .map_err(append_failed)?;
+        for s in &subscribers {
+            self.wake(s);
+        }
+        Ok(item.message())
+    }
+
+    /// Hand one queued request to its in-process provider and log the answer.
+    #[instrument(skip_all, fields(provider = %adapter.provider(), exchange = %delivery.exchange_id))]
+    pub async fn deliver_to_adapter(&self, adapter: &dyn Adapter, delivery: Delivery) {
+        let provider = adapter.provider().clone();
+        let id = delivery.exchange_id;
+        let parsed: Result<(Record, Envelope), String> = serde_json::from_str::<Value>(&delivery.message)
+            .map_err(|e| e.to_string())
+            .and_then(|mut m| {
+                let record = serde_json::from_value(m["record"].take()).map_err(|e| e.to_string())?;
+                let envelope = serde_json::from_value(m["body"].take()).map_err(|e| e.to_string())?;
+                Ok((record, envelope))
+            });
+        let (record, envelope) = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "unreadable queued message; dropping it");
+                let _ = self.queue.ack(&provider, id).await;
+                return;
+            }
+        };
+        // At-least-once delivery: a message whose exchange is done was handled.
+        match self.store.exchange(id).await {
+            Ok(Some(row)) => {
+                if let ExchangeState::Done { reply } = row.state {
+                    let _ = self.queue.ack(&provider, id).await;
+                    self.resolve(id, Ok(reply));
+                    return;
+                }
+            }
+            Ok(None) => {
+                // Abandoned (a failure was logged); nothing left to do.
+                let _ = self.queue.ack(&provider, id).await;
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "storage unavailable; the message will come back");
+                return;
+            }
+        }
+        let service = match self.store.service(&envelope.service, envelope.version).await {
+            Ok(Some(s)) => s,
+            Ok(None) | Err(_) => {
+                warn!("service vanished or storage unavailable; the message will come back");
+                return;
+            }
+        };
+        let request = AdapterRequest {
+            exchange_id: id,
+            service: envelope.service.clone(),
+            version: envelope.version,
+            sender: envelope.sender.clone(),
+            purpose: envelope.purpose.clone(),
+            case_ref: envelope.case_ref.clone(),
+            on_behalf_of: envelope.on_behalf_of.clone(),
+            payload: envelope.payload.clone(),
+        };
+        let answer = adapter.handle(&request).await;
+        let schema = service.response_schema.clone().unwrap_or_default();
+        let checked = answer
+            .map_err(|e| {
+                warn!(error = %e, "adapter failed");
+                ExchangeError::ProviderUnavailable(service.name.clone())
+            })
+            .and_then(|payload| match self.catalog.validate(&schema, &payload) {
+                Ok(()) => Ok(payload),
+                Err(r) => Err(ExchangeError::ProviderInvalidResponse {
+                    service: service.name.clone(),
+                    violations: violations_of(r),
+                }),
+            });
+        let mut draft = EntryDraft {
+            kind: EntryKind::Response,
+            exchange_id: id,
+            sender: provider.clone(),
+            receiver: Some(envelope.sender.clone()),
+            recipients: vec![],
+            service: Some(service.name.clone()),
+            version: Some(service.version),
+            purpose: Some(envelope.purpose.clone()),
+            case_ref: Some(envelope.case_ref.clone()),
+            on_behalf_of: None,
+            schema: Some(schema),
+            body_hash: String::new(),
+            refers_to: Some(record.statement.index),
+            error: None,
+            sender_signature: None,
+        };
+        let (body, effects, failure) = match checked {
+            Ok(payload) => match jcs::canonicalize(&payload) {
+                Ok(body) => (body, vec![Effect::CloseExchange], None),
+                Err(e) => {
+                    let err = ExchangeError::ProviderInvalidResponse {
+                        service: service.name.clone(),
+                        violations: vec![Violation {
+                            pointer: String::new(),
+                            keyword: "rfc8785".into(),
+                            schema_path: String::new(),
+                            message: e.to_string(),
+                        }],
+                    };
+                    (b"{}".to_vec(), vec![Effect::AbandonExchange], Some(err))
+                }
+            },
+            Err(err) => (b"{}".to_vec(), vec![Effect::AbandonExchange], Some(err)),
+        };
+        if let Some(err) = &failure {
+            draft.kind = EntryKind::Failure;
+            draft.schema = None;
+            draft.error = Some(EntryError {
+                code: err.code().into(),
+                message: err.to_string(),
+            });
+        }
+        draft.body_hash = b64url(&sha256(&body));
+        match self.log.append(draft, body, effects).await {
+            Ok(item) => {
+                let _ = self.queue.ack(&provider, id).await;
+                let completion = match failure {
+                    None => Ok(item.message()),
+                    Some(error) => Err(Failure {
+                        error,
+                        logged: Some(Logged {
+                            exchange_id: id,
+                            index: item.sealed.record.statement.index,
+                        }),
+                    }),
+                };
+                self.resolve(id, completion);
+            }
+            Err(e) => warn!(error = %e, "could not log the answer; the message will come back"),
+        }
+    }
+
+    fn resolve(&self, id: ExchangeId, completion: Completion) {
+        let waiter = self
+            .waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+        if let Some(tx) = waiter {
+            let _ = tx.send(completion);
+        }
+    }
+
+    /// The first result of an exchange `who` sent, if it has one.
+    pub async fn result_of(&self, who: &Member, id: ExchangeId) -> Result<Option<ExchangeState>, Failure> {
+        match self.store.exchange(id).await.map_err(storage)? {
+            Some(row) if row.sender == who.to_string() => Ok(Some(row.state)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Lease up to `max` messages from `who`'s inbox: `{"messages": [...]}`.
+    #[instrument(skip(self))]
+    pub async fn inbox(&self, who: &Member, max: u32) -> Result<String, Failure> {
+        let deliveries = self.queue.receive(who, max.clamp(1, 100)).await.map_err(storage)?;
+        let messages: Vec<&str> = deliveries.iter().map(|d| d.message.as_str()).collect();
+        Ok(format!("{{\"messages\":[{}]}}", messages.join(",")))
+    }
+
+    /// Acknowledge inbox messages; each acknowledgment is logged as a
+    /// signed receipt before the message leaves the queue.
+    #[instrument(skip(self, ids))]
+    pub async fn acknowledge(&self, who: &Member, ids: &[ExchangeId]) -> Result<Value, Failure> {
+        let mut receipts = Vec::new();
+        let mut unknown = Vec::new();
+        for &id in ids {
+            let Some(delivery) = self.queue.pending(who, id).await.map_err(storage)? else {
+                unknown.push(id.to_string());
+                continue;
+            };
+            let record: Option<Record> = serde_json::from_str::<Value>(&delivery.message)
+                .ok()
+                .and_then(|mut m| serde_json::from_value(m["record"].take()).ok());
+            let statement = record.map(|r| r.statement);
+            let body = json!({"acknowledged": id, "recipient": who.to_string()});
+            let body = jcs::canonicalize(&body).unwrap_or_default();
+            let draft = EntryDraft {
+                kind: EntryKind::Receipt,
+                exchange_id: id,
+                sender: who.clone(),
+                receiver: None,
+                recipients: vec![],
+                service: statement.as_ref().and_then(|s| s.draft.service.clone()),
+                version: statement.as_ref().and_then(|s| s.draft.version),
+                purpose: None,
+                case_ref: None,
+                on_behalf_of: None,
+                schema: None,
+                body_hash: b64url(&sha256(&body)),
+                refers_to: statement.as_ref().map(|s| s.index),
+                error: None,
+                sender_signature: None,
+            };
+            let item: AppendItem = self.log.append(draft, body, vec![]).await.map_err(append_failed)?;
+            self.queue.ack(who, id).await.map_err(storage)?;
+            receipts.push(serde_json::to_value(&item.sealed.record).unwrap_or(Value::Null));
+        }
+        Ok(json!({"receipts": receipts, "unknown": unknown}))
+    }
+}

@@ -1,0 +1,269 @@
+//! The dev PKI, generated on first run into `<data_dir>/pki/`: a dev CA, the
+//! hub's TLS server certificate, the hub's Ed25519 log-signing key, and for
+//! each demo agency a client certificate (and, for those that sign their
+//! envelopes, an Ed25519 signing key). Private keys are written `0600` and
+//! never leave the data directory; nothing here is for production, where the
+//! CA is the national one and keys live in an HSM.
+//!
+//! A client certificate names its member in the subject common name as
+//! `agency/subsystem` (e.g. `000.00.29.H29/one-stop`).
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use hub_core::ids::Member;
+use hub_core::jws::{SecretKeyBytes, SigningKey};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use time::{Duration, OffsetDateTime};
+
+/// A PKI operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("certificate generation: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Where each PKI file lives.
+#[derive(Debug, Clone)]
+pub struct PkiPaths {
+    pub dir: PathBuf,
+}
+
+fn member_file(m: &Member) -> String {
+    format!("{}_{}", m.agency, m.subsystem)
+}
+
+impl PkiPaths {
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            dir: data_dir.join("pki"),
+        }
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca.key")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.join("hub-server.crt")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.join("hub-server.key")
+    }
+    pub fn hub_signing_key(&self) -> PathBuf {
+        self.dir.join("hub-signing.key")
+    }
+    pub fn agency_cert(&self, m: &Member) -> PathBuf {
+        self.dir.join("agencies").join(format!("{}.crt", member_file(m)))
+    }
+    pub fn agency_key(&self, m: &Member) -> PathBuf {
+        self.dir.join("agencies").join(format!("{}.key", member_file(m)))
+    }
+    pub fn agency_signing_key(&self, m: &Member) -> PathBuf {
+        self.dir.join("agencies").join(format!("{}.sign.key", member_file(m)))
+    }
+}
+
+/// Write a file readable by its owner only.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(contents).map_err(io(path))
+}
+
+fn write_public(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    fs::write(path, contents).map_err(io(path))
+}
+
+/// PEM-encode PKCS#8 bytes.
+pub fn pkcs8_pem(der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str("-----END PRIVATE KEY-----\n");
+    out
+}
+
+/// Read an Ed25519 signing key from a PKCS#8 PEM file.
+pub fn read_signing_key(path: &Path) -> Result<SigningKey, PkiError> {
+    let pem = fs::read(path).map_err(io(path))?;
+    let der = match PrivateKeyDer::from_pem_slice(&pem) {
+        Ok(PrivateKeyDer::Pkcs8(k)) => k.secret_pkcs8_der().to_vec(),
+        _ => {
+            return Err(PkiError::Invalid {
+                path: path.to_owned(),
+                message: "expected a PKCS#8 PEM private key".into(),
+            });
+        }
+    };
+    SigningKey::from_pkcs8(&SecretKeyBytes::new(der)).map_err(|e| PkiError::Invalid {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Generate an Ed25519 signing key and write it as PKCS#8 PEM.
+pub fn generate_signing_key(path: &Path) -> Result<SigningKey, PkiError> {
+    let rng = ring::rand::SystemRandom::new();
+    let (key, secret) = SigningKey::generate(&rng).map_err(|e| PkiError::Invalid {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    write_private(path, pkcs8_pem(secret.expose()).as_bytes())?;
+    Ok(key)
+}
+
+/// Read every certificate in a PEM file.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    let pem = fs::read(path).map_err(io(path))?;
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
+    match certs {
+        Ok(c) if !c.is_empty() => Ok(c),
+        _ => Err(PkiError::Invalid {
+            path: path.to_owned(),
+            message: "expected PEM certificates".into(),
+        }),
+    }
+}
+
+/// Read a PEM private key (any format rustls accepts).
+pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, PkiError> {
+    let pem = fs::read(path).map_err(io(path))?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| PkiError::Invalid {
+        path: path.to_owned(),
+        message: format!("expected a PEM private key: {e}"),
+    })
+}
+
+/// A demo agency's member, display name, and whether it signs envelopes.
+#[derive(Debug, Clone, Copy)]
+pub struct DemoAgency {
+    pub member: &'static str,
+    pub name: &'static str,
+    pub signs: bool,
+}
+
+/// The demo agencies first run creates. One-stop does not sign, so the
+/// walkthrough can show a plain `curl` call.
+pub const DEMO_AGENCIES: [DemoAgency; 7] = [
+    DemoAgency { member: adapter_population::PROVIDER, name: "Cơ sở dữ liệu quốc gia về dân cư (synthetic)", signs: true },
+    DemoAgency { member: adapter_land::PROVIDER, name: "Cơ sở dữ liệu đất đai (synthetic)", signs: true },
+    DemoAgency { member: adapter_enterprise::PROVIDER, name: "Cơ sở dữ liệu quốc gia về đăng ký doanh nghiệp (synthetic)", signs: true },
+    DemoAgency { member: "000.00.29.H29/one-stop", name: "UBND phường Phúc Xá - Bộ phận một cửa (demo)", signs: false },
+    DemoAgency { member: "000.00.00.G08/tax", name: "Cơ quan thuế (demo)", signs: true },
+    DemoAgency { member: "000.00.00.G22/social-insurance", name: "Bảo hiểm xã hội (demo)", signs: true },
+    DemoAgency { member: "000.00.00.Z01/bank-ekyc", name: "Ngân hàng thương mại (demo)", signs: true },
+];
+
+/// Create whatever of the dev PKI is missing. Returns whether the CA was new.
+pub fn ensure_dev_pki(paths: &PkiPaths, now: OffsetDateTime) -> Result<bool, PkiError> {
+    let fresh = !paths.ca_cert().exists();
+    if fresh {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, "Hub Dev CA (not for production)");
+        params.distinguished_name.push(DnType::OrganizationName, "Interoperability hub, development");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + Duration::days(3650);
+        let cert = params.self_signed(&key)?;
+        write_private(&paths.ca_key(), key.serialize_pem().as_bytes())?;
+        write_public(&paths.ca_cert(), cert.pem().as_bytes())?;
+    }
+    if !paths.server_cert().exists() {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;
+        params.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+        params.subject_alt_names.push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
+        params.distinguished_name.push(DnType::CommonName, "hub");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + Duration::days(825);
+        let cert = sign_with_ca(paths, &params, &key)?;
+        write_private(&paths.server_key(), key.serialize_pem().as_bytes())?;
+        write_public(&paths.server_cert(), cert.as_bytes())?;
+    }
+    if !paths.hub_signing_key().exists() {
+        generate_signing_key(&paths.hub_signing_key())?;
+    }
+    for demo in DEMO_AGENCIES {
+        let member: Member = demo.member.parse().map_err(|e: hub_core::ids::IdError| PkiError::Invalid {
+            path: paths.dir.clone(),
+            message: e.to_string(),
+        })?;
+        if !paths.agency_cert(&member).exists() {
+            issue_client_cert(paths, &member, demo.name, now - Duration::hours(1), now + Duration::days(365))?;
+        }
+        if demo.signs && !paths.agency_signing_key(&member).exists() {
+            generate_signing_key(&paths.agency_signing_key(&member))?;
+        }
+    }
+    Ok(fresh)
+}
+
+fn sign_with_ca(paths: &PkiPaths, params: &CertificateParams, key: &KeyPair) -> Result<String, PkiError> {
+    let ca_key_pem = fs::read_to_string(paths.ca_key()).map_err(io(&paths.ca_key()))?;
+    let ca_cert_pem = fs::read_to_string(paths.ca_cert()).map_err(io(&paths.ca_cert()))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_cert_pem, ca_key)?;
+    Ok(params.signed_by(key, &issuer)?.pem())
+}
+
+/// Issue a client certificate for `member` from the dev CA, valid in
+/// `[not_before, not_after]`, and write it and its key.
+pub fn issue_client_cert(
+    paths: &PkiPaths,
+    member: &Member,
+    display_name: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<(), PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, member.to_string());
+    params.distinguished_name.push(DnType::OrganizationName, display_name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let cert = sign_with_ca(paths, &params, &key)?;
+    write_private(&paths.agency_key(member), key.serialize_pem().as_bytes())?;
+    write_public(&paths.agency_cert(member), cert.as_bytes())
+}

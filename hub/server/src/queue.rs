@@ -1,0 +1,64 @@
+//! Delivery to recipients (provider adapters, subscribers' inboxes) behind
+//! one trait. Messages enter through the store's transactional outbox (an
+//! [`crate::store::Effect::Enqueue`] in the same transaction as their log
+//! entry); a recipient receives them at least once, and acknowledges each
+//! by exchange id after its own work is durable.
+//!
+//! The embedded queue is the outbox table itself: receiving leases rows for
+//! a visibility timeout, after which an unacknowledged message comes back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hub_core::ids::{ExchangeId, Member};
+
+use crate::clock::Clock;
+use crate::store::{Delivery, Store, StoreError};
+
+/// A recipient's messages.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Up to `max` messages for `recipient`, hidden from other receivers
+    /// until acknowledged or until the visibility timeout passes.
+    async fn receive(&self, recipient: &Member, max: u32) -> Result<Vec<Delivery>, StoreError>;
+    /// One unacknowledged message for `recipient`.
+    async fn pending(&self, recipient: &Member, id: ExchangeId) -> Result<Option<Delivery>, StoreError>;
+    /// Acknowledge a message; whether it was still there.
+    async fn ack(&self, recipient: &Member, id: ExchangeId) -> Result<bool, StoreError>;
+}
+
+/// The embedded durable queue: a table in the hub's own database.
+pub struct EmbeddedQueue {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    visibility: Duration,
+}
+
+impl EmbeddedQueue {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, visibility: Duration) -> Self {
+        Self {
+            store,
+            clock,
+            visibility,
+        }
+    }
+}
+
+#[async_trait]
+impl Queue for EmbeddedQueue {
+    async fn receive(&self, recipient: &Member, max: u32) -> Result<Vec<Delivery>, StoreError> {
+        let visibility = u64::try_from(self.visibility.as_millis()).unwrap_or(u64::MAX);
+        self.store
+            .lease(recipient, max, self.clock.unix_millis(), visibility)
+            .await
+    }
+
+    async fn pending(&self, recipient: &Member, id: ExchangeId) -> Result<Option<Delivery>, StoreError> {
+        self.store.delivery(recipient, id).await
+    }
+
+    async fn ack(&self, recipient: &Member, id: ExchangeId) -> Result<bool, StoreError> {
+        self.store.remove_delivery(recipient, id).await
+    }
+}

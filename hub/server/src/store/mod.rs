@@ -1,0 +1,195 @@
+//! Storage behind one small trait, chosen once at start-up from the
+//! database URL. Handlers and the pipeline never see SQL.
+//!
+//! The store keeps the registry (agencies, services, grants,
+//! subscriptions), the exchange log, the idempotency table, and the
+//! embedded queue. [`Store::append`] writes a batch of sealed entries and
+//! their side effects (exchange state, queued deliveries) in ONE
+//! transaction: what the hub acknowledges is durable, and nothing is
+//! half-written.
+
+use async_trait::async_trait;
+use hub_adapter_sdk::ServiceKind;
+use hub_core::hash::Hash;
+use hub_core::ids::{ExchangeId, Member, PurposeCode, ServiceName};
+use hub_core::jws::Jwk;
+use hub_core::log::Sealed;
+
+pub mod sqlite;
+
+/// A storage failure. The message is for the log, never for a client.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("unsupported database URL {0:?} (expected sqlite:<path>)")]
+    UnsupportedUrl(String),
+}
+
+/// An agency subsystem known to the hub.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgencyRecord {
+    pub member: Member,
+    pub name: String,
+    /// When set, every envelope from this member must carry a valid signature by it.
+    pub signing_key: Option<Jwk>,
+}
+
+/// A service and its provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRecord {
+    pub name: ServiceName,
+    pub version: u32,
+    pub kind: ServiceKind,
+    pub provider: Member,
+    pub request_schema: String,
+    pub response_schema: Option<String>,
+}
+
+/// A consumer may call a service for a purpose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub consumer: Member,
+    pub service: ServiceName,
+    pub purpose: PurposeCode,
+}
+
+/// A member receives an event service's events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub subscriber: Member,
+    pub service: ServiceName,
+    pub version: u32,
+}
+
+/// What appending an entry also does, in the same transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Record an accepted exchange id as pending.
+    OpenExchange { sender: Member, request_hash: String },
+    /// Mark the exchange done; its reply is this entry's record and body.
+    CloseExchange,
+    /// Forget a pending exchange so that a retry runs again.
+    AbandonExchange,
+    /// Queue this entry's record and body for `recipient`.
+    Enqueue { recipient: Member, visible_at_millis: u64 },
+}
+
+/// A sealed entry, its body, and its effects.
+#[derive(Debug, Clone)]
+pub struct AppendItem {
+    pub sealed: Sealed,
+    /// The canonical body whose hash the entry carries.
+    pub body: Vec<u8>,
+    pub effects: Vec<Effect>,
+}
+
+impl AppendItem {
+    /// `{"record": <record>, "body": <body>}` as sent to recipients and
+    /// stored as a reply, built without re-serializing either part.
+    pub fn message(&self) -> String {
+        format!(
+            "{{\"record\":{},\"body\":{}}}",
+            String::from_utf8_lossy(&self.sealed.canonical),
+            String::from_utf8_lossy(&self.body)
+        )
+    }
+}
+
+/// The state of an accepted exchange id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExchangeState {
+    Pending,
+    Done { reply: String },
+}
+
+/// An accepted exchange, for idempotent retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeRow {
+    pub sender: String,
+    pub request_hash: String,
+    pub state: ExchangeState,
+}
+
+/// One stored log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    pub index: u64,
+    pub record: String,
+    pub leaf_hash: Hash,
+    pub body: Option<Vec<u8>>,
+}
+
+/// A message leased from the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub exchange_id: ExchangeId,
+    /// `{"record": ..., "body": ...}`.
+    pub message: String,
+    pub attempts: u32,
+}
+
+/// Everything the hub stores.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Is the database reachable?
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn upsert_agency(&self, agency: &AgencyRecord) -> Result<(), StoreError>;
+    async fn agency(&self, member: &Member) -> Result<Option<AgencyRecord>, StoreError>;
+    async fn agencies(&self) -> Result<Vec<AgencyRecord>, StoreError>;
+
+    async fn upsert_service(&self, service: &ServiceRecord) -> Result<(), StoreError>;
+    async fn service(&self, name: &ServiceName, version: u32) -> Result<Option<ServiceRecord>, StoreError>;
+    async fn services(&self) -> Result<Vec<ServiceRecord>, StoreError>;
+
+    async fn add_grant(&self, grant: &Grant) -> Result<(), StoreError>;
+    /// Whether a grant existed to remove.
+    async fn revoke_grant(&self, grant: &Grant) -> Result<bool, StoreError>;
+    async fn grants(&self) -> Result<Vec<Grant>, StoreError>;
+    async fn has_grant(&self, grant: &Grant) -> Result<bool, StoreError>;
+
+    async fn add_subscription(&self, sub: &Subscription) -> Result<(), StoreError>;
+    async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError>;
+    async fn subscribers(&self, service: &ServiceName, version: u32) -> Result<Vec<Member>, StoreError>;
+
+    /// The last entry's index and leaf hash, if any.
+    async fn log_head(&self) -> Result<Option<(u64, Hash)>, StoreError>;
+    /// Write `items` and their effects in one transaction.
+    async fn append(&self, items: &[AppendItem]) -> Result<(), StoreError>;
+    /// Up to `limit` entries from `from`, in order.
+    async fn entries(&self, from: u64, limit: u32) -> Result<Vec<StoredEntry>, StoreError>;
+    /// The indexes of every entry of one exchange.
+    async fn entries_of_exchange(&self, id: ExchangeId) -> Result<Vec<StoredEntry>, StoreError>;
+
+    async fn exchange(&self, id: ExchangeId) -> Result<Option<ExchangeRow>, StoreError>;
+
+    /// Lease up to `max` visible messages for `recipient`, hiding them until
+    /// `now + visibility`.
+    async fn lease(
+        &self,
+        recipient: &Member,
+        max: u32,
+        now_millis: u64,
+        visibility_millis: u64,
+    ) -> Result<Vec<Delivery>, StoreError>;
+    /// One unacknowledged message, leased or not.
+    async fn delivery(&self, recipient: &Member, id: ExchangeId) -> Result<Option<Delivery>, StoreError>;
+    /// Remove an acknowledged message; whether there was one.
+    async fn remove_delivery(&self, recipient: &Member, id: ExchangeId) -> Result<bool, StoreError>;
+}
+
+/// Open the store the URL names, creating and migrating it if needed.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
+}

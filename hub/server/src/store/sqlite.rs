@@ -1,0 +1,497 @@
+//! The embedded SQLite backend: one file under the data directory, WAL
+//! journal, `synchronous=FULL` so a commit is on disk before the hub
+//! acknowledges anything.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hub_adapter_sdk::ServiceKind;
+use hub_core::hash::Hash;
+use hub_core::ids::{ExchangeId, Member, PurposeCode, ServiceName};
+use hub_core::jws::Jwk;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::{
+    AgencyRecord, AppendItem, Delivery, Effect, ExchangeRow, ExchangeState, Grant, ServiceRecord,
+    Store, StoreError, StoredEntry, Subscription,
+};
+
+/// The SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn db(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        other => StoreError::Database(other.to_string()),
+    }
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn member(agency: String, subsystem: String) -> Result<Member, StoreError> {
+    format!("{agency}/{subsystem}").parse().map_err(corrupt)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl SqliteStore {
+    /// Open (creating the file and its directory if needed) and migrate.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Invalid(format!("{url}: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        if let Some(dir) = options.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(db)?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Database(format!("migration: {e}")))?;
+        Ok(Self { pool })
+    }
+
+    fn agency_row(row: &SqliteRow) -> Result<AgencyRecord, StoreError> {
+        let jwk: Option<String> = row.try_get("signing_jwk").map_err(db)?;
+        Ok(AgencyRecord {
+            member: member(row.try_get("agency").map_err(db)?, row.try_get("subsystem").map_err(db)?)?,
+            name: row.try_get("name").map_err(db)?,
+            signing_key: jwk.map(|j| Jwk::parse(&j)).transpose().map_err(corrupt)?,
+        })
+    }
+
+    fn service_row(row: &SqliteRow) -> Result<ServiceRecord, StoreError> {
+        let kind: String = row.try_get("kind").map_err(db)?;
+        let version: i64 = row.try_get("version").map_err(db)?;
+        Ok(ServiceRecord {
+            name: ServiceName::parse(&row.try_get::<String, _>("name").map_err(db)?).map_err(corrupt)?,
+            version: u32::try_from(version).map_err(corrupt)?,
+            kind: ServiceKind::parse(&kind).ok_or_else(|| corrupt(kind))?,
+            provider: member(
+                row.try_get("provider_agency").map_err(db)?,
+                row.try_get("provider_subsystem").map_err(db)?,
+            )?,
+            request_schema: row.try_get("request_schema").map_err(db)?,
+            response_schema: row.try_get("response_schema").map_err(db)?,
+        })
+    }
+
+    fn entry_row(row: &SqliteRow) -> Result<StoredEntry, StoreError> {
+        let leaf: Vec<u8> = row.try_get("leaf_hash").map_err(db)?;
+        Ok(StoredEntry {
+            index: to_u64(row.try_get("idx").map_err(db)?),
+            record: row.try_get("record").map_err(db)?,
+            leaf_hash: leaf.try_into().map_err(|_| corrupt("leaf hash is not 32 bytes"))?,
+            body: row.try_get("body").map_err(db)?,
+        })
+    }
+
+    fn delivery_row(row: &SqliteRow) -> Result<Delivery, StoreError> {
+        let id: String = row.try_get("exchange_id").map_err(db)?;
+        let attempts: i64 = row.try_get("attempts").map_err(db)?;
+        Ok(Delivery {
+            exchange_id: ExchangeId::parse(&id).map_err(corrupt)?,
+            message: row.try_get("message").map_err(db)?,
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn upsert_agency(&self, a: &AgencyRecord) -> Result<(), StoreError> {
+        let jwk = a
+            .signing_key
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO agencies (agency, subsystem, name, signing_jwk) VALUES (?, ?, ?, ?)
+             ON CONFLICT (agency, subsystem) DO UPDATE SET name = excluded.name, signing_jwk = excluded.signing_jwk",
+        )
+        .bind(a.member.agency.as_str())
+        .bind(a.member.subsystem.as_str())
+        .bind(&a.name)
+        .bind(jwk)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn agency(&self, m: &Member) -> Result<Option<AgencyRecord>, StoreError> {
+        sqlx::query("SELECT * FROM agencies WHERE agency = ? AND subsystem = ?")
+            .bind(m.agency.as_str())
+            .bind(m.subsystem.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .as_ref()
+            .map(Self::agency_row)
+            .transpose()
+    }
+
+    async fn agencies(&self) -> Result<Vec<AgencyRecord>, StoreError> {
+        sqlx::query("SELECT * FROM agencies ORDER BY agency, subsystem")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(Self::agency_row)
+            .collect()
+    }
+
+    async fn upsert_service(&self, s: &ServiceRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO services (name, version, kind, provider_agency, provider_subsystem, request_schema, response_schema)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (name, version) DO UPDATE SET kind = excluded.kind,
+               provider_agency = excluded.provider_agency, provider_subsystem = excluded.provider_subsystem,
+               request_schema = excluded.request_schema, response_schema = excluded.response_schema",
+        )
+        .bind(s.name.as_str())
+        .bind(i64::from(s.version))
+        .bind(s.kind.as_str())
+        .bind(s.provider.agency.as_str())
+        .bind(s.provider.subsystem.as_str())
+        .bind(&s.request_schema)
+        .bind(&s.response_schema)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn service(&self, name: &ServiceName, version: u32) -> Result<Option<ServiceRecord>, StoreError> {
+        sqlx::query("SELECT * FROM services WHERE name = ? AND version = ?")
+            .bind(name.as_str())
+            .bind(i64::from(version))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .as_ref()
+            .map(Self::service_row)
+            .transpose()
+    }
+
+    async fn services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
+        sqlx::query("SELECT * FROM services ORDER BY name, version")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(Self::service_row)
+            .collect()
+    }
+
+    async fn add_grant(&self, g: &Grant) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO grants (consumer_agency, consumer_subsystem, service, purpose) VALUES (?, ?, ?, ?)",
+        )
+        .bind(g.consumer.agency.as_str())
+        .bind(g.consumer.subsystem.as_str())
+        .bind(g.service.as_str())
+        .bind(g.purpose.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn revoke_grant(&self, g: &Grant) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "DELETE FROM grants WHERE consumer_agency = ? AND consumer_subsystem = ? AND service = ? AND purpose = ?",
+        )
+        .bind(g.consumer.agency.as_str())
+        .bind(g.consumer.subsystem.as_str())
+        .bind(g.service.as_str())
+        .bind(g.purpose.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn grants(&self) -> Result<Vec<Grant>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM grants ORDER BY consumer_agency, consumer_subsystem, service, purpose")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(Grant {
+                    consumer: member(r.try_get("consumer_agency").map_err(db)?, r.try_get("consumer_subsystem").map_err(db)?)?,
+                    service: ServiceName::parse(&r.try_get::<String, _>("service").map_err(db)?).map_err(corrupt)?,
+                    purpose: PurposeCode::parse(&r.try_get::<String, _>("purpose").map_err(db)?).map_err(corrupt)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn has_grant(&self, g: &Grant) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT 1 FROM grants WHERE consumer_agency = ? AND consumer_subsystem = ? AND service = ? AND purpose = ?",
+        )
+        .bind(g.consumer.agency.as_str())
+        .bind(g.consumer.subsystem.as_str())
+        .bind(g.service.as_str())
+        .bind(g.purpose.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(row.is_some())
+    }
+
+    async fn add_subscription(&self, s: &Subscription) -> Result<(), StoreError> {
+        sqlx::query("INSERT OR IGNORE INTO subscriptions (agency, subsystem, service, version) VALUES (?, ?, ?, ?)")
+            .bind(s.subscriber.agency.as_str())
+            .bind(s.subscriber.subsystem.as_str())
+            .bind(s.service.as_str())
+            .bind(i64::from(s.version))
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM subscriptions ORDER BY service, version, agency, subsystem")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                let version: i64 = r.try_get("version").map_err(db)?;
+                Ok(Subscription {
+                    subscriber: member(r.try_get("agency").map_err(db)?, r.try_get("subsystem").map_err(db)?)?,
+                    service: ServiceName::parse(&r.try_get::<String, _>("service").map_err(db)?).map_err(corrupt)?,
+                    version: u32::try_from(version).map_err(corrupt)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn subscribers(&self, service: &ServiceName, version: u32) -> Result<Vec<Member>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT agency, subsystem FROM subscriptions WHERE service = ? AND version = ? ORDER BY agency, subsystem",
+        )
+        .bind(service.as_str())
+        .bind(i64::from(version))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| member(r.try_get("agency").map_err(db)?, r.try_get("subsystem").map_err(db)?))
+            .collect()
+    }
+
+    async fn log_head(&self) -> Result<Option<(u64, Hash)>, StoreError> {
+        let row = sqlx::query("SELECT idx, leaf_hash FROM log_entries ORDER BY idx DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|r| {
+            let leaf: Vec<u8> = r.try_get("leaf_hash").map_err(db)?;
+            let leaf: Hash = leaf.try_into().map_err(|_| corrupt("leaf hash is not 32 bytes"))?;
+            Ok((to_u64(r.try_get("idx").map_err(db)?), leaf))
+        })
+        .transpose()
+    }
+
+    async fn append(&self, items: &[AppendItem]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        for item in items {
+            let record = &item.sealed.record.statement;
+            let index = to_i64(record.index);
+            let exchange_id = record.draft.exchange_id.to_string();
+            sqlx::query("INSERT INTO log_entries (idx, exchange_id, kind, record, leaf_hash) VALUES (?, ?, ?, ?, ?)")
+                .bind(index)
+                .bind(&exchange_id)
+                .bind(record.draft.kind.as_str())
+                .bind(String::from_utf8_lossy(&item.sealed.canonical).into_owned())
+                .bind(item.sealed.leaf_hash.to_vec())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            sqlx::query("INSERT INTO log_bodies (idx, body) VALUES (?, ?)")
+                .bind(index)
+                .bind(item.body.clone())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            for effect in &item.effects {
+                match effect {
+                    Effect::OpenExchange { sender, request_hash } => {
+                        sqlx::query(
+                            "INSERT INTO exchanges (exchange_id, sender, request_hash, state) VALUES (?, ?, ?, 'pending')",
+                        )
+                        .bind(&exchange_id)
+                        .bind(sender.to_string())
+                        .bind(request_hash)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db)?;
+                    }
+                    Effect::CloseExchange => {
+                        sqlx::query("UPDATE exchanges SET state = 'done', reply = ? WHERE exchange_id = ?")
+                            .bind(item.message())
+                            .bind(&exchange_id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db)?;
+                    }
+                    Effect::AbandonExchange => {
+                        sqlx::query("DELETE FROM exchanges WHERE exchange_id = ? AND state = 'pending'")
+                            .bind(&exchange_id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db)?;
+                    }
+                    Effect::Enqueue { recipient, visible_at_millis } => {
+                        sqlx::query(
+                            "INSERT OR IGNORE INTO deliveries (recipient, exchange_id, message, visible_at) VALUES (?, ?, ?, ?)",
+                        )
+                        .bind(recipient.to_string())
+                        .bind(&exchange_id)
+                        .bind(item.message())
+                        .bind(to_i64(*visible_at_millis))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db)?;
+                    }
+                }
+            }
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn entries(&self, from: u64, limit: u32) -> Result<Vec<StoredEntry>, StoreError> {
+        sqlx::query(
+            "SELECT e.idx, e.record, e.leaf_hash, b.body FROM log_entries e LEFT JOIN log_bodies b ON b.idx = e.idx
+             WHERE e.idx >= ? ORDER BY e.idx LIMIT ?",
+        )
+        .bind(to_i64(from))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(Self::entry_row)
+        .collect()
+    }
+
+    async fn entries_of_exchange(&self, id: ExchangeId) -> Result<Vec<StoredEntry>, StoreError> {
+        sqlx::query(
+            "SELECT e.idx, e.record, e.leaf_hash, b.body FROM log_entries e LEFT JOIN log_bodies b ON b.idx = e.idx
+             WHERE e.exchange_id = ? ORDER BY e.idx",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(Self::entry_row)
+        .collect()
+    }
+
+    async fn exchange(&self, id: ExchangeId) -> Result<Option<ExchangeRow>, StoreError> {
+        let row = sqlx::query("SELECT sender, request_hash, state, reply FROM exchanges WHERE exchange_id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|r| {
+            let state: String = r.try_get("state").map_err(db)?;
+            let reply: Option<String> = r.try_get("reply").map_err(db)?;
+            Ok(ExchangeRow {
+                sender: r.try_get("sender").map_err(db)?,
+                request_hash: r.try_get("request_hash").map_err(db)?,
+                state: match (state.as_str(), reply) {
+                    ("done", Some(reply)) => ExchangeState::Done { reply },
+                    ("pending", _) => ExchangeState::Pending,
+                    _ => return Err(corrupt(format!("exchange {id} in state {state} without reply"))),
+                },
+            })
+        })
+        .transpose()
+    }
+
+    async fn lease(
+        &self,
+        recipient: &Member,
+        max: u32,
+        now_millis: u64,
+        visibility_millis: u64,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        sqlx::query(
+            "UPDATE deliveries SET visible_at = ?, attempts = attempts + 1
+             WHERE seq IN (SELECT seq FROM deliveries WHERE recipient = ? AND visible_at <= ? ORDER BY seq LIMIT ?)
+             RETURNING exchange_id, message, attempts, seq",
+        )
+        .bind(to_i64(now_millis.saturating_add(visibility_millis)))
+        .bind(recipient.to_string())
+        .bind(to_i64(now_millis))
+        .bind(i64::from(max))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(Self::delivery_row)
+        .collect()
+    }
+
+    async fn delivery(&self, recipient: &Member, id: ExchangeId) -> Result<Option<Delivery>, StoreError> {
+        sqlx::query("SELECT exchange_id, message, attempts FROM deliveries WHERE recipient = ? AND exchange_id = ?")
+            .bind(recipient.to_string())
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .as_ref()
+            .map(Self::delivery_row)
+            .transpose()
+    }
+
+    async fn remove_delivery(&self, recipient: &Member, id: ExchangeId) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM deliveries WHERE recipient = ? AND exchange_id = ?")
+            .bind(recipient.to_string())
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(r.rows_affected() > 0)
+    }
+}
