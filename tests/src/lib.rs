@@ -1,1 +1,154 @@
+//! The end-to-end harness: start the real hub on port 0 over real mTLS with
+//! a real SQLite file in a temporary data directory, and talk to it as the
+//! demo agencies do, with their dev certificates.
 #![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use hub_client::HubClient;
+use hub_core::ids::Member;
+use hub_core::jws::SigningKey;
+use hub_server::clock::{SystemClock, SystemRandom};
+use hub_server::pki::read_signing_key;
+use hub_server::{Config, RunningHub};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+pub const ONE_STOP: &str = "000.00.29.H29/one-stop";
+pub const TAX: &str = "000.00.00.G08/tax";
+pub const SOCIAL_INSURANCE: &str = "000.00.00.G22/social-insurance";
+pub const BANK: &str = "000.00.00.Z01/bank-ekyc";
+pub const ENTERPRISE_REGISTRY: &str = "000.00.00.G09/enterprise-registry";
+pub const POPULATION_REGISTRY: &str = "000.00.00.G01/population-registry";
+
+/// A running hub in its own temporary data directory.
+pub struct TestHub {
+    pub running: Option<RunningHub>,
+    pub config: Config,
+    pub dir: Arc<TempDir>,
+}
+
+/// The test configuration: port 0, a temporary data directory, small registries.
+pub fn test_config(dir: &TempDir) -> Config {
+    Config {
+        data_dir: dir.path().to_owned(),
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        public_listen: "127.0.0.1:0".parse().unwrap(),
+        inbox_visibility_secs: 1,
+        synthetic_records: 20,
+        ..Config::default()
+    }
+}
+
+impl TestHub {
+    pub async fn start() -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        Self::start_in(dir, |_| {}).await
+    }
+
+    /// Start in `dir` (a second start reuses what the first made), adjusting the config.
+    pub async fn start_in(dir: Arc<TempDir>, adjust: impl FnOnce(&mut Config)) -> Self {
+        let mut config = test_config(&dir);
+        adjust(&mut config);
+        let running = hub_server::start(config.clone(), Arc::new(SystemClock), Arc::new(SystemRandom::default()))
+            .await
+            .expect("the hub starts");
+        Self {
+            running: Some(running),
+            config,
+            dir,
+        }
+    }
+
+    pub fn running(&self) -> &RunningHub {
+        self.running.as_ref().unwrap()
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    pub fn api_base(&self) -> String {
+        format!("https://{}", self.running().api_addr)
+    }
+
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.running().pki.ca_cert()).unwrap()
+    }
+
+    /// A client presenting `member`'s dev certificate.
+    pub fn client(&self, member: &str) -> HubClient {
+        let m: Member = member.parse().unwrap();
+        let pki = &self.running().pki;
+        HubClient::from_files(&self.api_base(), &pki.ca_cert(), Some((&pki.agency_cert(&m), &pki.agency_key(&m))))
+            .unwrap()
+    }
+
+    /// A client of the public listener, without a client certificate.
+    pub fn public_client(&self) -> HubClient {
+        HubClient::new(&format!("https://{}", self.running().public_addr), &self.ca_pem(), None).unwrap()
+    }
+
+    /// `member`'s envelope-signing key from the dev PKI.
+    pub fn signing_key(&self, member: &str) -> SigningKey {
+        let m: Member = member.parse().unwrap();
+        read_signing_key(&self.running().pki.agency_signing_key(&m)).unwrap()
+    }
+
+    /// Every log entry's record, in order.
+    pub async fn log_records(&self) -> Vec<Value> {
+        let entries = self.running().hub.store.entries(0, 100_000).await.unwrap();
+        entries.iter().map(|e| serde_json::from_str(&e.record).unwrap()).collect()
+    }
+
+    /// The record at `index`.
+    pub async fn record_at(&self, index: u64) -> Value {
+        let e = self.running().hub.store.entries(index, 1).await.unwrap();
+        assert_eq!(e.first().map(|e| e.index), Some(index), "no entry {index}");
+        serde_json::from_str(&e[0].record).unwrap()
+    }
+
+    /// Send `envelope` as its sender, signed when the sender has a key.
+    pub async fn send(&self, envelope: Value) -> (http::StatusCode, Value) {
+        let sender = format!("{}/{}", envelope["sender"]["agency"].as_str().unwrap(), envelope["sender"]["subsystem"].as_str().unwrap());
+        let m: Member = sender.parse().unwrap();
+        let key_path = self.running().pki.agency_signing_key(&m);
+        let mut request = json!({"envelope": envelope});
+        if key_path.exists() {
+            let key = read_signing_key(&key_path).unwrap();
+            request["signature"] = json!(hub_client::sign_envelope(&request["envelope"], &key).unwrap());
+        }
+        self.client(&sender).post_json("/v1/exchanges", &request).await.unwrap()
+    }
+}
+
+/// An envelope from `sender`.
+pub fn envelope(sender: &str, service: &str, purpose: &str, payload: Value) -> Value {
+    let m: Member = sender.parse().unwrap();
+    json!({
+        "sender": {"agency": m.agency, "subsystem": m.subsystem},
+        "service": service,
+        "version": 1,
+        "purpose": purpose,
+        "case_ref": "HS-2026-000042",
+        "payload": payload,
+    })
+}
+
+/// A valid `enterprise.registered` payload.
+pub fn enterprise_registered() -> Value {
+    json!({"enterprise": {
+        "enterprise_code": "0101112221",
+        "name": "Công ty TNHH Minh Hòa",
+        "type": "llc_one_member",
+        "founding_date": "2026-11-20",
+        "status": "active",
+        "charter_capital": "2000000000",
+        "head_office": {"province": "01", "district": "005", "commune": "00160", "detail": "Số 5 phố Duy Tân"},
+        "legal_representatives": [{"full_name": "Trần Thị Bích Ngọc", "personal_id": "079192000123", "position": "Giám đốc"}],
+        "business_lines": [{"vsic": "6201", "name": "Lập trình máy vi tính", "main": true}]
+    }})
+}

@@ -1,1 +1,221 @@
+//! A small client for the hub's API over mutual TLS, for agency systems,
+//! the CLI and tests: one HTTP/1.1 connection per call, the hub's CA pinned,
+//! and helpers to sign envelopes and to check the hub's signed replies.
 #![forbid(unsafe_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hub_core::hash::{b64url, sha256};
+use hub_core::jcs;
+use hub_core::jws::{Jwks, SigningKey};
+use hub_core::log::{RecordError, verify_record_signature};
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// A call did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("bad hub URL {0:?} (expected https://host:port)")]
+    Url(String),
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("connecting to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("HTTP: {0}")]
+    Http(String),
+    #[error("the response is not JSON: {0}")]
+    NotJson(String),
+}
+
+/// A configured client for one hub.
+#[derive(Clone)]
+pub struct HubClient {
+    host: String,
+    port: u16,
+    tls: Arc<ClientConfig>,
+}
+
+impl std::fmt::Debug for HubClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HubClient(https://{}:{})", self.host, self.port)
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|e| ClientError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn parse_base(base: &str) -> Result<(String, u16), ClientError> {
+    let rest = base
+        .strip_prefix("https://")
+        .ok_or_else(|| ClientError::Url(base.to_owned()))?
+        .trim_end_matches('/');
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| ClientError::Url(base.to_owned()))?;
+    let port = port.parse().map_err(|_| ClientError::Url(base.to_owned()))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    Ok((host, port))
+}
+
+impl HubClient {
+    /// A client trusting `ca_pem`, presenting `identity` (certificate chain
+    /// PEM, private key PEM) when given.
+    pub fn new(base: &str, ca_pem: &[u8], identity: Option<(&[u8], &[u8])>) -> Result<Self, ClientError> {
+        let (host, port) = parse_base(base)?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem) {
+            let cert = cert.map_err(|e| ClientError::Tls(format!("CA certificate: {e}")))?;
+            roots.add(cert).map_err(|e| ClientError::Tls(e.to_string()))?;
+        }
+        let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Tls(e.to_string()))?
+            .with_root_certificates(roots);
+        let config = match identity {
+            Some((chain_pem, key_pem)) => {
+                let chain: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(chain_pem).collect();
+                let chain = chain.map_err(|e| ClientError::Tls(format!("client certificate: {e}")))?;
+                let key = PrivateKeyDer::from_pem_slice(key_pem)
+                    .map_err(|e| ClientError::Tls(format!("client key: {e}")))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| ClientError::Tls(e.to_string()))?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        Ok(Self {
+            host,
+            port,
+            tls: Arc::new(config),
+        })
+    }
+
+    /// Like [`HubClient::new`], reading PEM files.
+    pub fn from_files(base: &str, ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Self, ClientError> {
+        let ca = read(ca)?;
+        match identity {
+            Some((cert, key)) => {
+                let (cert, key) = (read(cert)?, read(key)?);
+                Self::new(base, &ca, Some((&cert, &key)))
+            }
+            None => Self::new(base, &ca, None),
+        }
+    }
+
+    /// One request; returns the status and the body.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let addr = format!("{}:{}", self.host, self.port);
+        let tcp = TcpStream::connect(&addr)
+            .await
+            .map_err(|source| ClientError::Connect { addr: addr.clone(), source })?;
+        let name = ServerName::try_from(self.host.clone()).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let tls = TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, &addr);
+        let payload = match body {
+            Some((content_type, bytes)) => {
+                req = req.header(header::CONTENT_TYPE, content_type);
+                bytes
+            }
+            None => Vec::new(),
+        };
+        let req = req
+            .body(Full::new(Bytes::from(payload)))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+
+    /// GET a JSON document.
+    pub async fn get_json(&self, path: &str) -> Result<(StatusCode, Value), ClientError> {
+        let (status, body) = self.send(Method::GET, path, None).await?;
+        Ok((status, to_json(&body)?))
+    }
+
+    /// POST a JSON document.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<(StatusCode, Value), ClientError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Http(e.to_string()))?;
+        let (status, body) = self.send(Method::POST, path, Some(("application/json", bytes))).await?;
+        Ok((status, to_json(&body)?))
+    }
+
+    /// The hub's published keys.
+    pub async fn jwks(&self) -> Result<Jwks, ClientError> {
+        let (_, v) = self.get_json("/.well-known/jwks.json").await?;
+        serde_json::from_value(v).map_err(|e| ClientError::NotJson(e.to_string()))
+    }
+}
+
+fn to_json(body: &[u8]) -> Result<Value, ClientError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ClientError::NotJson(format!("{e}: {}", String::from_utf8_lossy(&body[..body.len().min(200)])))
+    })
+}
+
+/// The detached JWS an agency puts beside its envelope.
+pub fn sign_envelope(envelope: &Value, key: &SigningKey) -> Result<String, jcs::JcsError> {
+    Ok(key.sign_detached(&jcs::canonicalize(envelope)?))
+}
+
+/// A reply that does not check out.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyError {
+    #[error("the reply has no record")]
+    NoRecord,
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("the body does not match the record's body_hash")]
+    BodyMismatch,
+}
+
+/// Check a `{"record", "body"}` reply: the hub's signature on the record,
+/// and the body against the record's `body_hash`. Returns the key id.
+pub fn verify_reply(reply: &Value, keys: &Jwks) -> Result<String, ReplyError> {
+    let record = reply.get("record").ok_or(ReplyError::NoRecord)?;
+    let kid = verify_record_signature(record, keys)?;
+    let body = reply.get("body").ok_or(ReplyError::BodyMismatch)?;
+    let hash = b64url(&sha256(&jcs::canonicalize(body).map_err(RecordError::from)?));
+    if record.get("body_hash").and_then(Value::as_str) != Some(hash.as_str()) {
+        return Err(ReplyError::BodyMismatch);
+    }
+    Ok(kid)
+}

@@ -59,7 +59,10 @@ struct SemanticKeyword(Check);
 
 impl<'i> Keyword<'i> for SemanticKeyword {
     fn validate(&self, instance: &'i Value) -> Result<(), ValidationError<'i>> {
-        self.0.run(instance).map_err(ValidationError::custom)
+        // The check's name leads the message, so a violation can name it.
+        self.0
+            .run(instance)
+            .map_err(|m| ValidationError::custom(format!("{}: {m}", self.0.name())))
     }
     fn is_valid(&self, instance: &'i Value) -> bool {
         self.0.run(instance).is_ok()
@@ -161,8 +164,9 @@ impl Catalog {
             .iter_errors(instance)
             .map(|e| {
                 let keyword = match e.kind() {
-                    jsonschema::error::ValidationErrorKind::Custom { keyword, .. } => {
-                        format!("{keyword}:{}", check_name_at(&self.documents[id], e.schema_path()))
+                    jsonschema::error::ValidationErrorKind::Custom { keyword, message } => {
+                        let check = message.split_once(": ").map_or("", |(name, _)| name);
+                        format!("{keyword}:{check}")
                     }
                     kind => kind.keyword().to_owned(),
                 };
@@ -186,15 +190,6 @@ impl Catalog {
     pub fn get(&self, id: &str) -> Option<&Value> {
         self.documents.get(id)
     }
-}
-
-/// The named check at a schema path, when it can be read from the document
-/// (the path may cross a `$ref`, in which case only the keyword is known).
-fn check_name_at(doc: &Value, schema_path: &Location) -> String {
-    doc.pointer(&schema_path.to_string())
-        .and_then(Value::as_str)
-        .unwrap_or("check")
-        .to_owned()
 }
 
 /// Why an instance was not accepted.

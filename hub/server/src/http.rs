@@ -127,6 +127,11 @@ pub fn public_routes() -> Router<AppState> {
         .route("/.well-known/jwks.json", get(jwks))
         .route("/v1/schemas", get(schema_list))
         .route("/v1/schemas/{*id}", get(schema_get))
+        .fallback(no_route)
+}
+
+async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route {}", uri.path()))
 }
 
 /// Everything, for the mTLS listener.

@@ -1,0 +1,416 @@
+//! The hub's command line: serve, initialise, administer the registry of
+//! agencies, services, grants and subscriptions, and act as an agency
+//! (send an exchange, read an inbox) with that agency's dev certificate.
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use hub_client::{HubClient, sign_envelope, verify_reply};
+use hub_core::ids::{ExchangeId, Member, PurposeCode, ServiceName};
+use hub_core::jws::Jwk;
+use hub_server::clock::{SystemClock, SystemRandom};
+use hub_server::pki::{PkiPaths, issue_client_cert, read_signing_key};
+use hub_server::store::{AgencyRecord, Grant, Store, Subscription};
+use hub_server::{Config, app};
+use serde_json::{Value, json};
+
+/// The interoperability hub.
+#[derive(Debug, Parser)]
+#[command(name = "hub", version, about)]
+pub struct Cli {
+    /// A TOML configuration file (HUB_* environment variables override it).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// The data directory (database, dev PKI, keys).
+    #[arg(long, global = true, env = "HUB_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the hub (creates the dev PKI and demo registry on first run).
+    Serve,
+    /// Create the dev PKI, the database and the demo registry, then exit.
+    Init,
+    /// Agencies and their subsystems.
+    #[command(subcommand)]
+    Agency(AgencyCmd),
+    /// List services.
+    Services,
+    /// Grants: which consumer may call which service for which purpose.
+    #[command(subcommand)]
+    Grant(GrantCmd),
+    /// Event subscriptions.
+    #[command(subcommand)]
+    Subscription(SubscriptionCmd),
+    /// Send an exchange as an agency (query or event).
+    Send(SendArgs),
+    /// Fetch (and optionally acknowledge) an agency's inbox.
+    Inbox(InboxArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgencyCmd {
+    /// List agencies.
+    List,
+    /// Add or rename an agency subsystem.
+    Add {
+        /// agency/subsystem, e.g. 000.00.01.H29/ho-tich
+        member: Member,
+        #[arg(long)]
+        name: String,
+        /// Also issue a client certificate from the dev CA into the data directory.
+        #[arg(long)]
+        issue_cert: bool,
+    },
+    /// Register (or, with --none, remove) the Ed25519/P-256 public JWK that must sign the member's envelopes.
+    SetKey {
+        member: Member,
+        /// A file holding the public JWK (its kid must be its RFC 7638 thumbprint).
+        #[arg(long, conflicts_with = "none")]
+        jwk: Option<PathBuf>,
+        #[arg(long)]
+        none: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantCmd {
+    List,
+    Add { consumer: Member, service: ServiceName, purposes: Vec<PurposeCode> },
+    Revoke { consumer: Member, service: ServiceName, purpose: PurposeCode },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubscriptionCmd {
+    List,
+    Add {
+        subscriber: Member,
+        service: ServiceName,
+        #[arg(long, default_value_t = 1)]
+        version: u32,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct Agent {
+    /// Act as this member, with its certificate from the data directory.
+    #[arg(long = "as")]
+    pub member: Member,
+    /// The hub's API (default: https://<api_listen>).
+    #[arg(long)]
+    pub hub: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub agent: Agent,
+    /// The service, e.g. citizen.lookup
+    pub service: ServiceName,
+    /// The payload as JSON, or @file.json
+    pub payload: String,
+    #[arg(long, default_value_t = 1)]
+    pub version: u32,
+    #[arg(long)]
+    pub purpose: PurposeCode,
+    /// The case (dossier) reference.
+    #[arg(long = "case")]
+    pub case_ref: String,
+    /// Set the exchange id (UUIDv7) to make a retry idempotent.
+    #[arg(long)]
+    pub id: Option<ExchangeId>,
+    /// Act on behalf of this citizen (personal ID).
+    #[arg(long)]
+    pub citizen: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InboxArgs {
+    #[command(flatten)]
+    pub agent: Agent,
+    #[arg(long, default_value_t = 20)]
+    pub max: u32,
+    /// Acknowledge what was fetched (each acknowledgment is logged as a receipt).
+    #[arg(long)]
+    pub ack: bool,
+}
+
+/// Log to stderr, `RUST_LOG` or `info`.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    if let Some(dir) = &cli.data_dir {
+        config.data_dir.clone_from(dir);
+    }
+    Ok(config)
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let adapters = app::reference_adapters(0);
+    Ok(app::init(config, &SystemClock, &adapters).await?.store)
+}
+
+/// Run one command.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = load_config(&cli)?;
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::Init => {
+            let adapters = app::reference_adapters(0);
+            let init = app::init(&config, &SystemClock, &adapters).await?;
+            println!("data directory: {}", config.data_dir.display());
+            println!("dev PKI: {} ({})", init.pki.dir.display(), if init.new_pki { "created" } else { "already there" });
+            println!("demo registry: {}", if init.seeded { "seeded" } else { "already there" });
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agency(cmd) => agency(&config, cmd).await,
+        Command::Services => {
+            let store = open_store(&config).await?;
+            for s in store.services().await? {
+                println!(
+                    "{:<26} v{}  {:<5}  provider {}  request {}  response {}",
+                    s.name.as_str(),
+                    s.version,
+                    s.kind.as_str(),
+                    s.provider,
+                    s.request_schema,
+                    s.response_schema.as_deref().unwrap_or("-")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Grant(cmd) => grant(&config, cmd).await,
+        Command::Subscription(cmd) => subscription(&config, cmd).await,
+        Command::Send(args) => send(&config, args).await,
+        Command::Inbox(args) => inbox(&config, args).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let running = app::start(config.clone(), Arc::new(SystemClock), Arc::new(SystemRandom::default())).await?;
+    println!("hub API (mTLS):       https://{}", running.api_addr);
+    println!("public (health, keys): https://{}/healthz", running.public_addr);
+    println!("data directory:       {}", config.data_dir.display());
+    println!();
+    println!("Next, in another terminal, ask the population registry for a citizen as the demo one-stop office:");
+    println!(
+        "  cargo run --release -p hub -- send --as 000.00.29.H29/one-stop citizen.lookup '{{\"personal_id\":\"001085012345\"}}' --purpose public_service --case HS-2026-0001"
+    );
+    println!();
+    println!("Press Ctrl-C to stop.");
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    println!("stopping...");
+    running.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn agency(config: &Config, cmd: AgencyCmd) -> anyhow::Result<ExitCode> {
+    let store = open_store(config).await?;
+    match cmd {
+        AgencyCmd::List => {
+            for a in store.agencies().await? {
+                let key = a.signing_key.as_ref().map_or("-".to_owned(), |k| k.kid.clone());
+                println!("{:<40} signing key {:<44} {}", a.member.to_string(), key, a.name);
+            }
+        }
+        AgencyCmd::Add { member, name, issue_cert } => {
+            let existing = store.agency(&member).await?;
+            store
+                .upsert_agency(&AgencyRecord {
+                    member: member.clone(),
+                    name: name.clone(),
+                    signing_key: existing.and_then(|a| a.signing_key),
+                })
+                .await?;
+            println!("added {member}");
+            if issue_cert {
+                let pki = PkiPaths::new(&config.data_dir);
+                let now = time::OffsetDateTime::now_utc();
+                issue_client_cert(&pki, &member, &name, now - time::Duration::hours(1), now + time::Duration::days(365))?;
+                println!("certificate: {}", pki.agency_cert(&member).display());
+                println!("key:         {}", pki.agency_key(&member).display());
+            }
+        }
+        AgencyCmd::SetKey { member, jwk, none } => {
+            let mut record = store
+                .agency(&member)
+                .await?
+                .with_context(|| format!("{member} is not registered (hub agency add)"))?;
+            record.signing_key = match (jwk, none) {
+                (Some(path), false) => {
+                    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+                    Some(Jwk::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
+                }
+                (None, true) => None,
+                _ => bail!("give --jwk FILE or --none"),
+            };
+            store.upsert_agency(&record).await?;
+            println!("{member}: signing key {}", record.signing_key.map_or("removed".into(), |k| k.kid));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn grant(config: &Config, cmd: GrantCmd) -> anyhow::Result<ExitCode> {
+    let store = open_store(config).await?;
+    match cmd {
+        GrantCmd::List => {
+            for g in store.grants().await? {
+                println!("{:<40} {:<26} {}", g.consumer.to_string(), g.service.as_str(), g.purpose);
+            }
+        }
+        GrantCmd::Add { consumer, service, purposes } => {
+            if store.agency(&consumer).await?.is_none() {
+                bail!("{consumer} is not registered (hub agency add)");
+            }
+            if !store.services().await?.iter().any(|s| s.name == service) {
+                bail!("no service {service} (hub services)");
+            }
+            if purposes.is_empty() {
+                bail!("name at least one purpose");
+            }
+            for purpose in purposes {
+                store
+                    .add_grant(&Grant { consumer: consumer.clone(), service: service.clone(), purpose: purpose.clone() })
+                    .await?;
+                println!("granted {consumer} {service} for {purpose}");
+            }
+        }
+        GrantCmd::Revoke { consumer, service, purpose } => {
+            let removed = store.revoke_grant(&Grant { consumer, service, purpose }).await?;
+            println!("{}", if removed { "revoked" } else { "no such grant" });
+            if !removed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn subscription(config: &Config, cmd: SubscriptionCmd) -> anyhow::Result<ExitCode> {
+    let store = open_store(config).await?;
+    match cmd {
+        SubscriptionCmd::List => {
+            for s in store.subscriptions().await? {
+                println!("{:<40} {} v{}", s.subscriber.to_string(), s.service.as_str(), s.version);
+            }
+        }
+        SubscriptionCmd::Add { subscriber, service, version } => {
+            match store.service(&service, version).await? {
+                Some(s) if s.kind == hub_adapter_sdk::ServiceKind::Event => {}
+                Some(_) => bail!("{service} v{version} is a query, not an event"),
+                None => bail!("no service {service} v{version}"),
+            }
+            let granted = store.grants().await?.iter().any(|g| g.consumer == subscriber && g.service == service);
+            if !granted {
+                bail!("{subscriber} has no grant for {service}: add one first (hub grant add)");
+            }
+            store.add_subscription(&Subscription { subscriber: subscriber.clone(), service: service.clone(), version }).await?;
+            println!("{subscriber} subscribed to {service} v{version}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn client_for(config: &Config, agent: &Agent) -> anyhow::Result<(HubClient, PkiPaths)> {
+    let pki = PkiPaths::new(&config.data_dir);
+    let cert = pki.agency_cert(&agent.member);
+    if !cert.exists() {
+        bail!(
+            "no certificate for {} in {} (run `hub serve` or `hub init` first, or `hub agency add --issue-cert`)",
+            agent.member,
+            pki.dir.display()
+        );
+    }
+    let base = agent.hub.clone().unwrap_or_else(|| format!("https://{}", config.api_listen));
+    let client = HubClient::from_files(&base, &pki.ca_cert(), Some((&cert, &pki.agency_key(&agent.member))))?;
+    Ok((client, pki))
+}
+
+fn read_payload(arg: &str) -> anyhow::Result<Value> {
+    let text = match arg.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(Path::new(path)).with_context(|| path.to_owned())?,
+        None => arg.to_owned(),
+    };
+    serde_json::from_str(&text).context("the payload is not JSON")
+}
+
+async fn send(config: &Config, args: SendArgs) -> anyhow::Result<ExitCode> {
+    let (client, pki) = client_for(config, &args.agent)?;
+    let mut envelope = json!({
+        "sender": args.agent.member,
+        "service": args.service,
+        "version": args.version,
+        "purpose": args.purpose,
+        "case_ref": args.case_ref,
+        "payload": read_payload(&args.payload)?,
+    });
+    if let Some(id) = args.id {
+        envelope["id"] = json!(id);
+    }
+    if let Some(citizen) = args.citizen {
+        envelope["on_behalf_of"] = json!({"kind": "citizen", "personal_id": citizen});
+    }
+    let mut request = json!({ "envelope": envelope });
+    let key_path = pki.agency_signing_key(&args.agent.member);
+    if key_path.exists() {
+        let key = read_signing_key(&key_path)?;
+        request["signature"] = json!(sign_envelope(&request["envelope"], &key)?);
+    }
+    let (status, reply) = client.post_json("/v1/exchanges", &request).await?;
+    println!("{}", serde_json::to_string_pretty(&reply)?);
+    if !status.is_success() {
+        eprintln!("refused: HTTP {status} {}", reply["code"].as_str().unwrap_or_default());
+        return Ok(ExitCode::FAILURE);
+    }
+    let jwks = client.jwks().await?;
+    let kid = verify_reply(&reply, &jwks).context("the hub's signature on the reply does not verify")?;
+    let record = &reply["record"];
+    eprintln!(
+        "HTTP {status}: {} {} at log index {}; hub signature verified (key {kid})",
+        record["kind"].as_str().unwrap_or_default(),
+        record["exchange_id"].as_str().unwrap_or_default(),
+        record["index"]
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn inbox(config: &Config, args: InboxArgs) -> anyhow::Result<ExitCode> {
+    let (client, _) = client_for(config, &args.agent)?;
+    let (status, inbox) = client.get_json(&format!("/v1/inbox?max={}", args.max)).await?;
+    if !status.is_success() {
+        println!("{}", serde_json::to_string_pretty(&inbox)?);
+        return Ok(ExitCode::FAILURE);
+    }
+    let jwks = client.jwks().await?;
+    let messages = inbox["messages"].as_array().cloned().unwrap_or_default();
+    println!("{}", serde_json::to_string_pretty(&inbox)?);
+    let mut ids = Vec::new();
+    for m in &messages {
+        verify_reply(m, &jwks).context("a message's hub signature does not verify")?;
+        ids.push(m["record"]["exchange_id"].clone());
+    }
+    eprintln!("{} message(s), every hub signature verified", messages.len());
+    if args.ack && !ids.is_empty() {
+        let (status, answer) = client.post_json("/v1/inbox/ack", &json!({ "exchange_ids": ids })).await?;
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        if !status.is_success() {
+            return Ok(ExitCode::FAILURE);
+        }
+        eprintln!("acknowledged {} message(s); each receipt is logged", ids.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}

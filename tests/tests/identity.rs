@@ -1,0 +1,96 @@
+//! mTLS: who may connect, and who a connection is.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use http::StatusCode;
+use hub_client::HubClient;
+use hub_core::ids::Member;
+use hub_e2e::*;
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+use time::{Duration, OffsetDateTime};
+
+#[tokio::test]
+async fn a_client_certificate_from_another_ca_fails_the_handshake() {
+    let hub = TestHub::start().await;
+    // A CA the hub never heard of issues a certificate with a demo member's name.
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "Rogue CA");
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf.distinguished_name.push(DnType::CommonName, ONE_STOP);
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    let client = HubClient::new(
+        &hub.api_base(),
+        &hub.ca_pem(),
+        Some((cert.pem().as_bytes(), key.serialize_pem().as_bytes())),
+    )
+    .unwrap();
+    let result = client.get_json("/v1/whoami").await;
+    assert!(result.is_err(), "a rogue certificate got an answer: {result:?}");
+    // The genuine certificate works.
+    let (status, who) = hub.client(ONE_STOP).get_json("/v1/whoami").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(who["subsystem"], "one-stop");
+}
+
+#[tokio::test]
+async fn an_expired_certificate_and_no_certificate_fail_the_handshake() {
+    let hub = TestHub::start().await;
+    let pki = &hub.running().pki;
+    let member: Member = "000.00.00.H99/expired".parse().unwrap();
+    let now = OffsetDateTime::now_utc();
+    hub_server::pki::issue_client_cert(pki, &member, "Expired", now - Duration::days(30), now - Duration::days(1)).unwrap();
+    let expired = HubClient::from_files(&hub.api_base(), &pki.ca_cert(), Some((&pki.agency_cert(&member), &pki.agency_key(&member)))).unwrap();
+    assert!(expired.get_json("/v1/whoami").await.is_err());
+
+    let anonymous = HubClient::new(&hub.api_base(), &hub.ca_pem(), None).unwrap();
+    assert!(anonymous.get_json("/v1/whoami").await.is_err());
+
+    // Health and keys are public on the other listener.
+    let (status, health) = hub.public_client().get_json("/healthz").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(health["database"], "ok");
+    let (status, _) = hub.public_client().get_json("/v1/inbox").await.unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND, "no data route on the public listener");
+}
+
+#[tokio::test]
+async fn a_certified_but_unregistered_member_is_refused() {
+    let hub = TestHub::start().await;
+    let pki = &hub.running().pki;
+    let member: Member = "000.00.00.H98/stranger".parse().unwrap();
+    let now = OffsetDateTime::now_utc();
+    hub_server::pki::issue_client_cert(pki, &member, "Stranger", now - Duration::hours(1), now + Duration::days(1)).unwrap();
+    let client = HubClient::from_files(&hub.api_base(), &pki.ca_cert(), Some((&pki.agency_cert(&member), &pki.agency_key(&member)))).unwrap();
+    let env = envelope("000.00.00.H98/stranger", "citizen.lookup", "public_service", serde_json::json!({"personal_id": "001085012345"}));
+    let (status, err) = client.post_json("/v1/exchanges", &serde_json::json!({"envelope": env})).await.unwrap();
+    assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
+    assert_eq!(err["code"], "unknown_member");
+}
+
+#[tokio::test]
+async fn a_second_start_reuses_the_pki_keys_and_log() {
+    let mut hub = TestHub::start().await;
+    let (_, first) = hub
+        .send(envelope(ONE_STOP, "citizen.lookup", "public_service", serde_json::json!({"personal_id": "001085012345"})))
+        .await;
+    let jwks_before = hub.public_client().jwks().await.unwrap();
+    let ca_before = hub.ca_pem();
+    hub.stop().await;
+
+    let hub = TestHub::start_in(hub.dir.clone(), |_| {}).await;
+    assert_eq!(hub.ca_pem(), ca_before, "the dev CA is reused");
+    assert_eq!(hub.public_client().jwks().await.unwrap(), jwks_before, "the hub signing key is reused");
+    let (status, second) = hub
+        .send(envelope(ONE_STOP, "citizen.lookup", "public_service", serde_json::json!({"personal_id": "001085012345"})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(
+        second["record"]["refers_to"].as_u64().unwrap(),
+        first["record"]["index"].as_u64().unwrap() + 1,
+        "the log continues where it stopped"
+    );
+}
