@@ -27,13 +27,20 @@ fn main() {
     let mut docs = Vec::new();
     collect(&root, &root, &mut docs);
     docs.sort();
-    let mut src = String::from("/// Every `schemas/**/*.json`: (catalog id, text).\npub const BUILTIN: &[(&str, &str)] = &[\n");
+    let mut src = String::from(
+        "/// Every `schemas/**/*.json`: (catalog id, text).\npub const BUILTIN: &[(&str, &str)] = &[\n",
+    );
     for (id, path) in &docs {
         println!("cargo:rerun-if-changed={}", path.display());
-        let _ = writeln!(src, "    ({id:?}, include_str!({:?})),", path.display().to_string());
+        let _ = writeln!(
+            src,
+            "    ({id:?}, include_str!({:?})),",
+            path.display().to_string()
+        );
     }
     src.push_str("];\n");
-    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default()).join("builtin_schemas.rs");
+    let out =
+        PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default()).join("builtin_schemas.rs");
     if let Err(e) = std::fs::write(&out, src) {
         panic!("writing {}: {e}", out.display());
     }

@@ -51,9 +51,13 @@ impl TestHub {
     pub async fn start_in(dir: Arc<TempDir>, adjust: impl FnOnce(&mut Config)) -> Self {
         let mut config = test_config(&dir);
         adjust(&mut config);
-        let running = hub_server::start(config.clone(), Arc::new(SystemClock), Arc::new(SystemRandom::default()))
-            .await
-            .expect("the hub starts");
+        let running = hub_server::start(
+            config.clone(),
+            Arc::new(SystemClock),
+            Arc::new(SystemRandom::default()),
+        )
+        .await
+        .expect("the hub starts");
         Self {
             running: Some(running),
             config,
@@ -83,13 +87,22 @@ impl TestHub {
     pub fn client(&self, member: &str) -> HubClient {
         let m: Member = member.parse().unwrap();
         let pki = &self.running().pki;
-        HubClient::from_files(&self.api_base(), &pki.ca_cert(), Some((&pki.agency_cert(&m), &pki.agency_key(&m))))
-            .unwrap()
+        HubClient::from_files(
+            &self.api_base(),
+            &pki.ca_cert(),
+            Some((&pki.agency_cert(&m), &pki.agency_key(&m))),
+        )
+        .unwrap()
     }
 
     /// A client of the public listener, without a client certificate.
     pub fn public_client(&self) -> HubClient {
-        HubClient::new(&format!("https://{}", self.running().public_addr), &self.ca_pem(), None).unwrap()
+        HubClient::new(
+            &format!("https://{}", self.running().public_addr),
+            &self.ca_pem(),
+            None,
+        )
+        .unwrap()
     }
 
     /// `member`'s envelope-signing key from the dev PKI.
@@ -101,7 +114,10 @@ impl TestHub {
     /// Every log entry's record, in order.
     pub async fn log_records(&self) -> Vec<Value> {
         let entries = self.running().hub.store.entries(0, 100_000).await.unwrap();
-        entries.iter().map(|e| serde_json::from_str(&e.record).unwrap()).collect()
+        entries
+            .iter()
+            .map(|e| serde_json::from_str(&e.record).unwrap())
+            .collect()
     }
 
     /// The record at `index`.
@@ -113,15 +129,23 @@ impl TestHub {
 
     /// Send `envelope` as its sender, signed when the sender has a key.
     pub async fn send(&self, envelope: Value) -> (http::StatusCode, Value) {
-        let sender = format!("{}/{}", envelope["sender"]["agency"].as_str().unwrap(), envelope["sender"]["subsystem"].as_str().unwrap());
+        let sender = format!(
+            "{}/{}",
+            envelope["sender"]["agency"].as_str().unwrap(),
+            envelope["sender"]["subsystem"].as_str().unwrap()
+        );
         let m: Member = sender.parse().unwrap();
         let key_path = self.running().pki.agency_signing_key(&m);
         let mut request = json!({"envelope": envelope});
         if key_path.exists() {
             let key = read_signing_key(&key_path).unwrap();
-            request["signature"] = json!(hub_client::sign_envelope(&request["envelope"], &key).unwrap());
+            request["signature"] =
+                json!(hub_client::sign_envelope(&request["envelope"], &key).unwrap());
         }
-        self.client(&sender).post_json("/v1/exchanges", &request).await.unwrap()
+        self.client(&sender)
+            .post_json("/v1/exchanges", &request)
+            .await
+            .unwrap()
     }
 }
 

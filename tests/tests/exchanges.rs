@@ -9,7 +9,12 @@ use serde_json::{Value, json};
 async fn a_lookup_is_answered_countersigned_and_logged() {
     let hub = TestHub::start().await;
     let (status, reply) = hub
-        .send(envelope(ONE_STOP, "citizen.lookup", "public_service", json!({"personal_id": "001085012345"})))
+        .send(envelope(
+            ONE_STOP,
+            "citizen.lookup",
+            "public_service",
+            json!({"personal_id": "001085012345"}),
+        ))
         .await;
     assert_eq!(status, StatusCode::OK, "{reply}");
     assert_eq!(reply["body"]["found"], true);
@@ -31,35 +36,70 @@ async fn a_lookup_is_answered_countersigned_and_logged() {
     assert_eq!(request["purpose"], "public_service");
     assert_eq!(request["case_ref"], "HS-2026-000042");
     // The stored log record is exactly what the sender received.
-    assert_eq!(hub.record_at(record["index"].as_u64().unwrap()).await, *record);
+    assert_eq!(
+        hub.record_at(record["index"].as_u64().unwrap()).await,
+        *record
+    );
 }
 
 #[tokio::test]
 async fn every_reference_service_answers_through_the_hub() {
     let hub = TestHub::start().await;
     let cases = [
-        ("citizen.verify", "public_service", json!({"personal_id": "001085012345", "full_name": "Nguyễn Văn An", "birth_date": "1985-03-12"}), json!({"match": true})),
-        ("citizen.verify", "public_service", json!({"personal_id": "001085012345", "full_name": "Nguyễn Văn Bình", "birth_date": "1985-03-12"}), json!({"match": false})),
-        ("citizen.lookup", "public_service", json!({"personal_id": "001085999999"}), json!({"found": false})),
+        (
+            "citizen.verify",
+            "public_service",
+            json!({"personal_id": "001085012345", "full_name": "Nguyễn Văn An", "birth_date": "1985-03-12"}),
+            json!({"match": true}),
+        ),
+        (
+            "citizen.verify",
+            "public_service",
+            json!({"personal_id": "001085012345", "full_name": "Nguyễn Văn Bình", "birth_date": "1985-03-12"}),
+            json!({"match": false}),
+        ),
+        (
+            "citizen.lookup",
+            "public_service",
+            json!({"personal_id": "001085999999"}),
+            json!({"found": false}),
+        ),
     ];
     for (service, purpose, payload, want) in cases {
-        let (status, reply) = hub.send(envelope(ONE_STOP, service, purpose, payload)).await;
+        let (status, reply) = hub
+            .send(envelope(ONE_STOP, service, purpose, payload))
+            .await;
         assert_eq!(status, StatusCode::OK, "{reply}");
         assert_eq!(reply["body"], want, "{service}");
     }
     let (status, reply) = hub
-        .send(envelope(ONE_STOP, "parcel.lookup", "land_administration", json!({"commune_code": "00004", "map_sheet": 12, "parcel_number": 345})))
+        .send(envelope(
+            ONE_STOP,
+            "parcel.lookup",
+            "land_administration",
+            json!({"commune_code": "00004", "map_sheet": 12, "parcel_number": 345}),
+        ))
         .await;
     assert_eq!(status, StatusCode::OK, "{reply}");
     assert_eq!(reply["body"]["parcel"]["area_m2"], "120.5");
     assert_eq!(reply["body"]["parcel"]["uses"][0]["term"], "long_term");
     let (status, reply) = hub
-        .send(envelope(ONE_STOP, "parcels.by_holder", "land_administration", json!({"enterprise_code": "0304567898"})))
+        .send(envelope(
+            ONE_STOP,
+            "parcels.by_holder",
+            "land_administration",
+            json!({"enterprise_code": "0304567898"}),
+        ))
         .await;
     assert_eq!(status, StatusCode::OK, "{reply}");
     assert_eq!(reply["body"]["parcels"].as_array().unwrap().len(), 1);
     let (status, reply) = hub
-        .send(envelope(TAX, "enterprise.lookup", "tax_administration", json!({"enterprise_code": "0103456789"})))
+        .send(envelope(
+            TAX,
+            "enterprise.lookup",
+            "tax_administration",
+            json!({"enterprise_code": "0103456789"}),
+        ))
         .await;
     assert_eq!(status, StatusCode::OK, "{reply}");
     assert_eq!(reply["body"]["enterprise"]["founding_date"], "2015-06-15");
@@ -70,7 +110,12 @@ async fn every_reference_service_answers_through_the_hub() {
 async fn an_event_reaches_every_subscriber_and_receipts_are_logged() {
     let hub = TestHub::start().await;
     let (status, ack) = hub
-        .send(envelope(ENTERPRISE_REGISTRY, "enterprise.registered", "registry_update", enterprise_registered()))
+        .send(envelope(
+            ENTERPRISE_REGISTRY,
+            "enterprise.registered",
+            "registry_update",
+            enterprise_registered(),
+        ))
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{ack}");
     let event_index = ack["record"]["index"].as_u64().unwrap();
@@ -106,12 +151,21 @@ async fn an_event_reaches_every_subscriber_and_receipts_are_logged() {
     assert_eq!(receipt["sender"]["subsystem"], "tax");
     assert_eq!(receipt["refers_to"], event_index);
     hub_core::log::verify_record_signature(receipt, &jwks).unwrap();
-    let again = hub.client(TAX).post_json("/v1/inbox/ack", &json!({"exchange_ids": [exchange_id]})).await.unwrap().1;
+    let again = hub
+        .client(TAX)
+        .post_json("/v1/inbox/ack", &json!({"exchange_ids": [exchange_id]}))
+        .await
+        .unwrap()
+        .1;
     assert_eq!(again["unknown"], json!([exchange_id]));
 
     // Social insurance did not acknowledge: after the visibility timeout (1 s here) it comes back.
     tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
-    let (_, inbox) = hub.client(SOCIAL_INSURANCE).get_json("/v1/inbox").await.unwrap();
+    let (_, inbox) = hub
+        .client(SOCIAL_INSURANCE)
+        .get_json("/v1/inbox")
+        .await
+        .unwrap();
     assert_eq!(inbox["messages"].as_array().unwrap().len(), 1, "{inbox}");
     let (_, inbox) = hub.client(TAX).get_json("/v1/inbox").await.unwrap();
     assert_eq!(inbox["messages"], json!([]));
@@ -121,14 +175,21 @@ async fn an_event_reaches_every_subscriber_and_receipts_are_logged() {
 async fn only_the_provider_may_publish_an_event() {
     let hub = TestHub::start().await;
     let (status, err) = hub
-        .send(envelope(TAX, "enterprise.registered", "tax_administration", enterprise_registered()))
+        .send(envelope(
+            TAX,
+            "enterprise.registered",
+            "tax_administration",
+            enterprise_registered(),
+        ))
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
     assert_eq!(err["code"], "not_provider");
 }
 
 async fn assert_logged_refusal(hub: &TestHub, err: &Value, code: &str) {
-    let index = err["log_index"].as_u64().unwrap_or_else(|| panic!("refusal not logged: {err}"));
+    let index = err["log_index"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("refusal not logged: {err}"));
     let record = hub.record_at(index).await;
     assert_eq!(record["kind"], "refusal");
     assert_eq!(record["error"]["code"], code);
@@ -139,25 +200,42 @@ async fn assert_logged_refusal(hub: &TestHub, err: &Value, code: &str) {
 async fn an_invalid_payload_is_refused_with_pointers_and_logged() {
     let hub = TestHub::start().await;
     let (status, err) = hub
-        .send(envelope(ONE_STOP, "citizen.lookup", "public_service", json!({"personal_id": "12", "religion": "none"})))
+        .send(envelope(
+            ONE_STOP,
+            "citizen.lookup",
+            "public_service",
+            json!({"personal_id": "12", "religion": "none"}),
+        ))
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
     assert_eq!(err["code"], "invalid_payload");
     let violations = err["violations"].as_array().unwrap();
     let has = |pointer: &str, keyword: &str| {
-        violations.iter().any(|v| v["pointer"] == pointer && v["keyword"] == keyword)
+        violations
+            .iter()
+            .any(|v| v["pointer"] == pointer && v["keyword"] == keyword)
     };
     assert!(has("/personal_id", "pattern"), "{err}");
     assert!(has("", "additionalProperties"), "{err}");
     assert_logged_refusal(&hub, &err, "invalid_payload").await;
     // Nothing was accepted: no request entry in the log.
-    assert!(hub.log_records().await.iter().all(|r| r["kind"] == "refusal"));
+    assert!(
+        hub.log_records()
+            .await
+            .iter()
+            .all(|r| r["kind"] == "refusal")
+    );
 }
 
 #[tokio::test]
 async fn an_invalid_envelope_names_the_missing_fields() {
     let hub = TestHub::start().await;
-    let mut env = envelope(ONE_STOP, "citizen.lookup", "public_service", json!({"personal_id": "001085012345"}));
+    let mut env = envelope(
+        ONE_STOP,
+        "citizen.lookup",
+        "public_service",
+        json!({"personal_id": "001085012345"}),
+    );
     env.as_object_mut().unwrap().remove("case_ref");
     env["purpose"] = json!("curiosity");
     let (status, err) = hub.send(env).await;
@@ -165,7 +243,14 @@ async fn an_invalid_envelope_names_the_missing_fields() {
     assert_eq!(err["code"], "invalid_envelope");
     let text = err["violations"].to_string();
     assert!(text.contains("case_ref"), "{err}");
-    assert!(err["violations"].as_array().unwrap().iter().any(|v| v["pointer"] == "/purpose" && v["keyword"] == "enum"), "{err}");
+    assert!(
+        err["violations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["pointer"] == "/purpose" && v["keyword"] == "enum"),
+        "{err}"
+    );
     assert_logged_refusal(&hub, &err, "invalid_envelope").await;
 }
 
@@ -174,17 +259,31 @@ async fn without_a_grant_the_hub_refuses_and_logs_it() {
     let hub = TestHub::start().await;
     // The bank may only verify, for KYC.
     let (status, err) = hub
-        .send(envelope(BANK, "citizen.lookup", "kyc", json!({"personal_id": "001085012345"})))
+        .send(envelope(
+            BANK,
+            "citizen.lookup",
+            "kyc",
+            json!({"personal_id": "001085012345"}),
+        ))
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
     assert_eq!(err["code"], "no_grant");
     assert_logged_refusal(&hub, &err, "no_grant").await;
     // A granted service for a purpose not granted is refused too.
     let payload = json!({"personal_id": "001085012345", "full_name": "Nguyễn Văn An", "birth_date": "1985-03-12"});
-    let (status, err) = hub.send(envelope(BANK, "citizen.verify", "statistics", payload.clone())).await;
+    let (status, err) = hub
+        .send(envelope(
+            BANK,
+            "citizen.verify",
+            "statistics",
+            payload.clone(),
+        ))
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
     // And the granted purpose works.
-    let (status, reply) = hub.send(envelope(BANK, "citizen.verify", "kyc", payload)).await;
+    let (status, reply) = hub
+        .send(envelope(BANK, "citizen.verify", "kyc", payload))
+        .await;
     assert_eq!(status, StatusCode::OK, "{reply}");
     assert_eq!(reply["body"], json!({"match": true}));
 }
@@ -193,26 +292,48 @@ async fn without_a_grant_the_hub_refuses_and_logs_it() {
 async fn unknown_services_and_impersonation_are_refused_and_logged() {
     let hub = TestHub::start().await;
     let (status, err) = hub
-        .send(envelope(ONE_STOP, "citizen.teleport", "public_service", json!({})))
+        .send(envelope(
+            ONE_STOP,
+            "citizen.teleport",
+            "public_service",
+            json!({}),
+        ))
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{err}");
     assert_eq!(err["code"], "unknown_service");
     assert_logged_refusal(&hub, &err, "unknown_service").await;
 
     // One-stop's certificate cannot speak for tax.
-    let env = envelope(TAX, "enterprise.lookup", "tax_administration", json!({"enterprise_code": "0103456789"}));
-    let (status, err) = hub.client(ONE_STOP).post_json("/v1/exchanges", &json!({"envelope": env})).await.unwrap();
+    let env = envelope(
+        TAX,
+        "enterprise.lookup",
+        "tax_administration",
+        json!({"enterprise_code": "0103456789"}),
+    );
+    let (status, err) = hub
+        .client(ONE_STOP)
+        .post_json("/v1/exchanges", &json!({"envelope": env}))
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
     assert_eq!(err["code"], "sender_mismatch");
     let record = hub.record_at(err["log_index"].as_u64().unwrap()).await;
-    assert_eq!(record["sender"]["subsystem"], "one-stop", "the log names the authenticated member");
+    assert_eq!(
+        record["sender"]["subsystem"], "one-stop",
+        "the log names the authenticated member"
+    );
 }
 
 #[tokio::test]
 async fn semantic_validators_refuse_a_bad_check_digit_and_an_id_contradicting_the_birth_year() {
     let hub = TestHub::start().await;
     let (status, err) = hub
-        .send(envelope(TAX, "enterprise.lookup", "tax_administration", json!({"enterprise_code": "0103456788"})))
+        .send(envelope(
+            TAX,
+            "enterprise.lookup",
+            "tax_administration",
+            json!({"enterprise_code": "0103456788"}),
+        ))
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
     let v = &err["violations"][0];
@@ -226,22 +347,44 @@ async fn semantic_validators_refuse_a_bad_check_digit_and_an_id_contradicting_th
             json!({"personal_id": "001085012345", "full_name": "Nguyễn Văn An", "birth_date": "1990-03-12"})))
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
-    assert_eq!(err["violations"][0]["keyword"], "x-hub-check:personal-id-consistency", "{err}");
-    assert!(err["violations"][0]["message"].as_str().unwrap().contains("1985"), "{err}");
+    assert_eq!(
+        err["violations"][0]["keyword"], "x-hub-check:personal-id-consistency",
+        "{err}"
+    );
+    assert!(
+        err["violations"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1985"),
+        "{err}"
+    );
 
     // A province code no birth is registered under.
     let (status, err) = hub
-        .send(envelope(ONE_STOP, "citizen.lookup", "public_service", json!({"personal_id": "003085012345"})))
+        .send(envelope(
+            ONE_STOP,
+            "citizen.lookup",
+            "public_service",
+            json!({"personal_id": "003085012345"}),
+        ))
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
-    assert_eq!(err["violations"][0]["keyword"], "x-hub-check:personal-id-province", "{err}");
+    assert_eq!(
+        err["violations"][0]["keyword"], "x-hub-check:personal-id-province",
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn a_repeated_exchange_id_is_answered_once() {
     let hub = TestHub::start().await;
     let id = hub.running().hub.new_exchange_id().to_string();
-    let mut env = envelope(ONE_STOP, "citizen.lookup", "public_service", json!({"personal_id": "079192000123"}));
+    let mut env = envelope(
+        ONE_STOP,
+        "citizen.lookup",
+        "public_service",
+        json!({"personal_id": "079192000123"}),
+    );
     env["id"] = json!(id);
     let (s1, first) = hub.send(env.clone()).await;
     let (s2, second) = hub.send(env.clone()).await;
@@ -255,7 +398,11 @@ async fn a_repeated_exchange_id_is_answered_once() {
         .filter(|r| r["exchange_id"] == id.as_str())
         .map(|r| r["kind"].clone())
         .collect();
-    assert_eq!(kinds, [json!("request"), json!("response")], "delivered and answered once");
+    assert_eq!(
+        kinds,
+        [json!("request"), json!("response")],
+        "delivered and answered once"
+    );
 
     // The same id with another payload is a conflict.
     env["payload"] = json!({"personal_id": "001085012345"});
@@ -264,10 +411,18 @@ async fn a_repeated_exchange_id_is_answered_once() {
     assert_eq!(err["code"], "exchange_id_conflict");
 
     // The sender can fetch the result later; nobody else can.
-    let (status, fetched) = hub.client(ONE_STOP).get_json(&format!("/v1/exchanges/{id}")).await.unwrap();
+    let (status, fetched) = hub
+        .client(ONE_STOP)
+        .get_json(&format!("/v1/exchanges/{id}"))
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(fetched, first);
-    let (status, _) = hub.client(TAX).get_json(&format!("/v1/exchanges/{id}")).await.unwrap();
+    let (status, _) = hub
+        .client(TAX)
+        .get_json(&format!("/v1/exchanges/{id}"))
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
@@ -276,11 +431,19 @@ async fn concurrent_exchanges_share_group_commits_and_the_log_stays_contiguous()
     let hub = TestHub::start().await;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..40u32 {
-        let env = envelope(ONE_STOP, "citizen.lookup", "public_service", json!({"personal_id": "001085012345"}));
+        let env = envelope(
+            ONE_STOP,
+            "citizen.lookup",
+            "public_service",
+            json!({"personal_id": "001085012345"}),
+        );
         let client = hub.client(ONE_STOP);
         tasks.spawn(async move {
             let _ = i;
-            client.post_json("/v1/exchanges", &json!({"envelope": env})).await.unwrap()
+            client
+                .post_json("/v1/exchanges", &json!({"envelope": env}))
+                .await
+                .unwrap()
         });
     }
     while let Some(r) = tasks.join_next().await {
@@ -296,22 +459,37 @@ async fn concurrent_exchanges_share_group_commits_and_the_log_stays_contiguous()
 
 #[tokio::test]
 async fn size_and_media_type_limits_answer_in_json() {
-    let hub = TestHub::start_in(std::sync::Arc::new(tempfile::tempdir().unwrap()), |c| c.max_body_bytes = 2048).await;
+    let hub = TestHub::start_in(std::sync::Arc::new(tempfile::tempdir().unwrap()), |c| {
+        c.max_body_bytes = 2048
+    })
+    .await;
     let big = "x".repeat(4096);
     let body = json!({"envelope": envelope(ONE_STOP, "citizen.lookup", "public_service", json!({"personal_id": big}))});
-    let (status, err) = hub.client(ONE_STOP).post_json("/v1/exchanges", &body).await.unwrap();
+    let (status, err) = hub
+        .client(ONE_STOP)
+        .post_json("/v1/exchanges", &body)
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{err}");
     assert_eq!(err["code"], "payload_too_large");
     let (status, raw) = hub
         .client(ONE_STOP)
-        .send(http::Method::POST, "/v1/exchanges", Some(("text/plain", b"{}".to_vec())))
+        .send(
+            http::Method::POST,
+            "/v1/exchanges",
+            Some(("text/plain", b"{}".to_vec())),
+        )
         .await
         .unwrap();
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert!(String::from_utf8_lossy(&raw).contains("unsupported_media_type"));
     let (status, raw) = hub
         .client(ONE_STOP)
-        .send(http::Method::POST, "/v1/exchanges", Some(("application/json", b"{\"envelope\": [".to_vec())))
+        .send(
+            http::Method::POST,
+            "/v1/exchanges",
+            Some(("application/json", b"{\"envelope\": [".to_vec())),
+        )
         .await
         .unwrap();
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -323,15 +501,32 @@ async fn the_schema_catalog_is_served_read_only() {
     let hub = TestHub::start().await;
     let (status, list) = hub.public_client().get_json("/v1/schemas").await.unwrap();
     assert_eq!(status, StatusCode::OK);
-    assert!(list["schemas"].as_array().unwrap().contains(&json!("services/citizen.lookup/v1/request")));
-    let (status, doc) = hub.public_client().get_json("/v1/schemas/common/v1").await.unwrap();
+    assert!(
+        list["schemas"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("services/citizen.lookup/v1/request"))
+    );
+    let (status, doc) = hub
+        .public_client()
+        .get_json("/v1/schemas/common/v1")
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(doc["$id"], "https://schemas.hub.invalid/common/v1.json");
-    let (status, _) = hub.public_client().get_json("/v1/schemas/nope/v9").await.unwrap();
+    let (status, _) = hub
+        .public_client()
+        .get_json("/v1/schemas/nope/v9")
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = hub
         .public_client()
-        .send(http::Method::POST, "/v1/schemas", Some(("application/json", b"{}".to_vec())))
+        .send(
+            http::Method::POST,
+            "/v1/schemas",
+            Some(("application/json", b"{}".to_vec())),
+        )
         .await
         .unwrap();
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);

@@ -5,7 +5,9 @@ use http::StatusCode;
 use hub_client::HubClient;
 use hub_core::ids::Member;
 use hub_e2e::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
 use time::{Duration, OffsetDateTime};
 
 #[tokio::test]
@@ -29,7 +31,10 @@ async fn a_client_certificate_from_another_ca_fails_the_handshake() {
     )
     .unwrap();
     let result = client.get_json("/v1/whoami").await;
-    assert!(result.is_err(), "a rogue certificate got an answer: {result:?}");
+    assert!(
+        result.is_err(),
+        "a rogue certificate got an answer: {result:?}"
+    );
     // The genuine certificate works.
     let (status, who) = hub.client(ONE_STOP).get_json("/v1/whoami").await.unwrap();
     assert_eq!(status, StatusCode::OK);
@@ -42,8 +47,20 @@ async fn an_expired_certificate_and_no_certificate_fail_the_handshake() {
     let pki = &hub.running().pki;
     let member: Member = "000.00.00.H99/expired".parse().unwrap();
     let now = OffsetDateTime::now_utc();
-    hub_server::pki::issue_client_cert(pki, &member, "Expired", now - Duration::days(30), now - Duration::days(1)).unwrap();
-    let expired = HubClient::from_files(&hub.api_base(), &pki.ca_cert(), Some((&pki.agency_cert(&member), &pki.agency_key(&member)))).unwrap();
+    hub_server::pki::issue_client_cert(
+        pki,
+        &member,
+        "Expired",
+        now - Duration::days(30),
+        now - Duration::days(1),
+    )
+    .unwrap();
+    let expired = HubClient::from_files(
+        &hub.api_base(),
+        &pki.ca_cert(),
+        Some((&pki.agency_cert(&member), &pki.agency_key(&member))),
+    )
+    .unwrap();
     assert!(expired.get_json("/v1/whoami").await.is_err());
 
     let anonymous = HubClient::new(&hub.api_base(), &hub.ca_pem(), None).unwrap();
@@ -54,7 +71,11 @@ async fn an_expired_certificate_and_no_certificate_fail_the_handshake() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(health["database"], "ok");
     let (status, _) = hub.public_client().get_json("/v1/inbox").await.unwrap();
-    assert_eq!(status, StatusCode::NOT_FOUND, "no data route on the public listener");
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "no data route on the public listener"
+    );
 }
 
 #[tokio::test]
@@ -63,10 +84,30 @@ async fn a_certified_but_unregistered_member_is_refused() {
     let pki = &hub.running().pki;
     let member: Member = "000.00.00.H98/stranger".parse().unwrap();
     let now = OffsetDateTime::now_utc();
-    hub_server::pki::issue_client_cert(pki, &member, "Stranger", now - Duration::hours(1), now + Duration::days(1)).unwrap();
-    let client = HubClient::from_files(&hub.api_base(), &pki.ca_cert(), Some((&pki.agency_cert(&member), &pki.agency_key(&member)))).unwrap();
-    let env = envelope("000.00.00.H98/stranger", "citizen.lookup", "public_service", serde_json::json!({"personal_id": "001085012345"}));
-    let (status, err) = client.post_json("/v1/exchanges", &serde_json::json!({"envelope": env})).await.unwrap();
+    hub_server::pki::issue_client_cert(
+        pki,
+        &member,
+        "Stranger",
+        now - Duration::hours(1),
+        now + Duration::days(1),
+    )
+    .unwrap();
+    let client = HubClient::from_files(
+        &hub.api_base(),
+        &pki.ca_cert(),
+        Some((&pki.agency_cert(&member), &pki.agency_key(&member))),
+    )
+    .unwrap();
+    let env = envelope(
+        "000.00.00.H98/stranger",
+        "citizen.lookup",
+        "public_service",
+        serde_json::json!({"personal_id": "001085012345"}),
+    );
+    let (status, err) = client
+        .post_json("/v1/exchanges", &serde_json::json!({"envelope": env}))
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
     assert_eq!(err["code"], "unknown_member");
 }
@@ -75,7 +116,12 @@ async fn a_certified_but_unregistered_member_is_refused() {
 async fn a_second_start_reuses_the_pki_keys_and_log() {
     let mut hub = TestHub::start().await;
     let (_, first) = hub
-        .send(envelope(ONE_STOP, "citizen.lookup", "public_service", serde_json::json!({"personal_id": "001085012345"})))
+        .send(envelope(
+            ONE_STOP,
+            "citizen.lookup",
+            "public_service",
+            serde_json::json!({"personal_id": "001085012345"}),
+        ))
         .await;
     let jwks_before = hub.public_client().jwks().await.unwrap();
     let ca_before = hub.ca_pem();
@@ -83,9 +129,18 @@ async fn a_second_start_reuses_the_pki_keys_and_log() {
 
     let hub = TestHub::start_in(hub.dir.clone(), |_| {}).await;
     assert_eq!(hub.ca_pem(), ca_before, "the dev CA is reused");
-    assert_eq!(hub.public_client().jwks().await.unwrap(), jwks_before, "the hub signing key is reused");
+    assert_eq!(
+        hub.public_client().jwks().await.unwrap(),
+        jwks_before,
+        "the hub signing key is reused"
+    );
     let (status, second) = hub
-        .send(envelope(ONE_STOP, "citizen.lookup", "public_service", serde_json::json!({"personal_id": "001085012345"})))
+        .send(envelope(
+            ONE_STOP,
+            "citizen.lookup",
+            "public_service",
+            serde_json::json!({"personal_id": "001085012345"}),
+        ))
         .await;
     assert_eq!(status, StatusCode::OK, "{second}");
     assert_eq!(

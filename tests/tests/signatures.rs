@@ -27,7 +27,10 @@ fn verify_independently(record: &Value, jwks: &Value) {
         .iter()
         .find(|k| k["kid"] == header["kid"])
         .expect("the kid is published");
-    assert_eq!((key["kty"].as_str(), key["crv"].as_str()), (Some("OKP"), Some("Ed25519")));
+    assert_eq!(
+        (key["kty"].as_str(), key["crv"].as_str()),
+        (Some("OKP"), Some("Ed25519"))
+    );
     let public = URL_SAFE_NO_PAD.decode(key["x"].as_str().unwrap()).unwrap();
     let payload = serde_jcs::to_vec(&Value::Object(statement)).unwrap();
     let mut input = parts[0].as_bytes().to_vec();
@@ -43,14 +46,29 @@ fn verify_independently(record: &Value, jwks: &Value) {
 async fn the_hubs_jws_verifies_by_an_independent_path() {
     let hub = TestHub::start().await;
     let (_, reply) = hub
-        .send(envelope(ONE_STOP, "citizen.lookup", "public_service", json!({"personal_id": "001085012345"})))
+        .send(envelope(
+            ONE_STOP,
+            "citizen.lookup",
+            "public_service",
+            json!({"personal_id": "001085012345"}),
+        ))
         .await;
-    let (status, jwks) = hub.public_client().get_json("/.well-known/jwks.json").await.unwrap();
+    let (status, jwks) = hub
+        .public_client()
+        .get_json("/.well-known/jwks.json")
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::OK);
     verify_independently(&reply["record"], &jwks);
     // The body the record commits to.
-    let body_hash = ring::digest::digest(&ring::digest::SHA256, &serde_jcs::to_vec(&reply["body"]).unwrap());
-    assert_eq!(reply["record"]["body_hash"], URL_SAFE_NO_PAD.encode(body_hash.as_ref()));
+    let body_hash = ring::digest::digest(
+        &ring::digest::SHA256,
+        &serde_jcs::to_vec(&reply["body"]).unwrap(),
+    );
+    assert_eq!(
+        reply["record"]["body_hash"],
+        URL_SAFE_NO_PAD.encode(body_hash.as_ref())
+    );
     // A changed record no longer verifies.
     let mut tampered = reply["record"].clone();
     tampered["receiver"]["subsystem"] = json!("tax");
@@ -61,43 +79,87 @@ async fn the_hubs_jws_verifies_by_an_independent_path() {
 #[tokio::test]
 async fn agency_signatures_are_required_and_checked() {
     let hub = TestHub::start().await;
-    let env = envelope(TAX, "enterprise.lookup", "tax_administration", json!({"enterprise_code": "0103456789"}));
+    let env = envelope(
+        TAX,
+        "enterprise.lookup",
+        "tax_administration",
+        json!({"enterprise_code": "0103456789"}),
+    );
     let tax = hub.client(TAX);
 
     // Tax registered a key: unsigned is refused.
-    let (status, err) = tax.post_json("/v1/exchanges", &json!({"envelope": env})).await.unwrap();
+    let (status, err) = tax
+        .post_json("/v1/exchanges", &json!({"envelope": env}))
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{err}");
     assert_eq!(err["code"], "signature_required");
 
     // Signed by another agency's key: refused and logged.
     let other = hub.signing_key(SOCIAL_INSURANCE);
     let forged = hub_client::sign_envelope(&env, &other).unwrap();
-    let (status, err) = tax.post_json("/v1/exchanges", &json!({"envelope": env, "signature": forged})).await.unwrap();
+    let (status, err) = tax
+        .post_json(
+            "/v1/exchanges",
+            &json!({"envelope": env, "signature": forged}),
+        )
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{err}");
     assert_eq!(err["code"], "signature_invalid");
     let refusal = hub.record_at(err["log_index"].as_u64().unwrap()).await;
     assert_eq!(refusal["error"]["code"], "signature_invalid");
-    assert_eq!(refusal["sender_signature"], json!(forged), "the rejected signature is kept as evidence");
+    assert_eq!(
+        refusal["sender_signature"],
+        json!(forged),
+        "the rejected signature is kept as evidence"
+    );
 
     // A valid signature moved onto another payload: refused.
     let key = hub.signing_key(TAX);
     let genuine = hub_client::sign_envelope(&env, &key).unwrap();
     let mut moved = env.clone();
     moved["payload"]["enterprise_code"] = json!("0304567898");
-    let (status, err) = tax.post_json("/v1/exchanges", &json!({"envelope": moved, "signature": genuine})).await.unwrap();
+    let (status, err) = tax
+        .post_json(
+            "/v1/exchanges",
+            &json!({"envelope": moved, "signature": genuine}),
+        )
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{err}");
     assert_eq!(err["code"], "signature_invalid");
 
     // The genuine signature on its own envelope passes, and the log keeps it.
-    let (status, reply) = tax.post_json("/v1/exchanges", &json!({"envelope": env, "signature": genuine})).await.unwrap();
+    let (status, reply) = tax
+        .post_json(
+            "/v1/exchanges",
+            &json!({"envelope": env, "signature": genuine}),
+        )
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::OK, "{reply}");
-    let request = hub.record_at(reply["record"]["refers_to"].as_u64().unwrap()).await;
+    let request = hub
+        .record_at(reply["record"]["refers_to"].as_u64().unwrap())
+        .await;
     assert_eq!(request["sender_signature"], json!(genuine));
 
     // An agency without a key may not send a signature the hub cannot check.
-    let one_stop_env = envelope(ONE_STOP, "citizen.lookup", "public_service", json!({"personal_id": "001085012345"}));
+    let one_stop_env = envelope(
+        ONE_STOP,
+        "citizen.lookup",
+        "public_service",
+        json!({"personal_id": "001085012345"}),
+    );
     let sig = hub_client::sign_envelope(&one_stop_env, &key).unwrap();
-    let (status, err) = hub.client(ONE_STOP).post_json("/v1/exchanges", &json!({"envelope": one_stop_env, "signature": sig})).await.unwrap();
+    let (status, err) = hub
+        .client(ONE_STOP)
+        .post_json(
+            "/v1/exchanges",
+            &json!({"envelope": one_stop_env, "signature": sig}),
+        )
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{err}");
     assert_eq!(err["code"], "signature_unexpected");
 }
@@ -105,16 +167,43 @@ async fn agency_signatures_are_required_and_checked() {
 #[tokio::test]
 async fn every_entry_is_chained_signed_and_hashed_as_rfc6962_leaves() {
     let hub = TestHub::start().await;
-    hub.send(envelope(ONE_STOP, "citizen.lookup", "public_service", json!({"personal_id": "001085012345"}))).await;
-    hub.send(envelope(BANK, "citizen.lookup", "kyc", json!({"personal_id": "001085012345"}))).await;
-    hub.send(envelope(ENTERPRISE_REGISTRY, "enterprise.registered", "registry_update", enterprise_registered())).await;
-    let (_, jwks) = hub.public_client().get_json("/.well-known/jwks.json").await.unwrap();
+    hub.send(envelope(
+        ONE_STOP,
+        "citizen.lookup",
+        "public_service",
+        json!({"personal_id": "001085012345"}),
+    ))
+    .await;
+    hub.send(envelope(
+        BANK,
+        "citizen.lookup",
+        "kyc",
+        json!({"personal_id": "001085012345"}),
+    ))
+    .await;
+    hub.send(envelope(
+        ENTERPRISE_REGISTRY,
+        "enterprise.registered",
+        "registry_update",
+        enterprise_registered(),
+    ))
+    .await;
+    let (_, jwks) = hub
+        .public_client()
+        .get_json("/.well-known/jwks.json")
+        .await
+        .unwrap();
     let entries = hub.running().hub.store.entries(0, 1000).await.unwrap();
     assert_eq!(entries.len(), 4);
     let mut prev = [0u8; 32];
     for e in &entries {
         let record: Value = serde_json::from_str(&e.record).unwrap();
-        assert_eq!(record["prev"], URL_SAFE_NO_PAD.encode(prev), "entry {} chains to the previous", e.index);
+        assert_eq!(
+            record["prev"],
+            URL_SAFE_NO_PAD.encode(prev),
+            "entry {} chains to the previous",
+            e.index
+        );
         // Stored canonical: re-canonicalizing changes nothing.
         assert_eq!(serde_jcs::to_string(&record).unwrap(), e.record);
         let mut leaf_input = vec![0u8];
@@ -128,6 +217,15 @@ async fn every_entry_is_chained_signed_and_hashed_as_rfc6962_leaves() {
         assert_eq!(record["body_hash"], URL_SAFE_NO_PAD.encode(hash.as_ref()));
         prev = e.leaf_hash;
     }
-    let kinds: Vec<&str> = entries.iter().map(|e| if e.record.contains("\"kind\":\"refusal\"") { "refusal" } else { "other" }).collect();
+    let kinds: Vec<&str> = entries
+        .iter()
+        .map(|e| {
+            if e.record.contains("\"kind\":\"refusal\"") {
+                "refusal"
+            } else {
+                "other"
+            }
+        })
+        .collect();
     assert_eq!(kinds.iter().filter(|k| **k == "refusal").count(), 1);
 }

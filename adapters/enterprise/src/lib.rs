@@ -47,7 +47,9 @@ fn decimal(thousandths: u64) -> String {
     if frac == 0 {
         whole.to_string()
     } else {
-        format!("{whole}.{frac:03}").trim_end_matches('0').to_owned()
+        format!("{whole}.{frac:03}")
+            .trim_end_matches('0')
+            .to_owned()
     }
 }
 
@@ -102,7 +104,16 @@ const LINES: [(&str, &str); 6] = [
     ("5610", "Nhà hàng và các dịch vụ ăn uống phục vụ lưu động"),
     ("4101", "Xây dựng nhà để ở"),
 ];
-const WORDS: [&str; 8] = ["Sao Mai", "Hồng Hà", "Phương Nam", "Bình Minh", "Trường Sơn", "Việt Tiến", "Hòa Phát Đạt", "Ánh Dương"];
+const WORDS: [&str; 8] = [
+    "Sao Mai",
+    "Hồng Hà",
+    "Phương Nam",
+    "Bình Minh",
+    "Trường Sơn",
+    "Việt Tiến",
+    "Hòa Phát Đạt",
+    "Ánh Dương",
+];
 
 /// The synthetic registry: fixed enterprises, then generated ones.
 #[derive(Debug, Clone)]
@@ -121,8 +132,17 @@ impl Registry {
                 ngay_thanh_lap: "15/06/2015".into(),
                 tinh_trang: "Đang hoạt động",
                 von_dieu_le_thousandths: 5_000_000_000_000,
-                tru_so: ("01".into(), "005".into(), "00160".into(), "Tầng 3, số 8 phố Duy Tân".into()),
-                nguoi_dai_dien: vec![("Nguyễn Văn An".into(), Some("001085012345".into()), "Giám đốc".into())],
+                tru_so: (
+                    "01".into(),
+                    "005".into(),
+                    "00160".into(),
+                    "Tầng 3, số 8 phố Duy Tân".into(),
+                ),
+                nguoi_dai_dien: vec![(
+                    "Nguyễn Văn An".into(),
+                    Some("001085012345".into()),
+                    "Giám đốc".into(),
+                )],
                 nganh_nghe: vec![
                     ("6201".into(), LINES[0].1.into(), 'Y'),
                     ("4620".into(), LINES[1].1.into(), 'N'),
@@ -135,8 +155,17 @@ impl Registry {
                 ngay_thanh_lap: "02/01/2008".into(),
                 tinh_trang: "Đang hoạt động",
                 von_dieu_le_thousandths: 25_000_000_000_500,
-                tru_so: ("79".into(), "760".into(), "26734".into(), "Số 120 đường Nguyễn Trãi".into()),
-                nguoi_dai_dien: vec![("Trần Thị Bích Ngọc".into(), Some("079192000123".into()), "Tổng giám đốc".into())],
+                tru_so: (
+                    "79".into(),
+                    "760".into(),
+                    "26734".into(),
+                    "Số 120 đường Nguyễn Trãi".into(),
+                ),
+                nguoi_dai_dien: vec![(
+                    "Trần Thị Bích Ngọc".into(),
+                    Some("079192000123".into()),
+                    "Tổng giám đốc".into(),
+                )],
                 nganh_nghe: vec![("4933".into(), LINES[3].1.into(), 'Y')],
             },
         ]
@@ -203,7 +232,9 @@ impl EnterpriseAdapter {
     #[allow(clippy::expect_used)]
     pub fn new(registry: Registry) -> Self {
         Self {
-            provider: PROVIDER.parse().expect("the provider constant is well formed"),
+            provider: PROVIDER
+                .parse()
+                .expect("the provider constant is well formed"),
             registry,
         }
     }
@@ -226,7 +257,9 @@ impl Adapter for EnterpriseAdapter {
             if request.service.as_str() != "enterprise.lookup" {
                 return Err(AdapterError::UnknownService(request.service.to_string()));
             }
-            let code = request.payload["enterprise_code"].as_str().unwrap_or_default();
+            let code = request.payload["enterprise_code"]
+                .as_str()
+                .unwrap_or_default();
             Ok(match self.registry.get(code) {
                 Some(e) => json!({"found": true, "enterprise": e.to_national()}),
                 None => json!({"found": false}),

@@ -40,7 +40,9 @@ fn m2(dm2: u64) -> String {
     if frac == 0 {
         whole.to_string()
     } else {
-        format!("{whole}.{frac:02}").trim_end_matches('0').to_owned()
+        format!("{whole}.{frac:02}")
+            .trim_end_matches('0')
+            .to_owned()
     }
 }
 
@@ -112,9 +114,18 @@ impl Registry {
                 so_thua: 78,
                 dien_tich_dm2: 250_000,
                 dia_chi: "Số 120 đường Nguyễn Trãi, Hồ Chí Minh".into(),
-                muc_dich: vec![("TMD", 250_000, "31/12/2058".into(), "Nhà nước cho thuê đất trả tiền hằng năm".into())],
+                muc_dich: vec![(
+                    "TMD",
+                    250_000,
+                    "31/12/2058".into(),
+                    "Nhà nước cho thuê đất trả tiền hằng năm".into(),
+                )],
                 gcn: Some(("DA00098765".into(), "05/03/2009".into())),
-                chu_su_dung: vec![("DN", "0304567898".into(), "Công ty Cổ phần Vận tải Phương Nam".into())],
+                chu_su_dung: vec![(
+                    "DN",
+                    "0304567898".into(),
+                    "Công ty Cổ phần Vận tải Phương Nam".into(),
+                )],
             },
         ]
     }
@@ -123,7 +134,8 @@ impl Registry {
     /// population fixtures' first citizen or by no one known.
     pub fn synthetic(seed: u64, generated: usize) -> Self {
         let mut rng = SplitMix64::new(seed);
-        let mut parcels: BTreeMap<_, _> = Self::fixtures().into_iter().map(|p| (p.key(), p)).collect();
+        let mut parcels: BTreeMap<_, _> =
+            Self::fixtures().into_iter().map(|p| (p.key(), p)).collect();
         while parcels.len() < generated + 2 {
             let province3 = rng.province();
             let year = 1950 + rng.below(50) as i32;
@@ -136,8 +148,17 @@ impl Registry {
                 so_to: 1 + rng.below(60) as u32,
                 so_thua: 1 + rng.below(900) as u32,
                 dien_tich_dm2: area,
-                dia_chi: format!("Thửa {} tờ bản đồ số {}", 1 + rng.below(900), 1 + rng.below(60)),
-                muc_dich: vec![(purpose, area, "Lâu dài".into(), "Công nhận quyền sử dụng đất".into())],
+                dia_chi: format!(
+                    "Thửa {} tờ bản đồ số {}",
+                    1 + rng.below(900),
+                    1 + rng.below(60)
+                ),
+                muc_dich: vec![(
+                    purpose,
+                    area,
+                    "Lâu dài".into(),
+                    "Công nhận quyền sử dụng đất".into(),
+                )],
                 gcn: None,
                 chu_su_dung: vec![("CD", holder_id, "Hoàng Văn Nam".into())],
             };
@@ -174,7 +195,9 @@ impl LandAdapter {
     #[allow(clippy::expect_used)]
     pub fn new(registry: Registry) -> Self {
         Self {
-            provider: PROVIDER.parse().expect("the provider constant is well formed"),
+            provider: PROVIDER
+                .parse()
+                .expect("the provider constant is well formed"),
             registry,
         }
     }
@@ -183,8 +206,14 @@ impl LandAdapter {
         let p = &req.payload;
         match req.service.as_str() {
             "parcel.lookup" => {
-                let sheet = p["map_sheet"].as_u64().and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
-                let number = p["parcel_number"].as_u64().and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
+                let sheet = p["map_sheet"]
+                    .as_u64()
+                    .and_then(|v| u32::try_from(v).ok())
+                    .unwrap_or(0);
+                let number = p["parcel_number"]
+                    .as_u64()
+                    .and_then(|v| u32::try_from(v).ok())
+                    .unwrap_or(0);
                 let commune = p["commune_code"].as_str().unwrap_or_default();
                 Ok(match self.registry.get(commune, sheet, number) {
                     Some(parcel) => json!({"found": true, "parcel": parcel.to_national()}),
@@ -192,8 +221,16 @@ impl LandAdapter {
                 })
             }
             "parcels.by_holder" => {
-                let id = p["personal_id"].as_str().or(p["enterprise_code"].as_str()).unwrap_or_default();
-                let parcels: Vec<Value> = self.registry.by_holder(id).into_iter().map(NativeParcel::to_national).collect();
+                let id = p["personal_id"]
+                    .as_str()
+                    .or(p["enterprise_code"].as_str())
+                    .unwrap_or_default();
+                let parcels: Vec<Value> = self
+                    .registry
+                    .by_holder(id)
+                    .into_iter()
+                    .map(NativeParcel::to_national)
+                    .collect();
                 Ok(json!({"parcels": parcels}))
             }
             other => Err(AdapterError::UnknownService(other.to_owned())),
@@ -207,7 +244,10 @@ impl Adapter for LandAdapter {
     }
 
     fn services(&self) -> Vec<ServiceSpec> {
-        vec![ServiceSpec::query("parcel.lookup", 1), ServiceSpec::query("parcels.by_holder", 1)]
+        vec![
+            ServiceSpec::query("parcel.lookup", 1),
+            ServiceSpec::query("parcels.by_holder", 1),
+        ]
     }
 
     fn handle<'a>(&'a self, request: &'a AdapterRequest) -> HandlerFuture<'a> {

@@ -95,15 +95,26 @@ impl NativeCitizen {
 }
 
 const FAMILY: [&str; 14] = [
-    "Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Huỳnh", "Phan", "Vũ", "Võ", "Đặng", "Bùi", "Đỗ", "Hồ", "Ngô",
+    "Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Huỳnh", "Phan", "Vũ", "Võ", "Đặng", "Bùi", "Đỗ",
+    "Hồ", "Ngô",
 ];
 const MIDDLE_M: [&str; 6] = ["Văn", "Hữu", "Đức", "Minh", "Quốc", "Thành"];
 const MIDDLE_F: [&str; 6] = ["Thị", "Ngọc", "Thu", "Thanh", "Phương", "Mai"];
-const GIVEN_M: [&str; 10] = ["An", "Bình", "Cường", "Dũng", "Hải", "Hùng", "Khoa", "Long", "Nam", "Sơn"];
-const GIVEN_F: [&str; 10] = ["Anh", "Chi", "Hà", "Hạnh", "Hoa", "Lan", "Linh", "Ngân", "Thảo", "Trang"];
+const GIVEN_M: [&str; 10] = [
+    "An", "Bình", "Cường", "Dũng", "Hải", "Hùng", "Khoa", "Long", "Nam", "Sơn",
+];
+const GIVEN_F: [&str; 10] = [
+    "Anh", "Chi", "Hà", "Hạnh", "Hoa", "Lan", "Linh", "Ngân", "Thảo", "Trang",
+];
 const STREETS: [&str; 8] = [
-    "đường Lê Lợi", "phố Hàng Bạc", "đường Trần Hưng Đạo", "đường Nguyễn Trãi", "phố Huế",
-    "đường Hai Bà Trưng", "đường Quang Trung", "đường Lý Thường Kiệt",
+    "đường Lê Lợi",
+    "phố Hàng Bạc",
+    "đường Trần Hưng Đạo",
+    "đường Nguyễn Trãi",
+    "phố Huế",
+    "đường Hai Bà Trưng",
+    "đường Quang Trung",
+    "đường Lý Thường Kiệt",
 ];
 
 /// The synthetic registry: three fixed citizens for walkthroughs and tests,
@@ -135,7 +146,12 @@ impl Registry {
                 ma_dan_toc: "01".into(),
                 ma_tinh_khai_sinh: "01".into(),
                 thuong_tru: address("01", "001", "00004", "Số 12 phố Phúc Xá"),
-                noi_o_hien_tai: Some(address("01", "005", "00160", "Số 8 ngõ 20 phố Trần Duy Hưng")),
+                noi_o_hien_tai: Some(address(
+                    "01",
+                    "005",
+                    "00160",
+                    "Số 8 ngõ 20 phố Trần Duy Hưng",
+                )),
                 so_cmnd: Some("012345678".into()),
                 hon_nhan: 2,
             },
@@ -240,7 +256,9 @@ impl PopulationAdapter {
     #[allow(clippy::expect_used)]
     pub fn new(registry: Registry) -> Self {
         Self {
-            provider: PROVIDER.parse().expect("the provider constant is well formed"),
+            provider: PROVIDER
+                .parse()
+                .expect("the provider constant is well formed"),
             registry,
         }
     }
@@ -311,7 +329,10 @@ mod tests {
 
     #[test]
     fn year_only_birth_dates_say_so() {
-        let c = Registry::synthetic(1, 0).get("048201000456").unwrap().to_national();
+        let c = Registry::synthetic(1, 0)
+            .get("048201000456")
+            .unwrap()
+            .to_national();
         assert_eq!(c["birth_date"], "2001-01-01");
         assert_eq!(c["birth_date_precision"], "year");
     }

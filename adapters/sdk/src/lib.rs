@@ -102,7 +102,9 @@ impl ServiceSpec {
     /// The catalog id of the response schema; events have none.
     pub fn response_schema(&self) -> Option<String> {
         match self.kind {
-            ServiceKind::Query => Some(format!("services/{}/v{}/response", self.name, self.version)),
+            ServiceKind::Query => {
+                Some(format!("services/{}/v{}/response", self.name, self.version))
+            }
             ServiceKind::Event => None,
         }
     }

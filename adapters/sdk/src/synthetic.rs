@@ -34,19 +34,25 @@ impl SplitMix64 {
 
     /// `n` random decimal digits.
     pub fn digits(&mut self, n: usize) -> String {
-        (0..n).map(|_| char::from(b'0' + (self.below(10) as u8))).collect()
+        (0..n)
+            .map(|_| char::from(b'0' + (self.below(10) as u8)))
+            .collect()
     }
 
     /// A random real province code of birth registration (3 digits).
     pub fn province(&mut self) -> &'static str {
-        *self.pick(&PROVINCE_CODES)
+        self.pick::<&str>(&PROVINCE_CODES)
     }
 
     /// A personal ID consistent with `province` (3 digits), `year` and sex.
     pub fn personal_id(&mut self, province: &str, year: i32, male: bool) -> String {
         let century_index = (year - 1900).div_euclid(100);
         let digit = century_index * 2 + i32::from(!male);
-        format!("{province}{digit}{:02}{}", year.rem_euclid(100), self.digits(6))
+        format!(
+            "{province}{digit}{:02}{}",
+            year.rem_euclid(100),
+            self.digits(6)
+        )
     }
 
     /// A tax code with a valid check digit.

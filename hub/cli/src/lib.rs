@@ -84,8 +84,16 @@ pub enum AgencyCmd {
 #[derive(Debug, Subcommand)]
 pub enum GrantCmd {
     List,
-    Add { consumer: Member, service: ServiceName, purposes: Vec<PurposeCode> },
-    Revoke { consumer: Member, service: ServiceName, purpose: PurposeCode },
+    Add {
+        consumer: Member,
+        service: ServiceName,
+        purposes: Vec<PurposeCode>,
+    },
+    Revoke {
+        consumer: Member,
+        service: ServiceName,
+        purpose: PurposeCode,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,11 +155,15 @@ pub struct InboxArgs {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
-    let mut config = Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let mut config =
+        Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     if let Some(dir) = &cli.data_dir {
         config.data_dir.clone_from(dir);
     }
@@ -172,8 +184,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let adapters = app::reference_adapters(0);
             let init = app::init(&config, &SystemClock, &adapters).await?;
             println!("data directory: {}", config.data_dir.display());
-            println!("dev PKI: {} ({})", init.pki.dir.display(), if init.new_pki { "created" } else { "already there" });
-            println!("demo registry: {}", if init.seeded { "seeded" } else { "already there" });
+            println!(
+                "dev PKI: {} ({})",
+                init.pki.dir.display(),
+                if init.new_pki {
+                    "created"
+                } else {
+                    "already there"
+                }
+            );
+            println!(
+                "demo registry: {}",
+                if init.seeded {
+                    "seeded"
+                } else {
+                    "already there"
+                }
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Agency(cmd) => agency(&config, cmd).await,
@@ -200,18 +227,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
-    let running = app::start(config.clone(), Arc::new(SystemClock), Arc::new(SystemRandom::default())).await?;
+    let running = app::start(
+        config.clone(),
+        Arc::new(SystemClock),
+        Arc::new(SystemRandom::default()),
+    )
+    .await?;
     println!("hub API (mTLS):       https://{}", running.api_addr);
-    println!("public (health, keys): https://{}/healthz", running.public_addr);
+    println!(
+        "public (health, keys): https://{}/healthz",
+        running.public_addr
+    );
     println!("data directory:       {}", config.data_dir.display());
     println!();
-    println!("Next, in another terminal, ask the population registry for a citizen as the demo one-stop office:");
+    println!(
+        "Next, in another terminal, ask the population registry for a citizen as the demo one-stop office:"
+    );
     println!(
         "  cargo run --release -p hub -- send --as 000.00.29.H29/one-stop citizen.lookup '{{\"personal_id\":\"001085012345\"}}' --purpose public_service --case HS-2026-0001"
     );
     println!();
     println!("Press Ctrl-C to stop.");
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     println!("stopping...");
     running.shutdown().await;
     Ok(ExitCode::SUCCESS)
@@ -222,11 +261,23 @@ async fn agency(config: &Config, cmd: AgencyCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         AgencyCmd::List => {
             for a in store.agencies().await? {
-                let key = a.signing_key.as_ref().map_or("-".to_owned(), |k| k.kid.clone());
-                println!("{:<40} signing key {:<44} {}", a.member.to_string(), key, a.name);
+                let key = a
+                    .signing_key
+                    .as_ref()
+                    .map_or("-".to_owned(), |k| k.kid.clone());
+                println!(
+                    "{:<40} signing key {:<44} {}",
+                    a.member.to_string(),
+                    key,
+                    a.name
+                );
             }
         }
-        AgencyCmd::Add { member, name, issue_cert } => {
+        AgencyCmd::Add {
+            member,
+            name,
+            issue_cert,
+        } => {
             let existing = store.agency(&member).await?;
             store
                 .upsert_agency(&AgencyRecord {
@@ -239,7 +290,13 @@ async fn agency(config: &Config, cmd: AgencyCmd) -> anyhow::Result<ExitCode> {
             if issue_cert {
                 let pki = PkiPaths::new(&config.data_dir);
                 let now = time::OffsetDateTime::now_utc();
-                issue_client_cert(&pki, &member, &name, now - time::Duration::hours(1), now + time::Duration::days(365))?;
+                issue_client_cert(
+                    &pki,
+                    &member,
+                    &name,
+                    now - time::Duration::hours(1),
+                    now + time::Duration::days(365),
+                )?;
                 println!("certificate: {}", pki.agency_cert(&member).display());
                 println!("key:         {}", pki.agency_key(&member).display());
             }
@@ -251,14 +308,21 @@ async fn agency(config: &Config, cmd: AgencyCmd) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("{member} is not registered (hub agency add)"))?;
             record.signing_key = match (jwk, none) {
                 (Some(path), false) => {
-                    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-                    Some(Jwk::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| path.display().to_string())?;
+                    Some(
+                        Jwk::parse(&text)
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                    )
                 }
                 (None, true) => None,
                 _ => bail!("give --jwk FILE or --none"),
             };
             store.upsert_agency(&record).await?;
-            println!("{member}: signing key {}", record.signing_key.map_or("removed".into(), |k| k.kid));
+            println!(
+                "{member}: signing key {}",
+                record.signing_key.map_or("removed".into(), |k| k.kid)
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -269,10 +333,19 @@ async fn grant(config: &Config, cmd: GrantCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         GrantCmd::List => {
             for g in store.grants().await? {
-                println!("{:<40} {:<26} {}", g.consumer.to_string(), g.service.as_str(), g.purpose);
+                println!(
+                    "{:<40} {:<26} {}",
+                    g.consumer.to_string(),
+                    g.service.as_str(),
+                    g.purpose
+                );
             }
         }
-        GrantCmd::Add { consumer, service, purposes } => {
+        GrantCmd::Add {
+            consumer,
+            service,
+            purposes,
+        } => {
             if store.agency(&consumer).await?.is_none() {
                 bail!("{consumer} is not registered (hub agency add)");
             }
@@ -284,13 +357,27 @@ async fn grant(config: &Config, cmd: GrantCmd) -> anyhow::Result<ExitCode> {
             }
             for purpose in purposes {
                 store
-                    .add_grant(&Grant { consumer: consumer.clone(), service: service.clone(), purpose: purpose.clone() })
+                    .add_grant(&Grant {
+                        consumer: consumer.clone(),
+                        service: service.clone(),
+                        purpose: purpose.clone(),
+                    })
                     .await?;
                 println!("granted {consumer} {service} for {purpose}");
             }
         }
-        GrantCmd::Revoke { consumer, service, purpose } => {
-            let removed = store.revoke_grant(&Grant { consumer, service, purpose }).await?;
+        GrantCmd::Revoke {
+            consumer,
+            service,
+            purpose,
+        } => {
+            let removed = store
+                .revoke_grant(&Grant {
+                    consumer,
+                    service,
+                    purpose,
+                })
+                .await?;
             println!("{}", if removed { "revoked" } else { "no such grant" });
             if !removed {
                 return Ok(ExitCode::FAILURE);
@@ -305,20 +392,39 @@ async fn subscription(config: &Config, cmd: SubscriptionCmd) -> anyhow::Result<E
     match cmd {
         SubscriptionCmd::List => {
             for s in store.subscriptions().await? {
-                println!("{:<40} {} v{}", s.subscriber.to_string(), s.service.as_str(), s.version);
+                println!(
+                    "{:<40} {} v{}",
+                    s.subscriber.to_string(),
+                    s.service.as_str(),
+                    s.version
+                );
             }
         }
-        SubscriptionCmd::Add { subscriber, service, version } => {
+        SubscriptionCmd::Add {
+            subscriber,
+            service,
+            version,
+        } => {
             match store.service(&service, version).await? {
                 Some(s) if s.kind == hub_adapter_sdk::ServiceKind::Event => {}
                 Some(_) => bail!("{service} v{version} is a query, not an event"),
                 None => bail!("no service {service} v{version}"),
             }
-            let granted = store.grants().await?.iter().any(|g| g.consumer == subscriber && g.service == service);
+            let granted = store
+                .grants()
+                .await?
+                .iter()
+                .any(|g| g.consumer == subscriber && g.service == service);
             if !granted {
                 bail!("{subscriber} has no grant for {service}: add one first (hub grant add)");
             }
-            store.add_subscription(&Subscription { subscriber: subscriber.clone(), service: service.clone(), version }).await?;
+            store
+                .add_subscription(&Subscription {
+                    subscriber: subscriber.clone(),
+                    service: service.clone(),
+                    version,
+                })
+                .await?;
             println!("{subscriber} subscribed to {service} v{version}");
         }
     }
@@ -335,8 +441,15 @@ fn client_for(config: &Config, agent: &Agent) -> anyhow::Result<(HubClient, PkiP
             pki.dir.display()
         );
     }
-    let base = agent.hub.clone().unwrap_or_else(|| format!("https://{}", config.api_listen));
-    let client = HubClient::from_files(&base, &pki.ca_cert(), Some((&cert, &pki.agency_key(&agent.member))))?;
+    let base = agent
+        .hub
+        .clone()
+        .unwrap_or_else(|| format!("https://{}", config.api_listen));
+    let client = HubClient::from_files(
+        &base,
+        &pki.ca_cert(),
+        Some((&cert, &pki.agency_key(&agent.member))),
+    )?;
     Ok((client, pki))
 }
 
@@ -373,11 +486,15 @@ async fn send(config: &Config, args: SendArgs) -> anyhow::Result<ExitCode> {
     let (status, reply) = client.post_json("/v1/exchanges", &request).await?;
     println!("{}", serde_json::to_string_pretty(&reply)?);
     if !status.is_success() {
-        eprintln!("refused: HTTP {status} {}", reply["code"].as_str().unwrap_or_default());
+        eprintln!(
+            "refused: HTTP {status} {}",
+            reply["code"].as_str().unwrap_or_default()
+        );
         return Ok(ExitCode::FAILURE);
     }
     let jwks = client.jwks().await?;
-    let kid = verify_reply(&reply, &jwks).context("the hub's signature on the reply does not verify")?;
+    let kid =
+        verify_reply(&reply, &jwks).context("the hub's signature on the reply does not verify")?;
     let record = &reply["record"];
     eprintln!(
         "HTTP {status}: {} {} at log index {}; hub signature verified (key {kid})",
@@ -390,7 +507,9 @@ async fn send(config: &Config, args: SendArgs) -> anyhow::Result<ExitCode> {
 
 async fn inbox(config: &Config, args: InboxArgs) -> anyhow::Result<ExitCode> {
     let (client, _) = client_for(config, &args.agent)?;
-    let (status, inbox) = client.get_json(&format!("/v1/inbox?max={}", args.max)).await?;
+    let (status, inbox) = client
+        .get_json(&format!("/v1/inbox?max={}", args.max))
+        .await?;
     if !status.is_success() {
         println!("{}", serde_json::to_string_pretty(&inbox)?);
         return Ok(ExitCode::FAILURE);
@@ -403,14 +522,22 @@ async fn inbox(config: &Config, args: InboxArgs) -> anyhow::Result<ExitCode> {
         verify_reply(m, &jwks).context("a message's hub signature does not verify")?;
         ids.push(m["record"]["exchange_id"].clone());
     }
-    eprintln!("{} message(s), every hub signature verified", messages.len());
+    eprintln!(
+        "{} message(s), every hub signature verified",
+        messages.len()
+    );
     if args.ack && !ids.is_empty() {
-        let (status, answer) = client.post_json("/v1/inbox/ack", &json!({ "exchange_ids": ids })).await?;
+        let (status, answer) = client
+            .post_json("/v1/inbox/ack", &json!({ "exchange_ids": ids }))
+            .await?;
         println!("{}", serde_json::to_string_pretty(&answer)?);
         if !status.is_success() {
             return Ok(ExitCode::FAILURE);
         }
-        eprintln!("acknowledged {} message(s); each receipt is logged", ids.len());
+        eprintln!(
+            "acknowledged {} message(s); each receipt is logged",
+            ids.len()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -31,7 +31,10 @@ pub enum ClientError {
     #[error("TLS: {0}")]
     Tls(String),
     #[error("connecting to {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("HTTP: {0}")]
     Http(String),
     #[error("the response is not JSON: {0}")]
@@ -67,29 +70,42 @@ fn parse_base(base: &str) -> Result<(String, u16), ClientError> {
     let (host, port) = rest
         .rsplit_once(':')
         .ok_or_else(|| ClientError::Url(base.to_owned()))?;
-    let port = port.parse().map_err(|_| ClientError::Url(base.to_owned()))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let port = port
+        .parse()
+        .map_err(|_| ClientError::Url(base.to_owned()))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     Ok((host, port))
 }
 
 impl HubClient {
     /// A client trusting `ca_pem`, presenting `identity` (certificate chain
     /// PEM, private key PEM) when given.
-    pub fn new(base: &str, ca_pem: &[u8], identity: Option<(&[u8], &[u8])>) -> Result<Self, ClientError> {
+    pub fn new(
+        base: &str,
+        ca_pem: &[u8],
+        identity: Option<(&[u8], &[u8])>,
+    ) -> Result<Self, ClientError> {
         let (host, port) = parse_base(base)?;
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(ca_pem) {
             let cert = cert.map_err(|e| ClientError::Tls(format!("CA certificate: {e}")))?;
-            roots.add(cert).map_err(|e| ClientError::Tls(e.to_string()))?;
+            roots
+                .add(cert)
+                .map_err(|e| ClientError::Tls(e.to_string()))?;
         }
-        let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ClientError::Tls(e.to_string()))?
-            .with_root_certificates(roots);
+        let builder =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| ClientError::Tls(e.to_string()))?
+                .with_root_certificates(roots);
         let config = match identity {
             Some((chain_pem, key_pem)) => {
                 let chain: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(chain_pem).collect();
-                let chain = chain.map_err(|e| ClientError::Tls(format!("client certificate: {e}")))?;
+                let chain =
+                    chain.map_err(|e| ClientError::Tls(format!("client certificate: {e}")))?;
                 let key = PrivateKeyDer::from_pem_slice(key_pem)
                     .map_err(|e| ClientError::Tls(format!("client key: {e}")))?;
                 builder
@@ -106,7 +122,11 @@ impl HubClient {
     }
 
     /// Like [`HubClient::new`], reading PEM files.
-    pub fn from_files(base: &str, ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Self, ClientError> {
+    pub fn from_files(
+        base: &str,
+        ca: &Path,
+        identity: Option<(&Path, &Path)>,
+    ) -> Result<Self, ClientError> {
         let ca = read(ca)?;
         match identity {
             Some((cert, key)) => {
@@ -127,8 +147,12 @@ impl HubClient {
         let addr = format!("{}:{}", self.host, self.port);
         let tcp = TcpStream::connect(&addr)
             .await
-            .map_err(|source| ClientError::Connect { addr: addr.clone(), source })?;
-        let name = ServerName::try_from(self.host.clone()).map_err(|e| ClientError::Tls(e.to_string()))?;
+            .map_err(|source| ClientError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        let name =
+            ServerName::try_from(self.host.clone()).map_err(|e| ClientError::Tls(e.to_string()))?;
         let tls = TlsConnector::from(self.tls.clone())
             .connect(name, tcp)
             .await
@@ -172,9 +196,15 @@ impl HubClient {
     }
 
     /// POST a JSON document.
-    pub async fn post_json(&self, path: &str, body: &Value) -> Result<(StatusCode, Value), ClientError> {
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<(StatusCode, Value), ClientError> {
         let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Http(e.to_string()))?;
-        let (status, body) = self.send(Method::POST, path, Some(("application/json", bytes))).await?;
+        let (status, body) = self
+            .send(Method::POST, path, Some(("application/json", bytes)))
+            .await?;
         Ok((status, to_json(&body)?))
     }
 
@@ -187,7 +217,10 @@ impl HubClient {
 
 fn to_json(body: &[u8]) -> Result<Value, ClientError> {
     serde_json::from_slice(body).map_err(|e| {
-        ClientError::NotJson(format!("{e}: {}", String::from_utf8_lossy(&body[..body.len().min(200)])))
+        ClientError::NotJson(format!(
+            "{e}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        ))
     })
 }
 
@@ -213,7 +246,9 @@ pub fn verify_reply(reply: &Value, keys: &Jwks) -> Result<String, ReplyError> {
     let record = reply.get("record").ok_or(ReplyError::NoRecord)?;
     let kid = verify_record_signature(record, keys)?;
     let body = reply.get("body").ok_or(ReplyError::BodyMismatch)?;
-    let hash = b64url(&sha256(&jcs::canonicalize(body).map_err(RecordError::from)?));
+    let hash = b64url(&sha256(
+        &jcs::canonicalize(body).map_err(RecordError::from)?,
+    ));
     if record.get("body_hash").and_then(Value::as_str) != Some(hash.as_str()) {
         return Err(ReplyError::BodyMismatch);
     }

@@ -18,7 +18,10 @@ pub enum EndUser {
     /// A citizen signed in with the national e-identity (VNeID).
     Citizen { personal_id: PersonalId },
     /// The official handling the case.
-    Official { official_id: String, full_name: String },
+    Official {
+        official_id: String,
+        full_name: String,
+    },
 }
 
 /// What an agency sends: who, to which service, why, and the payload.

@@ -109,7 +109,9 @@ impl Subsystem {
     pub fn parse(s: &str) -> Result<Self, IdError> {
         let ok = (1..=50).contains(&s.len())
             && s.as_bytes()[0].is_ascii_alphanumeric()
-            && all(s, |b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && all(s, |b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
+            });
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -186,7 +188,8 @@ impl PersonalId {
     /// Digits 4-6 decode to the full birth year.
     pub fn birth_year(&self) -> i32 {
         let (century, _) = self.century_and_sex();
-        let yy = i32::from(self.0.as_bytes()[4] - b'0') * 10 + i32::from(self.0.as_bytes()[5] - b'0');
+        let yy =
+            i32::from(self.0.as_bytes()[4] - b'0') * 10 + i32::from(self.0.as_bytes()[5] - b'0');
         century + yy
     }
 }
@@ -247,12 +250,18 @@ impl ServiceName {
         let seg_ok = |p: &str| {
             !p.is_empty()
                 && p.as_bytes()[0].is_ascii_lowercase()
-                && all(p, |b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                && all(p, |b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'
+                })
         };
         if s.len() <= 64 && s.contains('.') && s.split('.').all(seg_ok) {
             Ok(Self(s.to_owned()))
         } else {
-            Err(err("service", s, "expected dotted lowercase words like citizen.lookup"))
+            Err(err(
+                "service",
+                s,
+                "expected dotted lowercase words like citizen.lookup",
+            ))
         }
     }
 }
@@ -267,11 +276,17 @@ impl PurposeCode {
     pub fn parse(s: &str) -> Result<Self, IdError> {
         let ok = (2..=40).contains(&s.len())
             && s.as_bytes()[0].is_ascii_lowercase()
-            && all(s, |b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            && all(s, |b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'
+            });
         if ok {
             Ok(Self(s.to_owned()))
         } else {
-            Err(err("purpose", s, "expected a lowercase code like public_service"))
+            Err(err(
+                "purpose",
+                s,
+                "expected a lowercase code like public_service",
+            ))
         }
     }
 }
@@ -289,7 +304,11 @@ impl CaseRef {
         if ok {
             Ok(Self(s.to_owned()))
         } else {
-            Err(err("case reference", s, "expected 1-64 of A-Z a-z 0-9 . _ / -"))
+            Err(err(
+                "case reference",
+                s,
+                "expected 1-64 of A-Z a-z 0-9 . _ / -",
+            ))
         }
     }
 }
@@ -303,7 +322,11 @@ impl ExchangeId {
     pub fn parse(s: &str) -> Result<Self, IdError> {
         let u = uuid::Uuid::parse_str(s).map_err(|_| err("exchange id", s, "not a UUID"))?;
         if u.get_version_num() != 7 || s.len() != 36 {
-            return Err(err("exchange id", s, "expected a hyphenated UUID version 7"));
+            return Err(err(
+                "exchange id",
+                s,
+                "expected a hyphenated UUID version 7",
+            ));
         }
         Ok(Self(u))
     }
@@ -354,7 +377,13 @@ mod tests {
     fn agency_codes_follow_decision_20() {
         assert!(AgencyCode::parse("000.00.00.H29").is_ok());
         assert!(AgencyCode::parse("G01.10.05.A01").is_ok());
-        for bad in ["000.00.00.29", "000.00.00", "00.00.00.H29", "000.00.00.h29", "000.00.00.H29 "] {
+        for bad in [
+            "000.00.00.29",
+            "000.00.00",
+            "00.00.00.H29",
+            "000.00.00.h29",
+            "000.00.00.H29 ",
+        ] {
             assert!(AgencyCode::parse(bad).is_err(), "{bad}");
         }
     }

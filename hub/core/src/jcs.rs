@@ -11,7 +11,9 @@ use serde_json::{Map, Number, Value};
 /// Why a value has no canonical form.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JcsError {
-    #[error("the number {0} is not exactly representable as an IEEE 754 double (send it as a string)")]
+    #[error(
+        "the number {0} is not exactly representable as an IEEE 754 double (send it as a string)"
+    )]
     UnsafeInteger(String),
     #[error("the number {0} is not finite")]
     NotFinite(String),
@@ -86,7 +88,9 @@ fn write_number(n: &Number, out: &mut Vec<u8>) -> Result<(), JcsError> {
         out.extend_from_slice(i.to_string().as_bytes());
         return Ok(());
     }
-    let f = n.as_f64().ok_or_else(|| JcsError::NotFinite(n.to_string()))?;
+    let f = n
+        .as_f64()
+        .ok_or_else(|| JcsError::NotFinite(n.to_string()))?;
     if !f.is_finite() {
         return Err(JcsError::NotFinite(n.to_string()));
     }

@@ -97,7 +97,9 @@ impl Jwk {
                 point.extend_from_slice(&y);
                 Ok((Algorithm::Es256, point))
             }
-            _ => Err(JwsError::InvalidKey("only Ed25519 (OKP) and P-256 (EC) keys")),
+            _ => Err(JwsError::InvalidKey(
+                "only Ed25519 (OKP) and P-256 (EC) keys",
+            )),
         }
     }
 }
@@ -157,14 +159,17 @@ pub struct SigningKey {
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningKey").field("kid", &self.jwk.kid).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.jwk.kid)
+            .finish_non_exhaustive()
     }
 }
 
 impl SigningKey {
     /// A new Ed25519 key from `rng`; returns the key and its PKCS#8 bytes.
     pub fn generate(rng: &dyn SecureRandom) -> Result<(Self, SecretKeyBytes), JwsError> {
-        let doc = Ed25519KeyPair::generate_pkcs8(rng).map_err(|_| JwsError::InvalidKey("generate"))?;
+        let doc =
+            Ed25519KeyPair::generate_pkcs8(rng).map_err(|_| JwsError::InvalidKey("generate"))?;
         let secret = SecretKeyBytes(doc.as_ref().to_vec());
         Ok((Self::from_pkcs8(&secret)?, secret))
     }
@@ -255,25 +260,36 @@ impl DetachedJws {
             return Err(JwsError::Malformed("longer than 4096 characters"));
         }
         let mut parts = jws.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(JwsError::Malformed("expected three dot-separated parts"));
         };
         if !p.is_empty() {
-            return Err(JwsError::Malformed("the payload part must be empty (detached)"));
+            return Err(JwsError::Malformed(
+                "the payload part must be empty (detached)",
+            ));
         }
         let header_bytes = from_b64url(h).ok_or(JwsError::Malformed("header is not base64url"))?;
-        let header: Value =
-            serde_json::from_slice(&header_bytes).map_err(|_| JwsError::Malformed("header is not JSON"))?;
-        let obj = header.as_object().ok_or(JwsError::Malformed("header is not an object"))?;
+        let header: Value = serde_json::from_slice(&header_bytes)
+            .map_err(|_| JwsError::Malformed("header is not JSON"))?;
+        let obj = header
+            .as_object()
+            .ok_or(JwsError::Malformed("header is not an object"))?;
         if obj.get("b64") != Some(&Value::Bool(false)) || obj.get("crit") != Some(&json!(["b64"])) {
             return Err(JwsError::NotUnencoded);
         }
-        let alg = obj.get("alg").and_then(Value::as_str).ok_or(JwsError::Malformed("no alg"))?;
+        let alg = obj
+            .get("alg")
+            .and_then(Value::as_str)
+            .ok_or(JwsError::Malformed("no alg"))?;
         if alg != "EdDSA" && alg != "ES256" {
             return Err(JwsError::UnsupportedAlgorithm(alg.to_owned()));
         }
-        let kid = obj.get("kid").and_then(Value::as_str).ok_or(JwsError::Malformed("no kid"))?;
+        let kid = obj
+            .get("kid")
+            .and_then(Value::as_str)
+            .ok_or(JwsError::Malformed("no kid"))?;
         let signature = from_b64url(s).ok_or(JwsError::Malformed("signature is not base64url"))?;
         Ok(Self {
             header_b64: h.to_owned(),
@@ -285,7 +301,9 @@ impl DetachedJws {
 
     /// Verify against `payload` with the key of this JWS's `kid` from `keys`.
     pub fn verify(&self, payload: &[u8], keys: &Jwks) -> Result<&str, JwsError> {
-        let jwk = keys.find(&self.kid).ok_or_else(|| JwsError::UnknownKey(self.kid.clone()))?;
+        let jwk = keys
+            .find(&self.kid)
+            .ok_or_else(|| JwsError::UnknownKey(self.kid.clone()))?;
         let (alg, public) = jwk.public_key_bytes()?;
         if alg.name() != self.alg {
             return Err(JwsError::UnsupportedAlgorithm(self.alg.clone()));
@@ -335,7 +353,9 @@ mod tests {
             "hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg"
         );
         // A.5: verification with the public key alone.
-        UnparsedPublicKey::new(&signature::ED25519, &x).verify(input, &sig).unwrap();
+        UnparsedPublicKey::new(&signature::ED25519, &x)
+            .verify(input, &sig)
+            .unwrap();
     }
 
     /// RFC 7797 section 4.2: the unencoded-payload signing input for the
@@ -352,21 +372,37 @@ mod tests {
         );
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key_bytes);
         let mac = ring::hmac::sign(&key, &input);
-        assert_eq!(b64url(mac.as_ref()), "A5dxf2s96_n5FLueVuW1Z_vh161FwXZC4YLPff6dmDY");
+        assert_eq!(
+            b64url(mac.as_ref()),
+            "A5dxf2s96_n5FLueVuW1Z_vh161FwXZC4YLPff6dmDY"
+        );
     }
 
     #[test]
     fn detached_round_trip_and_tamper() {
         let rng = ring::rand::SystemRandom::new();
         let (key, _) = SigningKey::generate(&rng).unwrap();
-        let keys = Jwks { keys: vec![key.public_jwk()] };
+        let keys = Jwks {
+            keys: vec![key.public_jwk()],
+        };
         let jws = key.sign_detached(b"{\"a\":1}");
         assert!(jws.contains(".."));
-        assert_eq!(verify_detached(&jws, b"{\"a\":1}", &keys).unwrap(), key.kid());
-        assert_eq!(verify_detached(&jws, b"{\"a\":2}", &keys), Err(JwsError::BadSignature));
+        assert_eq!(
+            verify_detached(&jws, b"{\"a\":1}", &keys).unwrap(),
+            key.kid()
+        );
+        assert_eq!(
+            verify_detached(&jws, b"{\"a\":2}", &keys),
+            Err(JwsError::BadSignature)
+        );
         let (other, _) = SigningKey::generate(&rng).unwrap();
-        let others = Jwks { keys: vec![other.public_jwk()] };
-        assert!(matches!(verify_detached(&jws, b"{\"a\":1}", &others), Err(JwsError::UnknownKey(_))));
+        let others = Jwks {
+            keys: vec![other.public_jwk()],
+        };
+        assert!(matches!(
+            verify_detached(&jws, b"{\"a\":1}", &others),
+            Err(JwsError::UnknownKey(_))
+        ));
     }
 
     #[test]
@@ -374,7 +410,10 @@ mod tests {
         let header = b64url(br#"{"alg":"EdDSA","kid":"x"}"#);
         let jws = format!("{header}..AAAA");
         assert_eq!(DetachedJws::parse(&jws), Err(JwsError::NotUnencoded));
-        assert!(matches!(DetachedJws::parse("a.b.c"), Err(JwsError::Malformed(_))));
+        assert!(matches!(
+            DetachedJws::parse("a.b.c"),
+            Err(JwsError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -397,10 +436,15 @@ mod tests {
         };
         jwk.kid = jwk.thumbprint().unwrap();
         let header = protected_header_b64(Algorithm::Es256, &jwk.kid);
-        let sig = pair.sign(&rng, &signing_input(&header, b"payload")).unwrap();
+        let sig = pair
+            .sign(&rng, &signing_input(&header, b"payload"))
+            .unwrap();
         let jws = format!("{header}..{}", b64url(sig.as_ref()));
         let keys = Jwks { keys: vec![jwk] };
         assert!(verify_detached(&jws, b"payload", &keys).is_ok());
-        assert_eq!(verify_detached(&jws, b"payloaD", &keys), Err(JwsError::BadSignature));
+        assert_eq!(
+            verify_detached(&jws, b"payloaD", &keys),
+            Err(JwsError::BadSignature)
+        );
     }
 }

@@ -173,7 +173,10 @@ pub fn seal(
 /// Check the hub's signature on a record given as JSON: the signature must
 /// verify over the canonical form of the record without `hub_signature`.
 pub fn verify_record_signature(record: &Value, keys: &Jwks) -> Result<String, RecordError> {
-    let mut statement = record.as_object().cloned().ok_or(RecordError::NotAnObject)?;
+    let mut statement = record
+        .as_object()
+        .cloned()
+        .ok_or(RecordError::NotAnObject)?;
     let sig = statement
         .remove("hub_signature")
         .and_then(|s| s.as_str().map(str::to_owned))
@@ -224,7 +227,9 @@ mod tests {
     fn sealed_record_verifies_and_leaf_commits_to_it() {
         let rng = ring::rand::SystemRandom::new();
         let (key, _) = SigningKey::generate(&rng).unwrap();
-        let keys = Jwks { keys: vec![key.public_jwk()] };
+        let keys = Jwks {
+            keys: vec![key.public_jwk()],
+        };
         let sealed = seal(draft(), 7, &[0; 32], OffsetDateTime::UNIX_EPOCH, &key).unwrap();
         let value = serde_json::to_value(&sealed.record).unwrap();
         assert_eq!(verify_record_signature(&value, &keys).unwrap(), key.kid());

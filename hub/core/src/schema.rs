@@ -217,22 +217,31 @@ mod tests {
     fn violations_name_pointer_and_keyword() {
         let c = Catalog::builtin().unwrap();
         let bad = json!({"personal_id": "12"});
-        let Err(SchemaRejection::Invalid(v)) = c.validate("services/citizen.lookup/v1/request", &bad)
+        let Err(SchemaRejection::Invalid(v)) =
+            c.validate("services/citizen.lookup/v1/request", &bad)
         else {
             panic!("expected a rejection");
         };
-        assert!(v.iter().any(|x| x.pointer == "/personal_id" && x.keyword == "pattern"), "{v:?}");
+        assert!(
+            v.iter()
+                .any(|x| x.pointer == "/personal_id" && x.keyword == "pattern"),
+            "{v:?}"
+        );
     }
 
     #[test]
     fn semantic_checks_run_through_refs() {
         let c = Catalog::builtin().unwrap();
         let bad = json!({"personal_id": "999085012345"});
-        let Err(SchemaRejection::Invalid(v)) = c.validate("services/citizen.lookup/v1/request", &bad)
+        let Err(SchemaRejection::Invalid(v)) =
+            c.validate("services/citizen.lookup/v1/request", &bad)
         else {
             panic!("expected a rejection");
         };
-        assert!(v.iter().any(|x| x.keyword.starts_with("x-hub-check")), "{v:?}");
+        assert!(
+            v.iter().any(|x| x.keyword.starts_with("x-hub-check")),
+            "{v:?}"
+        );
     }
 
     #[test]
@@ -240,9 +249,16 @@ mod tests {
         let c = Catalog::builtin().unwrap();
         // "Nguyễn" decomposed (NFD) is not accepted where a name is expected.
         let nfd: String = unicode_normalization::UnicodeNormalization::nfd("Nguyễn").collect();
-        let req = json!({"personal_id": "001085012345", "full_name": nfd, "birth_date": "1985-03-12"});
-        assert!(c.validate("services/citizen.verify/v1/request", &req).is_err());
+        let req =
+            json!({"personal_id": "001085012345", "full_name": nfd, "birth_date": "1985-03-12"});
+        assert!(
+            c.validate("services/citizen.verify/v1/request", &req)
+                .is_err()
+        );
         let nfc = json!({"personal_id": "001085012345", "full_name": "Nguyễn Văn An", "birth_date": "1985-03-12"});
-        assert!(c.validate("services/citizen.verify/v1/request", &nfc).is_ok());
+        assert!(
+            c.validate("services/citizen.verify/v1/request", &nfc)
+                .is_ok()
+        );
     }
 }

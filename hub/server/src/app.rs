@@ -55,9 +55,15 @@ impl RunningHub {
 /// The in-process reference adapters over their synthetic registries.
 pub fn reference_adapters(generated: usize) -> Vec<Arc<dyn Adapter>> {
     vec![
-        Arc::new(adapter_population::PopulationAdapter::new(adapter_population::Registry::synthetic(1, generated))),
-        Arc::new(adapter_land::LandAdapter::new(adapter_land::Registry::synthetic(2, generated))),
-        Arc::new(adapter_enterprise::EnterpriseAdapter::new(adapter_enterprise::Registry::synthetic(3, generated))),
+        Arc::new(adapter_population::PopulationAdapter::new(
+            adapter_population::Registry::synthetic(1, generated),
+        )),
+        Arc::new(adapter_land::LandAdapter::new(
+            adapter_land::Registry::synthetic(2, generated),
+        )),
+        Arc::new(adapter_enterprise::EnterpriseAdapter::new(
+            adapter_enterprise::Registry::synthetic(3, generated),
+        )),
     ]
 }
 
@@ -71,14 +77,19 @@ pub struct Initialized {
 }
 
 /// Create what is missing - dev PKI, database, demo registry - and open it.
-pub async fn init(config: &Config, clock: &dyn Clock, adapters: &[Arc<dyn Adapter>]) -> anyhow::Result<Initialized> {
+pub async fn init(
+    config: &Config,
+    clock: &dyn Clock,
+    adapters: &[Arc<dyn Adapter>],
+) -> anyhow::Result<Initialized> {
     tls::install_default_provider();
     let pki = PkiPaths::new(&config.data_dir);
     let new_pki = ensure_dev_pki(&pki, clock.now()).context("creating the dev PKI")?;
     let store = store::open(&config.database_url())
         .await
         .with_context(|| format!("opening {}", config.database_url()))?;
-    let hub_key = read_signing_key(&pki.hub_signing_key()).context("reading the hub signing key")?;
+    let hub_key =
+        read_signing_key(&pki.hub_signing_key()).context("reading the hub signing key")?;
     register_adapters(store.as_ref(), adapters).await?;
     let seeded = config.seed_demo && seed_demo(store.as_ref(), &pki).await?;
     Ok(Initialized {
@@ -144,18 +155,66 @@ async fn seed_demo(store: &dyn Store, pki: &PkiPaths) -> anyhow::Result<bool> {
             .await?;
     }
     let grants: [(&str, &str, &[&str]); 13] = [
-        ("000.00.29.H29/one-stop", "citizen.lookup", &["public_service", "civil_status", "residence_registration"]),
-        ("000.00.29.H29/one-stop", "citizen.verify", &["public_service"]),
-        ("000.00.29.H29/one-stop", "parcel.lookup", &["public_service", "land_administration"]),
-        ("000.00.29.H29/one-stop", "parcels.by_holder", &["land_administration"]),
-        ("000.00.29.H29/one-stop", "enterprise.lookup", &["public_service", "business_registration"]),
-        ("000.00.00.G08/tax", "enterprise.lookup", &["tax_administration"]),
-        ("000.00.00.G08/tax", "citizen.verify", &["tax_administration"]),
-        ("000.00.00.G08/tax", "enterprise.registered", &["tax_administration"]),
-        ("000.00.00.G22/social-insurance", "citizen.lookup", &["social_insurance"]),
-        ("000.00.00.G22/social-insurance", "enterprise.lookup", &["social_insurance"]),
-        ("000.00.00.G22/social-insurance", "enterprise.registered", &["social_insurance"]),
-        ("000.00.00.G22/social-insurance", "citizen.address_changed", &["social_insurance"]),
+        (
+            "000.00.29.H29/one-stop",
+            "citizen.lookup",
+            &["public_service", "civil_status", "residence_registration"],
+        ),
+        (
+            "000.00.29.H29/one-stop",
+            "citizen.verify",
+            &["public_service"],
+        ),
+        (
+            "000.00.29.H29/one-stop",
+            "parcel.lookup",
+            &["public_service", "land_administration"],
+        ),
+        (
+            "000.00.29.H29/one-stop",
+            "parcels.by_holder",
+            &["land_administration"],
+        ),
+        (
+            "000.00.29.H29/one-stop",
+            "enterprise.lookup",
+            &["public_service", "business_registration"],
+        ),
+        (
+            "000.00.00.G08/tax",
+            "enterprise.lookup",
+            &["tax_administration"],
+        ),
+        (
+            "000.00.00.G08/tax",
+            "citizen.verify",
+            &["tax_administration"],
+        ),
+        (
+            "000.00.00.G08/tax",
+            "enterprise.registered",
+            &["tax_administration"],
+        ),
+        (
+            "000.00.00.G22/social-insurance",
+            "citizen.lookup",
+            &["social_insurance"],
+        ),
+        (
+            "000.00.00.G22/social-insurance",
+            "enterprise.lookup",
+            &["social_insurance"],
+        ),
+        (
+            "000.00.00.G22/social-insurance",
+            "enterprise.registered",
+            &["social_insurance"],
+        ),
+        (
+            "000.00.00.G22/social-insurance",
+            "citizen.address_changed",
+            &["social_insurance"],
+        ),
         ("000.00.00.Z01/bank-ekyc", "citizen.verify", &["kyc"]),
     ];
     for (consumer, service, purposes) in grants {
@@ -186,7 +245,11 @@ async fn seed_demo(store: &dyn Store, pki: &PkiPaths) -> anyhow::Result<bool> {
 }
 
 /// Start the hub: init, then the log writer, the adapters' workers and both listeners.
-pub async fn start(config: Config, clock: Arc<dyn Clock>, random: Arc<dyn Random>) -> anyhow::Result<RunningHub> {
+pub async fn start(
+    config: Config,
+    clock: Arc<dyn Clock>,
+    random: Arc<dyn Random>,
+) -> anyhow::Result<RunningHub> {
     let adapters = reference_adapters(config.synthetic_records);
     let init = init(&config, clock.as_ref(), &adapters).await?;
     if init.new_pki {
@@ -194,7 +257,13 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>, random: Arc<dyn Random
     }
     let catalog = Arc::new(Catalog::builtin().context("compiling the schema catalog")?);
     let hub_key = Arc::new(init.hub_key);
-    let log = LogWriter::start(init.store.clone(), hub_key.clone(), clock.clone(), config.log_batch_max).await?;
+    let log = LogWriter::start(
+        init.store.clone(),
+        hub_key.clone(),
+        clock.clone(),
+        config.log_batch_max,
+    )
+    .await?;
     let queue = Arc::new(EmbeddedQueue::new(
         init.store.clone(),
         clock.clone(),
@@ -237,8 +306,18 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>, random: Arc<dyn Random
     let public_addr = public.local_addr()?;
     let api_tls = Arc::new(tls::api_server_config(&init.pki)?);
     let public_tls = Arc::new(tls::public_server_config(&init.pki)?);
-    tasks.spawn(serve::serve_tls(api, api_tls, api_routes().with_state(state.clone()), shutdown_rx.clone()));
-    tasks.spawn(serve::serve_tls(public, public_tls, public_routes().with_state(state), shutdown_rx));
+    tasks.spawn(serve::serve_tls(
+        api,
+        api_tls,
+        api_routes().with_state(state.clone()),
+        shutdown_rx.clone(),
+    ));
+    tasks.spawn(serve::serve_tls(
+        public,
+        public_tls,
+        public_routes().with_state(state),
+        shutdown_rx,
+    ));
     info!(%api_addr, %public_addr, "hub listening");
     Ok(RunningHub {
         api_addr,
@@ -251,7 +330,11 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>, random: Arc<dyn Random
 }
 
 /// Feed one in-process adapter from its queue until shutdown.
-async fn adapter_worker(hub: Arc<Hub>, adapter: Arc<dyn Adapter>, mut shutdown: watch::Receiver<bool>) {
+async fn adapter_worker(
+    hub: Arc<Hub>,
+    adapter: Arc<dyn Adapter>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let provider = adapter.provider().clone();
     let wake = hub.waker(&provider);
     loop {

@@ -60,7 +60,10 @@ impl Config {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment.merge(Env::prefixed("HUB_")).extract().map_err(Box::new)
+        figment
+            .merge(Env::prefixed("HUB_"))
+            .extract()
+            .map_err(Box::new)
     }
 
     /// The database URL, defaulted from the data directory.
@@ -78,6 +81,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn file_then_environment_override_defaults() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("hub.toml", "max_body_bytes = 2048\norigin = \"from-file\"")?;

@@ -15,7 +15,10 @@ pub enum ExchangeError {
     #[error("the envelope is invalid ({} violation(s))", .0.len())]
     InvalidEnvelope(Vec<Violation>),
     #[error("the envelope names sender {claimed} but the client certificate is {authenticated}")]
-    SenderMismatch { claimed: Member, authenticated: Member },
+    SenderMismatch {
+        claimed: Member,
+        authenticated: Member,
+    },
     #[error("{0} is not a registered member")]
     UnknownMember(Member),
     #[error("{0} registered a signing key: the envelope must carry its signature")]
@@ -39,7 +42,10 @@ pub enum ExchangeError {
         purpose: PurposeCode,
     },
     #[error("only {provider}, the provider of {service}, may publish it")]
-    NotProvider { service: ServiceName, provider: Member },
+    NotProvider {
+        service: ServiceName,
+        provider: Member,
+    },
     #[error("the payload is invalid against {schema} ({} violation(s))", violations.len())]
     InvalidPayload {
         schema: String,
@@ -92,9 +98,8 @@ impl ExchangeError {
     pub fn violations(&self) -> &[Violation] {
         match self {
             Self::InvalidEnvelope(v) => v,
-            Self::InvalidPayload { violations, .. } | Self::ProviderInvalidResponse { violations, .. } => {
-                violations
-            }
+            Self::InvalidPayload { violations, .. }
+            | Self::ProviderInvalidResponse { violations, .. } => violations,
             _ => &[],
         }
     }
@@ -116,6 +121,9 @@ pub struct Failure {
 
 impl From<ExchangeError> for Failure {
     fn from(error: ExchangeError) -> Self {
-        Self { error, logged: None }
+        Self {
+            error,
+            logged: None,
+        }
     }
 }

@@ -34,7 +34,7 @@ pub struct AppState {
 /// Every error the API returns.
 #[derive(Debug)]
 pub enum ApiError {
-    Exchange(Failure),
+    Exchange(Box<Failure>),
     Unauthenticated(String),
     PayloadTooLarge { limit: usize },
     UnsupportedMediaType,
@@ -44,7 +44,7 @@ pub enum ApiError {
 
 impl From<Failure> for ApiError {
     fn from(f: Failure) -> Self {
-        Self::Exchange(f)
+        Self::Exchange(Box::new(f))
     }
 }
 
@@ -58,9 +58,10 @@ fn status_of(e: &ExchangeError) -> StatusCode {
         E::SignatureRequired(_) | E::SignatureInvalid(_) | E::SignatureUnexpected(_) => {
             StatusCode::UNAUTHORIZED
         }
-        E::SenderMismatch { .. } | E::UnknownMember(_) | E::NoGrant { .. } | E::NotProvider { .. } => {
-            StatusCode::FORBIDDEN
-        }
+        E::SenderMismatch { .. }
+        | E::UnknownMember(_)
+        | E::NoGrant { .. }
+        | E::NotProvider { .. } => StatusCode::FORBIDDEN,
         E::UnknownService { .. } => StatusCode::NOT_FOUND,
         E::IdConflict(_) | E::InProgress(_) => StatusCode::CONFLICT,
         E::ProviderUnavailable(_) | E::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -72,7 +73,8 @@ fn status_of(e: &ExchangeError) -> StatusCode {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = match self {
-            ApiError::Exchange(Failure { error, logged }) => {
+            ApiError::Exchange(failure) => {
+                let Failure { error, logged } = *failure;
                 let status = status_of(&error);
                 let message = if let ExchangeError::StorageUnavailable(cause) = &error {
                     // The cause is for operators, not clients.
@@ -93,11 +95,17 @@ impl IntoResponse for ApiError {
             ApiError::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, plain("unauthenticated", m)),
             ApiError::PayloadTooLarge { limit } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
-                plain("payload_too_large", format!("the request body exceeds {limit} bytes")),
+                plain(
+                    "payload_too_large",
+                    format!("the request body exceeds {limit} bytes"),
+                ),
             ),
             ApiError::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                plain("unsupported_media_type", "send Content-Type: application/json".into()),
+                plain(
+                    "unsupported_media_type",
+                    "send Content-Type: application/json".into(),
+                ),
             ),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, plain("bad_request", m)),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, plain("not_found", m)),
@@ -168,7 +176,10 @@ async fn schema_list(State(s): State<AppState>) -> Response {
     Json(json!({"schemas": ids})).into_response()
 }
 
-async fn schema_get(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn schema_get(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = id.trim_end_matches(".json");
     s.hub
         .catalog
@@ -188,10 +199,15 @@ async fn whoami(id: Option<Extension<Identity>>) -> Result<Response, ApiError> {
     Ok(Json(json!({"agency": m.agency, "subsystem": m.subsystem})).into_response())
 }
 
-async fn services(State(s): State<AppState>, id: Option<Extension<Identity>>) -> Result<Response, ApiError> {
+async fn services(
+    State(s): State<AppState>,
+    id: Option<Extension<Identity>>,
+) -> Result<Response, ApiError> {
     member(id)?;
     let list = s.hub.store.services().await.map_err(|e| {
-        ApiError::Exchange(ExchangeError::StorageUnavailable(e.to_string()).into())
+        ApiError::from(Failure::from(ExchangeError::StorageUnavailable(
+            e.to_string(),
+        )))
     })?;
     let list: Vec<_> = list
         .iter()
@@ -203,18 +219,28 @@ async fn services(State(s): State<AppState>, id: Option<Extension<Identity>>) ->
     Ok(Json(json!({"services": list})).into_response())
 }
 
-async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+async fn read_json_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")));
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
     if !is_json {
         return Err(ApiError::UnsupportedMediaType);
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge { limit }),
-        Err(e) => Err(ApiError::BadRequest(format!("could not read the body: {e}"))),
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "could not read the body: {e}"
+        ))),
     }
 }
 
@@ -242,7 +268,8 @@ async fn get_exchange(
     Path(raw_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let Identity(who) = member(id)?;
-    let exchange_id = ExchangeId::parse(&raw_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let exchange_id =
+        ExchangeId::parse(&raw_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     match s.hub.result_of(&who, exchange_id).await? {
         Some(ExchangeState::Done { reply }) => Ok(json_text(StatusCode::OK, reply)),
         Some(ExchangeState::Pending) => Ok((
@@ -250,7 +277,9 @@ async fn get_exchange(
             Json(json!({"exchange_id": exchange_id, "state": "pending"})),
         )
             .into_response()),
-        None => Err(ApiError::NotFound(format!("no exchange {exchange_id} sent by {who}"))),
+        None => Err(ApiError::NotFound(format!(
+            "no exchange {exchange_id} sent by {who}"
+        ))),
     }
 }
 
@@ -288,7 +317,9 @@ async fn ack(
     let req: AckRequest = serde_json::from_slice(&raw)
         .map_err(|e| ApiError::BadRequest(format!("expected {{\"exchange_ids\": [...]}}: {e}")))?;
     if req.exchange_ids.len() > 100 {
-        return Err(ApiError::BadRequest("acknowledge at most 100 messages at once".into()));
+        return Err(ApiError::BadRequest(
+            "acknowledge at most 100 messages at once".into(),
+        ));
     }
     let answer = s.hub.acknowledge(&who, &req.exchange_ids).await?;
     Ok(Json(answer).into_response())

@@ -28,5 +28,6 @@ pub fn member_from_certificate(der: &[u8]) -> Result<Member, IdentityError> {
         .next()
         .and_then(|cn| cn.as_str().ok())
         .ok_or(IdentityError::NoCommonName)?;
-    cn.parse().map_err(|_| IdentityError::NotAMember(cn.to_owned()))
+    cn.parse()
+        .map_err(|_| IdentityError::NotAMember(cn.to_owned()))
 }

@@ -154,12 +154,18 @@ impl Hub {
 
     /// The notifier that wakes an in-process provider's worker.
     pub fn waker(&self, member: &Member) -> Arc<Notify> {
-        let mut w = self.wakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut w = self
+            .wakers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         w.entry(member.clone()).or_default().clone()
     }
 
     fn wake(&self, member: &Member) {
-        let w = self.wakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let w = self
+            .wakers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(n) = w.get(member) {
             n.notify_one();
         }
@@ -185,16 +191,28 @@ impl Hub {
             Err(e) => return Err(self.refuse(who, known, e).await),
         };
         match accepted.service.kind {
-            ServiceKind::Query => self.run_query(who, accepted).await.map(|r| (Outcome::Answered, r)),
-            ServiceKind::Event => self.publish(who, accepted).await.map(|r| (Outcome::Published, r)),
+            ServiceKind::Query => self
+                .run_query(who, accepted)
+                .await
+                .map(|r| (Outcome::Answered, r)),
+            ServiceKind::Event => self
+                .publish(who, accepted)
+                .await
+                .map(|r| (Outcome::Published, r)),
         }
     }
 
     /// Every check before anything is written.
-    async fn check(&self, who: &Member, raw: &[u8], known: &mut Known) -> Result<Accepted, ExchangeError> {
-        let value: Value = serde_json::from_slice(raw).map_err(|e| ExchangeError::MalformedJson(e.to_string()))?;
-        let request: ExchangeRequest =
-            serde_json::from_value(value).map_err(|e| ExchangeError::MalformedRequest(e.to_string()))?;
+    async fn check(
+        &self,
+        who: &Member,
+        raw: &[u8],
+        known: &mut Known,
+    ) -> Result<Accepted, ExchangeError> {
+        let value: Value =
+            serde_json::from_slice(raw).map_err(|e| ExchangeError::MalformedJson(e.to_string()))?;
+        let request: ExchangeRequest = serde_json::from_value(value)
+            .map_err(|e| ExchangeError::MalformedRequest(e.to_string()))?;
         known.signature.clone_from(&request.signature);
         let canonical = jcs::canonicalize(&request.envelope).map_err(|e| {
             ExchangeError::InvalidEnvelope(vec![Violation {
@@ -236,8 +254,11 @@ impl Hub {
             .ok_or_else(|| ExchangeError::UnknownMember(who.clone()))?;
         match (&agency.signing_key, &request.signature) {
             (Some(key), Some(sig)) => {
-                let keys = Jwks { keys: vec![key.clone()] };
-                jws::verify_detached(sig, &canonical, &keys).map_err(ExchangeError::SignatureInvalid)?;
+                let keys = Jwks {
+                    keys: vec![key.clone()],
+                };
+                jws::verify_detached(sig, &canonical, &keys)
+                    .map_err(ExchangeError::SignatureInvalid)?;
             }
             (Some(_), None) => return Err(ExchangeError::SignatureRequired(who.clone())),
             (None, Some(_)) => return Err(ExchangeError::SignatureUnexpected(who.clone())),
@@ -351,7 +372,13 @@ impl Hub {
         }
     }
 
-    fn accepted_draft(&self, who: &Member, a: &Accepted, kind: EntryKind, recipients: Vec<Member>) -> EntryDraft {
+    fn accepted_draft(
+        &self,
+        who: &Member,
+        a: &Accepted,
+        kind: EntryKind,
+        recipients: Vec<Member>,
+    ) -> EntryDraft {
         EntryDraft {
             kind,
             exchange_id: a.exchange_id,
@@ -372,7 +399,11 @@ impl Hub {
     }
 
     /// An exchange id seen before: the first result, or a conflict.
-    async fn replay_or_claim<'a>(&'a self, who: &Member, a: &Accepted) -> Result<Result<InFlight<'a>, String>, Failure> {
+    async fn replay_or_claim<'a>(
+        &'a self,
+        who: &Member,
+        a: &Accepted,
+    ) -> Result<Result<InFlight<'a>, String>, Failure> {
         let id = a.exchange_id;
         if let Some(row) = self.store.exchange(id).await.map_err(storage)? {
             if row.request_hash != a.request_hash || row.sender != who.to_string() {
@@ -383,7 +414,10 @@ impl Hub {
                 ExchangeState::Pending => Err(ExchangeError::InProgress(id).into()),
             };
         }
-        let mut set = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut set = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if !set.insert(id) {
             return Err(ExchangeError::InProgress(id).into());
         }
@@ -493,13 +527,16 @@ impl Hub {
     pub async fn deliver_to_adapter(&self, adapter: &dyn Adapter, delivery: Delivery) {
         let provider = adapter.provider().clone();
         let id = delivery.exchange_id;
-        let parsed: Result<(Record, Envelope), String> = serde_json::from_str::<Value>(&delivery.message)
-            .map_err(|e| e.to_string())
-            .and_then(|mut m| {
-                let record = serde_json::from_value(m["record"].take()).map_err(|e| e.to_string())?;
-                let envelope = serde_json::from_value(m["body"].take()).map_err(|e| e.to_string())?;
-                Ok((record, envelope))
-            });
+        let parsed: Result<(Record, Envelope), String> =
+            serde_json::from_str::<Value>(&delivery.message)
+                .map_err(|e| e.to_string())
+                .and_then(|mut m| {
+                    let record =
+                        serde_json::from_value(m["record"].take()).map_err(|e| e.to_string())?;
+                    let envelope =
+                        serde_json::from_value(m["body"].take()).map_err(|e| e.to_string())?;
+                    Ok((record, envelope))
+                });
         let (record, envelope) = match parsed {
             Ok(p) => p,
             Err(e) => {
@@ -527,7 +564,11 @@ impl Hub {
                 return;
             }
         }
-        let service = match self.store.service(&envelope.service, envelope.version).await {
+        let service = match self
+            .store
+            .service(&envelope.service, envelope.version)
+            .await
+        {
             Ok(Some(s)) => s,
             Ok(None) | Err(_) => {
                 warn!("service vanished or storage unavailable; the message will come back");
@@ -633,7 +674,11 @@ impl Hub {
     }
 
     /// The first result of an exchange `who` sent, if it has one.
-    pub async fn result_of(&self, who: &Member, id: ExchangeId) -> Result<Option<ExchangeState>, Failure> {
+    pub async fn result_of(
+        &self,
+        who: &Member,
+        id: ExchangeId,
+    ) -> Result<Option<ExchangeState>, Failure> {
         match self.store.exchange(id).await.map_err(storage)? {
             Some(row) if row.sender == who.to_string() => Ok(Some(row.state)),
             _ => Ok(None),
@@ -643,7 +688,11 @@ impl Hub {
     /// Lease up to `max` messages from `who`'s inbox: `{"messages": [...]}`.
     #[instrument(skip(self))]
     pub async fn inbox(&self, who: &Member, max: u32) -> Result<String, Failure> {
-        let deliveries = self.queue.receive(who, max.clamp(1, 100)).await.map_err(storage)?;
+        let deliveries = self
+            .queue
+            .receive(who, max.clamp(1, 100))
+            .await
+            .map_err(storage)?;
         let messages: Vec<&str> = deliveries.iter().map(|d| d.message.as_str()).collect();
         Ok(format!("{{\"messages\":[{}]}}", messages.join(",")))
     }
@@ -682,7 +731,11 @@ impl Hub {
                 error: None,
                 sender_signature: None,
             };
-            let item: AppendItem = self.log.append(draft, body, vec![]).await.map_err(append_failed)?;
+            let item: AppendItem = self
+                .log
+                .append(draft, body, vec![])
+                .await
+                .map_err(append_failed)?;
             self.queue.ack(who, id).await.map_err(storage)?;
             receipts.push(serde_json::to_value(&item.sealed.record).unwrap_or(Value::Null));
         }

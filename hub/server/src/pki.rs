@@ -77,13 +77,19 @@ impl PkiPaths {
         self.dir.join("hub-signing.key")
     }
     pub fn agency_cert(&self, m: &Member) -> PathBuf {
-        self.dir.join("agencies").join(format!("{}.crt", member_file(m)))
+        self.dir
+            .join("agencies")
+            .join(format!("{}.crt", member_file(m)))
     }
     pub fn agency_key(&self, m: &Member) -> PathBuf {
-        self.dir.join("agencies").join(format!("{}.key", member_file(m)))
+        self.dir
+            .join("agencies")
+            .join(format!("{}.key", member_file(m)))
     }
     pub fn agency_signing_key(&self, m: &Member) -> PathBuf {
-        self.dir.join("agencies").join(format!("{}.sign.key", member_file(m)))
+        self.dir
+            .join("agencies")
+            .join(format!("{}.sign.key", member_file(m)))
     }
 }
 
@@ -183,13 +189,41 @@ pub struct DemoAgency {
 /// The demo agencies first run creates. One-stop does not sign, so the
 /// walkthrough can show a plain `curl` call.
 pub const DEMO_AGENCIES: [DemoAgency; 7] = [
-    DemoAgency { member: adapter_population::PROVIDER, name: "Cơ sở dữ liệu quốc gia về dân cư (synthetic)", signs: true },
-    DemoAgency { member: adapter_land::PROVIDER, name: "Cơ sở dữ liệu đất đai (synthetic)", signs: true },
-    DemoAgency { member: adapter_enterprise::PROVIDER, name: "Cơ sở dữ liệu quốc gia về đăng ký doanh nghiệp (synthetic)", signs: true },
-    DemoAgency { member: "000.00.29.H29/one-stop", name: "UBND phường Phúc Xá - Bộ phận một cửa (demo)", signs: false },
-    DemoAgency { member: "000.00.00.G08/tax", name: "Cơ quan thuế (demo)", signs: true },
-    DemoAgency { member: "000.00.00.G22/social-insurance", name: "Bảo hiểm xã hội (demo)", signs: true },
-    DemoAgency { member: "000.00.00.Z01/bank-ekyc", name: "Ngân hàng thương mại (demo)", signs: true },
+    DemoAgency {
+        member: adapter_population::PROVIDER,
+        name: "Cơ sở dữ liệu quốc gia về dân cư (synthetic)",
+        signs: true,
+    },
+    DemoAgency {
+        member: adapter_land::PROVIDER,
+        name: "Cơ sở dữ liệu đất đai (synthetic)",
+        signs: true,
+    },
+    DemoAgency {
+        member: adapter_enterprise::PROVIDER,
+        name: "Cơ sở dữ liệu quốc gia về đăng ký doanh nghiệp (synthetic)",
+        signs: true,
+    },
+    DemoAgency {
+        member: "000.00.29.H29/one-stop",
+        name: "UBND phường Phúc Xá - Bộ phận một cửa (demo)",
+        signs: false,
+    },
+    DemoAgency {
+        member: "000.00.00.G08/tax",
+        name: "Cơ quan thuế (demo)",
+        signs: true,
+    },
+    DemoAgency {
+        member: "000.00.00.G22/social-insurance",
+        name: "Bảo hiểm xã hội (demo)",
+        signs: true,
+    },
+    DemoAgency {
+        member: "000.00.00.Z01/bank-ekyc",
+        name: "Ngân hàng thương mại (demo)",
+        signs: true,
+    },
 ];
 
 /// Create whatever of the dev PKI is missing. Returns whether the CA was new.
@@ -198,8 +232,13 @@ pub fn ensure_dev_pki(paths: &PkiPaths, now: OffsetDateTime) -> Result<bool, Pki
     if fresh {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, "Hub Dev CA (not for production)");
-        params.distinguished_name.push(DnType::OrganizationName, "Interoperability hub, development");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Hub Dev CA (not for production)");
+        params.distinguished_name.push(
+            DnType::OrganizationName,
+            "Interoperability hub, development",
+        );
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.not_before = now - Duration::hours(1);
@@ -211,8 +250,12 @@ pub fn ensure_dev_pki(paths: &PkiPaths, now: OffsetDateTime) -> Result<bool, Pki
     if !paths.server_cert().exists() {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;
-        params.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
-        params.subject_alt_names.push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
         params.distinguished_name.push(DnType::CommonName, "hub");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.not_before = now - Duration::hours(1);
@@ -225,12 +268,21 @@ pub fn ensure_dev_pki(paths: &PkiPaths, now: OffsetDateTime) -> Result<bool, Pki
         generate_signing_key(&paths.hub_signing_key())?;
     }
     for demo in DEMO_AGENCIES {
-        let member: Member = demo.member.parse().map_err(|e: hub_core::ids::IdError| PkiError::Invalid {
-            path: paths.dir.clone(),
-            message: e.to_string(),
-        })?;
+        let member: Member =
+            demo.member
+                .parse()
+                .map_err(|e: hub_core::ids::IdError| PkiError::Invalid {
+                    path: paths.dir.clone(),
+                    message: e.to_string(),
+                })?;
         if !paths.agency_cert(&member).exists() {
-            issue_client_cert(paths, &member, demo.name, now - Duration::hours(1), now + Duration::days(365))?;
+            issue_client_cert(
+                paths,
+                &member,
+                demo.name,
+                now - Duration::hours(1),
+                now + Duration::days(365),
+            )?;
         }
         if demo.signs && !paths.agency_signing_key(&member).exists() {
             generate_signing_key(&paths.agency_signing_key(&member))?;
@@ -239,7 +291,11 @@ pub fn ensure_dev_pki(paths: &PkiPaths, now: OffsetDateTime) -> Result<bool, Pki
     Ok(fresh)
 }
 
-fn sign_with_ca(paths: &PkiPaths, params: &CertificateParams, key: &KeyPair) -> Result<String, PkiError> {
+fn sign_with_ca(
+    paths: &PkiPaths,
+    params: &CertificateParams,
+    key: &KeyPair,
+) -> Result<String, PkiError> {
     let ca_key_pem = fs::read_to_string(paths.ca_key()).map_err(io(&paths.ca_key()))?;
     let ca_cert_pem = fs::read_to_string(paths.ca_cert()).map_err(io(&paths.ca_cert()))?;
     let ca_key = KeyPair::from_pem(&ca_key_pem)?;
@@ -258,8 +314,12 @@ pub fn issue_client_cert(
 ) -> Result<(), PkiError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(DnType::CommonName, member.to_string());
-    params.distinguished_name.push(DnType::OrganizationName, display_name);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, member.to_string());
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, display_name);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.not_before = not_before;
     params.not_after = not_after;

@@ -23,7 +23,11 @@ pub trait Queue: Send + Sync {
     /// until acknowledged or until the visibility timeout passes.
     async fn receive(&self, recipient: &Member, max: u32) -> Result<Vec<Delivery>, StoreError>;
     /// One unacknowledged message for `recipient`.
-    async fn pending(&self, recipient: &Member, id: ExchangeId) -> Result<Option<Delivery>, StoreError>;
+    async fn pending(
+        &self,
+        recipient: &Member,
+        id: ExchangeId,
+    ) -> Result<Option<Delivery>, StoreError>;
     /// Acknowledge a message; whether it was still there.
     async fn ack(&self, recipient: &Member, id: ExchangeId) -> Result<bool, StoreError>;
 }
@@ -54,7 +58,11 @@ impl Queue for EmbeddedQueue {
             .await
     }
 
-    async fn pending(&self, recipient: &Member, id: ExchangeId) -> Result<Option<Delivery>, StoreError> {
+    async fn pending(
+        &self,
+        recipient: &Member,
+        id: ExchangeId,
+    ) -> Result<Option<Delivery>, StoreError> {
         self.store.delivery(recipient, id).await
     }
 

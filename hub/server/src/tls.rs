@@ -44,13 +44,17 @@ fn roots(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
 
 /// The API listener's config: mutual TLS against the hub's CA.
 pub fn api_server_config(pki: &PkiPaths) -> Result<ServerConfig, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&pki.ca_cert())?), provider())
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&pki.ca_cert())?), provider())
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(read_certs(&pki.server_cert())?, read_private_key(&pki.server_key())?)?;
+        .with_single_cert(
+            read_certs(&pki.server_cert())?,
+            read_private_key(&pki.server_key())?,
+        )?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -60,7 +64,10 @@ pub fn public_server_config(pki: &PkiPaths) -> Result<ServerConfig, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(read_certs(&pki.server_cert())?, read_private_key(&pki.server_key())?)?;
+        .with_single_cert(
+            read_certs(&pki.server_cert())?,
+            read_private_key(&pki.server_key())?,
+        )?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

@@ -72,13 +72,19 @@ pub struct Subscription {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     /// Record an accepted exchange id as pending.
-    OpenExchange { sender: Member, request_hash: String },
+    OpenExchange {
+        sender: Member,
+        request_hash: String,
+    },
     /// Mark the exchange done; its reply is this entry's record and body.
     CloseExchange,
     /// Forget a pending exchange so that a retry runs again.
     AbandonExchange,
     /// Queue this entry's record and body for `recipient`.
-    Enqueue { recipient: Member, visible_at_millis: u64 },
+    Enqueue {
+        recipient: Member,
+        visible_at_millis: u64,
+    },
 }
 
 /// A sealed entry, its body, and its effects.
@@ -146,7 +152,11 @@ pub trait Store: Send + Sync {
     async fn agencies(&self) -> Result<Vec<AgencyRecord>, StoreError>;
 
     async fn upsert_service(&self, service: &ServiceRecord) -> Result<(), StoreError>;
-    async fn service(&self, name: &ServiceName, version: u32) -> Result<Option<ServiceRecord>, StoreError>;
+    async fn service(
+        &self,
+        name: &ServiceName,
+        version: u32,
+    ) -> Result<Option<ServiceRecord>, StoreError>;
     async fn services(&self) -> Result<Vec<ServiceRecord>, StoreError>;
 
     async fn add_grant(&self, grant: &Grant) -> Result<(), StoreError>;
@@ -157,7 +167,11 @@ pub trait Store: Send + Sync {
 
     async fn add_subscription(&self, sub: &Subscription) -> Result<(), StoreError>;
     async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError>;
-    async fn subscribers(&self, service: &ServiceName, version: u32) -> Result<Vec<Member>, StoreError>;
+    async fn subscribers(
+        &self,
+        service: &ServiceName,
+        version: u32,
+    ) -> Result<Vec<Member>, StoreError>;
 
     /// The last entry's index and leaf hash, if any.
     async fn log_head(&self) -> Result<Option<(u64, Hash)>, StoreError>;
@@ -180,9 +194,14 @@ pub trait Store: Send + Sync {
         visibility_millis: u64,
     ) -> Result<Vec<Delivery>, StoreError>;
     /// One unacknowledged message, leased or not.
-    async fn delivery(&self, recipient: &Member, id: ExchangeId) -> Result<Option<Delivery>, StoreError>;
+    async fn delivery(
+        &self,
+        recipient: &Member,
+        id: ExchangeId,
+    ) -> Result<Option<Delivery>, StoreError>;
     /// Remove an acknowledged message; whether there was one.
-    async fn remove_delivery(&self, recipient: &Member, id: ExchangeId) -> Result<bool, StoreError>;
+    async fn remove_delivery(&self, recipient: &Member, id: ExchangeId)
+    -> Result<bool, StoreError>;
 }
 
 /// Open the store the URL names, creating and migrating it if needed.

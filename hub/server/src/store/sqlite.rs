@@ -10,7 +10,9 @@ use hub_adapter_sdk::ServiceKind;
 use hub_core::hash::Hash;
 use hub_core::ids::{ExchangeId, Member, PurposeCode, ServiceName};
 use hub_core::jws::Jwk;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqlitePool};
 
 use super::{
@@ -81,7 +83,10 @@ impl SqliteStore {
     fn agency_row(row: &SqliteRow) -> Result<AgencyRecord, StoreError> {
         let jwk: Option<String> = row.try_get("signing_jwk").map_err(db)?;
         Ok(AgencyRecord {
-            member: member(row.try_get("agency").map_err(db)?, row.try_get("subsystem").map_err(db)?)?,
+            member: member(
+                row.try_get("agency").map_err(db)?,
+                row.try_get("subsystem").map_err(db)?,
+            )?,
             name: row.try_get("name").map_err(db)?,
             signing_key: jwk.map(|j| Jwk::parse(&j)).transpose().map_err(corrupt)?,
         })
@@ -91,7 +96,8 @@ impl SqliteStore {
         let kind: String = row.try_get("kind").map_err(db)?;
         let version: i64 = row.try_get("version").map_err(db)?;
         Ok(ServiceRecord {
-            name: ServiceName::parse(&row.try_get::<String, _>("name").map_err(db)?).map_err(corrupt)?,
+            name: ServiceName::parse(&row.try_get::<String, _>("name").map_err(db)?)
+                .map_err(corrupt)?,
             version: u32::try_from(version).map_err(corrupt)?,
             kind: ServiceKind::parse(&kind).ok_or_else(|| corrupt(kind))?,
             provider: member(
@@ -108,7 +114,9 @@ impl SqliteStore {
         Ok(StoredEntry {
             index: to_u64(row.try_get("idx").map_err(db)?),
             record: row.try_get("record").map_err(db)?,
-            leaf_hash: leaf.try_into().map_err(|_| corrupt("leaf hash is not 32 bytes"))?,
+            leaf_hash: leaf
+                .try_into()
+                .map_err(|_| corrupt("leaf hash is not 32 bytes"))?,
             body: row.try_get("body").map_err(db)?,
         })
     }
@@ -127,7 +135,10 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
         Ok(())
     }
 
@@ -195,7 +206,11 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn service(&self, name: &ServiceName, version: u32) -> Result<Option<ServiceRecord>, StoreError> {
+    async fn service(
+        &self,
+        name: &ServiceName,
+        version: u32,
+    ) -> Result<Option<ServiceRecord>, StoreError> {
         sqlx::query("SELECT * FROM services WHERE name = ? AND version = ?")
             .bind(name.as_str())
             .bind(i64::from(version))
@@ -246,16 +261,23 @@ impl Store for SqliteStore {
     }
 
     async fn grants(&self) -> Result<Vec<Grant>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM grants ORDER BY consumer_agency, consumer_subsystem, service, purpose")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?;
+        let rows = sqlx::query(
+            "SELECT * FROM grants ORDER BY consumer_agency, consumer_subsystem, service, purpose",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
         rows.iter()
             .map(|r| {
                 Ok(Grant {
-                    consumer: member(r.try_get("consumer_agency").map_err(db)?, r.try_get("consumer_subsystem").map_err(db)?)?,
-                    service: ServiceName::parse(&r.try_get::<String, _>("service").map_err(db)?).map_err(corrupt)?,
-                    purpose: PurposeCode::parse(&r.try_get::<String, _>("purpose").map_err(db)?).map_err(corrupt)?,
+                    consumer: member(
+                        r.try_get("consumer_agency").map_err(db)?,
+                        r.try_get("consumer_subsystem").map_err(db)?,
+                    )?,
+                    service: ServiceName::parse(&r.try_get::<String, _>("service").map_err(db)?)
+                        .map_err(corrupt)?,
+                    purpose: PurposeCode::parse(&r.try_get::<String, _>("purpose").map_err(db)?)
+                        .map_err(corrupt)?,
                 })
             })
             .collect()
@@ -288,23 +310,32 @@ impl Store for SqliteStore {
     }
 
     async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM subscriptions ORDER BY service, version, agency, subsystem")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?;
+        let rows =
+            sqlx::query("SELECT * FROM subscriptions ORDER BY service, version, agency, subsystem")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
         rows.iter()
             .map(|r| {
                 let version: i64 = r.try_get("version").map_err(db)?;
                 Ok(Subscription {
-                    subscriber: member(r.try_get("agency").map_err(db)?, r.try_get("subsystem").map_err(db)?)?,
-                    service: ServiceName::parse(&r.try_get::<String, _>("service").map_err(db)?).map_err(corrupt)?,
+                    subscriber: member(
+                        r.try_get("agency").map_err(db)?,
+                        r.try_get("subsystem").map_err(db)?,
+                    )?,
+                    service: ServiceName::parse(&r.try_get::<String, _>("service").map_err(db)?)
+                        .map_err(corrupt)?,
                     version: u32::try_from(version).map_err(corrupt)?,
                 })
             })
             .collect()
     }
 
-    async fn subscribers(&self, service: &ServiceName, version: u32) -> Result<Vec<Member>, StoreError> {
+    async fn subscribers(
+        &self,
+        service: &ServiceName,
+        version: u32,
+    ) -> Result<Vec<Member>, StoreError> {
         let rows = sqlx::query(
             "SELECT agency, subsystem FROM subscriptions WHERE service = ? AND version = ? ORDER BY agency, subsystem",
         )
@@ -314,7 +345,12 @@ impl Store for SqliteStore {
         .await
         .map_err(db)?;
         rows.iter()
-            .map(|r| member(r.try_get("agency").map_err(db)?, r.try_get("subsystem").map_err(db)?))
+            .map(|r| {
+                member(
+                    r.try_get("agency").map_err(db)?,
+                    r.try_get("subsystem").map_err(db)?,
+                )
+            })
             .collect()
     }
 
@@ -325,7 +361,9 @@ impl Store for SqliteStore {
             .map_err(db)?;
         row.map(|r| {
             let leaf: Vec<u8> = r.try_get("leaf_hash").map_err(db)?;
-            let leaf: Hash = leaf.try_into().map_err(|_| corrupt("leaf hash is not 32 bytes"))?;
+            let leaf: Hash = leaf
+                .try_into()
+                .map_err(|_| corrupt("leaf hash is not 32 bytes"))?;
             Ok((to_u64(r.try_get("idx").map_err(db)?), leaf))
         })
         .transpose()
@@ -354,7 +392,10 @@ impl Store for SqliteStore {
                 .map_err(db)?;
             for effect in &item.effects {
                 match effect {
-                    Effect::OpenExchange { sender, request_hash } => {
+                    Effect::OpenExchange {
+                        sender,
+                        request_hash,
+                    } => {
                         sqlx::query(
                             "INSERT INTO exchanges (exchange_id, sender, request_hash, state) VALUES (?, ?, ?, 'pending')",
                         )
@@ -366,21 +407,28 @@ impl Store for SqliteStore {
                         .map_err(db)?;
                     }
                     Effect::CloseExchange => {
-                        sqlx::query("UPDATE exchanges SET state = 'done', reply = ? WHERE exchange_id = ?")
-                            .bind(item.message())
-                            .bind(&exchange_id)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(db)?;
+                        sqlx::query(
+                            "UPDATE exchanges SET state = 'done', reply = ? WHERE exchange_id = ?",
+                        )
+                        .bind(item.message())
+                        .bind(&exchange_id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db)?;
                     }
                     Effect::AbandonExchange => {
-                        sqlx::query("DELETE FROM exchanges WHERE exchange_id = ? AND state = 'pending'")
-                            .bind(&exchange_id)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(db)?;
+                        sqlx::query(
+                            "DELETE FROM exchanges WHERE exchange_id = ? AND state = 'pending'",
+                        )
+                        .bind(&exchange_id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db)?;
                     }
-                    Effect::Enqueue { recipient, visible_at_millis } => {
+                    Effect::Enqueue {
+                        recipient,
+                        visible_at_millis,
+                    } => {
                         sqlx::query(
                             "INSERT OR IGNORE INTO deliveries (recipient, exchange_id, message, visible_at) VALUES (?, ?, ?, ?)",
                         )
@@ -428,11 +476,13 @@ impl Store for SqliteStore {
     }
 
     async fn exchange(&self, id: ExchangeId) -> Result<Option<ExchangeRow>, StoreError> {
-        let row = sqlx::query("SELECT sender, request_hash, state, reply FROM exchanges WHERE exchange_id = ?")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
+        let row = sqlx::query(
+            "SELECT sender, request_hash, state, reply FROM exchanges WHERE exchange_id = ?",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
         row.map(|r| {
             let state: String = r.try_get("state").map_err(db)?;
             let reply: Option<String> = r.try_get("reply").map_err(db)?;
@@ -442,7 +492,11 @@ impl Store for SqliteStore {
                 state: match (state.as_str(), reply) {
                     ("done", Some(reply)) => ExchangeState::Done { reply },
                     ("pending", _) => ExchangeState::Pending,
-                    _ => return Err(corrupt(format!("exchange {id} in state {state} without reply"))),
+                    _ => {
+                        return Err(corrupt(format!(
+                            "exchange {id} in state {state} without reply"
+                        )));
+                    }
                 },
             })
         })
@@ -473,7 +527,11 @@ impl Store for SqliteStore {
         .collect()
     }
 
-    async fn delivery(&self, recipient: &Member, id: ExchangeId) -> Result<Option<Delivery>, StoreError> {
+    async fn delivery(
+        &self,
+        recipient: &Member,
+        id: ExchangeId,
+    ) -> Result<Option<Delivery>, StoreError> {
         sqlx::query("SELECT exchange_id, message, attempts FROM deliveries WHERE recipient = ? AND exchange_id = ?")
             .bind(recipient.to_string())
             .bind(id.to_string())
@@ -485,7 +543,11 @@ impl Store for SqliteStore {
             .transpose()
     }
 
-    async fn remove_delivery(&self, recipient: &Member, id: ExchangeId) -> Result<bool, StoreError> {
+    async fn remove_delivery(
+        &self,
+        recipient: &Member,
+        id: ExchangeId,
+    ) -> Result<bool, StoreError> {
         let r = sqlx::query("DELETE FROM deliveries WHERE recipient = ? AND exchange_id = ?")
             .bind(recipient.to_string())
             .bind(id.to_string())
