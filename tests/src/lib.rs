@@ -49,12 +49,23 @@ impl TestHub {
 
     /// Start in `dir` (a second start reuses what the first made), adjusting the config.
     pub async fn start_in(dir: Arc<TempDir>, adjust: impl FnOnce(&mut Config)) -> Self {
+        let adapters = hub_server::app::reference_adapters(20);
+        Self::start_with(dir, adjust, adapters).await
+    }
+
+    /// Start with these in-process adapters instead of the reference ones.
+    pub async fn start_with(
+        dir: Arc<TempDir>,
+        adjust: impl FnOnce(&mut Config),
+        adapters: Vec<Arc<dyn hub_adapter_sdk::Adapter>>,
+    ) -> Self {
         let mut config = test_config(&dir);
         adjust(&mut config);
-        let running = hub_server::start(
+        let running = hub_server::app::start_with_adapters(
             config.clone(),
             Arc::new(SystemClock),
             Arc::new(SystemRandom::default()),
+            adapters,
         )
         .await
         .expect("the hub starts");

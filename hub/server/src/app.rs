@@ -217,7 +217,18 @@ async fn seed_demo(store: &dyn Store, pki: &PkiPaths) -> anyhow::Result<bool> {
         ),
         ("000.00.00.Z01/bank-ekyc", "citizen.verify", &["kyc"]),
     ];
+    // Only what the registered adapters provide: a hub started with other
+    // adapters gets the part of the demo that applies to it.
+    let provided: Vec<ServiceName> = store
+        .services()
+        .await?
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
     for (consumer, service, purposes) in grants {
+        if !provided.iter().any(|p| p.as_str() == service) {
+            continue;
+        }
         for purpose in purposes {
             store
                 .add_grant(&Grant {
@@ -233,6 +244,9 @@ async fn seed_demo(store: &dyn Store, pki: &PkiPaths) -> anyhow::Result<bool> {
         ("000.00.00.G22/social-insurance", "enterprise.registered"),
         ("000.00.00.G22/social-insurance", "citizen.address_changed"),
     ] {
+        if !provided.iter().any(|p| p.as_str() == service) {
+            continue;
+        }
         store
             .add_subscription(&Subscription {
                 subscriber: parse_member(subscriber)?,
@@ -244,13 +258,24 @@ async fn seed_demo(store: &dyn Store, pki: &PkiPaths) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// Start the hub: init, then the log writer, the adapters' workers and both listeners.
+/// Start the hub with the reference adapters.
 pub async fn start(
     config: Config,
     clock: Arc<dyn Clock>,
     random: Arc<dyn Random>,
 ) -> anyhow::Result<RunningHub> {
     let adapters = reference_adapters(config.synthetic_records);
+    start_with_adapters(config, clock, random, adapters).await
+}
+
+/// Start the hub: init, then the log writer, the in-process adapters'
+/// workers and both listeners.
+pub async fn start_with_adapters(
+    config: Config,
+    clock: Arc<dyn Clock>,
+    random: Arc<dyn Random>,
+    adapters: Vec<Arc<dyn Adapter>>,
+) -> anyhow::Result<RunningHub> {
     let init = init(&config, clock.as_ref(), &adapters).await?;
     if init.new_pki {
         info!(dir = %init.pki.dir.display(), "created a dev PKI");

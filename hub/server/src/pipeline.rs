@@ -594,10 +594,24 @@ impl Hub {
             })
             .and_then(|payload| match self.catalog.validate(&schema, &payload) {
                 Ok(()) => Ok(payload),
-                Err(r) => Err(ExchangeError::ProviderInvalidResponse {
-                    service: service.name.clone(),
-                    violations: violations_of(r),
-                }),
+                Err(r) => {
+                    // The consumer learns where the answer broke the schema,
+                    // never the values: they may be data it is not granted.
+                    let violations = violations_of(r)
+                        .into_iter()
+                        .map(|v| {
+                            warn!(pointer = %v.pointer, keyword = %v.keyword, "provider answer invalid");
+                            Violation {
+                                message: format!("the provider's answer fails {} at {:?}", v.keyword, v.pointer),
+                                ..v
+                            }
+                        })
+                        .collect();
+                    Err(ExchangeError::ProviderInvalidResponse {
+                        service: service.name.clone(),
+                        violations,
+                    })
+                }
             });
         let mut draft = EntryDraft {
             kind: EntryKind::Response,

@@ -1,0 +1,121 @@
+//! What the hub does when a provider is slow, wrong or down.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use hub_adapter_sdk::{Adapter, AdapterError, AdapterRequest, HandlerFuture, ServiceSpec};
+use hub_core::ids::Member;
+use hub_e2e::*;
+use serde_json::json;
+
+/// A population registry that misbehaves on purpose, by personal ID.
+struct Unreliable(Member);
+
+impl Adapter for Unreliable {
+    fn provider(&self) -> &Member {
+        &self.0
+    }
+    fn services(&self) -> Vec<ServiceSpec> {
+        vec![
+            ServiceSpec::query("citizen.lookup", 1),
+            ServiceSpec::query("citizen.verify", 1),
+        ]
+    }
+    fn handle<'a>(&'a self, req: &'a AdapterRequest) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            match req.payload["personal_id"].as_str() {
+                Some("001085000001") => {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    Ok(json!({"found": false}))
+                }
+                Some("001085000002") => Ok(json!({"found": "maybe"})),
+                Some("001085000003") => {
+                    Err(AdapterError::Unavailable("registry database down".into()))
+                }
+                _ => Ok(json!({"found": false})),
+            }
+        })
+    }
+}
+
+async fn start() -> TestHub {
+    let adapters: Vec<Arc<dyn Adapter>> =
+        vec![Arc::new(Unreliable(POPULATION_REGISTRY.parse().unwrap()))];
+    TestHub::start_with(
+        Arc::new(tempfile::tempdir().unwrap()),
+        |c| c.query_timeout_ms = 300,
+        adapters,
+    )
+    .await
+}
+
+fn lookup(id: &str) -> serde_json::Value {
+    envelope(
+        ONE_STOP,
+        "citizen.lookup",
+        "public_service",
+        json!({"personal_id": id}),
+    )
+}
+
+#[tokio::test]
+async fn a_slow_provider_ends_in_504_and_the_answer_is_kept_for_later() {
+    let hub = start().await;
+    let (status, err) = hub.send(lookup("001085000001")).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{err}");
+    assert_eq!(err["code"], "provider_timeout");
+    let failure = hub.record_at(err["log_index"].as_u64().unwrap()).await;
+    assert_eq!(failure["kind"], "failure");
+    assert_eq!(failure["error"]["code"], "provider_timeout");
+
+    // Nothing is lost: the answer arrives later and is fetched by exchange id.
+    let id = err["exchange_id"].as_str().unwrap();
+    let path = format!("/v1/exchanges/{id}");
+    let (status, pending) = hub.client(ONE_STOP).get_json(&path).await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{pending}");
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let (status, reply) = hub.client(ONE_STOP).get_json(&path).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["body"], json!({"found": false}));
+    assert_eq!(reply["record"]["kind"], "response");
+}
+
+#[tokio::test]
+async fn an_invalid_answer_never_reaches_the_consumer() {
+    let hub = start().await;
+    let (status, err) = hub.send(lookup("001085000002")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{err}");
+    assert_eq!(err["code"], "provider_invalid_response");
+    assert!(!err["violations"].as_array().unwrap().is_empty(), "{err}");
+    let failure = hub.record_at(err["log_index"].as_u64().unwrap()).await;
+    assert_eq!(failure["kind"], "failure");
+    assert!(
+        !serde_json::to_string(&err).unwrap().contains("maybe"),
+        "the invalid payload is not passed on"
+    );
+}
+
+#[tokio::test]
+async fn an_unavailable_provider_answers_503_and_a_retry_runs_again() {
+    let hub = start().await;
+    let id = hub.running().hub.new_exchange_id().to_string();
+    let mut env = lookup("001085000003");
+    env["id"] = json!(id);
+    let (status, err) = hub.send(env.clone()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{err}");
+    assert_eq!(err["code"], "provider_unavailable");
+    let failure = hub.record_at(err["log_index"].as_u64().unwrap()).await;
+    assert_eq!(failure["error"]["code"], "provider_unavailable");
+    // The failed exchange is not cached: the same id is tried again.
+    let (status, again) = hub.send(env).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{again}");
+    let requests = hub
+        .log_records()
+        .await
+        .into_iter()
+        .filter(|r| r["exchange_id"] == id.as_str() && r["kind"] == "request")
+        .count();
+    assert_eq!(requests, 2);
+}
