@@ -1,0 +1,219 @@
+//! The README walkthrough, run with the real `hub` binary: serve on a fresh
+//! data directory, send a lookup, publish an event, read both inboxes, be
+//! refused, and stop cleanly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const HUB: &str = env!("CARGO_BIN_EXE_hub");
+
+fn hub(data: &Path, args: &[&str]) -> Output {
+    Command::new(HUB)
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Start `hub serve` on free ports and return it with its API address.
+fn serve(data: &Path) -> (Child, String) {
+    let mut child = Command::new(HUB)
+        .arg("--data-dir")
+        .arg(data)
+        .arg("serve")
+        .env("HUB_API_LISTEN", "127.0.0.1:0")
+        .env("HUB_PUBLIC_LISTEN", "127.0.0.1:0")
+        .env("HUB_SYNTHETIC_RECORDS", "20")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "hub serve did not print its address"
+        );
+        let line = lines.next().expect("hub serve exited early").unwrap();
+        if let Some(addr) = line.strip_prefix("hub API (mTLS):") {
+            let addr = addr.trim().to_owned();
+            // Keep draining stdout so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return (child, addr);
+        }
+    }
+}
+
+fn stop(mut child: Child) {
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "hub serve exited with {status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("hub serve did not stop on SIGINT");
+}
+
+#[test]
+fn the_readme_walkthrough_works_with_the_real_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let (child, api) = serve(data);
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+    let lookup = hub(
+        data,
+        &[
+            "send",
+            "--as",
+            "000.00.29.H29/one-stop",
+            "--hub",
+            &api,
+            "citizen.lookup",
+            r#"{"personal_id":"001085012345"}"#,
+            "--purpose",
+            "public_service",
+            "--case",
+            "HS-2026-0001",
+        ],
+    );
+    assert!(lookup.status.success(), "{}", text(&lookup));
+    assert!(text(&lookup).contains("Nguyễn Văn An"), "{}", text(&lookup));
+    assert!(
+        text(&lookup).contains("hub signature verified"),
+        "{}",
+        text(&lookup)
+    );
+
+    let event_file = format!("@{root}/docs/examples/enterprise-registered.json");
+    let publish = hub(
+        data,
+        &[
+            "send",
+            "--as",
+            "000.00.00.G09/enterprise-registry",
+            "--hub",
+            &api,
+            "enterprise.registered",
+            &event_file,
+            "--purpose",
+            "registry_update",
+            "--case",
+            "DKKD-2026-000123",
+        ],
+    );
+    assert!(publish.status.success(), "{}", text(&publish));
+    for subscriber in ["000.00.00.G08/tax", "000.00.00.G22/social-insurance"] {
+        let inbox = hub(data, &["inbox", "--as", subscriber, "--hub", &api, "--ack"]);
+        assert!(inbox.status.success(), "{}", text(&inbox));
+        assert!(
+            text(&inbox).contains("1 message(s), every hub signature verified"),
+            "{}",
+            text(&inbox)
+        );
+        assert!(
+            text(&inbox).contains("\"kind\": \"receipt\""),
+            "{}",
+            text(&inbox)
+        );
+    }
+
+    let refused = hub(
+        data,
+        &[
+            "send",
+            "--as",
+            "000.00.00.Z01/bank-ekyc",
+            "--hub",
+            &api,
+            "citizen.lookup",
+            r#"{"personal_id":"001085012345"}"#,
+            "--purpose",
+            "kyc",
+            "--case",
+            "KYC-0001",
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("no_grant"), "{}", text(&refused));
+
+    // The curl request of the walkthrough is a valid request body.
+    let example =
+        std::fs::read_to_string(format!("{root}/docs/examples/citizen-verify-request.json"))
+            .unwrap();
+    let example: serde_json::Value = serde_json::from_str(&example).unwrap();
+    let verify = hub(
+        data,
+        &[
+            "send",
+            "--as",
+            "000.00.29.H29/one-stop",
+            "--hub",
+            &api,
+            "citizen.verify",
+            &example["envelope"]["payload"].to_string(),
+            "--purpose",
+            "public_service",
+            "--case",
+            "HS-2026-0002",
+        ],
+    );
+    assert!(
+        text(&verify).contains("\"match\": true"),
+        "{}",
+        text(&verify)
+    );
+
+    for listing in [
+        &["services"][..],
+        &["grant", "list"],
+        &["agency", "list"],
+        &["subscription", "list"],
+    ] {
+        let out = hub(data, listing);
+        assert!(out.status.success(), "{listing:?}: {}", text(&out));
+    }
+    stop(child);
+
+    // A second start reuses the PKI and continues the log.
+    let (child, api) = serve(data);
+    let again = hub(
+        data,
+        &[
+            "send",
+            "--as",
+            "000.00.29.H29/one-stop",
+            "--hub",
+            &api,
+            "citizen.lookup",
+            r#"{"personal_id":"079192000123"}"#,
+            "--purpose",
+            "public_service",
+            "--case",
+            "HS-2026-0003",
+        ],
+    );
+    assert!(again.status.success(), "{}", text(&again));
+    stop(child);
+}
