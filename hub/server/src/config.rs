@@ -27,8 +27,6 @@ pub struct Config {
     pub inbox_visibility_secs: u64,
     /// Most entries written in one group commit.
     pub log_batch_max: usize,
-    /// The name the hub signs its log under.
-    pub origin: String,
     /// Seed demo agencies, services, grants and subscriptions on first run.
     pub seed_demo: bool,
     /// Generated records per synthetic registry, besides the fixtures.
@@ -46,7 +44,6 @@ impl Default for Config {
             query_timeout_ms: 10_000,
             inbox_visibility_secs: 30,
             log_batch_max: 512,
-            origin: "hub.example.invalid/log".into(),
             seed_demo: true,
             synthetic_records: 1000,
         }
@@ -84,11 +81,11 @@ mod tests {
     #[allow(clippy::result_large_err)]
     fn file_then_environment_override_defaults() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("hub.toml", "max_body_bytes = 2048\norigin = \"from-file\"")?;
-            jail.set_env("HUB_ORIGIN", "from-env");
+            jail.create_file("hub.toml", "max_body_bytes = 2048\nlog_batch_max = 7")?;
+            jail.set_env("HUB_LOG_BATCH_MAX", "9");
             let c = Config::load(Some(Path::new("hub.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.max_body_bytes, 2048);
-            assert_eq!(c.origin, "from-env");
+            assert_eq!(c.log_batch_max, 9);
             assert_eq!(c.query_timeout_ms, 10_000);
             Ok(())
         });
