@@ -475,6 +475,7 @@ impl Hub {
             message: error.to_string(),
         });
         draft.sender_signature = None;
+        draft.schema = None;
         draft.body_hash = body_hash(&json!({})).unwrap_or_default();
         match self.log.append(draft, b"{}".to_vec(), vec![]).await {
             Ok(item) => Failure {
