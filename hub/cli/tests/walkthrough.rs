@@ -28,9 +28,24 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// Start `hub serve` on free ports and return it with its API address.
-fn serve(data: &Path) -> (Child, String) {
-    let mut child = Command::new(HUB)
+/// A running `hub serve`; killed if a test fails before stopping it.
+struct Served {
+    child: Child,
+    api: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `hub serve` on free ports and wait for it to print its API address.
+fn serve(data: &Path) -> Served {
+    let child = Command::new(HUB)
         .arg("--data-dir")
         .arg(data)
         .arg("serve")
@@ -42,36 +57,40 @@ fn serve(data: &Path) -> (Child, String) {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let mut served = Served {
+        child,
+        api: String::new(),
+    };
+    let stdout = served.child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    while served.api.is_empty() {
         assert!(
             Instant::now() < deadline,
             "hub serve did not print its address"
         );
         let line = lines.next().expect("hub serve exited early").unwrap();
         if let Some(addr) = line.strip_prefix("hub API (mTLS):") {
-            let addr = addr.trim().to_owned();
-            // Keep draining stdout so the child never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return (child, addr);
+            served.api = addr.trim().to_owned();
         }
     }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    served
 }
 
-fn stop(mut child: Child) {
-    let pid = child.id().to_string();
+/// Stop with SIGINT, as Ctrl-C does, and expect a clean exit.
+fn stop(mut served: Served) {
+    let pid = served.child.id().to_string();
     Command::new("kill").args(["-INT", &pid]).status().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = served.child.try_wait().unwrap() {
             assert!(status.success(), "hub serve exited with {status}");
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = child.kill();
     panic!("hub serve did not stop on SIGINT");
 }
 
@@ -79,7 +98,8 @@ fn stop(mut child: Child) {
 fn the_readme_walkthrough_works_with_the_real_binary() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    let (child, api) = serve(data);
+    let served = serve(data);
+    let api = served.api.clone();
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
     let lookup = hub(
@@ -194,10 +214,11 @@ fn the_readme_walkthrough_works_with_the_real_binary() {
         let out = hub(data, listing);
         assert!(out.status.success(), "{listing:?}: {}", text(&out));
     }
-    stop(child);
+    stop(served);
 
     // A second start reuses the PKI and continues the log.
-    let (child, api) = serve(data);
+    let served = serve(data);
+    let api = served.api.clone();
     let again = hub(
         data,
         &[
@@ -215,5 +236,5 @@ fn the_readme_walkthrough_works_with_the_real_binary() {
         ],
     );
     assert!(again.status.success(), "{}", text(&again));
-    stop(child);
+    stop(served);
 }
