@@ -9,7 +9,7 @@ use std::sync::Arc;
 use hub_client::HubClient;
 use hub_core::ids::Member;
 use hub_core::jws::SigningKey;
-use hub_server::clock::{SystemClock, SystemRandom};
+use hub_server::clock::{Clock, Random, SystemClock, SystemRandom};
 use hub_server::pki::read_signing_key;
 use hub_server::{Config, RunningHub};
 use serde_json::{Value, json};
@@ -21,6 +21,14 @@ pub const SOCIAL_INSURANCE: &str = "000.00.00.G22/social-insurance";
 pub const BANK: &str = "000.00.00.Z01/bank-ekyc";
 pub const ENTERPRISE_REGISTRY: &str = "000.00.00.G09/enterprise-registry";
 pub const POPULATION_REGISTRY: &str = "000.00.00.G01/population-registry";
+
+/// What a test may replace when it starts a hub.
+#[derive(Default)]
+pub struct Options {
+    pub adapters: Option<Vec<Arc<dyn hub_adapter_sdk::Adapter>>>,
+    pub clock: Option<Arc<dyn Clock>>,
+    pub random: Option<Arc<dyn Random>>,
+}
 
 /// A running hub in its own temporary data directory.
 pub struct TestHub {
@@ -35,7 +43,6 @@ pub fn test_config(dir: &TempDir) -> Config {
         data_dir: dir.path().to_owned(),
         api_listen: "127.0.0.1:0".parse().unwrap(),
         public_listen: "127.0.0.1:0".parse().unwrap(),
-        inbox_visibility_secs: 1,
         synthetic_records: 20,
         ..Config::default()
     }
@@ -49,22 +56,26 @@ impl TestHub {
 
     /// Start in `dir` (a second start reuses what the first made), adjusting the config.
     pub async fn start_in(dir: Arc<TempDir>, adjust: impl FnOnce(&mut Config)) -> Self {
-        let adapters = hub_server::app::reference_adapters(20);
-        Self::start_with(dir, adjust, adapters).await
+        Self::start_with(dir, adjust, Options::default()).await
     }
 
-    /// Start with these in-process adapters instead of the reference ones.
+    /// Start with other adapters, clock or randomness than the defaults.
     pub async fn start_with(
         dir: Arc<TempDir>,
         adjust: impl FnOnce(&mut Config),
-        adapters: Vec<Arc<dyn hub_adapter_sdk::Adapter>>,
+        options: Options,
     ) -> Self {
         let mut config = test_config(&dir);
         adjust(&mut config);
+        let adapters = options
+            .adapters
+            .unwrap_or_else(|| hub_server::app::reference_adapters(config.synthetic_records));
         let running = hub_server::app::start_with_adapters(
             config.clone(),
-            Arc::new(SystemClock),
-            Arc::new(SystemRandom::default()),
+            options.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            options
+                .random
+                .unwrap_or_else(|| Arc::new(SystemRandom::default())),
             adapters,
         )
         .await

@@ -3,6 +3,9 @@
 
 use http::StatusCode;
 use hub_e2e::*;
+use std::sync::Arc;
+
+use hub_server::clock::{CountingRandom, ManualClock};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -108,7 +111,13 @@ async fn every_reference_service_answers_through_the_hub() {
 
 #[tokio::test]
 async fn an_event_reaches_every_subscriber_and_receipts_are_logged() {
-    let hub = TestHub::start().await;
+    // A manual clock: the visibility timeout passes when the test says so.
+    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+    let options = Options {
+        clock: Some(clock.clone()),
+        ..Options::default()
+    };
+    let hub = TestHub::start_with(Arc::new(tempfile::tempdir().unwrap()), |_| {}, options).await;
     let (status, ack) = hub
         .send(envelope(
             ENTERPRISE_REGISTRY,
@@ -159,8 +168,14 @@ async fn an_event_reaches_every_subscriber_and_receipts_are_logged() {
         .1;
     assert_eq!(again["unknown"], json!([exchange_id]));
 
-    // Social insurance did not acknowledge: after the visibility timeout (1 s here) it comes back.
-    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    // Social insurance did not acknowledge: hidden for the visibility timeout, then back.
+    let (_, inbox) = hub
+        .client(SOCIAL_INSURANCE)
+        .get_json("/v1/inbox")
+        .await
+        .unwrap();
+    assert_eq!(inbox["messages"], json!([]), "leased messages are hidden");
+    clock.advance(time::Duration::seconds(31));
     let (_, inbox) = hub
         .client(SOCIAL_INSURANCE)
         .get_json("/v1/inbox")
@@ -530,4 +545,31 @@ async fn the_schema_catalog_is_served_read_only() {
         .await
         .unwrap();
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn time_and_randomness_are_parameters() {
+    let t = time::macros::datetime!(2026-11-22 08:30:00.250 UTC);
+    let options = Options {
+        clock: Some(Arc::new(ManualClock::new(t))),
+        random: Some(Arc::new(CountingRandom::default())),
+        ..Options::default()
+    };
+    let hub = TestHub::start_with(Arc::new(tempfile::tempdir().unwrap()), |_| {}, options).await;
+    let (status, reply) = hub
+        .send(envelope(
+            ONE_STOP,
+            "citizen.lookup",
+            "public_service",
+            json!({"personal_id": "001085012345"}),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["record"]["time"], "2026-11-22T08:30:00.250Z");
+    // The first id the hub makes: the clock's milliseconds, then counter bytes 0.
+    let expected = hub_core::ids::ExchangeId::from_parts(
+        u64::try_from((t - time::OffsetDateTime::UNIX_EPOCH).whole_milliseconds()).unwrap(),
+        [0; 10],
+    );
+    assert_eq!(reply["record"]["exchange_id"], expected.to_string());
 }

@@ -43,10 +43,14 @@ impl Adapter for Unreliable {
 async fn start() -> TestHub {
     let adapters: Vec<Arc<dyn Adapter>> =
         vec![Arc::new(Unreliable(POPULATION_REGISTRY.parse().unwrap()))];
+    let options = Options {
+        adapters: Some(adapters),
+        ..Options::default()
+    };
     TestHub::start_with(
         Arc::new(tempfile::tempdir().unwrap()),
         |c| c.query_timeout_ms = 300,
-        adapters,
+        options,
     )
     .await
 }

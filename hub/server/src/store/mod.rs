@@ -179,8 +179,6 @@ pub trait Store: Send + Sync {
     async fn append(&self, items: &[AppendItem]) -> Result<(), StoreError>;
     /// Up to `limit` entries from `from`, in order.
     async fn entries(&self, from: u64, limit: u32) -> Result<Vec<StoredEntry>, StoreError>;
-    /// The indexes of every entry of one exchange.
-    async fn entries_of_exchange(&self, id: ExchangeId) -> Result<Vec<StoredEntry>, StoreError>;
 
     async fn exchange(&self, id: ExchangeId) -> Result<Option<ExchangeRow>, StoreError>;
 

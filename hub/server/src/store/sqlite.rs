@@ -461,20 +461,6 @@ impl Store for SqliteStore {
         .collect()
     }
 
-    async fn entries_of_exchange(&self, id: ExchangeId) -> Result<Vec<StoredEntry>, StoreError> {
-        sqlx::query(
-            "SELECT e.idx, e.record, e.leaf_hash, b.body FROM log_entries e LEFT JOIN log_bodies b ON b.idx = e.idx
-             WHERE e.exchange_id = ? ORDER BY e.idx",
-        )
-        .bind(id.to_string())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?
-        .iter()
-        .map(Self::entry_row)
-        .collect()
-    }
-
     async fn exchange(&self, id: ExchangeId) -> Result<Option<ExchangeRow>, StoreError> {
         let row = sqlx::query(
             "SELECT sender, request_hash, state, reply FROM exchanges WHERE exchange_id = ?",
