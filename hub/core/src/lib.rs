@@ -8,6 +8,7 @@
 //! - [`schema`]: the schema catalog, compiled once, with the named semantic checks
 //! - [`semantic`]: checks a schema cannot express (ID vs birth year, tax-code check digit)
 //! - [`log`]: log entries, their canonical form, hub signature and RFC 6962 leaf hash
+//! - [`merkle`]: the RFC 9162 Merkle tree, proofs and their verification
 //!
 //! Time, randomness and keys are always parameters, so tests and replays are exact.
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod ids;
 pub mod jcs;
 pub mod jws;
 pub mod log;
+pub mod merkle;
 pub mod schema;
 pub mod semantic;
 pub mod timefmt;

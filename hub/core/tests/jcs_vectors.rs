@@ -1,34 +1,15 @@
 //! Every RFC 8785 vector in `../shared/vectors/jcs/`: `input/X.json`
 //! canonicalizes to exactly the bytes of `output/X.json`.
 
-use std::path::PathBuf;
-
-fn vectors_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("HUB_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-        .join("vectors/jcs");
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but the shared vectors are missing at {}",
-        dir.display()
-    );
-    eprintln!("SKIPPED: RFC 8785 vectors not found at {}", dir.display());
-    None
-}
+mod common;
 
 #[test]
 fn every_rfc8785_vector_canonicalizes_exactly() {
-    let Some(dir) = vectors_dir() else { return };
+    let Some(dir) = common::vectors_dir("jcs") else {
+        return;
+    };
     let mut count = 0;
-    let mut inputs: Vec<_> = std::fs::read_dir(dir.join("input"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    inputs.sort();
+    let inputs = common::json_files(&dir.join("input"));
     for input in inputs {
         let name = input.file_name().unwrap().to_owned();
         let text = std::fs::read_to_string(&input).unwrap();

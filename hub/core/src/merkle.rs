@@ -1,0 +1,360 @@
+//! The RFC 6962 / RFC 9162 Merkle tree over the exchange log.
+//!
+//! Leaves are `SHA-256(0x00 || entry)` ([`crate::log::leaf_hash`]); interior
+//! nodes are `SHA-256(0x01 || left || right)`; the empty tree's root is
+//! `SHA-256("")`. [`Frontier`] keeps the tree incrementally (O(log n) per
+//! append, no recomputation); the proof builders follow RFC 9162 sections
+//! 2.1.3.1 and 2.1.4.1, and the verifiers sections 2.1.3.2 and 2.1.4.2
+//! exactly: a proof must be consumed exactly, and an older size larger than
+//! a newer one is refused.
+
+use crate::hash::{Hash, sha256};
+
+/// `SHA-256(0x01 || left || right)`.
+pub fn node_hash(left: &[u8], right: &[u8]) -> Hash {
+    let mut buf = Vec::with_capacity(1 + left.len() + right.len());
+    buf.push(1u8);
+    buf.extend_from_slice(left);
+    buf.extend_from_slice(right);
+    sha256(&buf)
+}
+
+/// The root of the empty tree, `SHA-256("")`.
+pub fn empty_root() -> Hash {
+    sha256(b"")
+}
+
+/// The largest power of two strictly less than `n` (n > 1).
+fn split(n: u64) -> u64 {
+    1 << (63 - (n - 1).leading_zeros())
+}
+
+/// The root over `leaves` (leaf hashes), computed from scratch.
+pub fn root(leaves: &[Hash]) -> Hash {
+    match leaves.len() {
+        0 => empty_root(),
+        1 => leaves[0],
+        n => {
+            let k = usize::try_from(split(n as u64)).unwrap_or(0);
+            node_hash(&root(&leaves[..k]), &root(&leaves[k..]))
+        }
+    }
+}
+
+/// The inclusion proof of leaf `index` in the tree over `leaves`
+/// (RFC 9162 2.1.3.1), or `None` if `index` is out of range.
+pub fn inclusion_proof(leaves: &[Hash], index: u64) -> Option<Vec<Hash>> {
+    let i = usize::try_from(index).ok()?;
+    (i < leaves.len()).then(|| path(i, leaves))
+}
+
+fn path(m: usize, leaves: &[Hash]) -> Vec<Hash> {
+    let n = leaves.len();
+    if n <= 1 {
+        return Vec::new();
+    }
+    let k = usize::try_from(split(n as u64)).unwrap_or(0);
+    if m < k {
+        let mut p = path(m, &leaves[..k]);
+        p.push(root(&leaves[k..]));
+        p
+    } else {
+        let mut p = path(m - k, &leaves[k..]);
+        p.push(root(&leaves[..k]));
+        p
+    }
+}
+
+/// The consistency proof from size `old` to the tree over `leaves`
+/// (RFC 9162 2.1.4.1), or `None` unless `0 < old <= leaves.len()`.
+pub fn consistency_proof(leaves: &[Hash], old: u64) -> Option<Vec<Hash>> {
+    let m = usize::try_from(old).ok()?;
+    (m > 0 && m <= leaves.len()).then(|| subproof(m, leaves, true))
+}
+
+fn subproof(m: usize, leaves: &[Hash], complete: bool) -> Vec<Hash> {
+    let n = leaves.len();
+    if m == n {
+        return if complete {
+            Vec::new()
+        } else {
+            vec![root(leaves)]
+        };
+    }
+    let k = usize::try_from(split(n as u64)).unwrap_or(0);
+    if m <= k {
+        let mut p = subproof(m, &leaves[..k], complete);
+        p.push(root(&leaves[k..]));
+        p
+    } else {
+        let mut p = subproof(m - k, &leaves[k..], false);
+        p.push(root(&leaves[..k]));
+        p
+    }
+}
+
+/// Why a proof was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProofError {
+    #[error("leaf index {index} is not below tree size {size}")]
+    IndexOutOfRange { index: u64, size: u64 },
+    #[error("older size {old} is larger than newer size {new}")]
+    SizesReversed { old: u64, new: u64 },
+    #[error("a consistency proof from the empty tree proves nothing")]
+    EmptyOldTree,
+    #[error("a hash is {0} bytes, not 32")]
+    BadHashLength(usize),
+    #[error("the proof has {0} elements too many")]
+    TooLong(usize),
+    #[error("the proof is too short")]
+    TooShort,
+    #[error("the proof does not lead to the expected root")]
+    RootMismatch,
+}
+
+fn hash32(h: &[u8]) -> Result<(), ProofError> {
+    if h.len() == 32 {
+        Ok(())
+    } else {
+        Err(ProofError::BadHashLength(h.len()))
+    }
+}
+
+/// RFC 9162 2.1.3.2: is `leaf` at `index` in the tree of `size` with `root`?
+pub fn verify_inclusion<P: AsRef<[u8]>>(
+    index: u64,
+    size: u64,
+    leaf: &[u8],
+    proof: &[P],
+    root: &[u8],
+) -> Result<(), ProofError> {
+    if index >= size {
+        return Err(ProofError::IndexOutOfRange { index, size });
+    }
+    hash32(leaf)?;
+    let (mut fnode, mut snode) = (index, size - 1);
+    let mut r: Vec<u8> = leaf.to_vec();
+    for (used, p) in proof.iter().enumerate() {
+        let p = p.as_ref();
+        hash32(p)?;
+        if snode == 0 {
+            return Err(ProofError::TooLong(proof.len() - used));
+        }
+        if fnode & 1 == 1 || fnode == snode {
+            r = node_hash(p, &r).to_vec();
+            while fnode & 1 == 0 && fnode != 0 {
+                fnode >>= 1;
+                snode >>= 1;
+            }
+        } else {
+            r = node_hash(&r, p).to_vec();
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    if snode != 0 {
+        return Err(ProofError::TooShort);
+    }
+    if r != root {
+        return Err(ProofError::RootMismatch);
+    }
+    Ok(())
+}
+
+/// RFC 9162 2.1.4.2: is the tree of `size2` with `root2` an extension of the
+/// tree of `size1` with `root1`?
+pub fn verify_consistency<P: AsRef<[u8]>>(
+    size1: u64,
+    size2: u64,
+    root1: &[u8],
+    root2: &[u8],
+    proof: &[P],
+) -> Result<(), ProofError> {
+    if size1 > size2 {
+        return Err(ProofError::SizesReversed {
+            old: size1,
+            new: size2,
+        });
+    }
+    if size1 == 0 {
+        return Err(ProofError::EmptyOldTree);
+    }
+    if size1 == size2 {
+        if !proof.is_empty() {
+            return Err(ProofError::TooLong(proof.len()));
+        }
+        return if root1 == root2 {
+            Ok(())
+        } else {
+            Err(ProofError::RootMismatch)
+        };
+    }
+    let Some((first, rest)) = proof.split_first() else {
+        return Err(ProofError::TooShort);
+    };
+    for p in proof {
+        hash32(p.as_ref())?;
+    }
+    // When size1 is a power of two, its root is the first node of the path.
+    let power_of_two = size1.is_power_of_two();
+    let (start, rest): (&[u8], &[P]) = if power_of_two {
+        (root1, proof)
+    } else {
+        (first.as_ref(), rest)
+    };
+    let (mut fnode, mut snode) = (size1 - 1, size2 - 1);
+    while fnode & 1 == 1 {
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    let mut fr = start.to_vec();
+    let mut sr = start.to_vec();
+    for (used, c) in rest.iter().enumerate() {
+        let c = c.as_ref();
+        if snode == 0 {
+            return Err(ProofError::TooLong(rest.len() - used));
+        }
+        if fnode & 1 == 1 || fnode == snode {
+            fr = node_hash(c, &fr).to_vec();
+            sr = node_hash(c, &sr).to_vec();
+            while fnode & 1 == 0 && fnode != 0 {
+                fnode >>= 1;
+                snode >>= 1;
+            }
+        } else {
+            sr = node_hash(&sr, c).to_vec();
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    if snode != 0 {
+        return Err(ProofError::TooShort);
+    }
+    if fr != root1 || sr != root2 {
+        return Err(ProofError::RootMismatch);
+    }
+    Ok(())
+}
+
+/// The right edge of the tree: the roots of its maximal perfect subtrees,
+/// largest first. Appending a leaf costs O(log n) hashes at most, and the
+/// root is folded from at most log n nodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Frontier {
+    size: u64,
+    /// (height, hash), heights strictly decreasing.
+    nodes: Vec<(u32, Hash)>,
+}
+
+impl Frontier {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rebuild from every leaf hash in order.
+    pub fn from_leaves<'a>(leaves: impl IntoIterator<Item = &'a Hash>) -> Self {
+        let mut f = Self::new();
+        for leaf in leaves {
+            f.push(*leaf);
+        }
+        f
+    }
+
+    /// How many leaves the tree has.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Append one leaf hash.
+    pub fn push(&mut self, leaf: Hash) {
+        let mut node = (0u32, leaf);
+        while let Some(&(height, left)) = self.nodes.last() {
+            if height != node.0 {
+                break;
+            }
+            self.nodes.pop();
+            node = (height + 1, node_hash(&left, &node.1));
+        }
+        self.nodes.push(node);
+        self.size += 1;
+    }
+
+    /// The root of the tree so far.
+    pub fn root(&self) -> Hash {
+        let mut iter = self.nodes.iter().rev();
+        let Some(&(_, mut acc)) = iter.next() else {
+            return empty_root();
+        };
+        for (_, left) in iter {
+            acc = node_hash(left, &acc);
+        }
+        acc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaves(n: usize) -> Vec<Hash> {
+        (0..n)
+            .map(|i| crate::log::leaf_hash(format!("entry {i}").as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn frontier_matches_the_recursive_root() {
+        let all = leaves(130);
+        let mut f = Frontier::new();
+        assert_eq!(f.root(), empty_root());
+        for n in 1..=all.len() {
+            f.push(all[n - 1]);
+            assert_eq!(f.root(), root(&all[..n]), "size {n}");
+        }
+    }
+
+    #[test]
+    fn every_generated_proof_verifies_and_none_verifies_elsewhere() {
+        let all = leaves(40);
+        for n in 1..=all.len() {
+            let tree = &all[..n];
+            let r = root(tree);
+            for i in 0..n {
+                let proof = inclusion_proof(tree, i as u64).unwrap();
+                verify_inclusion(i as u64, n as u64, &tree[i], &proof, &r).unwrap();
+                if n > 1 {
+                    let other = (i + 1) % n;
+                    assert!(
+                        verify_inclusion(other as u64, n as u64, &tree[i], &proof, &r).is_err()
+                    );
+                }
+            }
+            for m in 1..=n {
+                let proof = consistency_proof(tree, m as u64).unwrap();
+                verify_consistency(m as u64, n as u64, &root(&tree[..m]), &r, &proof).unwrap();
+                if m < n {
+                    let wrong = root(&all[1..=m]);
+                    assert!(verify_consistency(m as u64, n as u64, &wrong, &r, &proof).is_err());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reversed_sizes_and_unconsumed_proofs_are_refused() {
+        let all = leaves(8);
+        let proof = consistency_proof(&all, 3).unwrap();
+        let (r3, r8) = (root(&all[..3]), root(&all));
+        assert_eq!(
+            verify_consistency(8, 3, &r8, &r3, &proof),
+            Err(ProofError::SizesReversed { old: 8, new: 3 })
+        );
+        let mut longer = proof.clone();
+        longer.push([0; 32]);
+        assert!(verify_consistency(3, 8, &r3, &r8, &longer).is_err());
+        let incl = inclusion_proof(&all, 2).unwrap();
+        let mut longer = incl.clone();
+        longer.push([0; 32]);
+        assert!(verify_inclusion(2, 8, &all[2], &longer, &r8).is_err());
+    }
+}
