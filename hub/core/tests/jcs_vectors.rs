@@ -1,6 +1,8 @@
 //! Every RFC 8785 vector in `../shared/vectors/jcs/`: `input/X.json`
 //! canonicalizes to exactly the bytes of `output/X.json`.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 #[test]

@@ -2,6 +2,8 @@
 //! transparency-dev (in `../shared/vectors/merkle/`), edge cases included:
 //! the verifier accepts exactly the ones without `wantErr`.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use base64::Engine;

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Where the published test vectors are: `../shared/vectors/` beside the
 //! repository (or `$HUB_SHARED_DIR/vectors`). Without them a test says so and
 //! skips - except under `CI=true`, where their absence is a failure.
