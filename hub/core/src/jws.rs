@@ -215,6 +215,11 @@ impl SigningKey {
         self.jwk.clone()
     }
 
+    /// The raw 32-byte Ed25519 public key.
+    pub fn public_key_bytes(&self) -> Vec<u8> {
+        self.pair.public_key().as_ref().to_vec()
+    }
+
     /// A raw Ed25519 signature over `message`.
     pub fn sign_raw(&self, message: &[u8]) -> Vec<u8> {
         self.pair.sign(message).as_ref().to_vec()

@@ -9,6 +9,7 @@
 //! - [`semantic`]: checks a schema cannot express (ID vs birth year, tax-code check digit)
 //! - [`log`]: log entries, their canonical form, hub signature and RFC 6962 leaf hash
 //! - [`merkle`]: the RFC 9162 Merkle tree, proofs and their verification
+//! - [`note`]: signed checkpoints (C2SP tlog-checkpoint in a signed-note)
 //!
 //! Time, randomness and keys are always parameters, so tests and replays are exact.
 #![forbid(unsafe_code)]
@@ -20,6 +21,7 @@ pub mod jcs;
 pub mod jws;
 pub mod log;
 pub mod merkle;
+pub mod note;
 pub mod schema;
 pub mod semantic;
 pub mod timefmt;
