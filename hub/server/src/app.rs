@@ -294,6 +294,9 @@ pub async fn start_with_adapters(
         clock.clone(),
         Duration::from_secs(config.inbox_visibility_secs),
     ));
+    let note_verifier = hub_core::note::verifier_for(&config.log_origin, &hub_key)
+        .context("the log origin must be a valid note key name (no spaces or '+')")?;
+    let head = log.watch_head();
     let hub = Arc::new(Hub::new(
         catalog,
         init.store.clone(),
@@ -302,11 +305,20 @@ pub async fn start_with_adapters(
         clock,
         random,
         &hub_key,
+        note_verifier,
         Duration::from_millis(config.query_timeout_ms),
     ));
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    tasks.spawn(crate::transparency::run_checkpointer(
+        init.store.clone(),
+        hub_key.clone(),
+        config.log_origin.clone(),
+        head,
+        Duration::from_millis(config.checkpoint_interval_ms),
+        shutdown_rx.clone(),
+    ));
     for adapter in adapters {
         let in_process = adapter
             .services()

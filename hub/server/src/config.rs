@@ -27,6 +27,10 @@ pub struct Config {
     pub inbox_visibility_secs: u64,
     /// Most entries written in one group commit.
     pub log_batch_max: usize,
+    /// The log's origin line in checkpoints (and the checkpoint key's name).
+    pub log_origin: String,
+    /// How often a new checkpoint is signed when the log has grown.
+    pub checkpoint_interval_ms: u64,
     /// Seed demo agencies, services, grants and subscriptions on first run.
     pub seed_demo: bool,
     /// Generated records per synthetic registry, besides the fixtures.
@@ -44,6 +48,8 @@ impl Default for Config {
             query_timeout_ms: 10_000,
             inbox_visibility_secs: 30,
             log_batch_max: 512,
+            log_origin: "hub.invalid/exchange-log".into(),
+            checkpoint_interval_ms: 1000,
             seed_demo: true,
             synthetic_records: 1000,
         }

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +24,7 @@ use crate::error::{ExchangeError, Failure};
 use crate::identity::Identity;
 use crate::pipeline::{Hub, Outcome};
 use crate::store::ExchangeState;
+use crate::transparency::LogQueryError;
 
 /// What the routes share.
 #[derive(Clone)]
@@ -40,6 +42,18 @@ pub enum ApiError {
     UnsupportedMediaType,
     BadRequest(String),
     NotFound(String),
+}
+
+impl From<LogQueryError> for ApiError {
+    fn from(e: LogQueryError) -> Self {
+        match e {
+            LogQueryError::BadRequest(m) => Self::BadRequest(m),
+            LogQueryError::NotFound(m) => Self::NotFound(m),
+            LogQueryError::Storage(e) => Self::from(Failure::from(
+                ExchangeError::StorageUnavailable(e.to_string()),
+            )),
+        }
+    }
 }
 
 impl From<Failure> for ApiError {
@@ -135,6 +149,8 @@ pub fn public_routes() -> Router<AppState> {
         .route("/.well-known/jwks.json", get(jwks))
         .route("/v1/schemas", get(schema_list))
         .route("/v1/schemas/{*id}", get(schema_get))
+        .route("/v1/log/checkpoint", get(checkpoint))
+        .route("/v1/log/verifier", get(verifier))
         .fallback(no_route)
 }
 
@@ -151,6 +167,108 @@ pub fn api_routes() -> Router<AppState> {
         .route("/v1/exchanges/{id}", get(get_exchange))
         .route("/v1/inbox", get(inbox))
         .route("/v1/inbox/ack", post(ack))
+        .route("/v1/log/entries", get(log_entries))
+        .route("/v1/log/proof/inclusion", get(inclusion_proof))
+        .route("/v1/log/proof/exchange/{id}", get(exchange_proofs))
+        .route("/v1/log/proof/consistency", get(consistency_proof))
+}
+
+/// Query parameters, or a JSON 400 naming what was wrong with them.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+fn text_plain(text: String) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
+async fn checkpoint(State(s): State<AppState>) -> Result<Response, ApiError> {
+    Ok(text_plain(s.hub.checkpoint().await?.note))
+}
+
+async fn verifier(State(s): State<AppState>) -> Response {
+    text_plain(format!("{}\n", s.hub.note_verifier.to_vkey()))
+}
+
+#[derive(Debug, Deserialize)]
+struct EntriesQuery {
+    start: Option<u64>,
+    limit: Option<u32>,
+}
+
+#[instrument(skip_all)]
+async fn log_entries(
+    State(s): State<AppState>,
+    id: Option<Extension<Identity>>,
+    q: Result<Query<EntriesQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    member(id)?;
+    let entries = s
+        .hub
+        .log_entries(q.start.unwrap_or(0), q.limit.unwrap_or(100))
+        .await?;
+    Ok(Json(json!({ "entries": entries })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct InclusionQuery {
+    index: u64,
+    size: Option<u64>,
+}
+
+#[instrument(skip_all)]
+async fn inclusion_proof(
+    State(s): State<AppState>,
+    id: Option<Extension<Identity>>,
+    q: Result<Query<InclusionQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    member(id)?;
+    Ok(Json(s.hub.inclusion_proof(q.index, q.size).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct SizeQuery {
+    size: Option<u64>,
+}
+
+#[instrument(skip_all)]
+async fn exchange_proofs(
+    State(s): State<AppState>,
+    id: Option<Extension<Identity>>,
+    Path(raw_id): Path<String>,
+    q: Result<Query<SizeQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    member(id)?;
+    let exchange_id =
+        ExchangeId::parse(&raw_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let proofs = s.hub.exchange_proofs(exchange_id, q.size).await?;
+    Ok(Json(json!({ "exchange_id": exchange_id, "proofs": proofs })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ConsistencyQuery {
+    from: u64,
+    to: u64,
+}
+
+#[instrument(skip_all)]
+async fn consistency_proof(
+    State(s): State<AppState>,
+    id: Option<Extension<Identity>>,
+    q: Result<Query<ConsistencyQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    member(id)?;
+    Ok(Json(s.hub.consistency_proof(q.from, q.to).await?).into_response())
 }
 
 async fn health(State(s): State<AppState>) -> Response {
@@ -292,8 +410,9 @@ struct InboxQuery {
 async fn inbox(
     State(s): State<AppState>,
     id: Option<Extension<Identity>>,
-    Query(q): Query<InboxQuery>,
+    q: Result<Query<InboxQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let q = query(q)?;
     let Identity(who) = member(id)?;
     let text = s.hub.inbox(&who, q.max.unwrap_or(20)).await?;
     Ok(json_text(StatusCode::OK, text))

@@ -7,7 +7,8 @@
 //! - [`serve`]: the TLS accept loop with identity from the client certificate
 //! - [`store`]: the storage trait and its SQLite backend
 //! - [`queue`]: the delivery trait and the embedded durable queue
-//! - [`log_writer`]: the log's single writer with group commit
+//! - [`log_writer`]: the log's single writer with group commit and the Merkle tree
+//! - [`transparency`]: signed checkpoints and proofs
 //! - [`pki`], [`tls`], [`identity`]: certificates, keys and who is calling
 //! - [`config`], [`clock`]: configuration, time and randomness
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod queue;
 pub mod serve;
 pub mod store;
 pub mod tls;
+pub mod transparency;
 
 pub use app::{RunningHub, start};
 pub use config::Config;

@@ -5,14 +5,21 @@
 //! previous entry's leaf hash, signs it, and writes the whole batch and its
 //! effects in one transaction. Only then does each caller get its sealed
 //! entry back - an acknowledgment always follows durability.
+//!
+//! The writer also keeps the Merkle tree's right edge ([`Frontier`]) and
+//! publishes the tree head after every commit, so checkpoints only ever
+//! sign committed entries. At start it rebuilds the frontier from the stored
+//! leaf hashes and refuses to run if they do not reproduce the last signed
+//! checkpoint (a truncated or rewritten log).
 
 use std::sync::Arc;
 
 use hub_core::hash::Hash;
 use hub_core::jws::SigningKey;
 use hub_core::log::{EntryDraft, seal};
-use tokio::sync::{mpsc, oneshot};
-use tracing::{error, instrument};
+use hub_core::merkle::Frontier;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, instrument};
 
 use crate::clock::Clock;
 use crate::store::{AppendItem, Effect, Store, StoreError};
@@ -36,10 +43,59 @@ pub enum AppendError {
     Stopped,
 }
 
+/// The size and root of the committed tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TreeHead {
+    pub size: u64,
+    pub root: Hash,
+}
+
 /// A handle to the log writer; cheap to clone.
 #[derive(Clone)]
 pub struct LogWriter {
     tx: mpsc::Sender<Pending>,
+    head: watch::Receiver<TreeHead>,
+}
+
+/// How many leaf hashes to read at a time when rebuilding the tree.
+const REBUILD_CHUNK: u64 = 50_000;
+
+/// Rebuild the tree from the stored leaves and check it against the last
+/// signed checkpoint.
+async fn rebuild(store: &dyn Store) -> Result<(Frontier, Hash), StoreError> {
+    let checkpoint = store.latest_checkpoint().await?;
+    let mut frontier = Frontier::new();
+    let mut last = [0u8; 32];
+    loop {
+        let from = frontier.size();
+        if let Some(cp) = &checkpoint
+            && cp.size == from
+            && cp.root != frontier.root()
+        {
+            return Err(StoreError::Corrupt(format!(
+                "the stored leaves do not reproduce the signed checkpoint of size {}: the log was rewritten",
+                cp.size
+            )));
+        }
+        let chunk = store.leaf_hashes(from, from + REBUILD_CHUNK).await?;
+        if chunk.is_empty() {
+            break;
+        }
+        for leaf in &chunk {
+            frontier.push(*leaf);
+        }
+        last = chunk[chunk.len() - 1];
+    }
+    if let Some(cp) = &checkpoint
+        && cp.size > frontier.size()
+    {
+        return Err(StoreError::Corrupt(format!(
+            "the log has {} entries but a checkpoint of size {} was signed: the log was truncated",
+            frontier.size(),
+            cp.size
+        )));
+    }
+    Ok((frontier, last))
 }
 
 impl LogWriter {
@@ -50,14 +106,30 @@ impl LogWriter {
         clock: Arc<dyn Clock>,
         batch_max: usize,
     ) -> Result<Self, StoreError> {
-        let head = store.log_head().await?;
+        let (frontier, prev) = rebuild(store.as_ref()).await?;
+        info!(size = frontier.size(), "log tree rebuilt");
+        let (head_tx, head) = watch::channel(TreeHead {
+            size: frontier.size(),
+            root: frontier.root(),
+        });
         let (tx, rx) = mpsc::channel(batch_max.max(1) * 4);
         let state = WriterState {
-            next: head.map_or(0, |(i, _)| i + 1),
-            prev: head.map_or([0; 32], |(_, h)| h),
+            frontier,
+            prev,
+            head: head_tx,
         };
         tokio::spawn(run(rx, state, store, key, clock, batch_max.max(1)));
-        Ok(Self { tx })
+        Ok(Self { tx, head })
+    }
+
+    /// The committed tree's head now.
+    pub fn head(&self) -> TreeHead {
+        *self.head.borrow()
+    }
+
+    /// Follow the committed tree's head.
+    pub fn watch_head(&self) -> watch::Receiver<TreeHead> {
+        self.head.clone()
     }
 
     /// Append one entry with its effects; returns once it is durable.
@@ -82,8 +154,10 @@ impl LogWriter {
 }
 
 struct WriterState {
-    next: u64,
+    frontier: Frontier,
+    /// The last entry's leaf hash.
     prev: Hash,
+    head: watch::Sender<TreeHead>,
 }
 
 async fn run(
@@ -100,7 +174,7 @@ async fn run(
     }
 }
 
-#[instrument(skip_all, fields(entries = batch.len(), first = state.next))]
+#[instrument(skip_all, fields(entries = batch.len(), first = state.frontier.size()))]
 async fn write_batch(
     batch: &mut Vec<Pending>,
     state: &mut WriterState,
@@ -111,7 +185,7 @@ async fn write_batch(
     let now = clock.now();
     let mut items = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
-    let (mut next, mut prev) = (state.next, state.prev);
+    let (mut next, mut prev) = (state.frontier.size(), state.prev);
     for p in batch.drain(..) {
         match seal(p.draft, next, &prev, now, key) {
             Ok(sealed) => {
@@ -134,8 +208,14 @@ async fn write_batch(
     }
     match store.append(&items).await {
         Ok(()) => {
-            state.next = next;
             state.prev = prev;
+            for item in &items {
+                state.frontier.push(item.sealed.leaf_hash);
+            }
+            let _ = state.head.send(TreeHead {
+                size: state.frontier.size(),
+                root: state.frontier.root(),
+            });
             for (item, reply) in items.into_iter().zip(replies) {
                 let _ = reply.send(Ok(item));
             }

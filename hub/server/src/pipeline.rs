@@ -75,6 +75,8 @@ pub struct Hub {
     pub clock: Arc<dyn Clock>,
     pub random: Arc<dyn Random>,
     pub jwks: Jwks,
+    /// The checkpoint key's name (the log origin) and public key.
+    pub note_verifier: hub_core::note::Verifier,
     pub query_timeout: Duration,
     waiters: Mutex<HashMap<ExchangeId, oneshot::Sender<Completion>>>,
     in_flight: Mutex<HashSet<ExchangeId>>,
@@ -133,6 +135,7 @@ impl Hub {
         clock: Arc<dyn Clock>,
         random: Arc<dyn Random>,
         hub_key: &SigningKey,
+        note_verifier: hub_core::note::Verifier,
         query_timeout: Duration,
     ) -> Self {
         Self {
@@ -145,6 +148,7 @@ impl Hub {
             jwks: Jwks {
                 keys: vec![hub_key.public_jwk()],
             },
+            note_verifier,
             query_timeout,
             waiters: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),

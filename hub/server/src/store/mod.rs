@@ -132,6 +132,15 @@ pub struct StoredEntry {
     pub body: Option<Vec<u8>>,
 }
 
+/// A signed checkpoint as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    pub size: u64,
+    pub root: Hash,
+    /// The signed note.
+    pub note: String,
+}
+
 /// A message leased from the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
@@ -173,12 +182,20 @@ pub trait Store: Send + Sync {
         version: u32,
     ) -> Result<Vec<Member>, StoreError>;
 
-    /// The last entry's index and leaf hash, if any.
-    async fn log_head(&self) -> Result<Option<(u64, Hash)>, StoreError>;
     /// Write `items` and their effects in one transaction.
     async fn append(&self, items: &[AppendItem]) -> Result<(), StoreError>;
     /// Up to `limit` entries from `from`, in order.
     async fn entries(&self, from: u64, limit: u32) -> Result<Vec<StoredEntry>, StoreError>;
+
+    /// The leaf hashes of entries `from..to`, in order.
+    async fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError>;
+    /// The indexes of every entry of one exchange.
+    async fn indexes_of_exchange(&self, id: ExchangeId) -> Result<Vec<u64>, StoreError>;
+
+    /// Store a signed checkpoint.
+    async fn add_checkpoint(&self, checkpoint: &StoredCheckpoint) -> Result<(), StoreError>;
+    /// The checkpoint of the largest size, if any.
+    async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError>;
 
     async fn exchange(&self, id: ExchangeId) -> Result<Option<ExchangeRow>, StoreError>;
 

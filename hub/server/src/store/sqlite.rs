@@ -17,7 +17,7 @@ use sqlx::{Row, SqlitePool};
 
 use super::{
     AgencyRecord, AppendItem, Delivery, Effect, ExchangeRow, ExchangeState, Grant, ServiceRecord,
-    Store, StoreError, StoredEntry, Subscription,
+    Store, StoreError, StoredCheckpoint, StoredEntry, Subscription,
 };
 
 /// The SQLite store.
@@ -354,21 +354,6 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn log_head(&self) -> Result<Option<(u64, Hash)>, StoreError> {
-        let row = sqlx::query("SELECT idx, leaf_hash FROM log_entries ORDER BY idx DESC LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
-        row.map(|r| {
-            let leaf: Vec<u8> = r.try_get("leaf_hash").map_err(db)?;
-            let leaf: Hash = leaf
-                .try_into()
-                .map_err(|_| corrupt("leaf hash is not 32 bytes"))?;
-            Ok((to_u64(r.try_get("idx").map_err(db)?), leaf))
-        })
-        .transpose()
-    }
-
     async fn append(&self, items: &[AppendItem]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
         for item in items {
@@ -459,6 +444,70 @@ impl Store for SqliteStore {
         .iter()
         .map(Self::entry_row)
         .collect()
+    }
+
+    async fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT idx, leaf_hash FROM log_entries WHERE idx >= ? AND idx < ? ORDER BY idx",
+        )
+        .bind(to_i64(from))
+        .bind(to_i64(to))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (expected, r) in (from..).zip(&rows) {
+            if to_u64(r.try_get("idx").map_err(db)?) != expected {
+                return Err(corrupt(format!("the log has a gap at index {expected}")));
+            }
+            let leaf: Vec<u8> = r.try_get("leaf_hash").map_err(db)?;
+            out.push(
+                leaf.try_into()
+                    .map_err(|_| corrupt("leaf hash is not 32 bytes"))?,
+            );
+        }
+        Ok(out)
+    }
+
+    async fn indexes_of_exchange(&self, id: ExchangeId) -> Result<Vec<u64>, StoreError> {
+        let rows = sqlx::query("SELECT idx FROM log_entries WHERE exchange_id = ? ORDER BY idx")
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| Ok(to_u64(r.try_get("idx").map_err(db)?)))
+            .collect()
+    }
+
+    async fn add_checkpoint(&self, c: &StoredCheckpoint) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO checkpoints (size, root, note) VALUES (?, ?, ?)")
+            .bind(to_i64(c.size))
+            .bind(c.root.to_vec())
+            .bind(&c.note)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        let row =
+            sqlx::query("SELECT size, root, note FROM checkpoints ORDER BY size DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+        row.map(|r| {
+            let root: Vec<u8> = r.try_get("root").map_err(db)?;
+            Ok(StoredCheckpoint {
+                size: to_u64(r.try_get("size").map_err(db)?),
+                root: root
+                    .try_into()
+                    .map_err(|_| corrupt("checkpoint root is not 32 bytes"))?,
+                note: r.try_get("note").map_err(db)?,
+            })
+        })
+        .transpose()
     }
 
     async fn exchange(&self, id: ExchangeId) -> Result<Option<ExchangeRow>, StoreError> {

@@ -1,0 +1,241 @@
+//! The log as a transparency log: signed checkpoints issued at a cadence,
+//! and the proofs an auditor or a sender asks for.
+//!
+//! Checkpoints only ever sign the writer's committed tree head, and the log
+//! is append-only, so any two checkpoints the hub signs are consistent; at
+//! start the writer refuses a log that does not reproduce the last one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hub_core::hash::Hash;
+use hub_core::ids::ExchangeId;
+use hub_core::jws::SigningKey;
+use hub_core::merkle;
+use hub_core::note::{self, Checkpoint};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::log_writer::TreeHead;
+use crate::pipeline::Hub;
+use crate::store::{Store, StoreError, StoredCheckpoint};
+
+/// Sign and store a checkpoint whenever the committed tree has grown, at
+/// most every `interval`, and once more at shutdown.
+pub async fn run_checkpointer(
+    store: Arc<dyn Store>,
+    key: Arc<SigningKey>,
+    origin: String,
+    head: watch::Receiver<TreeHead>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut last = match store.latest_checkpoint().await {
+        Ok(c) => c.map_or(0, |c| c.size),
+        Err(e) => {
+            warn!(error = %e, "cannot read the last checkpoint; checkpoints are off");
+            return;
+        }
+    };
+    loop {
+        let stopping = tokio::select! {
+            () = tokio::time::sleep(interval) => false,
+            _ = shutdown.changed() => true,
+        };
+        let TreeHead { size, root } = *head.borrow();
+        if size > last {
+            match issue(store.as_ref(), &key, &origin, size, root).await {
+                Ok(()) => last = size,
+                Err(e) => warn!(error = %e, size, "could not store a checkpoint"),
+            }
+        }
+        if stopping {
+            break;
+        }
+    }
+}
+
+async fn issue(
+    store: &dyn Store,
+    key: &SigningKey,
+    origin: &str,
+    size: u64,
+    root: Hash,
+) -> Result<(), StoreError> {
+    let body = Checkpoint {
+        origin: origin.to_owned(),
+        size,
+        root,
+    }
+    .body();
+    let note = note::sign(&body, origin, key).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    store
+        .add_checkpoint(&StoredCheckpoint { size, root, note })
+        .await?;
+    info!(size, "checkpoint signed");
+    Ok(())
+}
+
+/// A question about the log that cannot be answered as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum LogQueryError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+}
+
+/// An inclusion proof, hashes in standard base64 as in checkpoints.
+#[derive(Debug, Clone, Serialize)]
+pub struct InclusionProof {
+    pub index: u64,
+    pub size: u64,
+    pub leaf_hash: String,
+    pub proof: Vec<String>,
+}
+
+/// A consistency proof between two tree sizes.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsistencyProof {
+    pub from: u64,
+    pub to: u64,
+    pub proof: Vec<String>,
+}
+
+fn b64(hashes: &[Hash]) -> Vec<String> {
+    hashes.iter().map(|h| STANDARD.encode(h)).collect()
+}
+
+impl Hub {
+    /// The latest signed checkpoint.
+    pub async fn checkpoint(&self) -> Result<StoredCheckpoint, LogQueryError> {
+        self.store
+            .latest_checkpoint()
+            .await?
+            .ok_or_else(|| LogQueryError::NotFound("no checkpoint has been signed yet".into()))
+    }
+
+    /// `size`, or the latest checkpoint's size; never beyond the committed tree.
+    async fn tree_size(&self, size: Option<u64>) -> Result<u64, LogQueryError> {
+        let size = match size {
+            Some(s) => s,
+            None => self.checkpoint().await?.size,
+        };
+        let committed = self.log.head().size;
+        if size == 0 || size > committed {
+            return Err(LogQueryError::BadRequest(format!(
+                "tree size {size} is not between 1 and the log's size {committed}"
+            )));
+        }
+        Ok(size)
+    }
+
+    async fn leaves(&self, size: u64) -> Result<Vec<Hash>, LogQueryError> {
+        let leaves = self.store.leaf_hashes(0, size).await?;
+        if leaves.len() as u64 != size {
+            return Err(StoreError::Corrupt(format!(
+                "expected {size} leaves, read {}",
+                leaves.len()
+            ))
+            .into());
+        }
+        Ok(leaves)
+    }
+
+    /// The inclusion proof of entry `index` in the tree of `size` (default:
+    /// the latest checkpoint's).
+    pub async fn inclusion_proof(
+        &self,
+        index: u64,
+        size: Option<u64>,
+    ) -> Result<InclusionProof, LogQueryError> {
+        let size = self.tree_size(size).await?;
+        if index >= size {
+            return Err(LogQueryError::BadRequest(format!(
+                "entry {index} is not in the tree of size {size}"
+            )));
+        }
+        let leaves = self.leaves(size).await?;
+        let proof = tokio::task::spawn_blocking(move || {
+            let proof = merkle::inclusion_proof(&leaves, index).unwrap_or_default();
+            (leaves[usize::try_from(index).unwrap_or(0)], proof)
+        })
+        .await
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        Ok(InclusionProof {
+            index,
+            size,
+            leaf_hash: STANDARD.encode(proof.0),
+            proof: b64(&proof.1),
+        })
+    }
+
+    /// Inclusion proofs of every entry of one exchange.
+    pub async fn exchange_proofs(
+        &self,
+        id: ExchangeId,
+        size: Option<u64>,
+    ) -> Result<Vec<InclusionProof>, LogQueryError> {
+        let size = self.tree_size(size).await?;
+        let indexes: Vec<u64> = self
+            .store
+            .indexes_of_exchange(id)
+            .await?
+            .into_iter()
+            .filter(|i| *i < size)
+            .collect();
+        if indexes.is_empty() {
+            return Err(LogQueryError::NotFound(format!(
+                "no entry of exchange {id} in the tree of size {size}"
+            )));
+        }
+        let mut proofs = Vec::with_capacity(indexes.len());
+        for index in indexes {
+            proofs.push(self.inclusion_proof(index, Some(size)).await?);
+        }
+        Ok(proofs)
+    }
+
+    /// The consistency proof from size `from` to size `to`.
+    pub async fn consistency_proof(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<ConsistencyProof, LogQueryError> {
+        let to = self.tree_size(Some(to)).await?;
+        if from == 0 || from > to {
+            return Err(LogQueryError::BadRequest(format!(
+                "need 0 < from <= to, got from={from} to={to}"
+            )));
+        }
+        let leaves = self.leaves(to).await?;
+        let proof = tokio::task::spawn_blocking(move || {
+            merkle::consistency_proof(&leaves, from).unwrap_or_default()
+        })
+        .await
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        Ok(ConsistencyProof {
+            from,
+            to,
+            proof: b64(&proof),
+        })
+    }
+
+    /// Up to `limit` (at most 1000) records from `start`.
+    pub async fn log_entries(&self, start: u64, limit: u32) -> Result<Vec<Value>, LogQueryError> {
+        let entries = self.store.entries(start, limit.clamp(1, 1000)).await?;
+        entries
+            .iter()
+            .map(|e| {
+                serde_json::from_str(&e.record)
+                    .map_err(|err| StoreError::Corrupt(err.to_string()).into())
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,298 @@
+//! Checkpoints and proofs: what a sender or an auditor checks, trusting only
+//! the hub's published key.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use http::StatusCode;
+use hub_core::merkle::{verify_consistency, verify_inclusion};
+use hub_core::note::{self, Checkpoint, Verifier};
+use hub_e2e::*;
+use serde_json::{Value, json};
+
+async fn start() -> TestHub {
+    TestHub::start_with(
+        Arc::new(tempfile::tempdir().unwrap()),
+        |c| c.checkpoint_interval_ms = 50,
+        Options::default(),
+    )
+    .await
+}
+
+/// The checkpoint verifier an auditor derives from the pinned JWKS alone.
+async fn pinned_verifier(hub: &TestHub) -> Verifier {
+    let jwks = hub.public_client().jwks().await.unwrap();
+    let x: [u8; 32] = URL_SAFE_NO_PAD
+        .decode(&jwks.keys[0].x)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    Verifier::new(&hub.config.log_origin, x).unwrap()
+}
+
+/// Wait for a checkpoint covering at least `size` entries; open and parse it.
+async fn checkpoint_covering(hub: &TestHub, size: u64) -> Checkpoint {
+    let verifier = pinned_verifier(hub).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = hub
+            .public_client()
+            .send(http::Method::GET, "/v1/log/checkpoint", None)
+            .await
+            .unwrap();
+        if status == StatusCode::OK {
+            let opened = note::open(
+                std::str::from_utf8(&body).unwrap(),
+                std::slice::from_ref(&verifier),
+            )
+            .unwrap();
+            let cp = Checkpoint::parse_body(&opened.body).unwrap();
+            if cp.size >= size {
+                return cp;
+            }
+        }
+        assert!(Instant::now() < deadline, "no checkpoint of size {size}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn hashes(v: &Value) -> Vec<Vec<u8>> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|h| STANDARD.decode(h.as_str().unwrap()).unwrap())
+        .collect()
+}
+
+/// The RFC 6962 leaf hash of a record, computed independently of the hub.
+fn leaf_of(record: &Value) -> Vec<u8> {
+    let mut input = vec![0u8];
+    input.extend_from_slice(&serde_jcs::to_vec(record).unwrap());
+    ring::digest::digest(&ring::digest::SHA256, &input)
+        .as_ref()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn a_sender_proves_its_answer_is_in_the_signed_log() {
+    let hub = start().await;
+    let (status, reply) = hub
+        .send(envelope(
+            ONE_STOP,
+            "citizen.lookup",
+            "public_service",
+            json!({"personal_id": "001085012345"}),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let index = reply["record"]["index"].as_u64().unwrap();
+    let cp = checkpoint_covering(&hub, index + 1).await;
+    assert_eq!(cp.origin, hub.config.log_origin);
+
+    let path = format!("/v1/log/proof/inclusion?index={index}&size={}", cp.size);
+    let (status, proof) = hub.client(ONE_STOP).get_json(&path).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{proof}");
+    let leaf = leaf_of(&reply["record"]);
+    assert_eq!(STANDARD.encode(&leaf), proof["leaf_hash"]);
+    verify_inclusion(index, cp.size, &leaf, &hashes(&proof["proof"]), &cp.root).unwrap();
+
+    // By exchange id: both the request and the response entry.
+    let id = reply["record"]["exchange_id"].as_str().unwrap();
+    let (status, proofs) = hub
+        .client(ONE_STOP)
+        .get_json(&format!("/v1/log/proof/exchange/{id}?size={}", cp.size))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{proofs}");
+    let proofs = proofs["proofs"].as_array().unwrap();
+    assert_eq!(proofs.len(), 2);
+    for p in proofs {
+        let leaf = STANDARD.decode(p["leaf_hash"].as_str().unwrap()).unwrap();
+        verify_inclusion(
+            p["index"].as_u64().unwrap(),
+            cp.size,
+            &leaf,
+            &hashes(&p["proof"]),
+            &cp.root,
+        )
+        .unwrap();
+    }
+
+    // A changed record is not in the log.
+    let mut forged = reply["record"].clone();
+    forged["receiver"]["subsystem"] = json!("tax");
+    assert!(
+        verify_inclusion(
+            index,
+            cp.size,
+            &leaf_of(&forged),
+            &hashes(&proof["proof"]),
+            &cp.root
+        )
+        .is_err()
+    );
+}
+
+#[tokio::test]
+async fn successive_checkpoints_are_consistent_across_a_restart() {
+    let mut hub = start().await;
+    for _ in 0..3 {
+        hub.send(envelope(
+            ONE_STOP,
+            "citizen.lookup",
+            "public_service",
+            json!({"personal_id": "079192000123"}),
+        ))
+        .await;
+    }
+    let first = checkpoint_covering(&hub, 6).await;
+    hub.stop().await;
+
+    let hub = TestHub::start_with(
+        hub.dir.clone(),
+        |c| c.checkpoint_interval_ms = 50,
+        Options::default(),
+    )
+    .await;
+    for _ in 0..5 {
+        hub.send(envelope(BANK, "citizen.verify", "kyc",
+            json!({"personal_id": "001085012345", "full_name": "Nguyễn Văn An", "birth_date": "1985-03-12"}))).await;
+    }
+    let second = checkpoint_covering(&hub, first.size + 10).await;
+    let (status, proof) = hub
+        .client(TAX)
+        .get_json(&format!(
+            "/v1/log/proof/consistency?from={}&to={}",
+            first.size, second.size
+        ))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{proof}");
+    verify_consistency(
+        first.size,
+        second.size,
+        &first.root,
+        &second.root,
+        &hashes(&proof["proof"]),
+    )
+    .unwrap();
+
+    // The entries an auditor downloads reproduce the signed root.
+    let (_, entries) = hub
+        .client(TAX)
+        .get_json(&format!("/v1/log/entries?start=0&limit={}", second.size))
+        .await
+        .unwrap();
+    let leaves: Vec<[u8; 32]> = entries["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| leaf_of(r).try_into().unwrap())
+        .collect();
+    assert_eq!(leaves.len() as u64, second.size);
+    assert_eq!(hub_core::merkle::root(&leaves), second.root);
+}
+
+#[tokio::test]
+async fn the_published_verifier_key_is_the_pinned_one_and_bad_questions_get_400() {
+    let hub = start().await;
+    let (status, body) = hub
+        .public_client()
+        .send(http::Method::GET, "/v1/log/verifier", None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let published = Verifier::parse(std::str::from_utf8(&body).unwrap()).unwrap();
+    assert_eq!(published, pinned_verifier(&hub).await);
+
+    // Before any entry there is no checkpoint.
+    let (status, _) = hub
+        .public_client()
+        .send(http::Method::GET, "/v1/log/checkpoint", None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    hub.send(envelope(
+        ONE_STOP,
+        "citizen.lookup",
+        "public_service",
+        json!({"personal_id": "001085012345"}),
+    ))
+    .await;
+    let cp = checkpoint_covering(&hub, 2).await;
+    for path in [
+        format!("/v1/log/proof/inclusion?index={}&size={}", cp.size, cp.size),
+        format!("/v1/log/proof/inclusion?index=0&size={}", cp.size + 100),
+        "/v1/log/proof/inclusion?size=1".to_owned(),
+        format!("/v1/log/proof/consistency?from=0&to={}", cp.size),
+        format!("/v1/log/proof/consistency?from={}&to=1", cp.size),
+    ] {
+        let (status, err) = hub.client(TAX).get_json(&path).await.unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {err}");
+        assert_eq!(err["code"], "bad_request");
+    }
+}
+
+/// Tamper with the stored log the way someone with the database file could.
+async fn tamper(dir: &std::path::Path, sql: &'static str) {
+    let url = format!("sqlite:{}", dir.join("hub.db").display());
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    sqlx::query("DROP TRIGGER log_entries_append_only_update")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DROP TRIGGER log_entries_append_only_delete")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("PRAGMA foreign_keys = OFF")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(sql).execute(&pool).await.unwrap();
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_truncated_or_rewritten_log_is_refused_at_start() {
+    for (sql, expected) in [
+        (
+            "DELETE FROM log_entries WHERE idx = (SELECT MAX(idx) FROM log_entries)",
+            "truncated",
+        ),
+        (
+            "UPDATE log_entries SET leaf_hash = zeroblob(32) WHERE idx = 0",
+            "rewritten",
+        ),
+    ] {
+        let mut hub = start().await;
+        for _ in 0..2 {
+            hub.send(envelope(
+                ONE_STOP,
+                "citizen.lookup",
+                "public_service",
+                json!({"personal_id": "001085012345"}),
+            ))
+            .await;
+        }
+        checkpoint_covering(&hub, 4).await;
+        hub.stop().await;
+        tamper(hub.dir.path(), sql).await;
+        let config = test_config(&hub.dir);
+        let err = hub_server::start(
+            config,
+            Arc::new(hub_server::clock::SystemClock),
+            Arc::new(hub_server::clock::SystemRandom::default()),
+        )
+        .await
+        .expect_err("a tampered log must not start");
+        assert!(format!("{err:#}").contains(expected), "{err:#}");
+    }
+}
