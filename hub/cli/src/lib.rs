@@ -54,6 +54,37 @@ pub enum Command {
     Send(SendArgs),
     /// Fetch (and optionally acknowledge) an agency's inbox.
     Inbox(InboxArgs),
+    /// The auditor's toolkit: export the log, verify and prove offline.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Export the whole log from the data directory into a bundle directory.
+    Export {
+        #[arg(long)]
+        out: PathBuf,
+        /// Leave the bodies (envelopes, answers: personal data) out.
+        #[arg(long)]
+        no_bodies: bool,
+    },
+    /// Verify a bundle, trusting only the pinned hub keys (a saved /.well-known/jwks.json).
+    Verify {
+        bundle: PathBuf,
+        #[arg(long)]
+        jwks: PathBuf,
+        /// Also write the full report as JSON here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Print the inclusion proofs of one exchange's entries against the bundle's latest checkpoint, checked.
+    Prove {
+        bundle: PathBuf,
+        exchange_id: ExchangeId,
+        #[arg(long)]
+        jwks: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -223,6 +254,131 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Subscription(cmd) => subscription(&config, cmd).await,
         Command::Send(args) => send(&config, args).await,
         Command::Inbox(args) => inbox(&config, args).await,
+        Command::Audit(cmd) => audit(&config, cmd).await,
+    }
+}
+
+fn read_jwks(path: &Path) -> anyhow::Result<hub_core::jws::Jwks> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a JWK Set", path.display()))
+}
+
+async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AuditCmd::Export { out, no_bodies } => {
+            let store = open_store(config).await?;
+            let mut writer = hub_audit::BundleWriter::create(&out, !no_bodies)?;
+            let bar = indicatif::ProgressBar::new_spinner().with_message("exporting entries");
+            let mut next = 0u64;
+            loop {
+                let chunk = store.entries(next, 10_000).await?;
+                let Some(last) = chunk.last() else { break };
+                next = last.index + 1;
+                for e in &chunk {
+                    writer.push(&e.record, e.body.as_deref())?;
+                }
+                bar.set_position(next);
+            }
+            bar.finish_and_clear();
+            let checkpoints: Vec<hub_audit::BundleCheckpoint> = store
+                .checkpoints()
+                .await?
+                .into_iter()
+                .map(|c| hub_audit::BundleCheckpoint {
+                    size: c.size,
+                    note: c.note,
+                })
+                .collect();
+            let agencies: Vec<hub_audit::AgencyKey> = store
+                .agencies()
+                .await?
+                .into_iter()
+                .filter_map(|a| {
+                    a.signing_key.map(|jwk| hub_audit::AgencyKey {
+                        member: a.member.to_string(),
+                        jwk,
+                    })
+                })
+                .collect();
+            let now = hub_core::timefmt::rfc3339_millis(time::OffsetDateTime::now_utc());
+            let manifest = writer.finish(&config.log_origin, &now, &checkpoints, &agencies)?;
+            println!(
+                "exported {} entries and {} checkpoints to {}{}",
+                manifest.entries,
+                checkpoints.len(),
+                out.display(),
+                if manifest.bodies {
+                    ""
+                } else {
+                    " (without bodies)"
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Verify {
+            bundle,
+            jwks,
+            report: report_path,
+        } => {
+            let pinned = read_jwks(&jwks)?;
+            let total = hub_audit::manifest(&bundle)?.entries;
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} entries {per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let report = hub_audit::verify(&bundle, &pinned, &|done, _| bar.set_position(done))?;
+            bar.finish_and_clear();
+            println!("{:<22} {:>12} {:>8}", "check", "passed", "failed");
+            for (check, tally) in &report.checks {
+                println!("{check:<22} {:>12} {:>8}", tally.passed, tally.failed);
+            }
+            if let Some(path) = report_path {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| path.display().to_string())?;
+            }
+            if report.ok() {
+                println!(
+                    "OK: {} entries and {} checkpoints of {} verified",
+                    report.entries, report.checkpoints, report.origin
+                );
+                if report.entries_after_last_checkpoint > 0 {
+                    println!(
+                        "note: the last {} entries are not yet covered by a signed checkpoint",
+                        report.entries_after_last_checkpoint
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            } else {
+                for f in report.findings.iter().take(20) {
+                    eprintln!("FAILED {f}");
+                }
+                let more =
+                    report.findings.len().saturating_sub(20) as u64 + report.findings_not_listed;
+                if more > 0 {
+                    eprintln!("... and {more} more (see --report)");
+                }
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        AuditCmd::Prove {
+            bundle,
+            exchange_id,
+            jwks,
+        } => {
+            let pinned = read_jwks(&jwks)?;
+            let report = hub_audit::prove(&bundle, &pinned, &exchange_id.to_string())?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            eprintln!(
+                "{} entr{} of {exchange_id} included in the signed tree of size {} (proofs checked)",
+                report.proofs.len(),
+                if report.proofs.len() == 1 { "y" } else { "ies" },
+                report.size
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

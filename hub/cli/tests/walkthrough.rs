@@ -32,6 +32,7 @@ fn text(o: &Output) -> String {
 struct Served {
     child: Child,
     api: String,
+    public: String,
 }
 
 impl Drop for Served {
@@ -60,16 +61,20 @@ fn serve(data: &Path) -> Served {
     let mut served = Served {
         child,
         api: String::new(),
+        public: String::new(),
     };
     let stdout = served.child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while served.api.is_empty() {
+    while served.api.is_empty() || served.public.is_empty() {
         assert!(
             Instant::now() < deadline,
             "hub serve did not print its address"
         );
         let line = lines.next().expect("hub serve exited early").unwrap();
+        if let Some(addr) = line.strip_prefix("public (health, keys):") {
+            served.public = addr.trim().trim_end_matches("/healthz").to_owned();
+        }
         if let Some(addr) = line.strip_prefix("hub API (mTLS):") {
             served.api = addr.trim().to_owned();
         }
@@ -205,6 +210,20 @@ fn the_readme_walkthrough_works_with_the_real_binary() {
         text(&verify)
     );
 
+    // The auditor pins the hub's keys from the public listener.
+    let ca = std::fs::read(data.join("pki/ca.crt")).unwrap();
+    let public = hub_client::HubClient::new(&served.public, &ca, None).unwrap();
+    let jwks = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(public.jwks())
+        .unwrap();
+    let pinned = data.join("pinned-jwks.json");
+    std::fs::write(&pinned, serde_json::to_string(&jwks).unwrap()).unwrap();
+    let exchange_id = serde_json::from_slice::<serde_json::Value>(&lookup.stdout).unwrap()["record"]["exchange_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
     for listing in [
         &["services"][..],
         &["grant", "list"],
@@ -215,6 +234,36 @@ fn the_readme_walkthrough_works_with_the_real_binary() {
         assert!(out.status.success(), "{listing:?}: {}", text(&out));
     }
     stop(served);
+
+    // Stopping signed a last checkpoint; export, verify and prove offline.
+    let bundle = data.join("bundle");
+    let bundle_s = bundle.to_str().unwrap();
+    let pinned_s = pinned.to_str().unwrap();
+    let export = hub(data, &["audit", "export", "--out", bundle_s]);
+    assert!(export.status.success(), "{}", text(&export));
+    let verify = hub(data, &["audit", "verify", bundle_s, "--jwks", pinned_s]);
+    assert!(verify.status.success(), "{}", text(&verify));
+    assert!(text(&verify).contains("OK:"), "{}", text(&verify));
+    let prove = hub(
+        data,
+        &["audit", "prove", bundle_s, &exchange_id, "--jwks", pinned_s],
+    );
+    assert!(prove.status.success(), "{}", text(&prove));
+    assert!(text(&prove).contains("proofs checked"), "{}", text(&prove));
+
+    // A changed byte makes verify fail and name the entry.
+    let entries = bundle.join("entries.jsonl");
+    let tampered = std::fs::read_to_string(&entries)
+        .unwrap()
+        .replacen("one-stop", "one-stoq", 1);
+    std::fs::write(&entries, tampered).unwrap();
+    let verify = hub(data, &["audit", "verify", bundle_s, "--jwks", pinned_s]);
+    assert!(!verify.status.success());
+    assert!(
+        text(&verify).contains("FAILED entry 0: hub_signature"),
+        "{}",
+        text(&verify)
+    );
 
     // A second start reuses the PKI and continues the log.
     let served = serve(data);

@@ -121,6 +121,17 @@ impl SqliteStore {
         })
     }
 
+    fn checkpoint_row(row: &SqliteRow) -> Result<StoredCheckpoint, StoreError> {
+        let root: Vec<u8> = row.try_get("root").map_err(db)?;
+        Ok(StoredCheckpoint {
+            size: to_u64(row.try_get("size").map_err(db)?),
+            root: root
+                .try_into()
+                .map_err(|_| corrupt("checkpoint root is not 32 bytes"))?,
+            note: row.try_get("note").map_err(db)?,
+        })
+    }
+
     fn delivery_row(row: &SqliteRow) -> Result<Delivery, StoreError> {
         let id: String = row.try_get("exchange_id").map_err(db)?;
         let attempts: i64 = row.try_get("attempts").map_err(db)?;
@@ -491,23 +502,24 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        sqlx::query("SELECT size, root, note FROM checkpoints ORDER BY size")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(Self::checkpoint_row)
+            .collect()
+    }
+
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
-        let row =
-            sqlx::query("SELECT size, root, note FROM checkpoints ORDER BY size DESC LIMIT 1")
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db)?;
-        row.map(|r| {
-            let root: Vec<u8> = r.try_get("root").map_err(db)?;
-            Ok(StoredCheckpoint {
-                size: to_u64(r.try_get("size").map_err(db)?),
-                root: root
-                    .try_into()
-                    .map_err(|_| corrupt("checkpoint root is not 32 bytes"))?,
-                note: r.try_get("note").map_err(db)?,
-            })
-        })
-        .transpose()
+        sqlx::query("SELECT size, root, note FROM checkpoints ORDER BY size DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .as_ref()
+            .map(Self::checkpoint_row)
+            .transpose()
     }
 
     async fn exchange(&self, id: ExchangeId) -> Result<Option<ExchangeRow>, StoreError> {

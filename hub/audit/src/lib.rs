@@ -1,0 +1,708 @@
+//! The auditor's toolkit: the exported log bundle and its offline
+//! verification, trusting nothing but the hub's pinned public keys.
+//!
+//! A bundle is a directory:
+//!
+//! | file | content |
+//! | --- | --- |
+//! | `manifest.json` | format, log origin, number of entries, whether bodies are included |
+//! | `entries.jsonl` | one record per line, exactly as logged (RFC 8785 canonical JSON), from index 0 |
+//! | `bodies.jsonl` | optional; per line `{"index": i, "body": "<base64>"}`, in entry order |
+//! | `checkpoints.jsonl` | per line `{"size": n, "note": "<signed note>"}`, by size |
+//! | `agencies.json` | the agencies' registered envelope-signing keys at export |
+//!
+//! [`verify`] checks every checkpoint signature against the pinned keys,
+//! that checkpoint sizes never decrease and no two disagree, that the tree
+//! recomputed from the entries has each checkpoint's root, every entry's
+//! canonical form, index, chain link, hub signature and key validity, and,
+//! where bodies are present, every body hash, agency signature and schema.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use hub_core::hash::{Hash, sha256};
+use hub_core::jcs;
+use hub_core::jws::{self, Jwk, Jwks};
+use hub_core::log::{leaf_hash, verify_record_signature};
+use hub_core::merkle::{self, Frontier};
+use hub_core::note::{self, Checkpoint, Verifier};
+use hub_core::schema::Catalog;
+use hub_core::timefmt::parse_rfc3339;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The bundle format this crate reads and writes.
+pub const FORMAT: &str = "hub-audit-bundle/1";
+
+/// The most findings a report lists; the rest are counted.
+const MAX_FINDINGS: usize = 1000;
+
+/// A bundle cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
+    move |source| BundleError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn invalid(path: &Path, message: impl std::fmt::Display) -> BundleError {
+    BundleError::Invalid {
+        path: path.to_owned(),
+        message: message.to_string(),
+    }
+}
+
+/// `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub origin: String,
+    pub entries: u64,
+    pub bodies: bool,
+    pub exported_at: String,
+}
+
+/// One line of `checkpoints.jsonl`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleCheckpoint {
+    pub size: u64,
+    pub note: String,
+}
+
+/// One agency's registered key, in `agencies.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgencyKey {
+    /// `agency/subsystem`
+    pub member: String,
+    pub jwk: Jwk,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct BodyLine {
+    index: u64,
+    body: String,
+}
+
+/// Writes a bundle entry by entry.
+pub struct BundleWriter {
+    dir: PathBuf,
+    entries: BufWriter<File>,
+    bodies: Option<BufWriter<File>>,
+    count: u64,
+}
+
+impl std::fmt::Debug for BundleWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "BundleWriter({}, {} entries)",
+            self.dir.display(),
+            self.count
+        )
+    }
+}
+
+fn create(path: &Path) -> Result<BufWriter<File>, BundleError> {
+    Ok(BufWriter::new(File::create(path).map_err(io(path))?))
+}
+
+impl BundleWriter {
+    /// Start a bundle in `dir` (created; it must not hold a bundle already).
+    pub fn create(dir: &Path, with_bodies: bool) -> Result<Self, BundleError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let manifest = dir.join("manifest.json");
+        if manifest.exists() {
+            return Err(invalid(&manifest, "a bundle is already there"));
+        }
+        Ok(Self {
+            entries: create(&dir.join("entries.jsonl"))?,
+            bodies: if with_bodies {
+                Some(create(&dir.join("bodies.jsonl"))?)
+            } else {
+                None
+            },
+            dir: dir.to_owned(),
+            count: 0,
+        })
+    }
+
+    /// Append the next entry (its canonical record) and, if kept, its body.
+    pub fn push(&mut self, record: &str, body: Option<&[u8]>) -> Result<(), BundleError> {
+        let path = self.dir.join("entries.jsonl");
+        writeln!(self.entries, "{record}").map_err(io(&path))?;
+        if let (Some(out), Some(body)) = (self.bodies.as_mut(), body) {
+            let line = serde_json::to_string(&BodyLine {
+                index: self.count,
+                body: STANDARD.encode(body),
+            })
+            .map_err(|e| invalid(&path, e))?;
+            writeln!(out, "{line}").map_err(io(&self.dir.join("bodies.jsonl")))?;
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Write the checkpoints, agency keys and manifest, and flush.
+    pub fn finish(
+        mut self,
+        origin: &str,
+        exported_at: &str,
+        checkpoints: &[BundleCheckpoint],
+        agencies: &[AgencyKey],
+    ) -> Result<Manifest, BundleError> {
+        self.entries
+            .flush()
+            .map_err(io(&self.dir.join("entries.jsonl")))?;
+        if let Some(b) = self.bodies.as_mut() {
+            b.flush().map_err(io(&self.dir.join("bodies.jsonl")))?;
+        }
+        let path = self.dir.join("checkpoints.jsonl");
+        let mut out = create(&path)?;
+        for c in checkpoints {
+            let line = serde_json::to_string(c).map_err(|e| invalid(&path, e))?;
+            writeln!(out, "{line}").map_err(io(&path))?;
+        }
+        out.flush().map_err(io(&path))?;
+        let path = self.dir.join("agencies.json");
+        let text = serde_json::to_string_pretty(agencies).map_err(|e| invalid(&path, e))?;
+        std::fs::write(&path, text).map_err(io(&path))?;
+        let manifest = Manifest {
+            format: FORMAT.into(),
+            origin: origin.into(),
+            entries: self.count,
+            bodies: self.bodies.is_some(),
+            exported_at: exported_at.into(),
+        };
+        let path = self.dir.join("manifest.json");
+        let text = serde_json::to_string_pretty(&manifest).map_err(|e| invalid(&path, e))?;
+        std::fs::write(&path, text).map_err(io(&path))?;
+        Ok(manifest)
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, BundleError> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    serde_json::from_str(&text).map_err(|e| invalid(path, e))
+}
+
+fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, BundleError> {
+    let file = File::open(path).map_err(io(path))?;
+    let mut out = Vec::new();
+    for (n, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(io(path))?;
+        out.push(
+            serde_json::from_str(&line)
+                .map_err(|e| invalid(path, format!("line {}: {e}", n + 1)))?,
+        );
+    }
+    Ok(out)
+}
+
+/// The manifest of the bundle in `dir`.
+pub fn manifest(dir: &Path) -> Result<Manifest, BundleError> {
+    let path = dir.join("manifest.json");
+    let m: Manifest = read_json(&path)?;
+    if m.format != FORMAT {
+        return Err(invalid(
+            &path,
+            format!("format {:?}, expected {FORMAT:?}", m.format),
+        ));
+    }
+    Ok(m)
+}
+
+/// The names of the checks, as reports and findings use them.
+pub mod checks {
+    pub const CANONICAL_FORM: &str = "canonical_form";
+    pub const SEQUENCE: &str = "sequence";
+    pub const CHAIN: &str = "chain";
+    pub const HUB_SIGNATURE: &str = "hub_signature";
+    pub const KEY_VALIDITY: &str = "key_validity";
+    pub const BODY_HASH: &str = "body_hash";
+    pub const SENDER_SIGNATURE: &str = "sender_signature";
+    pub const SCHEMA: &str = "schema";
+    pub const CHECKPOINT_SIGNATURE: &str = "checkpoint_signature";
+    pub const CHECKPOINT_ORDER: &str = "checkpoint_order";
+    pub const FORK: &str = "fork";
+    pub const CHECKPOINT_ROOT: &str = "checkpoint_root";
+    pub const TRUNCATED: &str = "truncated";
+}
+
+/// One failed check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// The entry index, or the checkpoint size for checkpoint checks.
+    pub index: Option<u64>,
+    pub check: &'static str,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.index {
+            Some(i) => write!(f, "entry {i}: {}: {}", self.check, self.detail),
+            None => write!(f, "{}: {}", self.check, self.detail),
+        }
+    }
+}
+
+/// Counts per check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub origin: String,
+    pub entries: u64,
+    pub checkpoints: u64,
+    pub checks: BTreeMap<&'static str, Tally>,
+    pub findings: Vec<Finding>,
+    pub findings_not_listed: u64,
+    /// Entries after the last checkpoint: checked one by one, but not yet
+    /// under a signed root.
+    pub entries_after_last_checkpoint: u64,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.findings.is_empty()
+    }
+
+    fn record(&mut self, check: &'static str, index: Option<u64>, result: Result<(), String>) {
+        let tally = self.checks.entry(check).or_default();
+        match result {
+            Ok(()) => tally.passed += 1,
+            Err(detail) => {
+                tally.failed += 1;
+                if self.findings.len() < MAX_FINDINGS {
+                    self.findings.push(Finding {
+                        index,
+                        check,
+                        detail,
+                    });
+                } else {
+                    self.findings_not_listed += 1;
+                }
+            }
+        }
+    }
+}
+
+/// The checkpoint verifier for `origin` derived from the pinned JWKS.
+pub fn checkpoint_verifiers(origin: &str, pinned: &Jwks) -> Vec<Verifier> {
+    pinned
+        .keys
+        .iter()
+        .filter(|k| k.kty == "OKP" && k.crv == "Ed25519")
+        .filter_map(|k| URL_SAFE_NO_PAD.decode(&k.x).ok())
+        .filter_map(|x| <[u8; 32]>::try_from(x).ok())
+        .filter_map(|x| Verifier::new(origin, x).ok())
+        .collect()
+}
+
+fn within_validity(jwk: &Jwk, time: &str) -> Result<(), String> {
+    let t = parse_rfc3339(time).ok_or_else(|| format!("unreadable time {time:?}"))?;
+    let bound = |b: &Option<String>| b.as_deref().and_then(parse_rfc3339);
+    if bound(&jwk.valid_from).is_some_and(|from| t < from)
+        || bound(&jwk.valid_until).is_some_and(|until| t > until)
+    {
+        return Err(format!("key {} was not valid at {time}", jwk.kid));
+    }
+    Ok(())
+}
+
+/// Verify the bundle in `dir` against the `pinned` hub keys. `progress` is
+/// called with (entries done, entries in all) as verification goes.
+pub fn verify(
+    dir: &Path,
+    pinned: &Jwks,
+    progress: &dyn Fn(u64, u64),
+) -> Result<Report, BundleError> {
+    let manifest = manifest(dir)?;
+    let mut report = Report {
+        origin: manifest.origin.clone(),
+        ..Report::default()
+    };
+    let verifiers = checkpoint_verifiers(&manifest.origin, pinned);
+    let agencies: Vec<AgencyKey> = read_json(&dir.join("agencies.json"))?;
+    let agency_keys: BTreeMap<&str, Jwks> = agencies
+        .iter()
+        .map(|a| {
+            (
+                a.member.as_str(),
+                Jwks {
+                    keys: vec![a.jwk.clone()],
+                },
+            )
+        })
+        .collect();
+    let catalog = Catalog::builtin().map_err(|e| invalid(dir, e))?;
+
+    // Checkpoints: signatures, order, forks.
+    let raw: Vec<BundleCheckpoint> = read_lines(&dir.join("checkpoints.jsonl"))?;
+    let mut checkpoints: BTreeMap<u64, Hash> = BTreeMap::new();
+    let mut last_size = 0;
+    for c in &raw {
+        report.checkpoints += 1;
+        let opened = note::open(&c.note, &verifiers)
+            .map_err(|e| e.to_string())
+            .and_then(|o| Checkpoint::parse_body(&o.body).map_err(|e| e.to_string()))
+            .and_then(|cp| {
+                if cp.origin != manifest.origin {
+                    Err(format!(
+                        "origin {:?} is not the log's {:?}",
+                        cp.origin, manifest.origin
+                    ))
+                } else if cp.size != c.size {
+                    Err(format!(
+                        "the note says size {} but is filed under {}",
+                        cp.size, c.size
+                    ))
+                } else {
+                    Ok(cp)
+                }
+            });
+        let cp = match opened {
+            Ok(cp) => {
+                report.record(checks::CHECKPOINT_SIGNATURE, None, Ok(()));
+                cp
+            }
+            Err(e) => {
+                report.record(
+                    checks::CHECKPOINT_SIGNATURE,
+                    None,
+                    Err(format!("checkpoint of size {}: {e}", c.size)),
+                );
+                continue;
+            }
+        };
+        let order = if cp.size < last_size {
+            Err(format!(
+                "checkpoint of size {} follows one of size {last_size}",
+                cp.size
+            ))
+        } else {
+            Ok(())
+        };
+        report.record(checks::CHECKPOINT_ORDER, None, order);
+        last_size = last_size.max(cp.size);
+        match checkpoints.get(&cp.size) {
+            Some(root) if *root != cp.root => report.record(
+                checks::FORK,
+                None,
+                Err(format!(
+                    "two signed checkpoints of size {} with different roots",
+                    cp.size
+                )),
+            ),
+            _ => {
+                checkpoints.insert(cp.size, cp.root);
+                report.record(checks::FORK, None, Ok(()));
+            }
+        }
+    }
+
+    // Entries, in order.
+    let entries_path = dir.join("entries.jsonl");
+    let file = File::open(&entries_path).map_err(io(&entries_path))?;
+    let mut bodies = if manifest.bodies {
+        let path = dir.join("bodies.jsonl");
+        let f = File::open(&path).map_err(io(&path))?;
+        Some(BufReader::new(f).lines())
+    } else {
+        None
+    };
+    let mut pending_body: Option<BodyLine> = None;
+    let mut frontier = Frontier::new();
+    let mut prev: Hash = [0; 32];
+    let mut expected: u64 = 0;
+    for line in BufReader::new(file).lines() {
+        let line = line.map_err(io(&entries_path))?;
+        let index = expected;
+        let value: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                report.record(
+                    checks::CANONICAL_FORM,
+                    Some(index),
+                    Err(format!("not JSON: {e}")),
+                );
+                frontier.push(leaf_hash(line.as_bytes()));
+                prev = leaf_hash(line.as_bytes());
+                expected += 1;
+                continue;
+            }
+        };
+        let canonical = jcs::canonicalize(&value).map_err(|e| e.to_string());
+        report.record(
+            checks::CANONICAL_FORM,
+            Some(index),
+            canonical.and_then(|c| {
+                if c == line.as_bytes() {
+                    Ok(())
+                } else {
+                    Err("not in RFC 8785 form".into())
+                }
+            }),
+        );
+        let claimed = value["index"].as_u64();
+        report.record(
+            checks::SEQUENCE,
+            Some(index),
+            if claimed == Some(index) {
+                Ok(())
+            } else {
+                Err(format!("expected index {index}, the entry says {claimed:?} (deleted, inserted or reordered)"))
+            },
+        );
+        let link = value["prev"].as_str().unwrap_or_default();
+        report.record(
+            checks::CHAIN,
+            Some(index),
+            if link == URL_SAFE_NO_PAD.encode(prev) {
+                Ok(())
+            } else {
+                Err("prev is not the previous entry's leaf hash".into())
+            },
+        );
+        let signed = verify_record_signature(&value, pinned).map_err(|e| e.to_string());
+        let kid = signed.clone().ok();
+        report.record(checks::HUB_SIGNATURE, Some(index), signed.map(|_| ()));
+        if let Some(jwk) = kid.as_deref().and_then(|k| pinned.find(k)) {
+            report.record(
+                checks::KEY_VALIDITY,
+                Some(index),
+                within_validity(jwk, value["time"].as_str().unwrap_or_default()),
+            );
+        }
+
+        if let Some(lines) = bodies.as_mut() {
+            if pending_body.is_none()
+                && let Some(l) = lines.next()
+            {
+                let l = l.map_err(io(&dir.join("bodies.jsonl")))?;
+                pending_body = Some(
+                    serde_json::from_str(&l).map_err(|e| invalid(&dir.join("bodies.jsonl"), e))?,
+                );
+            }
+            if pending_body.as_ref().is_some_and(|b| b.index == index)
+                && let Some(b) = pending_body.take()
+            {
+                check_body(&mut report, index, &value, &b.body, &agency_keys, &catalog);
+            }
+        }
+
+        let leaf = leaf_hash(line.as_bytes());
+        frontier.push(leaf);
+        prev = leaf;
+        expected += 1;
+        if let Some(root) = checkpoints.get(&expected) {
+            report.record(
+                checks::CHECKPOINT_ROOT,
+                Some(index),
+                if frontier.root() == *root {
+                    Ok(())
+                } else {
+                    Err(format!("the entries do not give the signed root of the checkpoint of size {expected}"))
+                },
+            );
+        }
+        if expected.is_multiple_of(4096) {
+            progress(expected, manifest.entries);
+        }
+    }
+    progress(expected, manifest.entries);
+    report.entries = expected;
+    report.entries_after_last_checkpoint =
+        expected.saturating_sub(checkpoints.keys().next_back().copied().unwrap_or(0));
+    if expected != manifest.entries {
+        report.record(
+            checks::TRUNCATED,
+            None,
+            Err(format!(
+                "the manifest lists {} entries, the bundle has {expected}",
+                manifest.entries
+            )),
+        );
+    }
+    if let Some((&size, _)) = checkpoints.iter().next_back()
+        && size > expected
+    {
+        report.record(
+            checks::TRUNCATED,
+            None,
+            Err(format!(
+                "a checkpoint of size {size} was signed but the bundle has {expected} entries"
+            )),
+        );
+    }
+    Ok(report)
+}
+
+fn check_body(
+    report: &mut Report,
+    index: u64,
+    record: &Value,
+    body_b64: &str,
+    agencies: &BTreeMap<&str, Jwks>,
+    catalog: &Catalog,
+) {
+    let Ok(body) = STANDARD.decode(body_b64) else {
+        report.record(
+            checks::BODY_HASH,
+            Some(index),
+            Err("the body is not base64".into()),
+        );
+        return;
+    };
+    let hash = URL_SAFE_NO_PAD.encode(sha256(&body));
+    let matches = record["body_hash"].as_str() == Some(hash.as_str());
+    report.record(
+        checks::BODY_HASH,
+        Some(index),
+        if matches {
+            Ok(())
+        } else {
+            Err("the body does not match body_hash".into())
+        },
+    );
+    if !matches {
+        return;
+    }
+    let kind = record["kind"].as_str().unwrap_or_default();
+    let Ok(parsed) = serde_json::from_slice::<Value>(&body) else {
+        return;
+    };
+    // Accepted envelopes carry the sender's signature over the canonical body.
+    if matches!(kind, "request" | "event")
+        && let Some(sig) = record["sender_signature"].as_str()
+    {
+        let sender = format!(
+            "{}/{}",
+            record["sender"]["agency"].as_str().unwrap_or_default(),
+            record["sender"]["subsystem"].as_str().unwrap_or_default()
+        );
+        let result = match agencies.get(sender.as_str()) {
+            Some(keys) => jws::verify_detached(sig, &body, keys)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            None => Err(format!("no registered key for {sender}")),
+        };
+        report.record(checks::SENDER_SIGNATURE, Some(index), result);
+    }
+    if let Some(schema) = record["schema"].as_str() {
+        let instance = if matches!(kind, "request" | "event") {
+            &parsed["payload"]
+        } else {
+            &parsed
+        };
+        let result = catalog
+            .validate(schema, instance)
+            .map_err(|e| format!("not valid against {schema}: {e:?}"));
+        report.record(checks::SCHEMA, Some(index), result);
+    }
+}
+
+/// The inclusion proof of every entry of `exchange_id` against the bundle's
+/// latest checkpoint, checked. Returns (checkpoint size, [(index, proof)]).
+pub fn prove(dir: &Path, pinned: &Jwks, exchange_id: &str) -> Result<ProofReport, BundleError> {
+    let manifest = manifest(dir)?;
+    let verifiers = checkpoint_verifiers(&manifest.origin, pinned);
+    let raw: Vec<BundleCheckpoint> = read_lines(&dir.join("checkpoints.jsonl"))?;
+    let last = raw
+        .last()
+        .ok_or_else(|| invalid(dir, "the bundle has no checkpoint"))?;
+    let opened = note::open(&last.note, &verifiers)
+        .map_err(|e| invalid(dir, format!("latest checkpoint: {e}")))?;
+    let cp = Checkpoint::parse_body(&opened.body).map_err(|e| invalid(dir, e))?;
+    let path = dir.join("entries.jsonl");
+    let file = File::open(&path).map_err(io(&path))?;
+    let mut leaves = Vec::new();
+    let mut indexes = Vec::new();
+    for line in BufReader::new(file).lines() {
+        let line = line.map_err(io(&path))?;
+        if leaves.len() as u64 == cp.size {
+            break;
+        }
+        if serde_json::from_str::<Value>(&line).is_ok_and(|v| v["exchange_id"] == exchange_id) {
+            indexes.push(leaves.len() as u64);
+        }
+        leaves.push(leaf_hash(line.as_bytes()));
+    }
+    if (leaves.len() as u64) < cp.size {
+        return Err(invalid(
+            dir,
+            format!(
+                "the checkpoint covers {} entries, the bundle has {}",
+                cp.size,
+                leaves.len()
+            ),
+        ));
+    }
+    if indexes.is_empty() {
+        return Err(invalid(
+            dir,
+            format!(
+                "no entry of exchange {exchange_id} in the tree of size {}",
+                cp.size
+            ),
+        ));
+    }
+    let mut proofs = Vec::new();
+    for index in indexes {
+        let proof = merkle::inclusion_proof(&leaves, index).unwrap_or_default();
+        let leaf = leaves[usize::try_from(index).unwrap_or(0)];
+        merkle::verify_inclusion(index, cp.size, &leaf, &proof, &cp.root)
+            .map_err(|e| invalid(dir, format!("entry {index}: {e}")))?;
+        proofs.push(EntryProof {
+            index,
+            leaf_hash: STANDARD.encode(leaf),
+            proof: proof.iter().map(|h| STANDARD.encode(h)).collect(),
+        });
+    }
+    Ok(ProofReport {
+        exchange_id: exchange_id.to_owned(),
+        checkpoint: last.note.clone(),
+        size: cp.size,
+        root: STANDARD.encode(cp.root),
+        proofs,
+    })
+}
+
+/// What [`prove`] prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProofReport {
+    pub exchange_id: String,
+    pub checkpoint: String,
+    pub size: u64,
+    pub root: String,
+    pub proofs: Vec<EntryProof>,
+}
+
+/// One entry's inclusion proof.
+#[derive(Debug, Clone, Serialize)]
+pub struct EntryProof {
+    pub index: u64,
+    pub leaf_hash: String,
+    pub proof: Vec<String>,
+}
