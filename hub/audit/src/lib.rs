@@ -18,6 +18,8 @@
 //! where bodies are present, every body hash, agency signature and schema.
 #![forbid(unsafe_code)]
 
+pub mod synthetic;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};

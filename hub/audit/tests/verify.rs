@@ -4,86 +4,25 @@
 
 use std::path::Path;
 
-use hub_audit::{BundleCheckpoint, BundleWriter, Report, checks, verify};
-use hub_core::ids::{ExchangeId, ServiceName};
-use hub_core::jcs;
+use hub_audit::{Report, checks, verify};
+use hub_core::ids::ExchangeId;
 use hub_core::jws::{Jwks, SigningKey};
-use hub_core::log::{EntryDraft, EntryKind, body_hash, seal};
-use hub_core::merkle::Frontier;
-use hub_core::note::{self, Checkpoint};
-use serde_json::json;
-use time::OffsetDateTime;
 
 const ORIGIN: &str = "test.invalid/log";
 const N: u64 = 40;
-const CHECKPOINTS: [u64; 3] = [10, 25, 40];
 
 fn key() -> SigningKey {
     let rng = ring::rand::SystemRandom::new();
     SigningKey::generate(&rng).unwrap().0
 }
 
-fn draft(i: u64, body: &serde_json::Value) -> EntryDraft {
-    EntryDraft {
-        kind: EntryKind::Receipt,
-        exchange_id: ExchangeId::from_parts(1_800_000_000_000 + i, [i as u8; 10]),
-        sender: "000.00.00.G08/tax".parse().unwrap(),
-        receiver: None,
-        recipients: vec![],
-        service: Some(ServiceName::parse("enterprise.registered").unwrap()),
-        version: Some(1),
-        purpose: None,
-        case_ref: None,
-        on_behalf_of: None,
-        schema: None,
-        body_hash: body_hash(body).unwrap(),
-        refers_to: None,
-        error: None,
-        sender_signature: None,
-    }
+fn checkpoint(key: &SigningKey, size: u64, root: [u8; 32]) -> hub_audit::BundleCheckpoint {
+    hub_audit::synthetic::checkpoint(ORIGIN, key, size, root).unwrap()
 }
 
-fn checkpoint(key: &SigningKey, size: u64, root: [u8; 32]) -> BundleCheckpoint {
-    let body = Checkpoint {
-        origin: ORIGIN.into(),
-        size,
-        root,
-    }
-    .body();
-    BundleCheckpoint {
-        size,
-        note: note::sign(&body, ORIGIN, key).unwrap(),
-    }
-}
-
-/// A bundle of N entries with checkpoints at CHECKPOINTS; returns the pinned keys.
+/// A bundle of N entries with checkpoints at 10, 20, 30 and 40; returns the pinned keys.
 fn build(dir: &Path, key: &SigningKey) -> Jwks {
-    let mut writer = BundleWriter::create(dir, true).unwrap();
-    let mut frontier = Frontier::new();
-    let mut prev = [0u8; 32];
-    let mut checkpoints = Vec::new();
-    let t0 = OffsetDateTime::now_utc();
-    for i in 0..N {
-        let body = json!({"acknowledged": i});
-        let sealed = seal(draft(i, &body), i, &prev, t0, key).unwrap();
-        writer
-            .push(
-                std::str::from_utf8(&sealed.canonical).unwrap(),
-                Some(&jcs::canonicalize(&body).unwrap()),
-            )
-            .unwrap();
-        frontier.push(sealed.leaf_hash);
-        prev = sealed.leaf_hash;
-        if CHECKPOINTS.contains(&(i + 1)) {
-            checkpoints.push(checkpoint(key, i + 1, frontier.root()));
-        }
-    }
-    writer
-        .finish(ORIGIN, "2026-11-22T00:00:00.000Z", &checkpoints, &[])
-        .unwrap();
-    Jwks {
-        keys: vec![key.public_jwk()],
-    }
+    hub_audit::synthetic::write_bundle(dir, ORIGIN, key, N, 10, &|_| {}).unwrap()
 }
 
 fn run(dir: &Path, pinned: &Jwks) -> Report {
@@ -124,10 +63,10 @@ fn an_untouched_bundle_verifies() {
     let report = run(dir.path(), &pinned);
     assert!(report.ok(), "{:?}", report.findings);
     assert_eq!(report.entries, N);
-    assert_eq!(report.checkpoints, 3);
+    assert_eq!(report.checkpoints, 4);
     assert_eq!(report.checks[checks::HUB_SIGNATURE].passed, N);
     assert_eq!(report.checks[checks::BODY_HASH].passed, N);
-    assert_eq!(report.checks[checks::CHECKPOINT_ROOT].passed, 3);
+    assert_eq!(report.checks[checks::CHECKPOINT_ROOT].passed, 4);
 }
 
 #[test]
@@ -141,7 +80,7 @@ fn a_changed_byte_is_pinpointed() {
     assert_eq!(failed(&report, checks::CHAIN), [Some(18)]);
     assert_eq!(
         failed(&report, checks::CHECKPOINT_ROOT),
-        [Some(24), Some(39)]
+        [Some(19), Some(29), Some(39)]
     );
 }
 
@@ -194,18 +133,18 @@ fn forged_replaced_and_forked_checkpoints_are_caught() {
 
     // Signed by a key nobody pinned.
     let mut forged = original.clone();
-    forged[1] = serde_json::to_string(&checkpoint(&self::key(), 25, [9; 32])).unwrap();
+    forged[1] = serde_json::to_string(&checkpoint(&self::key(), 20, [9; 32])).unwrap();
     write_lines(dir.path(), "checkpoints.jsonl", &forged);
     assert_eq!(
         failed(&run(dir.path(), &pinned), checks::CHECKPOINT_SIGNATURE).len(),
         1
     );
 
-    // A genuine signature over another root: a fork at size 25 that the entries disprove.
+    // A genuine signature over another root: a fork at size 20 that the entries disprove.
     let mut fork = original.clone();
     fork.insert(
         2,
-        serde_json::to_string(&checkpoint(&key, 25, [9; 32])).unwrap(),
+        serde_json::to_string(&checkpoint(&key, 20, [9; 32])).unwrap(),
     );
     write_lines(dir.path(), "checkpoints.jsonl", &fork);
     let report = run(dir.path(), &pinned);
@@ -235,7 +174,7 @@ fn unknown_and_expired_keys_are_refused() {
     };
     let report = run(dir.path(), &stranger);
     assert_eq!(report.checks[checks::HUB_SIGNATURE].failed, N);
-    assert_eq!(report.checks[checks::CHECKPOINT_SIGNATURE].failed, 3);
+    assert_eq!(report.checks[checks::CHECKPOINT_SIGNATURE].failed, 4);
 
     let mut expired = key.public_jwk();
     expired.valid_until = Some("2020-01-01T00:00:00Z".into());
@@ -267,7 +206,7 @@ fn a_changed_body_is_caught() {
 #[test]
 fn prove_checks_an_exchanges_inclusion() {
     let (dir, _, pinned) = fresh();
-    let id = ExchangeId::from_parts(1_800_000_000_000 + 12, [12; 10]).to_string();
+    let id = hub_audit::synthetic::exchange_id(12).to_string();
     let proof = hub_audit::prove(dir.path(), &pinned, &id).unwrap();
     assert_eq!(proof.size, 40);
     assert_eq!(proof.proofs.len(), 1);

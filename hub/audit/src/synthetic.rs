@@ -1,0 +1,106 @@
+//! Synthetic bundles for tests and benchmarks: a log of receipt entries
+//! sealed and signed exactly as the hub seals them, with checkpoints.
+
+use std::path::Path;
+
+use hub_core::ids::{ExchangeId, ServiceName};
+use hub_core::jcs;
+use hub_core::jws::{Jwks, SigningKey};
+use hub_core::log::{EntryDraft, EntryKind, body_hash, seal};
+use hub_core::merkle::Frontier;
+use hub_core::note::{self, Checkpoint};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::{BundleCheckpoint, BundleError, BundleWriter};
+
+/// The exchange id of synthetic entry `i`.
+pub fn exchange_id(i: u64) -> ExchangeId {
+    let mut random = [0u8; 10];
+    random[2..].copy_from_slice(&i.to_be_bytes());
+    ExchangeId::from_parts(1_800_000_000_000 + i, random)
+}
+
+/// A signed checkpoint of `origin` at `size` with `root`.
+pub fn checkpoint(
+    origin: &str,
+    key: &SigningKey,
+    size: u64,
+    root: [u8; 32],
+) -> Result<BundleCheckpoint, BundleError> {
+    let body = Checkpoint {
+        origin: origin.into(),
+        size,
+        root,
+    }
+    .body();
+    let note = note::sign(&body, origin, key).map_err(|e| BundleError::Invalid {
+        path: "checkpoint".into(),
+        message: e.to_string(),
+    })?;
+    Ok(BundleCheckpoint { size, note })
+}
+
+/// Write a bundle of `entries` entries to `dir`, with a checkpoint every
+/// `checkpoint_every` entries and at the end; returns the keys to pin.
+pub fn write_bundle(
+    dir: &Path,
+    origin: &str,
+    key: &SigningKey,
+    entries: u64,
+    checkpoint_every: u64,
+    progress: &dyn Fn(u64),
+) -> Result<Jwks, BundleError> {
+    let invalid = |e: String| BundleError::Invalid {
+        path: dir.to_owned(),
+        message: e,
+    };
+    let mut writer = BundleWriter::create(dir, true)?;
+    let mut frontier = Frontier::new();
+    let mut prev = [0u8; 32];
+    let mut checkpoints = Vec::new();
+    let t0 = OffsetDateTime::now_utc();
+    let tax: hub_core::ids::Member = "000.00.00.G08/tax"
+        .parse()
+        .map_err(|e: hub_core::ids::IdError| invalid(e.to_string()))?;
+    let service =
+        ServiceName::parse("enterprise.registered").map_err(|e| invalid(e.to_string()))?;
+    for i in 0..entries {
+        let body = json!({"acknowledged": exchange_id(i), "recipient": "000.00.00.G08/tax"});
+        let draft = EntryDraft {
+            kind: EntryKind::Receipt,
+            exchange_id: exchange_id(i),
+            sender: tax.clone(),
+            receiver: None,
+            recipients: vec![],
+            service: Some(service.clone()),
+            version: Some(1),
+            purpose: None,
+            case_ref: None,
+            on_behalf_of: None,
+            schema: None,
+            body_hash: body_hash(&body).map_err(|e| invalid(e.to_string()))?,
+            refers_to: i.checked_sub(1),
+            error: None,
+            sender_signature: None,
+        };
+        let sealed = seal(draft, i, &prev, t0, key).map_err(|e| invalid(e.to_string()))?;
+        let canonical = String::from_utf8_lossy(&sealed.canonical);
+        writer.push(
+            &canonical,
+            Some(&jcs::canonicalize(&body).map_err(|e| invalid(e.to_string()))?),
+        )?;
+        frontier.push(sealed.leaf_hash);
+        prev = sealed.leaf_hash;
+        if (i + 1) % checkpoint_every.max(1) == 0 || i + 1 == entries {
+            checkpoints.push(checkpoint(origin, key, i + 1, frontier.root())?);
+        }
+        if (i + 1).is_multiple_of(10_000) {
+            progress(i + 1);
+        }
+    }
+    writer.finish(origin, "2026-11-22T00:00:00.000Z", &checkpoints, &[])?;
+    Ok(Jwks {
+        keys: vec![key.public_jwk()],
+    })
+}
