@@ -333,11 +333,12 @@ fn within_validity(jwk: &Jwk, time: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Verify the bundle in `dir` against the `pinned` hub keys. `progress` is
-/// called with (entries done, entries in all) as verification goes.
+/// Verify the bundle in `dir` against the `pinned` hub keys, as deep as
+/// `depth` says. `progress` is called with (entries done, entries in all).
 pub fn verify(
     dir: &Path,
     pinned: &Jwks,
+    depth: Depth,
     progress: &dyn Fn(u64, u64),
 ) -> Result<Report, BundleError> {
     let manifest = manifest(dir)?;
@@ -424,12 +425,21 @@ pub fn verify(
         }
     }
 
-    // Entries, in order.
+    // Entries, in batches: the independent checks of a batch run on every
+    // core, then the order-dependent ones (sequence, chain, tree) in order.
+    let ctx = Ctx {
+        pinned,
+        agencies: &agency_keys,
+        catalog: &catalog,
+        depth,
+    };
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let entries_path = dir.join("entries.jsonl");
     let file = File::open(&entries_path).map_err(io(&entries_path))?;
-    let mut bodies = if manifest.bodies {
-        let path = dir.join("bodies.jsonl");
-        let f = File::open(&path).map_err(io(&path))?;
+    let mut lines = BufReader::new(file).lines();
+    let bodies_path = dir.join("bodies.jsonl");
+    let mut bodies = if manifest.bodies && depth == Depth::Full {
+        let f = File::open(&bodies_path).map_err(io(&bodies_path))?;
         Some(BufReader::new(f).lines())
     } else {
         None
@@ -438,102 +448,91 @@ pub fn verify(
     let mut frontier = Frontier::new();
     let mut prev: Hash = [0; 32];
     let mut expected: u64 = 0;
-    for line in BufReader::new(file).lines() {
-        let line = line.map_err(io(&entries_path))?;
-        let index = expected;
-        let value: Value = match serde_json::from_str(&line) {
-            Ok(v) => v,
-            Err(e) => {
-                report.record(
-                    checks::CANONICAL_FORM,
-                    Some(index),
-                    Err(format!("not JSON: {e}")),
-                );
-                frontier.push(leaf_hash(line.as_bytes()));
-                prev = leaf_hash(line.as_bytes());
-                expected += 1;
-                continue;
-            }
-        };
-        let canonical = jcs::canonicalize(&value).map_err(|e| e.to_string());
-        report.record(
-            checks::CANONICAL_FORM,
-            Some(index),
-            canonical.and_then(|c| {
-                if c == line.as_bytes() {
-                    Ok(())
-                } else {
-                    Err("not in RFC 8785 form".into())
+    loop {
+        let mut batch = Vec::with_capacity(BATCH);
+        for line in lines.by_ref().take(BATCH) {
+            batch.push(line.map_err(io(&entries_path))?);
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let first = expected;
+        let mut batch_bodies: Vec<Option<String>> = vec![None; batch.len()];
+        if let Some(body_lines) = bodies.as_mut() {
+            loop {
+                if pending_body.is_none() {
+                    match body_lines.next() {
+                        Some(l) => {
+                            let l = l.map_err(io(&bodies_path))?;
+                            pending_body = Some(
+                                serde_json::from_str(&l).map_err(|e| invalid(&bodies_path, e))?,
+                            );
+                        }
+                        None => break,
+                    }
                 }
-            }),
-        );
-        let claimed = value["index"].as_u64();
-        report.record(
-            checks::SEQUENCE,
-            Some(index),
-            if claimed == Some(index) {
-                Ok(())
-            } else {
-                Err(format!("expected index {index}, the entry says {claimed:?} (deleted, inserted or reordered)"))
-            },
-        );
-        let link = value["prev"].as_str().unwrap_or_default();
-        report.record(
-            checks::CHAIN,
-            Some(index),
-            if link == URL_SAFE_NO_PAD.encode(prev) {
-                Ok(())
-            } else {
-                Err("prev is not the previous entry's leaf hash".into())
-            },
-        );
-        let signed = verify_record_signature(&value, pinned).map_err(|e| e.to_string());
-        let kid = signed.clone().ok();
-        report.record(checks::HUB_SIGNATURE, Some(index), signed.map(|_| ()));
-        if let Some(jwk) = kid.as_deref().and_then(|k| pinned.find(k)) {
-            report.record(
-                checks::KEY_VALIDITY,
-                Some(index),
-                within_validity(jwk, value["time"].as_str().unwrap_or_default()),
-            );
-        }
-
-        if let Some(lines) = bodies.as_mut() {
-            if pending_body.is_none()
-                && let Some(l) = lines.next()
-            {
-                let l = l.map_err(io(&dir.join("bodies.jsonl")))?;
-                pending_body = Some(
-                    serde_json::from_str(&l).map_err(|e| invalid(&dir.join("bodies.jsonl"), e))?,
-                );
-            }
-            if pending_body.as_ref().is_some_and(|b| b.index == index)
-                && let Some(b) = pending_body.take()
-            {
-                check_body(&mut report, index, &value, &b.body, &agency_keys, &catalog);
+                match pending_body.take() {
+                    Some(b) if b.index < first + batch.len() as u64 => {
+                        if let Some(slot) = b.index.checked_sub(first).and_then(|o| {
+                            batch_bodies.get_mut(usize::try_from(o).unwrap_or(usize::MAX))
+                        }) {
+                            *slot = Some(b.body);
+                        }
+                    }
+                    other => {
+                        pending_body = other;
+                        break;
+                    }
+                }
             }
         }
-
-        let leaf = leaf_hash(line.as_bytes());
-        frontier.push(leaf);
-        prev = leaf;
-        expected += 1;
-        if let Some(root) = checkpoints.get(&expected) {
+        let checked = check_batch(&batch, &batch_bodies, &ctx, threads)
+            .map_err(|e| invalid(&entries_path, e))?;
+        for c in checked {
+            let index = expected;
+            for (check, result) in c.outcomes {
+                report.record(check, Some(index), result);
+            }
             report.record(
-                checks::CHECKPOINT_ROOT,
+                checks::SEQUENCE,
                 Some(index),
-                if frontier.root() == *root {
+                if c.claimed_index == Some(index) {
                     Ok(())
                 } else {
-                    Err(format!("the entries do not give the signed root of the checkpoint of size {expected}"))
+                    Err(format!(
+                        "expected index {index}, the entry says {:?} (deleted, inserted or reordered)",
+                        c.claimed_index
+                    ))
                 },
             );
+            report.record(
+                checks::CHAIN,
+                Some(index),
+                if c.prev.as_deref() == Some(URL_SAFE_NO_PAD.encode(prev).as_str()) {
+                    Ok(())
+                } else {
+                    Err("prev is not the previous entry's leaf hash".into())
+                },
+            );
+            frontier.push(c.leaf);
+            prev = c.leaf;
+            expected += 1;
+            if let Some(root) = checkpoints.get(&expected) {
+                report.record(
+                    checks::CHECKPOINT_ROOT,
+                    Some(index),
+                    if frontier.root() == *root {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "the entries do not give the signed root of the checkpoint of size {expected}"
+                        ))
+                    },
+                );
+            }
         }
-        if expected.is_multiple_of(4096) {
-            progress(expected, manifest.entries);
-        }
+        progress(expected, manifest.entries);
     }
-    progress(expected, manifest.entries);
     report.entries = expected;
     report.entries_after_last_checkpoint =
         expected.saturating_sub(checkpoints.keys().next_back().copied().unwrap_or(0));
@@ -561,36 +560,182 @@ pub fn verify(
     Ok(report)
 }
 
-fn check_body(
-    report: &mut Report,
+/// Lines verified per batch.
+const BATCH: usize = 16_384;
+
+/// How much [`verify`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// The log's integrity: leaf hashes, sequence, chain, the tree against
+    /// every checkpoint, and the checkpoints' signatures.
+    Integrity,
+    /// Also every record's canonical form, hub signature and key validity,
+    /// and every body's hash, agency signature and schema.
+    Full,
+}
+
+type Outcome = (&'static str, Result<(), String>);
+
+/// The checks of one entry that need no other entry.
+struct Checked {
+    claimed_index: Option<u64>,
+    prev: Option<String>,
+    leaf: Hash,
+    outcomes: Vec<Outcome>,
+}
+
+struct Ctx<'a> {
+    pinned: &'a Jwks,
+    agencies: &'a BTreeMap<&'a str, Jwks>,
+    catalog: &'a Catalog,
+    depth: Depth,
+}
+
+/// What the integrity check reads of a record.
+#[derive(Deserialize)]
+struct Head {
     index: u64,
-    record: &Value,
-    body_b64: &str,
-    agencies: &BTreeMap<&str, Jwks>,
-    catalog: &Catalog,
-) {
+    prev: String,
+}
+
+fn check_batch(
+    lines: &[String],
+    bodies: &[Option<String>],
+    ctx: &Ctx<'_>,
+    threads: usize,
+) -> Result<Vec<Checked>, String> {
+    if threads <= 1 || lines.len() < 256 {
+        return Ok(lines
+            .iter()
+            .zip(bodies)
+            .map(|(l, b)| check_entry(l, b.as_deref(), ctx))
+            .collect());
+    }
+    let chunk = lines.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = lines
+            .chunks(chunk)
+            .zip(bodies.chunks(chunk))
+            .map(|(ls, bs)| {
+                scope.spawn(move || {
+                    ls.iter()
+                        .zip(bs)
+                        .map(|(l, b)| check_entry(l, b.as_deref(), ctx))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(lines.len());
+        for h in handles {
+            out.extend(
+                h.join()
+                    .map_err(|_| "a verification thread panicked".to_owned())?,
+            );
+        }
+        Ok(out)
+    })
+}
+
+fn check_entry(line: &str, body: Option<&str>, ctx: &Ctx<'_>) -> Checked {
+    let leaf = leaf_hash(line.as_bytes());
+    if ctx.depth == Depth::Integrity {
+        return match serde_json::from_str::<Head>(line) {
+            Ok(h) => Checked {
+                claimed_index: Some(h.index),
+                prev: Some(h.prev),
+                leaf,
+                outcomes: Vec::new(),
+            },
+            Err(e) => Checked {
+                claimed_index: None,
+                prev: None,
+                leaf,
+                outcomes: vec![(checks::CANONICAL_FORM, Err(format!("not a record: {e}")))],
+            },
+        };
+    }
+    let mut outcomes = Vec::with_capacity(8);
+    let value: Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => {
+            outcomes.push((checks::CANONICAL_FORM, Err(format!("not JSON: {e}"))));
+            return Checked {
+                claimed_index: None,
+                prev: None,
+                leaf,
+                outcomes,
+            };
+        }
+    };
+    let canonical = match jcs::canonicalize(&value) {
+        Ok(c) if c == line.as_bytes() => Ok(()),
+        Ok(_) => Err("not in RFC 8785 form".to_owned()),
+        Err(e) => Err(e.to_string()),
+    };
+    let signed = if canonical.is_ok() {
+        signature_of_canonical(line, &value, ctx.pinned)
+    } else {
+        verify_record_signature(&value, ctx.pinned).map_err(|e| e.to_string())
+    };
+    outcomes.push((checks::CANONICAL_FORM, canonical));
+    if let Some(jwk) = signed.as_deref().ok().and_then(|kid| ctx.pinned.find(kid)) {
+        outcomes.push((
+            checks::KEY_VALIDITY,
+            within_validity(jwk, value["time"].as_str().unwrap_or_default()),
+        ));
+    }
+    outcomes.push((checks::HUB_SIGNATURE, signed.map(|_| ())));
+    if let Some(body) = body {
+        check_body(&mut outcomes, &value, body, ctx);
+    }
+    Checked {
+        claimed_index: value["index"].as_u64(),
+        prev: value["prev"].as_str().map(str::to_owned),
+        leaf,
+        outcomes,
+    }
+}
+
+/// The hub signature of a record whose line is canonical: the signed
+/// statement is the line without its one `hub_signature` member (RFC 8785
+/// writes each member independently), so nothing is re-serialized.
+fn signature_of_canonical(line: &str, value: &Value, pinned: &Jwks) -> Result<String, String> {
+    const MEMBER: &str = ",\"hub_signature\":\"";
+    let slow = || verify_record_signature(value, pinned).map_err(|e| e.to_string());
+    let Some(sig) = value.get("hub_signature").and_then(Value::as_str) else {
+        return slow();
+    };
+    if line.matches("\"hub_signature\":").count() != 1 {
+        return slow();
+    }
+    let Some(start) = line.find(MEMBER) else {
+        return slow();
+    };
+    let sig_start = start + MEMBER.len();
+    let end = sig_start + sig.len();
+    if line.get(sig_start..end) != Some(sig) || line.as_bytes().get(end) != Some(&b'"') {
+        return slow();
+    }
+    let mut statement = String::with_capacity(line.len());
+    statement.push_str(&line[..start]);
+    statement.push_str(&line[end + 1..]);
+    jws::verify_detached(sig, statement.as_bytes(), pinned).map_err(|e| e.to_string())
+}
+
+fn check_body(outcomes: &mut Vec<Outcome>, record: &Value, body_b64: &str, ctx: &Ctx<'_>) {
     let Ok(body) = STANDARD.decode(body_b64) else {
-        report.record(
-            checks::BODY_HASH,
-            Some(index),
-            Err("the body is not base64".into()),
-        );
+        outcomes.push((checks::BODY_HASH, Err("the body is not base64".into())));
         return;
     };
     let hash = URL_SAFE_NO_PAD.encode(sha256(&body));
-    let matches = record["body_hash"].as_str() == Some(hash.as_str());
-    report.record(
-        checks::BODY_HASH,
-        Some(index),
-        if matches {
-            Ok(())
-        } else {
-            Err("the body does not match body_hash".into())
-        },
-    );
-    if !matches {
+    if record["body_hash"].as_str() != Some(hash.as_str()) {
+        outcomes.push((
+            checks::BODY_HASH,
+            Err("the body does not match body_hash".into()),
+        ));
         return;
     }
+    outcomes.push((checks::BODY_HASH, Ok(())));
     let kind = record["kind"].as_str().unwrap_or_default();
     let Ok(parsed) = serde_json::from_slice::<Value>(&body) else {
         return;
@@ -604,13 +749,13 @@ fn check_body(
             record["sender"]["agency"].as_str().unwrap_or_default(),
             record["sender"]["subsystem"].as_str().unwrap_or_default()
         );
-        let result = match agencies.get(sender.as_str()) {
+        let result = match ctx.agencies.get(sender.as_str()) {
             Some(keys) => jws::verify_detached(sig, &body, keys)
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
             None => Err(format!("no registered key for {sender}")),
         };
-        report.record(checks::SENDER_SIGNATURE, Some(index), result);
+        outcomes.push((checks::SENDER_SIGNATURE, result));
     }
     if let Some(schema) = record["schema"].as_str() {
         let instance = if matches!(kind, "request" | "event") {
@@ -618,10 +763,11 @@ fn check_body(
         } else {
             &parsed
         };
-        let result = catalog
+        let result = ctx
+            .catalog
             .validate(schema, instance)
             .map_err(|e| format!("not valid against {schema}: {e:?}"));
-        report.record(checks::SCHEMA, Some(index), result);
+        outcomes.push((checks::SCHEMA, result));
     }
 }
 

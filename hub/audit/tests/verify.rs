@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use hub_audit::{Report, checks, verify};
+use hub_audit::{Depth, Report, checks, verify};
 use hub_core::ids::ExchangeId;
 use hub_core::jws::{Jwks, SigningKey};
 
@@ -26,7 +26,7 @@ fn build(dir: &Path, key: &SigningKey) -> Jwks {
 }
 
 fn run(dir: &Path, pinned: &Jwks) -> Report {
-    verify(dir, pinned, &|_, _| {}).unwrap()
+    verify(dir, pinned, Depth::Full, &|_, _| {}).unwrap()
 }
 
 fn lines(dir: &Path, file: &str) -> Vec<String> {
@@ -218,5 +218,20 @@ fn prove_checks_an_exchanges_inclusion() {
             &ExchangeId::from_parts(1, [0; 10]).to_string()
         )
         .is_err()
+    );
+}
+
+#[test]
+fn integrity_only_still_catches_a_changed_byte_without_checking_signatures() {
+    let (dir, _, pinned) = fresh();
+    let mut l = lines(dir.path(), "entries.jsonl");
+    l[17] = l[17].replace("\"tax\"", "\"tay\"");
+    write_lines(dir.path(), "entries.jsonl", &l);
+    let report = verify(dir.path(), &pinned, Depth::Integrity, &|_, _| {}).unwrap();
+    assert!(!report.checks.contains_key(checks::HUB_SIGNATURE));
+    assert_eq!(failed(&report, checks::CHAIN), [Some(18)]);
+    assert_eq!(
+        failed(&report, checks::CHECKPOINT_ROOT),
+        [Some(19), Some(29), Some(39)]
     );
 }

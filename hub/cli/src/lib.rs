@@ -77,6 +77,9 @@ pub enum AuditCmd {
         /// Also write the full report as JSON here.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Check the log's integrity only (hashes, tree, checkpoints), not every signature and body.
+        #[arg(long)]
+        integrity_only: bool,
     },
     /// Print the inclusion proofs of one exchange's entries against the bundle's latest checkpoint, checked.
     Prove {
@@ -319,7 +322,13 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             bundle,
             jwks,
             report: report_path,
+            integrity_only,
         } => {
+            let depth = if integrity_only {
+                hub_audit::Depth::Integrity
+            } else {
+                hub_audit::Depth::Full
+            };
             let pinned = read_jwks(&jwks)?;
             let total = hub_audit::manifest(&bundle)?.entries;
             let bar = indicatif::ProgressBar::new(total);
@@ -329,7 +338,8 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 )
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
-            let report = hub_audit::verify(&bundle, &pinned, &|done, _| bar.set_position(done))?;
+            let report =
+                hub_audit::verify(&bundle, &pinned, depth, &|done, _| bar.set_position(done))?;
             bar.finish_and_clear();
             println!("{:<22} {:>12} {:>8}", "check", "passed", "failed");
             for (check, tally) in &report.checks {
