@@ -296,3 +296,78 @@ async fn a_truncated_or_rewritten_log_is_refused_at_start() {
         assert!(format!("{err:#}").contains(expected), "{err:#}");
     }
 }
+
+#[tokio::test]
+async fn the_hub_keeps_only_valid_cosignatures_of_registered_witnesses() {
+    let hub = start().await;
+    hub.send(envelope(
+        ONE_STOP,
+        "citizen.lookup",
+        "public_service",
+        json!({"personal_id": "001085012345"}),
+    ))
+    .await;
+    let cp = checkpoint_covering(&hub, 2).await;
+    let rng = ring::rand::SystemRandom::new();
+    let (witness_key, _) = hub_core::jws::SigningKey::generate(&rng).unwrap();
+    let (rogue_key, _) = hub_core::jws::SigningKey::generate(&rng).unwrap();
+    let name = "witness.invalid/w1";
+    let line = note::cosign(&cp.body(), name, &witness_key, 1_800_000_000).unwrap();
+    let post = |size: u64, line: String| {
+        let client = hub.client(SOCIAL_INSURANCE);
+        async move {
+            client
+                .post_json(
+                    "/v1/log/cosignatures",
+                    &json!({"size": size, "cosignature": line}),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    // Not registered yet.
+    let (status, err) = post(cp.size, line.clone()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    let vkey = note::cosigner_for(name, &witness_key).unwrap().to_vkey();
+    hub.running()
+        .hub
+        .store
+        .add_witness(name, &vkey)
+        .await
+        .unwrap();
+    // Signed by another key under the witness's name.
+    let (status, _) = post(
+        cp.size,
+        note::cosign(&cp.body(), name, &rogue_key, 1_800_000_000).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A cosignature of another size.
+    let other = Checkpoint {
+        size: cp.size + 1,
+        ..cp.clone()
+    };
+    let (status, _) = post(
+        cp.size,
+        note::cosign(&other.body(), name, &witness_key, 1_800_000_000).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // The genuine one is kept and served with the checkpoint.
+    let (status, ok) = post(cp.size, line.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{ok}");
+    let (_, body) = hub
+        .public_client()
+        .send(http::Method::GET, "/v1/log/checkpoint", None)
+        .await
+        .unwrap();
+    let witness = note::Verifier::parse(&vkey).unwrap();
+    let opened = note::open(
+        std::str::from_utf8(&body).unwrap(),
+        &[pinned_verifier(&hub).await, witness],
+    )
+    .unwrap();
+    if Checkpoint::parse_body(&opened.body).unwrap().size == cp.size {
+        assert_eq!(opened.cosigned_by, [(name.to_owned(), 1_800_000_000)]);
+    }
+}

@@ -244,6 +244,7 @@ pub mod checks {
     pub const FORK: &str = "fork";
     pub const CHECKPOINT_ROOT: &str = "checkpoint_root";
     pub const TRUNCATED: &str = "truncated";
+    pub const WITNESS_QUORUM: &str = "witness_quorum";
 }
 
 /// One failed check.
@@ -333,20 +334,43 @@ fn within_validity(jwk: &Jwk, time: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Verify the bundle in `dir` against the `pinned` hub keys, as deep as
-/// `depth` says. `progress` is called with (entries done, entries in all).
+/// What [`verify`] checks beyond the pinned hub keys.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub depth: Depth,
+    /// Witnesses whose cosignatures count (cosignature verifier keys).
+    pub witnesses: Vec<Verifier>,
+    /// How many of them must have cosigned the latest checkpoint.
+    pub quorum: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            depth: Depth::Full,
+            witnesses: Vec::new(),
+            quorum: 0,
+        }
+    }
+}
+
+/// Verify the bundle in `dir` against the `pinned` hub keys and `options`.
+/// `progress` is called with (entries done, entries in all).
 pub fn verify(
     dir: &Path,
     pinned: &Jwks,
-    depth: Depth,
+    options: &Options,
     progress: &dyn Fn(u64, u64),
 ) -> Result<Report, BundleError> {
+    let depth = options.depth;
     let manifest = manifest(dir)?;
     let mut report = Report {
         origin: manifest.origin.clone(),
         ..Report::default()
     };
-    let verifiers = checkpoint_verifiers(&manifest.origin, pinned);
+    let mut verifiers = checkpoint_verifiers(&manifest.origin, pinned);
+    verifiers.extend(options.witnesses.iter().cloned());
+    let mut latest_cosigners: (u64, Vec<String>) = (0, Vec::new());
     let agencies: Vec<AgencyKey> = read_json(&dir.join("agencies.json"))?;
     let agency_keys: BTreeMap<&str, Jwks> = agencies
         .iter()
@@ -369,8 +393,11 @@ pub fn verify(
         report.checkpoints += 1;
         let opened = note::open(&c.note, &verifiers)
             .map_err(|e| e.to_string())
-            .and_then(|o| Checkpoint::parse_body(&o.body).map_err(|e| e.to_string()))
-            .and_then(|cp| {
+            .and_then(|o| {
+                if o.signed_by.is_empty() {
+                    return Err("no signature by the log's pinned key".to_owned());
+                }
+                let cp = Checkpoint::parse_body(&o.body).map_err(|e| e.to_string())?;
                 if cp.origin != manifest.origin {
                     Err(format!(
                         "origin {:?} is not the log's {:?}",
@@ -382,6 +409,10 @@ pub fn verify(
                         cp.size, c.size
                     ))
                 } else {
+                    if cp.size >= latest_cosigners.0 {
+                        latest_cosigners =
+                            (cp.size, o.cosigned_by.into_iter().map(|(n, _)| n).collect());
+                    }
                     Ok(cp)
                 }
             });
@@ -544,6 +575,23 @@ pub fn verify(
                 "the manifest lists {} entries, the bundle has {expected}",
                 manifest.entries
             )),
+        );
+    }
+    if options.quorum > 0 {
+        let (size, cosigners) = &latest_cosigners;
+        report.record(
+            checks::WITNESS_QUORUM,
+            None,
+            if cosigners.len() >= options.quorum {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the latest checkpoint (size {size}) has {} of the {} required witness cosignatures ({})",
+                    cosigners.len(),
+                    options.quorum,
+                    cosigners.join(", ")
+                ))
+            },
         );
     }
     if let Some((&size, _)) = checkpoints.iter().next_back()

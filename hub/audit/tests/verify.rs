@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use hub_audit::{Depth, Report, checks, verify};
+use hub_audit::{Depth, Options, Report, checks, verify};
 use hub_core::ids::ExchangeId;
 use hub_core::jws::{Jwks, SigningKey};
 
@@ -26,7 +26,7 @@ fn build(dir: &Path, key: &SigningKey) -> Jwks {
 }
 
 fn run(dir: &Path, pinned: &Jwks) -> Report {
-    verify(dir, pinned, Depth::Full, &|_, _| {}).unwrap()
+    verify(dir, pinned, &Options::default(), &|_, _| {}).unwrap()
 }
 
 fn lines(dir: &Path, file: &str) -> Vec<String> {
@@ -227,11 +227,55 @@ fn integrity_only_still_catches_a_changed_byte_without_checking_signatures() {
     let mut l = lines(dir.path(), "entries.jsonl");
     l[17] = l[17].replace("\"tax\"", "\"tay\"");
     write_lines(dir.path(), "entries.jsonl", &l);
-    let report = verify(dir.path(), &pinned, Depth::Integrity, &|_, _| {}).unwrap();
+    let report = verify(
+        dir.path(),
+        &pinned,
+        &Options {
+            depth: Depth::Integrity,
+            ..Options::default()
+        },
+        &|_, _| {},
+    )
+    .unwrap();
     assert!(!report.checks.contains_key(checks::HUB_SIGNATURE));
     assert_eq!(failed(&report, checks::CHAIN), [Some(18)]);
     assert_eq!(
         failed(&report, checks::CHECKPOINT_ROOT),
         [Some(19), Some(29), Some(39)]
     );
+}
+
+#[test]
+fn a_witness_quorum_can_be_demanded() {
+    let (dir, _, pinned) = fresh();
+    let witness_key = key();
+    let witness = hub_core::note::cosigner_for("witness.invalid/w1", &witness_key).unwrap();
+    let options = Options {
+        witnesses: vec![witness.clone()],
+        quorum: 1,
+        ..Options::default()
+    };
+    // Nobody cosigned yet.
+    let report = verify(dir.path(), &pinned, &options, &|_, _| {}).unwrap();
+    assert_eq!(failed(&report, checks::WITNESS_QUORUM), [None]);
+    // The witness cosigns the latest checkpoint.
+    let mut l = lines(dir.path(), "checkpoints.jsonl");
+    let mut last: hub_audit::BundleCheckpoint = serde_json::from_str(l.last().unwrap()).unwrap();
+    let body = last.note.split("\n\n").next().unwrap().to_owned() + "\n";
+    last.note.push_str(
+        &hub_core::note::cosign(&body, "witness.invalid/w1", &witness_key, 1_800_000_000).unwrap(),
+    );
+    *l.last_mut().unwrap() = serde_json::to_string(&last).unwrap();
+    write_lines(dir.path(), "checkpoints.jsonl", &l);
+    let report = verify(dir.path(), &pinned, &options, &|_, _| {}).unwrap();
+    assert!(report.ok(), "{:?}", report.findings);
+    // Two required, one present.
+    let other = hub_core::note::cosigner_for("witness.invalid/w2", &key()).unwrap();
+    let options = Options {
+        witnesses: vec![witness, other],
+        quorum: 2,
+        ..Options::default()
+    };
+    let report = verify(dir.path(), &pinned, &options, &|_, _| {}).unwrap();
+    assert_eq!(failed(&report, checks::WITNESS_QUORUM), [None]);
 }

@@ -57,6 +57,42 @@ pub enum Command {
     /// The auditor's toolkit: export the log, verify and prove offline.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Witnesses: register them (admin), or run one (cosign the hub's checkpoints).
+    #[command(subcommand)]
+    Witness(WitnessCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WitnessCmd {
+    /// Register a witness by its cosignature verifier key (admin).
+    Add { vkey: String },
+    /// List registered witnesses (admin).
+    List,
+    /// Make a witness key; prints its verifier key.
+    Keygen {
+        /// The witness's name, e.g. audit.example.vn/witness
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check the hub's latest checkpoint against the last one this witness
+    /// cosigned (consistency proof), then cosign it and hand it to the hub.
+    Cosign {
+        #[command(flatten)]
+        agent: Agent,
+        #[arg(long)]
+        name: String,
+        /// The witness's private key (from `hub witness keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where the witness remembers the last checkpoint it cosigned.
+        #[arg(long)]
+        state: PathBuf,
+        /// The log's checkpoint verifier key, pinned (GET /v1/log/verifier).
+        #[arg(long)]
+        log_key: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +116,12 @@ pub enum AuditCmd {
         /// Check the log's integrity only (hashes, tree, checkpoints), not every signature and body.
         #[arg(long)]
         integrity_only: bool,
+        /// A witness whose cosignatures count (cosignature verifier key); repeatable.
+        #[arg(long = "witness")]
+        witnesses: Vec<String>,
+        /// How many of the witnesses must have cosigned the latest checkpoint (default: all given).
+        #[arg(long)]
+        quorum: Option<usize>,
     },
     /// Print the inclusion proofs of one exchange's entries against the bundle's latest checkpoint, checked.
     Prove {
@@ -258,7 +300,153 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send(args) => send(&config, args).await,
         Command::Inbox(args) => inbox(&config, args).await,
         Command::Audit(cmd) => audit(&config, cmd).await,
+        Command::Witness(cmd) => witness(&config, cmd).await,
     }
+}
+
+/// What a witness remembers: the last checkpoint it cosigned.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct WitnessState {
+    size: u64,
+    root: String,
+}
+
+async fn witness(config: &Config, cmd: WitnessCmd) -> anyhow::Result<ExitCode> {
+    use hub_core::note;
+    match cmd {
+        WitnessCmd::Add { vkey } => {
+            let v = note::Verifier::parse(&vkey).map_err(|e| anyhow::anyhow!("{vkey}: {e}"))?;
+            if v.kind != note::KeyKind::Cosignature {
+                bail!("{vkey} is not a cosignature (0x04) key; make one with `hub witness keygen`");
+            }
+            open_store(config)
+                .await?
+                .add_witness(&v.name, &vkey)
+                .await?;
+            println!("witness {} registered", v.name);
+        }
+        WitnessCmd::List => {
+            for (name, vkey) in open_store(config).await?.witnesses().await? {
+                println!("{name:<40} {vkey}");
+            }
+        }
+        WitnessCmd::Keygen { name, out } => {
+            let key = hub_server::pki::generate_signing_key(&out)?;
+            let v = note::cosigner_for(&name, &key).map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}", v.to_vkey());
+            eprintln!(
+                "private key written to {} (keep it secret); register the line above with `hub witness add`",
+                out.display()
+            );
+        }
+        WitnessCmd::Cosign {
+            agent,
+            name,
+            key,
+            state,
+            log_key,
+        } => {
+            let log =
+                note::Verifier::parse(&log_key).map_err(|e| anyhow::anyhow!("--log-key: {e}"))?;
+            let key = read_signing_key(&key)?;
+            let (client, _) = client_for(config, &agent)?;
+            let (status, body) = client
+                .send(hub_client::Method::GET, "/v1/log/checkpoint", None)
+                .await?;
+            if !status.is_success() {
+                bail!("the hub has no checkpoint (HTTP {status})");
+            }
+            let text = String::from_utf8(body.to_vec()).context("the checkpoint is not UTF-8")?;
+            let opened = note::open(&text, std::slice::from_ref(&log))
+                .map_err(|e| anyhow::anyhow!("checkpoint: {e}"))?;
+            if opened.signed_by.is_empty() {
+                bail!("the checkpoint is not signed by the pinned log key");
+            }
+            let cp =
+                note::Checkpoint::parse_body(&opened.body).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let b64 =
+                |h: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, h);
+            if let Ok(text) = std::fs::read_to_string(&state) {
+                let last: WitnessState =
+                    serde_json::from_str(&text).with_context(|| state.display().to_string())?;
+                let last_root =
+                    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &last.root)?;
+                if cp.size < last.size {
+                    bail!(
+                        "the log went back from size {} to {}: refusing to cosign",
+                        last.size,
+                        cp.size
+                    );
+                }
+                if cp.size == last.size && last_root != cp.root {
+                    bail!(
+                        "two different roots for size {}: the log forked; refusing to cosign",
+                        cp.size
+                    );
+                }
+                if cp.size > last.size {
+                    let path = format!(
+                        "/v1/log/proof/consistency?from={}&to={}",
+                        last.size, cp.size
+                    );
+                    let (status, proof) = client.get_json(&path).await?;
+                    if !status.is_success() {
+                        bail!(
+                            "no consistency proof from {} to {}: {proof}",
+                            last.size,
+                            cp.size
+                        );
+                    }
+                    let hashes: Vec<Vec<u8>> = proof["proof"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|h| h.as_str())
+                                .filter_map(|h| {
+                                    base64::Engine::decode(
+                                        &base64::engine::general_purpose::STANDARD,
+                                        h,
+                                    )
+                                    .ok()
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    hub_core::merkle::verify_consistency(
+                        last.size, cp.size, &last_root, &cp.root, &hashes,
+                    )
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "the log is not consistent with size {}: {e}; refusing to cosign",
+                            last.size
+                        )
+                    })?;
+                }
+            }
+            let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap_or(0);
+            let line =
+                note::cosign(&opened.body, &name, &key, now).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let (status, answer) = client
+                .post_json(
+                    "/v1/log/cosignatures",
+                    &json!({"size": cp.size, "cosignature": line}),
+                )
+                .await?;
+            if !status.is_success() {
+                bail!("the hub refused the cosignature: {answer}");
+            }
+            std::fs::write(
+                &state,
+                serde_json::to_string(&WitnessState {
+                    size: cp.size,
+                    root: b64(&cp.root),
+                })?,
+            )
+            .with_context(|| state.display().to_string())?;
+            println!("cosigned {} at size {}", cp.origin, cp.size);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn read_jwks(path: &Path) -> anyhow::Result<hub_core::jws::Jwks> {
@@ -283,15 +471,14 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 bar.set_position(next);
             }
             bar.finish_and_clear();
-            let checkpoints: Vec<hub_audit::BundleCheckpoint> = store
-                .checkpoints()
-                .await?
-                .into_iter()
-                .map(|c| hub_audit::BundleCheckpoint {
-                    size: c.size,
-                    note: c.note,
-                })
-                .collect();
+            let mut checkpoints = Vec::new();
+            for c in store.checkpoints().await? {
+                let mut note = c.note;
+                for line in store.cosignatures(c.size).await? {
+                    note.push_str(&line);
+                }
+                checkpoints.push(hub_audit::BundleCheckpoint { size: c.size, note });
+            }
             let agencies: Vec<hub_audit::AgencyKey> = store
                 .agencies()
                 .await?
@@ -323,11 +510,25 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             jwks,
             report: report_path,
             integrity_only,
+            witnesses,
+            quorum,
         } => {
             let depth = if integrity_only {
                 hub_audit::Depth::Integrity
             } else {
                 hub_audit::Depth::Full
+            };
+            let witnesses = witnesses
+                .iter()
+                .map(|v| {
+                    hub_core::note::Verifier::parse(v)
+                        .map_err(|e| anyhow::anyhow!("--witness {v}: {e}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let options = hub_audit::Options {
+                depth,
+                quorum: quorum.unwrap_or(witnesses.len()),
+                witnesses,
             };
             let pinned = read_jwks(&jwks)?;
             let total = hub_audit::manifest(&bundle)?.entries;
@@ -338,8 +539,9 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 )
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
-            let report =
-                hub_audit::verify(&bundle, &pinned, depth, &|done, _| bar.set_position(done))?;
+            let report = hub_audit::verify(&bundle, &pinned, &options, &|done, _| {
+                bar.set_position(done)
+            })?;
             bar.finish_and_clear();
             println!("{:<22} {:>12} {:>8}", "check", "passed", "failed");
             for (check, tally) in &report.checks {

@@ -1,103 +1,11 @@
 //! The README walkthrough, run with the real `hub` binary: serve on a fresh
 //! data directory, send a lookup, publish an event, read both inboxes, be
-//! refused, and stop cleanly.
+//! refused, audit offline, and stop cleanly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-const HUB: &str = env!("CARGO_BIN_EXE_hub");
-
-fn hub(data: &Path, args: &[&str]) -> Output {
-    Command::new(HUB)
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// A running `hub serve`; killed if a test fails before stopping it.
-struct Served {
-    child: Child,
-    api: String,
-    public: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// Start `hub serve` on free ports and wait for it to print its API address.
-fn serve(data: &Path) -> Served {
-    let child = Command::new(HUB)
-        .arg("--data-dir")
-        .arg(data)
-        .arg("serve")
-        .env("HUB_API_LISTEN", "127.0.0.1:0")
-        .env("HUB_PUBLIC_LISTEN", "127.0.0.1:0")
-        .env("HUB_SYNTHETIC_RECORDS", "20")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut served = Served {
-        child,
-        api: String::new(),
-        public: String::new(),
-    };
-    let stdout = served.child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while served.api.is_empty() || served.public.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "hub serve did not print its address"
-        );
-        let line = lines.next().expect("hub serve exited early").unwrap();
-        if let Some(addr) = line.strip_prefix("public (health, keys):") {
-            served.public = addr.trim().trim_end_matches("/healthz").to_owned();
-        }
-        if let Some(addr) = line.strip_prefix("hub API (mTLS):") {
-            served.api = addr.trim().to_owned();
-        }
-    }
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    served
-}
-
-/// Stop with SIGINT, as Ctrl-C does, and expect a clean exit.
-fn stop(mut served: Served) {
-    let pid = served.child.id().to_string();
-    Command::new("kill").args(["-INT", &pid]).status().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Some(status) = served.child.try_wait().unwrap() {
-            assert!(status.success(), "hub serve exited with {status}");
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("hub serve did not stop on SIGINT");
-}
+use common::{hub, serve, stop, text};
 
 #[test]
 fn the_readme_walkthrough_works_with_the_real_binary() {

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode, header};
+pub use http::{Method, StatusCode};
+use http::{Request, header};
 use http_body_util::{BodyExt, Full};
 use hub_core::hash::{b64url, sha256};
 use hub_core::jcs;

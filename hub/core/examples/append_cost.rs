@@ -37,7 +37,14 @@ fn main() {
     let mut prev = [0u8; 32];
     let mut leaves = Vec::with_capacity(n as usize);
     for i in 0..n {
-        let s = seal(draft.clone(), i, &prev, time::OffsetDateTime::UNIX_EPOCH, &key).unwrap();
+        let s = seal(
+            draft.clone(),
+            i,
+            &prev,
+            time::OffsetDateTime::UNIX_EPOCH,
+            &key,
+        )
+        .unwrap();
         prev = s.leaf_hash;
         leaves.push(s.leaf_hash);
     }
@@ -52,6 +59,13 @@ fn main() {
         }
     }
     let tree_ns = t.elapsed().as_nanos() as f64 / n as f64;
-    println!("seal (JCS x2 + Ed25519 sign + leaf hash): {:.2} us/entry", seal_ns / 1000.0);
-    println!("Merkle frontier push + root per 64:       {:.2} us/entry ({:.1}% of sealing)", tree_ns / 1000.0, 100.0 * tree_ns / seal_ns);
+    println!(
+        "seal (JCS x2 + Ed25519 sign + leaf hash): {:.2} us/entry",
+        seal_ns / 1000.0
+    );
+    println!(
+        "Merkle frontier push + root per 64:       {:.2} us/entry ({:.1}% of sealing)",
+        tree_ns / 1000.0,
+        100.0 * tree_ns / seal_ns
+    );
 }

@@ -11,6 +11,10 @@
 //!
 //! The key id is the first 4 bytes of `SHA-256(name || "\n" || 0x01 || public key)`;
 //! the signature is Ed25519 over the note body, its final newline included.
+//!
+//! Witnesses add C2SP `tlog-cosignature` lines: key id with 0x04, and the
+//! signature is `timestamp (u64, big-endian) || Ed25519 signature` over
+//! `"cosignature/v1\ntime <timestamp>\n" || body`.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -93,27 +97,54 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty() && !name.contains(char::is_whitespace) && !name.contains('+')
 }
 
-/// An Ed25519 note verifier: a key name, its key id and public key.
+/// What a key signs: notes (0x01) or witness cosignatures (0x04).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Note,
+    Cosignature,
+}
+
+impl KeyKind {
+    fn byte(self) -> u8 {
+        match self {
+            Self::Note => 0x01,
+            Self::Cosignature => 0x04,
+        }
+    }
+}
+
+/// An Ed25519 verifier: a key name, its kind, key id and public key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verifier {
     pub name: String,
+    pub kind: KeyKind,
     pub key_id: [u8; 4],
     pub public_key: [u8; 32],
 }
 
-/// The 4-byte id of an Ed25519 note key.
-pub fn key_id(name: &str, public_key: &[u8; 32]) -> [u8; 4] {
+/// The 4-byte id of an Ed25519 key of `kind`.
+pub fn key_id(name: &str, kind: KeyKind, public_key: &[u8; 32]) -> [u8; 4] {
     let mut buf = Vec::with_capacity(name.len() + 34);
     buf.extend_from_slice(name.as_bytes());
     buf.push(b'\n');
-    buf.push(0x01);
+    buf.push(kind.byte());
     buf.extend_from_slice(public_key);
     let h = sha256(&buf);
     [h[0], h[1], h[2], h[3]]
 }
 
 impl Verifier {
+    /// A note-signing key (a log's checkpoint key).
     pub fn new(name: &str, public_key: [u8; 32]) -> Result<Self, NoteError> {
+        Self::of_kind(name, KeyKind::Note, public_key)
+    }
+
+    /// A witness's cosigning key.
+    pub fn cosigner(name: &str, public_key: [u8; 32]) -> Result<Self, NoteError> {
+        Self::of_kind(name, KeyKind::Cosignature, public_key)
+    }
+
+    fn of_kind(name: &str, kind: KeyKind, public_key: [u8; 32]) -> Result<Self, NoteError> {
         if !valid_name(name) {
             return Err(NoteError::BadVerifierKey(
                 "the name is empty or has a space or '+'",
@@ -121,7 +152,8 @@ impl Verifier {
         }
         Ok(Self {
             name: name.to_owned(),
-            key_id: key_id(name, &public_key),
+            kind,
+            key_id: key_id(name, kind, &public_key),
             public_key,
         })
     }
@@ -138,13 +170,19 @@ impl Verifier {
         let (alg, public) = key
             .split_first()
             .ok_or(NoteError::BadVerifierKey("empty key"))?;
-        if *alg != 0x01 {
-            return Err(NoteError::BadVerifierKey("only Ed25519 (0x01) keys"));
-        }
+        let kind = match alg {
+            0x01 => KeyKind::Note,
+            0x04 => KeyKind::Cosignature,
+            _ => {
+                return Err(NoteError::BadVerifierKey(
+                    "only Ed25519 note (0x01) and cosignature (0x04) keys",
+                ));
+            }
+        };
         let public: [u8; 32] = public
             .try_into()
             .map_err(|_| NoteError::BadVerifierKey("an Ed25519 key is 32 bytes"))?;
-        let v = Self::new(name, public)?;
+        let v = Self::of_kind(name, kind, public)?;
         let hex: String = v.key_id.iter().map(|b| format!("{b:02x}")).collect();
         if hex != id {
             return Err(NoteError::BadVerifierKey(
@@ -157,7 +195,7 @@ impl Verifier {
     /// The verifier key string.
     pub fn to_vkey(&self) -> String {
         let hex: String = self.key_id.iter().map(|b| format!("{b:02x}")).collect();
-        let mut key = vec![0x01];
+        let mut key = vec![self.kind.byte()];
         key.extend_from_slice(&self.public_key);
         format!("{}+{hex}+{}", self.name, STANDARD.encode(key))
     }
@@ -188,12 +226,42 @@ pub fn sign(body: &str, name: &str, key: &SigningKey) -> Result<String, NoteErro
     ))
 }
 
+/// The verifier of the cosignatures `key` makes under `name`.
+pub fn cosigner_for(name: &str, key: &SigningKey) -> Result<Verifier, NoteError> {
+    let public: [u8; 32] = key
+        .public_key_bytes()
+        .try_into()
+        .map_err(|_| NoteError::BadVerifierKey("an Ed25519 key is 32 bytes"))?;
+    Verifier::cosigner(name, public)
+}
+
+fn cosigned_message(body: &str, timestamp: u64) -> String {
+    format!("cosignature/v1\ntime {timestamp}\n{body}")
+}
+
+/// A witness's cosignature line over a checkpoint `body`, at `timestamp`
+/// (seconds since the epoch).
+pub fn cosign(
+    body: &str,
+    name: &str,
+    key: &SigningKey,
+    timestamp: u64,
+) -> Result<String, NoteError> {
+    let v = cosigner_for(name, key)?;
+    let mut sig = v.key_id.to_vec();
+    sig.extend_from_slice(&timestamp.to_be_bytes());
+    sig.extend_from_slice(&key.sign_raw(cosigned_message(body, timestamp).as_bytes()));
+    Ok(format!("\u{2014} {name} {}\n", STANDARD.encode(sig)))
+}
+
 /// A note whose signatures were checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Opened {
     pub body: String,
-    /// Names of the known keys whose signatures verified.
+    /// Names of the known note keys whose signatures verified.
     pub signed_by: Vec<String>,
+    /// Names and timestamps of the known witnesses whose cosignatures verified.
+    pub cosigned_by: Vec<(String, u64)>,
 }
 
 /// Check a note against `known` verifiers: every signature by a known key
@@ -211,6 +279,7 @@ pub fn open(note: &str, known: &[Verifier]) -> Result<Opened, NoteError> {
         return Err(NoteError::Malformed("no signature lines"));
     }
     let mut signed_by = Vec::new();
+    let mut cosigned_by = Vec::new();
     for line in sigs[..sigs.len() - 1].split('\n') {
         let rest = line.strip_prefix("\u{2014} ").ok_or(NoteError::Malformed(
             "a signature line starts with an em dash",
@@ -228,17 +297,31 @@ pub fn open(note: &str, known: &[Verifier]) -> Result<Opened, NoteError> {
         let Some(v) = known.iter().find(|v| v.name == name && v.key_id == id) else {
             continue;
         };
-        UnparsedPublicKey::new(&ED25519, v.public_key)
-            .verify(body.as_bytes(), sig)
-            .map_err(|_| NoteError::BadSignature(name.to_owned()))?;
-        signed_by.push(name.to_owned());
+        let bad = || NoteError::BadSignature(name.to_owned());
+        match v.kind {
+            KeyKind::Note => {
+                UnparsedPublicKey::new(&ED25519, v.public_key)
+                    .verify(body.as_bytes(), sig)
+                    .map_err(|_| bad())?;
+                signed_by.push(name.to_owned());
+            }
+            KeyKind::Cosignature => {
+                let (ts, sig) = sig.split_at_checked(8).ok_or_else(bad)?;
+                let ts = u64::from_be_bytes(ts.try_into().map_err(|_| bad())?);
+                UnparsedPublicKey::new(&ED25519, v.public_key)
+                    .verify(cosigned_message(body, ts).as_bytes(), sig)
+                    .map_err(|_| bad())?;
+                cosigned_by.push((name.to_owned(), ts));
+            }
+        }
     }
-    if signed_by.is_empty() {
+    if signed_by.is_empty() && cosigned_by.is_empty() {
         return Err(NoteError::NoKnownSignature);
     }
     Ok(Opened {
         body: body.to_owned(),
         signed_by,
+        cosigned_by,
     })
 }
 
@@ -291,6 +374,43 @@ mod tests {
                     \u{2014} PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n";
         let opened = open(note, &[v]).unwrap();
         assert_eq!(opened.signed_by, ["PeterNeumann"]);
+    }
+
+    #[test]
+    fn witness_cosignatures_verify_and_bind_the_checkpoint() {
+        let rng = ring::rand::SystemRandom::new();
+        let (log_key, _) = SigningKey::generate(&rng).unwrap();
+        let (witness_key, _) = SigningKey::generate(&rng).unwrap();
+        let cp = Checkpoint {
+            origin: "example.invalid/log".into(),
+            size: 9,
+            root: [3; 32],
+        };
+        let note = sign(&cp.body(), "example.invalid/log", &log_key).unwrap();
+        let line = cosign(
+            &cp.body(),
+            "witness.invalid/w1",
+            &witness_key,
+            1_700_000_000,
+        )
+        .unwrap();
+        let cosigned = format!("{note}{line}");
+        let log = verifier_for("example.invalid/log", &log_key).unwrap();
+        let witness = cosigner_for("witness.invalid/w1", &witness_key).unwrap();
+        assert_eq!(Verifier::parse(&witness.to_vkey()).unwrap(), witness);
+        let opened = open(&cosigned, &[log.clone(), witness.clone()]).unwrap();
+        assert_eq!(opened.signed_by, ["example.invalid/log"]);
+        assert_eq!(
+            opened.cosigned_by,
+            [("witness.invalid/w1".to_owned(), 1_700_000_000)]
+        );
+        // Moved onto another checkpoint, the cosignature fails.
+        let other = Checkpoint { size: 10, ..cp };
+        let moved = format!(
+            "{}{line}",
+            sign(&other.body(), "example.invalid/log", &log_key).unwrap()
+        );
+        assert!(open(&moved, &[log, witness]).is_err());
     }
 
     #[test]

@@ -171,6 +171,32 @@ pub fn api_routes() -> Router<AppState> {
         .route("/v1/log/proof/inclusion", get(inclusion_proof))
         .route("/v1/log/proof/exchange/{id}", get(exchange_proofs))
         .route("/v1/log/proof/consistency", get(consistency_proof))
+        .route("/v1/log/cosignatures", post(add_cosignature))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CosignatureRequest {
+    size: u64,
+    cosignature: String,
+}
+
+#[instrument(skip_all)]
+async fn add_cosignature(
+    State(s): State<AppState>,
+    id: Option<Extension<Identity>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    member(id)?;
+    let raw = read_json_body(&headers, body, s.max_body_bytes).await?;
+    let req: CosignatureRequest = serde_json::from_slice(&raw).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "expected {{\"size\": N, \"cosignature\": \"— ...\\n\"}}: {e}"
+        ))
+    })?;
+    let witness = s.hub.add_cosignature(req.size, &req.cosignature).await?;
+    Ok(Json(json!({"witness": witness, "size": req.size})).into_response())
 }
 
 /// Query parameters, or a JSON 400 naming what was wrong with them.

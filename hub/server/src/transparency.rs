@@ -113,12 +113,59 @@ fn b64(hashes: &[Hash]) -> Vec<String> {
 }
 
 impl Hub {
-    /// The latest signed checkpoint.
+    /// The latest signed checkpoint, with every witness cosignature it has.
     pub async fn checkpoint(&self) -> Result<StoredCheckpoint, LogQueryError> {
-        self.store
-            .latest_checkpoint()
+        let mut cp =
+            self.store.latest_checkpoint().await?.ok_or_else(|| {
+                LogQueryError::NotFound("no checkpoint has been signed yet".into())
+            })?;
+        for line in self.store.cosignatures(cp.size).await? {
+            cp.note.push_str(&line);
+        }
+        Ok(cp)
+    }
+
+    /// Accept a witness's cosignature line of the checkpoint of `size`: it
+    /// must be by a registered witness and verify over that checkpoint.
+    pub async fn add_cosignature(&self, size: u64, line: &str) -> Result<String, LogQueryError> {
+        if !line.starts_with('\u{2014}')
+            || !line.ends_with('\n')
+            || line[..line.len() - 1].contains('\n')
+        {
+            return Err(LogQueryError::BadRequest(
+                "a cosignature is one line: '— <witness> <base64>' and a newline".into(),
+            ));
+        }
+        let name = line.split(' ').nth(1).unwrap_or_default();
+        let vkey = self
+            .store
+            .witnesses()
             .await?
-            .ok_or_else(|| LogQueryError::NotFound("no checkpoint has been signed yet".into()))
+            .into_iter()
+            .find_map(|(n, v)| (n == name).then_some(v))
+            .ok_or_else(|| {
+                LogQueryError::BadRequest(format!("{name:?} is not a registered witness"))
+            })?;
+        let verifier =
+            note::Verifier::parse(&vkey).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let cp = self
+            .store
+            .checkpoints()
+            .await?
+            .into_iter()
+            .find(|c| c.size == size)
+            .ok_or_else(|| LogQueryError::NotFound(format!("no checkpoint of size {size}")))?;
+        let opened = note::open(&format!("{}{line}", cp.note), &[verifier]).map_err(|e| {
+            LogQueryError::BadRequest(format!("the cosignature does not verify: {e}"))
+        })?;
+        if opened.cosigned_by.is_empty() {
+            return Err(LogQueryError::BadRequest(
+                "no cosignature by the named witness".into(),
+            ));
+        }
+        self.store.add_cosignature(size, name, line).await?;
+        info!(witness = name, size, "cosignature stored");
+        Ok(name.to_owned())
     }
 
     /// `size`, or the latest checkpoint's size; never beyond the committed tree.

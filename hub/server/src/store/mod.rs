@@ -199,6 +199,16 @@ pub trait Store: Send + Sync {
     /// The checkpoint of the largest size, if any.
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError>;
 
+    /// Register (or replace) a witness's verifier key.
+    async fn add_witness(&self, name: &str, vkey: &str) -> Result<(), StoreError>;
+    /// Every registered witness: (name, verifier key).
+    async fn witnesses(&self) -> Result<Vec<(String, String)>, StoreError>;
+    /// Store a witness's cosignature line of the checkpoint of `size`.
+    async fn add_cosignature(&self, size: u64, witness: &str, line: &str)
+    -> Result<(), StoreError>;
+    /// The cosignature lines of the checkpoint of `size`.
+    async fn cosignatures(&self, size: u64) -> Result<Vec<String>, StoreError>;
+
     async fn exchange(&self, id: ExchangeId) -> Result<Option<ExchangeRow>, StoreError>;
 
     /// Lease up to `max` visible messages for `recipient`, hiding them until

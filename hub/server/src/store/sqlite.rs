@@ -522,6 +522,59 @@ impl Store for SqliteStore {
             .transpose()
     }
 
+    async fn add_witness(&self, name: &str, vkey: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO witnesses (name, vkey) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET vkey = excluded.vkey")
+            .bind(name)
+            .bind(vkey)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn witnesses(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT name, vkey FROM witnesses ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("name").map_err(db)?,
+                    r.try_get("vkey").map_err(db)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn add_cosignature(
+        &self,
+        size: u64,
+        witness: &str,
+        line: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO cosignatures (size, witness, line) VALUES (?, ?, ?)
+             ON CONFLICT (size, witness) DO UPDATE SET line = excluded.line",
+        )
+        .bind(to_i64(size))
+        .bind(witness)
+        .bind(line)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn cosignatures(&self, size: u64) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT line FROM cosignatures WHERE size = ? ORDER BY witness")
+            .bind(to_i64(size))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(|r| r.try_get("line").map_err(db)).collect()
+    }
+
     async fn exchange(&self, id: ExchangeId) -> Result<Option<ExchangeRow>, StoreError> {
         let row = sqlx::query(
             "SELECT sender, request_hash, state, reply FROM exchanges WHERE exchange_id = ?",
