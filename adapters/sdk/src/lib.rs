@@ -36,31 +36,7 @@ use serde_json::Value;
 pub mod synthetic;
 
 pub use hub_core;
-
-/// Whether a service answers (query) or announces (event).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ServiceKind {
-    Query,
-    Event,
-}
-
-impl ServiceKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Query => "query",
-            Self::Event => "event",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "query" => Some(Self::Query),
-            "event" => Some(Self::Event),
-            _ => None,
-        }
-    }
-}
+pub use hub_core::envelope::ServiceKind;
 
 /// A service an adapter provides.
 #[derive(Debug, Clone, PartialEq, Eq)]

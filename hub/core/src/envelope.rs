@@ -11,6 +11,31 @@ use crate::ids::{CaseRef, ExchangeId, Member, PersonalId, PurposeCode, ServiceNa
 use crate::log::Record;
 use crate::schema::Violation;
 
+/// Whether a service answers (query) or announces (event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceKind {
+    Query,
+    Event,
+}
+
+impl ServiceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Query => "query",
+            Self::Event => "event",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "query" => Some(Self::Query),
+            "event" => Some(Self::Event),
+            _ => None,
+        }
+    }
+}
+
 /// The person on whose behalf an agency acts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]

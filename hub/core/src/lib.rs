@@ -5,6 +5,7 @@
 //! - [`jcs`]: RFC 8785 canonical JSON
 //! - [`jws`]: detached JWS with unencoded payload (RFC 7515 + RFC 7797), Ed25519 and P-256
 //! - [`envelope`]: the exchange envelope as a typed value
+//! - [`decide`]: the pipeline's decisions as pure steps (shared with replay)
 //! - [`schema`]: the schema catalog, compiled once, with the named semantic checks
 //! - [`semantic`]: checks a schema cannot express (ID vs birth year, tax-code check digit)
 //! - [`log`]: log entries, their canonical form, hub signature and RFC 6962 leaf hash
@@ -14,6 +15,7 @@
 //! Time, randomness and keys are always parameters, so tests and replays are exact.
 #![forbid(unsafe_code)]
 
+pub mod decide;
 pub mod envelope;
 pub mod hash;
 pub mod ids;

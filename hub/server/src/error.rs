@@ -1,56 +1,17 @@
-//! The pipeline's error enum. Each variant has a stable machine code; the
+//! The pipeline's error enum: a refusal decided by `hub_core::decide`, or
+//! what went wrong after acceptance. Each has a stable machine code; the
 //! HTTP layer (`crate::http`) maps them to statuses in one place.
 
-use hub_core::ids::{ExchangeId, Member, PurposeCode, ServiceName};
-use hub_core::jws::JwsError;
+use hub_core::decide::Refusal;
+use hub_core::ids::{ExchangeId, ServiceName};
 use hub_core::schema::Violation;
 
 /// Why an exchange was refused or did not complete.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ExchangeError {
-    #[error("the request body is not JSON: {0}")]
-    MalformedJson(String),
-    #[error("the request body must be {{\"envelope\": {{...}}, \"signature\": \"...\"}}: {0}")]
-    MalformedRequest(String),
-    #[error("the envelope is invalid ({} violation(s))", .0.len())]
-    InvalidEnvelope(Vec<Violation>),
-    #[error("the envelope names sender {claimed} but the client certificate is {authenticated}")]
-    SenderMismatch {
-        claimed: Member,
-        authenticated: Member,
-    },
-    #[error("{0} is not a registered member")]
-    UnknownMember(Member),
-    #[error("{0} registered a signing key: the envelope must carry its signature")]
-    SignatureRequired(Member),
-    #[error("the envelope signature does not verify: {0}")]
-    SignatureInvalid(JwsError),
-    #[error("{0} has no registered signing key to verify a signature with")]
-    SignatureUnexpected(Member),
-    #[error("no service {service} version {version}")]
-    UnknownService { service: ServiceName, version: u32 },
-    #[error("the envelope names receiver {named}, but {service} is provided by {provider}")]
-    ReceiverMismatch {
-        service: ServiceName,
-        named: Member,
-        provider: Member,
-    },
-    #[error("{consumer} has no grant for {service} with purpose {purpose}")]
-    NoGrant {
-        consumer: Member,
-        service: ServiceName,
-        purpose: PurposeCode,
-    },
-    #[error("only {provider}, the provider of {service}, may publish it")]
-    NotProvider {
-        service: ServiceName,
-        provider: Member,
-    },
-    #[error("the payload is invalid against {schema} ({} violation(s))", violations.len())]
-    InvalidPayload {
-        schema: String,
-        violations: Vec<Violation>,
-    },
+    /// A decision of the pipeline (see `hub_core::decide`); always logged.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     #[error("exchange id {0} was already used for a different request")]
     IdConflict(ExchangeId),
     #[error("exchange {0} is still in progress; retry later or GET /v1/exchanges/{0}")]
@@ -72,19 +33,7 @@ impl ExchangeError {
     /// The stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::MalformedJson(_) => "malformed_json",
-            Self::MalformedRequest(_) => "malformed_request",
-            Self::InvalidEnvelope(_) => "invalid_envelope",
-            Self::SenderMismatch { .. } => "sender_mismatch",
-            Self::UnknownMember(_) => "unknown_member",
-            Self::SignatureRequired(_) => "signature_required",
-            Self::SignatureInvalid(_) => "signature_invalid",
-            Self::SignatureUnexpected(_) => "signature_unexpected",
-            Self::UnknownService { .. } => "unknown_service",
-            Self::ReceiverMismatch { .. } => "receiver_mismatch",
-            Self::NoGrant { .. } => "no_grant",
-            Self::NotProvider { .. } => "not_provider",
-            Self::InvalidPayload { .. } => "invalid_payload",
+            Self::Refused(r) => r.code(),
             Self::IdConflict(_) => "exchange_id_conflict",
             Self::InProgress(_) => "exchange_in_progress",
             Self::ProviderUnavailable(_) => "provider_unavailable",
@@ -97,9 +46,8 @@ impl ExchangeError {
     /// Every violation the error carries.
     pub fn violations(&self) -> &[Violation] {
         match self {
-            Self::InvalidEnvelope(v) => v,
-            Self::InvalidPayload { violations, .. }
-            | Self::ProviderInvalidResponse { violations, .. } => violations,
+            Self::Refused(r) => r.violations(),
+            Self::ProviderInvalidResponse { violations, .. } => violations,
             _ => &[],
         }
     }

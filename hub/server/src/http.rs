@@ -64,19 +64,22 @@ impl From<Failure> for ApiError {
 
 fn status_of(e: &ExchangeError) -> StatusCode {
     use ExchangeError as E;
+    use hub_core::decide::Refusal as R;
     match e {
-        E::MalformedJson(_) | E::MalformedRequest(_) => StatusCode::BAD_REQUEST,
-        E::InvalidEnvelope(_) | E::InvalidPayload { .. } | E::ReceiverMismatch { .. } => {
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
-        E::SignatureRequired(_) | E::SignatureInvalid(_) | E::SignatureUnexpected(_) => {
-            StatusCode::UNAUTHORIZED
-        }
-        E::SenderMismatch { .. }
-        | E::UnknownMember(_)
-        | E::NoGrant { .. }
-        | E::NotProvider { .. } => StatusCode::FORBIDDEN,
-        E::UnknownService { .. } => StatusCode::NOT_FOUND,
+        E::Refused(r) => match r {
+            R::MalformedJson(_) | R::MalformedRequest(_) => StatusCode::BAD_REQUEST,
+            R::InvalidEnvelope(_) | R::InvalidPayload { .. } | R::ReceiverMismatch { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            R::SignatureRequired(_) | R::SignatureInvalid(_) | R::SignatureUnexpected(_) => {
+                StatusCode::UNAUTHORIZED
+            }
+            R::SenderMismatch { .. }
+            | R::UnknownMember(_)
+            | R::NoGrant { .. }
+            | R::NotProvider { .. } => StatusCode::FORBIDDEN,
+            R::UnknownService { .. } => StatusCode::NOT_FOUND,
+        },
         E::IdConflict(_) | E::InProgress(_) => StatusCode::CONFLICT,
         E::ProviderUnavailable(_) | E::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         E::ProviderTimeout(_) => StatusCode::GATEWAY_TIMEOUT,

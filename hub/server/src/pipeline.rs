@@ -18,13 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hub_adapter_sdk::{Adapter, AdapterRequest, ServiceKind};
-use hub_core::envelope::{Envelope, ExchangeRequest};
+use hub_core::decide::{self, Partial, Refusal, ServiceView, violations_of};
+use hub_core::envelope::Envelope;
 use hub_core::hash::{b64url, sha256};
 use hub_core::ids::{ExchangeId, Member};
 use hub_core::jcs;
-use hub_core::jws::{self, Jwks, SigningKey};
+use hub_core::jws::{Jwks, SigningKey};
 use hub_core::log::{EntryDraft, EntryError, EntryKind, Record, body_hash};
-use hub_core::schema::{Catalog, SchemaRejection, Violation};
+use hub_core::schema::{Catalog, Violation};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, oneshot};
 use tracing::{info, instrument, warn};
@@ -33,7 +34,9 @@ use crate::clock::{Clock, Random};
 use crate::error::{ExchangeError, Failure, Logged};
 use crate::log_writer::{AppendError, LogWriter};
 use crate::queue::Queue;
-use crate::store::{AppendItem, Delivery, Effect, ExchangeState, ServiceRecord, Store, StoreError};
+use crate::store::{
+    AppendItem, Delivery, Effect, ExchangeState, Grant, ServiceRecord, Store, StoreError,
+};
 
 /// What a finished query hands its waiting caller.
 type Completion = Result<String, Failure>;
@@ -47,16 +50,7 @@ pub struct Accepted {
     pub canonical: Vec<u8>,
     pub request_hash: String,
     pub signature: Option<String>,
-    pub service: ServiceRecord,
-}
-
-/// What the hub knows about a request when it refuses it, for the log.
-#[derive(Debug, Default)]
-struct Known {
-    exchange_id: Option<ExchangeId>,
-    envelope: Option<Envelope>,
-    body: Vec<u8>,
-    signature: Option<String>,
+    pub service: ServiceView,
 }
 
 /// How an accepted exchange ended, for the HTTP status.
@@ -97,18 +91,6 @@ fn storage(e: StoreError) -> Failure {
 fn append_failed(e: AppendError) -> Failure {
     warn!(error = %e, "append failed");
     ExchangeError::StorageUnavailable(e.to_string()).into()
-}
-
-fn violations_of(r: SchemaRejection) -> Vec<Violation> {
-    match r {
-        SchemaRejection::Invalid(v) => v,
-        SchemaRejection::UnknownSchema(id) => vec![Violation {
-            pointer: String::new(),
-            keyword: "$ref".into(),
-            schema_path: String::new(),
-            message: format!("the catalog has no schema {id}"),
-        }],
-    }
 }
 
 /// Removes an exchange id from the in-flight set when dropped.
@@ -185,14 +167,11 @@ impl Hub {
     /// Run one request from `who` through the pipeline.
     #[instrument(skip_all, fields(sender = %who))]
     pub async fn submit(&self, who: &Member, raw: &[u8]) -> Result<(Outcome, String), Failure> {
-        let mut known = Known {
-            body: raw.to_vec(),
-            ..Known::default()
-        };
-        let accepted = match self.check(who, raw, &mut known).await {
+        let mut partial = Partial::default();
+        let accepted = match self.check(who, raw, &mut partial).await {
             Ok(a) => a,
-            Err(e @ ExchangeError::StorageUnavailable(_)) => return Err(e.into()),
-            Err(e) => return Err(self.refuse(who, known, e).await),
+            Err(ExchangeError::Refused(r)) => return Err(self.refuse(who, partial, r).await),
+            Err(e) => return Err(e.into()),
         };
         match accepted.service.kind {
             ServiceKind::Query => self
@@ -206,138 +185,52 @@ impl Hub {
         }
     }
 
-    /// Every check before anything is written.
+    /// Every decision before anything is written: the pure steps of
+    /// `hub_core::decide`, with the store's facts looked up between them.
     async fn check(
         &self,
         who: &Member,
         raw: &[u8],
-        known: &mut Known,
+        partial: &mut Partial,
     ) -> Result<Accepted, ExchangeError> {
-        let value: Value =
-            serde_json::from_slice(raw).map_err(|e| ExchangeError::MalformedJson(e.to_string()))?;
-        let request: ExchangeRequest = serde_json::from_value(value)
-            .map_err(|e| ExchangeError::MalformedRequest(e.to_string()))?;
-        known.signature.clone_from(&request.signature);
-        let canonical = jcs::canonicalize(&request.envelope).map_err(|e| {
-            ExchangeError::InvalidEnvelope(vec![Violation {
-                pointer: String::new(),
-                keyword: "rfc8785".into(),
-                schema_path: String::new(),
-                message: e.to_string(),
-            }])
-        })?;
-        known.body.clone_from(&canonical);
-        if let Some(id) = request.envelope.get("id").and_then(Value::as_str) {
-            known.exchange_id = ExchangeId::parse(id).ok();
-        }
-        self.catalog
-            .validate("envelope/v1", &request.envelope)
-            .map_err(|r| ExchangeError::InvalidEnvelope(violations_of(r)))?;
-        let envelope: Envelope = serde_json::from_value(request.envelope).map_err(|e| {
-            ExchangeError::InvalidEnvelope(vec![Violation {
-                pointer: String::new(),
-                keyword: "type".into(),
-                schema_path: String::new(),
-                message: e.to_string(),
-            }])
-        })?;
-        known.envelope = Some(envelope.clone());
-
-        // Authenticate: the envelope speaks for the certificate's member only.
-        if &envelope.sender != who {
-            return Err(ExchangeError::SenderMismatch {
-                claimed: envelope.sender,
-                authenticated: who.clone(),
-            });
-        }
-        let agency = self
-            .store
-            .agency(who)
-            .await
-            .map_err(|e| ExchangeError::StorageUnavailable(e.to_string()))?
-            .ok_or_else(|| ExchangeError::UnknownMember(who.clone()))?;
-        match (&agency.signing_key, &request.signature) {
-            (Some(key), Some(sig)) => {
-                let keys = Jwks {
-                    keys: vec![key.clone()],
-                };
-                jws::verify_detached(sig, &canonical, &keys)
-                    .map_err(ExchangeError::SignatureInvalid)?;
-            }
-            (Some(_), None) => return Err(ExchangeError::SignatureRequired(who.clone())),
-            (None, Some(_)) => return Err(ExchangeError::SignatureUnexpected(who.clone())),
-            (None, None) => {}
-        }
-
-        // Route and authorize (default deny).
+        let storage = |e: StoreError| ExchangeError::StorageUnavailable(e.to_string());
+        let parsed = decide::parse(raw, &self.catalog, partial)?;
+        let agency = self.store.agency(who).await.map_err(storage)?;
+        decide::authenticate(
+            who,
+            &parsed,
+            agency.as_ref().map(|a| a.signing_key.as_ref()),
+        )?;
+        let env = &parsed.envelope;
         let service = self
             .store
-            .service(&envelope.service, envelope.version)
+            .service(&env.service, env.version)
             .await
-            .map_err(|e| ExchangeError::StorageUnavailable(e.to_string()))?
-            .ok_or_else(|| ExchangeError::UnknownService {
-                service: envelope.service.clone(),
-                version: envelope.version,
-            })?;
-        if let Some(named) = &envelope.receiver
-            && named != &service.provider
-        {
-            return Err(ExchangeError::ReceiverMismatch {
-                service: service.name.clone(),
-                named: named.clone(),
-                provider: service.provider.clone(),
-            });
-        }
-        match service.kind {
-            ServiceKind::Query => {
-                let grant = crate::store::Grant {
-                    consumer: who.clone(),
-                    service: service.name.clone(),
-                    purpose: envelope.purpose.clone(),
-                };
-                let granted = self
-                    .store
-                    .has_grant(&grant)
-                    .await
-                    .map_err(|e| ExchangeError::StorageUnavailable(e.to_string()))?;
-                if !granted {
-                    return Err(ExchangeError::NoGrant {
-                        consumer: grant.consumer,
-                        service: grant.service,
-                        purpose: grant.purpose,
-                    });
-                }
-            }
-            ServiceKind::Event if &service.provider != who => {
-                return Err(ExchangeError::NotProvider {
-                    service: service.name.clone(),
-                    provider: service.provider.clone(),
-                });
-            }
-            ServiceKind::Event => {}
-        }
-
-        // Validate the payload: schema and semantic checks.
-        self.catalog
-            .validate(&service.request_schema, &envelope.payload)
-            .map_err(|r| ExchangeError::InvalidPayload {
-                schema: service.request_schema.clone(),
-                violations: violations_of(r),
-            })?;
-
-        let exchange_id = envelope.id.unwrap_or_else(|| self.new_exchange_id());
+            .map_err(storage)?;
+        let service = decide::route(&parsed, service.as_ref().map(ServiceRecord::view))?;
+        let grant = Grant {
+            consumer: who.clone(),
+            service: service.name.clone(),
+            purpose: env.purpose.clone(),
+        };
+        let granted = service.kind == ServiceKind::Query
+            && self.store.has_grant(&grant).await.map_err(storage)?;
+        decide::authorize(who, &parsed, &service, granted)?;
+        decide::validate_payload(&parsed, &service, &self.catalog)?;
+        let exchange_id = env.id.unwrap_or_else(|| self.new_exchange_id());
         Ok(Accepted {
             exchange_id,
-            request_hash: b64url(&sha256(&canonical)),
-            canonical,
-            signature: request.signature,
-            envelope,
+            request_hash: b64url(&sha256(&parsed.canonical)),
+            canonical: parsed.canonical,
+            signature: parsed.signature,
+            envelope: parsed.envelope,
             service,
         })
     }
 
     /// Log a refusal and return it with where it was logged.
-    async fn refuse(&self, who: &Member, known: Known, error: ExchangeError) -> Failure {
+    async fn refuse(&self, who: &Member, known: Partial, refusal: Refusal) -> Failure {
+        let error = ExchangeError::Refused(refusal);
         let exchange_id = known.exchange_id.unwrap_or_else(|| self.new_exchange_id());
         let env = known.envelope.as_ref();
         let draft = EntryDraft {

@@ -52,6 +52,19 @@ pub struct ServiceRecord {
     pub response_schema: Option<String>,
 }
 
+impl ServiceRecord {
+    /// The service as the pipeline's decisions see it.
+    pub fn view(&self) -> hub_core::decide::ServiceView {
+        hub_core::decide::ServiceView {
+            name: self.name.clone(),
+            version: self.version,
+            kind: self.kind,
+            provider: self.provider.clone(),
+            request_schema: self.request_schema.clone(),
+        }
+    }
+}
+
 /// A consumer may call a service for a purpose.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {

@@ -1,0 +1,280 @@
+//! The pipeline's decisions, as pure steps: parse a request, authenticate
+//! its sender, route it, authorize it, validate its payload. The server runs
+//! them with what it looks up in its store between steps; an auditor's
+//! replay runs the same steps against an exported registry, so both reach
+//! the same verdict from the same facts.
+
+use serde_json::Value;
+
+use crate::envelope::{Envelope, ExchangeRequest, ServiceKind};
+use crate::ids::{ExchangeId, Member, PurposeCode, ServiceName};
+use crate::jcs;
+use crate::jws::{self, Jwk, Jwks, JwsError};
+use crate::schema::{Catalog, SchemaRejection, Violation};
+
+/// Why a request is refused. Every variant has a stable code.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the request body is not JSON: {0}")]
+    MalformedJson(String),
+    #[error("the request body must be {{\"envelope\": {{...}}, \"signature\": \"...\"}}: {0}")]
+    MalformedRequest(String),
+    #[error("the envelope is invalid ({} violation(s))", .0.len())]
+    InvalidEnvelope(Vec<Violation>),
+    #[error("the envelope names sender {claimed} but the client certificate is {authenticated}")]
+    SenderMismatch {
+        claimed: Member,
+        authenticated: Member,
+    },
+    #[error("{0} is not a registered member")]
+    UnknownMember(Member),
+    #[error("{0} registered a signing key: the envelope must carry its signature")]
+    SignatureRequired(Member),
+    #[error("the envelope signature does not verify: {0}")]
+    SignatureInvalid(JwsError),
+    #[error("{0} has no registered signing key to verify a signature with")]
+    SignatureUnexpected(Member),
+    #[error("no service {service} version {version}")]
+    UnknownService { service: ServiceName, version: u32 },
+    #[error("the envelope names receiver {named}, but {service} is provided by {provider}")]
+    ReceiverMismatch {
+        service: ServiceName,
+        named: Member,
+        provider: Member,
+    },
+    #[error("{consumer} has no grant for {service} with purpose {purpose}")]
+    NoGrant {
+        consumer: Member,
+        service: ServiceName,
+        purpose: PurposeCode,
+    },
+    #[error("only {provider}, the provider of {service}, may publish it")]
+    NotProvider {
+        service: ServiceName,
+        provider: Member,
+    },
+    #[error("the payload is invalid against {schema} ({} violation(s))", violations.len())]
+    InvalidPayload {
+        schema: String,
+        violations: Vec<Violation>,
+    },
+}
+
+impl Refusal {
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MalformedJson(_) => "malformed_json",
+            Self::MalformedRequest(_) => "malformed_request",
+            Self::InvalidEnvelope(_) => "invalid_envelope",
+            Self::SenderMismatch { .. } => "sender_mismatch",
+            Self::UnknownMember(_) => "unknown_member",
+            Self::SignatureRequired(_) => "signature_required",
+            Self::SignatureInvalid(_) => "signature_invalid",
+            Self::SignatureUnexpected(_) => "signature_unexpected",
+            Self::UnknownService { .. } => "unknown_service",
+            Self::ReceiverMismatch { .. } => "receiver_mismatch",
+            Self::NoGrant { .. } => "no_grant",
+            Self::NotProvider { .. } => "not_provider",
+            Self::InvalidPayload { .. } => "invalid_payload",
+        }
+    }
+
+    /// Every violation the refusal carries.
+    pub fn violations(&self) -> &[Violation] {
+        match self {
+            Self::InvalidEnvelope(v) | Self::InvalidPayload { violations: v, .. } => v,
+            _ => &[],
+        }
+    }
+}
+
+/// A service as the decisions need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceView {
+    pub name: ServiceName,
+    pub version: u32,
+    pub kind: ServiceKind,
+    pub provider: Member,
+    pub request_schema: String,
+}
+
+/// A parsed request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub envelope: Envelope,
+    /// RFC 8785 form of the envelope as sent: what a signature covers and
+    /// what the log stores.
+    pub canonical: Vec<u8>,
+    pub signature: Option<String>,
+}
+
+/// What could be read of a request before it was refused, for the log.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Partial {
+    pub exchange_id: Option<ExchangeId>,
+    pub envelope: Option<Envelope>,
+    /// The canonical envelope once known; until then the raw bytes.
+    pub body: Vec<u8>,
+    pub signature: Option<String>,
+}
+
+fn single(keyword: &str, message: String) -> Vec<Violation> {
+    vec![Violation {
+        pointer: String::new(),
+        keyword: keyword.into(),
+        schema_path: String::new(),
+        message,
+    }]
+}
+
+/// Turn a schema rejection into violations.
+pub fn violations_of(r: SchemaRejection) -> Vec<Violation> {
+    match r {
+        SchemaRejection::Invalid(v) => v,
+        SchemaRejection::UnknownSchema(id) => {
+            single("$ref", format!("the catalog has no schema {id}"))
+        }
+    }
+}
+
+/// Step 1: JSON, the request wrapper, the canonical envelope, the envelope
+/// schema, the typed envelope. `partial` collects what was read.
+pub fn parse(raw: &[u8], catalog: &Catalog, partial: &mut Partial) -> Result<Parsed, Refusal> {
+    partial.body = raw.to_vec();
+    let value: Value =
+        serde_json::from_slice(raw).map_err(|e| Refusal::MalformedJson(e.to_string()))?;
+    let request: ExchangeRequest =
+        serde_json::from_value(value).map_err(|e| Refusal::MalformedRequest(e.to_string()))?;
+    partial.signature.clone_from(&request.signature);
+    let canonical = jcs::canonicalize(&request.envelope)
+        .map_err(|e| Refusal::InvalidEnvelope(single("rfc8785", e.to_string())))?;
+    partial.body.clone_from(&canonical);
+    if let Some(id) = request.envelope.get("id").and_then(Value::as_str) {
+        partial.exchange_id = ExchangeId::parse(id).ok();
+    }
+    catalog
+        .validate("envelope/v1", &request.envelope)
+        .map_err(|r| Refusal::InvalidEnvelope(violations_of(r)))?;
+    let envelope: Envelope = serde_json::from_value(request.envelope)
+        .map_err(|e| Refusal::InvalidEnvelope(single("type", e.to_string())))?;
+    partial.envelope = Some(envelope.clone());
+    Ok(Parsed {
+        envelope,
+        canonical,
+        signature: request.signature,
+    })
+}
+
+/// Step 2: the envelope speaks for the certificate's member only, the member
+/// is registered (`agency` is `None` if not; `Some(key)` with its key, if
+/// any), and signs exactly when it registered a key.
+pub fn authenticate(
+    who: &Member,
+    parsed: &Parsed,
+    agency: Option<Option<&Jwk>>,
+) -> Result<(), Refusal> {
+    if &parsed.envelope.sender != who {
+        return Err(Refusal::SenderMismatch {
+            claimed: parsed.envelope.sender.clone(),
+            authenticated: who.clone(),
+        });
+    }
+    let key = agency.ok_or_else(|| Refusal::UnknownMember(who.clone()))?;
+    match (key, &parsed.signature) {
+        (Some(key), Some(sig)) => {
+            let keys = Jwks {
+                keys: vec![key.clone()],
+            };
+            jws::verify_detached(sig, &parsed.canonical, &keys)
+                .map_err(Refusal::SignatureInvalid)?;
+            Ok(())
+        }
+        (Some(_), None) => Err(Refusal::SignatureRequired(who.clone())),
+        (None, Some(_)) => Err(Refusal::SignatureUnexpected(who.clone())),
+        (None, None) => Ok(()),
+    }
+}
+
+/// Step 3: the service exists and a named receiver is its provider.
+pub fn route(parsed: &Parsed, service: Option<ServiceView>) -> Result<ServiceView, Refusal> {
+    let env = &parsed.envelope;
+    let service = service.ok_or_else(|| Refusal::UnknownService {
+        service: env.service.clone(),
+        version: env.version,
+    })?;
+    if let Some(named) = &env.receiver
+        && named != &service.provider
+    {
+        return Err(Refusal::ReceiverMismatch {
+            service: service.name.clone(),
+            named: named.clone(),
+            provider: service.provider.clone(),
+        });
+    }
+    Ok(service)
+}
+
+/// Step 4, default deny: a query needs a grant for (consumer, service,
+/// purpose) - `granted` says whether one exists; only the provider
+/// publishes an event.
+pub fn authorize(
+    who: &Member,
+    parsed: &Parsed,
+    service: &ServiceView,
+    granted: bool,
+) -> Result<(), Refusal> {
+    match service.kind {
+        ServiceKind::Query if !granted => Err(Refusal::NoGrant {
+            consumer: who.clone(),
+            service: service.name.clone(),
+            purpose: parsed.envelope.purpose.clone(),
+        }),
+        ServiceKind::Event if &service.provider != who => Err(Refusal::NotProvider {
+            service: service.name.clone(),
+            provider: service.provider.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Step 5: the payload against the service's schema and semantic checks.
+pub fn validate_payload(
+    parsed: &Parsed,
+    service: &ServiceView,
+    catalog: &Catalog,
+) -> Result<(), Refusal> {
+    catalog
+        .validate(&service.request_schema, &parsed.envelope.payload)
+        .map_err(|r| Refusal::InvalidPayload {
+            schema: service.request_schema.clone(),
+            violations: violations_of(r),
+        })
+}
+
+/// The facts the decisions look up.
+pub trait Registry {
+    /// `None`: not registered; `Some(key)`: registered, with its signing key if any.
+    fn agency(&self, member: &Member) -> Option<Option<&Jwk>>;
+    fn service(&self, name: &ServiceName, version: u32) -> Option<ServiceView>;
+    fn granted(&self, consumer: &Member, service: &ServiceName, purpose: &PurposeCode) -> bool;
+}
+
+/// Every step at once, against an in-memory registry (an auditor's replay).
+pub fn decide(
+    raw: &[u8],
+    who: &Member,
+    registry: &dyn Registry,
+    catalog: &Catalog,
+) -> Result<ServiceView, Refusal> {
+    let parsed = parse(raw, catalog, &mut Partial::default())?;
+    authenticate(who, &parsed, registry.agency(who))?;
+    let service = route(
+        &parsed,
+        registry.service(&parsed.envelope.service, parsed.envelope.version),
+    )?;
+    let granted = registry.granted(who, &service.name, &parsed.envelope.purpose);
+    authorize(who, &parsed, &service, granted)?;
+    validate_payload(&parsed, &service, catalog)?;
+    Ok(service)
+}
