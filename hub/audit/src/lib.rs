@@ -9,7 +9,7 @@
 //! | `entries.jsonl` | one record per line, exactly as logged (RFC 8785 canonical JSON), from index 0 |
 //! | `bodies.jsonl` | optional; per line `{"index": i, "body": "<base64>"}`, in entry order |
 //! | `checkpoints.jsonl` | per line `{"size": n, "note": "<signed note>"}`, by size |
-//! | `agencies.json` | the agencies' registered envelope-signing keys at export |
+//! | `registry.json` | the registry at export: agencies (with their envelope-signing keys), services, grants |
 //!
 //! [`verify`] checks every checkpoint signature against the pinned keys,
 //! that checkpoint sizes never decrease and no two disagree, that the tree
@@ -18,7 +18,11 @@
 //! where bodies are present, every body hash, agency signature and schema.
 #![forbid(unsafe_code)]
 
+pub mod registry;
+pub mod replay;
 pub mod synthetic;
+
+pub use registry::RegistrySnapshot;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -56,14 +60,14 @@ pub enum BundleError {
     Invalid { path: PathBuf, message: String },
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
     move |source| BundleError::Io {
         path: path.to_owned(),
         source,
     }
 }
 
-fn invalid(path: &Path, message: impl std::fmt::Display) -> BundleError {
+pub(crate) fn invalid(path: &Path, message: impl std::fmt::Display) -> BundleError {
     BundleError::Invalid {
         path: path.to_owned(),
         message: message.to_string(),
@@ -85,14 +89,6 @@ pub struct Manifest {
 pub struct BundleCheckpoint {
     pub size: u64,
     pub note: String,
-}
-
-/// One agency's registered key, in `agencies.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AgencyKey {
-    /// `agency/subsystem`
-    pub member: String,
-    pub jwk: Jwk,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -166,7 +162,7 @@ impl BundleWriter {
         origin: &str,
         exported_at: &str,
         checkpoints: &[BundleCheckpoint],
-        agencies: &[AgencyKey],
+        registry: &RegistrySnapshot,
     ) -> Result<Manifest, BundleError> {
         self.entries
             .flush()
@@ -181,8 +177,8 @@ impl BundleWriter {
             writeln!(out, "{line}").map_err(io(&path))?;
         }
         out.flush().map_err(io(&path))?;
-        let path = self.dir.join("agencies.json");
-        let text = serde_json::to_string_pretty(agencies).map_err(|e| invalid(&path, e))?;
+        let path = self.dir.join("registry.json");
+        let text = serde_json::to_string_pretty(registry).map_err(|e| invalid(&path, e))?;
         std::fs::write(&path, text).map_err(io(&path))?;
         let manifest = Manifest {
             format: FORMAT.into(),
@@ -198,7 +194,7 @@ impl BundleWriter {
     }
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, BundleError> {
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, BundleError> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
     serde_json::from_str(&text).map_err(|e| invalid(path, e))
 }
@@ -371,18 +367,8 @@ pub fn verify(
     let mut verifiers = checkpoint_verifiers(&manifest.origin, pinned);
     verifiers.extend(options.witnesses.iter().cloned());
     let mut latest_cosigners: (u64, Vec<String>) = (0, Vec::new());
-    let agencies: Vec<AgencyKey> = read_json(&dir.join("agencies.json"))?;
-    let agency_keys: BTreeMap<&str, Jwks> = agencies
-        .iter()
-        .map(|a| {
-            (
-                a.member.as_str(),
-                Jwks {
-                    keys: vec![a.jwk.clone()],
-                },
-            )
-        })
-        .collect();
+    let registry: RegistrySnapshot = read_json(&dir.join("registry.json"))?;
+    let agency_keys = registry.agency_keys();
     let catalog = Catalog::builtin().map_err(|e| invalid(dir, e))?;
 
     // Checkpoints: signatures, order, forks.
@@ -634,7 +620,7 @@ struct Checked {
 
 struct Ctx<'a> {
     pinned: &'a Jwks,
-    agencies: &'a BTreeMap<&'a str, Jwks>,
+    agencies: &'a BTreeMap<String, Jwks>,
     catalog: &'a Catalog,
     depth: Depth,
 }

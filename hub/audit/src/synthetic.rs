@@ -99,7 +99,12 @@ pub fn write_bundle(
             progress(i + 1);
         }
     }
-    writer.finish(origin, "2026-11-22T00:00:00.000Z", &checkpoints, &[])?;
+    writer.finish(
+        origin,
+        "2026-11-22T00:00:00.000Z",
+        &checkpoints,
+        &crate::RegistrySnapshot::default(),
+    )?;
     Ok(Jwks {
         keys: vec![key.public_jwk()],
     })

@@ -123,6 +123,13 @@ pub enum AuditCmd {
         #[arg(long)]
         quorum: Option<usize>,
     },
+    /// Re-run the pipeline's decisions for every logged request, event and refusal, against the exported registry.
+    Replay {
+        bundle: PathBuf,
+        /// Also write the full report as JSON here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// Print the inclusion proofs of one exchange's entries against the bundle's latest checkpoint, checked.
     Prove {
         bundle: PathBuf,
@@ -479,19 +486,42 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 }
                 checkpoints.push(hub_audit::BundleCheckpoint { size: c.size, note });
             }
-            let agencies: Vec<hub_audit::AgencyKey> = store
-                .agencies()
-                .await?
-                .into_iter()
-                .filter_map(|a| {
-                    a.signing_key.map(|jwk| hub_audit::AgencyKey {
-                        member: a.member.to_string(),
-                        jwk,
+            let registry = hub_audit::RegistrySnapshot {
+                agencies: store
+                    .agencies()
+                    .await?
+                    .into_iter()
+                    .map(|a| hub_audit::registry::AgencyEntry {
+                        member: a.member,
+                        signing_key: a.signing_key,
                     })
-                })
-                .collect();
+                    .collect(),
+                services: store
+                    .services()
+                    .await?
+                    .into_iter()
+                    .map(|s| hub_audit::registry::ServiceEntry {
+                        name: s.name,
+                        version: s.version,
+                        kind: s.kind,
+                        provider: s.provider,
+                        request_schema: s.request_schema,
+                        response_schema: s.response_schema,
+                    })
+                    .collect(),
+                grants: store
+                    .grants()
+                    .await?
+                    .into_iter()
+                    .map(|g| hub_audit::registry::GrantEntry {
+                        consumer: g.consumer,
+                        service: g.service,
+                        purpose: g.purpose,
+                    })
+                    .collect(),
+            };
             let now = hub_core::timefmt::rfc3339_millis(time::OffsetDateTime::now_utc());
-            let manifest = writer.finish(&config.log_origin, &now, &checkpoints, &agencies)?;
+            let manifest = writer.finish(&config.log_origin, &now, &checkpoints, &registry)?;
             println!(
                 "exported {} entries and {} checkpoints to {}{}",
                 manifest.entries,
@@ -574,6 +604,38 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 }
                 Ok(ExitCode::FAILURE)
             }
+        }
+        AuditCmd::Replay {
+            bundle,
+            report: report_path,
+        } => {
+            let total = hub_audit::manifest(&bundle)?.entries;
+            let bar = indicatif::ProgressBar::new(total);
+            let report = hub_audit::replay::replay(&bundle, &|done, _| bar.set_position(done))?;
+            bar.finish_and_clear();
+            println!("{:<22} {:>12}", "entries", report.entries);
+            println!("{:<22} {:>12}", "decisions replayed", report.replayed);
+            println!("{:<22} {:>12}", "same outcome", report.matched);
+            println!(
+                "{:<22} {:>12}",
+                "different outcome",
+                report.differences.len()
+            );
+            if let Some(path) = report_path {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| path.display().to_string())?;
+            }
+            for d in report.differences.iter().take(20) {
+                eprintln!(
+                    "DIFFERS entry {} ({}): recorded {}, replayed {}: {}",
+                    d.index, d.kind, d.recorded, d.replayed, d.detail
+                );
+            }
+            Ok(if report.differences.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         AuditCmd::Prove {
             bundle,

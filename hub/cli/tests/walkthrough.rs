@@ -159,6 +159,30 @@ fn the_readme_walkthrough_works_with_the_real_binary() {
     assert!(prove.status.success(), "{}", text(&prove));
     assert!(text(&prove).contains("proofs checked"), "{}", text(&prove));
 
+    // Replaying every decision against the exported registry gives the logged outcomes.
+    let replay = hub(data, &["audit", "replay", bundle_s]);
+    assert!(replay.status.success(), "{}", text(&replay));
+    assert!(
+        text(&replay).contains("different outcome"),
+        "{}",
+        text(&replay)
+    );
+    // Had the one-stop office had no grant, its lookup would have been refused: replay says where.
+    let registry_path = bundle.join("registry.json");
+    let mut registry: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&registry_path).unwrap()).unwrap();
+    registry["grants"].as_array_mut().unwrap().retain(|g| {
+        !(g["consumer"]["subsystem"] == "one-stop" && g["service"] == "citizen.lookup")
+    });
+    std::fs::write(&registry_path, registry.to_string()).unwrap();
+    let replay = hub(data, &["audit", "replay", bundle_s]);
+    assert!(!replay.status.success());
+    assert!(
+        text(&replay).contains("DIFFERS entry 0 (request): recorded accepted, replayed no_grant"),
+        "{}",
+        text(&replay)
+    );
+
     // A changed byte makes verify fail and name the entry.
     let entries = bundle.join("entries.jsonl");
     let tampered = std::fs::read_to_string(&entries)

@@ -1,0 +1,110 @@
+//! The registry as exported with a bundle (`registry.json`): agencies and
+//! their envelope-signing keys, services, grants. Verification reads the
+//! agencies' keys from it; replay decides against it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use hub_core::decide::{Registry, ServiceView};
+use hub_core::envelope::ServiceKind;
+use hub_core::ids::{Member, PurposeCode, ServiceName};
+use hub_core::jws::{Jwk, Jwks};
+use serde::{Deserialize, Serialize};
+
+/// One agency subsystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgencyEntry {
+    pub member: Member,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<Jwk>,
+}
+
+/// One service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    pub name: ServiceName,
+    pub version: u32,
+    pub kind: ServiceKind,
+    pub provider: Member,
+    pub request_schema: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_schema: Option<String>,
+}
+
+/// One grant.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct GrantEntry {
+    pub consumer: Member,
+    pub service: ServiceName,
+    pub purpose: PurposeCode,
+}
+
+/// The registry at export.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrySnapshot {
+    pub agencies: Vec<AgencyEntry>,
+    pub services: Vec<ServiceEntry>,
+    pub grants: Vec<GrantEntry>,
+}
+
+impl RegistrySnapshot {
+    /// Each member's registered envelope-signing key, as a key set.
+    pub fn agency_keys(&self) -> BTreeMap<String, Jwks> {
+        self.agencies
+            .iter()
+            .filter_map(|a| {
+                a.signing_key
+                    .clone()
+                    .map(|k| (a.member.to_string(), Jwks { keys: vec![k] }))
+            })
+            .collect()
+    }
+
+    /// The snapshot indexed for the pipeline's decisions.
+    pub fn index(&self) -> IndexedRegistry<'_> {
+        IndexedRegistry {
+            agencies: self
+                .agencies
+                .iter()
+                .map(|a| (&a.member, a.signing_key.as_ref()))
+                .collect(),
+            services: self
+                .services
+                .iter()
+                .map(|s| ((&s.name, s.version), s))
+                .collect(),
+            grants: self.grants.iter().collect(),
+        }
+    }
+}
+
+/// A [`RegistrySnapshot`] ready for lookups.
+#[derive(Debug)]
+pub struct IndexedRegistry<'a> {
+    agencies: BTreeMap<&'a Member, Option<&'a Jwk>>,
+    services: BTreeMap<(&'a ServiceName, u32), &'a ServiceEntry>,
+    grants: BTreeSet<&'a GrantEntry>,
+}
+
+impl Registry for IndexedRegistry<'_> {
+    fn agency(&self, member: &Member) -> Option<Option<&Jwk>> {
+        self.agencies.get(member).copied()
+    }
+
+    fn service(&self, name: &ServiceName, version: u32) -> Option<ServiceView> {
+        self.services.get(&(name, version)).map(|s| ServiceView {
+            name: s.name.clone(),
+            version: s.version,
+            kind: s.kind,
+            provider: s.provider.clone(),
+            request_schema: s.request_schema.clone(),
+        })
+    }
+
+    fn granted(&self, consumer: &Member, service: &ServiceName, purpose: &PurposeCode) -> bool {
+        self.grants.contains(&GrantEntry {
+            consumer: consumer.clone(),
+            service: service.clone(),
+            purpose: purpose.clone(),
+        })
+    }
+}
