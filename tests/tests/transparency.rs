@@ -371,3 +371,69 @@ async fn the_hub_keeps_only_valid_cosignatures_of_registered_witnesses() {
         assert_eq!(opened.cosigned_by, [(name.to_owned(), 1_800_000_000)]);
     }
 }
+
+#[tokio::test]
+async fn the_log_is_served_as_tlog_tiles() {
+    let hub = start().await;
+    for id in ["001085012345", "079192000123", "048201000456"] {
+        hub.send(envelope(
+            ONE_STOP,
+            "citizen.lookup",
+            "public_service",
+            json!({"personal_id": id}),
+        ))
+        .await;
+    }
+    let cp = checkpoint_covering(&hub, 6).await;
+    let size = cp.size as usize;
+    let client = hub.client(TAX);
+
+    let (status, tile) = client
+        .send(
+            http::Method::GET,
+            &format!("/tlog/tile/0/000.p/{size}"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(tile.len(), 32 * size);
+    let (status, bundle) = client
+        .send(
+            http::Method::GET,
+            &format!("/tlog/tile/entries/000.p/{size}"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    // Every entry in the bundle hashes to its leaf in the tile, and the
+    // leaves give the checkpoint's root.
+    let mut rest = &bundle[..];
+    let mut leaves = Vec::new();
+    while !rest.is_empty() {
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+        let record: Value = serde_json::from_slice(&rest[2..2 + len]).unwrap();
+        leaves.push(<[u8; 32]>::try_from(leaf_of(&record)).unwrap());
+        rest = &rest[2 + len..];
+    }
+    assert_eq!(leaves.concat(), tile.to_vec());
+    assert_eq!(hub_core::merkle::root(&leaves), cp.root);
+
+    // A full tile does not exist yet; a malformed path is not a tile.
+    for path in ["/tlog/tile/0/000", "/tlog/tile/1/000", "/tlog/tile/0/5"] {
+        let (status, _) = client.send(http::Method::GET, path, None).await.unwrap();
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+    }
+    let (_, a) = hub
+        .public_client()
+        .send(http::Method::GET, "/tlog/checkpoint", None)
+        .await
+        .unwrap();
+    let (_, b) = hub
+        .public_client()
+        .send(http::Method::GET, "/v1/log/checkpoint", None)
+        .await
+        .unwrap();
+    assert_eq!(a, b);
+}

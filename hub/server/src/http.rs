@@ -154,6 +154,7 @@ pub fn public_routes() -> Router<AppState> {
         .route("/v1/schemas/{*id}", get(schema_get))
         .route("/v1/log/checkpoint", get(checkpoint))
         .route("/v1/log/verifier", get(verifier))
+        .route("/tlog/checkpoint", get(checkpoint))
         .fallback(no_route)
 }
 
@@ -175,6 +176,29 @@ pub fn api_routes() -> Router<AppState> {
         .route("/v1/log/proof/exchange/{id}", get(exchange_proofs))
         .route("/v1/log/proof/consistency", get(consistency_proof))
         .route("/v1/log/cosignatures", post(add_cosignature))
+        .route("/tlog/{*path}", get(tlog_tile))
+}
+
+/// C2SP tlog-tiles, for existing transparency tooling.
+#[instrument(skip_all, fields(path = %path))]
+async fn tlog_tile(
+    State(s): State<AppState>,
+    id: Option<Extension<Identity>>,
+    Path(path): Path<String>,
+) -> Result<Response, ApiError> {
+    member(id)?;
+    let request = crate::transparency::parse_tile_path(&path)
+        .ok_or_else(|| ApiError::NotFound(format!("no tile /tlog/{path}")))?;
+    let bytes = s.hub.tile(request).await?;
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+        ],
+        bytes,
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]

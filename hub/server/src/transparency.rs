@@ -286,3 +286,165 @@ impl Hub {
             .collect()
     }
 }
+
+/// A C2SP `tlog-tiles` request below `/tlog/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TileRequest {
+    /// `tile/<L>/<N>[.p/<W>]`
+    Hashes {
+        level: u8,
+        index: u64,
+        width: Option<u16>,
+    },
+    /// `tile/entries/<N>[.p/<W>]`
+    Entries { index: u64, width: Option<u16> },
+}
+
+/// Parse `tile/...` as tlog-tiles encodes it: the index in 3-digit groups,
+/// all but the last prefixed with `x` (1234067 is `x001/x234/067`), and a
+/// partial tile's width after `.p/`.
+pub fn parse_tile_path(path: &str) -> Option<TileRequest> {
+    let rest = path.strip_prefix("tile/")?;
+    let (kind, rest) = rest.split_once('/')?;
+    let mut parts: Vec<&str> = rest.split('/').collect();
+    let mut width = None;
+    if parts.len() >= 2 && parts[parts.len() - 2].ends_with(".p") {
+        let w: u16 = parts.pop()?.parse().ok()?;
+        if !(1..=255).contains(&w) || parts.last()?.len() != 5 {
+            return None;
+        }
+        width = Some(w);
+        let last = parts.pop()?;
+        parts.push(last.strip_suffix(".p")?);
+    }
+    let (last, groups) = parts.split_last()?;
+    let digits = |s: &str| s.len() == 3 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(last) {
+        return None;
+    }
+    let mut index: u64 = 0;
+    for (i, g) in groups.iter().enumerate() {
+        let g = g.strip_prefix('x')?;
+        if !digits(g) || (i == 0 && g == "000") {
+            return None;
+        }
+        index = index.checked_mul(1000)?.checked_add(g.parse().ok()?)?;
+    }
+    index = index.checked_mul(1000)?.checked_add(last.parse().ok()?)?;
+    if kind == "entries" {
+        return Some(TileRequest::Entries { index, width });
+    }
+    let level: u8 = kind
+        .parse()
+        .ok()
+        .filter(|l: &u8| *l <= 7 && (kind == "0" || !kind.starts_with('0')))?;
+    Some(TileRequest::Hashes {
+        level,
+        index,
+        width,
+    })
+}
+
+impl Hub {
+    /// The bytes of a tile: concatenated 32-byte hashes, or an entry bundle
+    /// (each record prefixed with its length as a big-endian u16). A tile is
+    /// served only as wide as the committed tree fills it.
+    pub async fn tile(&self, request: TileRequest) -> Result<Vec<u8>, LogQueryError> {
+        let size = self.log.head().size;
+        let not_yet = || LogQueryError::NotFound("the log does not fill that tile (yet)".into());
+        match request {
+            TileRequest::Hashes {
+                level,
+                index,
+                width,
+            } => {
+                let span = merkle::tile_span(level).ok_or_else(not_yet)?;
+                let per_tile = span.checked_mul(merkle::TILE_WIDTH).ok_or_else(not_yet)?;
+                let first = index.checked_mul(per_tile).ok_or_else(not_yet)?;
+                if first >= size {
+                    return Err(not_yet());
+                }
+                let leaves = self
+                    .store
+                    .leaf_hashes(first, size.min(first.saturating_add(per_tile)))
+                    .await?;
+                let hashes =
+                    tokio::task::spawn_blocking(move || merkle::tile_hashes(&leaves, level))
+                        .await
+                        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+                let want = width.map_or(merkle::TILE_WIDTH as usize, usize::from);
+                if hashes.len() < want {
+                    return Err(not_yet());
+                }
+                Ok(hashes[..want].concat())
+            }
+            TileRequest::Entries { index, width } => {
+                let first = index.checked_mul(merkle::TILE_WIDTH).ok_or_else(not_yet)?;
+                let want = width.map_or(merkle::TILE_WIDTH as usize, usize::from);
+                if first >= size {
+                    return Err(not_yet());
+                }
+                let entries = self
+                    .store
+                    .entries(first, u32::try_from(want).unwrap_or(256))
+                    .await?;
+                if entries.len() < want {
+                    return Err(not_yet());
+                }
+                let mut out = Vec::new();
+                for e in &entries {
+                    let len = u16::try_from(e.record.len()).map_err(|_| {
+                        StoreError::Corrupt(format!("entry {} is longer than 65535 bytes", e.index))
+                    })?;
+                    out.extend_from_slice(&len.to_be_bytes());
+                    out.extend_from_slice(e.record.as_bytes());
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tile_paths_follow_tlog_tiles() {
+        assert_eq!(
+            parse_tile_path("tile/0/005"),
+            Some(TileRequest::Hashes {
+                level: 0,
+                index: 5,
+                width: None
+            })
+        );
+        assert_eq!(
+            parse_tile_path("tile/1/x001/x234/067.p/8"),
+            Some(TileRequest::Hashes {
+                level: 1,
+                index: 1_234_067,
+                width: Some(8)
+            })
+        );
+        assert_eq!(
+            parse_tile_path("tile/entries/000.p/3"),
+            Some(TileRequest::Entries {
+                index: 0,
+                width: Some(3)
+            })
+        );
+        for bad in [
+            "tile/0/5",
+            "tile/0/x000/005",
+            "tile/0/000.p/0",
+            "tile/0/000.p/256",
+            "tile/01/000",
+            "tile/9/000",
+            "tile/0/x1/000",
+            "tiles/0/000",
+        ] {
+            assert_eq!(parse_tile_path(bad), None, "{bad}");
+        }
+    }
+}
