@@ -60,11 +60,12 @@ async fn the_hubs_jws_verifies_by_an_independent_path() {
         .unwrap();
     assert_eq!(status, StatusCode::OK);
     verify_independently(&reply["record"], &jwks);
-    // The body the record commits to.
-    let body_hash = ring::digest::digest(
-        &ring::digest::SHA256,
-        &serde_jcs::to_vec(&reply["body"]).unwrap(),
-    );
+    // The body the record commits to, with the salt the reply carries.
+    let mut salted = URL_SAFE_NO_PAD
+        .decode(reply["body_salt"].as_str().unwrap())
+        .unwrap();
+    salted.extend_from_slice(&serde_jcs::to_vec(&reply["body"]).unwrap());
+    let body_hash = ring::digest::digest(&ring::digest::SHA256, &salted);
     assert_eq!(
         reply["record"]["body_hash"],
         URL_SAFE_NO_PAD.encode(body_hash.as_ref())
@@ -194,6 +195,7 @@ async fn every_entry_is_chained_signed_and_hashed_as_rfc6962_leaves() {
         .await
         .unwrap();
     let entries = hub.running().hub.store.entries(0, 1000).await.unwrap();
+    let data_key = hub_server::pki::read_data_key(&hub.running().pki.data_key()).unwrap();
     assert_eq!(entries.len(), 4);
     let mut prev = [0u8; 32];
     for e in &entries {
@@ -211,10 +213,20 @@ async fn every_entry_is_chained_signed_and_hashed_as_rfc6962_leaves() {
         let leaf = ring::digest::digest(&ring::digest::SHA256, &leaf_input);
         assert_eq!(leaf.as_ref(), e.leaf_hash, "leaf = SHA-256(0x00 || entry)");
         verify_independently(&record, &jwks);
-        // The stored body is what body_hash commits to.
-        let body = e.body.as_ref().unwrap();
-        let hash = ring::digest::digest(&ring::digest::SHA256, body);
-        assert_eq!(record["body_hash"], URL_SAFE_NO_PAD.encode(hash.as_ref()));
+        // The stored body is sealed, and opens to what body_hash commits to.
+        let sealed = e.body.as_ref().unwrap();
+        assert!(
+            !sealed.ciphertext.windows(12).any(|w| w == b"001085012345"),
+            "personal data is encrypted at rest"
+        );
+        let commitment = record["body_hash"].as_str().unwrap();
+        let (salt, body) = data_key
+            .open(sealed, commitment)
+            .expect("the data key opens the body");
+        let mut salted = salt.clone();
+        salted.extend_from_slice(&body);
+        let hash = ring::digest::digest(&ring::digest::SHA256, &salted);
+        assert_eq!(commitment, URL_SAFE_NO_PAD.encode(hash.as_ref()));
         prev = e.leaf_hash;
     }
     let kinds: Vec<&str> = entries
@@ -228,4 +240,52 @@ async fn every_entry_is_chained_signed_and_hashed_as_rfc6962_leaves() {
         })
         .collect();
     assert_eq!(kinds.iter().filter(|k| **k == "refusal").count(), 1);
+}
+
+#[tokio::test]
+async fn purging_bodies_past_retention_keeps_the_log_verifiable() {
+    let hub = TestHub::start().await;
+    let (_, reply) = hub
+        .send(envelope(
+            ONE_STOP,
+            "citizen.lookup",
+            "public_service",
+            json!({"personal_id": "001085012345"}),
+        ))
+        .await;
+    let id = reply["record"]["exchange_id"].as_str().unwrap().to_owned();
+    let store = &hub.running().hub.store;
+    // Nothing is older than a cutoff in the past.
+    assert_eq!(
+        store.purge("2000-01-01T00:00:00.000Z", 0).await.unwrap(),
+        (0, 0)
+    );
+    // Everything is older than a cutoff in the future.
+    let (bodies, replies) = store
+        .purge("2999-01-01T00:00:00.000Z", u64::MAX / 2)
+        .await
+        .unwrap();
+    assert_eq!((bodies, replies), (2, 1));
+    let entries = store.entries(0, 100).await.unwrap();
+    assert!(entries.iter().all(|e| e.body.is_none()), "bodies are gone");
+    // The records, their signatures and their chain are untouched.
+    let (_, jwks) = hub
+        .public_client()
+        .get_json("/.well-known/jwks.json")
+        .await
+        .unwrap();
+    let mut prev = [0u8; 32];
+    for e in &entries {
+        let record: Value = serde_json::from_str(&e.record).unwrap();
+        verify_independently(&record, &jwks);
+        assert_eq!(record["prev"], URL_SAFE_NO_PAD.encode(prev));
+        prev = e.leaf_hash;
+    }
+    // The cached reply went with them.
+    let (status, _) = hub
+        .client(ONE_STOP)
+        .get_json(&format!("/v1/exchanges/{id}"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

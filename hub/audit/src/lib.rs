@@ -31,7 +31,8 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use hub_core::hash::{Hash, sha256};
+use hub_core::body::{DataKey, SealedBody};
+use hub_core::hash::Hash;
 use hub_core::jcs;
 use hub_core::jws::{self, Jwk, Jwks};
 use hub_core::log::{leaf_hash, verify_record_signature};
@@ -91,10 +92,25 @@ pub struct BundleCheckpoint {
     pub note: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct BodyLine {
-    index: u64,
-    body: String,
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct BodyLine {
+    pub(crate) index: u64,
+    /// The data key's id.
+    pub(crate) key_id: String,
+    /// base64 AES-GCM nonce.
+    pub(crate) nonce: String,
+    /// base64 `AES-256-GCM(salt || body)`.
+    pub(crate) body: String,
+}
+
+impl BodyLine {
+    pub(crate) fn sealed(&self) -> Option<SealedBody> {
+        Some(SealedBody {
+            key_id: self.key_id.clone(),
+            nonce: STANDARD.decode(&self.nonce).ok()?.try_into().ok()?,
+            ciphertext: STANDARD.decode(&self.body).ok()?,
+        })
+    }
 }
 
 /// Writes a bundle entry by entry.
@@ -141,13 +157,15 @@ impl BundleWriter {
     }
 
     /// Append the next entry (its canonical record) and, if kept, its body.
-    pub fn push(&mut self, record: &str, body: Option<&[u8]>) -> Result<(), BundleError> {
+    pub fn push(&mut self, record: &str, body: Option<&SealedBody>) -> Result<(), BundleError> {
         let path = self.dir.join("entries.jsonl");
         writeln!(self.entries, "{record}").map_err(io(&path))?;
         if let (Some(out), Some(body)) = (self.bodies.as_mut(), body) {
             let line = serde_json::to_string(&BodyLine {
                 index: self.count,
-                body: STANDARD.encode(body),
+                key_id: body.key_id.clone(),
+                nonce: STANDARD.encode(body.nonce),
+                body: STANDARD.encode(&body.ciphertext),
             })
             .map_err(|e| invalid(&path, e))?;
             writeln!(out, "{line}").map_err(io(&self.dir.join("bodies.jsonl")))?;
@@ -338,6 +356,8 @@ pub struct Options {
     pub witnesses: Vec<Verifier>,
     /// How many of them must have cosigned the latest checkpoint.
     pub quorum: usize,
+    /// Opens the bodies; without it the bodies (sealed) are not checked.
+    pub data_key: Option<std::sync::Arc<DataKey>>,
 }
 
 impl Default for Options {
@@ -346,6 +366,7 @@ impl Default for Options {
             depth: Depth::Full,
             witnesses: Vec::new(),
             quorum: 0,
+            data_key: None,
         }
     }
 }
@@ -446,6 +467,7 @@ pub fn verify(
     // core, then the order-dependent ones (sequence, chain, tree) in order.
     let ctx = Ctx {
         pinned,
+        data_key: options.data_key.as_deref(),
         agencies: &agency_keys,
         catalog: &catalog,
         depth,
@@ -474,7 +496,7 @@ pub fn verify(
             break;
         }
         let first = expected;
-        let mut batch_bodies: Vec<Option<String>> = vec![None; batch.len()];
+        let mut batch_bodies: Vec<Option<BodyLine>> = vec![None; batch.len()];
         if let Some(body_lines) = bodies.as_mut() {
             loop {
                 if pending_body.is_none() {
@@ -493,7 +515,7 @@ pub fn verify(
                         if let Some(slot) = b.index.checked_sub(first).and_then(|o| {
                             batch_bodies.get_mut(usize::try_from(o).unwrap_or(usize::MAX))
                         }) {
-                            *slot = Some(b.body);
+                            *slot = Some(b);
                         }
                     }
                     other => {
@@ -620,6 +642,7 @@ struct Checked {
 
 struct Ctx<'a> {
     pinned: &'a Jwks,
+    data_key: Option<&'a DataKey>,
     agencies: &'a BTreeMap<String, Jwks>,
     catalog: &'a Catalog,
     depth: Depth,
@@ -634,7 +657,7 @@ struct Head {
 
 fn check_batch(
     lines: &[String],
-    bodies: &[Option<String>],
+    bodies: &[Option<BodyLine>],
     ctx: &Ctx<'_>,
     threads: usize,
 ) -> Result<Vec<Checked>, String> {
@@ -642,7 +665,7 @@ fn check_batch(
         return Ok(lines
             .iter()
             .zip(bodies)
-            .map(|(l, b)| check_entry(l, b.as_deref(), ctx))
+            .map(|(l, b)| check_entry(l, b.as_ref(), ctx))
             .collect());
     }
     let chunk = lines.len().div_ceil(threads);
@@ -654,7 +677,7 @@ fn check_batch(
                 scope.spawn(move || {
                     ls.iter()
                         .zip(bs)
-                        .map(|(l, b)| check_entry(l, b.as_deref(), ctx))
+                        .map(|(l, b)| check_entry(l, b.as_ref(), ctx))
                         .collect::<Vec<_>>()
                 })
             })
@@ -670,7 +693,7 @@ fn check_batch(
     })
 }
 
-fn check_entry(line: &str, body: Option<&str>, ctx: &Ctx<'_>) -> Checked {
+fn check_entry(line: &str, body: Option<&BodyLine>, ctx: &Ctx<'_>) -> Checked {
     let leaf = leaf_hash(line.as_bytes());
     if ctx.depth == Depth::Integrity {
         return match serde_json::from_str::<Head>(line) {
@@ -719,8 +742,8 @@ fn check_entry(line: &str, body: Option<&str>, ctx: &Ctx<'_>) -> Checked {
         ));
     }
     outcomes.push((checks::HUB_SIGNATURE, signed.map(|_| ())));
-    if let Some(body) = body {
-        check_body(&mut outcomes, &value, body, ctx);
+    if let (Some(body), Some(key)) = (body, ctx.data_key) {
+        check_body(&mut outcomes, &value, body, key, ctx);
     }
     Checked {
         claimed_index: value["index"].as_u64(),
@@ -756,13 +779,28 @@ fn signature_of_canonical(line: &str, value: &Value, pinned: &Jwks) -> Result<St
     jws::verify_detached(sig, statement.as_bytes(), pinned).map_err(|e| e.to_string())
 }
 
-fn check_body(outcomes: &mut Vec<Outcome>, record: &Value, body_b64: &str, ctx: &Ctx<'_>) {
-    let Ok(body) = STANDARD.decode(body_b64) else {
-        outcomes.push((checks::BODY_HASH, Err("the body is not base64".into())));
+fn check_body(
+    outcomes: &mut Vec<Outcome>,
+    record: &Value,
+    line: &BodyLine,
+    key: &DataKey,
+    ctx: &Ctx<'_>,
+) {
+    let commitment = record["body_hash"].as_str().unwrap_or_default();
+    let opened = line
+        .sealed()
+        .and_then(|sealed| key.open(&sealed, commitment));
+    let Some((salt, body)) = opened else {
+        outcomes.push((
+            checks::BODY_HASH,
+            Err(format!(
+                "the body does not open with data key {} against body_hash",
+                key.id()
+            )),
+        ));
         return;
     };
-    let hash = URL_SAFE_NO_PAD.encode(sha256(&body));
-    if record["body_hash"].as_str() != Some(hash.as_str()) {
+    if hub_core::body::commitment(&salt, &body) != commitment {
         outcomes.push((
             checks::BODY_HASH,
             Err("the body does not match body_hash".into()),

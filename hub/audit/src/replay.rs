@@ -10,15 +10,15 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use hub_core::decide;
 use hub_core::ids::Member;
 use hub_core::schema::Catalog;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::{BundleError, RegistrySnapshot, invalid, io, manifest, read_json};
+use hub_core::body::DataKey;
+
+use crate::{BodyLine, BundleError, RegistrySnapshot, invalid, io, manifest, read_json};
 
 /// An entry whose replayed outcome is not the recorded one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -41,12 +41,6 @@ pub struct ReplayReport {
     pub differences: Vec<Difference>,
 }
 
-#[derive(Deserialize)]
-struct BodyLine {
-    index: u64,
-    body: String,
-}
-
 /// The request the hub received, rebuilt from a logged entry and its body:
 /// the canonical envelope with the sender's signature, or the raw bytes of
 /// a request refused before its envelope could be read.
@@ -63,8 +57,13 @@ fn request_bytes(record: &Value, body: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Replay every decision in the bundle in `dir`. `progress` gets (done, all).
-pub fn replay(dir: &Path, progress: &dyn Fn(u64, u64)) -> Result<ReplayReport, BundleError> {
+/// Replay every decision in the bundle in `dir`, opening the bodies with
+/// `data_key`. `progress` gets (done, all).
+pub fn replay(
+    dir: &Path,
+    data_key: &DataKey,
+    progress: &dyn Fn(u64, u64),
+) -> Result<ReplayReport, BundleError> {
     let manifest = manifest(dir)?;
     if !manifest.bodies {
         return Err(invalid(
@@ -104,9 +103,19 @@ pub fn replay(dir: &Path, progress: &dyn Fn(u64, u64)) -> Result<ReplayReport, B
         let Some(body) = pending.as_ref().filter(|b| b.index == index) else {
             continue;
         };
-        let body = STANDARD
-            .decode(&body.body)
-            .map_err(|e| invalid(&bodies_path, format!("entry {index}: {e}")))?;
+        let commitment = record["body_hash"].as_str().unwrap_or_default();
+        let Some((_, body)) = body
+            .sealed()
+            .and_then(|sealed| data_key.open(&sealed, commitment))
+        else {
+            return Err(invalid(
+                &bodies_path,
+                format!(
+                    "entry {index}: the body does not open with data key {}",
+                    data_key.id()
+                ),
+            ));
+        };
         let who: Member = serde_json::from_value(record["sender"].clone())
             .map_err(|e| invalid(&entries_path, format!("entry {index}: sender: {e}")))?;
         let recorded = if kind == "refusal" {

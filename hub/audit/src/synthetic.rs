@@ -3,10 +3,11 @@
 
 use std::path::Path;
 
+use hub_core::body::{DataKey, commitment};
 use hub_core::ids::{ExchangeId, ServiceName};
 use hub_core::jcs;
 use hub_core::jws::{Jwks, SigningKey};
-use hub_core::log::{EntryDraft, EntryKind, body_hash, seal};
+use hub_core::log::{EntryDraft, EntryKind, seal};
 use hub_core::merkle::Frontier;
 use hub_core::note::{self, Checkpoint};
 use serde_json::json;
@@ -42,11 +43,13 @@ pub fn checkpoint(
 }
 
 /// Write a bundle of `entries` entries to `dir`, with a checkpoint every
-/// `checkpoint_every` entries and at the end; returns the keys to pin.
+/// `checkpoint_every` entries and at the end, bodies sealed with
+/// `data_key`; returns the keys to pin.
 pub fn write_bundle(
     dir: &Path,
     origin: &str,
     key: &SigningKey,
+    data_key: &DataKey,
     entries: u64,
     checkpoint_every: u64,
     progress: &dyn Fn(u64),
@@ -67,6 +70,13 @@ pub fn write_bundle(
         ServiceName::parse("enterprise.registered").map_err(|e| invalid(e.to_string()))?;
     for i in 0..entries {
         let body = json!({"acknowledged": exchange_id(i), "recipient": "000.00.00.G08/tax"});
+        let plain = jcs::canonicalize(&body).map_err(|e| invalid(e.to_string()))?;
+        let mut salt = [0u8; 16];
+        salt[8..].copy_from_slice(&i.to_be_bytes());
+        let body_hash = commitment(&salt, &plain);
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&i.to_be_bytes());
+        let sealed_body = data_key.seal(&salt, &plain, &body_hash, nonce);
         let draft = EntryDraft {
             kind: EntryKind::Receipt,
             exchange_id: exchange_id(i),
@@ -79,17 +89,14 @@ pub fn write_bundle(
             case_ref: None,
             on_behalf_of: None,
             schema: None,
-            body_hash: body_hash(&body).map_err(|e| invalid(e.to_string()))?,
+            body_hash,
             refers_to: i.checked_sub(1),
             error: None,
             sender_signature: None,
         };
         let sealed = seal(draft, i, &prev, t0, key).map_err(|e| invalid(e.to_string()))?;
         let canonical = String::from_utf8_lossy(&sealed.canonical);
-        writer.push(
-            &canonical,
-            Some(&jcs::canonicalize(&body).map_err(|e| invalid(e.to_string()))?),
-        )?;
+        writer.push(&canonical, Some(&sealed_body))?;
         frontier.push(sealed.leaf_hash);
         prev = sealed.leaf_hash;
         if (i + 1) % checkpoint_every.max(1) == 0 || i + 1 == entries {

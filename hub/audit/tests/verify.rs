@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use hub_audit::{Depth, Options, Report, checks, verify};
+use hub_core::body::DataKey;
 use hub_core::ids::ExchangeId;
 use hub_core::jws::{Jwks, SigningKey};
 
@@ -20,13 +21,26 @@ fn checkpoint(key: &SigningKey, size: u64, root: [u8; 32]) -> hub_audit::BundleC
     hub_audit::synthetic::checkpoint(ORIGIN, key, size, root).unwrap()
 }
 
+fn data_key() -> std::sync::Arc<DataKey> {
+    std::sync::Arc::new(DataKey::from_bytes(&[5; 32]))
+}
+
 /// A bundle of N entries with checkpoints at 10, 20, 30 and 40; returns the pinned keys.
 fn build(dir: &Path, key: &SigningKey) -> Jwks {
-    hub_audit::synthetic::write_bundle(dir, ORIGIN, key, N, 10, &|_| {}).unwrap()
+    hub_audit::synthetic::write_bundle(dir, ORIGIN, key, &data_key(), N, 10, &|_| {}).unwrap()
 }
 
 fn run(dir: &Path, pinned: &Jwks) -> Report {
-    verify(dir, pinned, &Options::default(), &|_, _| {}).unwrap()
+    verify(
+        dir,
+        pinned,
+        &Options {
+            data_key: Some(data_key()),
+            ..Options::default()
+        },
+        &|_, _| {},
+    )
+    .unwrap()
 }
 
 fn lines(dir: &Path, file: &str) -> Vec<String> {
@@ -188,19 +202,34 @@ fn unknown_and_expired_keys_are_refused() {
 }
 
 #[test]
-fn a_changed_body_is_caught() {
+fn a_changed_body_is_caught_and_bodies_are_sealed() {
     let (dir, _, pinned) = fresh();
     let mut l = lines(dir.path(), "bodies.jsonl");
-    let other = base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        br#"{"acknowledged":999}"#,
+    // Bodies are sealed: the recipient's member code is not there in clear.
+    assert!(
+        !std::fs::read_to_string(dir.path().join("bodies.jsonl"))
+            .unwrap()
+            .contains("G08")
     );
-    l[3] = format!("{{\"index\":3,\"body\":\"{other}\"}}");
+    // One flipped ciphertext bit: the body no longer opens against its commitment.
+    let mut line: serde_json::Value = serde_json::from_str(&l[3]).unwrap();
+    let mut bytes = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        line["body"].as_str().unwrap(),
+    )
+    .unwrap();
+    bytes[0] ^= 1;
+    line["body"] = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes).into();
+    l[3] = line.to_string();
     write_lines(dir.path(), "bodies.jsonl", &l);
     assert_eq!(
         failed(&run(dir.path(), &pinned), checks::BODY_HASH),
         [Some(3)]
     );
+    // Without the data key the log still verifies; the bodies are not opened.
+    let report = verify(dir.path(), &pinned, &Options::default(), &|_, _| {}).unwrap();
+    assert!(report.ok(), "{:?}", report.findings);
+    assert!(!report.checks.contains_key(checks::BODY_HASH));
 }
 
 #[test]

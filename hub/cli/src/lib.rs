@@ -57,6 +57,11 @@ pub enum Command {
     /// The auditor's toolkit: export the log, verify and prove offline.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Delete the bodies (personal data) and cached replies older than N days; the log still verifies.
+    Purge {
+        #[arg(long)]
+        older_than_days: u32,
+    },
     /// Witnesses: register them (admin), or run one (cosign the hub's checkpoints).
     #[command(subcommand)]
     Witness(WitnessCmd),
@@ -122,10 +127,16 @@ pub enum AuditCmd {
         /// How many of the witnesses must have cosigned the latest checkpoint (default: all given).
         #[arg(long)]
         quorum: Option<usize>,
+        /// The data key that opens the bodies (the hub's pki/data.key); without it bodies are not checked.
+        #[arg(long)]
+        data_key: Option<PathBuf>,
     },
     /// Re-run the pipeline's decisions for every logged request, event and refusal, against the exported registry.
     Replay {
         bundle: PathBuf,
+        /// The data key that opens the bodies (the hub's pki/data.key).
+        #[arg(long)]
+        data_key: PathBuf,
         /// Also write the full report as JSON here.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -308,6 +319,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inbox(args) => inbox(&config, args).await,
         Command::Audit(cmd) => audit(&config, cmd).await,
         Command::Witness(cmd) => witness(&config, cmd).await,
+        Command::Purge { older_than_days } => {
+            let store = open_store(&config).await?;
+            let (before, before_millis) = app::retention_cutoff(&SystemClock, older_than_days);
+            let (bodies, replies) = store.purge(&before, before_millis).await?;
+            println!("purged {bodies} bodies and {replies} cached replies from before {before}");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -473,7 +491,7 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 let Some(last) = chunk.last() else { break };
                 next = last.index + 1;
                 for e in &chunk {
-                    writer.push(&e.record, e.body.as_deref())?;
+                    writer.push(&e.record, e.body.as_ref())?;
                 }
                 bar.set_position(next);
             }
@@ -542,6 +560,7 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             integrity_only,
             witnesses,
             quorum,
+            data_key,
         } => {
             let depth = if integrity_only {
                 hub_audit::Depth::Integrity
@@ -559,7 +578,11 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 depth,
                 quorum: quorum.unwrap_or(witnesses.len()),
                 witnesses,
+                data_key: data_key
+                    .map(|p| hub_server::pki::read_data_key(&p).map(Arc::new))
+                    .transpose()?,
             };
+            let bodies_sealed = options.data_key.is_none() && hub_audit::manifest(&bundle)?.bodies;
             let pinned = read_jwks(&jwks)?;
             let total = hub_audit::manifest(&bundle)?.entries;
             let bar = indicatif::ProgressBar::new(total);
@@ -586,6 +609,9 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                     "OK: {} entries and {} checkpoints of {} verified",
                     report.entries, report.checkpoints, report.origin
                 );
+                if bodies_sealed && depth == hub_audit::Depth::Full {
+                    println!("note: the bodies are sealed; give --data-key to check them too");
+                }
                 if report.entries_after_last_checkpoint > 0 {
                     println!(
                         "note: the last {} entries are not yet covered by a signed checkpoint",
@@ -607,11 +633,14 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
         }
         AuditCmd::Replay {
             bundle,
+            data_key,
             report: report_path,
         } => {
+            let data_key = hub_server::pki::read_data_key(&data_key)?;
             let total = hub_audit::manifest(&bundle)?.entries;
             let bar = indicatif::ProgressBar::new(total);
-            let report = hub_audit::replay::replay(&bundle, &|done, _| bar.set_position(done))?;
+            let report =
+                hub_audit::replay::replay(&bundle, &data_key, &|done, _| bar.set_position(done))?;
             bar.finish_and_clear();
             println!("{:<22} {:>12}", "entries", report.entries);
             println!("{:<22} {:>12}", "decisions replayed", report.replayed);

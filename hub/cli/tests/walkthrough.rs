@@ -152,6 +152,25 @@ fn the_readme_walkthrough_works_with_the_real_binary() {
     let verify = hub(data, &["audit", "verify", bundle_s, "--jwks", pinned_s]);
     assert!(verify.status.success(), "{}", text(&verify));
     assert!(text(&verify).contains("OK:"), "{}", text(&verify));
+    assert!(
+        text(&verify).contains("the bodies are sealed"),
+        "{}",
+        text(&verify)
+    );
+    let verify = hub(
+        data,
+        &[
+            "audit",
+            "verify",
+            bundle_s,
+            "--jwks",
+            pinned_s,
+            "--data-key",
+            data.join("pki/data.key").to_str().unwrap(),
+        ],
+    );
+    assert!(verify.status.success(), "{}", text(&verify));
+    assert!(text(&verify).contains("body_hash"), "{}", text(&verify));
     let prove = hub(
         data,
         &["audit", "prove", bundle_s, &exchange_id, "--jwks", pinned_s],
@@ -160,7 +179,12 @@ fn the_readme_walkthrough_works_with_the_real_binary() {
     assert!(text(&prove).contains("proofs checked"), "{}", text(&prove));
 
     // Replaying every decision against the exported registry gives the logged outcomes.
-    let replay = hub(data, &["audit", "replay", bundle_s]);
+    let data_key = data.join("pki/data.key");
+    let data_key_s = data_key.to_str().unwrap();
+    let replay = hub(
+        data,
+        &["audit", "replay", bundle_s, "--data-key", data_key_s],
+    );
     assert!(replay.status.success(), "{}", text(&replay));
     assert!(
         text(&replay).contains("different outcome"),
@@ -175,7 +199,10 @@ fn the_readme_walkthrough_works_with_the_real_binary() {
         !(g["consumer"]["subsystem"] == "one-stop" && g["service"] == "citizen.lookup")
     });
     std::fs::write(&registry_path, registry.to_string()).unwrap();
-    let replay = hub(data, &["audit", "replay", bundle_s]);
+    let replay = hub(
+        data,
+        &["audit", "replay", bundle_s, "--data-key", data_key_s],
+    );
     assert!(!replay.status.success());
     assert!(
         text(&replay).contains("DIFFERS entry 0 (request): recorded accepted, replayed no_grant"),

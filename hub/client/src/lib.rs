@@ -10,7 +10,6 @@ use bytes::Bytes;
 pub use http::{Method, StatusCode};
 use http::{Request, header};
 use http_body_util::{BodyExt, Full};
-use hub_core::hash::{b64url, sha256};
 use hub_core::jcs;
 use hub_core::jws::{Jwks, SigningKey};
 use hub_core::log::{RecordError, verify_record_signature};
@@ -241,15 +240,20 @@ pub enum ReplyError {
     BodyMismatch,
 }
 
-/// Check a `{"record", "body"}` reply: the hub's signature on the record,
-/// and the body against the record's `body_hash`. Returns the key id.
+/// Check a `{"record", "body", "body_salt"}` reply: the hub's signature on
+/// the record, and that `body_hash = SHA-256(salt || JCS(body))`. Returns
+/// the key id.
 pub fn verify_reply(reply: &Value, keys: &Jwks) -> Result<String, ReplyError> {
     let record = reply.get("record").ok_or(ReplyError::NoRecord)?;
     let kid = verify_record_signature(record, keys)?;
     let body = reply.get("body").ok_or(ReplyError::BodyMismatch)?;
-    let hash = b64url(&sha256(
-        &jcs::canonicalize(body).map_err(RecordError::from)?,
-    ));
+    let salt = reply
+        .get("body_salt")
+        .and_then(Value::as_str)
+        .and_then(hub_core::hash::from_b64url)
+        .ok_or(ReplyError::BodyMismatch)?;
+    let canonical = jcs::canonicalize(body).map_err(RecordError::from)?;
+    let hash = hub_core::body::commitment(&salt, &canonical);
     if record.get("body_hash").and_then(Value::as_str) != Some(hash.as_str()) {
         return Err(ReplyError::BodyMismatch);
     }

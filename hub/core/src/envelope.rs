@@ -80,12 +80,15 @@ pub struct ExchangeRequest {
     pub signature: Option<String>,
 }
 
-/// What the hub answers: a log record it signed, and the body whose hash the
-/// record carries (the response payload for a query, the envelope for an event).
+/// What the hub answers: a log record it signed, the body it commits to
+/// (the response payload for a query, the envelope for an event), and the
+/// salt that opens the commitment: `record.body_hash = SHA-256(salt || JCS(body))`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reply {
     pub record: Record,
     pub body: Value,
+    /// base64url, 16 bytes.
+    pub body_salt: String,
 }
 
 /// The JSON body of every error the API returns.

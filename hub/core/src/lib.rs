@@ -2,6 +2,7 @@
 //! server share, and nothing that does I/O.
 //!
 //! - [`ids`]: typed identifiers (agency codes, personal IDs, tax codes, exchange ids)
+//! - [`body`]: salted body commitments and AES-256-GCM encryption at rest
 //! - [`jcs`]: RFC 8785 canonical JSON
 //! - [`jws`]: detached JWS with unencoded payload (RFC 7515 + RFC 7797), Ed25519 and P-256
 //! - [`envelope`]: the exchange envelope as a typed value
@@ -15,6 +16,7 @@
 //! Time, randomness and keys are always parameters, so tests and replays are exact.
 #![forbid(unsafe_code)]
 
+pub mod body;
 pub mod decide;
 pub mod envelope;
 pub mod hash;

@@ -87,8 +87,10 @@ pub struct EntryDraft {
     /// The catalog id of the schema the body was validated against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,
-    /// base64url SHA-256 of the body: the canonical envelope, response
-    /// payload or acknowledgment; for unparseable input, of the raw bytes.
+    /// The salted commitment to the body (`hub_core::body::commitment`):
+    /// base64url `SHA-256(salt || body)`, the body being the canonical
+    /// envelope, response payload or acknowledgment, or for unparseable
+    /// input the raw bytes.
     pub body_hash: String,
     /// The index of the entry this one answers or acknowledges.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,11 +136,6 @@ pub fn leaf_hash(canonical_entry: &[u8]) -> Hash {
     buf.push(0u8);
     buf.extend_from_slice(canonical_entry);
     sha256(&buf)
-}
-
-/// The hash a draft's `body_hash` carries for a JSON body.
-pub fn body_hash(body: &Value) -> Result<String, JcsError> {
-    Ok(b64url(&sha256(&jcs::canonicalize(body)?)))
 }
 
 /// Place `draft` at `index` after the entry whose leaf hash is `prev`, sign it.
@@ -216,7 +213,7 @@ mod tests {
             case_ref: None,
             on_behalf_of: None,
             schema: None,
-            body_hash: body_hash(&serde_json::json!({"personal_id": "001085012345"})).unwrap(),
+            body_hash: crate::body::commitment(&[0; 16], br#"{"personal_id":"001085012345"}"#),
             refers_to: None,
             error: None,
             sender_signature: None,

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::http::{AppState, api_routes, public_routes};
 use crate::log_writer::LogWriter;
 use crate::pipeline::Hub;
-use crate::pki::{DEMO_AGENCIES, PkiPaths, ensure_dev_pki, read_signing_key};
+use crate::pki::{DEMO_AGENCIES, PkiPaths, ensure_dev_pki, read_data_key, read_signing_key};
 use crate::queue::EmbeddedQueue;
 use crate::store::{AgencyRecord, Grant, ServiceRecord, Store, Subscription};
 use crate::{serve, store, tls};
@@ -297,20 +297,30 @@ pub async fn start_with_adapters(
     let note_verifier = hub_core::note::verifier_for(&config.log_origin, &hub_key)
         .context("the log origin must be a valid note key name (no spaces or '+')")?;
     let head = log.watch_head();
+    let data_key = Arc::new(read_data_key(&init.pki.data_key()).context("reading the data key")?);
     let hub = Arc::new(Hub::new(
         catalog,
         init.store.clone(),
         queue,
         log,
-        clock,
+        clock.clone(),
         random,
         &hub_key,
+        data_key,
         note_verifier,
         Duration::from_millis(config.query_timeout_ms),
     ));
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    if config.body_retention_days > 0 {
+        tasks.spawn(run_purger(
+            init.store.clone(),
+            clock.clone(),
+            config.body_retention_days,
+            shutdown_rx.clone(),
+        ));
+    }
     tasks.spawn(crate::transparency::run_checkpointer(
         init.store.clone(),
         hub_key.clone(),
@@ -364,6 +374,37 @@ pub async fn start_with_adapters(
         shutdown,
         tasks,
     })
+}
+
+/// Purge bodies and cached replies older than the retention period, at
+/// start and then hourly.
+async fn run_purger(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    days: u32,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (before, before_millis) = retention_cutoff(clock.as_ref(), days);
+        match store.purge(&before, before_millis).await {
+            Ok((bodies, replies)) if bodies + replies > 0 => {
+                info!(bodies, replies, %before, "purged what is past the retention period");
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "purge failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+/// The instant `days` ago, as entries write times and as epoch milliseconds.
+pub fn retention_cutoff(clock: &dyn Clock, days: u32) -> (String, u64) {
+    let cutoff = clock.now() - time::Duration::days(i64::from(days));
+    let millis = u64::try_from(cutoff.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    (hub_core::timefmt::rfc3339_millis(cutoff), millis)
 }
 
 /// Feed one in-process adapter from its queue until shutdown.

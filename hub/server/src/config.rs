@@ -31,6 +31,8 @@ pub struct Config {
     pub log_origin: String,
     /// How often a new checkpoint is signed when the log has grown.
     pub checkpoint_interval_ms: u64,
+    /// Bodies and cached replies older than this many days are purged (0: kept).
+    pub body_retention_days: u32,
     /// Seed demo agencies, services, grants and subscriptions on first run.
     pub seed_demo: bool,
     /// Generated records per synthetic registry, besides the fixtures.
@@ -50,6 +52,7 @@ impl Default for Config {
             log_batch_max: 512,
             log_origin: "hub.invalid/exchange-log".into(),
             checkpoint_interval_ms: 1000,
+            body_retention_days: 0,
             seed_demo: true,
             synthetic_records: 1000,
         }

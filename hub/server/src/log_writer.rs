@@ -22,12 +22,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, instrument};
 
 use crate::clock::Clock;
-use crate::store::{AppendItem, Effect, Store, StoreError};
+use crate::store::{AppendItem, Body, Effect, Store, StoreError};
 
 /// What a caller hands the writer.
 struct Pending {
     draft: EntryDraft,
-    body: Vec<u8>,
+    body: Body,
     effects: Vec<Effect>,
     reply: oneshot::Sender<Result<AppendItem, AppendError>>,
 }
@@ -136,7 +136,7 @@ impl LogWriter {
     pub async fn append(
         &self,
         draft: EntryDraft,
-        body: Vec<u8>,
+        body: Body,
         effects: Vec<Effect>,
     ) -> Result<AppendItem, AppendError> {
         let (reply, rx) = oneshot::channel();

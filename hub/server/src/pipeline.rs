@@ -18,13 +18,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hub_adapter_sdk::{Adapter, AdapterRequest, ServiceKind};
+use hub_core::body::{self, DataKey, NONCE_LEN, SALT_LEN};
 use hub_core::decide::{self, Partial, Refusal, ServiceView, violations_of};
 use hub_core::envelope::Envelope;
-use hub_core::hash::{b64url, sha256};
 use hub_core::ids::{ExchangeId, Member};
 use hub_core::jcs;
 use hub_core::jws::{Jwks, SigningKey};
-use hub_core::log::{EntryDraft, EntryError, EntryKind, Record, body_hash};
+use hub_core::log::{EntryDraft, EntryError, EntryKind, Record};
 use hub_core::schema::{Catalog, Violation};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, oneshot};
@@ -35,7 +35,7 @@ use crate::error::{ExchangeError, Failure, Logged};
 use crate::log_writer::{AppendError, LogWriter};
 use crate::queue::Queue;
 use crate::store::{
-    AppendItem, Delivery, Effect, ExchangeState, Grant, ServiceRecord, Store, StoreError,
+    AppendItem, Body, Delivery, Effect, ExchangeState, Grant, ServiceRecord, Store, StoreError,
 };
 
 /// What a finished query hands its waiting caller.
@@ -48,6 +48,7 @@ pub struct Accepted {
     pub envelope: Envelope,
     /// RFC 8785 form of the envelope as sent.
     pub canonical: Vec<u8>,
+    /// The canonical envelope keyed with the data key, for idempotency.
     pub request_hash: String,
     pub signature: Option<String>,
     pub service: ServiceView,
@@ -69,6 +70,8 @@ pub struct Hub {
     pub clock: Arc<dyn Clock>,
     pub random: Arc<dyn Random>,
     pub jwks: Jwks,
+    /// Seals bodies at rest and keys the idempotency hashes.
+    pub data_key: Arc<DataKey>,
     /// The checkpoint key's name (the log origin) and public key.
     pub note_verifier: hub_core::note::Verifier,
     pub query_timeout: Duration,
@@ -117,6 +120,7 @@ impl Hub {
         clock: Arc<dyn Clock>,
         random: Arc<dyn Random>,
         hub_key: &SigningKey,
+        data_key: Arc<DataKey>,
         note_verifier: hub_core::note::Verifier,
         query_timeout: Duration,
     ) -> Self {
@@ -130,6 +134,7 @@ impl Hub {
             jwks: Jwks {
                 keys: vec![hub_key.public_jwk()],
             },
+            data_key,
             note_verifier,
             query_timeout,
             waiters: Mutex::new(HashMap::new()),
@@ -154,6 +159,22 @@ impl Hub {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(n) = w.get(member) {
             n.notify_one();
+        }
+    }
+
+    /// A body with a fresh salt, its commitment, and sealed for storage.
+    fn body(&self, plain: Vec<u8>) -> Body {
+        let mut salt = [0u8; SALT_LEN];
+        let mut nonce = [0u8; NONCE_LEN];
+        self.random.fill(&mut salt);
+        self.random.fill(&mut nonce);
+        let commitment = body::commitment(&salt, &plain);
+        let sealed = self.data_key.seal(&salt, &plain, &commitment, nonce);
+        Body {
+            plain,
+            salt: salt.to_vec(),
+            commitment,
+            sealed,
         }
     }
 
@@ -220,7 +241,7 @@ impl Hub {
         let exchange_id = env.id.unwrap_or_else(|| self.new_exchange_id());
         Ok(Accepted {
             exchange_id,
-            request_hash: b64url(&sha256(&parsed.canonical)),
+            request_hash: self.data_key.keyed_hash(&parsed.canonical),
             canonical: parsed.canonical,
             signature: parsed.signature,
             envelope: parsed.envelope,
@@ -245,7 +266,7 @@ impl Hub {
             case_ref: env.map(|e| e.case_ref.clone()),
             on_behalf_of: env.and_then(|e| e.on_behalf_of.clone()),
             schema: None,
-            body_hash: b64url(&sha256(&known.body)),
+            body_hash: String::new(),
             refers_to: None,
             error: Some(EntryError {
                 code: error.code().to_owned(),
@@ -254,7 +275,10 @@ impl Hub {
             sender_signature: known.signature,
         };
         info!(code = error.code(), %exchange_id, "refused");
-        match self.log.append(draft, known.body, vec![]).await {
+        let body = self.body(known.body);
+        let mut draft = draft;
+        draft.body_hash.clone_from(&body.commitment);
+        match self.log.append(draft, body, vec![]).await {
             Ok(item) => Failure {
                 error,
                 logged: Some(Logged {
@@ -288,7 +312,7 @@ impl Hub {
             case_ref: Some(a.envelope.case_ref.clone()),
             on_behalf_of: a.envelope.on_behalf_of.clone(),
             schema: Some(a.service.request_schema.clone()),
-            body_hash: a.request_hash.clone(),
+            body_hash: String::new(),
             refers_to: None,
             error: None,
             sender_signature: a.signature.clone(),
@@ -336,14 +360,17 @@ impl Hub {
             Effect::OpenExchange {
                 sender: who.clone(),
                 request_hash: a.request_hash.clone(),
+                at_millis: self.clock.unix_millis(),
             },
             Effect::Enqueue {
                 recipient: provider.clone(),
                 visible_at_millis: self.clock.unix_millis(),
             },
         ];
-        let draft = self.accepted_draft(who, &a, EntryKind::Request, vec![]);
-        if let Err(e) = self.log.append(draft, a.canonical.clone(), effects).await {
+        let body = self.body(a.canonical.clone());
+        let mut draft = self.accepted_draft(who, &a, EntryKind::Request, vec![]);
+        draft.body_hash.clone_from(&body.commitment);
+        if let Err(e) = self.log.append(draft, body, effects).await {
             self.forget_waiter(a.exchange_id);
             return Err(append_failed(e));
         }
@@ -373,8 +400,9 @@ impl Hub {
         });
         draft.sender_signature = None;
         draft.schema = None;
-        draft.body_hash = body_hash(&json!({})).unwrap_or_default();
-        match self.log.append(draft, b"{}".to_vec(), vec![]).await {
+        let body = self.body(b"{}".to_vec());
+        draft.body_hash.clone_from(&body.commitment);
+        match self.log.append(draft, body, vec![]).await {
             Ok(item) => Failure {
                 error,
                 logged: Some(Logged {
@@ -401,6 +429,7 @@ impl Hub {
             Effect::OpenExchange {
                 sender: who.clone(),
                 request_hash: a.request_hash.clone(),
+                at_millis: now,
             },
             Effect::CloseExchange,
         ];
@@ -408,10 +437,12 @@ impl Hub {
             recipient: s.clone(),
             visible_at_millis: now,
         }));
-        let draft = self.accepted_draft(who, &a, EntryKind::Event, subscribers.clone());
+        let body = self.body(a.canonical.clone());
+        let mut draft = self.accepted_draft(who, &a, EntryKind::Event, subscribers.clone());
+        draft.body_hash.clone_from(&body.commitment);
         let item = self
             .log
-            .append(draft, a.canonical.clone(), effects)
+            .append(draft, body, effects)
             .await
             .map_err(append_failed)?;
         for s in &subscribers {
@@ -554,7 +585,8 @@ impl Hub {
                 message: err.to_string(),
             });
         }
-        draft.body_hash = b64url(&sha256(&body));
+        let body = self.body(body);
+        draft.body_hash.clone_from(&body.commitment);
         match self.log.append(draft, body, effects).await {
             Ok(item) => {
                 let _ = self.queue.ack(&provider, id).await;
@@ -638,11 +670,14 @@ impl Hub {
                 case_ref: None,
                 on_behalf_of: None,
                 schema: None,
-                body_hash: b64url(&sha256(&body)),
+                body_hash: String::new(),
                 refers_to: statement.as_ref().map(|s| s.index),
                 error: None,
                 sender_signature: None,
             };
+            let body = self.body(body);
+            let mut draft = draft;
+            draft.body_hash.clone_from(&body.commitment);
             let item: AppendItem = self
                 .log
                 .append(draft, body, vec![])

@@ -1,5 +1,6 @@
 //! The dev PKI, generated on first run into `<data_dir>/pki/`: a dev CA, the
-//! hub's TLS server certificate, the hub's Ed25519 log-signing key, and for
+//! hub's TLS server certificate, the hub's Ed25519 log-signing key, the data
+//! key that seals bodies at rest, and for
 //! each demo agency a client certificate (and, for those that sign their
 //! envelopes, an Ed25519 signing key). Private keys are written `0600` and
 //! never leave the data directory; nothing here is for production, where the
@@ -75,6 +76,10 @@ impl PkiPaths {
     }
     pub fn hub_signing_key(&self) -> PathBuf {
         self.dir.join("hub-signing.key")
+    }
+    /// The data key that seals bodies at rest (32 bytes, base64).
+    pub fn data_key(&self) -> PathBuf {
+        self.dir.join("data.key")
     }
     pub fn agency_cert(&self, m: &Member) -> PathBuf {
         self.dir
@@ -154,6 +159,20 @@ pub fn generate_signing_key(path: &Path) -> Result<SigningKey, PkiError> {
     })?;
     write_private(path, pkcs8_pem(secret.expose()).as_bytes())?;
     Ok(key)
+}
+
+/// Read the data key (32 bytes, base64, one line).
+pub fn read_data_key(path: &Path) -> Result<hub_core::body::DataKey, PkiError> {
+    let text = fs::read_to_string(path).map_err(io(path))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| PkiError::Invalid {
+            path: path.to_owned(),
+            message: "expected 32 bytes in base64".into(),
+        })?;
+    Ok(hub_core::body::DataKey::from_bytes(&bytes))
 }
 
 /// Read every certificate in a PEM file.
@@ -266,6 +285,24 @@ pub fn ensure_dev_pki(paths: &PkiPaths, now: OffsetDateTime) -> Result<bool, Pki
     }
     if !paths.hub_signing_key().exists() {
         generate_signing_key(&paths.hub_signing_key())?;
+    }
+    if !paths.data_key().exists() {
+        use ring::rand::SecureRandom;
+        let mut key = [0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut key)
+            .map_err(|_| PkiError::Invalid {
+                path: paths.data_key(),
+                message: "the system random generator failed".into(),
+            })?;
+        write_private(
+            &paths.data_key(),
+            format!(
+                "{}\n",
+                base64::engine::general_purpose::STANDARD.encode(key)
+            )
+            .as_bytes(),
+        )?;
     }
     for demo in DEMO_AGENCIES {
         let member: Member =

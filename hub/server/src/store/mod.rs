@@ -10,6 +10,7 @@
 
 use async_trait::async_trait;
 use hub_adapter_sdk::ServiceKind;
+use hub_core::body::SealedBody;
 use hub_core::hash::Hash;
 use hub_core::ids::{ExchangeId, Member, PurposeCode, ServiceName};
 use hub_core::jws::Jwk;
@@ -87,7 +88,9 @@ pub enum Effect {
     /// Record an accepted exchange id as pending.
     OpenExchange {
         sender: Member,
+        /// Keyed with the data key: no guessing the request from it.
         request_hash: String,
+        at_millis: u64,
     },
     /// Mark the exchange done; its reply is this entry's record and body.
     CloseExchange,
@@ -100,23 +103,33 @@ pub enum Effect {
     },
 }
 
+/// An entry's body: the bytes, the salt of its commitment, the commitment,
+/// and the same sealed for storage.
+#[derive(Debug, Clone)]
+pub struct Body {
+    pub plain: Vec<u8>,
+    pub salt: Vec<u8>,
+    pub commitment: String,
+    pub sealed: SealedBody,
+}
+
 /// A sealed entry, its body, and its effects.
 #[derive(Debug, Clone)]
 pub struct AppendItem {
     pub sealed: Sealed,
-    /// The canonical body whose hash the entry carries.
-    pub body: Vec<u8>,
+    pub body: Body,
     pub effects: Vec<Effect>,
 }
 
 impl AppendItem {
-    /// `{"record": <record>, "body": <body>}` as sent to recipients and
-    /// stored as a reply, built without re-serializing either part.
+    /// `{"record": <record>, "body": <body>, "body_salt": <salt>}` as sent to
+    /// recipients and stored as a reply, built without re-serializing.
     pub fn message(&self) -> String {
         format!(
-            "{{\"record\":{},\"body\":{}}}",
+            "{{\"record\":{},\"body\":{},\"body_salt\":\"{}\"}}",
             String::from_utf8_lossy(&self.sealed.canonical),
-            String::from_utf8_lossy(&self.body)
+            String::from_utf8_lossy(&self.body.plain),
+            hub_core::hash::b64url(&self.body.salt)
         )
     }
 }
@@ -142,7 +155,8 @@ pub struct StoredEntry {
     pub index: u64,
     pub record: String,
     pub leaf_hash: Hash,
-    pub body: Option<Vec<u8>>,
+    /// `None` once purged.
+    pub body: Option<SealedBody>,
 }
 
 /// A signed checkpoint as stored.
@@ -204,6 +218,11 @@ pub trait Store: Send + Sync {
     async fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError>;
     /// The indexes of every entry of one exchange.
     async fn indexes_of_exchange(&self, id: ExchangeId) -> Result<Vec<u64>, StoreError>;
+
+    /// Delete the bodies of entries logged before `before` (RFC 3339, UTC,
+    /// as entries write it), and the cached replies of exchanges opened
+    /// before `before_millis`; how many of each.
+    async fn purge(&self, before: &str, before_millis: u64) -> Result<(u64, u64), StoreError>;
 
     /// Store a signed checkpoint.
     async fn add_checkpoint(&self, checkpoint: &StoredCheckpoint) -> Result<(), StoreError>;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hub_adapter_sdk::ServiceKind;
+use hub_core::body::SealedBody;
 use hub_core::hash::Hash;
 use hub_core::ids::{ExchangeId, Member, PurposeCode, ServiceName};
 use hub_core::jws::Jwk;
@@ -111,13 +112,27 @@ impl SqliteStore {
 
     fn entry_row(row: &SqliteRow) -> Result<StoredEntry, StoreError> {
         let leaf: Vec<u8> = row.try_get("leaf_hash").map_err(db)?;
+        let key_id: Option<String> = row.try_get("key_id").map_err(db)?;
+        let body = match key_id {
+            None => None,
+            Some(key_id) => {
+                let nonce: Vec<u8> = row.try_get("nonce").map_err(db)?;
+                Some(SealedBody {
+                    key_id,
+                    nonce: nonce
+                        .try_into()
+                        .map_err(|_| corrupt("a body nonce is not 12 bytes"))?,
+                    ciphertext: row.try_get("ciphertext").map_err(db)?,
+                })
+            }
+        };
         Ok(StoredEntry {
             index: to_u64(row.try_get("idx").map_err(db)?),
             record: row.try_get("record").map_err(db)?,
             leaf_hash: leaf
                 .try_into()
                 .map_err(|_| corrupt("leaf hash is not 32 bytes"))?,
-            body: row.try_get("body").map_err(db)?,
+            body,
         })
     }
 
@@ -380,24 +395,31 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
-            sqlx::query("INSERT INTO log_bodies (idx, body) VALUES (?, ?)")
-                .bind(index)
-                .bind(item.body.clone())
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
+            let sealed = &item.body.sealed;
+            sqlx::query(
+                "INSERT INTO log_bodies (idx, key_id, nonce, ciphertext) VALUES (?, ?, ?, ?)",
+            )
+            .bind(index)
+            .bind(&sealed.key_id)
+            .bind(sealed.nonce.to_vec())
+            .bind(sealed.ciphertext.clone())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
             for effect in &item.effects {
                 match effect {
                     Effect::OpenExchange {
                         sender,
                         request_hash,
+                        at_millis,
                     } => {
                         sqlx::query(
-                            "INSERT INTO exchanges (exchange_id, sender, request_hash, state) VALUES (?, ?, ?, 'pending')",
+                            "INSERT INTO exchanges (exchange_id, sender, request_hash, state, created_at) VALUES (?, ?, ?, 'pending', ?)",
                         )
                         .bind(&exchange_id)
                         .bind(sender.to_string())
                         .bind(request_hash)
+                        .bind(to_i64(*at_millis))
                         .execute(&mut *tx)
                         .await
                         .map_err(db)?;
@@ -444,7 +466,7 @@ impl Store for SqliteStore {
 
     async fn entries(&self, from: u64, limit: u32) -> Result<Vec<StoredEntry>, StoreError> {
         sqlx::query(
-            "SELECT e.idx, e.record, e.leaf_hash, b.body FROM log_entries e LEFT JOIN log_bodies b ON b.idx = e.idx
+            "SELECT e.idx, e.record, e.leaf_hash, b.key_id, b.nonce, b.ciphertext FROM log_entries e LEFT JOIN log_bodies b ON b.idx = e.idx
              WHERE e.idx >= ? ORDER BY e.idx LIMIT ?",
         )
         .bind(to_i64(from))
@@ -489,6 +511,23 @@ impl Store for SqliteStore {
         rows.iter()
             .map(|r| Ok(to_u64(r.try_get("idx").map_err(db)?)))
             .collect()
+    }
+
+    async fn purge(&self, before: &str, before_millis: u64) -> Result<(u64, u64), StoreError> {
+        let bodies = sqlx::query(
+            "DELETE FROM log_bodies WHERE idx IN
+               (SELECT idx FROM log_entries WHERE json_extract(record, '$.time') < ?)",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        let replies = sqlx::query("DELETE FROM exchanges WHERE state = 'done' AND created_at < ?")
+            .bind(to_i64(before_millis))
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok((bodies.rows_affected(), replies.rows_affected()))
     }
 
     async fn add_checkpoint(&self, c: &StoredCheckpoint) -> Result<(), StoreError> {
