@@ -251,6 +251,7 @@ pub mod checks {
     pub const HUB_SIGNATURE: &str = "hub_signature";
     pub const KEY_VALIDITY: &str = "key_validity";
     pub const BODY_HASH: &str = "body_hash";
+    pub const STORED_BODY: &str = "stored_body";
     pub const SENDER_SIGNATURE: &str = "sender_signature";
     pub const SCHEMA: &str = "schema";
     pub const CHECKPOINT_SIGNATURE: &str = "checkpoint_signature";
@@ -742,6 +743,19 @@ fn check_entry(line: &str, body: Option<&BodyLine>, ctx: &Ctx<'_>) -> Checked {
         ));
     }
     outcomes.push((checks::HUB_SIGNATURE, signed.map(|_| ())));
+    if let Some(body) = body
+        && let Some(expected) = value["sealed_body_hash"].as_str()
+    {
+        let stored = body.sealed().map(|s| s.hash());
+        outcomes.push((
+            checks::STORED_BODY,
+            if stored.as_deref() == Some(expected) {
+                Ok(())
+            } else {
+                Err("the stored (sealed) body is not the one logged".into())
+            },
+        ));
+    }
     if let (Some(body), Some(key)) = (body, ctx.data_key) {
         check_body(&mut outcomes, &value, body, key, ctx);
     }

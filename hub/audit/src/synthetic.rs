@@ -93,6 +93,7 @@ pub fn write_bundle(
             refers_to: i.checked_sub(1),
             error: None,
             sender_signature: None,
+            sealed_body_hash: Some(sealed_body.hash()),
         };
         let sealed = seal(draft, i, &prev, t0, key).map_err(|e| invalid(e.to_string()))?;
         let canonical = String::from_utf8_lossy(&sealed.canonical);

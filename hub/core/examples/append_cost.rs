@@ -32,6 +32,7 @@ fn main() {
         refers_to: None,
         error: None,
         sender_signature: None,
+        sealed_body_hash: None,
     };
     let t = Instant::now();
     let mut prev = [0u8; 32];

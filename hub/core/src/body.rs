@@ -54,6 +54,17 @@ pub struct SealedBody {
     pub ciphertext: Vec<u8>,
 }
 
+impl SealedBody {
+    /// base64url SHA-256 of `nonce || ciphertext`: what a log entry commits
+    /// to about the stored bytes.
+    pub fn hash(&self) -> String {
+        let mut buf = Vec::with_capacity(NONCE_LEN + self.ciphertext.len());
+        buf.extend_from_slice(&self.nonce);
+        buf.extend_from_slice(&self.ciphertext);
+        b64url(&sha256(&buf))
+    }
+}
+
 impl DataKey {
     /// A key from its 32 bytes.
     pub fn from_bytes(bytes: &[u8; 32]) -> Self {

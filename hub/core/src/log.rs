@@ -92,6 +92,11 @@ pub struct EntryDraft {
     /// envelope, response payload or acknowledgment, or for unparseable
     /// input the raw bytes.
     pub body_hash: String,
+    /// base64url SHA-256 of the body as stored (`nonce || ciphertext`), so
+    /// that an auditor without the data key can still check that the stored
+    /// body is the one logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_body_hash: Option<String>,
     /// The index of the entry this one answers or acknowledges.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refers_to: Option<u64>,
@@ -217,6 +222,7 @@ mod tests {
             refers_to: None,
             error: None,
             sender_signature: None,
+            sealed_body_hash: None,
         }
     }
 

@@ -273,11 +273,12 @@ impl Hub {
                 message: error.to_string(),
             }),
             sender_signature: known.signature,
+            sealed_body_hash: None,
         };
         info!(code = error.code(), %exchange_id, "refused");
         let body = self.body(known.body);
         let mut draft = draft;
-        draft.body_hash.clone_from(&body.commitment);
+        body.describe(&mut draft);
         match self.log.append(draft, body, vec![]).await {
             Ok(item) => Failure {
                 error,
@@ -316,6 +317,7 @@ impl Hub {
             refers_to: None,
             error: None,
             sender_signature: a.signature.clone(),
+            sealed_body_hash: None,
         }
     }
 
@@ -369,7 +371,7 @@ impl Hub {
         ];
         let body = self.body(a.canonical.clone());
         let mut draft = self.accepted_draft(who, &a, EntryKind::Request, vec![]);
-        draft.body_hash.clone_from(&body.commitment);
+        body.describe(&mut draft);
         if let Err(e) = self.log.append(draft, body, effects).await {
             self.forget_waiter(a.exchange_id);
             return Err(append_failed(e));
@@ -401,7 +403,7 @@ impl Hub {
         draft.sender_signature = None;
         draft.schema = None;
         let body = self.body(b"{}".to_vec());
-        draft.body_hash.clone_from(&body.commitment);
+        body.describe(&mut draft);
         match self.log.append(draft, body, vec![]).await {
             Ok(item) => Failure {
                 error,
@@ -439,7 +441,7 @@ impl Hub {
         }));
         let body = self.body(a.canonical.clone());
         let mut draft = self.accepted_draft(who, &a, EntryKind::Event, subscribers.clone());
-        draft.body_hash.clone_from(&body.commitment);
+        body.describe(&mut draft);
         let item = self
             .log
             .append(draft, body, effects)
@@ -558,6 +560,7 @@ impl Hub {
             refers_to: Some(record.statement.index),
             error: None,
             sender_signature: None,
+            sealed_body_hash: None,
         };
         let (body, effects, failure) = match checked {
             Ok(payload) => match jcs::canonicalize(&payload) {
@@ -586,7 +589,7 @@ impl Hub {
             });
         }
         let body = self.body(body);
-        draft.body_hash.clone_from(&body.commitment);
+        body.describe(&mut draft);
         match self.log.append(draft, body, effects).await {
             Ok(item) => {
                 let _ = self.queue.ack(&provider, id).await;
@@ -674,10 +677,11 @@ impl Hub {
                 refers_to: statement.as_ref().map(|s| s.index),
                 error: None,
                 sender_signature: None,
+                sealed_body_hash: None,
             };
             let body = self.body(body);
             let mut draft = draft;
-            draft.body_hash.clone_from(&body.commitment);
+            body.describe(&mut draft);
             let item: AppendItem = self
                 .log
                 .append(draft, body, vec![])

@@ -113,6 +113,14 @@ pub struct Body {
     pub sealed: SealedBody,
 }
 
+impl Body {
+    /// Put the body's commitments into the entry that logs it.
+    pub fn describe(&self, draft: &mut hub_core::log::EntryDraft) {
+        draft.body_hash.clone_from(&self.commitment);
+        draft.sealed_body_hash = Some(self.sealed.hash());
+    }
+}
+
 /// A sealed entry, its body, and its effects.
 #[derive(Debug, Clone)]
 pub struct AppendItem {
