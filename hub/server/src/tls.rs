@@ -48,22 +48,21 @@ pub fn api_server_config(pki: &PkiPaths) -> Result<ServerConfig, TlsError> {
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&pki.ca_cert())?), provider())
             .build()
             .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            read_certs(&pki.server_cert())?,
-            read_private_key(&pki.server_key())?,
-        )?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
+    server_config(pki, verifier)
 }
 
 /// The public listener's config: server authentication only.
 pub fn public_server_config(pki: &PkiPaths) -> Result<ServerConfig, TlsError> {
+    server_config(pki, WebPkiClientVerifier::no_client_auth())
+}
+
+fn server_config(
+    pki: &PkiPaths,
+    clients: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+) -> Result<ServerConfig, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
+        .with_client_cert_verifier(clients)
         .with_single_cert(
             read_certs(&pki.server_cert())?,
             read_private_key(&pki.server_key())?,
