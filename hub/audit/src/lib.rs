@@ -36,7 +36,7 @@ use hub_core::hash::Hash;
 use hub_core::jcs;
 use hub_core::jws::{self, Jwk, Jwks};
 use hub_core::log::{leaf_hash, verify_record_signature};
-use hub_core::merkle::{self, Frontier};
+use hub_core::merkle::{self, Tree};
 use hub_core::note::{self, Checkpoint, Verifier};
 use hub_core::schema::Catalog;
 use hub_core::timefmt::parse_rfc3339;
@@ -258,6 +258,7 @@ pub mod checks {
     pub const CHECKPOINT_ORDER: &str = "checkpoint_order";
     pub const FORK: &str = "fork";
     pub const CHECKPOINT_ROOT: &str = "checkpoint_root";
+    pub const CHECKPOINT_CONSISTENCY: &str = "checkpoint_consistency";
     pub const TRUNCATED: &str = "truncated";
     pub const WITNESS_QUORUM: &str = "witness_quorum";
 }
@@ -485,7 +486,9 @@ pub fn verify(
         None
     };
     let mut pending_body: Option<BodyLine> = None;
-    let mut frontier = Frontier::new();
+    // Every perfect subtree's root: the checkpoint roots and the consistency
+    // proofs between checkpoints come from it in O(log^2 n) each.
+    let mut tree = Tree::new();
     let mut prev: Hash = [0; 32];
     let mut expected: u64 = 0;
     loop {
@@ -554,14 +557,14 @@ pub fn verify(
                     Err("prev is not the previous entry's leaf hash".into())
                 },
             );
-            frontier.push(c.leaf);
+            tree.push(c.leaf);
             prev = c.leaf;
             expected += 1;
             if let Some(root) = checkpoints.get(&expected) {
                 report.record(
                     checks::CHECKPOINT_ROOT,
                     Some(index),
-                    if frontier.root() == *root {
+                    if tree.root_at(expected) == Some(*root) {
                         Ok(())
                     } else {
                         Err(format!(
@@ -585,6 +588,24 @@ pub fn verify(
                 manifest.entries
             )),
         );
+    }
+    // A consistency proof between every pair of consecutive checkpoints,
+    // built from the entries and checked against the two signed roots.
+    let signed: Vec<(u64, Hash)> = checkpoints
+        .iter()
+        .map(|(s, r)| (*s, *r))
+        .filter(|(s, _)| *s > 0 && *s <= expected)
+        .collect();
+    for pair in signed.windows(2) {
+        let ((a, root_a), (b, root_b)) = (pair[0], pair[1]);
+        let result = tree
+            .consistency_proof(a, b)
+            .ok_or_else(|| format!("no consistency proof from {a} to {b}"))
+            .and_then(|proof| {
+                merkle::verify_consistency(a, b, &root_a, &root_b, &proof)
+                    .map_err(|e| format!("checkpoints of sizes {a} and {b}: {e}"))
+            });
+        report.record(checks::CHECKPOINT_CONSISTENCY, None, result);
     }
     if options.quorum > 0 {
         let (size, cosigners) = &latest_cosigners;

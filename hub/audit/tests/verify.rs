@@ -81,6 +81,7 @@ fn an_untouched_bundle_verifies() {
     assert_eq!(report.checks[checks::HUB_SIGNATURE].passed, N);
     assert_eq!(report.checks[checks::BODY_HASH].passed, N);
     assert_eq!(report.checks[checks::CHECKPOINT_ROOT].passed, 4);
+    assert_eq!(report.checks[checks::CHECKPOINT_CONSISTENCY].passed, 3);
 }
 
 #[test]

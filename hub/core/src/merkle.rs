@@ -45,51 +45,137 @@ pub fn root(leaves: &[Hash]) -> Hash {
 /// (RFC 9162 2.1.3.1), or `None` if `index` is out of range.
 pub fn inclusion_proof(leaves: &[Hash], index: u64) -> Option<Vec<Hash>> {
     let i = usize::try_from(index).ok()?;
-    (i < leaves.len()).then(|| path(i, leaves))
-}
-
-fn path(m: usize, leaves: &[Hash]) -> Vec<Hash> {
-    let n = leaves.len();
-    if n <= 1 {
-        return Vec::new();
-    }
-    let k = usize::try_from(split(n as u64)).unwrap_or(0);
-    if m < k {
-        let mut p = path(m, &leaves[..k]);
-        p.push(root(&leaves[k..]));
-        p
-    } else {
-        let mut p = path(m - k, &leaves[k..]);
-        p.push(root(&leaves[..k]));
-        p
-    }
+    (i < leaves.len()).then(|| path(i, 0, leaves.len(), &|lo, hi| root(&leaves[lo..hi])))
 }
 
 /// The consistency proof from size `old` to the tree over `leaves`
 /// (RFC 9162 2.1.4.1), or `None` unless `0 < old <= leaves.len()`.
 pub fn consistency_proof(leaves: &[Hash], old: u64) -> Option<Vec<Hash>> {
     let m = usize::try_from(old).ok()?;
-    (m > 0 && m <= leaves.len()).then(|| subproof(m, leaves, true))
+    (m > 0 && m <= leaves.len())
+        .then(|| subproof(m, 0, leaves.len(), true, &|lo, hi| root(&leaves[lo..hi])))
 }
 
-fn subproof(m: usize, leaves: &[Hash], complete: bool) -> Vec<Hash> {
-    let n = leaves.len();
+/// The root of leaves `lo..hi`, however it is found.
+type RangeRoot<'a> = &'a dyn Fn(usize, usize) -> Hash;
+
+/// PATH(m, D[lo..hi]) of RFC 9162 2.1.3.1.
+fn path(m: usize, lo: usize, hi: usize, range_root: RangeRoot<'_>) -> Vec<Hash> {
+    let n = hi - lo;
+    if n <= 1 {
+        return Vec::new();
+    }
+    let k = usize::try_from(split(n as u64)).unwrap_or(0);
+    if m < k {
+        let mut p = path(m, lo, lo + k, range_root);
+        p.push(range_root(lo + k, hi));
+        p
+    } else {
+        let mut p = path(m - k, lo + k, hi, range_root);
+        p.push(range_root(lo, lo + k));
+        p
+    }
+}
+
+/// SUBPROOF(m, D[lo..hi], b) of RFC 9162 2.1.4.1.
+fn subproof(
+    m: usize,
+    lo: usize,
+    hi: usize,
+    complete: bool,
+    range_root: RangeRoot<'_>,
+) -> Vec<Hash> {
+    let n = hi - lo;
     if m == n {
         return if complete {
             Vec::new()
         } else {
-            vec![root(leaves)]
+            vec![range_root(lo, hi)]
         };
     }
     let k = usize::try_from(split(n as u64)).unwrap_or(0);
     if m <= k {
-        let mut p = subproof(m, &leaves[..k], complete);
-        p.push(root(&leaves[k..]));
+        let mut p = subproof(m, lo, lo + k, complete, range_root);
+        p.push(range_root(lo + k, hi));
         p
     } else {
-        let mut p = subproof(m - k, &leaves[k..], false);
-        p.push(root(&leaves[..k]));
+        let mut p = subproof(m - k, lo + k, hi, false, range_root);
+        p.push(range_root(lo, lo + k));
         p
+    }
+}
+
+/// Every perfect subtree's root, level by level, so that any proof costs
+/// O(log^2 n) hashes instead of O(n): `levels[h][j]` is the root of leaves
+/// `j·2^h .. (j+1)·2^h`. About two hashes of memory per leaf.
+#[derive(Debug, Clone, Default)]
+pub struct Tree {
+    levels: Vec<Vec<Hash>>,
+}
+
+impl Tree {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many leaves the tree has.
+    pub fn size(&self) -> u64 {
+        self.levels.first().map_or(0, |l| l.len() as u64)
+    }
+
+    /// Append one leaf hash.
+    pub fn push(&mut self, leaf: Hash) {
+        let mut node = leaf;
+        let mut h = 0;
+        loop {
+            if self.levels.len() == h {
+                self.levels.push(Vec::new());
+            }
+            self.levels[h].push(node);
+            let len = self.levels[h].len();
+            if len % 2 == 1 {
+                break;
+            }
+            node = node_hash(&self.levels[h][len - 2], &self.levels[h][len - 1]);
+            h += 1;
+        }
+    }
+
+    /// The root of leaves `lo..hi` (a range the MTH recursion produces).
+    fn range_root(&self, lo: usize, hi: usize) -> Hash {
+        let n = hi - lo;
+        if n == 0 {
+            return empty_root();
+        }
+        if n.is_power_of_two() && lo % n == 0 {
+            let h = n.trailing_zeros() as usize;
+            if let Some(hash) = self.levels.get(h).and_then(|l| l.get(lo >> h)) {
+                return *hash;
+            }
+        }
+        let k = usize::try_from(split(n as u64)).unwrap_or(0);
+        node_hash(&self.range_root(lo, lo + k), &self.range_root(lo + k, hi))
+    }
+
+    /// The root of the first `size` leaves.
+    pub fn root_at(&self, size: u64) -> Option<Hash> {
+        let n = usize::try_from(size)
+            .ok()
+            .filter(|n| *n as u64 <= self.size())?;
+        Some(self.range_root(0, n))
+    }
+
+    /// The inclusion proof of leaf `index` in the tree of `size`.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Option<Vec<Hash>> {
+        let (i, n) = (usize::try_from(index).ok()?, usize::try_from(size).ok()?);
+        (i < n && size <= self.size()).then(|| path(i, 0, n, &|lo, hi| self.range_root(lo, hi)))
+    }
+
+    /// The consistency proof from size `old` to size `new`.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Option<Vec<Hash>> {
+        let (m, n) = (usize::try_from(old).ok()?, usize::try_from(new).ok()?);
+        (m > 0 && m <= n && new <= self.size())
+            .then(|| subproof(m, 0, n, true, &|lo, hi| self.range_root(lo, hi)))
     }
 }
 
@@ -362,6 +448,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_level_cache_gives_the_same_roots_and_proofs() {
+        let all = leaves(300);
+        let mut tree = Tree::new();
+        for leaf in &all {
+            tree.push(*leaf);
+        }
+        for n in [1usize, 2, 3, 7, 8, 100, 256, 257, 300] {
+            assert_eq!(tree.root_at(n as u64), Some(root(&all[..n])), "root at {n}");
+            for i in [0, n / 2, n - 1] {
+                assert_eq!(
+                    tree.inclusion_proof(i as u64, n as u64),
+                    inclusion_proof(&all[..n], i as u64)
+                );
+            }
+            for m in [1, n / 3 + 1, n] {
+                assert_eq!(
+                    tree.consistency_proof(m as u64, n as u64),
+                    consistency_proof(&all[..n], m as u64)
+                );
+            }
+        }
+        assert_eq!(tree.root_at(301), None);
     }
 
     #[test]
