@@ -147,7 +147,7 @@ impl Tree {
         if n == 0 {
             return empty_root();
         }
-        if n.is_power_of_two() && lo % n == 0 {
+        if n.is_power_of_two() && lo.is_multiple_of(n) {
             let h = n.trailing_zeros() as usize;
             if let Some(hash) = self.levels.get(h).and_then(|l| l.get(lo >> h)) {
                 return *hash;
