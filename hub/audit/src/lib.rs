@@ -339,6 +339,22 @@ pub fn checkpoint_verifiers(origin: &str, pinned: &Jwks) -> Vec<Verifier> {
         .collect()
 }
 
+/// The pinned key whose note signature is on `note`, if any.
+fn signer_of<'a>(note: &str, origin: &str, pinned: &'a Jwks) -> Option<&'a Jwk> {
+    pinned.keys.iter().find(|jwk| {
+        checkpoint_verifiers(
+            origin,
+            &Jwks {
+                keys: vec![(*jwk).clone()],
+            },
+        )
+        .first()
+        .is_some_and(|v| {
+            note::open(note, std::slice::from_ref(v)).is_ok_and(|o| !o.signed_by.is_empty())
+        })
+    })
+}
+
 fn within_validity(jwk: &Jwk, time: &str) -> Result<(), String> {
     let t = parse_rfc3339(time).ok_or_else(|| format!("unreadable time {time:?}"))?;
     let bound = |b: &Option<String>| b.as_deref().and_then(parse_rfc3339);
@@ -390,6 +406,7 @@ pub fn verify(
     let mut verifiers = checkpoint_verifiers(&manifest.origin, pinned);
     verifiers.extend(options.witnesses.iter().cloned());
     let mut latest_cosigners: (u64, Vec<String>) = (0, Vec::new());
+    let mut checkpoint_keys: BTreeMap<u64, &Jwk> = BTreeMap::new();
     let registry: RegistrySnapshot = read_json(&dir.join("registry.json"))?;
     let agency_keys = registry.agency_keys();
     let catalog = Catalog::builtin().map_err(|e| invalid(dir, e))?;
@@ -460,6 +477,9 @@ pub fn verify(
             ),
             _ => {
                 checkpoints.insert(cp.size, cp.root);
+                if let Some(jwk) = signer_of(&c.note, &manifest.origin, pinned) {
+                    checkpoint_keys.insert(cp.size, jwk);
+                }
                 report.record(checks::FORK, None, Ok(()));
             }
         }
@@ -560,6 +580,16 @@ pub fn verify(
             tree.push(c.leaf);
             prev = c.leaf;
             expected += 1;
+            // A checkpoint is signed after the last entry it covers: its key
+            // must have been valid then.
+            if let (Some(jwk), Some(time)) = (checkpoint_keys.get(&expected), c.time.as_deref()) {
+                report.record(
+                    checks::KEY_VALIDITY,
+                    Some(index),
+                    within_validity(jwk, time)
+                        .map_err(|e| format!("checkpoint of size {expected}: {e}")),
+                );
+            }
             if let Some(root) = checkpoints.get(&expected) {
                 report.record(
                     checks::CHECKPOINT_ROOT,
@@ -658,6 +688,7 @@ type Outcome = (&'static str, Result<(), String>);
 struct Checked {
     claimed_index: Option<u64>,
     prev: Option<String>,
+    time: Option<String>,
     leaf: Hash,
     outcomes: Vec<Outcome>,
 }
@@ -675,6 +706,7 @@ struct Ctx<'a> {
 struct Head {
     index: u64,
     prev: String,
+    time: String,
 }
 
 fn check_batch(
@@ -722,12 +754,14 @@ fn check_entry(line: &str, body: Option<&BodyLine>, ctx: &Ctx<'_>) -> Checked {
             Ok(h) => Checked {
                 claimed_index: Some(h.index),
                 prev: Some(h.prev),
+                time: Some(h.time),
                 leaf,
                 outcomes: Vec::new(),
             },
             Err(e) => Checked {
                 claimed_index: None,
                 prev: None,
+                time: None,
                 leaf,
                 outcomes: vec![(checks::CANONICAL_FORM, Err(format!("not a record: {e}")))],
             },
@@ -741,6 +775,7 @@ fn check_entry(line: &str, body: Option<&BodyLine>, ctx: &Ctx<'_>) -> Checked {
             return Checked {
                 claimed_index: None,
                 prev: None,
+                time: None,
                 leaf,
                 outcomes,
             };
@@ -783,6 +818,7 @@ fn check_entry(line: &str, body: Option<&BodyLine>, ctx: &Ctx<'_>) -> Checked {
     Checked {
         claimed_index: value["index"].as_u64(),
         prev: value["prev"].as_str().map(str::to_owned),
+        time: value["time"].as_str().map(str::to_owned),
         leaf,
         outcomes,
     }
