@@ -201,7 +201,12 @@ fn unknown_and_expired_keys_are_refused() {
     );
     // Every record, and every one of the 4 checkpoints (signed after its last entry).
     assert_eq!(report.checks[checks::KEY_VALIDITY].failed, N + 4);
-    assert!(report.findings.iter().any(|f| f.detail.starts_with("checkpoint of size 40")));
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.detail.starts_with("checkpoint of size 40"))
+    );
 }
 
 #[test]

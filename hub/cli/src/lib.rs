@@ -109,6 +109,10 @@ pub enum AuditCmd {
         /// Leave the bodies (envelopes, answers: personal data) out.
         #[arg(long)]
         no_bodies: bool,
+        /// Export entries 0..N only, with the checkpoints up to size N
+        /// (ranges start at 0: verification recomputes every root).
+        #[arg(long)]
+        up_to: Option<u64>,
     },
     /// Verify a bundle, trusting only the pinned hub keys (a saved /.well-known/jwks.json).
     Verify {
@@ -481,7 +485,12 @@ fn read_jwks(path: &Path) -> anyhow::Result<hub_core::jws::Jwks> {
 
 async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        AuditCmd::Export { out, no_bodies } => {
+        AuditCmd::Export {
+            out,
+            no_bodies,
+            up_to,
+        } => {
+            let end = up_to.unwrap_or(u64::MAX);
             let store = open_store(config).await?;
             let mut writer = hub_audit::BundleWriter::create(&out, !no_bodies)?;
             let bar = indicatif::ProgressBar::new_spinner().with_message("exporting entries");
@@ -490,14 +499,22 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 let chunk = store.entries(next, 10_000).await?;
                 let Some(last) = chunk.last() else { break };
                 next = last.index + 1;
-                for e in &chunk {
+                for e in chunk.iter().filter(|e| e.index < end) {
                     writer.push(&e.record, e.body.as_ref())?;
+                }
+                if next >= end {
+                    break;
                 }
                 bar.set_position(next);
             }
             bar.finish_and_clear();
             let mut checkpoints = Vec::new();
-            for c in store.checkpoints().await? {
+            for c in store
+                .checkpoints()
+                .await?
+                .into_iter()
+                .filter(|c| c.size <= end)
+            {
                 let mut note = c.note;
                 for line in store.cosignatures(c.size).await? {
                     note.push_str(&line);

@@ -178,6 +178,33 @@ fn the_readme_walkthrough_works_with_the_real_binary() {
     assert!(prove.status.success(), "{}", text(&prove));
     assert!(text(&prove).contains("proofs checked"), "{}", text(&prove));
 
+    // A prefix of the log verifies on its own.
+    let prefix = data.join("prefix");
+    let export = hub(
+        data,
+        &[
+            "audit",
+            "export",
+            "--out",
+            prefix.to_str().unwrap(),
+            "--up-to",
+            "4",
+        ],
+    );
+    assert!(export.status.success(), "{}", text(&export));
+    let verify = hub(
+        data,
+        &[
+            "audit",
+            "verify",
+            prefix.to_str().unwrap(),
+            "--jwks",
+            pinned_s,
+        ],
+    );
+    assert!(verify.status.success(), "{}", text(&verify));
+    assert!(text(&verify).contains("OK: 4 entries"), "{}", text(&verify));
+
     // Replaying every decision against the exported registry gives the logged outcomes.
     let data_key = data.join("pki/data.key");
     let data_key_s = data_key.to_str().unwrap();
