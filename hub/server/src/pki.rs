@@ -120,15 +120,16 @@ fn write_public(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
     fs::write(path, contents).map_err(io(path))
 }
 
-/// PEM-encode PKCS#8 bytes.
+/// PEM-encode PKCS#8 bytes (label `PRIVATE KEY`, RFC 7468).
 pub fn pkcs8_pem(der: &[u8]) -> String {
+    const LABEL: &str = "PRIVATE KEY";
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN PRIVATE KEY-----\n");
+    let mut out = format!("-----BEGIN {LABEL}-----\n");
     for chunk in b64.as_bytes().chunks(64) {
         out.push_str(&String::from_utf8_lossy(chunk));
         out.push('\n');
     }
-    out.push_str("-----END PRIVATE KEY-----\n");
+    out.push_str(&format!("-----END {LABEL}-----\n"));
     out
 }
 
