@@ -364,19 +364,34 @@ impl Hub {
                 if first >= size {
                     return Err(not_yet());
                 }
-                let leaves = self
-                    .store
-                    .leaf_hashes(first, size.min(first.saturating_add(per_tile)))
-                    .await?;
-                let hashes =
-                    tokio::task::spawn_blocking(move || merkle::tile_hashes(&leaves, level))
-                        .await
-                        .map_err(|e| StoreError::Invalid(e.to_string()))?;
-                let want = width.map_or(merkle::TILE_WIDTH as usize, usize::from);
-                if hashes.len() < want {
-                    return Err(not_yet());
+                let want = width.map_or(merkle::TILE_WIDTH, u64::from);
+                // Only complete subtrees are served: the tile needs `want`
+                // of them inside the committed tree.
+                let end = want
+                    .checked_mul(span)
+                    .and_then(|n| first.checked_add(n))
+                    .filter(|end| *end <= size)
+                    .ok_or_else(not_yet)?;
+                // Each hash is folded from its leaves a chunk at a time, so a
+                // high-level tile never holds more than one chunk in memory.
+                const CHUNK: u64 = 1 << 16;
+                let mut out = Vec::with_capacity(usize::try_from(want).unwrap_or(0) * 32);
+                let mut start = first;
+                while start < end {
+                    let mut frontier = merkle::Frontier::new();
+                    let stop = start + span;
+                    let mut from = start;
+                    while from < stop {
+                        let to = stop.min(from + CHUNK);
+                        for leaf in self.store.leaf_hashes(from, to).await? {
+                            frontier.push(leaf);
+                        }
+                        from = to;
+                    }
+                    out.extend_from_slice(&frontier.root());
+                    start = stop;
                 }
-                Ok(hashes[..want].concat())
+                Ok(out)
             }
             TileRequest::Entries { index, width } => {
                 let first = index.checked_mul(merkle::TILE_WIDTH).ok_or_else(not_yet)?;
