@@ -437,3 +437,47 @@ async fn the_log_is_served_as_tlog_tiles() {
         .unwrap();
     assert_eq!(a, b);
 }
+
+#[tokio::test]
+async fn a_level_one_tile_holds_the_root_of_each_256_leaves() {
+    let hub = start().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..130 {
+        let client = hub.client(ONE_STOP);
+        let env = envelope(
+            ONE_STOP,
+            "citizen.lookup",
+            "public_service",
+            json!({"personal_id": "001085012345"}),
+        );
+        tasks.spawn(async move {
+            client
+                .post_json("/v1/exchanges", &json!({"envelope": env}))
+                .await
+                .unwrap()
+                .0
+        });
+    }
+    while let Some(status) = tasks.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    checkpoint_covering(&hub, 260).await;
+    let (status, tile) = hub
+        .client(TAX)
+        .send(http::Method::GET, "/tlog/tile/1/000.p/1", None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let leaves = hub.running().hub.store.leaf_hashes(0, 256).await.unwrap();
+    assert_eq!(tile.to_vec(), hub_core::merkle::root(&leaves).to_vec());
+    let (status, _) = hub
+        .client(TAX)
+        .send(http::Method::GET, "/tlog/tile/1/000.p/2", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "only one complete subtree of 256 so far"
+    );
+}
