@@ -573,3 +573,30 @@ async fn time_and_randomness_are_parameters() {
     );
     assert_eq!(reply["record"]["exchange_id"], expected.to_string());
 }
+
+#[tokio::test]
+async fn duplicate_member_names_are_refused_and_logged() {
+    let hub = TestHub::start().await;
+    // Two parsers could read this envelope differently: which personal_id?
+    let raw = br#"{"envelope":{"sender":{"agency":"000.00.29.H29","subsystem":"one-stop"},"service":"citizen.lookup","version":1,"purpose":"public_service","case_ref":"HS-1","payload":{"personal_id":"001085012345","personal_id":"079192000123"}}}"#;
+    let (status, body) = hub
+        .client(ONE_STOP)
+        .send(
+            http::Method::POST,
+            "/v1/exchanges",
+            Some(("application/json", raw.to_vec())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let err: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(err["code"], "malformed_json");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate member name"),
+        "{err}"
+    );
+    assert_logged_refusal(&hub, &err, "malformed_json").await;
+}

@@ -142,8 +142,7 @@ pub fn violations_of(r: SchemaRejection) -> Vec<Violation> {
 /// schema, the typed envelope. `partial` collects what was read.
 pub fn parse(raw: &[u8], catalog: &Catalog, partial: &mut Partial) -> Result<Parsed, Refusal> {
     partial.body = raw.to_vec();
-    let value: Value =
-        serde_json::from_slice(raw).map_err(|e| Refusal::MalformedJson(e.to_string()))?;
+    let value: Value = jcs::parse_strict(raw).map_err(|e| Refusal::MalformedJson(e.to_string()))?;
     let request: ExchangeRequest =
         serde_json::from_value(value).map_err(|e| Refusal::MalformedRequest(e.to_string()))?;
     partial.signature.clone_from(&request.signature);
