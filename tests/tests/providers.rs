@@ -79,9 +79,20 @@ async fn a_slow_provider_ends_in_504_and_the_answer_is_kept_for_later() {
     let path = format!("/v1/exchanges/{id}");
     let (status, pending) = hub.client(ONE_STOP).get_json(&path).await.unwrap();
     assert_eq!(status, StatusCode::ACCEPTED, "{pending}");
-    tokio::time::sleep(Duration::from_millis(1800)).await;
-    let (status, reply) = hub.client(ONE_STOP).get_json(&path).await.unwrap();
-    assert_eq!(status, StatusCode::OK, "{reply}");
+    // The provider answers after 1.5 s; poll for it rather than guess.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let reply = loop {
+        let (status, reply) = hub.client(ONE_STOP).get_json(&path).await.unwrap();
+        if status == StatusCode::OK {
+            break reply;
+        }
+        assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the late answer never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(reply["body"], json!({"found": false}));
     assert_eq!(reply["record"]["kind"], "response");
 }
