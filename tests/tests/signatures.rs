@@ -289,3 +289,51 @@ async fn purging_bodies_past_retention_keeps_the_log_verifiable() {
         .unwrap();
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn the_reply_cache_and_the_queue_are_sealed_at_rest() {
+    let hub = TestHub::start().await;
+    let (status, _) = hub
+        .send(envelope(
+            ONE_STOP,
+            "citizen.lookup",
+            "public_service",
+            json!({"personal_id": "001085012345"}),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = hub
+        .send(envelope(
+            ENTERPRISE_REGISTRY,
+            "enterprise.registered",
+            "registry_update",
+            enterprise_registered(),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // Read the database file as anyone with the disk could.
+    let url = format!("sqlite:{}", hub.dir.path().join("hub.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let mut blobs: Vec<Vec<u8>> = Vec::new();
+    for q in [
+        "SELECT reply FROM exchanges WHERE reply IS NOT NULL",
+        "SELECT message FROM deliveries",
+        "SELECT ciphertext FROM log_bodies",
+    ] {
+        let rows: Vec<(Vec<u8>,)> = sqlx::query_as(q).fetch_all(&pool).await.unwrap();
+        assert!(!rows.is_empty(), "{q}");
+        blobs.extend(rows.into_iter().map(|r| r.0));
+    }
+    for needle in [&b"001085012345"[..], b"079192000123", "Nguyễn".as_bytes()] {
+        assert!(
+            !blobs
+                .iter()
+                .any(|b| b.windows(needle.len()).any(|w| w == needle)),
+            "found {:?} in clear",
+            String::from_utf8_lossy(needle)
+        );
+    }
+    // And the hub still answers from them: the inbox and the cached reply.
+    let (_, inbox) = hub.client(TAX).get_json("/v1/inbox").await.unwrap();
+    assert_eq!(inbox["messages"].as_array().unwrap().len(), 1);
+}

@@ -133,6 +133,37 @@ impl DataKey {
         Some((salt.to_vec(), body.to_vec()))
     }
 
+    /// Seal an operational blob (a cached reply, a queued message):
+    /// `nonce || AES-256-GCM(plaintext)`, with `aad` bound.
+    pub fn seal_blob(&self, aad: &[u8], plaintext: &[u8], nonce: [u8; NONCE_LEN]) -> Vec<u8> {
+        let mut data = plaintext.to_vec();
+        // Sealing in place only fails beyond GCM's size limit (64 GiB).
+        let _ = self.aead.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut data,
+        );
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&data);
+        out
+    }
+
+    /// Open what [`DataKey::seal_blob`] sealed with the same `aad`.
+    pub fn open_blob(&self, aad: &[u8], blob: &[u8]) -> Option<Vec<u8>> {
+        let (nonce, ciphertext) = blob.split_at_checked(NONCE_LEN)?;
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
+        let mut data = ciphertext.to_vec();
+        let plain = self
+            .aead
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut data,
+            )
+            .ok()?;
+        Some(plain.to_vec())
+    }
+
     /// HMAC-SHA-256 under the data key, base64url: a hash of personal data
     /// that nobody without the key can test guesses against.
     pub fn keyed_hash(&self, data: &[u8]) -> String {
@@ -165,5 +196,12 @@ mod tests {
         // The commitment depends on the salt: no dictionary over bare IDs.
         assert_ne!(c, commitment(&[0; SALT_LEN], body));
         assert_ne!(key.keyed_hash(body), b64url(&sha256(body)));
+        let blob = key.seal_blob(b"exchange-1", body, [3; NONCE_LEN]);
+        assert_eq!(key.open_blob(b"exchange-1", &blob), Some(body.to_vec()));
+        assert_eq!(
+            key.open_blob(b"exchange-2", &blob),
+            None,
+            "bound to its row"
+        );
     }
 }

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::clock::{Clock, Random};
 use crate::config::Config;
 use crate::http::{AppState, api_routes, public_routes};
-use crate::log_writer::LogWriter;
+use crate::log_writer::{LogWriter, WriterKeys};
 use crate::pipeline::Hub;
 use crate::pki::{DEMO_AGENCIES, PkiPaths, ensure_dev_pki, read_data_key, read_signing_key};
 use crate::queue::EmbeddedQueue;
@@ -282,22 +282,28 @@ pub async fn start_with_adapters(
     }
     let catalog = Arc::new(Catalog::builtin().context("compiling the schema catalog")?);
     let hub_key = Arc::new(init.hub_key);
+    let data_key = Arc::new(read_data_key(&init.pki.data_key()).context("reading the data key")?);
+    let keys = Arc::new(WriterKeys {
+        signing: hub_key.clone(),
+        data: data_key.clone(),
+        random: random.clone(),
+    });
     let log = LogWriter::start(
         init.store.clone(),
-        hub_key.clone(),
+        keys,
         clock.clone(),
         config.log_batch_max,
     )
     .await?;
     let queue = Arc::new(EmbeddedQueue::new(
         init.store.clone(),
+        data_key.clone(),
         clock.clone(),
         Duration::from_secs(config.inbox_visibility_secs),
     ));
     let note_verifier = hub_core::note::verifier_for(&config.log_origin, &hub_key)
         .context("the log origin must be a valid note key name (no spaces or '+')")?;
     let head = log.watch_head();
-    let data_key = Arc::new(read_data_key(&init.pki.data_key()).context("reading the data key")?);
     let hub = Arc::new(Hub::new(
         catalog,
         init.store.clone(),

@@ -23,7 +23,6 @@ use tracing::{error, instrument};
 use crate::error::{ExchangeError, Failure};
 use crate::identity::Identity;
 use crate::pipeline::{Hub, Outcome};
-use crate::store::ExchangeState;
 use crate::transparency::LogQueryError;
 
 /// What the routes share.
@@ -442,8 +441,8 @@ async fn get_exchange(
     let exchange_id =
         ExchangeId::parse(&raw_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     match s.hub.result_of(&who, exchange_id).await? {
-        Some(ExchangeState::Done { reply }) => Ok(json_text(StatusCode::OK, reply)),
-        Some(ExchangeState::Pending) => Ok((
+        Some(Some(reply)) => Ok(json_text(StatusCode::OK, reply)),
+        Some(None) => Ok((
             StatusCode::ACCEPTED,
             Json(json!({"exchange_id": exchange_id, "state": "pending"})),
         )

@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 
+use hub_core::body::{DataKey, NONCE_LEN};
 use hub_core::hash::Hash;
 use hub_core::jws::SigningKey;
 use hub_core::log::{EntryDraft, seal};
@@ -21,7 +22,7 @@ use hub_core::merkle::Frontier;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, instrument};
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Random};
 use crate::store::{AppendItem, Body, Effect, Store, StoreError};
 
 /// What a caller hands the writer.
@@ -41,6 +42,16 @@ pub enum AppendError {
     Canonical(String),
     #[error("the log writer has stopped")]
     Stopped,
+}
+
+/// What the writer signs and seals with.
+pub struct WriterKeys {
+    /// Signs every entry.
+    pub signing: Arc<SigningKey>,
+    /// Seals the messages the reply cache and the queue keep.
+    pub data: Arc<DataKey>,
+    /// Nonces.
+    pub random: Arc<dyn Random>,
 }
 
 /// The size and root of the committed tree.
@@ -102,7 +113,7 @@ impl LogWriter {
     /// Start the writer task over `store`, continuing after its last entry.
     pub async fn start(
         store: Arc<dyn Store>,
-        key: Arc<SigningKey>,
+        keys: Arc<WriterKeys>,
         clock: Arc<dyn Clock>,
         batch_max: usize,
     ) -> Result<Self, StoreError> {
@@ -118,7 +129,7 @@ impl LogWriter {
             prev,
             head: head_tx,
         };
-        tokio::spawn(run(rx, state, store, key, clock, batch_max.max(1)));
+        tokio::spawn(run(rx, state, store, keys, clock, batch_max.max(1)));
         Ok(Self { tx, head })
     }
 
@@ -164,13 +175,20 @@ async fn run(
     mut rx: mpsc::Receiver<Pending>,
     mut state: WriterState,
     store: Arc<dyn Store>,
-    key: Arc<SigningKey>,
+    keys: Arc<WriterKeys>,
     clock: Arc<dyn Clock>,
     batch_max: usize,
 ) {
     let mut batch = Vec::with_capacity(batch_max);
     while rx.recv_many(&mut batch, batch_max).await > 0 {
-        write_batch(&mut batch, &mut state, store.as_ref(), &key, clock.as_ref()).await;
+        write_batch(
+            &mut batch,
+            &mut state,
+            store.as_ref(),
+            &keys,
+            clock.as_ref(),
+        )
+        .await;
     }
 }
 
@@ -179,7 +197,7 @@ async fn write_batch(
     batch: &mut Vec<Pending>,
     state: &mut WriterState,
     store: &dyn Store,
-    key: &SigningKey,
+    keys: &WriterKeys,
     clock: &dyn Clock,
 ) {
     let now = clock.now();
@@ -187,15 +205,23 @@ async fn write_batch(
     let mut replies = Vec::with_capacity(batch.len());
     let (mut next, mut prev) = (state.frontier.size(), state.prev);
     for p in batch.drain(..) {
-        match seal(p.draft, next, &prev, now, key) {
+        match seal(p.draft, next, &prev, now, &keys.signing) {
             Ok(sealed) => {
                 next += 1;
                 prev = sealed.leaf_hash;
-                items.push(AppendItem {
+                let mut item = AppendItem {
                     sealed,
                     body: p.body,
                     effects: p.effects,
-                });
+                    sealed_message: Vec::new(),
+                };
+                let mut nonce = [0u8; NONCE_LEN];
+                keys.random.fill(&mut nonce);
+                let id = item.sealed.record.statement.draft.exchange_id.to_string();
+                item.sealed_message =
+                    keys.data
+                        .seal_blob(id.as_bytes(), item.message().as_bytes(), nonce);
+                items.push(item);
                 replies.push(p.reply);
             }
             Err(e) => {

@@ -33,9 +33,9 @@ use tracing::{info, instrument, warn};
 use crate::clock::{Clock, Random};
 use crate::error::{ExchangeError, Failure, Logged};
 use crate::log_writer::{AppendError, LogWriter};
-use crate::queue::Queue;
+use crate::queue::{Message, Queue};
 use crate::store::{
-    AppendItem, Body, Delivery, Effect, ExchangeState, Grant, ServiceRecord, Store, StoreError,
+    AppendItem, Body, Effect, ExchangeState, Grant, ServiceRecord, Store, StoreError,
 };
 
 /// What a finished query hands its waiting caller.
@@ -160,6 +160,16 @@ impl Hub {
         if let Some(n) = w.get(member) {
             n.notify_one();
         }
+    }
+
+    /// The text of a sealed reply or message of exchange `id`.
+    fn open_message(&self, id: ExchangeId, sealed: &[u8]) -> Result<String, StoreError> {
+        self.data_key
+            .open_blob(id.to_string().as_bytes(), sealed)
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("the reply of {id} does not open with the data key"))
+            })
     }
 
     /// A body with a fresh salt, its commitment, and sealed for storage.
@@ -333,7 +343,9 @@ impl Hub {
                 return Err(ExchangeError::IdConflict(id).into());
             }
             return match row.state {
-                ExchangeState::Done { reply } => Ok(Err(reply)),
+                ExchangeState::Done { reply } => {
+                    Ok(Err(self.open_message(id, &reply).map_err(storage)?))
+                }
                 ExchangeState::Pending => Err(ExchangeError::InProgress(id).into()),
             };
         }
@@ -455,11 +467,11 @@ impl Hub {
 
     /// Hand one queued request to its in-process provider and log the answer.
     #[instrument(skip_all, fields(provider = %adapter.provider(), exchange = %delivery.exchange_id))]
-    pub async fn deliver_to_adapter(&self, adapter: &dyn Adapter, delivery: Delivery) {
+    pub async fn deliver_to_adapter(&self, adapter: &dyn Adapter, delivery: Message) {
         let provider = adapter.provider().clone();
         let id = delivery.exchange_id;
         let parsed: Result<(Record, Envelope), String> =
-            serde_json::from_str::<Value>(&delivery.message)
+            serde_json::from_str::<Value>(&delivery.text)
                 .map_err(|e| e.to_string())
                 .and_then(|mut m| {
                     let record =
@@ -481,7 +493,8 @@ impl Hub {
             Ok(Some(row)) => {
                 if let ExchangeState::Done { reply } = row.state {
                     let _ = self.queue.ack(&provider, id).await;
-                    self.resolve(id, Ok(reply));
+                    let reply = self.open_message(id, &reply).map_err(storage);
+                    self.resolve(id, reply);
                     return;
                 }
             }
@@ -620,14 +633,20 @@ impl Hub {
         }
     }
 
-    /// The first result of an exchange `who` sent, if it has one.
+    /// The first result of an exchange `who` sent: `Some(None)` while it is
+    /// pending, `Some(Some(reply))` when done, `None` if `who` sent no such exchange.
     pub async fn result_of(
         &self,
         who: &Member,
         id: ExchangeId,
-    ) -> Result<Option<ExchangeState>, Failure> {
+    ) -> Result<Option<Option<String>>, Failure> {
         match self.store.exchange(id).await.map_err(storage)? {
-            Some(row) if row.sender == who.to_string() => Ok(Some(row.state)),
+            Some(row) if row.sender == who.to_string() => match row.state {
+                ExchangeState::Pending => Ok(Some(None)),
+                ExchangeState::Done { reply } => {
+                    Ok(Some(Some(self.open_message(id, &reply).map_err(storage)?)))
+                }
+            },
             _ => Ok(None),
         }
     }
@@ -640,7 +659,7 @@ impl Hub {
             .receive(who, max.clamp(1, 100))
             .await
             .map_err(storage)?;
-        let messages: Vec<&str> = deliveries.iter().map(|d| d.message.as_str()).collect();
+        let messages: Vec<&str> = deliveries.iter().map(|d| d.text.as_str()).collect();
         Ok(format!("{{\"messages\":[{}]}}", messages.join(",")))
     }
 
@@ -655,7 +674,7 @@ impl Hub {
                 unknown.push(id.to_string());
                 continue;
             };
-            let record: Option<Record> = serde_json::from_str::<Value>(&delivery.message)
+            let record: Option<Record> = serde_json::from_str::<Value>(&delivery.text)
                 .ok()
                 .and_then(|mut m| serde_json::from_value(m["record"].take()).ok());
             let statement = record.map(|r| r.statement);

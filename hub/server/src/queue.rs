@@ -14,56 +14,98 @@ use async_trait::async_trait;
 use hub_core::ids::{ExchangeId, Member};
 
 use crate::clock::Clock;
+use hub_core::body::DataKey;
+
 use crate::store::{Delivery, Store, StoreError};
+
+/// A message for a recipient: `{"record", "body", "body_salt"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub exchange_id: ExchangeId,
+    pub text: String,
+    pub attempts: u32,
+}
 
 /// A recipient's messages.
 #[async_trait]
 pub trait Queue: Send + Sync {
     /// Up to `max` messages for `recipient`, hidden from other receivers
     /// until acknowledged or until the visibility timeout passes.
-    async fn receive(&self, recipient: &Member, max: u32) -> Result<Vec<Delivery>, StoreError>;
+    async fn receive(&self, recipient: &Member, max: u32) -> Result<Vec<Message>, StoreError>;
     /// One unacknowledged message for `recipient`.
     async fn pending(
         &self,
         recipient: &Member,
         id: ExchangeId,
-    ) -> Result<Option<Delivery>, StoreError>;
+    ) -> Result<Option<Message>, StoreError>;
     /// Acknowledge a message; whether it was still there.
     async fn ack(&self, recipient: &Member, id: ExchangeId) -> Result<bool, StoreError>;
 }
 
-/// The embedded durable queue: a table in the hub's own database.
+/// The embedded durable queue: a table in the hub's own database, its
+/// messages sealed with the data key at rest.
 pub struct EmbeddedQueue {
     store: Arc<dyn Store>,
+    data_key: Arc<DataKey>,
     clock: Arc<dyn Clock>,
     visibility: Duration,
 }
 
 impl EmbeddedQueue {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, visibility: Duration) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        data_key: Arc<DataKey>,
+        clock: Arc<dyn Clock>,
+        visibility: Duration,
+    ) -> Self {
         Self {
             store,
+            data_key,
             clock,
             visibility,
         }
+    }
+
+    fn open(&self, d: Delivery) -> Result<Message, StoreError> {
+        let id = d.exchange_id;
+        self.data_key
+            .open_blob(id.to_string().as_bytes(), &d.sealed)
+            .and_then(|b| String::from_utf8(b).ok())
+            .map(|text| Message {
+                exchange_id: id,
+                text,
+                attempts: d.attempts,
+            })
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "the queued message of {id} does not open with the data key"
+                ))
+            })
     }
 }
 
 #[async_trait]
 impl Queue for EmbeddedQueue {
-    async fn receive(&self, recipient: &Member, max: u32) -> Result<Vec<Delivery>, StoreError> {
+    async fn receive(&self, recipient: &Member, max: u32) -> Result<Vec<Message>, StoreError> {
         let visibility = u64::try_from(self.visibility.as_millis()).unwrap_or(u64::MAX);
         self.store
             .lease(recipient, max, self.clock.unix_millis(), visibility)
-            .await
+            .await?
+            .into_iter()
+            .map(|d| self.open(d))
+            .collect()
     }
 
     async fn pending(
         &self,
         recipient: &Member,
         id: ExchangeId,
-    ) -> Result<Option<Delivery>, StoreError> {
-        self.store.delivery(recipient, id).await
+    ) -> Result<Option<Message>, StoreError> {
+        self.store
+            .delivery(recipient, id)
+            .await?
+            .map(|d| self.open(d))
+            .transpose()
     }
 
     async fn ack(&self, recipient: &Member, id: ExchangeId) -> Result<bool, StoreError> {

@@ -92,11 +92,11 @@ pub enum Effect {
         request_hash: String,
         at_millis: u64,
     },
-    /// Mark the exchange done; its reply is this entry's record and body.
+    /// Mark the exchange done; its reply is this entry's sealed message.
     CloseExchange,
     /// Forget a pending exchange so that a retry runs again.
     AbandonExchange,
-    /// Queue this entry's record and body for `recipient`.
+    /// Queue this entry's sealed message for `recipient`.
     Enqueue {
         recipient: Member,
         visible_at_millis: u64,
@@ -127,6 +127,9 @@ pub struct AppendItem {
     pub sealed: Sealed,
     pub body: Body,
     pub effects: Vec<Effect>,
+    /// [`AppendItem::message`] sealed with the data key (the exchange id as
+    /// associated data): what the reply cache and the queue keep at rest.
+    pub sealed_message: Vec<u8>,
 }
 
 impl AppendItem {
@@ -146,7 +149,10 @@ impl AppendItem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExchangeState {
     Pending,
-    Done { reply: String },
+    /// The first reply, sealed (see [`AppendItem::sealed_message`]).
+    Done {
+        reply: Vec<u8>,
+    },
 }
 
 /// An accepted exchange, for idempotent retries.
@@ -176,12 +182,12 @@ pub struct StoredCheckpoint {
     pub note: String,
 }
 
-/// A message leased from the queue.
+/// A message leased from the queue, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     pub exchange_id: ExchangeId,
-    /// `{"record": ..., "body": ...}`.
-    pub message: String,
+    /// The sealed `{"record", "body", "body_salt"}` message.
+    pub sealed: Vec<u8>,
     pub attempts: u32,
 }
 

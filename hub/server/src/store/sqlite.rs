@@ -152,7 +152,7 @@ impl SqliteStore {
         let attempts: i64 = row.try_get("attempts").map_err(db)?;
         Ok(Delivery {
             exchange_id: ExchangeId::parse(&id).map_err(corrupt)?,
-            message: row.try_get("message").map_err(db)?,
+            sealed: row.try_get("message").map_err(db)?,
             attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
         })
     }
@@ -428,7 +428,7 @@ impl Store for SqliteStore {
                         sqlx::query(
                             "UPDATE exchanges SET state = 'done', reply = ? WHERE exchange_id = ?",
                         )
-                        .bind(item.message())
+                        .bind(item.sealed_message.clone())
                         .bind(&exchange_id)
                         .execute(&mut *tx)
                         .await
@@ -452,7 +452,7 @@ impl Store for SqliteStore {
                         )
                         .bind(recipient.to_string())
                         .bind(&exchange_id)
-                        .bind(item.message())
+                        .bind(item.sealed_message.clone())
                         .bind(to_i64(*visible_at_millis))
                         .execute(&mut *tx)
                         .await
@@ -624,7 +624,7 @@ impl Store for SqliteStore {
         .map_err(db)?;
         row.map(|r| {
             let state: String = r.try_get("state").map_err(db)?;
-            let reply: Option<String> = r.try_get("reply").map_err(db)?;
+            let reply: Option<Vec<u8>> = r.try_get("reply").map_err(db)?;
             Ok(ExchangeRow {
                 sender: r.try_get("sender").map_err(db)?,
                 request_hash: r.try_get("request_hash").map_err(db)?,
