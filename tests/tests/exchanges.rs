@@ -600,3 +600,30 @@ async fn duplicate_member_names_are_refused_and_logged() {
     );
     assert_logged_refusal(&hub, &err, "malformed_json").await;
 }
+
+#[tokio::test]
+async fn the_citizen_on_whose_behalf_an_agency_acts_is_logged_without_their_id() {
+    let hub = TestHub::start().await;
+    let mut subjects = Vec::new();
+    for case in ["HS-1", "HS-2"] {
+        let mut env = envelope(
+            ONE_STOP,
+            "citizen.lookup",
+            "public_service",
+            json!({"personal_id": "079192000123"}),
+        );
+        env["case_ref"] = json!(case);
+        env["on_behalf_of"] = json!({"kind": "citizen", "personal_id": "079192000123"});
+        let (status, reply) = hub.send(env).await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        let request = hub
+            .record_at(reply["record"]["refers_to"].as_u64().unwrap())
+            .await;
+        assert_eq!(request["on_behalf_of"]["kind"], "citizen");
+        assert!(!request.to_string().contains("079192000123"), "{request}");
+        subjects.push(request["on_behalf_of"]["subject"].clone());
+    }
+    // The same citizen, the same keyed subject: the hub can find their exchanges.
+    assert_eq!(subjects[0], subjects[1]);
+    assert!(subjects[0].as_str().unwrap().len() >= 43);
+}

@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 
 use crate::envelope::EndUser;
 use crate::hash::{Hash, b64url, sha256};
+use crate::ids::PersonalId;
 use crate::ids::{CaseRef, ExchangeId, Member, PurposeCode, ServiceName};
 use crate::jcs::{self, JcsError};
 use crate::jws::{self, Jwks, JwsError, SigningKey};
@@ -55,6 +56,42 @@ impl EntryKind {
     }
 }
 
+/// The end user as the log records them. A citizen is recorded by a hash
+/// of their personal ID keyed with the hub's data key: the log shows that
+/// an exchange was made on some citizen's behalf, and the hub (or an auditor
+/// given the key) can find every exchange for one citizen, but nobody can
+/// test guesses of an ID against the log. Officials act in their role and
+/// are recorded as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LoggedEndUser {
+    Citizen {
+        subject: String,
+    },
+    Official {
+        official_id: String,
+        full_name: String,
+    },
+}
+
+impl LoggedEndUser {
+    /// The logged form of `user`; `subject_of` keys a personal ID.
+    pub fn of(user: &EndUser, subject_of: impl Fn(&PersonalId) -> String) -> Self {
+        match user {
+            EndUser::Citizen { personal_id } => Self::Citizen {
+                subject: subject_of(personal_id),
+            },
+            EndUser::Official {
+                official_id,
+                full_name,
+            } => Self::Official {
+                official_id: official_id.clone(),
+                full_name: full_name.clone(),
+            },
+        }
+    }
+}
+
 /// The error a refusal or failure carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryError {
@@ -83,7 +120,7 @@ pub struct EntryDraft {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub case_ref: Option<CaseRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_behalf_of: Option<EndUser>,
+    pub on_behalf_of: Option<LoggedEndUser>,
     /// The catalog id of the schema the body was validated against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,

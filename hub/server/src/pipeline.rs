@@ -24,7 +24,7 @@ use hub_core::envelope::Envelope;
 use hub_core::ids::{ExchangeId, Member};
 use hub_core::jcs;
 use hub_core::jws::{Jwks, SigningKey};
-use hub_core::log::{EntryDraft, EntryError, EntryKind, Record};
+use hub_core::log::{EntryDraft, EntryError, EntryKind, LoggedEndUser, Record};
 use hub_core::schema::{Catalog, Violation};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, oneshot};
@@ -172,6 +172,16 @@ impl Hub {
             })
     }
 
+    /// The end user as the log records them (a citizen by keyed hash).
+    fn logged_end_user(&self, envelope: &Envelope) -> Option<LoggedEndUser> {
+        envelope.on_behalf_of.as_ref().map(|u| {
+            LoggedEndUser::of(u, |id| {
+                self.data_key
+                    .keyed_hash(format!("personal-id:{id}").as_bytes())
+            })
+        })
+    }
+
     /// A body with a fresh salt, its commitment, and sealed for storage.
     fn body(&self, plain: Vec<u8>) -> Body {
         let mut salt = [0u8; SALT_LEN];
@@ -274,7 +284,7 @@ impl Hub {
             version: env.map(|e| e.version),
             purpose: env.map(|e| e.purpose.clone()),
             case_ref: env.map(|e| e.case_ref.clone()),
-            on_behalf_of: env.and_then(|e| e.on_behalf_of.clone()),
+            on_behalf_of: env.and_then(|e| self.logged_end_user(e)),
             schema: None,
             body_hash: String::new(),
             refers_to: None,
@@ -321,7 +331,7 @@ impl Hub {
             version: Some(a.service.version),
             purpose: Some(a.envelope.purpose.clone()),
             case_ref: Some(a.envelope.case_ref.clone()),
-            on_behalf_of: a.envelope.on_behalf_of.clone(),
+            on_behalf_of: self.logged_end_user(&a.envelope),
             schema: Some(a.service.request_schema.clone()),
             body_hash: String::new(),
             refers_to: None,
