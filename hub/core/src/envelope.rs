@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ids::{CaseRef, ExchangeId, Member, PersonalId, PurposeCode, ServiceName};
-use crate::log::Record;
 use crate::schema::Violation;
 
 /// Whether a service answers (query) or announces (event).
@@ -78,17 +77,6 @@ pub struct ExchangeRequest {
     pub envelope: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
-}
-
-/// What the hub answers: a log record it signed, the body it commits to
-/// (the response payload for a query, the envelope for an event), and the
-/// salt that opens the commitment: `record.body_hash = SHA-256(salt || JCS(body))`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Reply {
-    pub record: Record,
-    pub body: Value,
-    /// base64url, 16 bytes.
-    pub body_salt: String,
 }
 
 /// The JSON body of every error the API returns.

@@ -24,8 +24,3 @@ pub fn b64url(data: &[u8]) -> String {
 pub fn from_b64url(s: &str) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(s).ok()
 }
-
-/// Decode a base64url SHA-256 digest.
-pub fn hash_from_b64url(s: &str) -> Option<Hash> {
-    from_b64url(s)?.try_into().ok()
-}

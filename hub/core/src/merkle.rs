@@ -330,22 +330,6 @@ pub fn tile_span(level: u8) -> Option<u64> {
     TILE_WIDTH.checked_pow(u32::from(level))
 }
 
-/// The complete hashes of a C2SP `tlog-tiles` hash tile: given the leaf
-/// hashes that the tile at `level` covers (from its first leaf, as many as
-/// the tree has), the root of every complete run of 256^level of them, in
-/// order - at most 256. A partial last run is left out: every hash in a
-/// tile is a complete subtree, so it never changes once served.
-pub fn tile_hashes(leaves: &[Hash], level: u8) -> Vec<Hash> {
-    let Some(span) = tile_span(level).and_then(|s| usize::try_from(s).ok()) else {
-        return Vec::new();
-    };
-    leaves
-        .chunks_exact(span)
-        .take(TILE_WIDTH as usize)
-        .map(root)
-        .collect()
-}
-
 /// The right edge of the tree: the roots of its maximal perfect subtrees,
 /// largest first. Appending a leaf costs O(log n) hashes at most, and the
 /// root is folded from at most log n nodes.
@@ -359,15 +343,6 @@ pub struct Frontier {
 impl Frontier {
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Rebuild from every leaf hash in order.
-    pub fn from_leaves<'a>(leaves: impl IntoIterator<Item = &'a Hash>) -> Self {
-        let mut f = Self::new();
-        for leaf in leaves {
-            f.push(*leaf);
-        }
-        f
     }
 
     /// How many leaves the tree has.
@@ -473,18 +448,6 @@ mod tests {
             }
         }
         assert_eq!(tree.root_at(301), None);
-    }
-
-    #[test]
-    fn tile_hashes_are_complete_subtree_roots() {
-        let all = leaves(700);
-        // Level 0: the leaves themselves, up to 256.
-        assert_eq!(tile_hashes(&all[..300], 0), all[..256].to_vec());
-        // Level 1 over 700 leaves: two complete subtrees of 256.
-        let level1 = tile_hashes(&all, 1);
-        assert_eq!(level1, vec![root(&all[..256]), root(&all[256..512])]);
-        // Two level-1 hashes make the root of the first 512 leaves.
-        assert_eq!(node_hash(&level1[0], &level1[1]), root(&all[..512]));
     }
 
     #[test]
