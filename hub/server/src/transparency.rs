@@ -208,19 +208,40 @@ impl Hub {
                 "entry {index} is not in the tree of size {size}"
             )));
         }
+        let mut proofs = self.proofs_in(size, vec![index]).await?;
+        proofs
+            .pop()
+            .ok_or_else(|| StoreError::Invalid("no proof computed".into()).into())
+    }
+
+    /// Inclusion proofs of `indexes` in the tree of `size`, from one read of
+    /// the leaves.
+    async fn proofs_in(
+        &self,
+        size: u64,
+        indexes: Vec<u64>,
+    ) -> Result<Vec<InclusionProof>, LogQueryError> {
         let leaves = self.leaves(size).await?;
-        let proof = tokio::task::spawn_blocking(move || {
-            let proof = merkle::inclusion_proof(&leaves, index).unwrap_or_default();
-            (leaves[usize::try_from(index).unwrap_or(0)], proof)
+        tokio::task::spawn_blocking(move || {
+            indexes
+                .into_iter()
+                .map(|index| {
+                    let i = usize::try_from(index).unwrap_or(usize::MAX);
+                    let proof = merkle::inclusion_proof(&leaves, index).unwrap_or_default();
+                    InclusionProof {
+                        index,
+                        size,
+                        leaf_hash: leaves
+                            .get(i)
+                            .map(|l| STANDARD.encode(l))
+                            .unwrap_or_default(),
+                        proof: b64(&proof),
+                    }
+                })
+                .collect()
         })
         .await
-        .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        Ok(InclusionProof {
-            index,
-            size,
-            leaf_hash: STANDARD.encode(proof.0),
-            proof: b64(&proof.1),
-        })
+        .map_err(|e| StoreError::Invalid(e.to_string()).into())
     }
 
     /// Inclusion proofs of every entry of one exchange.
@@ -242,11 +263,7 @@ impl Hub {
                 "no entry of exchange {id} in the tree of size {size}"
             )));
         }
-        let mut proofs = Vec::with_capacity(indexes.len());
-        for index in indexes {
-            proofs.push(self.inclusion_proof(index, Some(size)).await?);
-        }
-        Ok(proofs)
+        self.proofs_in(size, indexes).await
     }
 
     /// The consistency proof from size `from` to size `to`.
