@@ -4,6 +4,9 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod relay;
+pub mod services;
+
 use std::sync::Arc;
 
 use hub_client::HubClient;

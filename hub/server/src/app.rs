@@ -85,9 +85,14 @@ pub async fn init(
     tls::install_default_provider();
     let pki = PkiPaths::new(&config.data_dir);
     let new_pki = ensure_dev_pki(&pki, clock.now()).context("creating the dev PKI")?;
-    let store = store::open(&config.database_url())
+    let store = store::open(&config.database_url(), config.pool_settings())
         .await
-        .with_context(|| format!("opening {}", config.database_url()))?;
+        .with_context(|| {
+            format!(
+                "opening {}",
+                store::postgres::redact(&config.database_url())
+            )
+        })?;
     let hub_key =
         read_signing_key(&pki.hub_signing_key()).context("reading the hub signing key")?;
     register_adapters(store.as_ref(), adapters).await?;

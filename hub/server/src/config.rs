@@ -17,8 +17,13 @@ pub struct Config {
     pub api_listen: SocketAddr,
     /// Health, JWKS and schema catalog over TLS without a client certificate.
     pub public_listen: SocketAddr,
-    /// `sqlite:<path>`; empty means `sqlite:<data_dir>/hub.db`.
+    /// `sqlite:<path>` or `postgres://user@host/db`; empty means
+    /// `sqlite:<data_dir>/hub.db`.
     pub database_url: String,
+    /// Most connections the hub opens to PostgreSQL.
+    pub database_max_connections: u32,
+    /// How long a request waits for a database connection before 503.
+    pub database_acquire_timeout_ms: u64,
     /// Largest request body accepted, in bytes (larger: 413).
     pub max_body_bytes: usize,
     /// How long a query waits for its provider before 504.
@@ -46,6 +51,8 @@ impl Default for Config {
             api_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             public_listen: SocketAddr::from(([127, 0, 0, 1], 8444)),
             database_url: String::new(),
+            database_max_connections: 16,
+            database_acquire_timeout_ms: 2000,
             max_body_bytes: 1024 * 1024,
             query_timeout_ms: 10_000,
             inbox_visibility_secs: 30,
@@ -70,6 +77,14 @@ impl Config {
             .merge(Env::prefixed("HUB_"))
             .extract()
             .map_err(Box::new)
+    }
+
+    /// The database pool's settings.
+    pub fn pool_settings(&self) -> crate::store::PoolSettings {
+        crate::store::PoolSettings {
+            max_connections: self.database_max_connections,
+            acquire_timeout: std::time::Duration::from_millis(self.database_acquire_timeout_ms),
+        }
     }
 
     /// The database URL, defaulted from the data directory.

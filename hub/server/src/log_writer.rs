@@ -128,6 +128,7 @@ impl LogWriter {
             frontier,
             prev,
             head: head_tx,
+            resync: false,
         };
         tokio::spawn(run(rx, state, store, keys, clock, batch_max.max(1)));
         Ok(Self { tx, head })
@@ -169,6 +170,36 @@ struct WriterState {
     /// The last entry's leaf hash.
     prev: Hash,
     head: watch::Sender<TreeHead>,
+    /// A commit failed without saying whether it landed (a connection lost
+    /// during COMMIT): read the log's tail before placing anything else.
+    resync: bool,
+}
+
+impl WriterState {
+    /// Adopt whatever entries the store holds beyond the frontier.
+    async fn catch_up(&mut self, store: &dyn Store) -> Result<(), StoreError> {
+        loop {
+            let from = self.frontier.size();
+            let tail = store.leaf_hashes(from, from + REBUILD_CHUNK).await?;
+            let Some(last) = tail.last() else {
+                break;
+            };
+            self.prev = *last;
+            for leaf in &tail {
+                self.frontier.push(*leaf);
+            }
+            info!(
+                adopted = tail.len(),
+                "the log holds entries of a commit reported as failed"
+            );
+        }
+        self.resync = false;
+        let _ = self.head.send(TreeHead {
+            size: self.frontier.size(),
+            root: self.frontier.root(),
+        });
+        Ok(())
+    }
 }
 
 async fn run(
@@ -200,6 +231,16 @@ async fn write_batch(
     keys: &WriterKeys,
     clock: &dyn Clock,
 ) {
+    if state.resync
+        && let Err(e) = state.catch_up(store).await
+    {
+        error!(error = %e, "cannot read the log's tail");
+        let err = AppendError::Store(e.to_string());
+        for p in batch.drain(..) {
+            let _ = p.reply.send(Err(err.clone()));
+        }
+        return;
+    }
     let now = clock.now();
     let mut items = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
@@ -247,8 +288,10 @@ async fn write_batch(
             }
         }
         Err(e) => {
-            // Nothing of the batch was written; the next batch reuses its indexes.
+            // Usually nothing of the batch was written and the next batch
+            // reuses its indexes; but a lost connection leaves that unknown.
             error!(error = %e, "group commit failed");
+            state.resync = true;
             let err = AppendError::Store(e.to_string());
             for reply in replies {
                 let _ = reply.send(Err(err.clone()));

@@ -16,6 +16,7 @@ use hub_core::ids::{ExchangeId, Member, PurposeCode, ServiceName};
 use hub_core::jws::Jwk;
 use hub_core::log::Sealed;
 
+pub mod postgres;
 pub mod sqlite;
 
 /// A storage failure. The message is for the log, never for a client.
@@ -29,7 +30,7 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0}")]
     Invalid(String),
-    #[error("unsupported database URL {0:?} (expected sqlite:<path>)")]
+    #[error("unsupported database URL {0:?} (expected sqlite:<path> or postgres://...)")]
     UnsupportedUrl(String),
 }
 
@@ -277,11 +278,37 @@ pub trait Store: Send + Sync {
     -> Result<bool, StoreError>;
 }
 
-/// Open the store the URL names, creating and migrating it if needed.
-pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+/// How the connection pool is sized and how long a request waits for it.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    /// How long to wait for a connection before the database counts as
+    /// unavailable (the hub then answers 503 instead of hanging).
+    pub acquire_timeout: std::time::Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: std::time::Duration::from_secs(2),
+        }
+    }
+}
+
+/// Open the store the URL names (`sqlite:<path>` or `postgres://...`),
+/// creating and migrating it if needed.
+pub async fn open(
+    url: &str,
+    settings: PoolSettings,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(
+            postgres::PgStore::open(url, settings).await?,
+        ))
     } else {
-        Err(StoreError::UnsupportedUrl(url.to_owned()))
+        Err(StoreError::UnsupportedUrl(postgres::redact(url)))
     }
 }

@@ -1,0 +1,798 @@
+//! The PostgreSQL backend, for production and for several hubs sharing one
+//! database. A group commit is one transaction of a few array-bound
+//! statements (`UNNEST`), not one insert per row; leasing from the queue
+//! uses `FOR UPDATE SKIP LOCKED` so that hubs never hand out one message
+//! twice at the same time.
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use hub_adapter_sdk::ServiceKind;
+use hub_core::body::SealedBody;
+use hub_core::hash::Hash;
+use hub_core::ids::{ExchangeId, Member, PurposeCode, ServiceName};
+use hub_core::jws::Jwk;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+
+use super::{
+    AgencyRecord, AppendItem, Delivery, Effect, ExchangeRow, ExchangeState, Grant, PoolSettings,
+    ServiceRecord, Store, StoreError, StoredCheckpoint, StoredEntry, Subscription,
+};
+
+/// The PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+fn db(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        sqlx::Error::Database(ref d)
+            // Connection-level SQLSTATEs: admin shutdown, cannot connect now.
+            if d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
+        other => StoreError::Database(other.to_string()),
+    }
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn member(agency: String, subsystem: String) -> Result<Member, StoreError> {
+    format!("{agency}/{subsystem}").parse().map_err(corrupt)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn hash(bytes: Vec<u8>, what: &str) -> Result<Hash, StoreError> {
+    bytes
+        .try_into()
+        .map_err(|_| corrupt(format!("{what} is not 32 bytes")))
+}
+
+impl PgStore {
+    /// Connect and migrate.
+    pub async fn open(url: &str, settings: PoolSettings) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Invalid(format!("{}: {e}", redact(url))))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections.max(1))
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(options)
+            .await
+            .map_err(db)?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Database(format!("migration: {e}")))?;
+        Ok(Self { pool })
+    }
+
+    /// The pool, for what only PostgreSQL offers (advisory locks).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn agency_row(row: &PgRow) -> Result<AgencyRecord, StoreError> {
+        let jwk: Option<String> = row.try_get("signing_jwk").map_err(db)?;
+        Ok(AgencyRecord {
+            member: member(
+                row.try_get("agency").map_err(db)?,
+                row.try_get("subsystem").map_err(db)?,
+            )?,
+            name: row.try_get("name").map_err(db)?,
+            signing_key: jwk.map(|j| Jwk::parse(&j)).transpose().map_err(corrupt)?,
+        })
+    }
+
+    fn service_row(row: &PgRow) -> Result<ServiceRecord, StoreError> {
+        let kind: String = row.try_get("kind").map_err(db)?;
+        let version: i64 = row.try_get("version").map_err(db)?;
+        Ok(ServiceRecord {
+            name: ServiceName::parse(&row.try_get::<String, _>("name").map_err(db)?)
+                .map_err(corrupt)?,
+            version: u32::try_from(version).map_err(corrupt)?,
+            kind: ServiceKind::parse(&kind).ok_or_else(|| corrupt(kind))?,
+            provider: member(
+                row.try_get("provider_agency").map_err(db)?,
+                row.try_get("provider_subsystem").map_err(db)?,
+            )?,
+            request_schema: row.try_get("request_schema").map_err(db)?,
+            response_schema: row.try_get("response_schema").map_err(db)?,
+        })
+    }
+
+    fn entry_row(row: &PgRow) -> Result<StoredEntry, StoreError> {
+        let key_id: Option<String> = row.try_get("key_id").map_err(db)?;
+        let body = match key_id {
+            None => None,
+            Some(key_id) => {
+                let nonce: Vec<u8> = row.try_get("nonce").map_err(db)?;
+                Some(SealedBody {
+                    key_id,
+                    nonce: nonce
+                        .try_into()
+                        .map_err(|_| corrupt("a body nonce is not 12 bytes"))?,
+                    ciphertext: row.try_get("ciphertext").map_err(db)?,
+                })
+            }
+        };
+        Ok(StoredEntry {
+            index: to_u64(row.try_get("idx").map_err(db)?),
+            record: row.try_get("record").map_err(db)?,
+            leaf_hash: hash(row.try_get("leaf_hash").map_err(db)?, "a leaf hash")?,
+            body,
+        })
+    }
+
+    fn checkpoint_row(row: &PgRow) -> Result<StoredCheckpoint, StoreError> {
+        Ok(StoredCheckpoint {
+            size: to_u64(row.try_get("size").map_err(db)?),
+            root: hash(row.try_get("root").map_err(db)?, "a checkpoint root")?,
+            note: row.try_get("note").map_err(db)?,
+        })
+    }
+
+    fn delivery_row(row: &PgRow) -> Result<Delivery, StoreError> {
+        let id: String = row.try_get("exchange_id").map_err(db)?;
+        let attempts: i32 = row.try_get("attempts").map_err(db)?;
+        Ok(Delivery {
+            exchange_id: ExchangeId::parse(&id).map_err(corrupt)?,
+            sealed: row.try_get("message").map_err(db)?,
+            attempts: u32::try_from(attempts).unwrap_or(0),
+        })
+    }
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The columns of one group commit, bound as arrays.
+#[derive(Default)]
+struct Batch {
+    idx: Vec<i64>,
+    exchange_id: Vec<String>,
+    kind: Vec<String>,
+    record: Vec<String>,
+    leaf_hash: Vec<Vec<u8>>,
+    key_id: Vec<String>,
+    nonce: Vec<Vec<u8>>,
+    ciphertext: Vec<Vec<u8>>,
+    open: (Vec<String>, Vec<String>, Vec<String>, Vec<i64>),
+    close: (Vec<String>, Vec<Vec<u8>>),
+    abandon: Vec<String>,
+    enqueue: (Vec<String>, Vec<String>, Vec<Vec<u8>>, Vec<i64>),
+}
+
+impl Batch {
+    fn of(items: &[AppendItem]) -> Self {
+        let mut b = Batch::default();
+        for item in items {
+            let record = &item.sealed.record.statement;
+            let id = record.draft.exchange_id.to_string();
+            b.idx.push(to_i64(record.index));
+            b.kind.push(record.draft.kind.as_str().to_owned());
+            b.record
+                .push(String::from_utf8_lossy(&item.sealed.canonical).into_owned());
+            b.leaf_hash.push(item.sealed.leaf_hash.to_vec());
+            let sealed = &item.body.sealed;
+            b.key_id.push(sealed.key_id.clone());
+            b.nonce.push(sealed.nonce.to_vec());
+            b.ciphertext.push(sealed.ciphertext.clone());
+            for effect in &item.effects {
+                match effect {
+                    Effect::OpenExchange {
+                        sender,
+                        request_hash,
+                        at_millis,
+                    } => {
+                        b.open.0.push(id.clone());
+                        b.open.1.push(sender.to_string());
+                        b.open.2.push(request_hash.clone());
+                        b.open.3.push(to_i64(*at_millis));
+                    }
+                    Effect::CloseExchange => {
+                        b.close.0.push(id.clone());
+                        b.close.1.push(item.sealed_message.clone());
+                    }
+                    Effect::AbandonExchange => b.abandon.push(id.clone()),
+                    Effect::Enqueue {
+                        recipient,
+                        visible_at_millis,
+                    } => {
+                        b.enqueue.0.push(recipient.to_string());
+                        b.enqueue.1.push(id.clone());
+                        b.enqueue.2.push(item.sealed_message.clone());
+                        b.enqueue.3.push(to_i64(*visible_at_millis));
+                    }
+                }
+            }
+            b.exchange_id.push(id);
+        }
+        b
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn upsert_agency(&self, a: &AgencyRecord) -> Result<(), StoreError> {
+        let jwk = a
+            .signing_key
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO agencies (agency, subsystem, name, signing_jwk) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (agency, subsystem) DO UPDATE SET name = excluded.name, signing_jwk = excluded.signing_jwk",
+        )
+        .bind(a.member.agency.as_str())
+        .bind(a.member.subsystem.as_str())
+        .bind(&a.name)
+        .bind(jwk)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn agency(&self, m: &Member) -> Result<Option<AgencyRecord>, StoreError> {
+        sqlx::query("SELECT * FROM agencies WHERE agency = $1 AND subsystem = $2")
+            .bind(m.agency.as_str())
+            .bind(m.subsystem.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .as_ref()
+            .map(Self::agency_row)
+            .transpose()
+    }
+
+    async fn agencies(&self) -> Result<Vec<AgencyRecord>, StoreError> {
+        sqlx::query("SELECT * FROM agencies ORDER BY agency, subsystem")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(Self::agency_row)
+            .collect()
+    }
+
+    async fn upsert_service(&self, s: &ServiceRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO services (name, version, kind, provider_agency, provider_subsystem, request_schema, response_schema)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (name, version) DO UPDATE SET kind = excluded.kind,
+               provider_agency = excluded.provider_agency, provider_subsystem = excluded.provider_subsystem,
+               request_schema = excluded.request_schema, response_schema = excluded.response_schema",
+        )
+        .bind(s.name.as_str())
+        .bind(i64::from(s.version))
+        .bind(s.kind.as_str())
+        .bind(s.provider.agency.as_str())
+        .bind(s.provider.subsystem.as_str())
+        .bind(&s.request_schema)
+        .bind(&s.response_schema)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn service(
+        &self,
+        name: &ServiceName,
+        version: u32,
+    ) -> Result<Option<ServiceRecord>, StoreError> {
+        sqlx::query("SELECT * FROM services WHERE name = $1 AND version = $2")
+            .bind(name.as_str())
+            .bind(i64::from(version))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .as_ref()
+            .map(Self::service_row)
+            .transpose()
+    }
+
+    async fn services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
+        sqlx::query("SELECT * FROM services ORDER BY name, version")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(Self::service_row)
+            .collect()
+    }
+
+    async fn add_grant(&self, g: &Grant) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO grants (consumer_agency, consumer_subsystem, service, purpose) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(g.consumer.agency.as_str())
+        .bind(g.consumer.subsystem.as_str())
+        .bind(g.service.as_str())
+        .bind(g.purpose.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn revoke_grant(&self, g: &Grant) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "DELETE FROM grants WHERE consumer_agency = $1 AND consumer_subsystem = $2 AND service = $3 AND purpose = $4",
+        )
+        .bind(g.consumer.agency.as_str())
+        .bind(g.consumer.subsystem.as_str())
+        .bind(g.service.as_str())
+        .bind(g.purpose.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn grants(&self) -> Result<Vec<Grant>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM grants ORDER BY consumer_agency, consumer_subsystem, service, purpose",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(Grant {
+                    consumer: member(
+                        r.try_get("consumer_agency").map_err(db)?,
+                        r.try_get("consumer_subsystem").map_err(db)?,
+                    )?,
+                    service: ServiceName::parse(&r.try_get::<String, _>("service").map_err(db)?)
+                        .map_err(corrupt)?,
+                    purpose: PurposeCode::parse(&r.try_get::<String, _>("purpose").map_err(db)?)
+                        .map_err(corrupt)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn has_grant(&self, g: &Grant) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT 1 FROM grants WHERE consumer_agency = $1 AND consumer_subsystem = $2 AND service = $3 AND purpose = $4",
+        )
+        .bind(g.consumer.agency.as_str())
+        .bind(g.consumer.subsystem.as_str())
+        .bind(g.service.as_str())
+        .bind(g.purpose.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(row.is_some())
+    }
+
+    async fn add_subscription(&self, s: &Subscription) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO subscriptions (agency, subsystem, service, version) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(s.subscriber.agency.as_str())
+        .bind(s.subscriber.subsystem.as_str())
+        .bind(s.service.as_str())
+        .bind(i64::from(s.version))
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM subscriptions ORDER BY service, version, agency, subsystem")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                let version: i64 = r.try_get("version").map_err(db)?;
+                Ok(Subscription {
+                    subscriber: member(
+                        r.try_get("agency").map_err(db)?,
+                        r.try_get("subsystem").map_err(db)?,
+                    )?,
+                    service: ServiceName::parse(&r.try_get::<String, _>("service").map_err(db)?)
+                        .map_err(corrupt)?,
+                    version: u32::try_from(version).map_err(corrupt)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn subscribers(
+        &self,
+        service: &ServiceName,
+        version: u32,
+    ) -> Result<Vec<Member>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT agency, subsystem FROM subscriptions WHERE service = $1 AND version = $2 ORDER BY agency, subsystem",
+        )
+        .bind(service.as_str())
+        .bind(i64::from(version))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                member(
+                    r.try_get("agency").map_err(db)?,
+                    r.try_get("subsystem").map_err(db)?,
+                )
+            })
+            .collect()
+    }
+
+    async fn append(&self, items: &[AppendItem]) -> Result<(), StoreError> {
+        let b = Batch::of(items);
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query(
+            "INSERT INTO log_entries (idx, exchange_id, kind, record, leaf_hash)
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[])",
+        )
+        .bind(&b.idx)
+        .bind(&b.exchange_id)
+        .bind(&b.kind)
+        .bind(&b.record)
+        .bind(&b.leaf_hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        sqlx::query(
+            "INSERT INTO log_bodies (idx, key_id, nonce, ciphertext)
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bytea[], $4::bytea[])",
+        )
+        .bind(&b.idx)
+        .bind(&b.key_id)
+        .bind(&b.nonce)
+        .bind(&b.ciphertext)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        if !b.open.0.is_empty() {
+            sqlx::query(
+                "INSERT INTO exchanges (exchange_id, sender, request_hash, state, created_at)
+                 SELECT id, sender, request_hash, 'pending', at
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(id, sender, request_hash, at)",
+            )
+            .bind(&b.open.0)
+            .bind(&b.open.1)
+            .bind(&b.open.2)
+            .bind(&b.open.3)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        if !b.close.0.is_empty() {
+            sqlx::query(
+                "UPDATE exchanges SET state = 'done', reply = u.reply
+                 FROM UNNEST($1::text[], $2::bytea[]) AS u(id, reply) WHERE exchange_id = u.id",
+            )
+            .bind(&b.close.0)
+            .bind(&b.close.1)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        if !b.abandon.is_empty() {
+            sqlx::query("DELETE FROM exchanges WHERE exchange_id = ANY($1) AND state = 'pending'")
+                .bind(&b.abandon)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        if !b.enqueue.0.is_empty() {
+            sqlx::query(
+                "INSERT INTO deliveries (recipient, exchange_id, message, visible_at)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&b.enqueue.0)
+            .bind(&b.enqueue.1)
+            .bind(&b.enqueue.2)
+            .bind(&b.enqueue.3)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn entries(&self, from: u64, limit: u32) -> Result<Vec<StoredEntry>, StoreError> {
+        sqlx::query(
+            "SELECT e.idx, e.record, e.leaf_hash, b.key_id, b.nonce, b.ciphertext
+             FROM log_entries e LEFT JOIN log_bodies b ON b.idx = e.idx
+             WHERE e.idx >= $1 ORDER BY e.idx LIMIT $2",
+        )
+        .bind(to_i64(from))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(Self::entry_row)
+        .collect()
+    }
+
+    async fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT idx, leaf_hash FROM log_entries WHERE idx >= $1 AND idx < $2 ORDER BY idx",
+        )
+        .bind(to_i64(from))
+        .bind(to_i64(to))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (expected, r) in (from..).zip(&rows) {
+            if to_u64(r.try_get("idx").map_err(db)?) != expected {
+                return Err(corrupt(format!("the log has a gap at index {expected}")));
+            }
+            out.push(hash(r.try_get("leaf_hash").map_err(db)?, "a leaf hash")?);
+        }
+        Ok(out)
+    }
+
+    async fn indexes_of_exchange(&self, id: ExchangeId) -> Result<Vec<u64>, StoreError> {
+        let rows = sqlx::query("SELECT idx FROM log_entries WHERE exchange_id = $1 ORDER BY idx")
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| Ok(to_u64(r.try_get("idx").map_err(db)?)))
+            .collect()
+    }
+
+    async fn purge(&self, before: &str, before_millis: u64) -> Result<(u64, u64), StoreError> {
+        let bodies = sqlx::query(
+            "DELETE FROM log_bodies b USING log_entries e
+             WHERE b.idx = e.idx AND (e.record::jsonb ->> 'time') < $1",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        let replies = sqlx::query("DELETE FROM exchanges WHERE state = 'done' AND created_at < $1")
+            .bind(to_i64(before_millis))
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok((bodies.rows_affected(), replies.rows_affected()))
+    }
+
+    async fn add_checkpoint(&self, c: &StoredCheckpoint) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO checkpoints (size, root, note) VALUES ($1, $2, $3)")
+            .bind(to_i64(c.size))
+            .bind(c.root.to_vec())
+            .bind(&c.note)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        sqlx::query("SELECT size, root, note FROM checkpoints ORDER BY size")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(Self::checkpoint_row)
+            .collect()
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        sqlx::query("SELECT size, root, note FROM checkpoints ORDER BY size DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .as_ref()
+            .map(Self::checkpoint_row)
+            .transpose()
+    }
+
+    async fn add_witness(&self, name: &str, vkey: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO witnesses (name, vkey) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET vkey = excluded.vkey",
+        )
+        .bind(name)
+        .bind(vkey)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn witnesses(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT name, vkey FROM witnesses ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("name").map_err(db)?,
+                    r.try_get("vkey").map_err(db)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn add_cosignature(
+        &self,
+        size: u64,
+        witness: &str,
+        line: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO cosignatures (size, witness, line) VALUES ($1, $2, $3)
+             ON CONFLICT (size, witness) DO UPDATE SET line = excluded.line",
+        )
+        .bind(to_i64(size))
+        .bind(witness)
+        .bind(line)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn cosignatures(&self, size: u64) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT line FROM cosignatures WHERE size = $1 ORDER BY witness")
+            .bind(to_i64(size))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(|r| r.try_get("line").map_err(db)).collect()
+    }
+
+    async fn exchange(&self, id: ExchangeId) -> Result<Option<ExchangeRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT sender, request_hash, state, reply FROM exchanges WHERE exchange_id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.map(|r| {
+            let state: String = r.try_get("state").map_err(db)?;
+            let reply: Option<Vec<u8>> = r.try_get("reply").map_err(db)?;
+            Ok(ExchangeRow {
+                sender: r.try_get("sender").map_err(db)?,
+                request_hash: r.try_get("request_hash").map_err(db)?,
+                state: match (state.as_str(), reply) {
+                    ("done", Some(reply)) => ExchangeState::Done { reply },
+                    ("pending", _) => ExchangeState::Pending,
+                    _ => {
+                        return Err(corrupt(format!(
+                            "exchange {id} in state {state} without reply"
+                        )));
+                    }
+                },
+            })
+        })
+        .transpose()
+    }
+
+    async fn lease(
+        &self,
+        recipient: &Member,
+        max: u32,
+        now_millis: u64,
+        visibility_millis: u64,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let rows = sqlx::query(
+            "UPDATE deliveries SET visible_at = $1, attempts = attempts + 1
+             WHERE seq IN (SELECT seq FROM deliveries WHERE recipient = $2 AND visible_at <= $3
+                           ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED)
+             RETURNING exchange_id, message, attempts, seq",
+        )
+        .bind(to_i64(now_millis.saturating_add(visibility_millis)))
+        .bind(recipient.to_string())
+        .bind(to_i64(now_millis))
+        .bind(i64::from(max))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut leased = rows
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<i64, _>("seq").map_err(db)?,
+                    Self::delivery_row(r)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        leased.sort_by_key(|(seq, _)| *seq);
+        Ok(leased.into_iter().map(|(_, d)| d).collect())
+    }
+
+    async fn delivery(
+        &self,
+        recipient: &Member,
+        id: ExchangeId,
+    ) -> Result<Option<Delivery>, StoreError> {
+        sqlx::query(
+            "SELECT exchange_id, message, attempts FROM deliveries WHERE recipient = $1 AND exchange_id = $2",
+        )
+        .bind(recipient.to_string())
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(Self::delivery_row)
+        .transpose()
+    }
+
+    async fn remove_delivery(
+        &self,
+        recipient: &Member,
+        id: ExchangeId,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM deliveries WHERE recipient = $1 AND exchange_id = $2")
+            .bind(recipient.to_string())
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(r.rows_affected() > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redact_hides_the_password_only() {
+        assert_eq!(
+            redact("postgres://hub:s3cret@db.example:5432/hub"),
+            "postgres://hub:***@db.example:5432/hub"
+        );
+        assert_eq!(
+            redact("postgres://127.0.0.1/hub"),
+            "postgres://127.0.0.1/hub"
+        );
+    }
+}

@@ -1,0 +1,142 @@
+//! The real hub on PostgreSQL: the whole exchange path, a restart that
+//! continues the same log, and a database that goes away and comes back.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use hub_e2e::relay::Relay;
+use hub_e2e::services::PgDatabase;
+use hub_e2e::*;
+use serde_json::json;
+
+fn lookup() -> serde_json::Value {
+    envelope(
+        ONE_STOP,
+        "citizen.lookup",
+        "public_service",
+        json!({"personal_id": "001085012345"}),
+    )
+}
+
+#[tokio::test]
+async fn queries_events_and_a_restart_on_postgres() {
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let url = db.url.clone();
+    let hub = TestHub::start_in(dir.clone(), |c| c.database_url = url).await;
+
+    let (status, reply) = hub.send(lookup()).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["body"]["citizen"]["full_name"], "Nguyễn Văn An");
+    let jwks = hub.public_client().jwks().await.unwrap();
+    hub_client::verify_reply(&reply, &jwks).unwrap();
+
+    let (status, ack) = hub
+        .send(envelope(
+            ENTERPRISE_REGISTRY,
+            "enterprise.registered",
+            "registry_update",
+            enterprise_registered(),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{ack}");
+    let exchange_id = ack["record"]["exchange_id"].clone();
+    let (_, inbox) = hub.client(TAX).get_json("/v1/inbox").await.unwrap();
+    assert_eq!(inbox["messages"][0]["record"]["exchange_id"], exchange_id);
+    let (status, answer) = hub
+        .client(TAX)
+        .post_json("/v1/inbox/ack", &json!({"exchange_ids": [exchange_id]}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
+    // Concurrent senders share group commits; the retry of an answered id
+    // gets the same answer.
+    let mut tasks = tokio::task::JoinSet::new();
+    let hub = Arc::new(hub);
+    for _ in 0..40 {
+        let hub = hub.clone();
+        tasks.spawn(async move { hub.send(lookup()).await.0 });
+    }
+    while let Some(status) = tasks.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    let mut hub = Arc::into_inner(hub).unwrap();
+    let records = hub.log_records().await;
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["index"], i as u64);
+    }
+    let size = records.len() as u64;
+    hub.stop().await;
+
+    // Restart: the writer continues the same tree from PostgreSQL.
+    let url = db.url.clone();
+    let mut hub = TestHub::start_in(dir, |c| c.database_url = url).await;
+    let (status, reply) = hub.send(lookup()).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["record"]["index"], size + 1);
+    let (status, health) = hub.public_client().get_json("/healthz").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(health["database"], "ok");
+    hub.stop().await;
+    db.drop_now().await;
+}
+
+#[tokio::test]
+async fn a_database_outage_answers_503_at_once_and_the_hub_recovers_by_itself() {
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let target = db.url.split('@').nth(1).unwrap().split('/').next().unwrap();
+    let relay = Relay::start(target.parse().unwrap()).await;
+    let through_relay = db.url.replace(target, &relay.addr.to_string());
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut hub = TestHub::start_in(dir, |c| {
+        c.database_url = through_relay;
+        c.database_acquire_timeout_ms = 500;
+    })
+    .await;
+    let (status, reply) = hub.send(lookup()).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+
+    relay.cut();
+    let started = Instant::now();
+    for _ in 0..3 {
+        let (status, reply) = hub.send(lookup()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reply}");
+        assert_eq!(reply["code"], "storage_unavailable", "{reply}");
+        // The cause stays in the hub's log; the client learns only that it is temporary.
+        assert!(!reply.to_string().contains("127.0.0.1"), "{reply}");
+    }
+    let (status, health) = hub.public_client().get_json("/healthz").await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(health["database"], "unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "answers came without hanging"
+    );
+
+    relay.restore();
+    let mut served = None;
+    for _ in 0..50 {
+        let (status, reply) = hub.send(lookup()).await;
+        if status == StatusCode::OK {
+            served = Some(reply);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reply = served.expect("the hub serves again once the database is back");
+    // The log has no hole and no duplicate where the outage was.
+    let records = hub.log_records().await;
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["index"], i as u64);
+    }
+    assert_eq!(records.last().unwrap()["index"], reply["record"]["index"]);
+    hub.stop().await;
+    db.drop_now().await;
+}

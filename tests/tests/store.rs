@@ -1,0 +1,488 @@
+//! One backend-neutral suite for the [`Store`] trait, run against SQLite
+//! (a fresh file per test) and PostgreSQL (a fresh database per test).
+//! Whatever the pipeline relies on from storage is checked here for both.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use hub_adapter_sdk::ServiceKind;
+use hub_core::body::{DataKey, commitment};
+use hub_core::hash::Hash;
+use hub_core::ids::{ExchangeId, Member, PurposeCode, ServiceName};
+use hub_core::jws::SigningKey;
+use hub_core::log::{EntryDraft, EntryKind, seal};
+use hub_e2e::services::PgDatabase;
+use hub_server::store::{
+    AgencyRecord, AppendItem, Body, Effect, ExchangeState, Grant, PoolSettings, ServiceRecord,
+    Store, StoredCheckpoint, Subscription,
+};
+use time::macros::datetime;
+
+/// Run `test` against a fresh store of each backend.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let url = format!("sqlite:{}", dir.path().join("hub.db").display());
+                    let store = hub_server::store::open(&url, super::PoolSettings::default()).await.unwrap();
+                    super::$name(store).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(db) = super::PgDatabase::create().await else { return };
+                    let store = hub_server::store::open(&db.url, super::PoolSettings::default()).await.unwrap();
+                    super::$name(store.clone()).await;
+                    drop(store);
+                    db.drop_now().await;
+                }
+            )*
+        }
+    };
+}
+
+both_backends!(
+    registry_round_trips,
+    append_writes_entries_and_effects_together,
+    a_failed_batch_leaves_nothing_behind,
+    leases_hide_messages_until_they_expire,
+    concurrent_leases_never_hand_out_one_message_twice,
+    checkpoints_witnesses_and_cosignatures,
+    purge_removes_old_bodies_and_replies_but_keeps_the_log,
+);
+
+fn member(s: &str) -> Member {
+    s.parse().unwrap()
+}
+
+const CONSUMER: &str = "000.00.00.G08/tax";
+const PROVIDER: &str = "000.00.00.G09/enterprise-registry";
+
+async fn registry(store: &dyn Store) {
+    for m in [CONSUMER, PROVIDER] {
+        store
+            .upsert_agency(&AgencyRecord {
+                member: member(m),
+                name: m.into(),
+                signing_key: None,
+            })
+            .await
+            .unwrap();
+    }
+    store
+        .upsert_service(&ServiceRecord {
+            name: ServiceName::parse("enterprise.lookup").unwrap(),
+            version: 1,
+            kind: ServiceKind::Query,
+            provider: member(PROVIDER),
+            request_schema: "enterprise.lookup.request/1".into(),
+            response_schema: Some("enterprise.lookup.response/1".into()),
+        })
+        .await
+        .unwrap();
+}
+
+async fn registry_round_trips(store: Arc<dyn Store>) {
+    registry(store.as_ref()).await;
+    let key = SigningKey::generate(&ring::rand::SystemRandom::new())
+        .unwrap()
+        .0;
+    let renamed = AgencyRecord {
+        member: member(CONSUMER),
+        name: "General Department of Taxation".into(),
+        signing_key: Some(key.public_jwk()),
+    };
+    store.upsert_agency(&renamed).await.unwrap();
+    assert_eq!(
+        store.agency(&member(CONSUMER)).await.unwrap(),
+        Some(renamed)
+    );
+    assert_eq!(store.agencies().await.unwrap().len(), 2);
+    assert_eq!(
+        store.agency(&member("000.00.00.X99/none")).await.unwrap(),
+        None
+    );
+
+    let service = ServiceName::parse("enterprise.lookup").unwrap();
+    let found = store.service(&service, 1).await.unwrap().unwrap();
+    assert_eq!(found.provider, member(PROVIDER));
+    assert_eq!(found.kind, ServiceKind::Query);
+    assert!(store.service(&service, 2).await.unwrap().is_none());
+
+    let grant = Grant {
+        consumer: member(CONSUMER),
+        service: service.clone(),
+        purpose: PurposeCode::parse("tax_administration").unwrap(),
+    };
+    assert!(!store.has_grant(&grant).await.unwrap());
+    store.add_grant(&grant).await.unwrap();
+    store.add_grant(&grant).await.unwrap();
+    assert!(store.has_grant(&grant).await.unwrap());
+    assert_eq!(store.grants().await.unwrap(), vec![grant.clone()]);
+    let other_purpose = Grant {
+        purpose: PurposeCode::parse("public_service").unwrap(),
+        ..grant.clone()
+    };
+    assert!(!store.has_grant(&other_purpose).await.unwrap());
+    assert!(store.revoke_grant(&grant).await.unwrap());
+    assert!(!store.revoke_grant(&grant).await.unwrap());
+    assert!(!store.has_grant(&grant).await.unwrap());
+
+    let sub = Subscription {
+        subscriber: member(CONSUMER),
+        service: service.clone(),
+        version: 1,
+    };
+    store.add_subscription(&sub).await.unwrap();
+    store.add_subscription(&sub).await.unwrap();
+    assert_eq!(store.subscriptions().await.unwrap(), vec![sub]);
+    assert_eq!(
+        store.subscribers(&service, 1).await.unwrap(),
+        vec![member(CONSUMER)]
+    );
+    assert!(store.subscribers(&service, 2).await.unwrap().is_empty());
+}
+
+/// Builds sealed entries the way the log writer does.
+struct Entries {
+    key: SigningKey,
+    data: DataKey,
+    next: u64,
+    prev: Hash,
+}
+
+impl Entries {
+    fn new() -> Self {
+        Self {
+            key: SigningKey::generate(&ring::rand::SystemRandom::new())
+                .unwrap()
+                .0,
+            data: DataKey::from_bytes(&[7; 32]),
+            next: 0,
+            prev: [0; 32],
+        }
+    }
+
+    fn item(&mut self, kind: EntryKind, id: ExchangeId, effects: Vec<Effect>) -> AppendItem {
+        let plain = format!("{{\"n\":{}}}", self.next).into_bytes();
+        let salt = self.next.to_be_bytes().repeat(2);
+        let body_hash = commitment(&salt, &plain);
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&self.next.to_be_bytes());
+        let sealed_body = self.data.seal(&salt, &plain, &body_hash, nonce);
+        let draft = EntryDraft {
+            kind,
+            exchange_id: id,
+            sender: member(CONSUMER),
+            receiver: Some(member(PROVIDER)),
+            recipients: vec![],
+            service: Some(ServiceName::parse("enterprise.lookup").unwrap()),
+            version: Some(1),
+            purpose: None,
+            case_ref: None,
+            on_behalf_of: None,
+            schema: None,
+            body_hash: body_hash.clone(),
+            sealed_body_hash: Some(sealed_body.hash()),
+            refers_to: None,
+            error: None,
+            sender_signature: None,
+        };
+        let time = datetime!(2026-11-01 00:00 UTC) + time::Duration::days(self.next as i64);
+        let sealed = seal(draft, self.next, &self.prev, time, &self.key).unwrap();
+        self.next += 1;
+        self.prev = sealed.leaf_hash;
+        AppendItem {
+            sealed_message: format!("message of {id}").into_bytes(),
+            sealed,
+            body: Body {
+                plain,
+                salt,
+                commitment: body_hash,
+                sealed: sealed_body,
+            },
+            effects,
+        }
+    }
+}
+
+fn id(n: u8) -> ExchangeId {
+    ExchangeId::from_parts(1_790_000_000_000 + u64::from(n), [n; 10])
+}
+
+fn open(at_millis: u64) -> Effect {
+    Effect::OpenExchange {
+        sender: member(CONSUMER),
+        request_hash: "hash".into(),
+        at_millis,
+    }
+}
+
+fn enqueue(visible_at_millis: u64) -> Effect {
+    Effect::Enqueue {
+        recipient: member(PROVIDER),
+        visible_at_millis,
+    }
+}
+
+async fn append_writes_entries_and_effects_together(store: Arc<dyn Store>) {
+    registry(store.as_ref()).await;
+    let mut e = Entries::new();
+    let batch = vec![
+        e.item(EntryKind::Request, id(1), vec![open(10), enqueue(0)]),
+        e.item(EntryKind::Request, id(2), vec![open(20), enqueue(0)]),
+        e.item(EntryKind::Request, id(3), vec![open(30)]),
+    ];
+    store.append(&batch).await.unwrap();
+    let second = vec![
+        e.item(EntryKind::Response, id(1), vec![Effect::CloseExchange]),
+        e.item(EntryKind::Failure, id(3), vec![Effect::AbandonExchange]),
+    ];
+    store.append(&second).await.unwrap();
+
+    let entries = store.entries(0, 100).await.unwrap();
+    assert_eq!(entries.len(), 5);
+    for (i, (stored, item)) in entries.iter().zip(batch.iter().chain(&second)).enumerate() {
+        assert_eq!(stored.index, i as u64);
+        assert_eq!(stored.record.as_bytes(), item.sealed.canonical.as_slice());
+        assert_eq!(stored.leaf_hash, item.sealed.leaf_hash);
+        assert_eq!(stored.body.as_ref(), Some(&item.body.sealed));
+    }
+    assert_eq!(store.entries(3, 1).await.unwrap()[0].index, 3);
+    let leaves = store.leaf_hashes(1, 4).await.unwrap();
+    assert_eq!(
+        leaves,
+        vec![
+            entries[1].leaf_hash,
+            entries[2].leaf_hash,
+            entries[3].leaf_hash
+        ]
+    );
+    assert_eq!(store.indexes_of_exchange(id(1)).await.unwrap(), vec![0, 3]);
+
+    let done = store.exchange(id(1)).await.unwrap().unwrap();
+    assert_eq!(done.sender, CONSUMER);
+    assert_eq!(
+        done.state,
+        ExchangeState::Done {
+            reply: second[0].sealed_message.clone()
+        }
+    );
+    assert_eq!(
+        store.exchange(id(2)).await.unwrap().unwrap().state,
+        ExchangeState::Pending
+    );
+    assert!(store.exchange(id(3)).await.unwrap().is_none(), "abandoned");
+
+    let leased = store.lease(&member(PROVIDER), 10, 100, 1000).await.unwrap();
+    let ids: Vec<_> = leased.iter().map(|d| d.exchange_id).collect();
+    assert_eq!(ids, vec![id(1), id(2)], "in the order they were logged");
+    assert_eq!(leased[0].sealed, batch[0].sealed_message);
+    assert_eq!(leased[0].attempts, 1);
+}
+
+async fn a_failed_batch_leaves_nothing_behind(store: Arc<dyn Store>) {
+    registry(store.as_ref()).await;
+    let mut e = Entries::new();
+    let first = e.item(EntryKind::Request, id(1), vec![open(1)]);
+    store.append(std::slice::from_ref(&first)).await.unwrap();
+    // A batch whose second entry collides with an existing exchange id.
+    let batch = vec![
+        e.item(EntryKind::Request, id(2), vec![open(2), enqueue(0)]),
+        e.item(EntryKind::Request, id(1), vec![open(3)]),
+    ];
+    assert!(store.append(&batch).await.is_err());
+    assert_eq!(store.entries(0, 10).await.unwrap().len(), 1);
+    assert!(store.exchange(id(2)).await.unwrap().is_none());
+    assert!(
+        store
+            .delivery(&member(PROVIDER), id(2))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The indexes of the failed batch are free for the next one.
+    let mut retry = Entries::new();
+    retry.next = 1;
+    retry.prev = first.sealed.leaf_hash;
+    let ok = retry.item(EntryKind::Request, id(2), vec![open(2), enqueue(0)]);
+    store.append(&[ok]).await.unwrap();
+    assert_eq!(store.entries(0, 10).await.unwrap().len(), 2);
+}
+
+async fn leases_hide_messages_until_they_expire(store: Arc<dyn Store>) {
+    registry(store.as_ref()).await;
+    let mut e = Entries::new();
+    let later = 5_000;
+    let batch = vec![
+        e.item(EntryKind::Event, id(1), vec![enqueue(0)]),
+        e.item(EntryKind::Event, id(1), vec![enqueue(0)]), // a duplicate is ignored
+        e.item(EntryKind::Event, id(2), vec![enqueue(later)]),
+    ];
+    store.append(&batch).await.unwrap();
+    let provider = member(PROVIDER);
+    let first = store.lease(&provider, 10, 1000, 500).await.unwrap();
+    assert_eq!(
+        first.len(),
+        1,
+        "one message for id 1; id 2 is not visible yet"
+    );
+    assert!(
+        store
+            .lease(&provider, 10, 1200, 500)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = store.lease(&provider, 10, 1500, 500).await.unwrap();
+    assert_eq!(again.len(), 1, "back after the visibility timeout");
+    assert_eq!(again[0].attempts, 2);
+    assert_eq!(
+        store
+            .delivery(&provider, id(1))
+            .await
+            .unwrap()
+            .unwrap()
+            .attempts,
+        2
+    );
+    assert!(store.remove_delivery(&provider, id(1)).await.unwrap());
+    assert!(!store.remove_delivery(&provider, id(1)).await.unwrap());
+    let late = store.lease(&provider, 10, later, 500).await.unwrap();
+    assert_eq!(
+        late.iter().map(|d| d.exchange_id).collect::<Vec<_>>(),
+        vec![id(2)]
+    );
+    assert!(
+        store
+            .lease(&member(CONSUMER), 10, later, 500)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn concurrent_leases_never_hand_out_one_message_twice(store: Arc<dyn Store>) {
+    registry(store.as_ref()).await;
+    let mut e = Entries::new();
+    let batch: Vec<_> = (0..60)
+        .map(|n| e.item(EntryKind::Event, id(n), vec![enqueue(0)]))
+        .collect();
+    store.append(&batch).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let leased = store.lease(&member(PROVIDER), 4, 10, 60_000).await.unwrap();
+                if leased.is_empty() {
+                    return got;
+                }
+                got.extend(leased.into_iter().map(|d| d.exchange_id));
+            }
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(got) = tasks.join_next().await {
+        all.extend(got.unwrap());
+    }
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, 60, "every message leased exactly once");
+    assert_eq!(all.len(), 60);
+}
+
+async fn checkpoints_witnesses_and_cosignatures(store: Arc<dyn Store>) {
+    assert!(store.latest_checkpoint().await.unwrap().is_none());
+    for size in [1u64, 5, 3] {
+        store
+            .add_checkpoint(&StoredCheckpoint {
+                size,
+                root: [size as u8; 32],
+                note: format!("note {size}"),
+            })
+            .await
+            .unwrap();
+    }
+    assert!(
+        store
+            .add_checkpoint(&StoredCheckpoint {
+                size: 5,
+                root: [0; 32],
+                note: "another note for 5".into(),
+            })
+            .await
+            .is_err(),
+        "a checkpoint is never replaced"
+    );
+    let sizes: Vec<_> = store
+        .checkpoints()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.size)
+        .collect();
+    assert_eq!(sizes, vec![1, 3, 5]);
+    assert_eq!(
+        store.latest_checkpoint().await.unwrap().unwrap().note,
+        "note 5"
+    );
+
+    store.add_witness("w1", "w1+00000000+AAAA").await.unwrap();
+    store.add_witness("w1", "w1+11111111+BBBB").await.unwrap();
+    store.add_witness("w0", "w0+22222222+CCCC").await.unwrap();
+    assert_eq!(
+        store.witnesses().await.unwrap(),
+        vec![
+            ("w0".into(), "w0+22222222+CCCC".into()),
+            ("w1".into(), "w1+11111111+BBBB".into())
+        ]
+    );
+    store.add_cosignature(5, "w1", "— w1 old").await.unwrap();
+    store.add_cosignature(5, "w1", "— w1 new").await.unwrap();
+    store.add_cosignature(5, "w0", "— w0").await.unwrap();
+    assert_eq!(
+        store.cosignatures(5).await.unwrap(),
+        vec!["— w0", "— w1 new"]
+    );
+    assert!(store.cosignatures(3).await.unwrap().is_empty());
+    assert!(
+        store.add_cosignature(4, "w0", "— w0").await.is_err(),
+        "no checkpoint of size 4"
+    );
+}
+
+async fn purge_removes_old_bodies_and_replies_but_keeps_the_log(store: Arc<dyn Store>) {
+    registry(store.as_ref()).await;
+    let mut e = Entries::new();
+    // Entries are logged on 2026-11-01, -02, -03, -04.
+    let batch = vec![
+        e.item(EntryKind::Request, id(1), vec![open(1_000)]),
+        e.item(EntryKind::Request, id(2), vec![open(9_000)]),
+    ];
+    store.append(&batch).await.unwrap();
+    let closes = vec![
+        e.item(EntryKind::Response, id(1), vec![Effect::CloseExchange]),
+        e.item(EntryKind::Response, id(2), vec![Effect::CloseExchange]),
+    ];
+    store.append(&closes).await.unwrap();
+    let (bodies, replies) = store
+        .purge("2026-11-03T00:00:00.000Z", 5_000)
+        .await
+        .unwrap();
+    assert_eq!((bodies, replies), (2, 1));
+    let entries = store.entries(0, 10).await.unwrap();
+    assert_eq!(entries.len(), 4, "the log itself is never purged");
+    let kept: Vec<_> = entries.iter().map(|e| e.body.is_some()).collect();
+    assert_eq!(kept, vec![false, false, true, true]);
+    assert!(store.exchange(id(1)).await.unwrap().is_none());
+    assert!(store.exchange(id(2)).await.unwrap().is_some());
+}
