@@ -55,6 +55,7 @@ both_backends!(
     concurrent_leases_never_hand_out_one_message_twice,
     checkpoints_witnesses_and_cosignatures,
     purge_removes_old_bodies_and_replies_but_keeps_the_log,
+    the_outbox_keeps_dispatched_messages_until_confirmed,
 );
 
 fn member(s: &str) -> Member {
@@ -485,4 +486,40 @@ async fn purge_removes_old_bodies_and_replies_but_keeps_the_log(store: Arc<dyn S
     assert_eq!(kept, vec![false, false, true, true]);
     assert!(store.exchange(id(1)).await.unwrap().is_none());
     assert!(store.exchange(id(2)).await.unwrap().is_some());
+}
+
+async fn the_outbox_keeps_dispatched_messages_until_confirmed(store: Arc<dyn Store>) {
+    registry(store.as_ref()).await;
+    let mut e = Entries::new();
+    let dispatch = || Effect::Dispatch {
+        recipient: member(PROVIDER),
+    };
+    let batch = vec![
+        e.item(EntryKind::Request, id(1), vec![open(1), dispatch()]),
+        e.item(EntryKind::Request, id(2), vec![open(2), dispatch()]),
+        e.item(EntryKind::Request, id(3), vec![open(3), dispatch()]),
+    ];
+    store.append(&batch).await.unwrap();
+    assert!(
+        store
+            .lease(&member(PROVIDER), 10, 0, 1)
+            .await
+            .unwrap()
+            .is_empty(),
+        "dispatched messages are not in the inbox"
+    );
+    let rows = store.outbox(2).await.unwrap();
+    let ids: Vec<_> = rows.iter().map(|r| r.exchange_id).collect();
+    assert_eq!(ids, vec![id(1), id(2)], "oldest first, at most max");
+    assert_eq!(rows[0].recipient, member(PROVIDER));
+    assert_eq!(rows[0].sealed, batch[0].sealed_message);
+    store.remove_outbox(&[rows[0].seq]).await.unwrap();
+    let left: Vec<_> = store
+        .outbox(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.exchange_id)
+        .collect();
+    assert_eq!(left, vec![id(2), id(3)]);
 }

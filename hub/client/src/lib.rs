@@ -12,7 +12,6 @@ use http::{Request, header};
 use http_body_util::{BodyExt, Full};
 use hub_core::jcs;
 use hub_core::jws::{Jwks, SigningKey};
-use hub_core::log::{RecordError, verify_record_signature};
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls_pki_types::pem::PemObject;
@@ -229,33 +228,4 @@ pub fn sign_envelope(envelope: &Value, key: &SigningKey) -> Result<String, jcs::
     Ok(key.sign_detached(&jcs::canonicalize(envelope)?))
 }
 
-/// A reply that does not check out.
-#[derive(Debug, thiserror::Error)]
-pub enum ReplyError {
-    #[error("the reply has no record")]
-    NoRecord,
-    #[error(transparent)]
-    Record(#[from] RecordError),
-    #[error("the body does not match the record's body_hash")]
-    BodyMismatch,
-}
-
-/// Check a `{"record", "body", "body_salt"}` reply: the hub's signature on
-/// the record, and that `body_hash = SHA-256(salt || JCS(body))`. Returns
-/// the key id.
-pub fn verify_reply(reply: &Value, keys: &Jwks) -> Result<String, ReplyError> {
-    let record = reply.get("record").ok_or(ReplyError::NoRecord)?;
-    let kid = verify_record_signature(record, keys)?;
-    let body = reply.get("body").ok_or(ReplyError::BodyMismatch)?;
-    let salt = reply
-        .get("body_salt")
-        .and_then(Value::as_str)
-        .and_then(hub_core::hash::from_b64url)
-        .ok_or(ReplyError::BodyMismatch)?;
-    let canonical = jcs::canonicalize(body).map_err(RecordError::from)?;
-    let hash = hub_core::body::commitment(&salt, &canonical);
-    if record.get("body_hash").and_then(Value::as_str) != Some(hash.as_str()) {
-        return Err(ReplyError::BodyMismatch);
-    }
-    Ok(kid)
-}
+pub use hub_core::log::{MessageError as ReplyError, verify_message as verify_reply};

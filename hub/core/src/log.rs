@@ -292,3 +292,35 @@ mod tests {
         assert_eq!(back, sealed.record);
     }
 }
+
+/// A `{"record", "body", "body_salt"}` message that does not check out.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("the message has no record")]
+    NoRecord,
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("the body does not match the record's body_hash")]
+    BodyMismatch,
+}
+
+/// Check a `{"record", "body", "body_salt"}` message - a reply, an inbox
+/// message, a request handed to an adapter: the hub's signature on the
+/// record, and that `body_hash = SHA-256(salt || JCS(body))`. Returns the
+/// key id.
+pub fn verify_message(message: &Value, keys: &Jwks) -> Result<String, MessageError> {
+    let record = message.get("record").ok_or(MessageError::NoRecord)?;
+    let kid = verify_record_signature(record, keys)?;
+    let body = message.get("body").ok_or(MessageError::BodyMismatch)?;
+    let salt = message
+        .get("body_salt")
+        .and_then(Value::as_str)
+        .and_then(crate::hash::from_b64url)
+        .ok_or(MessageError::BodyMismatch)?;
+    let canonical = crate::jcs::canonicalize(body).map_err(RecordError::from)?;
+    let hash = crate::body::commitment(&salt, &canonical);
+    if record.get("body_hash").and_then(Value::as_str) != Some(hash.as_str()) {
+        return Err(MessageError::BodyMismatch);
+    }
+    Ok(kid)
+}

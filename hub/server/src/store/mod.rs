@@ -102,6 +102,9 @@ pub enum Effect {
         recipient: Member,
         visible_at_millis: u64,
     },
+    /// Put this entry's sealed message in the outbox for the relay to
+    /// publish to `recipient`'s broker queue.
+    Dispatch { recipient: Member },
 }
 
 /// An entry's body: the bytes, the salt of its commitment, the commitment,
@@ -192,6 +195,16 @@ pub struct Delivery {
     pub attempts: u32,
 }
 
+/// A message waiting in the outbox for the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub seq: i64,
+    pub recipient: Member,
+    pub exchange_id: ExchangeId,
+    /// Sealed like [`Delivery::sealed`].
+    pub sealed: Vec<u8>,
+}
+
 /// Everything the hub stores.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -276,6 +289,11 @@ pub trait Store: Send + Sync {
     /// Remove an acknowledged message; whether there was one.
     async fn remove_delivery(&self, recipient: &Member, id: ExchangeId)
     -> Result<bool, StoreError>;
+
+    /// Up to `max` outbox rows, oldest first.
+    async fn outbox(&self, max: u32) -> Result<Vec<OutboxRow>, StoreError>;
+    /// Delete outbox rows the broker confirmed.
+    async fn remove_outbox(&self, seqs: &[i64]) -> Result<(), StoreError>;
 }
 
 /// How the connection pool is sized and how long a request waits for it.

@@ -16,8 +16,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 
 use super::{
-    AgencyRecord, AppendItem, Delivery, Effect, ExchangeRow, ExchangeState, Grant, PoolSettings,
-    ServiceRecord, Store, StoreError, StoredCheckpoint, StoredEntry, Subscription,
+    AgencyRecord, AppendItem, Delivery, Effect, ExchangeRow, ExchangeState, Grant, OutboxRow,
+    PoolSettings, ServiceRecord, Store, StoreError, StoredCheckpoint, StoredEntry, Subscription,
 };
 
 /// The PostgreSQL store.
@@ -184,6 +184,7 @@ struct Batch {
     close: (Vec<String>, Vec<Vec<u8>>),
     abandon: Vec<String>,
     enqueue: (Vec<String>, Vec<String>, Vec<Vec<u8>>, Vec<i64>),
+    dispatch: (Vec<String>, Vec<String>, Vec<Vec<u8>>),
 }
 
 impl Batch {
@@ -226,6 +227,11 @@ impl Batch {
                         b.enqueue.1.push(id.clone());
                         b.enqueue.2.push(item.sealed_message.clone());
                         b.enqueue.3.push(to_i64(*visible_at_millis));
+                    }
+                    Effect::Dispatch { recipient } => {
+                        b.dispatch.0.push(recipient.to_string());
+                        b.dispatch.1.push(id.clone());
+                        b.dispatch.2.push(item.sealed_message.clone());
                     }
                 }
             }
@@ -533,6 +539,19 @@ impl Store for PgStore {
             .await
             .map_err(db)?;
         }
+        if !b.dispatch.0.is_empty() {
+            sqlx::query(
+                "INSERT INTO outbox (recipient, exchange_id, message)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&b.dispatch.0)
+            .bind(&b.dispatch.1)
+            .bind(&b.dispatch.2)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
         tx.commit().await.map_err(db)
     }
 
@@ -777,6 +796,40 @@ impl Store for PgStore {
             .await
             .map_err(db)?;
         Ok(r.rows_affected() > 0)
+    }
+
+    async fn outbox(&self, max: u32) -> Result<Vec<OutboxRow>, StoreError> {
+        sqlx::query("SELECT seq, recipient, exchange_id, message FROM outbox ORDER BY seq LIMIT $1")
+            .bind(i64::from(max))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| {
+                Ok(OutboxRow {
+                    seq: r.try_get("seq").map_err(db)?,
+                    recipient: r
+                        .try_get::<String, _>("recipient")
+                        .map_err(db)?
+                        .parse()
+                        .map_err(corrupt)?,
+                    exchange_id: ExchangeId::parse(
+                        &r.try_get::<String, _>("exchange_id").map_err(db)?,
+                    )
+                    .map_err(corrupt)?,
+                    sealed: r.try_get("message").map_err(db)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_outbox(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM outbox WHERE seq = ANY($1)")
+            .bind(seqs)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
     }
 }
 

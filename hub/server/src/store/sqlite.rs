@@ -17,8 +17,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    AgencyRecord, AppendItem, Delivery, Effect, ExchangeRow, ExchangeState, Grant, ServiceRecord,
-    Store, StoreError, StoredCheckpoint, StoredEntry, Subscription,
+    AgencyRecord, AppendItem, Delivery, Effect, ExchangeRow, ExchangeState, Grant, OutboxRow,
+    ServiceRecord, Store, StoreError, StoredCheckpoint, StoredEntry, Subscription,
 };
 
 /// The SQLite store.
@@ -458,6 +458,17 @@ impl Store for SqliteStore {
                         .await
                         .map_err(db)?;
                     }
+                    Effect::Dispatch { recipient } => {
+                        sqlx::query(
+                            "INSERT OR IGNORE INTO outbox (recipient, exchange_id, message) VALUES (?, ?, ?)",
+                        )
+                        .bind(recipient.to_string())
+                        .bind(&exchange_id)
+                        .bind(item.sealed_message.clone())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db)?;
+                    }
                 }
             }
         }
@@ -694,5 +705,42 @@ impl Store for SqliteStore {
             .await
             .map_err(db)?;
         Ok(r.rows_affected() > 0)
+    }
+
+    async fn outbox(&self, max: u32) -> Result<Vec<OutboxRow>, StoreError> {
+        sqlx::query("SELECT seq, recipient, exchange_id, message FROM outbox ORDER BY seq LIMIT ?")
+            .bind(i64::from(max))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| {
+                Ok(OutboxRow {
+                    seq: r.try_get("seq").map_err(db)?,
+                    recipient: r
+                        .try_get::<String, _>("recipient")
+                        .map_err(db)?
+                        .parse()
+                        .map_err(corrupt)?,
+                    exchange_id: ExchangeId::parse(
+                        &r.try_get::<String, _>("exchange_id").map_err(db)?,
+                    )
+                    .map_err(corrupt)?,
+                    sealed: r.try_get("message").map_err(db)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_outbox(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        for seq in seqs {
+            sqlx::query("DELETE FROM outbox WHERE seq = ?")
+                .bind(seq)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
     }
 }
