@@ -81,3 +81,57 @@ impl PgDatabase {
         }
     }
 }
+
+/// A fresh namespace (exchange and queue prefix) on the RabbitMQ broker
+/// for one test; [`AmqpNamespace::delete_now`] removes what the test made.
+pub struct AmqpNamespace {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl AmqpNamespace {
+    /// `None` (skipped) if there is no broker and `CI` is not set.
+    pub async fn create() -> Option<Self> {
+        let url = amqp_url();
+        match lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await {
+            Ok(conn) => {
+                let _ = conn.close(200, "probe".into()).await;
+            }
+            Err(e) => return unavailable("RabbitMQ", e),
+        }
+        Some(Self {
+            url,
+            prefix: format!("hubtest-{}", uuid::Uuid::now_v7().simple()),
+        })
+    }
+
+    /// Delete the exchanges and the queues of `providers` and of the hub
+    /// `instances` under this prefix.
+    pub async fn delete_now(self, providers: &[&str], instances: &[&str]) {
+        let topology = hub_adapter_sdk::amqp::Topology::new(self.prefix.clone());
+        let Ok(conn) =
+            lapin::Connection::connect(&self.url, lapin::ConnectionProperties::default()).await
+        else {
+            return;
+        };
+        if let Ok(ch) = conn.create_channel().await {
+            let mut queues: Vec<String> = providers
+                .iter()
+                .map(|p| topology.provider_queue(&p.parse().unwrap()))
+                .collect();
+            queues.extend(instances.iter().map(|i| topology.reply_queue(i)));
+            queues.push(topology.dead_letter_queue());
+            for q in queues {
+                let _ = ch
+                    .queue_delete(q.into(), lapin::options::QueueDeleteOptions::default())
+                    .await;
+            }
+            for x in [topology.exchange(), topology.dead_letter_exchange()] {
+                let _ = ch
+                    .exchange_delete(x.into(), lapin::options::ExchangeDeleteOptions::default())
+                    .await;
+            }
+        }
+        let _ = conn.close(200, "done".into()).await;
+    }
+}

@@ -33,6 +33,7 @@ use hub_core::ids::{CaseRef, ExchangeId, Member, PurposeCode, ServiceName};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod amqp;
 pub mod synthetic;
 
 pub use hub_core;
@@ -98,6 +99,22 @@ pub struct AdapterRequest {
     pub case_ref: CaseRef,
     pub on_behalf_of: Option<EndUser>,
     pub payload: Value,
+}
+
+impl AdapterRequest {
+    /// The request an envelope the hub accepted asks the adapter to answer.
+    pub fn from_envelope(exchange_id: ExchangeId, envelope: hub_core::envelope::Envelope) -> Self {
+        Self {
+            exchange_id,
+            service: envelope.service,
+            version: envelope.version,
+            sender: envelope.sender,
+            purpose: envelope.purpose,
+            case_ref: envelope.case_ref,
+            on_behalf_of: envelope.on_behalf_of,
+            payload: envelope.payload,
+        }
+    }
 }
 
 /// Why a handler did not answer.

@@ -15,15 +15,18 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::broker::Broker;
 use crate::clock::{Clock, Random};
 use crate::config::Config;
 use crate::http::{AppState, api_routes, public_routes};
 use crate::log_writer::{LogWriter, WriterKeys};
-use crate::pipeline::Hub;
+use crate::pipeline::{Hub, Remote};
 use crate::pki::{DEMO_AGENCIES, PkiPaths, ensure_dev_pki, read_data_key, read_signing_key};
 use crate::queue::EmbeddedQueue;
 use crate::store::{AgencyRecord, Grant, ServiceRecord, Store, Subscription};
 use crate::{serve, store, tls};
+use hub_adapter_sdk::amqp::Topology;
+use tokio::sync::Notify;
 
 /// A hub that is serving.
 pub struct RunningHub {
@@ -309,7 +312,7 @@ pub async fn start_with_adapters(
     let note_verifier = hub_core::note::verifier_for(&config.log_origin, &hub_key)
         .context("the log origin must be a valid note key name (no spaces or '+')")?;
     let head = log.watch_head();
-    let hub = Arc::new(Hub::new(
+    let mut hub = Hub::new(
         catalog,
         init.store.clone(),
         queue,
@@ -320,10 +323,37 @@ pub async fn start_with_adapters(
         data_key,
         note_verifier,
         Duration::from_millis(config.query_timeout_ms),
-    ));
+    );
+    let remote = !config.amqp_url.is_empty();
+    if remote {
+        hub.remote = Some(Remote {
+            broker: Arc::new(Broker::new(
+                config.amqp_url.clone(),
+                Topology::new(config.amqp_prefix.clone()),
+                config.instance.clone(),
+                config.amqp_confirm_window,
+            )),
+            relay: Arc::new(Notify::new()),
+        });
+    }
+    let hub = Arc::new(hub);
+    write_jwks(&init.pki, &hub.jwks)?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    if let Some(remote) = &hub.remote {
+        tasks.spawn(crate::broker::run_relay(
+            hub.clone(),
+            remote.broker.clone(),
+            remote.relay.clone(),
+            shutdown_rx.clone(),
+        ));
+        tasks.spawn(crate::broker::run_replies(
+            hub.clone(),
+            remote.broker.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
     if config.body_retention_days > 0 {
         tasks.spawn(run_purger(
             init.store.clone(),
@@ -345,7 +375,7 @@ pub async fn start_with_adapters(
             .services()
             .iter()
             .any(|s| s.kind == ServiceKind::Query);
-        if in_process {
+        if in_process && !remote {
             tasks.spawn(adapter_worker(hub.clone(), adapter, shutdown_rx.clone()));
         }
     }
@@ -385,6 +415,14 @@ pub async fn start_with_adapters(
         shutdown,
         tasks,
     })
+}
+
+/// Publish the hub's keys beside the PKI for adapter processes
+/// (`HUB_JWKS_FILE`), the same document as `/.well-known/jwks.json`.
+fn write_jwks(pki: &PkiPaths, jwks: &hub_core::jws::Jwks) -> anyhow::Result<()> {
+    let path = pki.dir.join("hub-jwks.json");
+    let text = serde_json::to_string_pretty(jwks)?;
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Purge bodies and cached replies older than the retention period, at

@@ -24,6 +24,17 @@ pub struct Config {
     pub database_max_connections: u32,
     /// How long a request waits for a database connection before 503.
     pub database_acquire_timeout_ms: u64,
+    /// `amqp://user:password@host:5672/vhost`: providers are adapter
+    /// processes reached through RabbitMQ. Empty: in-process adapters fed
+    /// from the embedded queue.
+    pub amqp_url: String,
+    /// Prefix of every exchange and queue the hub declares.
+    pub amqp_prefix: String,
+    /// This hub process's name among several: names its reply queue, so it
+    /// must be stable across restarts and unique among running hubs.
+    pub instance: String,
+    /// Publishes awaiting their broker confirm at once.
+    pub amqp_confirm_window: usize,
     /// Largest request body accepted, in bytes (larger: 413).
     pub max_body_bytes: usize,
     /// How long a query waits for its provider before 504.
@@ -53,6 +64,10 @@ impl Default for Config {
             database_url: String::new(),
             database_max_connections: 16,
             database_acquire_timeout_ms: 2000,
+            amqp_url: String::new(),
+            amqp_prefix: "hub".into(),
+            instance: "hub-1".into(),
+            amqp_confirm_window: 512,
             max_body_bytes: 1024 * 1024,
             query_timeout_ms: 10_000,
             inbox_visibility_secs: 30,

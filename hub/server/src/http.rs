@@ -148,6 +148,8 @@ fn json_text(status: StatusCode, text: String) -> Response {
 pub fn public_routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health))
+        .route("/readyz", get(health))
+        .route("/livez", get(live))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/v1/schemas", get(schema_list))
         .route("/v1/schemas/{*id}", get(schema_get))
@@ -323,18 +325,35 @@ async fn consistency_proof(
     Ok(Json(s.hub.consistency_proof(q.from, q.to).await?).into_response())
 }
 
+/// Readiness: whether the database answers and, when adapters are
+/// reached through a broker, whether this instance is connected to it.
 async fn health(State(s): State<AppState>) -> Response {
-    match s.hub.store.ping().await {
-        Ok(()) => Json(json!({"status": "ok", "database": "ok"})).into_response(),
+    let database = match s.hub.store.ping().await {
+        Ok(()) => true,
         Err(e) => {
             error!(error = %e, "health check: database unavailable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable", "database": "unavailable"})),
-            )
-                .into_response()
+            false
         }
-    }
+    };
+    let broker = s.hub.remote.as_ref().map(|r| r.broker.is_up());
+    let word = |up: bool| if up { "ok" } else { "unavailable" };
+    let ready = database && broker.unwrap_or(true);
+    let body = json!({
+        "status": word(ready),
+        "database": word(database),
+        "broker": broker.map_or("not_configured", word),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Liveness: the process serves requests (restart it if not).
+async fn live() -> Response {
+    Json(json!({"status": "ok"})).into_response()
 }
 
 async fn jwks(State(s): State<AppState>) -> Response {

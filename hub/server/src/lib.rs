@@ -5,8 +5,9 @@
 //! - [`pipeline`]: the exchange pipeline ([`pipeline::Hub`])
 //! - [`http`]: routes, and the one mapping of errors to HTTP
 //! - [`serve`]: the TLS accept loop with identity from the client certificate
-//! - [`store`]: the storage trait and its SQLite backend
+//! - [`store`]: the storage trait and its SQLite and PostgreSQL backends
 //! - [`queue`]: the delivery trait and the embedded durable queue
+//! - [`broker`]: delivery to adapter processes over RabbitMQ (outbox relay, answers)
 //! - [`log_writer`]: the log's single writer with group commit and the Merkle tree
 //! - [`transparency`]: signed checkpoints and proofs
 //! - [`pki`], [`tls`], [`identity`]: certificates, keys and who is calling
@@ -14,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -54,6 +54,27 @@ pub struct Accepted {
     pub service: ServiceView,
 }
 
+/// Providers reached through a broker: requests go to the outbox, and the
+/// relay is woken after each commit.
+pub struct Remote {
+    pub broker: Arc<crate::broker::Broker>,
+    pub relay: Arc<Notify>,
+}
+
+/// Why a remote adapter's answer was not logged.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteAnswerError {
+    /// Worth another try later.
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+    /// No request was logged for this exchange id.
+    #[error("no request is logged for this exchange")]
+    UnknownExchange,
+    /// The answer comes from another member than the request's receiver.
+    #[error("the answer does not come from the request's receiver")]
+    NotTheReceiver,
+}
+
 /// How an accepted exchange ended, for the HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -75,6 +96,8 @@ pub struct Hub {
     /// The checkpoint key's name (the log origin) and public key.
     pub note_verifier: hub_core::note::Verifier,
     pub query_timeout: Duration,
+    /// Set when providers are adapter processes behind a broker.
+    pub remote: Option<Remote>,
     waiters: Mutex<HashMap<ExchangeId, oneshot::Sender<Completion>>>,
     in_flight: Mutex<HashSet<ExchangeId>>,
     wakers: Mutex<HashMap<Member, Arc<Notify>>>,
@@ -137,6 +160,7 @@ impl Hub {
             data_key,
             note_verifier,
             query_timeout,
+            remote: None,
             waiters: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
             wakers: Mutex::new(HashMap::new()),
@@ -386,9 +410,14 @@ impl Hub {
                 request_hash: a.request_hash.clone(),
                 at_millis: self.clock.unix_millis(),
             },
-            Effect::Enqueue {
-                recipient: provider.clone(),
-                visible_at_millis: self.clock.unix_millis(),
+            match self.remote {
+                Some(_) => Effect::Dispatch {
+                    recipient: provider.clone(),
+                },
+                None => Effect::Enqueue {
+                    recipient: provider.clone(),
+                    visible_at_millis: self.clock.unix_millis(),
+                },
             },
         ];
         let body = self.body(a.canonical.clone());
@@ -398,7 +427,10 @@ impl Hub {
             self.forget_waiter(a.exchange_id);
             return Err(append_failed(e));
         }
-        self.wake(&provider);
+        match &self.remote {
+            Some(remote) => remote.relay.notify_one(),
+            None => self.wake(&provider),
+        }
         match tokio::time::timeout(self.query_timeout, rx).await {
             Ok(Ok(completion)) => completion,
             Ok(Err(_)) | Err(_) => {
@@ -475,6 +507,22 @@ impl Hub {
         Ok(item.message())
     }
 
+    /// Whether an exchange needs no answer any more: answered before (its
+    /// waiter gets the first answer) or abandoned after a logged failure.
+    async fn settled(&self, id: ExchangeId) -> Result<bool, StoreError> {
+        match self.store.exchange(id).await? {
+            Some(row) => match row.state {
+                ExchangeState::Done { reply } => {
+                    let reply = self.open_message(id, &reply).map_err(storage);
+                    self.resolve(id, reply);
+                    Ok(true)
+                }
+                ExchangeState::Pending => Ok(false),
+            },
+            None => Ok(true),
+        }
+    }
+
     /// Hand one queued request to its in-process provider and log the answer.
     #[instrument(skip_all, fields(provider = %adapter.provider(), exchange = %delivery.exchange_id))]
     pub async fn deliver_to_adapter(&self, adapter: &dyn Adapter, delivery: Message) {
@@ -498,48 +546,88 @@ impl Hub {
                 return;
             }
         };
-        // At-least-once delivery: a message whose exchange is done was handled.
-        match self.store.exchange(id).await {
-            Ok(Some(row)) => {
-                if let ExchangeState::Done { reply } = row.state {
-                    let _ = self.queue.ack(&provider, id).await;
-                    let reply = self.open_message(id, &reply).map_err(storage);
-                    self.resolve(id, reply);
-                    return;
-                }
-            }
-            Ok(None) => {
-                // Abandoned (a failure was logged); nothing left to do.
+        // At-least-once delivery: a message whose exchange is settled was handled.
+        match self.settled(id).await {
+            Ok(true) => {
                 let _ = self.queue.ack(&provider, id).await;
                 return;
             }
+            Ok(false) => {}
             Err(e) => {
                 warn!(error = %e, "storage unavailable; the message will come back");
                 return;
             }
         }
-        let service = match self
-            .store
-            .service(&envelope.service, envelope.version)
+        let answer = adapter
+            .handle(&AdapterRequest::from_envelope(id, envelope))
             .await
-        {
-            Ok(Some(s)) => s,
-            Ok(None) | Err(_) => {
-                warn!("service vanished or storage unavailable; the message will come back");
-                return;
+            .map_err(|e| e.to_string());
+        match self.log_answer(&provider, &record, answer).await {
+            Ok(()) => {
+                let _ = self.queue.ack(&provider, id).await;
             }
+            Err(e) => warn!(error = %e, "could not log the answer; the message will come back"),
+        }
+    }
+
+    /// Log a remote adapter's answer to the request logged for its
+    /// exchange (idempotent: an answer to a settled exchange is dropped).
+    /// `Err` means nothing was logged and the answer should come back later.
+    #[instrument(skip_all, fields(provider = %provider, exchange = %id))]
+    pub async fn complete_remote(
+        &self,
+        provider: &Member,
+        id: ExchangeId,
+        answer: Result<Value, String>,
+    ) -> Result<(), RemoteAnswerError> {
+        if self.settled(id).await? {
+            return Ok(());
+        }
+        let index = self
+            .store
+            .indexes_of_exchange(id)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or(RemoteAnswerError::UnknownExchange)?;
+        let entry = self
+            .store
+            .entries(index, 1)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or(RemoteAnswerError::UnknownExchange)?;
+        let record: Record = serde_json::from_str(&entry.record)
+            .map_err(|e| StoreError::Corrupt(format!("entry {index}: {e}")))?;
+        if record.statement.draft.kind != EntryKind::Request
+            || record.statement.draft.receiver.as_ref() != Some(provider)
+        {
+            return Err(RemoteAnswerError::NotTheReceiver);
+        }
+        self.log_answer(provider, &record, answer).await?;
+        Ok(())
+    }
+
+    /// Validate a provider's answer to the request `record`, log it (a
+    /// response, or a failure that abandons the exchange), and hand it to
+    /// the waiting caller.
+    async fn log_answer(
+        &self,
+        provider: &Member,
+        record: &Record,
+        answer: Result<Value, String>,
+    ) -> Result<(), StoreError> {
+        let asked = &record.statement.draft;
+        let id = asked.exchange_id;
+        let (Some(name), Some(version)) = (&asked.service, asked.version) else {
+            return Err(StoreError::Corrupt(format!(
+                "the request of {id} names no service"
+            )));
         };
-        let request = AdapterRequest {
-            exchange_id: id,
-            service: envelope.service.clone(),
-            version: envelope.version,
-            sender: envelope.sender.clone(),
-            purpose: envelope.purpose.clone(),
-            case_ref: envelope.case_ref.clone(),
-            on_behalf_of: envelope.on_behalf_of.clone(),
-            payload: envelope.payload.clone(),
-        };
-        let answer = adapter.handle(&request).await;
+        let service =
+            self.store.service(name, version).await?.ok_or_else(|| {
+                StoreError::Corrupt(format!("service {name} v{version} vanished"))
+            })?;
         let schema = service.response_schema.clone().unwrap_or_default();
         let checked = answer
             .map_err(|e| {
@@ -571,12 +659,12 @@ impl Hub {
             kind: EntryKind::Response,
             exchange_id: id,
             sender: provider.clone(),
-            receiver: Some(envelope.sender.clone()),
+            receiver: Some(asked.sender.clone()),
             recipients: vec![],
             service: Some(service.name.clone()),
             version: Some(service.version),
-            purpose: Some(envelope.purpose.clone()),
-            case_ref: Some(envelope.case_ref.clone()),
+            purpose: asked.purpose.clone(),
+            case_ref: asked.case_ref.clone(),
             on_behalf_of: None,
             schema: Some(schema),
             body_hash: String::new(),
@@ -613,23 +701,23 @@ impl Hub {
         }
         let body = self.body(body);
         body.describe(&mut draft);
-        match self.log.append(draft, body, effects).await {
-            Ok(item) => {
-                let _ = self.queue.ack(&provider, id).await;
-                let completion = match failure {
-                    None => Ok(item.message()),
-                    Some(error) => Err(Failure {
-                        error,
-                        logged: Some(Logged {
-                            exchange_id: id,
-                            index: item.sealed.record.statement.index,
-                        }),
-                    }),
-                };
-                self.resolve(id, completion);
-            }
-            Err(e) => warn!(error = %e, "could not log the answer; the message will come back"),
-        }
+        let item = self
+            .log
+            .append(draft, body, effects)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let completion = match failure {
+            None => Ok(item.message()),
+            Some(error) => Err(Failure {
+                error,
+                logged: Some(Logged {
+                    exchange_id: id,
+                    index: item.sealed.record.statement.index,
+                }),
+            }),
+        };
+        self.resolve(id, completion);
+        Ok(())
     }
 
     fn resolve(&self, id: ExchangeId, completion: Completion) {

@@ -1,0 +1,548 @@
+//! Adapters as their own processes, over RabbitMQ (AMQP 0-9-1).
+//!
+//! The hub publishes each request for a provider to a durable quorum queue
+//! of that provider, with the hub's signed record, the request body and its
+//! salt, the exchange id as message id and correlation id, and the queue
+//! the answer goes to as `reply_to`. [`run`] is the loop an integrator
+//! needs around their handler:
+//!
+//! connect -> consume the provider queue -> verify the hub's signature and
+//! the body commitment -> deduplicate by exchange id -> call the handler ->
+//! publish the answer (confirmed) -> ack the request.
+//!
+//! A request is acknowledged only after its answer is confirmed by the
+//! broker, so a crashed adapter's request is redelivered; a redelivered
+//! request already answered is answered again from memory, not handled
+//! twice. Requests that cannot be read or fail to be answered are retried
+//! with back-off until the queue's delivery limit, then dead-lettered.
+//!
+//! The topology ([`Topology`]) is declared idempotently by the hub and by
+//! every adapter, so either may start first.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use hub_core::envelope::Envelope;
+use hub_core::ids::{ExchangeId, Member};
+use hub_core::jws::Jwks;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{Mutex, watch};
+use tracing::{info, warn};
+
+use crate::{Adapter, AdapterRequest};
+
+/// How many times a message is delivered before it is dead-lettered.
+pub const DELIVERY_LIMIT: i64 = 5;
+
+/// The names of the hub's exchanges and queues, under one prefix (so that
+/// several hub installations, or tests, can share a broker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    pub prefix: String,
+}
+
+impl Topology {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The topic exchange requests are published to.
+    pub fn exchange(&self) -> String {
+        format!("{}.exchanges", self.prefix)
+    }
+
+    /// Where messages that keep failing go.
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    /// The queue that keeps dead letters for inspection and re-driving.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead-letters", self.prefix)
+    }
+
+    /// A provider's request queue.
+    pub fn provider_queue(&self, provider: &Member) -> String {
+        format!(
+            "{}.provider.{}.{}",
+            self.prefix, provider.agency, provider.subsystem
+        )
+    }
+
+    /// The routing key of requests for `provider`.
+    pub fn routing_key(provider: &Member) -> String {
+        format!("provider.{}.{}", provider.agency, provider.subsystem)
+    }
+
+    /// The queue a hub instance receives answers on. Durable and named
+    /// after the instance, so that answers survive the instance's restart.
+    pub fn reply_queue(&self, instance: &str) -> String {
+        format!("{}.replies.{instance}", self.prefix)
+    }
+
+    fn quorum_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(self.dead_letter_exchange().into()),
+        );
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
+        args
+    }
+
+    /// Declare the exchanges and the dead-letter queue (idempotent).
+    pub async fn declare_common(&self, ch: &Channel) -> lapin::Result<()> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        ch.exchange_declare(
+            self.exchange().into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+        ch.exchange_declare(
+            self.dead_letter_exchange().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        ch.queue_declare(
+            self.dead_letter_queue().into(),
+            QueueDeclareOptions::durable(),
+            args,
+        )
+        .await?;
+        ch.queue_bind(
+            self.dead_letter_queue().into(),
+            self.dead_letter_exchange().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+    }
+
+    /// Declare `provider`'s request queue and bind it (idempotent).
+    pub async fn declare_provider(&self, ch: &Channel, provider: &Member) -> lapin::Result<()> {
+        let queue = self.provider_queue(provider);
+        ch.queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            self.quorum_args(),
+        )
+        .await?;
+        ch.queue_bind(
+            queue.into(),
+            self.exchange().into(),
+            Self::routing_key(provider).into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+    }
+
+    /// Declare a hub instance's reply queue (idempotent).
+    pub async fn declare_replies(&self, ch: &Channel, instance: &str) -> lapin::Result<()> {
+        ch.queue_declare(
+            self.reply_queue(instance).into(),
+            QueueDeclareOptions::durable(),
+            self.quorum_args(),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// What an adapter publishes back for one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reply {
+    pub exchange_id: ExchangeId,
+    /// The provider answering; the hub checks it is the request's receiver.
+    pub provider: Member,
+    /// The answer, or why there is none.
+    #[serde(flatten)]
+    pub outcome: ReplyOutcome,
+}
+
+/// An answer or a handler's error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyOutcome {
+    Payload(Value),
+    Error(String),
+}
+
+/// The request carried by a message the hub published, checked.
+#[derive(Debug)]
+pub struct CheckedRequest {
+    pub request: AdapterRequest,
+    /// The provider the hub addressed the request to.
+    pub receiver: Option<Member>,
+}
+
+/// Why a message is not a request the adapter may act on.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageRejected {
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error("the hub's signature or body commitment does not verify: {0}")]
+    Unverified(String),
+    #[error("malformed request: {0}")]
+    Malformed(String),
+}
+
+/// Parse and verify a `{"record", "body", "body_salt"}` request message
+/// against the hub's keys.
+pub fn check_request(data: &[u8], hub_keys: &Jwks) -> Result<CheckedRequest, MessageRejected> {
+    let message: Value =
+        serde_json::from_slice(data).map_err(|e| MessageRejected::NotJson(e.to_string()))?;
+    hub_core::log::verify_message(&message, hub_keys)
+        .map_err(|e| MessageRejected::Unverified(e.to_string()))?;
+    let record = &message["record"];
+    let exchange_id = record["exchange_id"]
+        .as_str()
+        .and_then(|s| ExchangeId::parse(s).ok())
+        .ok_or_else(|| MessageRejected::Malformed("the record has no exchange id".into()))?;
+    let receiver = record
+        .get("receiver")
+        .map(|r| serde_json::from_value::<Member>(r.clone()))
+        .transpose()
+        .map_err(|e| MessageRejected::Malformed(format!("receiver: {e}")))?;
+    let envelope: Envelope = serde_json::from_value(message["body"].clone())
+        .map_err(|e| MessageRejected::Malformed(format!("body: {e}")))?;
+    Ok(CheckedRequest {
+        request: AdapterRequest::from_envelope(exchange_id, envelope),
+        receiver,
+    })
+}
+
+/// Where and how the worker connects.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub amqp_url: String,
+    pub topology: Topology,
+    /// The hub's published keys (its `/.well-known/jwks.json`).
+    pub hub_keys: Jwks,
+    /// Requests handled at once.
+    pub prefetch: u16,
+}
+
+/// Recently answered requests, so that a redelivery is answered again
+/// without running the handler twice.
+struct Answered {
+    replies: HashMap<ExchangeId, Vec<u8>>,
+    order: VecDeque<ExchangeId>,
+}
+
+const REMEMBERED: usize = 100_000;
+
+impl Answered {
+    fn get(&self, id: &ExchangeId) -> Option<Vec<u8>> {
+        self.replies.get(id).cloned()
+    }
+
+    fn insert(&mut self, id: ExchangeId, reply: Vec<u8>) {
+        if self.replies.insert(id, reply).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > REMEMBERED {
+            if let Some(old) = self.order.pop_front() {
+                self.replies.remove(&old);
+            }
+        }
+    }
+}
+
+/// Consume `adapter`'s queue until `shutdown` turns true, reconnecting
+/// (with back-off) whenever the broker goes away.
+pub async fn run(
+    adapter: Arc<dyn Adapter>,
+    config: WorkerConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let answered = Arc::new(Mutex::new(Answered {
+        replies: HashMap::new(),
+        order: VecDeque::new(),
+    }));
+    let mut backoff = Duration::from_millis(100);
+    while !*shutdown.borrow() {
+        match consume(&adapter, &config, &answered, &mut shutdown).await {
+            Ok(()) => return,
+            Err(e) => {
+                warn!(error = %e, provider = %adapter.provider(), "broker connection lost; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// One connection's life: returns `Ok` on shutdown, `Err` when the
+/// connection fails.
+async fn consume(
+    adapter: &Arc<dyn Adapter>,
+    config: &WorkerConfig,
+    answered: &Arc<Mutex<Answered>>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> lapin::Result<()> {
+    let provider = adapter.provider().clone();
+    let conn = Connection::connect(
+        &config.amqp_url,
+        ConnectionProperties::default().with_connection_name(format!("adapter {provider}").into()),
+    )
+    .await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    config.topology.declare_common(&ch).await?;
+    config.topology.declare_provider(&ch, &provider).await?;
+    ch.basic_qos(config.prefetch.max(1), BasicQosOptions::default())
+        .await?;
+    let mut consumer = ch
+        .basic_consume(
+            config.topology.provider_queue(&provider).into(),
+            format!("adapter {provider}").into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    info!(%provider, "consuming requests");
+    let mut handling = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let (adapter, ch, answered, keys) =
+                        (adapter.clone(), ch.clone(), answered.clone(), config.hub_keys.clone());
+                    handling.spawn(async move {
+                        handle(adapter.as_ref(), &ch, delivery, &answered, &keys).await
+                    });
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Err(lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+                    lapin::ConnectionState::Closed,
+                ))),
+            },
+            Some(done) = handling.join_next() => {
+                if let Ok(Err(e)) = done {
+                    return Err(e);
+                }
+            }
+            _ = shutdown.changed() => {
+                // Unacknowledged requests go back to the queue on close.
+                let _ = conn.close(200, "adapter stopping".into()).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The number of times the broker has delivered this message before.
+fn earlier_deliveries(delivery: &Delivery) -> i64 {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").cloned())
+        .and_then(|v| match v {
+            AMQPValue::LongLongInt(n) => Some(n),
+            AMQPValue::LongInt(n) => Some(i64::from(n)),
+            AMQPValue::LongUInt(n) => Some(i64::from(n)),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+/// Put a message back after a pause that grows with its deliveries; past
+/// the queue's delivery limit the broker dead-letters it.
+pub async fn retry_later(delivery: &Delivery) -> lapin::Result<()> {
+    let n = u32::try_from(earlier_deliveries(delivery).clamp(0, 6)).unwrap_or(6);
+    tokio::time::sleep(Duration::from_millis(100 * 2u64.pow(n))).await;
+    delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn handle(
+    adapter: &dyn Adapter,
+    ch: &Channel,
+    delivery: Delivery,
+    answered: &Mutex<Answered>,
+    keys: &Jwks,
+) -> lapin::Result<()> {
+    let checked = match check_request(&delivery.data, keys) {
+        Ok(c) if c.receiver.as_ref() == Some(adapter.provider()) => c,
+        Ok(c) => {
+            warn!(receiver = ?c.receiver, "a request for another provider; dead-lettering it");
+            return reject(&delivery).await;
+        }
+        Err(e) => {
+            warn!(error = %e, "an unusable request; dead-lettering it");
+            return reject(&delivery).await;
+        }
+    };
+    let Some(reply_to) = delivery.properties.reply_to().clone() else {
+        warn!("a request without reply_to; dead-lettering it");
+        return reject(&delivery).await;
+    };
+    let id = checked.request.exchange_id;
+    let cached = answered.lock().await.get(&id);
+    let reply = match cached {
+        Some(reply) => {
+            info!(exchange = %id, "a request answered before; answering again");
+            reply
+        }
+        None => {
+            let outcome = match adapter.handle(&checked.request).await {
+                Ok(payload) => ReplyOutcome::Payload(payload),
+                Err(e) => ReplyOutcome::Error(e.to_string()),
+            };
+            let reply = Reply {
+                exchange_id: id,
+                provider: adapter.provider().clone(),
+                outcome,
+            };
+            let Ok(bytes) = serde_json::to_vec(&reply) else {
+                return retry_later(&delivery).await;
+            };
+            answered.lock().await.insert(id, bytes.clone());
+            bytes
+        }
+    };
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            reply_to,
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &reply,
+            BasicProperties::default()
+                .with_message_id(id.to_string().into())
+                .with_correlation_id(id.to_string().into())
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2),
+        )
+        .await?
+        .await?;
+    if confirm.is_ack() && confirm.take_message().is_none() {
+        delivery.ack(BasicAckOptions::default()).await.map(|_| ())
+    } else {
+        warn!(exchange = %id, "the answer was not accepted by the broker; retrying");
+        retry_later(&delivery).await
+    }
+}
+
+async fn reject(delivery: &Delivery) -> lapin::Result<()> {
+    delivery
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .map(|_| ())
+}
+
+/// Why an adapter process cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0} is not set")]
+    Missing(&'static str),
+    #[error("{name}: {message}")]
+    Invalid { name: &'static str, message: String },
+}
+
+impl WorkerConfig {
+    /// Read the worker's settings from the environment:
+    /// `HUB_AMQP_URL` (required), `HUB_JWKS_FILE` (required: the hub's
+    /// `hub-jwks.json`, or its `/.well-known/jwks.json` saved to a file),
+    /// `HUB_AMQP_PREFIX` (default `hub`), `ADAPTER_PREFETCH` (default 64).
+    pub fn from_env() -> Result<Self, StartError> {
+        let var = |name: &'static str| std::env::var(name).map_err(|_| StartError::Missing(name));
+        let amqp_url = var("HUB_AMQP_URL")?;
+        let jwks_file = var("HUB_JWKS_FILE")?;
+        let text = std::fs::read_to_string(&jwks_file).map_err(|e| StartError::Invalid {
+            name: "HUB_JWKS_FILE",
+            message: format!("{jwks_file}: {e}"),
+        })?;
+        let hub_keys: Jwks = serde_json::from_str(&text).map_err(|e| StartError::Invalid {
+            name: "HUB_JWKS_FILE",
+            message: format!("{jwks_file}: {e}"),
+        })?;
+        let prefetch = match std::env::var("ADAPTER_PREFETCH") {
+            Ok(v) => v.parse().map_err(|e| StartError::Invalid {
+                name: "ADAPTER_PREFETCH",
+                message: format!("{v:?}: {e}"),
+            })?,
+            Err(_) => 64,
+        };
+        Ok(Self {
+            amqp_url,
+            topology: Topology::new(
+                std::env::var("HUB_AMQP_PREFIX").unwrap_or_else(|_| "hub".into()),
+            ),
+            hub_keys,
+            prefetch,
+        })
+    }
+}
+
+/// The whole `main` of an adapter process: settings from the environment
+/// ([`WorkerConfig::from_env`]), then [`run`] until Ctrl-C or SIGTERM.
+pub async fn main_with(adapter: Arc<dyn Adapter>) -> std::process::ExitCode {
+    let config = match WorkerConfig::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => None } } => {}
+        }
+        let _ = stop.send(true);
+    });
+    info!(provider = %adapter.provider(), "adapter process starting");
+    run(adapter, config, stopped).await;
+    std::process::ExitCode::SUCCESS
+}

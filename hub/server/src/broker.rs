@@ -1,0 +1,334 @@
+//! Delivery to adapters that run as their own processes, over RabbitMQ.
+//!
+//! Chosen at start-up by `amqp_url`. Requests for providers enter the
+//! outbox table in the same transaction as their log entry
+//! ([`crate::store::Effect::Dispatch`]); the relay publishes them with
+//! publisher confirms, many in flight at once, `mandatory` set, and deletes
+//! a row only when the broker has confirmed it (an unroutable return counts
+//! as a failure). Answers come back on this hub instance's durable reply
+//! queue and are acknowledged only after they are durably logged.
+//!
+//! When the broker goes away both loops reconnect with back-off; nothing is
+//! lost because unsent rows stay in the outbox and unacknowledged answers
+//! stay in their queue.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use hub_adapter_sdk::ServiceKind;
+use hub_adapter_sdk::amqp::{Reply, ReplyOutcome, Topology, retry_later};
+use hub_core::body::DataKey;
+use hub_core::ids::Member;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::{Mutex, Notify, watch};
+use tracing::{info, instrument, warn};
+
+use crate::pipeline::{Hub, RemoteAnswerError};
+use crate::store::{OutboxRow, Store, StoreError};
+
+/// A failure talking to the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the broker did not take {0} message(s)")]
+    NotTaken(usize),
+}
+
+/// This hub instance's connection to the broker, made on demand.
+pub struct Broker {
+    url: String,
+    pub topology: Topology,
+    /// Names this instance's reply queue.
+    pub instance: String,
+    /// How many publishes may await their confirm at once.
+    pub window: usize,
+    connection: Mutex<Option<(Arc<Connection>, Channel)>>,
+    up: AtomicBool,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: never printed.
+        f.debug_struct("Broker")
+            .field("topology", &self.topology)
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    pub fn new(url: String, topology: Topology, instance: String, window: usize) -> Self {
+        Self {
+            url,
+            topology,
+            instance,
+            window: window.max(1),
+            connection: Mutex::new(None),
+            up: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the last attempt to use the broker succeeded.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// The publishing channel, connecting and declaring the topology first
+    /// if there is no live connection.
+    async fn channel(&self, store: &dyn Store) -> Result<(Arc<Connection>, Channel), BrokerError> {
+        let mut guard = self.connection.lock().await;
+        if let Some((conn, ch)) = guard.as_ref()
+            && conn.status().connected()
+            && ch.status().connected()
+        {
+            return Ok((conn.clone(), ch.clone()));
+        }
+        *guard = None;
+        let result = self.connect(store).await;
+        self.up.store(result.is_ok(), Ordering::Relaxed);
+        let (conn, ch) = result?;
+        let conn = Arc::new(conn);
+        *guard = Some((conn.clone(), ch.clone()));
+        Ok((conn, ch))
+    }
+
+    async fn connect(&self, store: &dyn Store) -> Result<(Connection, Channel), BrokerError> {
+        let conn = Connection::connect(
+            &self.url,
+            ConnectionProperties::default()
+                .with_connection_name(format!("hub {}", self.instance).into()),
+        )
+        .await?;
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        self.topology.declare_common(&ch).await?;
+        self.topology.declare_replies(&ch, &self.instance).await?;
+        let mut providers: Vec<Member> = store
+            .services()
+            .await?
+            .into_iter()
+            .filter(|s| s.kind == ServiceKind::Query)
+            .map(|s| s.provider)
+            .collect();
+        providers.sort();
+        providers.dedup();
+        for p in &providers {
+            self.topology.declare_provider(&ch, p).await?;
+        }
+        info!(instance = %self.instance, providers = providers.len(), "connected to the broker; topology declared");
+        Ok((conn, ch))
+    }
+
+    /// Forget the connection after a failure, so the next use reconnects.
+    async fn reset(&self) {
+        self.up.store(false, Ordering::Relaxed);
+        if let Some((conn, _)) = self.connection.lock().await.take() {
+            let _ = conn.close(200, "reconnecting".into()).await;
+        }
+    }
+}
+
+/// Publish the outbox until shutdown; `wake` is notified after each commit
+/// that dispatched something.
+pub async fn run_relay(
+    hub: Arc<Hub>,
+    broker: Arc<Broker>,
+    wake: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match relay_once(&hub, &broker).await {
+            Ok(0) => {
+                backoff = Duration::from_millis(50);
+                tokio::select! {
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+            Ok(_) => backoff = Duration::from_millis(50),
+            Err(e) => {
+                warn!(error = %e, "relay: publishing the outbox failed; retrying");
+                broker.reset().await;
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}
+
+/// Publish one window of the outbox; how many rows the broker confirmed.
+#[instrument(skip_all)]
+async fn relay_once(hub: &Hub, broker: &Broker) -> Result<usize, BrokerError> {
+    let limit = u32::try_from(broker.window).unwrap_or(u32::MAX);
+    let rows = hub.store.outbox(limit).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let (_conn, ch) = broker.channel(hub.store.as_ref()).await?;
+    let mut in_flight = Vec::with_capacity(rows.len());
+    let mut sent = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let Some(text) = open(&hub.data_key, row) else {
+            warn!(exchange = %row.exchange_id, "an outbox row does not open with the data key; dropping it");
+            sent.push(row.seq);
+            continue;
+        };
+        let id = row.exchange_id.to_string();
+        let confirm = ch
+            .basic_publish(
+                broker.topology.exchange().into(),
+                Topology::routing_key(&row.recipient).into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                text.as_bytes(),
+                BasicProperties::default()
+                    .with_message_id(id.as_str().into())
+                    .with_correlation_id(id.into())
+                    .with_reply_to(broker.topology.reply_queue(&broker.instance).into())
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2),
+            )
+            .await?;
+        in_flight.push((row, confirm));
+    }
+    let mut failed = 0usize;
+    for (row, confirm) in in_flight {
+        let confirmation = confirm.await?;
+        if confirmation.is_ack() && confirmation.take_message().is_none() {
+            sent.push(row.seq);
+        } else {
+            // Unroutable (no queue for this provider yet) or refused: the
+            // row stays; declaring the queue lets the next round route it.
+            failed += 1;
+            warn!(exchange = %row.exchange_id, recipient = %row.recipient, "the broker did not take a request; it stays in the outbox");
+            broker
+                .topology
+                .declare_provider(&ch, &row.recipient)
+                .await?;
+        }
+    }
+    hub.store.remove_outbox(&sent).await?;
+    if failed > 0 {
+        return Err(BrokerError::NotTaken(failed));
+    }
+    Ok(sent.len())
+}
+
+fn open(key: &DataKey, row: &OutboxRow) -> Option<String> {
+    key.open_blob(row.exchange_id.to_string().as_bytes(), &row.sealed)
+        .and_then(|b| String::from_utf8(b).ok())
+}
+
+/// Log the answers arriving on this instance's reply queue until shutdown.
+pub async fn run_replies(hub: Arc<Hub>, broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let result = consume_replies(&hub, &broker, &mut shutdown).await;
+        if *shutdown.borrow() {
+            return;
+        }
+        if let Err(e) = result {
+            warn!(error = %e, "reply consumer: broker connection lost; reconnecting");
+        }
+        broker.reset().await;
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn consume_replies(
+    hub: &Arc<Hub>,
+    broker: &Broker,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), BrokerError> {
+    let (conn, _) = broker.channel(hub.store.as_ref()).await?;
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(256, BasicQosOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            broker.topology.reply_queue(&broker.instance).into(),
+            format!("hub {}", broker.instance).into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut handling = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let hub = hub.clone();
+                    handling.spawn(async move { take_reply(&hub, delivery).await });
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => return Ok(()),
+            },
+            Some(done) = handling.join_next() => {
+                if let Ok(Err(e)) = done {
+                    return Err(e.into());
+                }
+            }
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+}
+
+/// Log one answer, then acknowledge it; answers that can never be logged
+/// are dead-lettered, answers that cannot be logged now come back later.
+async fn take_reply(hub: &Hub, delivery: Delivery) -> lapin::Result<()> {
+    let reply: Reply = match serde_json::from_slice(&delivery.data) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "an unreadable answer; dead-lettering it");
+            return delivery
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+                .map(|_| ());
+        }
+    };
+    let answer = match reply.outcome {
+        ReplyOutcome::Payload(v) => Ok(v),
+        ReplyOutcome::Error(e) => Err(e),
+    };
+    match hub
+        .complete_remote(&reply.provider, reply.exchange_id, answer)
+        .await
+    {
+        Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+        Err(RemoteAnswerError::Storage(e)) => {
+            warn!(error = %e, exchange = %reply.exchange_id, "cannot log an answer now; it will come back");
+            retry_later(&delivery).await
+        }
+        Err(e) => {
+            warn!(error = %e, exchange = %reply.exchange_id, "an answer that cannot be logged; dead-lettering it");
+            delivery
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+                .map(|_| ())
+        }
+    }
+}

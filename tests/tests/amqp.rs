@@ -1,0 +1,269 @@
+//! Adapters as their own processes: the hub on PostgreSQL hands requests
+//! to RabbitMQ through its outbox, an adapter worker (the SDK's loop, as
+//! the adapter binaries run it) answers over the broker, and the hub logs
+//! the answer before it acknowledges it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::StatusCode;
+use hub_adapter_sdk::amqp::{Topology, WorkerConfig};
+use hub_adapter_sdk::{Adapter, AdapterRequest, HandlerFuture, ServiceSpec};
+use hub_core::ids::{ExchangeId, Member};
+use hub_e2e::relay::Relay;
+use hub_e2e::services::{AmqpNamespace, PgDatabase};
+use hub_e2e::*;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, watch};
+
+/// The population adapter, counting the requests it finished per exchange,
+/// and optionally hanging on the first one (a process about to die).
+struct Counting {
+    inner: adapter_population::PopulationAdapter,
+    finished: Mutex<HashMap<ExchangeId, u32>>,
+    hang: bool,
+    received: Notify,
+}
+
+impl Counting {
+    fn new(hang: bool) -> Arc<Self> {
+        Arc::new(Self {
+            inner: adapter_population::PopulationAdapter::new(
+                adapter_population::Registry::synthetic(1, 20),
+            ),
+            finished: Mutex::new(HashMap::new()),
+            hang,
+            received: Notify::new(),
+        })
+    }
+
+    fn finished(&self, id: ExchangeId) -> u32 {
+        self.finished.lock().unwrap().get(&id).copied().unwrap_or(0)
+    }
+}
+
+impl Adapter for Counting {
+    fn provider(&self) -> &Member {
+        self.inner.provider()
+    }
+    fn services(&self) -> Vec<ServiceSpec> {
+        self.inner.services()
+    }
+    fn handle<'a>(&'a self, request: &'a AdapterRequest) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            self.received.notify_one();
+            if self.hang {
+                std::future::pending::<()>().await;
+            }
+            let answer = self.inner.handle(request).await;
+            *self
+                .finished
+                .lock()
+                .unwrap()
+                .entry(request.exchange_id)
+                .or_default() += 1;
+            answer
+        })
+    }
+}
+
+struct Setup {
+    db: PgDatabase,
+    ns: AmqpNamespace,
+    hub: TestHub,
+}
+
+async fn start(instance: &str) -> Option<Setup> {
+    let ns = AmqpNamespace::create().await?;
+    let db = PgDatabase::create().await?;
+    let (url, amqp, prefix, instance) = (
+        db.url.clone(),
+        ns.url.clone(),
+        ns.prefix.clone(),
+        instance.to_owned(),
+    );
+    let hub = TestHub::start_in(Arc::new(tempfile::tempdir().unwrap()), |c| {
+        c.database_url = url;
+        c.amqp_url = amqp;
+        c.amqp_prefix = prefix;
+        c.instance = instance;
+    })
+    .await;
+    Some(Setup { db, ns, hub })
+}
+
+/// An adapter worker's settings, as `WorkerConfig::from_env` reads them.
+fn worker(hub: &TestHub, ns: &AmqpNamespace, amqp_url: &str) -> WorkerConfig {
+    let jwks = std::fs::read_to_string(hub.running().pki.dir.join("hub-jwks.json")).unwrap();
+    WorkerConfig {
+        amqp_url: amqp_url.to_owned(),
+        topology: Topology::new(ns.prefix.clone()),
+        hub_keys: serde_json::from_str(&jwks).unwrap(),
+        prefetch: 16,
+    }
+}
+
+impl Setup {
+    async fn finish(mut self, instance: &str) {
+        self.hub.stop().await;
+        self.db.drop_now().await;
+        self.ns
+            .delete_now(
+                &[
+                    POPULATION_REGISTRY,
+                    "000.00.00.G13/land-registry",
+                    ENTERPRISE_REGISTRY,
+                ],
+                &[instance],
+            )
+            .await;
+    }
+}
+
+fn spawn_worker(
+    adapter: Arc<dyn Adapter>,
+    config: WorkerConfig,
+) -> (tokio::task::JoinHandle<()>, watch::Sender<bool>) {
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(hub_adapter_sdk::amqp::run(adapter, config, stopped));
+    (task, stop)
+}
+
+fn lookup() -> Value {
+    envelope(
+        ONE_STOP,
+        "citizen.lookup",
+        "public_service",
+        json!({"personal_id": "001085012345"}),
+    )
+}
+
+/// The log's entries of one kind for one exchange.
+async fn entries_of(hub: &TestHub, id: &Value, kind: &str) -> usize {
+    hub.log_records()
+        .await
+        .iter()
+        .filter(|r| r["exchange_id"] == *id && r["kind"] == kind)
+        .count()
+}
+
+#[tokio::test]
+async fn queries_are_answered_by_an_adapter_process_over_rabbitmq() {
+    let Some(setup) = start("hub-a").await else {
+        return;
+    };
+    let adapter = Counting::new(false);
+    let (worker, stop) = spawn_worker(
+        adapter.clone(),
+        worker(&setup.hub, &setup.ns, &setup.ns.url),
+    );
+    let hub = &setup.hub;
+
+    let (status, reply) = hub.send(lookup()).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["body"]["citizen"]["full_name"], "Nguyễn Văn An");
+    let jwks = hub.public_client().jwks().await.unwrap();
+    hub_client::verify_reply(&reply, &jwks).unwrap();
+    assert_eq!(
+        reply["record"]["sender"]["subsystem"],
+        "population-registry"
+    );
+    let id = reply["record"]["exchange_id"].clone();
+    assert_eq!(
+        adapter.finished(ExchangeId::parse(id.as_str().unwrap()).unwrap()),
+        1
+    );
+    assert_eq!(entries_of(hub, &id, "response").await, 1);
+
+    // Many at once: publishes share confirm windows, answers share group commits.
+    let mut tasks = tokio::task::JoinSet::new();
+    let hub = Arc::new(setup.hub);
+    for _ in 0..30 {
+        let hub = hub.clone();
+        tasks.spawn(async move { hub.send(lookup()).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (status, reply) = done.unwrap();
+        assert_eq!(status, StatusCode::OK, "{reply}");
+    }
+    let (status, health) = hub.public_client().get_json("/readyz").await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{health}");
+    assert_eq!(health["broker"], "ok");
+    assert_eq!(health["database"], "ok");
+
+    // Events still go to subscribers' inboxes.
+    let (status, ack) = hub
+        .send(envelope(
+            ENTERPRISE_REGISTRY,
+            "enterprise.registered",
+            "registry_update",
+            enterprise_registered(),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{ack}");
+
+    let _ = stop.send(true);
+    worker.await.unwrap();
+    let setup = Setup {
+        hub: Arc::into_inner(hub).unwrap(),
+        ..setup
+    };
+    setup.finish("hub-a").await;
+}
+
+#[tokio::test]
+async fn a_request_whose_adapter_dies_is_redelivered_and_answered_once() {
+    let Some(setup) = start("hub-b").await else {
+        return;
+    };
+    let broker_addr = setup
+        .ns
+        .url
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let relay = Relay::start(broker_addr.parse().unwrap()).await;
+    let through_relay = setup.ns.url.replace(&broker_addr, &relay.addr.to_string());
+    let dying = Counting::new(true);
+    let (dying_task, _stop_dying) =
+        spawn_worker(dying.clone(), worker(&setup.hub, &setup.ns, &through_relay));
+
+    let hub = Arc::new(setup.hub);
+    let sending = {
+        let hub = hub.clone();
+        tokio::spawn(async move { hub.send(lookup()).await })
+    };
+    tokio::time::timeout(Duration::from_secs(10), dying.received.notified())
+        .await
+        .expect("the first adapter received the request");
+    // The adapter's host vanishes mid-message: its connection is reset and
+    // the broker puts the unacknowledged request back.
+    relay.cut();
+    dying_task.abort();
+
+    let healthy = Counting::new(false);
+    let (healthy_task, stop) =
+        spawn_worker(healthy.clone(), worker(&hub, &setup.ns, &setup.ns.url));
+    let (status, reply) = sending.await.unwrap();
+    let setup = Setup {
+        hub: Arc::into_inner(hub).unwrap(),
+        ..setup
+    };
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let id = reply["record"]["exchange_id"].clone();
+    let exchange = ExchangeId::parse(id.as_str().unwrap()).unwrap();
+    assert_eq!(dying.finished(exchange), 0);
+    assert_eq!(healthy.finished(exchange), 1);
+    assert_eq!(entries_of(&setup.hub, &id, "request").await, 1);
+    assert_eq!(entries_of(&setup.hub, &id, "response").await, 1);
+
+    let _ = stop.send(true);
+    healthy_task.await.unwrap();
+    setup.finish("hub-b").await;
+}
