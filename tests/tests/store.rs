@@ -56,6 +56,8 @@ both_backends!(
     checkpoints_witnesses_and_cosignatures,
     purge_removes_old_bodies_and_replies_but_keeps_the_log,
     the_outbox_keeps_dispatched_messages_until_confirmed,
+    a_second_claim_of_an_exchange_id_keeps_the_first,
+    appends_at_the_tail_adopt_what_other_writers_wrote,
 );
 
 fn member(s: &str) -> Member {
@@ -293,12 +295,11 @@ async fn a_failed_batch_leaves_nothing_behind(store: Arc<dyn Store>) {
     let mut e = Entries::new();
     let first = e.item(EntryKind::Request, id(1), vec![open(1)]);
     store.append(std::slice::from_ref(&first)).await.unwrap();
-    // A batch whose second entry collides with an existing exchange id.
-    let batch = vec![
-        e.item(EntryKind::Request, id(2), vec![open(2), enqueue(0)]),
-        e.item(EntryKind::Request, id(1), vec![open(3)]),
-    ];
-    assert!(store.append(&batch).await.is_err());
+    // A batch whose second entry claims index 0 again.
+    let good = e.item(EntryKind::Request, id(2), vec![open(2), enqueue(0)]);
+    let mut stale = Entries::new();
+    let clash = stale.item(EntryKind::Request, id(3), vec![open(3)]);
+    assert!(store.append(&[good.clone(), clash]).await.is_err());
     assert_eq!(store.entries(0, 10).await.unwrap().len(), 1);
     assert!(store.exchange(id(2)).await.unwrap().is_none());
     assert!(
@@ -309,12 +310,79 @@ async fn a_failed_batch_leaves_nothing_behind(store: Arc<dyn Store>) {
             .is_none()
     );
     // The indexes of the failed batch are free for the next one.
-    let mut retry = Entries::new();
-    retry.next = 1;
-    retry.prev = first.sealed.leaf_hash;
-    let ok = retry.item(EntryKind::Request, id(2), vec![open(2), enqueue(0)]);
-    store.append(&[ok]).await.unwrap();
+    store.append(&[good]).await.unwrap();
     assert_eq!(store.entries(0, 10).await.unwrap().len(), 2);
+}
+
+async fn a_second_claim_of_an_exchange_id_keeps_the_first(store: Arc<dyn Store>) {
+    registry(store.as_ref()).await;
+    let mut e = Entries::new();
+    let first = e.item(EntryKind::Request, id(1), vec![open(1)]);
+    let mut again = e.item(EntryKind::Request, id(1), vec![open(2)]);
+    again.effects = vec![Effect::OpenExchange {
+        sender: member(PROVIDER),
+        request_hash: "other".into(),
+        at_millis: 2,
+    }];
+    store.append(&[first, again]).await.unwrap();
+    let row = store.exchange(id(1)).await.unwrap().unwrap();
+    assert_eq!(row.sender, CONSUMER);
+    assert_eq!(row.request_hash, "hash");
+    assert_eq!(
+        store.entries(0, 10).await.unwrap().len(),
+        2,
+        "both are logged"
+    );
+}
+
+async fn appends_at_the_tail_adopt_what_other_writers_wrote(store: Arc<dyn Store>) {
+    registry(store.as_ref()).await;
+    // Two writers that each know nothing of the other.
+    let mut a = Entries::new();
+    let mut b = Entries::new();
+    let from_a = a.item(EntryKind::Request, id(1), vec![open(1)]);
+    store.append(std::slice::from_ref(&from_a)).await.unwrap();
+    let tail = store
+        .append_at_tail(
+            0,
+            Box::new(|adopted: &[Hash]| {
+                b.next = adopted.len() as u64;
+                b.prev = *adopted.last().unwrap();
+                vec![b.item(EntryKind::Request, id(2), vec![open(2)])]
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(tail.adopted, vec![from_a.sealed.leaf_hash]);
+    assert_eq!(tail.written[0].sealed.record.statement.index, 1);
+    let entries = store.entries(0, 10).await.unwrap();
+    assert_eq!(entries.len(), 2);
+    // Concurrent tail appends from many tasks never collide.
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..8u8 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut w = Entries::new();
+            let known = 0;
+            store
+                .append_at_tail(
+                    known,
+                    Box::new(move |adopted: &[Hash]| {
+                        w.next = adopted.len() as u64;
+                        w.prev = *adopted.last().unwrap();
+                        vec![w.item(EntryKind::Request, id(10 + n), vec![open(10)])]
+                    }),
+                )
+                .await
+                .unwrap()
+        });
+    }
+    while let Some(t) = tasks.join_next().await {
+        t.unwrap();
+    }
+    let entries = store.entries(0, 100).await.unwrap();
+    assert_eq!(entries.len(), 10);
+    assert!(entries.iter().enumerate().all(|(i, e)| e.index == i as u64));
 }
 
 async fn leases_hide_messages_until_they_expire(store: Arc<dyn Store>) {

@@ -311,7 +311,6 @@ pub async fn start_with_adapters(
     ));
     let note_verifier = hub_core::note::verifier_for(&config.log_origin, &hub_key)
         .context("the log origin must be a valid note key name (no spaces or '+')")?;
-    let head = log.watch_head();
     let mut hub = Hub::new(
         catalog,
         init.store.clone(),
@@ -366,7 +365,7 @@ pub async fn start_with_adapters(
         init.store.clone(),
         hub_key.clone(),
         config.log_origin.clone(),
-        head,
+        hub.log.clone(),
         Duration::from_millis(config.checkpoint_interval_ms),
         shutdown_rx.clone(),
     ));

@@ -20,17 +20,26 @@ use hub_core::jws::SigningKey;
 use hub_core::log::{EntryDraft, seal};
 use hub_core::merkle::Frontier;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, info, instrument};
+use tracing::{error, info, instrument, warn};
 
 use crate::clock::{Clock, Random};
 use crate::store::{AppendItem, Body, Effect, Store, StoreError};
+
+type Reply = oneshot::Sender<Result<AppendItem, AppendError>>;
 
 /// What a caller hands the writer.
 struct Pending {
     draft: EntryDraft,
     body: Body,
     effects: Vec<Effect>,
-    reply: oneshot::Sender<Result<AppendItem, AppendError>>,
+    reply: Reply,
+}
+
+/// The writer's work.
+enum Job {
+    Append(Pending),
+    /// Adopt what other hubs appended, then answer.
+    Refresh(oneshot::Sender<()>),
 }
 
 /// An append did not become durable.
@@ -64,7 +73,7 @@ pub struct TreeHead {
 /// A handle to the log writer; cheap to clone.
 #[derive(Clone)]
 pub struct LogWriter {
-    tx: mpsc::Sender<Pending>,
+    tx: mpsc::Sender<Job>,
     head: watch::Receiver<TreeHead>,
 }
 
@@ -128,7 +137,6 @@ impl LogWriter {
             frontier,
             prev,
             head: head_tx,
-            resync: false,
         };
         tokio::spawn(run(rx, state, store, keys, clock, batch_max.max(1)));
         Ok(Self { tx, head })
@@ -153,15 +161,24 @@ impl LogWriter {
     ) -> Result<AppendItem, AppendError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Pending {
+            .send(Job::Append(Pending {
                 draft,
                 body,
                 effects,
                 reply,
-            })
+            }))
             .await
             .map_err(|_| AppendError::Stopped)?;
         rx.await.map_err(|_| AppendError::Stopped)?
+    }
+
+    /// Bring the tree head up to what the store holds, including other
+    /// hubs' appends; returns once done.
+    pub async fn refresh(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Job::Refresh(done)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 
@@ -170,82 +187,88 @@ struct WriterState {
     /// The last entry's leaf hash.
     prev: Hash,
     head: watch::Sender<TreeHead>,
-    /// A commit failed without saying whether it landed (a connection lost
-    /// during COMMIT): read the log's tail before placing anything else.
-    resync: bool,
 }
 
 impl WriterState {
-    /// Adopt whatever entries the store holds beyond the frontier.
-    async fn catch_up(&mut self, store: &dyn Store) -> Result<(), StoreError> {
-        loop {
-            let from = self.frontier.size();
-            let tail = store.leaf_hashes(from, from + REBUILD_CHUNK).await?;
-            let Some(last) = tail.last() else {
-                break;
-            };
+    fn adopt(&mut self, leaves: &[Hash]) {
+        if let Some(last) = leaves.last() {
             self.prev = *last;
-            for leaf in &tail {
+            for leaf in leaves {
                 self.frontier.push(*leaf);
             }
-            info!(
-                adopted = tail.len(),
-                "the log holds entries of a commit reported as failed"
-            );
         }
-        self.resync = false;
+    }
+
+    fn publish_head(&self) {
         let _ = self.head.send(TreeHead {
             size: self.frontier.size(),
             root: self.frontier.root(),
         });
+    }
+
+    /// Adopt whatever entries the store holds beyond the frontier (other
+    /// hubs' appends, or a commit whose outcome was lost).
+    async fn catch_up(&mut self, store: &dyn Store) -> Result<(), StoreError> {
+        loop {
+            let from = self.frontier.size();
+            let tail = store.leaf_hashes(from, from + REBUILD_CHUNK).await?;
+            if tail.is_empty() {
+                break;
+            }
+            self.adopt(&tail);
+        }
+        self.publish_head();
         Ok(())
     }
 }
 
 async fn run(
-    mut rx: mpsc::Receiver<Pending>,
+    mut rx: mpsc::Receiver<Job>,
     mut state: WriterState,
     store: Arc<dyn Store>,
     keys: Arc<WriterKeys>,
     clock: Arc<dyn Clock>,
     batch_max: usize,
 ) {
+    let mut jobs = Vec::with_capacity(batch_max);
     let mut batch = Vec::with_capacity(batch_max);
-    while rx.recv_many(&mut batch, batch_max).await > 0 {
-        write_batch(
-            &mut batch,
-            &mut state,
-            store.as_ref(),
-            &keys,
-            clock.as_ref(),
-        )
-        .await;
+    while rx.recv_many(&mut jobs, batch_max).await > 0 {
+        for job in jobs.drain(..) {
+            match job {
+                Job::Append(p) => batch.push(p),
+                Job::Refresh(done) => {
+                    if let Err(e) = state.catch_up(store.as_ref()).await {
+                        warn!(error = %e, "cannot read the log's tail");
+                    }
+                    let _ = done.send(());
+                }
+            }
+        }
+        if !batch.is_empty() {
+            write_batch(
+                &mut batch,
+                &mut state,
+                store.as_ref(),
+                &keys,
+                clock.as_ref(),
+            )
+            .await;
+        }
     }
 }
 
-#[instrument(skip_all, fields(entries = batch.len(), first = state.frontier.size()))]
-async fn write_batch(
-    batch: &mut Vec<Pending>,
-    state: &mut WriterState,
-    store: &dyn Store,
+/// Seal `pending` in order from index `next` after `prev`; entries that
+/// have no canonical form are answered at once and left out.
+fn seal_all(
+    pending: Vec<Pending>,
+    mut next: u64,
+    mut prev: Hash,
+    now: time::OffsetDateTime,
     keys: &WriterKeys,
-    clock: &dyn Clock,
-) {
-    if state.resync
-        && let Err(e) = state.catch_up(store).await
-    {
-        error!(error = %e, "cannot read the log's tail");
-        let err = AppendError::Store(e.to_string());
-        for p in batch.drain(..) {
-            let _ = p.reply.send(Err(err.clone()));
-        }
-        return;
-    }
-    let now = clock.now();
-    let mut items = Vec::with_capacity(batch.len());
-    let mut replies = Vec::with_capacity(batch.len());
-    let (mut next, mut prev) = (state.frontier.size(), state.prev);
-    for p in batch.drain(..) {
+) -> (Vec<AppendItem>, Vec<Reply>) {
+    let mut items = Vec::with_capacity(pending.len());
+    let mut replies = Vec::with_capacity(pending.len());
+    for p in pending {
         match seal(p.draft, next, &prev, now, &keys.signing) {
             Ok(sealed) => {
                 next += 1;
@@ -270,28 +293,45 @@ async fn write_batch(
             }
         }
     }
-    if items.is_empty() {
-        return;
-    }
-    match store.append(&items).await {
-        Ok(()) => {
-            state.prev = prev;
-            for item in &items {
-                state.frontier.push(item.sealed.leaf_hash);
-            }
-            let _ = state.head.send(TreeHead {
-                size: state.frontier.size(),
-                root: state.frontier.root(),
-            });
-            for (item, reply) in items.into_iter().zip(replies) {
+    (items, replies)
+}
+
+#[instrument(skip_all, fields(entries = batch.len(), first = state.frontier.size()))]
+async fn write_batch(
+    batch: &mut Vec<Pending>,
+    state: &mut WriterState,
+    store: &dyn Store,
+    keys: &WriterKeys,
+    clock: &dyn Clock,
+) {
+    let now = clock.now();
+    let pending: Vec<Pending> = batch.drain(..).collect();
+    let (known, prev) = (state.frontier.size(), state.prev);
+    let mut replies = Vec::new();
+    // The store reads what other hubs appended since `known` under its
+    // writers' lock; the batch is placed after that.
+    let sealing = |adopted: &[Hash]| {
+        let next = known + adopted.len() as u64;
+        let prev = adopted.last().copied().unwrap_or(prev);
+        let (items, r) = seal_all(pending, next, prev, now, keys);
+        replies = r;
+        items
+    };
+    match store.append_at_tail(known, Box::new(sealing)).await {
+        Ok(tail) => {
+            state.adopt(&tail.adopted);
+            let leaves: Vec<Hash> = tail.written.iter().map(|i| i.sealed.leaf_hash).collect();
+            state.adopt(&leaves);
+            state.publish_head();
+            for (item, reply) in tail.written.into_iter().zip(replies) {
                 let _ = reply.send(Ok(item));
             }
         }
         Err(e) => {
             // Usually nothing of the batch was written and the next batch
-            // reuses its indexes; but a lost connection leaves that unknown.
+            // reuses its indexes; a commit whose outcome was lost is adopted
+            // by the next batch's tail read.
             error!(error = %e, "group commit failed");
-            state.resync = true;
             let err = AppendError::Store(e.to_string());
             for reply in replies {
                 let _ = reply.send(Err(err.clone()));

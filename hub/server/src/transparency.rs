@@ -20,37 +20,57 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::log_writer::TreeHead;
+use crate::log_writer::{LogWriter, TreeHead};
 use crate::pipeline::Hub;
-use crate::store::{Store, StoreError, StoredCheckpoint};
+use crate::store::{Leadership, Role, Store, StoreError, StoredCheckpoint};
 
 /// Sign and store a checkpoint whenever the committed tree has grown, at
-/// most every `interval`, and once more at shutdown.
+/// most every `interval`, and once more at shutdown - while this process
+/// holds the checkpointer role. Of several hubs sharing a database one
+/// signs at a time, so the checkpoints form one sequence; when its session
+/// ends another takes the role over at its next tick.
 pub async fn run_checkpointer(
     store: Arc<dyn Store>,
     key: Arc<SigningKey>,
     origin: String,
-    head: watch::Receiver<TreeHead>,
+    log: LogWriter,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut last = match store.latest_checkpoint().await {
-        Ok(c) => c.map_or(0, |c| c.size),
-        Err(e) => {
-            warn!(error = %e, "cannot read the last checkpoint; checkpoints are off");
-            return;
-        }
-    };
+    let mut role: Option<Box<dyn Leadership>> = None;
+    let mut last = 0;
     loop {
         let stopping = tokio::select! {
             () = tokio::time::sleep(interval) => false,
             _ = shutdown.changed() => true,
         };
-        let TreeHead { size, root } = *head.borrow();
-        if size > last {
-            match issue(store.as_ref(), &key, &origin, size, root).await {
-                Ok(()) => last = size,
-                Err(e) => warn!(error = %e, size, "could not store a checkpoint"),
+        if role.is_none() {
+            match store.lead(Role::Checkpointer).await {
+                Ok(Some(held)) => match store.latest_checkpoint().await {
+                    Ok(latest) => {
+                        last = latest.map_or(0, |c| c.size);
+                        info!(last, "this hub signs the checkpoints");
+                        role = Some(held);
+                    }
+                    Err(e) => warn!(error = %e, "cannot read the last checkpoint"),
+                },
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "cannot ask for the checkpointer role"),
+            }
+        }
+        if let Some(held) = role.as_mut() {
+            if held.still_leading().await {
+                log.refresh().await;
+                let TreeHead { size, root } = log.head();
+                if size > last {
+                    match issue(store.as_ref(), &key, &origin, size, root).await {
+                        Ok(()) => last = size,
+                        Err(e) => warn!(error = %e, size, "could not store a checkpoint"),
+                    }
+                }
+            } else {
+                warn!("lost the checkpointer role");
+                role = None;
             }
         }
         if stopping {

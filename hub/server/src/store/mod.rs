@@ -86,7 +86,9 @@ pub struct Subscription {
 /// What appending an entry also does, in the same transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    /// Record an accepted exchange id as pending.
+    /// Record an accepted exchange id as pending. An id already recorded
+    /// (two hubs racing on one id) keeps its first row: a batch is never
+    /// failed by one sender's duplicate.
     OpenExchange {
         sender: Member,
         /// Keyed with the data key: no guessing the request from it.
@@ -205,6 +207,42 @@ pub struct OutboxRow {
     pub sealed: Vec<u8>,
 }
 
+/// Places a batch after the given leaf hashes (the entries other writers
+/// appended since the caller last looked), sealing each entry.
+pub type SealAfter<'a> = Box<dyn FnOnce(&[Hash]) -> Vec<AppendItem> + Send + 'a>;
+
+/// What [`Store::append_at_tail`] found and wrote.
+#[derive(Debug)]
+pub struct Tail {
+    /// Leaf hashes of the entries other writers appended.
+    pub adopted: Vec<Hash>,
+    pub written: Vec<AppendItem>,
+}
+
+/// A role only one hub process plays at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Signs checkpoints, so that they form one sequence.
+    Checkpointer,
+}
+
+impl Role {
+    /// The advisory lock key of the role (PostgreSQL).
+    pub fn lock_key(self) -> i64 {
+        match self {
+            // "hub-ckpt" in ASCII.
+            Role::Checkpointer => 0x6875_622d_636b_7074,
+        }
+    }
+}
+
+/// Held while a process plays a [`Role`]; dropping it gives the role up.
+#[async_trait]
+pub trait Leadership: Send + Sync {
+    /// Whether the role is still held (the session holding it is alive).
+    async fn still_leading(&mut self) -> bool;
+}
+
 /// Everything the hub stores.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -239,6 +277,15 @@ pub trait Store: Send + Sync {
 
     /// Write `items` and their effects in one transaction.
     async fn append(&self, items: &[AppendItem]) -> Result<(), StoreError>;
+    /// Append at the log's tail when several writers share the store: in
+    /// one transaction, under a lock that serializes writers, read the
+    /// leaf hashes of every entry from index `known` on (what other writers
+    /// appended), let `seal` place the batch after them, and write it.
+    /// Returns those leaf hashes and the items written.
+    async fn append_at_tail(&self, known: u64, seal: SealAfter<'_>) -> Result<Tail, StoreError>;
+    /// Try to become the one holder of `role` among the processes sharing
+    /// this store (`None`: another process holds it).
+    async fn lead(&self, role: Role) -> Result<Option<Box<dyn Leadership>>, StoreError>;
     /// Up to `limit` entries from `from`, in order.
     async fn entries(&self, from: u64, limit: u32) -> Result<Vec<StoredEntry>, StoreError>;
 

@@ -16,8 +16,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 
 use super::{
-    AgencyRecord, AppendItem, Delivery, Effect, ExchangeRow, ExchangeState, Grant, OutboxRow,
-    PoolSettings, ServiceRecord, Store, StoreError, StoredCheckpoint, StoredEntry, Subscription,
+    AgencyRecord, AppendItem, Delivery, Effect, ExchangeRow, ExchangeState, Grant, Leadership,
+    OutboxRow, PoolSettings, Role, SealAfter, ServiceRecord, Store, StoreError, StoredCheckpoint,
+    StoredEntry, Subscription, Tail,
 };
 
 /// The PostgreSQL store.
@@ -63,7 +64,128 @@ fn hash(bytes: Vec<u8>, what: &str) -> Result<Hash, StoreError> {
         .map_err(|_| corrupt(format!("{what} is not 32 bytes")))
 }
 
+/// The lock every hub's log writer takes for a group commit ("hub-log!").
+const LOG_WRITER_LOCK: i64 = 0x6875_622d_6c6f_6721;
+
+/// A role held by a session-level advisory lock on its own connection.
+struct Session(sqlx::PgConnection);
+
+#[async_trait]
+impl Leadership for Session {
+    async fn still_leading(&mut self) -> bool {
+        use sqlx::Connection;
+        self.0.ping().await.is_ok()
+    }
+}
+
+/// Leaf hashes of rows `(idx, leaf_hash)` that must start at `from` without a gap.
+fn leaves(from: u64, rows: &[PgRow]) -> Result<Vec<Hash>, StoreError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for (expected, r) in (from..).zip(rows) {
+        if to_u64(r.try_get("idx").map_err(db)?) != expected {
+            return Err(corrupt(format!("the log has a gap at index {expected}")));
+        }
+        out.push(hash(r.try_get("leaf_hash").map_err(db)?, "a leaf hash")?);
+    }
+    Ok(out)
+}
+
 impl PgStore {
+    /// Insert a batch's entries, bodies and effects in the open transaction.
+    async fn insert(
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        items: &[AppendItem],
+    ) -> Result<(), StoreError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let b = Batch::of(items);
+        sqlx::query(
+            "INSERT INTO log_entries (idx, exchange_id, kind, record, leaf_hash)
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[])",
+        )
+        .bind(&b.idx)
+        .bind(&b.exchange_id)
+        .bind(&b.kind)
+        .bind(&b.record)
+        .bind(&b.leaf_hash)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+        sqlx::query(
+            "INSERT INTO log_bodies (idx, key_id, nonce, ciphertext)
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bytea[], $4::bytea[])",
+        )
+        .bind(&b.idx)
+        .bind(&b.key_id)
+        .bind(&b.nonce)
+        .bind(&b.ciphertext)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+        if !b.open.0.is_empty() {
+            sqlx::query(
+                "INSERT INTO exchanges (exchange_id, sender, request_hash, state, created_at)
+                 SELECT id, sender, request_hash, 'pending', at
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(id, sender, request_hash, at)
+                 ON CONFLICT (exchange_id) DO NOTHING",
+            )
+            .bind(&b.open.0)
+            .bind(&b.open.1)
+            .bind(&b.open.2)
+            .bind(&b.open.3)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+        }
+        if !b.close.0.is_empty() {
+            sqlx::query(
+                "UPDATE exchanges SET state = 'done', reply = u.reply
+                 FROM UNNEST($1::text[], $2::bytea[]) AS u(id, reply) WHERE exchange_id = u.id",
+            )
+            .bind(&b.close.0)
+            .bind(&b.close.1)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+        }
+        if !b.abandon.is_empty() {
+            sqlx::query("DELETE FROM exchanges WHERE exchange_id = ANY($1) AND state = 'pending'")
+                .bind(&b.abandon)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+        }
+        if !b.enqueue.0.is_empty() {
+            sqlx::query(
+                "INSERT INTO deliveries (recipient, exchange_id, message, visible_at)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&b.enqueue.0)
+            .bind(&b.enqueue.1)
+            .bind(&b.enqueue.2)
+            .bind(&b.enqueue.3)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+        }
+        if !b.dispatch.0.is_empty() {
+            sqlx::query(
+                "INSERT INTO outbox (recipient, exchange_id, message)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&b.dispatch.0)
+            .bind(&b.dispatch.1)
+            .bind(&b.dispatch.2)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+        }
+        Ok(())
+    }
+
     /// Connect and migrate.
     pub async fn open(url: &str, settings: PoolSettings) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)
@@ -468,91 +590,47 @@ impl Store for PgStore {
     }
 
     async fn append(&self, items: &[AppendItem]) -> Result<(), StoreError> {
-        let b = Batch::of(items);
         let mut tx = self.pool.begin().await.map_err(db)?;
-        sqlx::query(
-            "INSERT INTO log_entries (idx, exchange_id, kind, record, leaf_hash)
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[])",
-        )
-        .bind(&b.idx)
-        .bind(&b.exchange_id)
-        .bind(&b.kind)
-        .bind(&b.record)
-        .bind(&b.leaf_hash)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        sqlx::query(
-            "INSERT INTO log_bodies (idx, key_id, nonce, ciphertext)
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bytea[], $4::bytea[])",
-        )
-        .bind(&b.idx)
-        .bind(&b.key_id)
-        .bind(&b.nonce)
-        .bind(&b.ciphertext)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        if !b.open.0.is_empty() {
-            sqlx::query(
-                "INSERT INTO exchanges (exchange_id, sender, request_hash, state, created_at)
-                 SELECT id, sender, request_hash, 'pending', at
-                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(id, sender, request_hash, at)",
-            )
-            .bind(&b.open.0)
-            .bind(&b.open.1)
-            .bind(&b.open.2)
-            .bind(&b.open.3)
+        Self::insert(&mut tx, items).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn append_at_tail(&self, known: u64, seal: SealAfter<'_>) -> Result<Tail, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        // Writers of every hub queue here; the lock ends with the transaction.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(LOG_WRITER_LOCK)
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        }
-        if !b.close.0.is_empty() {
-            sqlx::query(
-                "UPDATE exchanges SET state = 'done', reply = u.reply
-                 FROM UNNEST($1::text[], $2::bytea[]) AS u(id, reply) WHERE exchange_id = u.id",
-            )
-            .bind(&b.close.0)
-            .bind(&b.close.1)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        }
-        if !b.abandon.is_empty() {
-            sqlx::query("DELETE FROM exchanges WHERE exchange_id = ANY($1) AND state = 'pending'")
-                .bind(&b.abandon)
-                .execute(&mut *tx)
+        let rows =
+            sqlx::query("SELECT idx, leaf_hash FROM log_entries WHERE idx >= $1 ORDER BY idx")
+                .bind(to_i64(known))
+                .fetch_all(&mut *tx)
                 .await
                 .map_err(db)?;
-        }
-        if !b.enqueue.0.is_empty() {
-            sqlx::query(
-                "INSERT INTO deliveries (recipient, exchange_id, message, visible_at)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[])
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&b.enqueue.0)
-            .bind(&b.enqueue.1)
-            .bind(&b.enqueue.2)
-            .bind(&b.enqueue.3)
-            .execute(&mut *tx)
+        let adopted = leaves(known, &rows)?;
+        let written = seal(&adopted);
+        Self::insert(&mut tx, &written).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(Tail { adopted, written })
+    }
+
+    async fn lead(&self, role: Role) -> Result<Option<Box<dyn Leadership>>, StoreError> {
+        // A session-level lock on a connection of its own: held while that
+        // session lives, released by PostgreSQL if the process dies.
+        let mut conn = self.pool.acquire().await.map_err(db)?.detach();
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(role.lock_key())
+            .fetch_one(&mut conn)
             .await
             .map_err(db)?;
+        if got {
+            Ok(Some(Box::new(Session(conn))))
+        } else {
+            let _ = sqlx::Connection::close(conn).await;
+            Ok(None)
         }
-        if !b.dispatch.0.is_empty() {
-            sqlx::query(
-                "INSERT INTO outbox (recipient, exchange_id, message)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[])
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&b.dispatch.0)
-            .bind(&b.dispatch.1)
-            .bind(&b.dispatch.2)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        }
-        tx.commit().await.map_err(db)
     }
 
     async fn entries(&self, from: u64, limit: u32) -> Result<Vec<StoredEntry>, StoreError> {
@@ -580,14 +658,7 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (expected, r) in (from..).zip(&rows) {
-            if to_u64(r.try_get("idx").map_err(db)?) != expected {
-                return Err(corrupt(format!("the log has a gap at index {expected}")));
-            }
-            out.push(hash(r.try_get("leaf_hash").map_err(db)?, "a leaf hash")?);
-        }
-        Ok(out)
+        leaves(from, &rows)
     }
 
     async fn indexes_of_exchange(&self, id: ExchangeId) -> Result<Vec<u64>, StoreError> {

@@ -17,8 +17,9 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    AgencyRecord, AppendItem, Delivery, Effect, ExchangeRow, ExchangeState, Grant, OutboxRow,
-    ServiceRecord, Store, StoreError, StoredCheckpoint, StoredEntry, Subscription,
+    AgencyRecord, AppendItem, Delivery, Effect, ExchangeRow, ExchangeState, Grant, Leadership,
+    OutboxRow, Role, SealAfter, ServiceRecord, Store, StoreError, StoredCheckpoint, StoredEntry,
+    Subscription, Tail,
 };
 
 /// The SQLite store.
@@ -52,7 +53,132 @@ fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
+/// The SQLite store always leads (one process per file).
+struct Always;
+
+#[async_trait]
+impl Leadership for Always {
+    async fn still_leading(&mut self) -> bool {
+        true
+    }
+}
+
+/// Leaf hashes of rows `(idx, leaf_hash)` that must start at `from` without a gap.
+fn leaves(from: u64, rows: &[SqliteRow]) -> Result<Vec<Hash>, StoreError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for (expected, r) in (from..).zip(rows) {
+        if to_u64(r.try_get("idx").map_err(db)?) != expected {
+            return Err(corrupt(format!("the log has a gap at index {expected}")));
+        }
+        let leaf: Vec<u8> = r.try_get("leaf_hash").map_err(db)?;
+        out.push(
+            leaf.try_into()
+                .map_err(|_| corrupt("leaf hash is not 32 bytes"))?,
+        );
+    }
+    Ok(out)
+}
+
 impl SqliteStore {
+    /// Insert entries, bodies and effects in the open transaction.
+    async fn insert(
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        items: &[AppendItem],
+    ) -> Result<(), StoreError> {
+        for item in items {
+            let record = &item.sealed.record.statement;
+            let index = to_i64(record.index);
+            let exchange_id = record.draft.exchange_id.to_string();
+            sqlx::query("INSERT INTO log_entries (idx, exchange_id, kind, record, leaf_hash) VALUES (?, ?, ?, ?, ?)")
+                .bind(index)
+                .bind(&exchange_id)
+                .bind(record.draft.kind.as_str())
+                .bind(String::from_utf8_lossy(&item.sealed.canonical).into_owned())
+                .bind(item.sealed.leaf_hash.to_vec())
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+            let sealed = &item.body.sealed;
+            sqlx::query(
+                "INSERT INTO log_bodies (idx, key_id, nonce, ciphertext) VALUES (?, ?, ?, ?)",
+            )
+            .bind(index)
+            .bind(&sealed.key_id)
+            .bind(sealed.nonce.to_vec())
+            .bind(sealed.ciphertext.clone())
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+            for effect in &item.effects {
+                match effect {
+                    Effect::OpenExchange {
+                        sender,
+                        request_hash,
+                        at_millis,
+                    } => {
+                        sqlx::query(
+                            "INSERT INTO exchanges (exchange_id, sender, request_hash, state, created_at) VALUES (?, ?, ?, 'pending', ?)
+                             ON CONFLICT (exchange_id) DO NOTHING",
+                        )
+                        .bind(&exchange_id)
+                        .bind(sender.to_string())
+                        .bind(request_hash)
+                        .bind(to_i64(*at_millis))
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(db)?;
+                    }
+                    Effect::CloseExchange => {
+                        sqlx::query(
+                            "UPDATE exchanges SET state = 'done', reply = ? WHERE exchange_id = ?",
+                        )
+                        .bind(item.sealed_message.clone())
+                        .bind(&exchange_id)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(db)?;
+                    }
+                    Effect::AbandonExchange => {
+                        sqlx::query(
+                            "DELETE FROM exchanges WHERE exchange_id = ? AND state = 'pending'",
+                        )
+                        .bind(&exchange_id)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(db)?;
+                    }
+                    Effect::Enqueue {
+                        recipient,
+                        visible_at_millis,
+                    } => {
+                        sqlx::query(
+                            "INSERT OR IGNORE INTO deliveries (recipient, exchange_id, message, visible_at) VALUES (?, ?, ?, ?)",
+                        )
+                        .bind(recipient.to_string())
+                        .bind(&exchange_id)
+                        .bind(item.sealed_message.clone())
+                        .bind(to_i64(*visible_at_millis))
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(db)?;
+                    }
+                    Effect::Dispatch { recipient } => {
+                        sqlx::query(
+                            "INSERT OR IGNORE INTO outbox (recipient, exchange_id, message) VALUES (?, ?, ?)",
+                        )
+                        .bind(recipient.to_string())
+                        .bind(&exchange_id)
+                        .bind(item.sealed_message.clone())
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(db)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Open (creating the file and its directory if needed) and migrate.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)
@@ -382,97 +508,30 @@ impl Store for SqliteStore {
 
     async fn append(&self, items: &[AppendItem]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
-        for item in items {
-            let record = &item.sealed.record.statement;
-            let index = to_i64(record.index);
-            let exchange_id = record.draft.exchange_id.to_string();
-            sqlx::query("INSERT INTO log_entries (idx, exchange_id, kind, record, leaf_hash) VALUES (?, ?, ?, ?, ?)")
-                .bind(index)
-                .bind(&exchange_id)
-                .bind(record.draft.kind.as_str())
-                .bind(String::from_utf8_lossy(&item.sealed.canonical).into_owned())
-                .bind(item.sealed.leaf_hash.to_vec())
-                .execute(&mut *tx)
+        Self::insert(&mut tx, items).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn append_at_tail(&self, known: u64, seal: SealAfter<'_>) -> Result<Tail, StoreError> {
+        // IMMEDIATE takes the write lock first, so that the tail read below
+        // stays the tail until commit even with another process on the file.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let rows =
+            sqlx::query("SELECT idx, leaf_hash FROM log_entries WHERE idx >= ? ORDER BY idx")
+                .bind(to_i64(known))
+                .fetch_all(&mut *tx)
                 .await
                 .map_err(db)?;
-            let sealed = &item.body.sealed;
-            sqlx::query(
-                "INSERT INTO log_bodies (idx, key_id, nonce, ciphertext) VALUES (?, ?, ?, ?)",
-            )
-            .bind(index)
-            .bind(&sealed.key_id)
-            .bind(sealed.nonce.to_vec())
-            .bind(sealed.ciphertext.clone())
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-            for effect in &item.effects {
-                match effect {
-                    Effect::OpenExchange {
-                        sender,
-                        request_hash,
-                        at_millis,
-                    } => {
-                        sqlx::query(
-                            "INSERT INTO exchanges (exchange_id, sender, request_hash, state, created_at) VALUES (?, ?, ?, 'pending', ?)",
-                        )
-                        .bind(&exchange_id)
-                        .bind(sender.to_string())
-                        .bind(request_hash)
-                        .bind(to_i64(*at_millis))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db)?;
-                    }
-                    Effect::CloseExchange => {
-                        sqlx::query(
-                            "UPDATE exchanges SET state = 'done', reply = ? WHERE exchange_id = ?",
-                        )
-                        .bind(item.sealed_message.clone())
-                        .bind(&exchange_id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db)?;
-                    }
-                    Effect::AbandonExchange => {
-                        sqlx::query(
-                            "DELETE FROM exchanges WHERE exchange_id = ? AND state = 'pending'",
-                        )
-                        .bind(&exchange_id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db)?;
-                    }
-                    Effect::Enqueue {
-                        recipient,
-                        visible_at_millis,
-                    } => {
-                        sqlx::query(
-                            "INSERT OR IGNORE INTO deliveries (recipient, exchange_id, message, visible_at) VALUES (?, ?, ?, ?)",
-                        )
-                        .bind(recipient.to_string())
-                        .bind(&exchange_id)
-                        .bind(item.sealed_message.clone())
-                        .bind(to_i64(*visible_at_millis))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db)?;
-                    }
-                    Effect::Dispatch { recipient } => {
-                        sqlx::query(
-                            "INSERT OR IGNORE INTO outbox (recipient, exchange_id, message) VALUES (?, ?, ?)",
-                        )
-                        .bind(recipient.to_string())
-                        .bind(&exchange_id)
-                        .bind(item.sealed_message.clone())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db)?;
-                    }
-                }
-            }
-        }
-        tx.commit().await.map_err(db)
+        let adopted = leaves(known, &rows)?;
+        let written = seal(&adopted);
+        Self::insert(&mut tx, &written).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(Tail { adopted, written })
+    }
+
+    async fn lead(&self, _role: Role) -> Result<Option<Box<dyn Leadership>>, StoreError> {
+        // One SQLite file serves one hub process: it always leads.
+        Ok(Some(Box::new(Always)))
     }
 
     async fn entries(&self, from: u64, limit: u32) -> Result<Vec<StoredEntry>, StoreError> {
@@ -499,18 +558,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (expected, r) in (from..).zip(&rows) {
-            if to_u64(r.try_get("idx").map_err(db)?) != expected {
-                return Err(corrupt(format!("the log has a gap at index {expected}")));
-            }
-            let leaf: Vec<u8> = r.try_get("leaf_hash").map_err(db)?;
-            out.push(
-                leaf.try_into()
-                    .map_err(|_| corrupt("leaf hash is not 32 bytes"))?,
-            );
-        }
-        Ok(out)
+        leaves(from, &rows)
     }
 
     async fn indexes_of_exchange(&self, id: ExchangeId) -> Result<Vec<u64>, StoreError> {
