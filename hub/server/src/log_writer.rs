@@ -37,7 +37,7 @@ struct Pending {
 
 /// The writer's work.
 enum Job {
-    Append(Pending),
+    Append(Box<Pending>),
     /// Adopt what other hubs appended, then answer.
     Refresh(oneshot::Sender<()>),
 }
@@ -161,12 +161,12 @@ impl LogWriter {
     ) -> Result<AppendItem, AppendError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job::Append(Pending {
+            .send(Job::Append(Box::new(Pending {
                 draft,
                 body,
                 effects,
                 reply,
-            }))
+            })))
             .await
             .map_err(|_| AppendError::Stopped)?;
         rx.await.map_err(|_| AppendError::Stopped)?
@@ -235,7 +235,7 @@ async fn run(
     while rx.recv_many(&mut jobs, batch_max).await > 0 {
         for job in jobs.drain(..) {
             match job {
-                Job::Append(p) => batch.push(p),
+                Job::Append(p) => batch.push(*p),
                 Job::Refresh(done) => {
                     if let Err(e) = state.catch_up(store.as_ref()).await {
                         warn!(error = %e, "cannot read the log's tail");
@@ -305,7 +305,7 @@ async fn write_batch(
     clock: &dyn Clock,
 ) {
     let now = clock.now();
-    let pending: Vec<Pending> = batch.drain(..).collect();
+    let pending = std::mem::take(batch);
     let (known, prev) = (state.frontier.size(), state.prev);
     let mut replies = Vec::new();
     // The store reads what other hubs appended since `known` under its
