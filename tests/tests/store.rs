@@ -559,13 +559,15 @@ async fn purge_removes_old_bodies_and_replies_but_keeps_the_log(store: Arc<dyn S
 async fn the_outbox_keeps_dispatched_messages_until_confirmed(store: Arc<dyn Store>) {
     registry(store.as_ref()).await;
     let mut e = Entries::new();
-    let dispatch = || Effect::Dispatch {
+    let dispatch = |instance: &str| Effect::Dispatch {
         recipient: member(PROVIDER),
+        instance: instance.into(),
     };
     let batch = vec![
-        e.item(EntryKind::Request, id(1), vec![open(1), dispatch()]),
-        e.item(EntryKind::Request, id(2), vec![open(2), dispatch()]),
-        e.item(EntryKind::Request, id(3), vec![open(3), dispatch()]),
+        e.item(EntryKind::Request, id(1), vec![open(1), dispatch("a")]),
+        e.item(EntryKind::Request, id(2), vec![open(2), dispatch("a")]),
+        e.item(EntryKind::Request, id(4), vec![open(4), dispatch("b")]),
+        e.item(EntryKind::Request, id(3), vec![open(3), dispatch("a")]),
     ];
     store.append(&batch).await.unwrap();
     assert!(
@@ -576,14 +578,17 @@ async fn the_outbox_keeps_dispatched_messages_until_confirmed(store: Arc<dyn Sto
             .is_empty(),
         "dispatched messages are not in the inbox"
     );
-    let rows = store.outbox(2).await.unwrap();
+    let rows = store.outbox("a", 2).await.unwrap();
     let ids: Vec<_> = rows.iter().map(|r| r.exchange_id).collect();
     assert_eq!(ids, vec![id(1), id(2)], "oldest first, at most max");
     assert_eq!(rows[0].recipient, member(PROVIDER));
     assert_eq!(rows[0].sealed, batch[0].sealed_message);
     store.remove_outbox(&[rows[0].seq]).await.unwrap();
+    let theirs = store.outbox("b", 10).await.unwrap();
+    assert_eq!(theirs.len(), 1, "each instance relays its own rows");
+    assert_eq!(theirs[0].exchange_id, id(4));
     let left: Vec<_> = store
-        .outbox(10)
+        .outbox("a", 10)
         .await
         .unwrap()
         .iter()

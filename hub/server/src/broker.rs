@@ -179,7 +179,7 @@ pub async fn run_relay(
 #[instrument(skip_all)]
 async fn relay_once(hub: &Hub, broker: &Broker) -> Result<usize, BrokerError> {
     let limit = u32::try_from(broker.window).unwrap_or(u32::MAX);
-    let rows = hub.store.outbox(limit).await?;
+    let rows = hub.store.outbox(&broker.instance, limit).await?;
     if rows.is_empty() {
         return Ok(0);
     }

@@ -410,9 +410,10 @@ impl Hub {
                 request_hash: a.request_hash.clone(),
                 at_millis: self.clock.unix_millis(),
             },
-            match self.remote {
-                Some(_) => Effect::Dispatch {
+            match &self.remote {
+                Some(remote) => Effect::Dispatch {
                     recipient: provider.clone(),
+                    instance: remote.broker.instance.clone(),
                 },
                 None => Effect::Enqueue {
                     recipient: provider.clone(),

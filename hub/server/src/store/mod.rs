@@ -104,9 +104,9 @@ pub enum Effect {
         recipient: Member,
         visible_at_millis: u64,
     },
-    /// Put this entry's sealed message in the outbox for the relay to
-    /// publish to `recipient`'s broker queue.
-    Dispatch { recipient: Member },
+    /// Put this entry's sealed message in the outbox for `instance`'s
+    /// relay to publish to `recipient`'s broker queue.
+    Dispatch { recipient: Member, instance: String },
 }
 
 /// An entry's body: the bytes, the salt of its commitment, the commitment,
@@ -337,8 +337,8 @@ pub trait Store: Send + Sync {
     async fn remove_delivery(&self, recipient: &Member, id: ExchangeId)
     -> Result<bool, StoreError>;
 
-    /// Up to `max` outbox rows, oldest first.
-    async fn outbox(&self, max: u32) -> Result<Vec<OutboxRow>, StoreError>;
+    /// Up to `max` of `instance`'s outbox rows, oldest first.
+    async fn outbox(&self, instance: &str, max: u32) -> Result<Vec<OutboxRow>, StoreError>;
     /// Delete outbox rows the broker confirmed.
     async fn remove_outbox(&self, seqs: &[i64]) -> Result<(), StoreError>;
 }

@@ -172,13 +172,14 @@ impl PgStore {
         }
         if !b.dispatch.0.is_empty() {
             sqlx::query(
-                "INSERT INTO outbox (recipient, exchange_id, message)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[])
+                "INSERT INTO outbox (instance, recipient, exchange_id, message)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[])
                  ON CONFLICT DO NOTHING",
             )
             .bind(&b.dispatch.0)
             .bind(&b.dispatch.1)
             .bind(&b.dispatch.2)
+            .bind(&b.dispatch.3)
             .execute(&mut **tx)
             .await
             .map_err(db)?;
@@ -306,7 +307,7 @@ struct Batch {
     close: (Vec<String>, Vec<Vec<u8>>),
     abandon: Vec<String>,
     enqueue: (Vec<String>, Vec<String>, Vec<Vec<u8>>, Vec<i64>),
-    dispatch: (Vec<String>, Vec<String>, Vec<Vec<u8>>),
+    dispatch: (Vec<String>, Vec<String>, Vec<String>, Vec<Vec<u8>>),
 }
 
 impl Batch {
@@ -350,10 +351,14 @@ impl Batch {
                         b.enqueue.2.push(item.sealed_message.clone());
                         b.enqueue.3.push(to_i64(*visible_at_millis));
                     }
-                    Effect::Dispatch { recipient } => {
-                        b.dispatch.0.push(recipient.to_string());
-                        b.dispatch.1.push(id.clone());
-                        b.dispatch.2.push(item.sealed_message.clone());
+                    Effect::Dispatch {
+                        recipient,
+                        instance,
+                    } => {
+                        b.dispatch.0.push(instance.clone());
+                        b.dispatch.1.push(recipient.to_string());
+                        b.dispatch.2.push(id.clone());
+                        b.dispatch.3.push(item.sealed_message.clone());
                     }
                 }
             }
@@ -869,9 +874,12 @@ impl Store for PgStore {
         Ok(r.rows_affected() > 0)
     }
 
-    async fn outbox(&self, max: u32) -> Result<Vec<OutboxRow>, StoreError> {
-        sqlx::query("SELECT seq, recipient, exchange_id, message FROM outbox ORDER BY seq LIMIT $1")
-            .bind(i64::from(max))
+    async fn outbox(&self, instance: &str, max: u32) -> Result<Vec<OutboxRow>, StoreError> {
+        sqlx::query(
+            "SELECT seq, recipient, exchange_id, message FROM outbox WHERE instance = $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(instance)
+        .bind(i64::from(max))
             .fetch_all(&self.pool)
             .await
             .map_err(db)?

@@ -162,10 +162,14 @@ impl SqliteStore {
                         .await
                         .map_err(db)?;
                     }
-                    Effect::Dispatch { recipient } => {
+                    Effect::Dispatch {
+                        recipient,
+                        instance,
+                    } => {
                         sqlx::query(
-                            "INSERT OR IGNORE INTO outbox (recipient, exchange_id, message) VALUES (?, ?, ?)",
+                            "INSERT OR IGNORE INTO outbox (instance, recipient, exchange_id, message) VALUES (?, ?, ?, ?)",
                         )
+                        .bind(instance)
                         .bind(recipient.to_string())
                         .bind(&exchange_id)
                         .bind(item.sealed_message.clone())
@@ -755,8 +759,9 @@ impl Store for SqliteStore {
         Ok(r.rows_affected() > 0)
     }
 
-    async fn outbox(&self, max: u32) -> Result<Vec<OutboxRow>, StoreError> {
-        sqlx::query("SELECT seq, recipient, exchange_id, message FROM outbox ORDER BY seq LIMIT ?")
+    async fn outbox(&self, instance: &str, max: u32) -> Result<Vec<OutboxRow>, StoreError> {
+        sqlx::query("SELECT seq, recipient, exchange_id, message FROM outbox WHERE instance = ? ORDER BY seq LIMIT ?")
+            .bind(instance)
             .bind(i64::from(max))
             .fetch_all(&self.pool)
             .await
