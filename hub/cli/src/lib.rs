@@ -65,6 +65,36 @@ pub enum Command {
     /// Witnesses: register them (admin), or run one (cosign the hub's checkpoints).
     #[command(subcommand)]
     Witness(WitnessCmd),
+    /// Run a reference adapter as its own process, consuming its queue on
+    /// RabbitMQ (`amqp_url`), until Ctrl-C or SIGTERM.
+    Adapter {
+        #[arg(value_enum)]
+        registry: ReferenceRegistry,
+    },
+    /// Messages that kept failing and were dead-lettered on RabbitMQ.
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCmd),
+}
+
+/// The reference adapters.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ReferenceRegistry {
+    Population,
+    Land,
+    Enterprise,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersCmd {
+    /// List them (they stay in the queue).
+    List,
+    /// Publish them again to where they came from: the given message
+    /// (exchange) ids, or with --all every one.
+    Redrive {
+        ids: Vec<String>,
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -278,6 +308,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = load_config(&cli)?;
     match cli.command {
         Command::Serve => serve(config).await,
+        Command::Adapter { registry } => run_adapter(&config, registry).await,
+        Command::DeadLetters(cmd) => dead_letters(&config, cmd).await,
         Command::Init => {
             let adapters = app::reference_adapters(0);
             let init = app::init(&config, &SystemClock, &adapters).await?;
@@ -702,6 +734,92 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
+async fn run_adapter(config: &Config, registry: ReferenceRegistry) -> anyhow::Result<ExitCode> {
+    use hub_adapter_sdk::Adapter;
+    if config.amqp_url.is_empty() {
+        bail!("set amqp_url (HUB_AMQP_URL): an adapter process is reached through RabbitMQ");
+    }
+    let jwks_file = std::env::var_os("HUB_JWKS_FILE").map_or_else(
+        || PkiPaths::new(&config.data_dir).dir.join("hub-jwks.json"),
+        PathBuf::from,
+    );
+    let jwks = std::fs::read_to_string(&jwks_file).with_context(|| {
+        format!(
+            "reading the hub's keys from {} (start the hub once, or set HUB_JWKS_FILE)",
+            jwks_file.display()
+        )
+    })?;
+    let n = config.synthetic_records;
+    let adapter: Arc<dyn Adapter> = match registry {
+        ReferenceRegistry::Population => Arc::new(adapter_population::PopulationAdapter::new(
+            adapter_population::Registry::synthetic(1, n),
+        )),
+        ReferenceRegistry::Land => Arc::new(adapter_land::LandAdapter::new(
+            adapter_land::Registry::synthetic(2, n),
+        )),
+        ReferenceRegistry::Enterprise => Arc::new(adapter_enterprise::EnterpriseAdapter::new(
+            adapter_enterprise::Registry::synthetic(3, n),
+        )),
+    };
+    let worker = hub_adapter_sdk::amqp::WorkerConfig {
+        amqp_url: config.amqp_url.clone(),
+        topology: hub_adapter_sdk::amqp::Topology::new(config.amqp_prefix.clone()),
+        hub_keys: serde_json::from_str(&jwks)
+            .with_context(|| format!("{} is not a JWK set", jwks_file.display()))?,
+        prefetch: 64,
+    };
+    println!("adapter {} consuming its queue", adapter.provider());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        stop_signal().await;
+        let _ = stop.send(true);
+    });
+    hub_adapter_sdk::amqp::run(adapter, worker, stopped).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => None } } => {}
+    }
+}
+
+async fn dead_letters(config: &Config, cmd: DeadLettersCmd) -> anyhow::Result<ExitCode> {
+    if config.amqp_url.is_empty() {
+        bail!("set amqp_url (HUB_AMQP_URL): dead letters live on RabbitMQ");
+    }
+    let topology = hub_adapter_sdk::amqp::Topology::new(config.amqp_prefix.clone());
+    let redrive = match &cmd {
+        DeadLettersCmd::List => None,
+        DeadLettersCmd::Redrive { all: true, .. } => Some(Vec::new()),
+        DeadLettersCmd::Redrive { ids, .. } if ids.is_empty() => {
+            bail!("name the message ids to re-drive, or pass --all")
+        }
+        DeadLettersCmd::Redrive { ids, .. } => Some(ids.clone()),
+    };
+    let (letters, redriven) =
+        hub_server::broker::dead_letters(&config.amqp_url, &topology, redrive.as_deref()).await?;
+    for l in &letters {
+        println!(
+            "{:<38} {:<16} from {} via {:?} {:?} ({} bytes)",
+            l.message_id.as_deref().unwrap_or("-"),
+            l.reason,
+            l.queue,
+            l.exchange,
+            l.routing_key,
+            l.bytes
+        );
+    }
+    println!("{} dead letter(s)", letters.len());
+    if redrive.is_some() {
+        println!("{redriven} re-driven");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let running = app::start(
         config.clone(),
@@ -724,9 +842,7 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     );
     println!();
     println!("Press Ctrl-C to stop.");
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    stop_signal().await;
     println!("stopping...");
     running.shutdown().await;
     Ok(ExitCode::SUCCESS)

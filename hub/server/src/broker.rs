@@ -26,7 +26,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
     ConfirmSelectOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::{Mutex, Notify, watch};
 use tracing::{info, instrument, warn};
@@ -323,6 +323,7 @@ async fn take_reply(hub: &Hub, delivery: Delivery) -> lapin::Result<()> {
             warn!(error = %e, exchange = %reply.exchange_id, "cannot log an answer now; it will come back");
             retry_later(&delivery).await
         }
+        Err(RemoteAnswerError::Busy) => retry_later(&delivery).await,
         Err(e) => {
             warn!(error = %e, exchange = %reply.exchange_id, "an answer that cannot be logged; dead-lettering it");
             delivery
@@ -331,4 +332,122 @@ async fn take_reply(hub: &Hub, delivery: Delivery) -> lapin::Result<()> {
                 .map(|_| ())
         }
     }
+}
+
+/// A message in the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub message_id: Option<String>,
+    /// The queue it died in, why (`rejected`, `delivery_limit`, ...), and
+    /// where it had been published: what re-driving sends it back to.
+    pub queue: String,
+    pub reason: String,
+    pub exchange: String,
+    pub routing_key: String,
+    pub bytes: usize,
+}
+
+fn text(v: &AMQPValue) -> String {
+    match v {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        AMQPValue::FieldArray(a) => a.as_slice().first().map(text).unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+fn dead_letter(delivery: &Delivery) -> DeadLetter {
+    // The first x-death entry is where the message last died.
+    let death = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-death").cloned())
+        .and_then(|v| match v {
+            AMQPValue::FieldArray(a) => a.as_slice().first().cloned(),
+            _ => None,
+        });
+    let field = |name: &str| match &death {
+        Some(AMQPValue::FieldTable(t)) => t.inner().get(name).map(text).unwrap_or_default(),
+        _ => String::new(),
+    };
+    DeadLetter {
+        message_id: delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str().to_owned()),
+        queue: field("queue"),
+        reason: field("reason"),
+        exchange: field("exchange"),
+        routing_key: field("routing-keys"),
+        bytes: delivery.data.len(),
+    }
+}
+
+/// Look at (`redrive: None`) or re-publish to where they came from
+/// (`Some(ids)`, every one when `ids` is empty) the dead letters. Letters
+/// not re-driven stay in the queue. Returns the letters seen and how many
+/// were re-driven.
+pub async fn dead_letters(
+    url: &str,
+    topology: &Topology,
+    redrive: Option<&[String]>,
+) -> Result<(Vec<DeadLetter>, usize), BrokerError> {
+    let conn = Connection::connect(
+        url,
+        ConnectionProperties::default().with_connection_name("hub dead-letters".into()),
+    )
+    .await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    topology.declare_common(&ch).await?;
+    let mut seen = Vec::new();
+    let mut redriven = 0;
+    // Unacknowledged letters return to the queue when the channel closes,
+    // so each is seen once here.
+    while let Some(got) = ch
+        .basic_get(
+            topology.dead_letter_queue().into(),
+            lapin::options::BasicGetOptions::default(),
+        )
+        .await?
+    {
+        let delivery = got.delivery;
+        let letter = dead_letter(&delivery);
+        let chosen = match redrive {
+            None => false,
+            Some([]) => true,
+            Some(ids) => letter
+                .message_id
+                .as_ref()
+                .is_some_and(|m| ids.iter().any(|id| id == m)),
+        };
+        if chosen && !letter.routing_key.is_empty() {
+            let confirm = ch
+                .basic_publish(
+                    letter.exchange.as_str().into(),
+                    letter.routing_key.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &delivery.data,
+                    delivery
+                        .properties
+                        .clone()
+                        .with_headers(FieldTable::default()),
+                )
+                .await?
+                .await?;
+            if confirm.is_ack() && confirm.take_message().is_none() {
+                delivery.ack(BasicAckOptions::default()).await?;
+                redriven += 1;
+            }
+        }
+        seen.push(letter);
+    }
+    let _ = ch.close(200, "done".into()).await;
+    let _ = conn.close(200, "done".into()).await;
+    Ok((seen, redriven))
 }

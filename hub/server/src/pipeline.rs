@@ -70,6 +70,9 @@ pub enum RemoteAnswerError {
     /// No request was logged for this exchange id.
     #[error("no request is logged for this exchange")]
     UnknownExchange,
+    /// Another answer to the same exchange is being logged: try again later.
+    #[error("another answer to this exchange is being logged")]
+    Busy,
     /// The answer comes from another member than the request's receiver.
     #[error("the answer does not come from the request's receiver")]
     NotTheReceiver,
@@ -100,6 +103,10 @@ pub struct Hub {
     pub remote: Option<Remote>,
     waiters: Mutex<HashMap<ExchangeId, oneshot::Sender<Completion>>>,
     in_flight: Mutex<HashSet<ExchangeId>>,
+    /// Exchanges whose answer is being logged: a second answer to one
+    /// (a redelivered request answered twice) waits until the first is
+    /// logged, then finds the exchange settled.
+    answering: Mutex<HashSet<ExchangeId>>,
     wakers: Mutex<HashMap<Member, Arc<Notify>>>,
 }
 
@@ -119,15 +126,25 @@ fn append_failed(e: AppendError) -> Failure {
     ExchangeError::StorageUnavailable(e.to_string()).into()
 }
 
-/// Removes an exchange id from the in-flight set when dropped.
-struct InFlight<'a> {
-    hub: &'a Hub,
+/// An exchange id held in a set of ids being worked on; removed when dropped.
+struct Claim<'a> {
+    set: &'a Mutex<HashSet<ExchangeId>>,
     id: ExchangeId,
 }
 
-impl Drop for InFlight<'_> {
+impl<'a> Claim<'a> {
+    /// `None` when the id is already held.
+    fn take(set: &'a Mutex<HashSet<ExchangeId>>, id: ExchangeId) -> Option<Self> {
+        set.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id)
+            .then_some(Self { set, id })
+    }
+}
+
+impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        if let Ok(mut set) = self.hub.in_flight.lock() {
+        if let Ok(mut set) = self.set.lock() {
             set.remove(&self.id);
         }
     }
@@ -163,6 +180,7 @@ impl Hub {
             remote: None,
             waiters: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
+            answering: Mutex::new(HashSet::new()),
             wakers: Mutex::new(HashMap::new()),
         }
     }
@@ -370,7 +388,7 @@ impl Hub {
         &'a self,
         who: &Member,
         a: &Accepted,
-    ) -> Result<Result<InFlight<'a>, String>, Failure> {
+    ) -> Result<Result<Claim<'a>, String>, Failure> {
         let id = a.exchange_id;
         if let Some(row) = self.store.exchange(id).await.map_err(storage)? {
             if row.request_hash != a.request_hash || row.sender != who.to_string() {
@@ -383,14 +401,10 @@ impl Hub {
                 ExchangeState::Pending => Err(ExchangeError::InProgress(id).into()),
             };
         }
-        let mut set = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !set.insert(id) {
-            return Err(ExchangeError::InProgress(id).into());
+        match Claim::take(&self.in_flight, id) {
+            Some(claim) => Ok(Ok(claim)),
+            None => Err(ExchangeError::InProgress(id).into()),
         }
-        Ok(Ok(InFlight { hub: self, id }))
     }
 
     async fn run_query(&self, who: &Member, a: Accepted) -> Result<String, Failure> {
@@ -581,6 +595,9 @@ impl Hub {
         id: ExchangeId,
         answer: Result<Value, String>,
     ) -> Result<(), RemoteAnswerError> {
+        let Some(_answering) = Claim::take(&self.answering, id) else {
+            return Err(RemoteAnswerError::Busy);
+        };
         if self.settled(id).await? {
             return Ok(());
         }

@@ -44,10 +44,16 @@ impl Drop for Served {
 
 /// Start `hub serve` on free ports and wait for it to print its API address.
 pub fn serve(data: &Path) -> Served {
+    serve_with(data, &[])
+}
+
+/// [`serve`] with more environment (`HUB_*` settings).
+pub fn serve_with(data: &Path, env: &[(&str, &str)]) -> Served {
     let child = Command::new(HUB)
         .arg("--data-dir")
         .arg(data)
         .arg("serve")
+        .envs(env.iter().copied())
         .env("HUB_API_LISTEN", "127.0.0.1:0")
         .env("HUB_PUBLIC_LISTEN", "127.0.0.1:0")
         .env("HUB_SYNTHETIC_RECORDS", "20")
