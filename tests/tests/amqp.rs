@@ -267,3 +267,76 @@ async fn a_request_whose_adapter_dies_is_redelivered_and_answered_once() {
     healthy_task.await.unwrap();
     setup.finish("hub-b").await;
 }
+
+#[tokio::test]
+async fn a_forged_request_is_dead_lettered_visible_and_re_drivable() {
+    let Some(setup) = start("hub-c").await else {
+        return;
+    };
+    let adapter = Counting::new(false);
+    let (worker, stop) = spawn_worker(
+        adapter.clone(),
+        worker(&setup.hub, &setup.ns, &setup.ns.url),
+    );
+    let topology = Topology::new(setup.ns.prefix.clone());
+    // Someone with broker access but not the hub's key publishes a request.
+    let conn = lapin::Connection::connect(&setup.ns.url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let provider: Member = POPULATION_REGISTRY.parse().unwrap();
+    topology.declare_common(&ch).await.unwrap();
+    topology.declare_provider(&ch, &provider).await.unwrap();
+    let forged = json!({"record": {"exchange_id": "01930f1e-0000-7000-8000-000000000001"},
+                        "body": {}, "body_salt": "AAAA"});
+    ch.basic_publish(
+        topology.exchange().into(),
+        Topology::routing_key(&provider).into(),
+        lapin::options::BasicPublishOptions::default(),
+        forged.to_string().as_bytes(),
+        lapin::BasicProperties::default()
+            .with_message_id("forged-1".into())
+            .with_reply_to(topology.reply_queue("hub-c").into()),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    let list = || hub_server::broker::dead_letters(&setup.ns.url, &topology, None);
+    let mut letters = Vec::new();
+    for _ in 0..50 {
+        letters = list().await.unwrap().0;
+        if !letters.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].message_id.as_deref(), Some("forged-1"));
+    assert_eq!(letters[0].reason, "rejected");
+    assert_eq!(letters[0].queue, topology.provider_queue(&provider));
+    assert!(adapter.finished.lock().unwrap().is_empty(), "never handled");
+    // Listing leaves them there; re-driving sends them back to their queue
+    // (where this one is refused again).
+    assert_eq!(list().await.unwrap().0.len(), 1);
+    let (_, redriven) =
+        hub_server::broker::dead_letters(&setup.ns.url, &topology, Some(&["forged-1".into()]))
+            .await
+            .unwrap();
+    assert_eq!(redriven, 1);
+    let mut back = Vec::new();
+    for _ in 0..50 {
+        back = list().await.unwrap().0;
+        if !back.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(back.len(), 1, "refused again after the re-drive: {back:?}");
+
+    let _ = conn.close(200, "done".into()).await;
+    let _ = stop.send(true);
+    worker.await.unwrap();
+    setup.finish("hub-c").await;
+}

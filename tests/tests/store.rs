@@ -268,6 +268,12 @@ async fn append_writes_entries_and_effects_together(store: Arc<dyn Store>) {
         ]
     );
     assert_eq!(store.indexes_of_exchange(id(1)).await.unwrap(), vec![0, 3]);
+    assert_eq!(
+        store.request_of(id(1)).await.unwrap().as_deref(),
+        Some(entries[0].record.as_str()),
+        "the request, not the response"
+    );
+    assert_eq!(store.request_of(id(9)).await.unwrap(), None);
 
     let done = store.exchange(id(1)).await.unwrap().unwrap();
     assert_eq!(done.sender, CONSUMER);

@@ -1,6 +1,8 @@
 //! A small client for the hub's API over mutual TLS, for agency systems,
-//! the CLI and tests: one HTTP/1.1 connection per call, the hub's CA pinned,
-//! and helpers to sign envelopes and to check the hub's signed replies.
+//! the CLI, tests and the load generator: one HTTP/1.1 connection per call
+//! ([`HubClient::send`]) or kept-alive HTTP/1.1 and HTTP/2 connections
+//! ([`HubClient::connect`]), the hub's CA pinned, and helpers to sign
+//! envelopes and to check the hub's signed replies.
 #![forbid(unsafe_code)]
 
 use std::path::Path;
@@ -38,6 +40,83 @@ pub enum ClientError {
     Http(String),
     #[error("the response is not JSON: {0}")]
     NotJson(String),
+}
+
+/// The HTTP version of a kept-alive connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpVersion {
+    Http1,
+    Http2,
+}
+
+enum Sender {
+    Http1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    Http2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+/// A kept-alive connection to the hub. HTTP/1.1 carries one request at a
+/// time; an HTTP/2 connection can be shared ([`Connection::share`]) to
+/// carry many at once.
+pub struct Connection {
+    authority: String,
+    sender: Sender,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Connection(https://{})", self.authority)
+    }
+}
+
+impl Connection {
+    /// Another handle on the same HTTP/2 connection (`None` for HTTP/1.1).
+    pub fn share(&self) -> Option<Connection> {
+        match &self.sender {
+            Sender::Http2(s) => Some(Connection {
+                authority: self.authority.clone(),
+                sender: Sender::Http2(s.clone()),
+            }),
+            Sender::Http1(_) => None,
+        }
+    }
+
+    /// One request; returns the status and the body.
+    pub async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let http = |e: hyper::Error| ClientError::Http(e.to_string());
+        let mut req = Request::builder().method(method);
+        req = match self.sender {
+            Sender::Http1(_) => req.uri(path).header(header::HOST, &self.authority),
+            Sender::Http2(_) => req.uri(format!("https://{}{path}", self.authority)),
+        };
+        let payload = match body {
+            Some((content_type, bytes)) => {
+                req = req.header(header::CONTENT_TYPE, content_type);
+                bytes
+            }
+            None => Vec::new(),
+        };
+        let req = req
+            .body(Full::new(Bytes::from(payload)))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = match &mut self.sender {
+            Sender::Http1(s) => {
+                s.ready().await.map_err(http)?;
+                s.send_request(req).await.map_err(http)?
+            }
+            Sender::Http2(s) => {
+                s.ready().await.map_err(http)?;
+                s.send_request(req).await.map_err(http)?
+            }
+        };
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.map_err(http)?.to_bytes();
+        Ok((status, bytes))
+    }
 }
 
 /// A configured client for one hub.
@@ -136,13 +215,11 @@ impl HubClient {
         }
     }
 
-    /// One request; returns the status and the body.
-    pub async fn send(
+    /// A TLS connection to the hub offering `alpn`.
+    async fn tls_stream(
         &self,
-        method: Method,
-        path: &str,
-        body: Option<(&str, Vec<u8>)>,
-    ) -> Result<(StatusCode, Bytes), ClientError> {
+        alpn: &[u8],
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
         let addr = format!("{}:{}", self.host, self.port);
         let tcp = TcpStream::connect(&addr)
             .await
@@ -150,42 +227,58 @@ impl HubClient {
                 addr: addr.clone(),
                 source,
             })?;
+        let _ = tcp.set_nodelay(true);
         let name =
             ServerName::try_from(self.host.clone()).map_err(|e| ClientError::Tls(e.to_string()))?;
-        let tls = TlsConnector::from(self.tls.clone())
+        let mut config = (*self.tls).clone();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        TlsConnector::from(Arc::new(config))
             .connect(name, tcp)
             .await
-            .map_err(|e| ClientError::Tls(e.to_string()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        tokio::spawn(conn);
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::HOST, &addr);
-        let payload = match body {
-            Some((content_type, bytes)) => {
-                req = req.header(header::CONTENT_TYPE, content_type);
-                bytes
+            .map_err(|e| ClientError::Tls(e.to_string()))
+    }
+
+    /// Open a connection that stays open for many requests.
+    pub async fn connect(&self, version: HttpVersion) -> Result<Connection, ClientError> {
+        let http = |e: hyper::Error| ClientError::Http(e.to_string());
+        let sender = match version {
+            HttpVersion::Http1 => {
+                let tls = self.tls_stream(b"http/1.1").await?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(http)?;
+                tokio::spawn(conn);
+                Sender::Http1(sender)
             }
-            None => Vec::new(),
+            HttpVersion::Http2 => {
+                let tls = self.tls_stream(b"h2").await?;
+                let (sender, conn) = hyper::client::conn::http2::handshake(
+                    hyper_util::rt::TokioExecutor::new(),
+                    TokioIo::new(tls),
+                )
+                .await
+                .map_err(http)?;
+                tokio::spawn(conn);
+                Sender::Http2(sender)
+            }
         };
-        let req = req
-            .body(Full::new(Bytes::from(payload)))
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
+        Ok(Connection {
+            authority: format!("{}:{}", self.host, self.port),
+            sender,
+        })
+    }
+
+    /// One request on a connection of its own; returns the status and the body.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        self.connect(HttpVersion::Http1)
+            .await?
+            .send(method, path, body)
             .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?
-            .to_bytes();
-        Ok((status, bytes))
     }
 
     /// GET a JSON document.

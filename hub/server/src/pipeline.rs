@@ -601,22 +601,13 @@ impl Hub {
         if self.settled(id).await? {
             return Ok(());
         }
-        let index = self
+        let text = self
             .store
-            .indexes_of_exchange(id)
+            .request_of(id)
             .await?
-            .into_iter()
-            .next()
             .ok_or(RemoteAnswerError::UnknownExchange)?;
-        let entry = self
-            .store
-            .entries(index, 1)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or(RemoteAnswerError::UnknownExchange)?;
-        let record: Record = serde_json::from_str(&entry.record)
-            .map_err(|e| StoreError::Corrupt(format!("entry {index}: {e}")))?;
+        let record: Record = serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(format!("the request of {id}: {e}")))?;
         if record.statement.draft.kind != EntryKind::Request
             || record.statement.draft.receiver.as_ref() != Some(provider)
         {

@@ -291,6 +291,8 @@ pub trait Store: Send + Sync {
 
     /// The leaf hashes of entries `from..to`, in order.
     async fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError>;
+    /// The canonical record of an exchange's request entry, if one was logged.
+    async fn request_of(&self, id: ExchangeId) -> Result<Option<String>, StoreError>;
     /// The indexes of every entry of one exchange.
     async fn indexes_of_exchange(&self, id: ExchangeId) -> Result<Vec<u64>, StoreError>;
 

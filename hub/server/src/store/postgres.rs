@@ -640,9 +640,12 @@ impl Store for PgStore {
 
     async fn entries(&self, from: u64, limit: u32) -> Result<Vec<StoredEntry>, StoreError> {
         sqlx::query(
+            // The range first, then its bodies: a join before the LIMIT can
+            // make the planner scan every body.
             "SELECT e.idx, e.record, e.leaf_hash, b.key_id, b.nonce, b.ciphertext
-             FROM log_entries e LEFT JOIN log_bodies b ON b.idx = e.idx
-             WHERE e.idx >= $1 ORDER BY e.idx LIMIT $2",
+             FROM (SELECT idx, record, leaf_hash FROM log_entries
+                   WHERE idx >= $1 ORDER BY idx LIMIT $2) e
+             LEFT JOIN log_bodies b ON b.idx = e.idx ORDER BY e.idx",
         )
         .bind(to_i64(from))
         .bind(i64::from(limit))
@@ -664,6 +667,16 @@ impl Store for PgStore {
         .await
         .map_err(db)?;
         leaves(from, &rows)
+    }
+
+    async fn request_of(&self, id: ExchangeId) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT record FROM log_entries WHERE exchange_id = $1 AND kind = 'request' ORDER BY idx LIMIT 1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)
     }
 
     async fn indexes_of_exchange(&self, id: ExchangeId) -> Result<Vec<u64>, StoreError> {

@@ -565,6 +565,16 @@ impl Store for SqliteStore {
         leaves(from, &rows)
     }
 
+    async fn request_of(&self, id: ExchangeId) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT record FROM log_entries WHERE exchange_id = ? AND kind = 'request' ORDER BY idx LIMIT 1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)
+    }
+
     async fn indexes_of_exchange(&self, id: ExchangeId) -> Result<Vec<u64>, StoreError> {
         let rows = sqlx::query("SELECT idx FROM log_entries WHERE exchange_id = ? ORDER BY idx")
             .bind(id.to_string())
