@@ -134,3 +134,61 @@ async fn an_unavailable_provider_answers_503_and_a_retry_runs_again() {
         .count();
     assert_eq!(requests, 2);
 }
+
+/// A provider that never answers: the process dies with the call running.
+struct Stuck(Member);
+
+impl Adapter for Stuck {
+    fn provider(&self) -> &Member {
+        &self.0
+    }
+    fn services(&self) -> Vec<ServiceSpec> {
+        Unreliable(self.0.clone()).services()
+    }
+    fn handle<'a>(&'a self, _req: &'a AdapterRequest) -> HandlerFuture<'a> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn a_request_the_hub_never_answered_is_delivered_again_after_a_restart() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let population: Member = POPULATION_REGISTRY.parse().unwrap();
+    let stuck = Options {
+        adapters: Some(vec![Arc::new(Stuck(population.clone()))]),
+        ..Options::default()
+    };
+    let mut hub = TestHub::start_with(dir.clone(), |c| c.query_timeout_ms = 300, stuck).await;
+    let (status, err) = hub.send(lookup("001085000004")).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{err}");
+    let path = format!("/v1/exchanges/{}", err["exchange_id"].as_str().unwrap());
+    hub.stop().await;
+
+    // The same data directory, a provider that answers: the queued request
+    // comes back once its recovery delay has passed, and is answered.
+    let healthy = Options {
+        adapters: Some(vec![Arc::new(Unreliable(population))]),
+        ..Options::default()
+    };
+    let hub = TestHub::start_with(dir, |c| c.query_timeout_ms = 300, healthy).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let reply = loop {
+        let (status, reply) = hub.client(ONE_STOP).get_json(&path).await.unwrap();
+        if status == StatusCode::OK {
+            break reply;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never answered: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(reply["body"], json!({"found": false}));
+    let responses = hub
+        .log_records()
+        .await
+        .iter()
+        .filter(|r| r["exchange_id"] == reply["record"]["exchange_id"] && r["kind"] == "response")
+        .count();
+    assert_eq!(responses, 1);
+}

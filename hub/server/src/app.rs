@@ -335,6 +335,12 @@ pub async fn start_with_adapters(
             relay: Arc::new(Notify::new()),
         });
     }
+    if !remote {
+        hub.local = adapters
+            .iter()
+            .map(|a| (a.provider().clone(), a.clone()))
+            .collect();
+    }
     let hub = Arc::new(hub);
     write_jwks(&init.pki, &hub.jwks)?;
 

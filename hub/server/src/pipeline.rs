@@ -101,6 +101,10 @@ pub struct Hub {
     pub query_timeout: Duration,
     /// Set when providers are adapter processes behind a broker.
     pub remote: Option<Remote>,
+    /// In-process adapters by provider: called straight after the request
+    /// commits. Their queue rows only serve recovery (after a crash or a
+    /// timeout), so a query costs two commits.
+    pub local: HashMap<Member, Arc<dyn Adapter>>,
     waiters: Mutex<HashMap<ExchangeId, oneshot::Sender<Completion>>>,
     in_flight: Mutex<HashSet<ExchangeId>>,
     /// Exchanges whose answer is being logged: a second answer to one
@@ -178,6 +182,7 @@ impl Hub {
             note_verifier,
             query_timeout,
             remote: None,
+            local: HashMap::new(),
             waiters: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
             answering: Mutex::new(HashSet::new()),
@@ -249,7 +254,11 @@ impl Hub {
 
     /// Run one request from `who` through the pipeline.
     #[instrument(skip_all, fields(sender = %who))]
-    pub async fn submit(&self, who: &Member, raw: &[u8]) -> Result<(Outcome, String), Failure> {
+    pub async fn submit(
+        self: &Arc<Self>,
+        who: &Member,
+        raw: &[u8],
+    ) -> Result<(Outcome, String), Failure> {
         let mut partial = Partial::default();
         let accepted = match self.check(who, raw, &mut partial).await {
             Ok(a) => a,
@@ -407,7 +416,7 @@ impl Hub {
         }
     }
 
-    async fn run_query(&self, who: &Member, a: Accepted) -> Result<String, Failure> {
+    async fn run_query(self: &Arc<Self>, who: &Member, a: Accepted) -> Result<String, Failure> {
         let _claim = match self.replay_or_claim(who, &a).await? {
             Ok(claim) => claim,
             Err(first_reply) => return Ok(first_reply),
@@ -418,11 +427,25 @@ impl Hub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(a.exchange_id, tx);
         let provider = a.service.provider.clone();
+        let now = self.clock.unix_millis();
+        let local = match &self.remote {
+            Some(_) => None,
+            None => self.local.get(&provider).cloned(),
+        };
+        // An in-process adapter is called at once; its queue row waits out
+        // the query timeout, for the worker to redeliver only if the call
+        // never got answered.
+        let recovery_delay = match local {
+            Some(_) => u64::try_from(self.query_timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .saturating_add(1000),
+            None => 0,
+        };
         let effects = vec![
             Effect::OpenExchange {
                 sender: who.clone(),
                 request_hash: a.request_hash.clone(),
-                at_millis: self.clock.unix_millis(),
+                at_millis: now,
             },
             match &self.remote {
                 Some(remote) => Effect::Dispatch {
@@ -431,20 +454,33 @@ impl Hub {
                 },
                 None => Effect::Enqueue {
                     recipient: provider.clone(),
-                    visible_at_millis: self.clock.unix_millis(),
+                    visible_at_millis: now.saturating_add(recovery_delay),
                 },
             },
         ];
         let body = self.body(a.canonical.clone());
         let mut draft = self.accepted_draft(who, &a, EntryKind::Request, vec![]);
         body.describe(&mut draft);
-        if let Err(e) = self.log.append(draft, body, effects).await {
-            self.forget_waiter(a.exchange_id);
-            return Err(append_failed(e));
-        }
-        match &self.remote {
-            Some(remote) => remote.relay.notify_one(),
-            None => self.wake(&provider),
+        let item = match self.log.append(draft, body, effects).await {
+            Ok(item) => item,
+            Err(e) => {
+                self.forget_waiter(a.exchange_id);
+                return Err(append_failed(e));
+            }
+        };
+        match (&self.remote, local) {
+            (Some(remote), _) => remote.relay.notify_one(),
+            (None, Some(adapter)) => {
+                // Its own task: a slow adapter's answer is still logged
+                // after the sender got its 504.
+                let hub = self.clone();
+                let envelope = a.envelope.clone();
+                tokio::spawn(async move {
+                    hub.answer_in_process(adapter.as_ref(), &item.sealed.record, envelope)
+                        .await;
+                });
+            }
+            (None, None) => self.wake(&provider),
         }
         match tokio::time::timeout(self.query_timeout, rx).await {
             Ok(Ok(completion)) => completion,
@@ -538,6 +574,26 @@ impl Hub {
         }
     }
 
+    /// Call an in-process adapter for the request `record` and log its
+    /// answer (which also removes the request's recovery row).
+    #[instrument(skip_all, fields(provider = %adapter.provider(), exchange = %record.statement.draft.exchange_id))]
+    async fn answer_in_process(&self, adapter: &dyn Adapter, record: &Record, envelope: Envelope) {
+        let id = record.statement.draft.exchange_id;
+        let Some(_answering) = Claim::take(&self.answering, id) else {
+            return;
+        };
+        let answer = adapter
+            .handle(&AdapterRequest::from_envelope(id, envelope))
+            .await
+            .map_err(|e| e.to_string());
+        if let Err(e) = self
+            .log_answer(adapter.provider(), record, answer, true)
+            .await
+        {
+            warn!(error = %e, "could not log the answer; the request will be delivered again");
+        }
+    }
+
     /// Hand one queued request to its in-process provider and log the answer.
     #[instrument(skip_all, fields(provider = %adapter.provider(), exchange = %delivery.exchange_id))]
     pub async fn deliver_to_adapter(&self, adapter: &dyn Adapter, delivery: Message) {
@@ -561,6 +617,10 @@ impl Hub {
                 return;
             }
         };
+        // Being answered right now (the direct call is still running).
+        let Some(_answering) = Claim::take(&self.answering, id) else {
+            return;
+        };
         // At-least-once delivery: a message whose exchange is settled was handled.
         match self.settled(id).await {
             Ok(true) => {
@@ -577,11 +637,8 @@ impl Hub {
             .handle(&AdapterRequest::from_envelope(id, envelope))
             .await
             .map_err(|e| e.to_string());
-        match self.log_answer(&provider, &record, answer).await {
-            Ok(()) => {
-                let _ = self.queue.ack(&provider, id).await;
-            }
-            Err(e) => warn!(error = %e, "could not log the answer; the message will come back"),
+        if let Err(e) = self.log_answer(&provider, &record, answer, true).await {
+            warn!(error = %e, "could not log the answer; the message will come back");
         }
     }
 
@@ -613,18 +670,20 @@ impl Hub {
         {
             return Err(RemoteAnswerError::NotTheReceiver);
         }
-        self.log_answer(provider, &record, answer).await?;
+        self.log_answer(provider, &record, answer, false).await?;
         Ok(())
     }
 
     /// Validate a provider's answer to the request `record`, log it (a
-    /// response, or a failure that abandons the exchange), and hand it to
-    /// the waiting caller.
+    /// response, or a failure that abandons the exchange; with `dequeue`,
+    /// removing the request from the provider's queue in the same
+    /// transaction), and hand it to the waiting caller.
     async fn log_answer(
         &self,
         provider: &Member,
         record: &Record,
         answer: Result<Value, String>,
+        dequeue: bool,
     ) -> Result<(), StoreError> {
         let asked = &record.statement.draft;
         let id = asked.exchange_id;
@@ -706,6 +765,12 @@ impl Hub {
             draft.error = Some(EntryError {
                 code: err.code().into(),
                 message: err.to_string(),
+            });
+        }
+        let mut effects = effects;
+        if dequeue {
+            effects.push(Effect::Dequeue {
+                recipient: provider.clone(),
             });
         }
         let body = self.body(body);

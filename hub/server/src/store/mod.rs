@@ -104,6 +104,9 @@ pub enum Effect {
         recipient: Member,
         visible_at_millis: u64,
     },
+    /// Remove `recipient`'s queued message of this entry's exchange (the
+    /// request an answer settles), in the answer's transaction.
+    Dequeue { recipient: Member },
     /// Put this entry's sealed message in the outbox for `instance`'s
     /// relay to publish to `recipient`'s broker queue.
     Dispatch { recipient: Member, instance: String },

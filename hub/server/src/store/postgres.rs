@@ -156,6 +156,17 @@ impl PgStore {
                 .await
                 .map_err(db)?;
         }
+        if !b.dequeue.0.is_empty() {
+            sqlx::query(
+                "DELETE FROM deliveries d USING UNNEST($1::text[], $2::text[]) AS u(recipient, id)
+                 WHERE d.recipient = u.recipient AND d.exchange_id = u.id",
+            )
+            .bind(&b.dequeue.0)
+            .bind(&b.dequeue.1)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+        }
         if !b.enqueue.0.is_empty() {
             sqlx::query(
                 "INSERT INTO deliveries (recipient, exchange_id, message, visible_at)
@@ -306,6 +317,7 @@ struct Batch {
     open: (Vec<String>, Vec<String>, Vec<String>, Vec<i64>),
     close: (Vec<String>, Vec<Vec<u8>>),
     abandon: Vec<String>,
+    dequeue: (Vec<String>, Vec<String>),
     enqueue: (Vec<String>, Vec<String>, Vec<Vec<u8>>, Vec<i64>),
     dispatch: (Vec<String>, Vec<String>, Vec<String>, Vec<Vec<u8>>),
 }
@@ -342,6 +354,10 @@ impl Batch {
                         b.close.1.push(item.sealed_message.clone());
                     }
                     Effect::AbandonExchange => b.abandon.push(id.clone()),
+                    Effect::Dequeue { recipient } => {
+                        b.dequeue.0.push(recipient.to_string());
+                        b.dequeue.1.push(id.clone());
+                    }
                     Effect::Enqueue {
                         recipient,
                         visible_at_millis,

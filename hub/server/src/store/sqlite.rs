@@ -138,6 +138,16 @@ impl SqliteStore {
                         .await
                         .map_err(db)?;
                     }
+                    Effect::Dequeue { recipient } => {
+                        sqlx::query(
+                            "DELETE FROM deliveries WHERE recipient = ? AND exchange_id = ?",
+                        )
+                        .bind(recipient.to_string())
+                        .bind(&exchange_id)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(db)?;
+                    }
                     Effect::AbandonExchange => {
                         sqlx::query(
                             "DELETE FROM exchanges WHERE exchange_id = ? AND state = 'pending'",
