@@ -366,6 +366,92 @@ impl Default for PoolSettings {
     }
 }
 
+/// The columns of one group commit, for multi-row statements: one
+/// statement per table per batch, not one per row.
+#[derive(Default)]
+pub(crate) struct Batch {
+    pub(crate) idx: Vec<i64>,
+    pub(crate) exchange_id: Vec<String>,
+    pub(crate) kind: Vec<String>,
+    pub(crate) record: Vec<String>,
+    pub(crate) leaf_hash: Vec<Vec<u8>>,
+    pub(crate) key_id: Vec<String>,
+    pub(crate) nonce: Vec<Vec<u8>>,
+    pub(crate) ciphertext: Vec<Vec<u8>>,
+    pub(crate) open: (Vec<String>, Vec<String>, Vec<String>, Vec<i64>),
+    pub(crate) close: (Vec<String>, Vec<Vec<u8>>),
+    pub(crate) abandon: Vec<String>,
+    pub(crate) dequeue: (Vec<String>, Vec<String>),
+    pub(crate) enqueue: (Vec<String>, Vec<String>, Vec<Vec<u8>>, Vec<i64>),
+    pub(crate) dispatch: (Vec<String>, Vec<String>, Vec<String>, Vec<Vec<u8>>),
+}
+
+impl Batch {
+    pub(crate) fn of(items: &[AppendItem]) -> Self {
+        let mut b = Batch::default();
+        for item in items {
+            let record = &item.sealed.record.statement;
+            let id = record.draft.exchange_id.to_string();
+            b.idx.push(to_i64(record.index));
+            b.kind.push(record.draft.kind.as_str().to_owned());
+            b.record
+                .push(String::from_utf8_lossy(&item.sealed.canonical).into_owned());
+            b.leaf_hash.push(item.sealed.leaf_hash.to_vec());
+            let sealed = &item.body.sealed;
+            b.key_id.push(sealed.key_id.clone());
+            b.nonce.push(sealed.nonce.to_vec());
+            b.ciphertext.push(sealed.ciphertext.clone());
+            for effect in &item.effects {
+                match effect {
+                    Effect::OpenExchange {
+                        sender,
+                        request_hash,
+                        at_millis,
+                    } => {
+                        b.open.0.push(id.clone());
+                        b.open.1.push(sender.to_string());
+                        b.open.2.push(request_hash.clone());
+                        b.open.3.push(to_i64(*at_millis));
+                    }
+                    Effect::CloseExchange => {
+                        b.close.0.push(id.clone());
+                        b.close.1.push(item.sealed_message.clone());
+                    }
+                    Effect::AbandonExchange => b.abandon.push(id.clone()),
+                    Effect::Dequeue { recipient } => {
+                        b.dequeue.0.push(recipient.to_string());
+                        b.dequeue.1.push(id.clone());
+                    }
+                    Effect::Enqueue {
+                        recipient,
+                        visible_at_millis,
+                    } => {
+                        b.enqueue.0.push(recipient.to_string());
+                        b.enqueue.1.push(id.clone());
+                        b.enqueue.2.push(item.sealed_message.clone());
+                        b.enqueue.3.push(to_i64(*visible_at_millis));
+                    }
+                    Effect::Dispatch {
+                        recipient,
+                        instance,
+                    } => {
+                        b.dispatch.0.push(instance.clone());
+                        b.dispatch.1.push(recipient.to_string());
+                        b.dispatch.2.push(id.clone());
+                        b.dispatch.3.push(item.sealed_message.clone());
+                    }
+                }
+            }
+            b.exchange_id.push(id);
+        }
+        b
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 /// Open the store the URL names (`sqlite:<path>` or `postgres://...`),
 /// creating and migrating it if needed.
 pub async fn open(

@@ -16,7 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 
 use super::{
-    AgencyRecord, AppendItem, Delivery, Effect, ExchangeRow, ExchangeState, Grant, Leadership,
+    AgencyRecord, AppendItem, Batch, Delivery, ExchangeRow, ExchangeState, Grant, Leadership,
     OutboxRow, PoolSettings, Role, SealAfter, ServiceRecord, Store, StoreError, StoredCheckpoint,
     StoredEntry, Subscription, Tail,
 };
@@ -300,87 +300,6 @@ pub fn redact(url: &str) -> String {
             format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
         }
         _ => url.to_owned(),
-    }
-}
-
-/// The columns of one group commit, bound as arrays.
-#[derive(Default)]
-struct Batch {
-    idx: Vec<i64>,
-    exchange_id: Vec<String>,
-    kind: Vec<String>,
-    record: Vec<String>,
-    leaf_hash: Vec<Vec<u8>>,
-    key_id: Vec<String>,
-    nonce: Vec<Vec<u8>>,
-    ciphertext: Vec<Vec<u8>>,
-    open: (Vec<String>, Vec<String>, Vec<String>, Vec<i64>),
-    close: (Vec<String>, Vec<Vec<u8>>),
-    abandon: Vec<String>,
-    dequeue: (Vec<String>, Vec<String>),
-    enqueue: (Vec<String>, Vec<String>, Vec<Vec<u8>>, Vec<i64>),
-    dispatch: (Vec<String>, Vec<String>, Vec<String>, Vec<Vec<u8>>),
-}
-
-impl Batch {
-    fn of(items: &[AppendItem]) -> Self {
-        let mut b = Batch::default();
-        for item in items {
-            let record = &item.sealed.record.statement;
-            let id = record.draft.exchange_id.to_string();
-            b.idx.push(to_i64(record.index));
-            b.kind.push(record.draft.kind.as_str().to_owned());
-            b.record
-                .push(String::from_utf8_lossy(&item.sealed.canonical).into_owned());
-            b.leaf_hash.push(item.sealed.leaf_hash.to_vec());
-            let sealed = &item.body.sealed;
-            b.key_id.push(sealed.key_id.clone());
-            b.nonce.push(sealed.nonce.to_vec());
-            b.ciphertext.push(sealed.ciphertext.clone());
-            for effect in &item.effects {
-                match effect {
-                    Effect::OpenExchange {
-                        sender,
-                        request_hash,
-                        at_millis,
-                    } => {
-                        b.open.0.push(id.clone());
-                        b.open.1.push(sender.to_string());
-                        b.open.2.push(request_hash.clone());
-                        b.open.3.push(to_i64(*at_millis));
-                    }
-                    Effect::CloseExchange => {
-                        b.close.0.push(id.clone());
-                        b.close.1.push(item.sealed_message.clone());
-                    }
-                    Effect::AbandonExchange => b.abandon.push(id.clone()),
-                    Effect::Dequeue { recipient } => {
-                        b.dequeue.0.push(recipient.to_string());
-                        b.dequeue.1.push(id.clone());
-                    }
-                    Effect::Enqueue {
-                        recipient,
-                        visible_at_millis,
-                    } => {
-                        b.enqueue.0.push(recipient.to_string());
-                        b.enqueue.1.push(id.clone());
-                        b.enqueue.2.push(item.sealed_message.clone());
-                        b.enqueue.3.push(to_i64(*visible_at_millis));
-                    }
-                    Effect::Dispatch {
-                        recipient,
-                        instance,
-                    } => {
-                        b.dispatch.0.push(instance.clone());
-                        b.dispatch.1.push(recipient.to_string());
-                        b.dispatch.2.push(id.clone());
-                        b.dispatch.3.push(item.sealed_message.clone());
-                    }
-                }
-            }
-            b.exchange_id.push(id);
-        }
-        b
     }
 }
 

@@ -14,10 +14,10 @@ use hub_core::jws::Jwk;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::{
-    AgencyRecord, AppendItem, Delivery, Effect, ExchangeRow, ExchangeState, Grant, Leadership,
+    AgencyRecord, AppendItem, Batch, Delivery, ExchangeRow, ExchangeState, Grant, Leadership,
     OutboxRow, Role, SealAfter, ServiceRecord, Store, StoreError, StoredCheckpoint, StoredEntry,
     Subscription, Tail,
 };
@@ -85,110 +85,91 @@ impl SqliteStore {
         tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
         items: &[AppendItem],
     ) -> Result<(), StoreError> {
-        for item in items {
-            let record = &item.sealed.record.statement;
-            let index = to_i64(record.index);
-            let exchange_id = record.draft.exchange_id.to_string();
-            sqlx::query("INSERT INTO log_entries (idx, exchange_id, kind, record, leaf_hash) VALUES (?, ?, ?, ?, ?)")
-                .bind(index)
-                .bind(&exchange_id)
-                .bind(record.draft.kind.as_str())
-                .bind(String::from_utf8_lossy(&item.sealed.canonical).into_owned())
-                .bind(item.sealed.leaf_hash.to_vec())
+        if items.is_empty() {
+            return Ok(());
+        }
+        let b = Batch::of(items);
+        let n = b.idx.len();
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO log_entries (idx, exchange_id, kind, record, leaf_hash) ",
+        );
+        q.push_values(0..n, |mut row, i| {
+            row.push_bind(b.idx[i])
+                .push_bind(&b.exchange_id[i])
+                .push_bind(&b.kind[i])
+                .push_bind(&b.record[i])
+                .push_bind(&b.leaf_hash[i]);
+        });
+        q.build().execute(&mut **tx).await.map_err(db)?;
+        let mut q =
+            QueryBuilder::<Sqlite>::new("INSERT INTO log_bodies (idx, key_id, nonce, ciphertext) ");
+        q.push_values(0..n, |mut row, i| {
+            row.push_bind(b.idx[i])
+                .push_bind(&b.key_id[i])
+                .push_bind(&b.nonce[i])
+                .push_bind(&b.ciphertext[i]);
+        });
+        q.build().execute(&mut **tx).await.map_err(db)?;
+        if !b.open.0.is_empty() {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO exchanges (exchange_id, sender, request_hash, state, created_at) ",
+            );
+            q.push_values(0..b.open.0.len(), |mut row, i| {
+                row.push_bind(&b.open.0[i])
+                    .push_bind(&b.open.1[i])
+                    .push_bind(&b.open.2[i])
+                    .push_bind("pending")
+                    .push_bind(b.open.3[i]);
+            });
+            q.push(" ON CONFLICT (exchange_id) DO NOTHING");
+            q.build().execute(&mut **tx).await.map_err(db)?;
+        }
+        for (id, reply) in b.close.0.iter().zip(&b.close.1) {
+            sqlx::query("UPDATE exchanges SET state = 'done', reply = ? WHERE exchange_id = ?")
+                .bind(reply)
+                .bind(id)
                 .execute(&mut **tx)
                 .await
                 .map_err(db)?;
-            let sealed = &item.body.sealed;
-            sqlx::query(
-                "INSERT INTO log_bodies (idx, key_id, nonce, ciphertext) VALUES (?, ?, ?, ?)",
-            )
-            .bind(index)
-            .bind(&sealed.key_id)
-            .bind(sealed.nonce.to_vec())
-            .bind(sealed.ciphertext.clone())
-            .execute(&mut **tx)
-            .await
-            .map_err(db)?;
-            for effect in &item.effects {
-                match effect {
-                    Effect::OpenExchange {
-                        sender,
-                        request_hash,
-                        at_millis,
-                    } => {
-                        sqlx::query(
-                            "INSERT INTO exchanges (exchange_id, sender, request_hash, state, created_at) VALUES (?, ?, ?, 'pending', ?)
-                             ON CONFLICT (exchange_id) DO NOTHING",
-                        )
-                        .bind(&exchange_id)
-                        .bind(sender.to_string())
-                        .bind(request_hash)
-                        .bind(to_i64(*at_millis))
-                        .execute(&mut **tx)
-                        .await
-                        .map_err(db)?;
-                    }
-                    Effect::CloseExchange => {
-                        sqlx::query(
-                            "UPDATE exchanges SET state = 'done', reply = ? WHERE exchange_id = ?",
-                        )
-                        .bind(item.sealed_message.clone())
-                        .bind(&exchange_id)
-                        .execute(&mut **tx)
-                        .await
-                        .map_err(db)?;
-                    }
-                    Effect::Dequeue { recipient } => {
-                        sqlx::query(
-                            "DELETE FROM deliveries WHERE recipient = ? AND exchange_id = ?",
-                        )
-                        .bind(recipient.to_string())
-                        .bind(&exchange_id)
-                        .execute(&mut **tx)
-                        .await
-                        .map_err(db)?;
-                    }
-                    Effect::AbandonExchange => {
-                        sqlx::query(
-                            "DELETE FROM exchanges WHERE exchange_id = ? AND state = 'pending'",
-                        )
-                        .bind(&exchange_id)
-                        .execute(&mut **tx)
-                        .await
-                        .map_err(db)?;
-                    }
-                    Effect::Enqueue {
-                        recipient,
-                        visible_at_millis,
-                    } => {
-                        sqlx::query(
-                            "INSERT OR IGNORE INTO deliveries (recipient, exchange_id, message, visible_at) VALUES (?, ?, ?, ?)",
-                        )
-                        .bind(recipient.to_string())
-                        .bind(&exchange_id)
-                        .bind(item.sealed_message.clone())
-                        .bind(to_i64(*visible_at_millis))
-                        .execute(&mut **tx)
-                        .await
-                        .map_err(db)?;
-                    }
-                    Effect::Dispatch {
-                        recipient,
-                        instance,
-                    } => {
-                        sqlx::query(
-                            "INSERT OR IGNORE INTO outbox (instance, recipient, exchange_id, message) VALUES (?, ?, ?, ?)",
-                        )
-                        .bind(instance)
-                        .bind(recipient.to_string())
-                        .bind(&exchange_id)
-                        .bind(item.sealed_message.clone())
-                        .execute(&mut **tx)
-                        .await
-                        .map_err(db)?;
-                    }
-                }
-            }
+        }
+        for (recipient, id) in b.dequeue.0.iter().zip(&b.dequeue.1) {
+            sqlx::query("DELETE FROM deliveries WHERE recipient = ? AND exchange_id = ?")
+                .bind(recipient)
+                .bind(id)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+        }
+        for id in &b.abandon {
+            sqlx::query("DELETE FROM exchanges WHERE exchange_id = ? AND state = 'pending'")
+                .bind(id)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+        }
+        if !b.enqueue.0.is_empty() {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT OR IGNORE INTO deliveries (recipient, exchange_id, message, visible_at) ",
+            );
+            q.push_values(0..b.enqueue.0.len(), |mut row, i| {
+                row.push_bind(&b.enqueue.0[i])
+                    .push_bind(&b.enqueue.1[i])
+                    .push_bind(&b.enqueue.2[i])
+                    .push_bind(b.enqueue.3[i]);
+            });
+            q.build().execute(&mut **tx).await.map_err(db)?;
+        }
+        if !b.dispatch.0.is_empty() {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT OR IGNORE INTO outbox (instance, recipient, exchange_id, message) ",
+            );
+            q.push_values(0..b.dispatch.0.len(), |mut row, i| {
+                row.push_bind(&b.dispatch.0[i])
+                    .push_bind(&b.dispatch.1[i])
+                    .push_bind(&b.dispatch.2[i])
+                    .push_bind(&b.dispatch.3[i]);
+            });
+            q.build().execute(&mut **tx).await.map_err(db)?;
         }
         Ok(())
     }
