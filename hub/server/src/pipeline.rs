@@ -399,7 +399,13 @@ impl Hub {
         a: &Accepted,
     ) -> Result<Result<Claim<'a>, String>, Failure> {
         let id = a.exchange_id;
-        if let Some(row) = self.store.exchange(id).await.map_err(storage)? {
+        // An id the hub just made (fresh time and randomness) was never
+        // seen: only a sender's own id needs the lookup.
+        let seen = match a.envelope.id {
+            Some(_) => self.store.exchange(id).await.map_err(storage)?,
+            None => None,
+        };
+        if let Some(row) = seen {
             if row.request_hash != a.request_hash || row.sender != who.to_string() {
                 return Err(ExchangeError::IdConflict(id).into());
             }
