@@ -133,8 +133,39 @@ async fn registry_round_trips(store: Arc<dyn Store>) {
         ..grant.clone()
     };
     assert!(!store.has_grant(&other_purpose).await.unwrap());
+    let facts = store
+        .facts(&grant.consumer, &service, 1, &grant.purpose)
+        .await
+        .unwrap();
+    assert_eq!(
+        facts.agency.as_ref().map(|a| &a.name),
+        Some(&"General Department of Taxation".to_owned())
+    );
+    assert_eq!(facts.agency.unwrap().signing_key, Some(key.public_jwk()));
+    assert_eq!(facts.service, Some(found.clone()));
+    assert!(facts.granted);
+    let other = store
+        .facts(
+            &member("000.00.00.X99/none"),
+            &service,
+            2,
+            &other_purpose.purpose,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (other.agency, other.service, other.granted),
+        (None, None, false)
+    );
     assert!(store.revoke_grant(&grant).await.unwrap());
     assert!(!store.revoke_grant(&grant).await.unwrap());
+    assert!(
+        !store
+            .facts(&grant.consumer, &service, 1, &grant.purpose)
+            .await
+            .unwrap()
+            .granted
+    );
     assert!(!store.has_grant(&grant).await.unwrap());
 
     let sub = Subscription {

@@ -34,9 +34,7 @@ use crate::clock::{Clock, Random};
 use crate::error::{ExchangeError, Failure, Logged};
 use crate::log_writer::{AppendError, LogWriter};
 use crate::queue::{Message, Queue};
-use crate::store::{
-    AppendItem, Body, Effect, ExchangeState, Grant, ServiceRecord, Store, StoreError,
-};
+use crate::store::{AppendItem, Body, Effect, ExchangeState, ServiceRecord, Store, StoreError};
 
 /// What a finished query hands its waiting caller.
 type Completion = Result<String, Failure>;
@@ -287,26 +285,19 @@ impl Hub {
     ) -> Result<Accepted, ExchangeError> {
         let storage = |e: StoreError| ExchangeError::StorageUnavailable(e.to_string());
         let parsed = decide::parse(raw, &self.catalog, partial)?;
-        let agency = self.store.agency(who).await.map_err(storage)?;
+        let env = &parsed.envelope;
+        let facts = self
+            .store
+            .facts(who, &env.service, env.version, &env.purpose)
+            .await
+            .map_err(storage)?;
         decide::authenticate(
             who,
             &parsed,
-            agency.as_ref().map(|a| a.signing_key.as_ref()),
+            facts.agency.as_ref().map(|a| a.signing_key.as_ref()),
         )?;
-        let env = &parsed.envelope;
-        let service = self
-            .store
-            .service(&env.service, env.version)
-            .await
-            .map_err(storage)?;
-        let service = decide::route(&parsed, service.as_ref().map(ServiceRecord::view))?;
-        let grant = Grant {
-            consumer: who.clone(),
-            service: service.name.clone(),
-            purpose: env.purpose.clone(),
-        };
-        let granted = service.kind == ServiceKind::Query
-            && self.store.has_grant(&grant).await.map_err(storage)?;
+        let service = decide::route(&parsed, facts.service.as_ref().map(ServiceRecord::view))?;
+        let granted = service.kind == ServiceKind::Query && facts.granted;
         decide::authorize(who, &parsed, &service, granted)?;
         decide::validate_payload(&parsed, &service, &self.catalog)?;
         let exchange_id = env.id.unwrap_or_else(|| self.new_exchange_id());

@@ -67,6 +67,15 @@ impl ServiceRecord {
     }
 }
 
+/// The registry's facts about one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Facts {
+    pub agency: Option<AgencyRecord>,
+    pub service: Option<ServiceRecord>,
+    /// A grant for the consumer, service and purpose exists.
+    pub granted: bool,
+}
+
 /// A consumer may call a service for a purpose.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
@@ -263,6 +272,17 @@ pub trait Store: Send + Sync {
         version: u32,
     ) -> Result<Option<ServiceRecord>, StoreError>;
     async fn services(&self) -> Result<Vec<ServiceRecord>, StoreError>;
+
+    /// What a request from `who` for `service` v`version` needs to know,
+    /// in one round trip: the agency, the service, and whether a grant
+    /// for `purpose` exists.
+    async fn facts(
+        &self,
+        who: &Member,
+        service: &ServiceName,
+        version: u32,
+        purpose: &PurposeCode,
+    ) -> Result<Facts, StoreError>;
 
     async fn add_grant(&self, grant: &Grant) -> Result<(), StoreError>;
     /// Whether a grant existed to remove.

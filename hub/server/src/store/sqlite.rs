@@ -17,9 +17,9 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::{
-    AgencyRecord, AppendItem, Batch, Delivery, ExchangeRow, ExchangeState, Grant, Leadership,
-    OutboxRow, Role, SealAfter, ServiceRecord, Store, StoreError, StoredCheckpoint, StoredEntry,
-    Subscription, Tail,
+    AgencyRecord, AppendItem, Batch, Delivery, ExchangeRow, ExchangeState, Facts, Grant,
+    Leadership, OutboxRow, Role, SealAfter, ServiceRecord, Store, StoreError, StoredCheckpoint,
+    StoredEntry, Subscription, Tail,
 };
 
 /// The SQLite store.
@@ -377,6 +377,65 @@ impl Store for SqliteStore {
             .iter()
             .map(Self::service_row)
             .collect()
+    }
+
+    async fn facts(
+        &self,
+        who: &Member,
+        service: &ServiceName,
+        version: u32,
+        purpose: &PurposeCode,
+    ) -> Result<Facts, StoreError> {
+        // One round trip for the three facts every request needs.
+        let row = sqlx::query(
+            "SELECT a.agency AS a_agency, a.name AS a_name, a.signing_jwk AS a_jwk,
+                    s.name AS s_name, s.version AS s_version, s.kind AS s_kind,
+                    s.provider_agency AS s_provider_agency, s.provider_subsystem AS s_provider_subsystem,
+                    s.request_schema AS s_request_schema, s.response_schema AS s_response_schema,
+                    EXISTS (SELECT 1 FROM grants g WHERE g.consumer_agency = ?1 AND g.consumer_subsystem = ?2
+                            AND g.service = ?3 AND g.purpose = ?5) AS granted
+             FROM (SELECT 1 AS one) o
+             LEFT JOIN agencies a ON a.agency = ?1 AND a.subsystem = ?2
+             LEFT JOIN services s ON s.name = ?3 AND s.version = ?4",
+        )
+        .bind(who.agency.as_str())
+        .bind(who.subsystem.as_str())
+        .bind(service.as_str())
+        .bind(i64::from(version))
+        .bind(purpose.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        let agency = match row.try_get::<Option<String>, _>("a_agency").map_err(db)? {
+            None => None,
+            Some(_) => {
+                let jwk: Option<String> = row.try_get("a_jwk").map_err(db)?;
+                Some(AgencyRecord {
+                    member: who.clone(),
+                    name: row.try_get("a_name").map_err(db)?,
+                    signing_key: jwk.map(|j| Jwk::parse(&j)).transpose().map_err(corrupt)?,
+                })
+            }
+        };
+        let service = match row.try_get::<Option<String>, _>("s_kind").map_err(db)? {
+            None => None,
+            Some(kind) => Some(ServiceRecord {
+                name: service.clone(),
+                version,
+                kind: ServiceKind::parse(&kind).ok_or_else(|| corrupt(kind))?,
+                provider: member(
+                    row.try_get("s_provider_agency").map_err(db)?,
+                    row.try_get("s_provider_subsystem").map_err(db)?,
+                )?,
+                request_schema: row.try_get("s_request_schema").map_err(db)?,
+                response_schema: row.try_get("s_response_schema").map_err(db)?,
+            }),
+        };
+        Ok(Facts {
+            agency,
+            service,
+            granted: row.try_get("granted").map_err(db)?,
+        })
     }
 
     async fn add_grant(&self, g: &Grant) -> Result<(), StoreError> {
