@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use hub_adapter_sdk::{Adapter, AdapterRequest, ServiceKind};
 use hub_core::body::{self, DataKey, NONCE_LEN, SALT_LEN};
-use hub_core::decide::{self, Partial, Refusal, ServiceView, violations_of};
+use hub_core::decide::{self, Partial, Refusal, violations_of};
 use hub_core::envelope::Envelope;
 use hub_core::ids::{ExchangeId, Member};
 use hub_core::jcs;
@@ -49,7 +49,8 @@ pub struct Accepted {
     /// The canonical envelope keyed with the data key, for idempotency.
     pub request_hash: String,
     pub signature: Option<String>,
-    pub service: ServiceView,
+    /// The service as registered (with its response schema).
+    pub service: ServiceRecord,
 }
 
 /// Providers reached through a broker: requests go to the outbox, and the
@@ -297,6 +298,9 @@ impl Hub {
             facts.agency.as_ref().map(|a| a.signing_key.as_ref()),
         )?;
         let service = decide::route(&parsed, facts.service.as_ref().map(ServiceRecord::view))?;
+        let record = facts.service.clone().ok_or_else(|| {
+            ExchangeError::StorageUnavailable("a routed service has no record".into())
+        })?;
         let granted = service.kind == ServiceKind::Query && facts.granted;
         decide::authorize(who, &parsed, &service, granted)?;
         decide::validate_payload(&parsed, &service, &self.catalog)?;
@@ -307,7 +311,7 @@ impl Hub {
             canonical: parsed.canonical,
             signature: parsed.signature,
             envelope: parsed.envelope,
-            service,
+            service: record,
         })
     }
 
@@ -471,10 +475,15 @@ impl Hub {
                 // Its own task: a slow adapter's answer is still logged
                 // after the sender got its 504.
                 let hub = self.clone();
-                let envelope = a.envelope.clone();
+                let (envelope, service) = (a.envelope.clone(), a.service.clone());
                 tokio::spawn(async move {
-                    hub.answer_in_process(adapter.as_ref(), &item.sealed.record, envelope)
-                        .await;
+                    hub.answer_in_process(
+                        adapter.as_ref(),
+                        &item.sealed.record,
+                        envelope,
+                        &service,
+                    )
+                    .await;
                 });
             }
             (None, None) => self.wake(&provider),
@@ -574,7 +583,13 @@ impl Hub {
     /// Call an in-process adapter for the request `record` and log its
     /// answer (which also removes the request's recovery row).
     #[instrument(skip_all, fields(provider = %adapter.provider(), exchange = %record.statement.draft.exchange_id))]
-    async fn answer_in_process(&self, adapter: &dyn Adapter, record: &Record, envelope: Envelope) {
+    async fn answer_in_process(
+        &self,
+        adapter: &dyn Adapter,
+        record: &Record,
+        envelope: Envelope,
+        service: &ServiceRecord,
+    ) {
         let id = record.statement.draft.exchange_id;
         let Some(_answering) = Claim::take(&self.answering, id) else {
             return;
@@ -584,7 +599,7 @@ impl Hub {
             .await
             .map_err(|e| e.to_string());
         if let Err(e) = self
-            .log_answer(adapter.provider(), record, answer, true)
+            .log_answer(adapter.provider(), record, answer, true, Some(service))
             .await
         {
             warn!(error = %e, "could not log the answer; the request will be delivered again");
@@ -634,7 +649,10 @@ impl Hub {
             .handle(&AdapterRequest::from_envelope(id, envelope))
             .await
             .map_err(|e| e.to_string());
-        if let Err(e) = self.log_answer(&provider, &record, answer, true).await {
+        if let Err(e) = self
+            .log_answer(&provider, &record, answer, true, None)
+            .await
+        {
             warn!(error = %e, "could not log the answer; the message will come back");
         }
     }
@@ -667,7 +685,8 @@ impl Hub {
         {
             return Err(RemoteAnswerError::NotTheReceiver);
         }
-        self.log_answer(provider, &record, answer, false).await?;
+        self.log_answer(provider, &record, answer, false, None)
+            .await?;
         Ok(())
     }
 
@@ -681,6 +700,7 @@ impl Hub {
         record: &Record,
         answer: Result<Value, String>,
         dequeue: bool,
+        known: Option<&ServiceRecord>,
     ) -> Result<(), StoreError> {
         let asked = &record.statement.draft;
         let id = asked.exchange_id;
@@ -689,10 +709,16 @@ impl Hub {
                 "the request of {id} names no service"
             )));
         };
-        let service =
-            self.store.service(name, version).await?.ok_or_else(|| {
-                StoreError::Corrupt(format!("service {name} v{version} vanished"))
-            })?;
+        let looked_up;
+        let service = match known {
+            Some(s) => s,
+            None => {
+                looked_up = self.store.service(name, version).await?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("service {name} v{version} vanished"))
+                })?;
+                &looked_up
+            }
+        };
         let schema = service.response_schema.clone().unwrap_or_default();
         let checked = answer
             .map_err(|e| {
