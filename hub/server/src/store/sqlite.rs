@@ -124,28 +124,38 @@ impl SqliteStore {
             q.push(" ON CONFLICT (exchange_id) DO NOTHING");
             q.build().execute(&mut **tx).await.map_err(db)?;
         }
-        for (id, reply) in b.close.0.iter().zip(&b.close.1) {
-            sqlx::query("UPDATE exchanges SET state = 'done', reply = ? WHERE exchange_id = ?")
-                .bind(reply)
-                .bind(id)
-                .execute(&mut **tx)
-                .await
-                .map_err(db)?;
+        if !b.close.0.is_empty() {
+            let mut q = QueryBuilder::<Sqlite>::new("WITH v(id, reply) AS (");
+            q.push_values(b.close.0.iter().zip(&b.close.1), |mut row, (id, reply)| {
+                row.push_bind(id).push_bind(reply);
+            });
+            q.push(
+                ") UPDATE exchanges SET state = 'done',
+                   reply = (SELECT reply FROM v WHERE v.id = exchanges.exchange_id)
+                 WHERE exchange_id IN (SELECT id FROM v)",
+            );
+            q.build().execute(&mut **tx).await.map_err(db)?;
         }
-        for (recipient, id) in b.dequeue.0.iter().zip(&b.dequeue.1) {
-            sqlx::query("DELETE FROM deliveries WHERE recipient = ? AND exchange_id = ?")
-                .bind(recipient)
-                .bind(id)
-                .execute(&mut **tx)
-                .await
-                .map_err(db)?;
+        if !b.dequeue.0.is_empty() {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "DELETE FROM deliveries WHERE (recipient, exchange_id) IN (",
+            );
+            q.push_values(b.dequeue.0.iter().zip(&b.dequeue.1), |mut row, (r, id)| {
+                row.push_bind(r).push_bind(id);
+            });
+            q.push(")");
+            q.build().execute(&mut **tx).await.map_err(db)?;
         }
-        for id in &b.abandon {
-            sqlx::query("DELETE FROM exchanges WHERE exchange_id = ? AND state = 'pending'")
-                .bind(id)
-                .execute(&mut **tx)
-                .await
-                .map_err(db)?;
+        if !b.abandon.is_empty() {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "DELETE FROM exchanges WHERE state = 'pending' AND exchange_id IN (",
+            );
+            let mut ids = q.separated(", ");
+            for id in &b.abandon {
+                ids.push_bind(id);
+            }
+            q.push(")");
+            q.build().execute(&mut **tx).await.map_err(db)?;
         }
         if !b.enqueue.0.is_empty() {
             let mut q = QueryBuilder::<Sqlite>::new(
