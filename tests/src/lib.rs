@@ -187,6 +187,16 @@ pub fn envelope(sender: &str, service: &str, purpose: &str, payload: Value) -> V
     })
 }
 
+/// The one-stop office asks the population registry for a citizen.
+pub fn citizen_lookup(personal_id: &str) -> Value {
+    envelope(
+        ONE_STOP,
+        "citizen.lookup",
+        "public_service",
+        json!({"personal_id": personal_id}),
+    )
+}
+
 /// A valid `enterprise.registered` payload.
 pub fn enterprise_registered() -> Value {
     json!({"enterprise": {

@@ -131,13 +131,8 @@ fn spawn_worker(
     (task, stop)
 }
 
-fn lookup() -> Value {
-    envelope(
-        ONE_STOP,
-        "citizen.lookup",
-        "public_service",
-        json!({"personal_id": "001085012345"}),
-    )
+fn lookup() -> serde_json::Value {
+    citizen_lookup("001085012345")
 }
 
 /// The log's entries of one kind for one exchange.
@@ -339,4 +334,71 @@ async fn a_forged_request_is_dead_lettered_visible_and_re_drivable() {
     let _ = stop.send(true);
     worker.await.unwrap();
     setup.finish("hub-c").await;
+}
+
+#[tokio::test]
+async fn a_broker_that_accepts_but_never_answers_does_not_hang_the_hub() {
+    let Some(ns) = AmqpNamespace::create().await else {
+        return;
+    };
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let broker_addr = ns
+        .url
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let relay = Relay::start(broker_addr.parse().unwrap()).await;
+    relay.stall();
+    let (url, amqp, prefix) = (
+        db.url.clone(),
+        ns.url.replace(&broker_addr, &relay.addr.to_string()),
+        ns.prefix.clone(),
+    );
+    let hub = TestHub::start_in(Arc::new(tempfile::tempdir().unwrap()), |c| {
+        c.database_url = url;
+        c.amqp_url = amqp;
+        c.amqp_prefix = prefix;
+        c.instance = "hub-d".into();
+        c.query_timeout_ms = 1_000;
+    })
+    .await;
+    let setup = Setup { db, ns, hub };
+    // The request is logged and waits in the outbox; the sender gets 504.
+    let (status, err) = setup.hub.send(lookup()).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{err}");
+    let (status, ready) = setup.hub.public_client().get_json("/readyz").await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert_eq!(ready["broker"], "unavailable");
+
+    // The broker answers again: the hub's connect attempt times out, the
+    // next one succeeds, the outbox drains and the exchange is answered.
+    relay.restore();
+    let adapter = Counting::new(false);
+    let (worker_task, stop) = spawn_worker(
+        adapter.clone(),
+        worker(&setup.hub, &setup.ns, &setup.ns.url),
+    );
+    let path = format!("/v1/exchanges/{}", err["exchange_id"].as_str().unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, reply) = setup.hub.client(ONE_STOP).get_json(&path).await.unwrap();
+        if status == StatusCode::OK {
+            assert_eq!(reply["record"]["kind"], "response");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never answered: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = stop.send(true);
+    worker_task.await.unwrap();
+    setup.finish("hub-d").await;
 }

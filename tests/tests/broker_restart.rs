@@ -30,12 +30,7 @@ fn rabbitmqctl(arg: &str) {
 }
 
 fn lookup(id: &str) -> Value {
-    let mut e = envelope(
-        ONE_STOP,
-        "citizen.lookup",
-        "public_service",
-        json!({"personal_id": "001085012345"}),
-    );
+    let mut e = citizen_lookup("001085012345");
     e["id"] = json!(id);
     e
 }

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use hub_e2e::services::PgDatabase;
 use hub_e2e::*;
-use serde_json::json;
 
 /// The local cluster's version, if `pg_ctlcluster` manages one here.
 fn cluster() -> Option<String> {
@@ -49,12 +48,7 @@ impl Drop for Restart {
 }
 
 fn lookup() -> serde_json::Value {
-    envelope(
-        ONE_STOP,
-        "citizen.lookup",
-        "public_service",
-        json!({"personal_id": "001085012345"}),
-    )
+    citizen_lookup("001085012345")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,12 +12,7 @@ use hub_e2e::*;
 use serde_json::json;
 
 fn lookup() -> serde_json::Value {
-    envelope(
-        ONE_STOP,
-        "citizen.lookup",
-        "public_service",
-        json!({"personal_id": "001085012345"}),
-    )
+    citizen_lookup("001085012345")
 }
 
 #[tokio::test]

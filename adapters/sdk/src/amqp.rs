@@ -42,6 +42,17 @@ use tracing::{info, warn};
 
 use crate::{Adapter, AdapterRequest};
 
+/// How long connecting may take, and a publish may wait for its confirm,
+/// before the connection counts as lost (a connect attempt while the
+/// broker restarts can otherwise wait forever).
+const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn timed_out() -> lapin::Error {
+    lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(
+        std::io::Error::new(std::io::ErrorKind::TimedOut, "the broker did not answer"),
+    )))
+}
+
 /// How many times a message is delivered before it is dead-lettered.
 pub const DELIVERY_LIMIT: i64 = 5;
 
@@ -319,11 +330,16 @@ async fn consume(
     shutdown: &mut watch::Receiver<bool>,
 ) -> lapin::Result<()> {
     let provider = adapter.provider().clone();
-    let conn = Connection::connect(
-        &config.amqp_url,
-        ConnectionProperties::default().with_connection_name(format!("adapter {provider}").into()),
+    let conn = tokio::time::timeout(
+        BROKER_TIMEOUT,
+        Connection::connect(
+            &config.amqp_url,
+            ConnectionProperties::default()
+                .with_connection_name(format!("adapter {provider}").into()),
+        ),
     )
-    .await?;
+    .await
+    .map_err(|_| timed_out())??;
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     config.topology.declare_common(&ch).await?;
@@ -445,7 +461,7 @@ async fn handle(
             bytes
         }
     };
-    let confirm = ch
+    let publishing = ch
         .basic_publish(
             "".into(),
             reply_to,
@@ -460,8 +476,10 @@ async fn handle(
                 .with_content_type("application/json".into())
                 .with_delivery_mode(2),
         )
-        .await?
         .await?;
+    let confirm = tokio::time::timeout(BROKER_TIMEOUT, publishing)
+        .await
+        .map_err(|_| timed_out())??;
     if confirm.is_ack() && confirm.take_message().is_none() {
         delivery.ack(BasicAckOptions::default()).await.map(|_| ())
     } else {
@@ -521,9 +539,16 @@ impl WorkerConfig {
     }
 }
 
-/// The whole `main` of an adapter process: settings from the environment
+/// The whole `main` of an adapter process: logs to stderr (`RUST_LOG`,
+/// default `info`), settings from the environment
 /// ([`WorkerConfig::from_env`]), then [`run`] until Ctrl-C or SIGTERM.
 pub async fn main_with(adapter: Arc<dyn Adapter>) -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let config = match WorkerConfig::from_env() {
         Ok(c) => c,
         Err(e) => {

@@ -66,6 +66,15 @@ impl SplitMix64 {
     }
 }
 
+/// How many records a reference adapter process generates:
+/// `ADAPTER_SYNTHETIC_RECORDS`, default 1000.
+pub fn records_from_env() -> usize {
+    std::env::var("ADAPTER_SYNTHETIC_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,7 +43,15 @@ pub enum BrokerError {
     Store(#[from] StoreError),
     #[error("the broker did not take {0} message(s)")]
     NotTaken(usize),
+    #[error("the broker did not answer within {0:?}")]
+    TimedOut(Duration),
 }
+
+/// How long connecting (with declaring the topology) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a publish may wait for its confirm: past it the connection is
+/// treated as lost (a broker that blocks publishers, a half-open socket).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// This hub instance's connection to the broker, made on demand.
 pub struct Broker {
@@ -95,7 +103,10 @@ impl Broker {
             return Ok((conn.clone(), ch.clone()));
         }
         *guard = None;
-        let result = self.connect(store).await;
+        // A connect attempt while the broker restarts can wait forever.
+        let result = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(store))
+            .await
+            .unwrap_or(Err(BrokerError::TimedOut(CONNECT_TIMEOUT)));
         self.up.store(result.is_ok(), Ordering::Relaxed);
         let (conn, ch) = result?;
         let conn = Arc::new(conn);
@@ -214,7 +225,9 @@ async fn relay_once(hub: &Hub, broker: &Broker) -> Result<usize, BrokerError> {
     }
     let mut failed = 0usize;
     for (row, confirm) in in_flight {
-        let confirmation = confirm.await?;
+        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+            .await
+            .map_err(|_| BrokerError::TimedOut(CONFIRM_TIMEOUT))??;
         if confirmation.is_ack() && confirmation.take_message().is_none() {
             sent.push(row.seq);
         } else {

@@ -138,10 +138,14 @@ struct Claim<'a> {
 impl<'a> Claim<'a> {
     /// `None` when the id is already held.
     fn take(set: &'a Mutex<HashSet<ExchangeId>>, id: ExchangeId) -> Option<Self> {
-        set.lock()
+        let inserted = set
+            .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id)
-            .then_some(Self { set, id })
+            .insert(id);
+        // Built only when taken: a Claim that is made and dropped would
+        // release the id its holder still holds (and, made while the lock
+        // above is held, deadlock on it).
+        inserted.then(|| Self { set, id })
     }
 }
 
@@ -481,7 +485,7 @@ impl Hub {
                         adapter.as_ref(),
                         &item.sealed.record,
                         envelope,
-                        &service,
+                        Some(&service),
                     )
                     .await;
                 });
@@ -581,25 +585,42 @@ impl Hub {
     }
 
     /// Call an in-process adapter for the request `record` and log its
-    /// answer (which also removes the request's recovery row).
+    /// answer (which also removes the request's queue row). A redelivery
+    /// (`service` unknown) first checks that the exchange still needs it.
     #[instrument(skip_all, fields(provider = %adapter.provider(), exchange = %record.statement.draft.exchange_id))]
     async fn answer_in_process(
         &self,
         adapter: &dyn Adapter,
         record: &Record,
         envelope: Envelope,
-        service: &ServiceRecord,
+        service: Option<&ServiceRecord>,
     ) {
+        let provider = adapter.provider();
         let id = record.statement.draft.exchange_id;
+        // Being answered right now (the direct call is still running).
         let Some(_answering) = Claim::take(&self.answering, id) else {
             return;
         };
+        if service.is_none() {
+            // At-least-once delivery: a message whose exchange is settled was handled.
+            match self.settled(id).await {
+                Ok(true) => {
+                    let _ = self.queue.ack(provider, id).await;
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(error = %e, "storage unavailable; the message will come back");
+                    return;
+                }
+            }
+        }
         let answer = adapter
             .handle(&AdapterRequest::from_envelope(id, envelope))
             .await
             .map_err(|e| e.to_string());
         if let Err(e) = self
-            .log_answer(adapter.provider(), record, answer, true, Some(service))
+            .log_answer(provider, record, answer, true, service)
             .await
         {
             warn!(error = %e, "could not log the answer; the request will be delivered again");
@@ -607,9 +628,7 @@ impl Hub {
     }
 
     /// Hand one queued request to its in-process provider and log the answer.
-    #[instrument(skip_all, fields(provider = %adapter.provider(), exchange = %delivery.exchange_id))]
     pub async fn deliver_to_adapter(&self, adapter: &dyn Adapter, delivery: Message) {
-        let provider = adapter.provider().clone();
         let id = delivery.exchange_id;
         let parsed: Result<(Record, Envelope), String> =
             serde_json::from_str::<Value>(&delivery.text)
@@ -621,39 +640,15 @@ impl Hub {
                         serde_json::from_value(m["body"].take()).map_err(|e| e.to_string())?;
                     Ok((record, envelope))
                 });
-        let (record, envelope) = match parsed {
-            Ok(p) => p,
+        match parsed {
+            Ok((record, envelope)) => {
+                self.answer_in_process(adapter, &record, envelope, None)
+                    .await;
+            }
             Err(e) => {
-                warn!(error = %e, "unreadable queued message; dropping it");
-                let _ = self.queue.ack(&provider, id).await;
-                return;
+                warn!(error = %e, exchange = %id, "unreadable queued message; dropping it");
+                let _ = self.queue.ack(adapter.provider(), id).await;
             }
-        };
-        // Being answered right now (the direct call is still running).
-        let Some(_answering) = Claim::take(&self.answering, id) else {
-            return;
-        };
-        // At-least-once delivery: a message whose exchange is settled was handled.
-        match self.settled(id).await {
-            Ok(true) => {
-                let _ = self.queue.ack(&provider, id).await;
-                return;
-            }
-            Ok(false) => {}
-            Err(e) => {
-                warn!(error = %e, "storage unavailable; the message will come back");
-                return;
-            }
-        }
-        let answer = adapter
-            .handle(&AdapterRequest::from_envelope(id, envelope))
-            .await
-            .map_err(|e| e.to_string());
-        if let Err(e) = self
-            .log_answer(&provider, &record, answer, true, None)
-            .await
-        {
-            warn!(error = %e, "could not log the answer; the message will come back");
         }
     }
 
@@ -905,5 +900,24 @@ impl Hub {
             receipts.push(serde_json::to_value(&item.sealed.record).unwrap_or(Value::Null));
         }
         Ok(json!({"receipts": receipts, "unknown": unknown}))
+    }
+}
+
+#[cfg(test)]
+mod claim_tests {
+    use super::*;
+
+    #[test]
+    fn a_second_claim_fails_without_releasing_the_first() {
+        let set = Mutex::new(HashSet::new());
+        let id = ExchangeId::from_parts(1, [1; 10]);
+        let first = Claim::take(&set, id).expect("free");
+        assert!(Claim::take(&set, id).is_none());
+        assert!(
+            set.lock().unwrap().contains(&id),
+            "the failed claim left the first in place"
+        );
+        drop(first);
+        assert!(Claim::take(&set, id).is_some(), "free again");
     }
 }
