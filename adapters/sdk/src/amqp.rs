@@ -571,3 +571,38 @@ pub async fn main_with(adapter: Arc<dyn Adapter>) -> std::process::ExitCode {
     run(adapter, config, stopped).await;
     std::process::ExitCode::SUCCESS
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_strict_json() {
+        let id = "01930f1e-0000-7000-8000-000000000001";
+        let provider = json_member();
+        let ok: Reply = serde_json::from_str(&format!(
+            r#"{{"exchange_id":"{id}","provider":{provider},"payload":{{"found":false}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.outcome,
+            ReplyOutcome::Payload(serde_json::json!({"found": false}))
+        );
+        let failed: Reply = serde_json::from_str(&format!(
+            r#"{{"exchange_id":"{id}","provider":{provider},"error":"registry down"}}"#
+        ))
+        .unwrap();
+        assert_eq!(failed.outcome, ReplyOutcome::Error("registry down".into()));
+        for bad in [
+            format!(r#"{{"exchange_id":"{id}","provider":{provider},"payload":{{}},"extra":1}}"#),
+            format!(r#"{{"exchange_id":"{id}","provider":{provider}}}"#),
+            format!(r#"{{"exchange_id":"{id}","provider":{provider},"payload":{{}},"error":"x"}}"#),
+        ] {
+            assert!(serde_json::from_str::<Reply>(&bad).is_err(), "{bad}");
+        }
+    }
+
+    fn json_member() -> &'static str {
+        r#"{"agency":"000.00.00.G01","subsystem":"population-registry"}"#
+    }
+}
