@@ -155,6 +155,54 @@ async fn two_hubs_keep_one_log_through_a_killed_hub() {
     // signed by one hub at a time.
     stop(b);
     stop(a);
+
+    // A request forged by someone with broker access but not the hub's key:
+    // the adapter process dead-letters it, and the CLI shows and re-drives it.
+    let topology = hub_adapter_sdk::amqp::Topology::new(ns.prefix.clone());
+    let conn = lapin::Connection::connect(&ns.url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let population: Member = "000.00.00.G01/population-registry".parse().unwrap();
+    ch.basic_publish(
+        topology.exchange().into(),
+        hub_adapter_sdk::amqp::Topology::routing_key(&population).into(),
+        lapin::options::BasicPublishOptions::default(),
+        b"{\"record\": {}}",
+        lapin::BasicProperties::default().with_message_id("forged-request".into()),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let _ = conn.close(200, "done".into()).await;
+    let dead_letters = |args: &[&str]| {
+        Command::new(HUB)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("dead-letters")
+            .args(args)
+            .envs(shared.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let mut listed = String::new();
+    for _ in 0..50 {
+        let out = dead_letters(&["list"]);
+        assert!(out.status.success(), "{}", text(&out));
+        listed = text(&out);
+        if listed.contains("forged-request") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        listed.contains("forged-request") && listed.contains("rejected"),
+        "{listed}"
+    );
+    assert!(listed.contains("1 dead letter(s)"), "{listed}");
+    let redrive = dead_letters(&["redrive", "forged-request"]);
+    assert!(text(&redrive).contains("1 re-driven"), "{}", text(&redrive));
     let _ = adapter.kill();
     let _ = adapter.wait();
     let db_env = [("HUB_DATABASE_URL", db.url.as_str())];
