@@ -110,6 +110,10 @@ pub struct Hub {
     /// (a redelivered request answered twice) waits until the first is
     /// logged, then finds the exchange settled.
     answering: Mutex<HashSet<ExchangeId>>,
+    /// Requests this hub dispatched to remote adapters and still waits on,
+    /// with their service: an answer to one is logged without looking them
+    /// up again.
+    dispatched: Mutex<HashMap<ExchangeId, (Record, ServiceRecord)>>,
     wakers: Mutex<HashMap<Member, Arc<Notify>>>,
 }
 
@@ -189,6 +193,7 @@ impl Hub {
             waiters: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
             answering: Mutex::new(HashSet::new()),
+            dispatched: Mutex::new(HashMap::new()),
             wakers: Mutex::new(HashMap::new()),
         }
     }
@@ -474,7 +479,16 @@ impl Hub {
             }
         };
         match (&self.remote, local) {
-            (Some(remote), _) => remote.relay.notify_one(),
+            (Some(remote), _) => {
+                self.dispatched
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(
+                        a.exchange_id,
+                        (item.sealed.record.clone(), a.service.clone()),
+                    );
+                remote.relay.notify_one();
+            }
             (None, Some(adapter)) => {
                 // Its own task: a slow adapter's answer is still logged
                 // after the sender got its 504.
@@ -503,6 +517,10 @@ impl Hub {
 
     fn forget_waiter(&self, id: ExchangeId) {
         self.waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+        self.dispatched
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&id);
@@ -665,6 +683,26 @@ impl Hub {
         let Some(_answering) = Claim::take(&self.answering, id) else {
             return Err(RemoteAnswerError::Busy);
         };
+        // Still waited on here: pending, and its request is known. Taken
+        // out, so that a second answer goes the long way and finds it settled.
+        let waited = self
+            .dispatched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+        if let Some((record, service)) = waited {
+            if record.statement.draft.receiver.as_ref() != Some(provider) {
+                self.dispatched
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(id, (record, service));
+                return Err(RemoteAnswerError::NotTheReceiver);
+            }
+            return self
+                .log_answer(provider, &record, answer, false, Some(&service))
+                .await
+                .map_err(RemoteAnswerError::from);
+        }
         if self.settled(id).await? {
             return Ok(());
         }
