@@ -147,11 +147,6 @@ impl LogWriter {
         *self.head.borrow()
     }
 
-    /// Follow the committed tree's head.
-    pub fn watch_head(&self) -> watch::Receiver<TreeHead> {
-        self.head.clone()
-    }
-
     /// Append one entry with its effects; returns once it is durable.
     pub async fn append(
         &self,

@@ -288,7 +288,6 @@ pub trait Store: Send + Sync {
     /// Whether a grant existed to remove.
     async fn revoke_grant(&self, grant: &Grant) -> Result<bool, StoreError>;
     async fn grants(&self) -> Result<Vec<Grant>, StoreError>;
-    async fn has_grant(&self, grant: &Grant) -> Result<bool, StoreError>;
 
     async fn add_subscription(&self, sub: &Subscription) -> Result<(), StoreError>;
     async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError>;
@@ -298,8 +297,21 @@ pub trait Store: Send + Sync {
         version: u32,
     ) -> Result<Vec<Member>, StoreError>;
 
-    /// Write `items` and their effects in one transaction.
-    async fn append(&self, items: &[AppendItem]) -> Result<(), StoreError>;
+    /// Write `items` and their effects in one transaction; they must
+    /// continue the log where it ends.
+    async fn append(&self, items: &[AppendItem]) -> Result<(), StoreError> {
+        let first = items.first().map_or(0, |i| i.sealed.record.statement.index);
+        let tail = self
+            .append_at_tail(first, Box::new(|_| items.to_vec()))
+            .await?;
+        if tail.adopted.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::Invalid(format!(
+                "the log has entries from index {first} on; these items would overwrite them"
+            )))
+        }
+    }
     /// Append at the log's tail when several writers share the store: in
     /// one transaction, under a lock that serializes writers, read the
     /// leaf hashes of every entry from index `known` on (what other writers

@@ -499,20 +499,6 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn has_grant(&self, g: &Grant) -> Result<bool, StoreError> {
-        let row = sqlx::query(
-            "SELECT 1 FROM grants WHERE consumer_agency = ? AND consumer_subsystem = ? AND service = ? AND purpose = ?",
-        )
-        .bind(g.consumer.agency.as_str())
-        .bind(g.consumer.subsystem.as_str())
-        .bind(g.service.as_str())
-        .bind(g.purpose.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(row.is_some())
-    }
-
     async fn add_subscription(&self, s: &Subscription) -> Result<(), StoreError> {
         sqlx::query("INSERT OR IGNORE INTO subscriptions (agency, subsystem, service, version) VALUES (?, ?, ?, ?)")
             .bind(s.subscriber.agency.as_str())
@@ -568,12 +554,6 @@ impl Store for SqliteStore {
                 )
             })
             .collect()
-    }
-
-    async fn append(&self, items: &[AppendItem]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        Self::insert(&mut tx, items).await?;
-        tx.commit().await.map_err(db)
     }
 
     async fn append_at_tail(&self, known: u64, seal: SealAfter<'_>) -> Result<Tail, StoreError> {
