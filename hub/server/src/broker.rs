@@ -418,14 +418,20 @@ pub async fn dead_letters(
     let mut seen = Vec::new();
     let mut redriven = 0;
     // Unacknowledged letters return to the queue when the channel closes,
-    // so each is seen once here.
-    while let Some(got) = ch
-        .basic_get(
-            topology.dead_letter_queue().into(),
-            lapin::options::BasicGetOptions::default(),
-        )
-        .await?
-    {
+    // so each is seen once here; and only the letters there when we began
+    // are looked at (one re-driven and refused again comes back meanwhile).
+    let mut budget: Option<u32> = None;
+    while budget != Some(0) {
+        let Some(got) = ch
+            .basic_get(
+                topology.dead_letter_queue().into(),
+                lapin::options::BasicGetOptions::default(),
+            )
+            .await?
+        else {
+            break;
+        };
+        budget = Some(budget.map_or(got.message_count, |b| b.saturating_sub(1)));
         let delivery = got.delivery;
         let letter = dead_letter(&delivery);
         let chosen = match redrive {
