@@ -480,8 +480,22 @@ impl Batch {
     }
 }
 
+// Shared by the backends.
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn member(agency: String, subsystem: String) -> Result<Member, StoreError> {
+    format!("{agency}/{subsystem}").parse().map_err(corrupt)
+}
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
 }
 
 /// Open the store the URL names (`sqlite:<path>` or `postgres://...`),

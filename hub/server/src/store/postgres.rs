@@ -20,6 +20,7 @@ use super::{
     Leadership, OutboxRow, PoolSettings, Role, SealAfter, ServiceRecord, Store, StoreError,
     StoredCheckpoint, StoredEntry, Subscription, Tail,
 };
+use super::{corrupt, member, to_i64, to_u64};
 
 /// The PostgreSQL store.
 #[derive(Debug, Clone)]
@@ -40,22 +41,6 @@ fn db(e: sqlx::Error) -> StoreError {
         }
         other => StoreError::Database(other.to_string()),
     }
-}
-
-fn corrupt(what: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(what.to_string())
-}
-
-fn member(agency: String, subsystem: String) -> Result<Member, StoreError> {
-    format!("{agency}/{subsystem}").parse().map_err(corrupt)
-}
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
 }
 
 fn hash(bytes: Vec<u8>, what: &str) -> Result<Hash, StoreError> {
