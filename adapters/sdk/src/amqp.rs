@@ -559,12 +559,7 @@ pub async fn main_with(adapter: Arc<dyn Adapter>) -> std::process::ExitCode {
     };
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => None } } => {}
-        }
+        crate::stop_signal().await;
         let _ = stop.send(true);
     });
     info!(provider = %adapter.provider(), "adapter process starting");

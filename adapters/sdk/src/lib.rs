@@ -140,3 +140,13 @@ pub trait Adapter: Send + Sync {
     /// Answer a query; the payload is valid against the request schema.
     fn handle<'a>(&'a self, request: &'a AdapterRequest) -> HandlerFuture<'a>;
 }
+
+/// Resolves on Ctrl-C or SIGTERM: when a process of the hub's (hub,
+/// adapter, benchmark endpoint) should stop gracefully.
+pub async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => None } } => {}
+    }
+}

@@ -117,3 +117,54 @@ pub fn write_bundle(
         keys: vec![key.public_jwk()],
     })
 }
+
+/// Where [`write_keyed_bundle`] put the keys an auditor needs.
+#[derive(Debug, Clone)]
+pub struct KeyedBundle {
+    /// The hub key to pin (`--jwks`).
+    pub pinned_jwks: std::path::PathBuf,
+    /// The key that opens the bodies (`--data-key`), base64.
+    pub data_key: std::path::PathBuf,
+}
+
+/// [`write_bundle`] with a fresh signing key and data key drawn from `rng`,
+/// written beside the bundle as `pinned-jwks.json` and `data.key`: a bundle
+/// `hub audit verify` can check end to end, for benchmarks.
+pub fn write_keyed_bundle(
+    dir: &Path,
+    entries: u64,
+    checkpoint_every: u64,
+    rng: &dyn ring::rand::SecureRandom,
+    progress: &dyn Fn(u64),
+) -> Result<KeyedBundle, BundleError> {
+    let invalid = |e: String| BundleError::Invalid {
+        path: dir.to_owned(),
+        message: e,
+    };
+    let (key, _) = SigningKey::generate(rng).map_err(|e| invalid(e.to_string()))?;
+    let mut data_key = [0u8; 32];
+    rng.fill(&mut data_key)
+        .map_err(|_| invalid("no randomness".into()))?;
+    std::fs::create_dir_all(dir).map_err(|e| invalid(e.to_string()))?;
+    let paths = KeyedBundle {
+        pinned_jwks: dir.join("pinned-jwks.json"),
+        data_key: dir.join("data.key"),
+    };
+    std::fs::write(
+        &paths.data_key,
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, data_key),
+    )
+    .map_err(|e| invalid(e.to_string()))?;
+    let jwks = write_bundle(
+        dir,
+        "bench.invalid/log",
+        &key,
+        &DataKey::from_bytes(&data_key),
+        entries,
+        checkpoint_every,
+        progress,
+    )?;
+    let jwks = serde_json::to_string(&jwks).map_err(|e| invalid(e.to_string()))?;
+    std::fs::write(&paths.pinned_jwks, jwks).map_err(|e| invalid(e.to_string()))?;
+    Ok(paths)
+}

@@ -14,6 +14,9 @@
 //! alike.
 #![forbid(unsafe_code)]
 
+pub mod direct;
+pub mod report;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -771,20 +771,11 @@ async fn run_adapter(config: &Config, registry: ReferenceRegistry) -> anyhow::Re
     println!("adapter {} consuming its queue", adapter.provider());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        stop_signal().await;
+        hub_adapter_sdk::stop_signal().await;
         let _ = stop.send(true);
     });
     hub_adapter_sdk::amqp::run(adapter, worker, stopped).await;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Ctrl-C or SIGTERM.
-async fn stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => None } } => {}
-    }
 }
 
 async fn dead_letters(config: &Config, cmd: DeadLettersCmd) -> anyhow::Result<ExitCode> {
@@ -842,7 +833,7 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     );
     println!();
     println!("Press Ctrl-C to stop.");
-    stop_signal().await;
+    hub_adapter_sdk::stop_signal().await;
     println!("stopping...");
     running.shutdown().await;
     Ok(ExitCode::SUCCESS)
