@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
             ))
         }
     };
+    let out = std::path::absolute(&out)?;
     let bin_dir = match args.bin_dir {
         Some(d) => d,
         None => std::env::current_exe()?

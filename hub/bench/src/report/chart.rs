@@ -94,7 +94,7 @@ pub fn bars(title: &str, unit: &str, bars: &[Bar]) -> String {
 
 /// Lines of latency (log scale, ms) against offered load.
 pub fn latency(title: &str, series: &[Series], threshold_ms: Option<f64>) -> String {
-    let (left, right, top, bottom) = (70.0, 200.0, 40.0, 50.0);
+    let (left, right, top, bottom) = (95.0, 200.0, 40.0, 50.0);
     let (width, height) = (900.0, 460.0);
     let points = || series.iter().flat_map(|s| s.points.iter().copied());
     let max_x = points().map(|p| p.0).fold(1.0_f64, f64::max) * 1.05;

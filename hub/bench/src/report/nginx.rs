@@ -95,6 +95,8 @@ pub fn start(
 ) -> anyhow::Result<(Process, SocketAddr)> {
     let listen = super::process::free_local_addr()?;
     std::fs::create_dir_all(prefix)?;
+    // nginx reads relative paths against its prefix, not the working directory.
+    let prefix = &std::path::absolute(prefix)?;
     let conf = prefix.join("nginx.conf");
     std::fs::write(&conf, config(prefix, pki, listen, upstream, client))
         .with_context(|| format!("writing {}", conf.display()))?;
