@@ -87,6 +87,18 @@ impl Connection {
         path: &str,
         body: Option<(&str, Vec<u8>)>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
+        let (status, _, bytes) = self.send_full(method, path, body).await?;
+        Ok((status, bytes))
+    }
+
+    /// [`Connection::send`], with the response's headers (`Retry-After`,
+    /// `Content-Type`...).
+    pub async fn send_full(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), ClientError> {
         let http = |e: hyper::Error| ClientError::Http(e.to_string());
         let mut req = Request::builder().method(method);
         req = match self.sender {
@@ -113,9 +125,9 @@ impl Connection {
                 s.send_request(req).await.map_err(http)?
             }
         };
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(http)?.to_bytes();
-        Ok((status, bytes))
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.map_err(http)?.to_bytes();
+        Ok((parts.status, parts.headers, bytes))
     }
 }
 

@@ -23,6 +23,7 @@ pub mod hash;
 pub mod ids;
 pub mod jcs;
 pub mod jws;
+pub mod limits;
 pub mod log;
 pub mod merkle;
 pub mod note;

@@ -402,7 +402,12 @@ pub async fn start_with_adapters(
     tasks.spawn(serve::serve_tls(
         api,
         api_tls,
-        api_routes().with_state(state.clone()),
+        api_routes()
+            .with_state(state.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                crate::limits::AgencyLimits::new(config.agency_quota()),
+                crate::limits::admit,
+            )),
         shutdown_rx.clone(),
     ));
     tasks.spawn(serve::serve_tls(

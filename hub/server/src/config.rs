@@ -39,6 +39,12 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long a query waits for its provider before 504.
     pub query_timeout_ms: u64,
+    /// Requests per second each agency may send, sustained (over: 429).
+    pub agency_rate_per_second: f64,
+    /// Requests an agency may send at once after a quiet spell.
+    pub agency_burst: u32,
+    /// Requests of one agency being handled at the same time (over: 429).
+    pub agency_max_in_flight: u32,
     /// How long a fetched inbox message stays invisible before it comes back.
     pub inbox_visibility_secs: u64,
     /// Most entries written in one group commit.
@@ -70,6 +76,11 @@ impl Default for Config {
             amqp_confirm_window: 512,
             max_body_bytes: 1024 * 1024,
             query_timeout_ms: 10_000,
+            // Generous: a cap against runaway clients, not a tariff; the
+            // benchmark's single agency must not hit it.
+            agency_rate_per_second: 20_000.0,
+            agency_burst: 40_000,
+            agency_max_in_flight: 1024,
             inbox_visibility_secs: 30,
             log_batch_max: 512,
             log_origin: "hub.invalid/exchange-log".into(),
@@ -99,6 +110,15 @@ impl Config {
         crate::store::PoolSettings {
             max_connections: self.database_max_connections,
             acquire_timeout: std::time::Duration::from_millis(self.database_acquire_timeout_ms),
+        }
+    }
+
+    /// What each agency may send.
+    pub fn agency_quota(&self) -> hub_core::limits::Quota {
+        hub_core::limits::Quota {
+            per_second: self.agency_rate_per_second,
+            burst: self.agency_burst,
+            in_flight: self.agency_max_in_flight,
         }
     }
 

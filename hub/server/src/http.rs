@@ -37,10 +37,14 @@ pub struct AppState {
 pub enum ApiError {
     Exchange(Box<Failure>),
     Unauthenticated(String),
-    PayloadTooLarge { limit: usize },
+    PayloadTooLarge {
+        limit: usize,
+    },
     UnsupportedMediaType,
     BadRequest(String),
     NotFound(String),
+    /// The agency is over its quota (`crate::limits`).
+    Throttled(hub_core::limits::Throttled),
 }
 
 impl From<LogQueryError> for ApiError {
@@ -125,6 +129,29 @@ impl IntoResponse for ApiError {
             ),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, plain("bad_request", m)),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, plain("not_found", m)),
+            ApiError::Throttled(t) => {
+                use hub_core::limits::Throttled as T;
+                let (code, message, retry_after_ms) = match t {
+                    T::Rate { retry_after_ms } => (
+                        "rate_limited",
+                        "this agency is over its request rate".to_owned(),
+                        retry_after_ms,
+                    ),
+                    T::InFlight { limit } => (
+                        "too_many_in_flight",
+                        format!("this agency already has {limit} requests in flight"),
+                        1000,
+                    ),
+                };
+                // Whole seconds, rounded up: never tell a client to retry at once.
+                let seconds = retry_after_ms.div_ceil(1000).max(1);
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, seconds.to_string())],
+                    Json(plain(code, message)),
+                )
+                    .into_response();
+            }
         };
         (status, Json(body)).into_response()
     }

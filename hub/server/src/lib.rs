@@ -21,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod identity;
+pub mod limits;
 pub mod log_writer;
 pub mod pipeline;
 pub mod pki;

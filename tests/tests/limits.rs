@@ -1,0 +1,110 @@
+//! Per-agency quotas over the real mTLS listener: an agency over its rate
+//! or with too many requests in flight gets 429 with `Retry-After`, before
+//! anything is logged, while other agencies are served; it is served again
+//! once it waits.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hub_adapter_sdk::{Adapter, AdapterRequest, HandlerFuture, ServiceSpec};
+use hub_client::{HttpVersion, Method};
+use hub_core::ids::Member;
+use hub_e2e::{ONE_STOP, Options, TAX, TestHub, citizen_lookup};
+use serde_json::Value;
+
+async fn get(hub: &TestHub, who: &str, path: &str) -> (http::StatusCode, http::HeaderMap, Value) {
+    let mut conn = hub.client(who).connect(HttpVersion::Http1).await.unwrap();
+    let (status, headers, body) = conn.send_full(Method::GET, path, None).await.unwrap();
+    (status, headers, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test]
+async fn an_agency_over_its_rate_gets_429_with_retry_after_and_others_are_served() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let hub = TestHub::start_in(dir, |c| {
+        c.agency_rate_per_second = 2.0;
+        c.agency_burst = 3;
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(get(&hub, ONE_STOP, "/v1/whoami").await.0, 200);
+    }
+    let (status, headers, body) = get(&hub, ONE_STOP, "/v1/whoami").await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["code"], "rate_limited");
+    assert_eq!(headers["retry-after"], "1");
+
+    // An exchange over the quota is refused before it is logged.
+    let logged = hub.log_records().await.len();
+    let (status, body) = hub.send(citizen_lookup("001085012345")).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(hub.log_records().await.len(), logged);
+
+    // Another agency has its own quota.
+    assert_eq!(get(&hub, TAX, "/v1/whoami").await.0, 200);
+
+    // Waiting as told is enough.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, body) = hub.send(citizen_lookup("001085012345")).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// The population adapter, answering after a pause.
+struct Slow(adapter_population::PopulationAdapter);
+
+impl Adapter for Slow {
+    fn provider(&self) -> &Member {
+        self.0.provider()
+    }
+    fn services(&self) -> Vec<ServiceSpec> {
+        self.0.services()
+    }
+    fn handle<'a>(&'a self, request: &'a AdapterRequest) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            self.0.handle(request).await
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_are_capped_per_agency() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut adapters = hub_server::app::reference_adapters(20);
+    adapters[0] = Arc::new(Slow(adapter_population::PopulationAdapter::new(
+        adapter_population::Registry::synthetic(1, 20),
+    )));
+    let hub = Arc::new(
+        TestHub::start_with(
+            dir,
+            |c| c.agency_max_in_flight = 2,
+            Options {
+                adapters: Some(adapters),
+                ..Options::default()
+            },
+        )
+        .await,
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..4 {
+        let hub = hub.clone();
+        tasks.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50 * n)).await;
+            hub.send(citizen_lookup("001085012345")).await
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (status, body) = done.unwrap();
+        if status == 429 {
+            assert_eq!(body["code"], "too_many_in_flight", "{body}");
+        }
+        statuses.push(status.as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 429, 429]);
+    // Their places are free again.
+    let (status, body) = hub.send(citizen_lookup("001085012345")).await;
+    assert_eq!(status, 200, "{body}");
+}
