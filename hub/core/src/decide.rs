@@ -19,6 +19,8 @@ pub enum Refusal {
     MalformedJson(String),
     #[error("the request body must be {{\"envelope\": {{...}}, \"signature\": \"...\"}}: {0}")]
     MalformedRequest(String),
+    #[error("at {pointer:?}: {rule}")]
+    JsonLimit { pointer: String, rule: String },
     #[error("the envelope is invalid ({} violation(s))", .0.len())]
     InvalidEnvelope(Vec<Violation>),
     #[error("the envelope names sender {claimed} but the client certificate is {authenticated}")]
@@ -66,6 +68,7 @@ impl Refusal {
         match self {
             Self::MalformedJson(_) => "malformed_json",
             Self::MalformedRequest(_) => "malformed_request",
+            Self::JsonLimit { .. } => "json_limit_exceeded",
             Self::InvalidEnvelope(_) => "invalid_envelope",
             Self::SenderMismatch { .. } => "sender_mismatch",
             Self::UnknownMember(_) => "unknown_member",
@@ -138,11 +141,72 @@ pub fn violations_of(r: SchemaRejection) -> Vec<Violation> {
     }
 }
 
+/// Deepest nesting of arrays and objects a request may have (the JSON
+/// parser itself stops at 128).
+pub const MAX_JSON_DEPTH: usize = 32;
+/// Longest string, member names included, in bytes.
+pub const MAX_JSON_STRING_BYTES: usize = 65_536;
+
+/// The first place `value` goes past [`MAX_JSON_DEPTH`] or
+/// [`MAX_JSON_STRING_BYTES`], as a refusal naming its JSON pointer.
+fn check_json_limits(value: &Value, pointer: &mut String, depth: usize) -> Result<(), Refusal> {
+    let refuse = |pointer: &str, rule: String| {
+        Err(Refusal::JsonLimit {
+            pointer: pointer.to_owned(),
+            rule,
+        })
+    };
+    let escape = |key: &str| key.replace('~', "~0").replace('/', "~1");
+    match value {
+        Value::String(s) if s.len() > MAX_JSON_STRING_BYTES => refuse(
+            pointer,
+            format!(
+                "a string of {} bytes; at most {MAX_JSON_STRING_BYTES}",
+                s.len()
+            ),
+        ),
+        Value::Array(_) | Value::Object(_) if depth >= MAX_JSON_DEPTH => refuse(
+            pointer,
+            format!("nesting deeper than {MAX_JSON_DEPTH} levels"),
+        ),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = pointer.len();
+                pointer.push_str(&format!("/{i}"));
+                check_json_limits(item, pointer, depth + 1)?;
+                pointer.truncate(len);
+            }
+            Ok(())
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                let len = pointer.len();
+                pointer.push('/');
+                pointer.push_str(&escape(key));
+                if key.len() > MAX_JSON_STRING_BYTES {
+                    return refuse(
+                        pointer,
+                        format!(
+                            "a member name of {} bytes; at most {MAX_JSON_STRING_BYTES}",
+                            key.len()
+                        ),
+                    );
+                }
+                check_json_limits(item, pointer, depth + 1)?;
+                pointer.truncate(len);
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Step 1: JSON, the request wrapper, the canonical envelope, the envelope
 /// schema, the typed envelope. `partial` collects what was read.
 pub fn parse(raw: &[u8], catalog: &Catalog, partial: &mut Partial) -> Result<Parsed, Refusal> {
     partial.body = raw.to_vec();
     let value: Value = jcs::parse_strict(raw).map_err(|e| Refusal::MalformedJson(e.to_string()))?;
+    check_json_limits(&value, &mut String::new(), 0)?;
     let request: ExchangeRequest =
         serde_json::from_value(value).map_err(|e| Refusal::MalformedRequest(e.to_string()))?;
     partial.signature.clone_from(&request.signature);

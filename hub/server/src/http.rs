@@ -70,7 +70,9 @@ fn status_of(e: &ExchangeError) -> StatusCode {
     use hub_core::decide::Refusal as R;
     match e {
         E::Refused(r) => match r {
-            R::MalformedJson(_) | R::MalformedRequest(_) => StatusCode::BAD_REQUEST,
+            R::MalformedJson(_) | R::MalformedRequest(_) | R::JsonLimit { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             R::InvalidEnvelope(_) | R::InvalidPayload { .. } | R::ReceiverMismatch { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
