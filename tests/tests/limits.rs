@@ -108,3 +108,71 @@ async fn requests_in_flight_are_capped_per_agency() {
     let (status, body) = hub.send(citizen_lookup("001085012345")).await;
     assert_eq!(status, 200, "{body}");
 }
+
+async fn hub_with_short_timeouts() -> TestHub {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    TestHub::start_in(dir, |c| {
+        c.idle_timeout_ms = 300;
+        c.body_timeout_ms = 300;
+    })
+    .await
+}
+
+/// Reads until the server closes the connection (or 5 s pass).
+async fn read_to_close(tls: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the server kept the connection open");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_in_its_headers_or_idles_is_disconnected() {
+    use tokio::io::AsyncWriteExt;
+    let hub = hub_with_short_timeouts().await;
+    // Half a request line, then nothing.
+    let mut tls = hub.client(ONE_STOP).tls_stream(b"http/1.1").await.unwrap();
+    tls.write_all(b"POST /v1/exch").await.unwrap();
+    let started = std::time::Instant::now();
+    read_to_close(&mut tls).await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // A kept-alive connection left idle after a request is closed too.
+    let mut conn = hub
+        .client(ONE_STOP)
+        .connect(HttpVersion::Http1)
+        .await
+        .unwrap();
+    let (status, _, _) = conn
+        .send_full(Method::GET, "/v1/whoami", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(
+        conn.send_full(Method::GET, "/v1/whoami", None)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_arrive_gets_408() {
+    use tokio::io::AsyncWriteExt;
+    let hub = hub_with_short_timeouts().await;
+    let logged = hub.log_records().await.len();
+    let mut tls = hub.client(ONE_STOP).tls_stream(b"http/1.1").await.unwrap();
+    tls.write_all(
+        b"POST /v1/exchanges HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"envelope\":",
+    )
+    .await
+    .unwrap();
+    let reply = read_to_close(&mut tls).await;
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("request_timeout"), "{reply}");
+    assert_eq!(hub.log_records().await.len(), logged);
+    // The hub still serves.
+    let (status, body) = hub.send(citizen_lookup("001085012345")).await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -227,8 +227,9 @@ impl HubClient {
         }
     }
 
-    /// A TLS connection to the hub offering `alpn`.
-    async fn tls_stream(
+    /// A mutual-TLS connection to the hub offering `alpn` (`b"http/1.1"`,
+    /// `b"h2"`), for speaking HTTP by hand.
+    pub async fn tls_stream(
         &self,
         alpn: &[u8],
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {

@@ -388,6 +388,7 @@ pub async fn start_with_adapters(
     let state = AppState {
         hub: hub.clone(),
         max_body_bytes: config.max_body_bytes,
+        body_timeout: std::time::Duration::from_millis(config.body_timeout_ms),
     };
     let api = TcpListener::bind(config.api_listen)
         .await
@@ -408,12 +409,14 @@ pub async fn start_with_adapters(
                 crate::limits::AgencyLimits::new(config.agency_quota()),
                 crate::limits::admit,
             )),
+        config.timeouts(),
         shutdown_rx.clone(),
     ));
     tasks.spawn(serve::serve_tls(
         public,
         public_tls,
         public_routes().with_state(state),
+        config.timeouts(),
         shutdown_rx,
     ));
     info!(%api_addr, %public_addr, "hub listening");

@@ -39,6 +39,11 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long a query waits for its provider before 504.
     pub query_timeout_ms: u64,
+    /// A client silent this long while the hub waits for a request's
+    /// headers is disconnected (HTTP/2: an unanswered ping this long).
+    pub idle_timeout_ms: u64,
+    /// How long a request body may take to arrive (longer: 408).
+    pub body_timeout_ms: u64,
     /// Requests per second each agency may send, sustained (over: 429).
     pub agency_rate_per_second: f64,
     /// Requests an agency may send at once after a quiet spell.
@@ -76,6 +81,8 @@ impl Default for Config {
             amqp_confirm_window: 512,
             max_body_bytes: 1024 * 1024,
             query_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            body_timeout_ms: 30_000,
             // Generous: a cap against runaway clients, not a tariff; the
             // benchmark's single agency must not hit it.
             agency_rate_per_second: 20_000.0,
@@ -110,6 +117,13 @@ impl Config {
         crate::store::PoolSettings {
             max_connections: self.database_max_connections,
             acquire_timeout: std::time::Duration::from_millis(self.database_acquire_timeout_ms),
+        }
+    }
+
+    /// The listeners' connection timeouts.
+    pub fn timeouts(&self) -> crate::serve::Timeouts {
+        crate::serve::Timeouts {
+            idle: std::time::Duration::from_millis(self.idle_timeout_ms),
         }
     }
 

@@ -30,6 +30,8 @@ use crate::transparency::LogQueryError;
 pub struct AppState {
     pub hub: Arc<Hub>,
     pub max_body_bytes: usize,
+    /// How long a body may take to arrive.
+    pub body_timeout: std::time::Duration,
 }
 
 /// Every error the API returns.
@@ -40,6 +42,8 @@ pub enum ApiError {
     PayloadTooLarge {
         limit: usize,
     },
+    /// The body did not arrive in time.
+    RequestTimeout,
     UnsupportedMediaType,
     BadRequest(String),
     NotFound(String),
@@ -120,6 +124,13 @@ impl IntoResponse for ApiError {
                 plain(
                     "payload_too_large",
                     format!("the request body exceeds {limit} bytes"),
+                ),
+            ),
+            ApiError::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                plain(
+                    "request_timeout",
+                    "the request body did not arrive in time".into(),
                 ),
             ),
             ApiError::UnsupportedMediaType => (
@@ -246,7 +257,7 @@ async fn add_cosignature(
     body: Body,
 ) -> Result<Response, ApiError> {
     member(id)?;
-    let raw = read_json_body(&headers, body, s.max_body_bytes).await?;
+    let raw = read_json_body(&headers, body, s.max_body_bytes, s.body_timeout).await?;
     let req: CosignatureRequest = serde_json::from_slice(&raw).map_err(|e| {
         ApiError::BadRequest(format!(
             "expected {{\"size\": N, \"cosignature\": \"— ...\\n\"}}: {e}"
@@ -441,6 +452,7 @@ async fn read_json_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
+    within: std::time::Duration,
 ) -> Result<bytes::Bytes, ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -453,7 +465,10 @@ async fn read_json_body(
     if !is_json {
         return Err(ApiError::UnsupportedMediaType);
     }
-    match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(within, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| ApiError::RequestTimeout)?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge { limit }),
         Err(e) => Err(ApiError::BadRequest(format!(
@@ -470,7 +485,7 @@ async fn post_exchange(
     body: Body,
 ) -> Result<Response, ApiError> {
     let Identity(who) = member(id)?;
-    let raw = read_json_body(&headers, body, s.max_body_bytes).await?;
+    let raw = read_json_body(&headers, body, s.max_body_bytes, s.body_timeout).await?;
     let (outcome, reply) = s.hub.submit(&who, &raw).await?;
     let status = match outcome {
         Outcome::Answered => StatusCode::OK,
@@ -532,7 +547,7 @@ async fn ack(
     body: Body,
 ) -> Result<Response, ApiError> {
     let Identity(who) = member(id)?;
-    let raw = read_json_body(&headers, body, s.max_body_bytes).await?;
+    let raw = read_json_body(&headers, body, s.max_body_bytes, s.body_timeout).await?;
     let req: AckRequest = serde_json::from_slice(&raw)
         .map_err(|e| ApiError::BadRequest(format!("expected {{\"exchange_ids\": [...]}}: {e}")))?;
     if req.exchange_ids.len() > 100 {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -22,11 +22,30 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections get to finish after shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a connection may sit silent: a client that takes longer than
+/// `idle` to send a request's headers - the first or the next on a kept-alive
+/// HTTP/1.1 connection - is disconnected, so a slow or stalled client cannot
+/// hold a connection forever. HTTP/2 connections are pinged every `idle`
+/// and closed when a ping goes unanswered for as long.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
 /// Serve `router` on `listener` over TLS until `shutdown` turns true.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     router: Router,
+    timeouts: Timeouts,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -80,7 +99,16 @@ pub async fn serve_tls(
                     }
                     req.map(axum::body::Body::new)
                 });
-            let builder = Builder::new(TokioExecutor::new());
+            let mut builder = Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeouts.idle);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(timeouts.idle)
+                .keep_alive_timeout(timeouts.idle);
             let conn = builder.serve_connection_with_upgrades(
                 TokioIo::new(tls),
                 TowerToHyperService::new(service),

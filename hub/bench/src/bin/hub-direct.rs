@@ -53,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
         listener,
         Arc::new(tls),
         hub_bench::direct::router(adapter),
+        hub_server::serve::Timeouts::default(),
         stopped,
     )
     .await;
