@@ -176,3 +176,47 @@ async fn a_body_that_does_not_arrive_gets_408() {
     let (status, body) = hub.send(citizen_lookup("001085012345")).await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_providers_full_queue_turns_queries_away_with_503_before_logging() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut adapters = hub_server::app::reference_adapters(20);
+    adapters[0] = Arc::new(Slow(adapter_population::PopulationAdapter::new(
+        adapter_population::Registry::synthetic(1, 20),
+    )));
+    let hub = Arc::new(
+        TestHub::start_with(
+            dir,
+            |c| c.provider_queue_max = 2,
+            Options {
+                adapters: Some(adapters),
+                ..Options::default()
+            },
+        )
+        .await,
+    );
+    let logged = hub.log_records().await.len();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..4 {
+        let hub = hub.clone();
+        tasks.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50 * n)).await;
+            hub.send(citizen_lookup("001085012345")).await
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (status, body) = done.unwrap();
+        if status == 503 {
+            assert_eq!(body["code"], "provider_queue_full", "{body}");
+            assert!(body.get("log_index").is_none(), "{body}");
+        }
+        statuses.push(status.as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 503, 503]);
+    // Two requests and their two answers; nothing of the turned-away ones.
+    assert_eq!(hub.log_records().await.len(), logged + 4);
+    let (status, body) = hub.send(citizen_lookup("001085012345")).await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -323,6 +323,7 @@ pub async fn start_with_adapters(
         note_verifier,
         Duration::from_millis(config.query_timeout_ms),
     );
+    hub.provider_queue_max = config.provider_queue_max;
     let remote = !config.amqp_url.is_empty();
     if remote {
         hub.remote = Some(Remote {

@@ -39,6 +39,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long a query waits for its provider before 504.
     pub query_timeout_ms: u64,
+    /// Most queries a hub waits on per provider at once (more: 503).
+    pub provider_queue_max: usize,
     /// A client silent this long while the hub waits for a request's
     /// headers is disconnected (HTTP/2: an unanswered ping this long).
     pub idle_timeout_ms: u64,
@@ -81,6 +83,7 @@ impl Default for Config {
             amqp_confirm_window: 512,
             max_body_bytes: 1024 * 1024,
             query_timeout_ms: 10_000,
+            provider_queue_max: 10_000,
             idle_timeout_ms: 60_000,
             body_timeout_ms: 30_000,
             // Generous: a cap against runaway clients, not a tariff; the

@@ -18,6 +18,8 @@ pub enum ExchangeError {
     InProgress(ExchangeId),
     #[error("the provider of {0} is unavailable")]
     ProviderUnavailable(ServiceName),
+    #[error("the provider of {0} already has as many queries waiting as it may; retry later")]
+    ProviderQueueFull(ServiceName),
     #[error("the provider of {0} did not answer in time; GET /v1/exchanges/<id> later")]
     ProviderTimeout(ServiceName),
     #[error("the provider of {service} answered with an invalid payload ({} violation(s))", violations.len())]
@@ -37,6 +39,7 @@ impl ExchangeError {
             Self::IdConflict(_) => "exchange_id_conflict",
             Self::InProgress(_) => "exchange_in_progress",
             Self::ProviderUnavailable(_) => "provider_unavailable",
+            Self::ProviderQueueFull(_) => "provider_queue_full",
             Self::ProviderTimeout(_) => "provider_timeout",
             Self::ProviderInvalidResponse { .. } => "provider_invalid_response",
             Self::StorageUnavailable(_) => "storage_unavailable",

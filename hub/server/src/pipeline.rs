@@ -104,6 +104,10 @@ pub struct Hub {
     /// commits. Their queue rows only serve recovery (after a crash or a
     /// timeout), so a query costs two commits.
     pub local: HashMap<Member, Arc<dyn Adapter>>,
+    /// Most queries this hub waits on per provider at once; past it a query
+    /// is turned away (503 `provider_queue_full`) before it is logged.
+    pub provider_queue_max: usize,
+    pending: Mutex<HashMap<Member, usize>>,
     waiters: Mutex<HashMap<ExchangeId, oneshot::Sender<Completion>>>,
     in_flight: Mutex<HashSet<ExchangeId>>,
     /// Exchanges whose answer is being logged: a second answer to one
@@ -115,6 +119,44 @@ pub struct Hub {
     /// up again.
     dispatched: Mutex<HashMap<ExchangeId, (Record, ServiceRecord)>>,
     wakers: Mutex<HashMap<Member, Arc<Notify>>>,
+}
+
+/// One of a provider's places in [`Hub::provider_queue_max`], held while
+/// this hub waits on the query; freed when dropped.
+struct PendingSlot<'a> {
+    hub: &'a Hub,
+    provider: Member,
+}
+
+impl<'a> PendingSlot<'a> {
+    fn take(hub: &'a Hub, provider: &Member) -> Option<Self> {
+        let mut pending = hub
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = pending.entry(provider.clone()).or_insert(0);
+        if *count >= hub.provider_queue_max {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            hub,
+            provider: provider.clone(),
+        })
+    }
+}
+
+impl Drop for PendingSlot<'_> {
+    fn drop(&mut self) {
+        let mut pending = self
+            .hub
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = pending.get_mut(&self.provider) {
+            *count = count.saturating_sub(1);
+        }
+    }
 }
 
 impl std::fmt::Debug for Hub {
@@ -190,6 +232,8 @@ impl Hub {
             query_timeout,
             remote: None,
             local: HashMap::new(),
+            provider_queue_max: usize::MAX,
+            pending: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
             answering: Mutex::new(HashSet::new()),
@@ -431,12 +475,15 @@ impl Hub {
             Ok(claim) => claim,
             Err(first_reply) => return Ok(first_reply),
         };
+        let provider = a.service.provider.clone();
+        let _slot = PendingSlot::take(self, &provider).ok_or_else(|| {
+            Failure::from(ExchangeError::ProviderQueueFull(a.service.name.clone()))
+        })?;
         let (tx, rx) = oneshot::channel();
         self.waiters
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(a.exchange_id, tx);
-        let provider = a.service.provider.clone();
         let now = self.clock.unix_millis();
         let local = match &self.remote {
             Some(_) => None,
