@@ -199,6 +199,12 @@ fn cases(hub: &TestHub) -> Vec<Case> {
             "invalid_envelope",
         ),
         ("a version 1e400", "1e400", 400, "malformed_json"),
+        (
+            "a version 402E16 (an integer past 2^53 in exponent form)",
+            "402E16",
+            422,
+            "invalid_envelope",
+        ),
         ("a fractional version", "1.5", 422, "invalid_envelope"),
         ("a negative version", "-1", 422, "invalid_envelope"),
         ("a zero version", "0", 422, "invalid_envelope"),

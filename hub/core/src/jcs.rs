@@ -94,6 +94,13 @@ fn write_number(n: &Number, out: &mut Vec<u8>) -> Result<(), JcsError> {
     if !f.is_finite() {
         return Err(JcsError::NotFinite(n.to_string()));
     }
+    // Between 2^53 and 10^21 ECMAScript prints a double as a plain integer,
+    // which parses back as one past 2^53 - refused above; refuse it here too
+    // so that canonical text always canonicalizes to itself. (From 10^21 on
+    // the exponent form parses back as a double.)
+    if f.abs() > MAX_SAFE as f64 && f.abs() < 1e21 {
+        return Err(JcsError::UnsafeInteger(n.to_string()));
+    }
     if f == 0.0 {
         // ECMAScript prints negative zero as "0".
         out.push(b'0');
@@ -158,6 +165,31 @@ mod tests {
     fn negative_zero_and_exponents_follow_ecmascript() {
         let v: Value = serde_json::from_str("[-0.0, 1e21, 1e-7, 123e-2]").unwrap();
         assert_eq!(canonicalize(&v).unwrap(), b"[0,1e+21,1e-7,1.23]");
+    }
+
+    #[test]
+    fn an_integer_past_2_53_is_refused_in_every_spelling() {
+        // Found by the envelope fuzz target: 402E16 was accepted as a double
+        // and printed as 4020000000000000000, which was then refused.
+        for text in [
+            "402E16",
+            "-402E16",
+            "9007199254740994.0",
+            "4020000000000000000",
+        ] {
+            let v: Value = serde_json::from_str(text).unwrap();
+            assert!(
+                matches!(canonicalize(&v), Err(JcsError::UnsafeInteger(_))),
+                "{text}"
+            );
+        }
+        // 2^53 itself, and from 10^21 on (exponent form), are fixed points.
+        for text in ["9007199254740992", "9007199254740992.0", "1e21", "-1.5e300"] {
+            let v: Value = serde_json::from_str(text).unwrap();
+            let once = canonicalize(&v).unwrap();
+            let again = canonicalize(&serde_json::from_slice(&once).unwrap()).unwrap();
+            assert_eq!(once, again, "{text}");
+        }
     }
 }
 
