@@ -74,6 +74,7 @@ async fn registry(store: &dyn Store) {
                 member: member(m),
                 name: m.into(),
                 signing_key: None,
+                suspended: false,
             })
             .await
             .unwrap();
@@ -100,6 +101,7 @@ async fn registry_round_trips(store: Arc<dyn Store>) {
         member: member(CONSUMER),
         name: "General Department of Taxation".into(),
         signing_key: Some(key.public_jwk()),
+        suspended: true,
     };
     store.upsert_agency(&renamed).await.unwrap();
     assert_eq!(

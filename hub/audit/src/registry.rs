@@ -16,6 +16,9 @@ pub struct AgencyEntry {
     pub member: Member,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_key: Option<Jwk>,
+    /// Suspended when the bundle was exported.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspended: bool,
 }
 
 /// One service.
@@ -62,11 +65,7 @@ impl RegistrySnapshot {
     /// The snapshot indexed for the pipeline's decisions.
     pub fn index(&self) -> IndexedRegistry<'_> {
         IndexedRegistry {
-            agencies: self
-                .agencies
-                .iter()
-                .map(|a| (&a.member, a.signing_key.as_ref()))
-                .collect(),
+            agencies: self.agencies.iter().map(|a| (&a.member, a)).collect(),
             services: self
                 .services
                 .iter()
@@ -80,14 +79,18 @@ impl RegistrySnapshot {
 /// A [`RegistrySnapshot`] ready for lookups.
 #[derive(Debug)]
 pub struct IndexedRegistry<'a> {
-    agencies: BTreeMap<&'a Member, Option<&'a Jwk>>,
+    agencies: BTreeMap<&'a Member, &'a AgencyEntry>,
     services: BTreeMap<(&'a ServiceName, u32), &'a ServiceEntry>,
     grants: BTreeSet<&'a GrantEntry>,
 }
 
 impl Registry for IndexedRegistry<'_> {
     fn agency(&self, member: &Member) -> Option<Option<&Jwk>> {
-        self.agencies.get(member).copied()
+        self.agencies.get(member).map(|a| a.signing_key.as_ref())
+    }
+
+    fn suspended(&self, member: &Member) -> bool {
+        self.agencies.get(member).is_some_and(|a| a.suspended)
     }
 
     fn service(&self, name: &ServiceName, version: u32) -> Option<ServiceView> {

@@ -198,6 +198,11 @@ pub enum AgencyCmd {
         #[arg(long)]
         issue_cert: bool,
     },
+    /// Suspend an agency: its requests are refused (403 member_suspended)
+    /// from the next one on, without a restart.
+    Suspend { member: Member },
+    /// Lift a suspension.
+    Resume { member: Member },
     /// Register (or, with --none, remove) the Ed25519/P-256 public JWK that must sign the member's envelopes.
     SetKey {
         member: Member,
@@ -561,6 +566,7 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                     .map(|a| hub_audit::registry::AgencyEntry {
                         member: a.member,
                         signing_key: a.signing_key,
+                        suspended: a.suspended,
                     })
                     .collect(),
                 services: store
@@ -839,6 +845,20 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn set_suspended(store: &dyn Store, member: &Member, suspended: bool) -> anyhow::Result<()> {
+    let mut record = store
+        .agency(member)
+        .await?
+        .with_context(|| format!("{member} is not registered"))?;
+    record.suspended = suspended;
+    store.upsert_agency(&record).await?;
+    println!(
+        "{member}: {} from its next request on",
+        if suspended { "suspended" } else { "resumed" }
+    );
+    Ok(())
+}
+
 async fn agency(config: &Config, cmd: AgencyCmd) -> anyhow::Result<ExitCode> {
     let store = open_store(config).await?;
     match cmd {
@@ -866,6 +886,7 @@ async fn agency(config: &Config, cmd: AgencyCmd) -> anyhow::Result<ExitCode> {
                 .upsert_agency(&AgencyRecord {
                     member: member.clone(),
                     name: name.clone(),
+                    suspended: existing.as_ref().is_some_and(|a| a.suspended),
                     signing_key: existing.and_then(|a| a.signing_key),
                 })
                 .await?;
@@ -907,6 +928,8 @@ async fn agency(config: &Config, cmd: AgencyCmd) -> anyhow::Result<ExitCode> {
                 record.signing_key.map_or("removed".into(), |k| k.kid)
             );
         }
+        AgencyCmd::Suspend { member } => set_suspended(store.as_ref(), &member, true).await?,
+        AgencyCmd::Resume { member } => set_suspended(store.as_ref(), &member, false).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -273,3 +273,45 @@ fn the_readme_walkthrough_works_with_the_real_binary() {
     assert!(again.status.success(), "{}", text(&again));
     stop(served);
 }
+
+#[test]
+fn a_suspended_agency_is_refused_from_its_next_request_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let served = serve(data);
+    let lookup = || {
+        hub(
+            data,
+            &[
+                "send",
+                "--as",
+                "000.00.29.H29/one-stop",
+                "--hub",
+                &served.api,
+                "citizen.lookup",
+                r#"{"personal_id":"001085012345"}"#,
+                "--purpose",
+                "public_service",
+                "--case",
+                "HS-2026-0001",
+            ],
+        )
+    };
+    assert!(lookup().status.success());
+
+    let suspend = hub(data, &["agency", "suspend", "000.00.29.H29/one-stop"]);
+    assert!(suspend.status.success(), "{}", text(&suspend));
+    let refused = lookup();
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("member_suspended"),
+        "{}",
+        text(&refused)
+    );
+
+    let resume = hub(data, &["agency", "resume", "000.00.29.H29/one-stop"]);
+    assert!(resume.status.success(), "{}", text(&resume));
+    assert!(lookup().status.success());
+
+    stop(served);
+}

@@ -30,6 +30,8 @@ pub enum Refusal {
     },
     #[error("{0} is not a registered member")]
     UnknownMember(Member),
+    #[error("{0} is suspended")]
+    MemberSuspended(Member),
     #[error("{0} registered a signing key: the envelope must carry its signature")]
     SignatureRequired(Member),
     #[error("the envelope signature does not verify: {0}")]
@@ -72,6 +74,7 @@ impl Refusal {
             Self::InvalidEnvelope(_) => "invalid_envelope",
             Self::SenderMismatch { .. } => "sender_mismatch",
             Self::UnknownMember(_) => "unknown_member",
+            Self::MemberSuspended(_) => "member_suspended",
             Self::SignatureRequired(_) => "signature_required",
             Self::SignatureInvalid(_) => "signature_invalid",
             Self::SignatureUnexpected(_) => "signature_unexpected",
@@ -229,6 +232,15 @@ pub fn parse(raw: &[u8], catalog: &Catalog, partial: &mut Partial) -> Result<Par
     })
 }
 
+/// Step 2b: a member an administrator suspended is refused whatever it
+/// sends, from its next request on.
+pub fn not_suspended(who: &Member, suspended: bool) -> Result<(), Refusal> {
+    if suspended {
+        return Err(Refusal::MemberSuspended(who.clone()));
+    }
+    Ok(())
+}
+
 /// Step 2: the envelope speaks for the certificate's member only, the member
 /// is registered (`agency` is `None` if not; `Some(key)` with its key, if
 /// any), and signs exactly when it registered a key.
@@ -319,6 +331,8 @@ pub fn validate_payload(
 pub trait Registry {
     /// `None`: not registered; `Some(key)`: registered, with its signing key if any.
     fn agency(&self, member: &Member) -> Option<Option<&Jwk>>;
+    /// Suspended by an administrator.
+    fn suspended(&self, member: &Member) -> bool;
     fn service(&self, name: &ServiceName, version: u32) -> Option<ServiceView>;
     fn granted(&self, consumer: &Member, service: &ServiceName, purpose: &PurposeCode) -> bool;
 }
@@ -332,6 +346,7 @@ pub fn decide(
 ) -> Result<ServiceView, Refusal> {
     let parsed = parse(raw, catalog, &mut Partial::default())?;
     authenticate(who, &parsed, registry.agency(who))?;
+    not_suspended(who, registry.suspended(who))?;
     let service = route(
         &parsed,
         registry.service(&parsed.envelope.service, parsed.envelope.version),

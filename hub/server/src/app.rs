@@ -119,6 +119,7 @@ async fn register_adapters(store: &dyn Store, adapters: &[Arc<dyn Adapter>]) -> 
                     member: provider.clone(),
                     name: provider.to_string(),
                     signing_key: None,
+                    suspended: false,
                 })
                 .await?;
         }
@@ -159,6 +160,7 @@ async fn seed_demo(store: &dyn Store, pki: &PkiPaths) -> anyhow::Result<bool> {
                 member,
                 name: demo.name.to_owned(),
                 signing_key,
+                suspended: false,
             })
             .await?;
     }

@@ -85,6 +85,7 @@ fn status_of(e: &ExchangeError) -> StatusCode {
             }
             R::SenderMismatch { .. }
             | R::UnknownMember(_)
+            | R::MemberSuspended(_)
             | R::NoGrant { .. }
             | R::NotProvider { .. } => StatusCode::FORBIDDEN,
             R::UnknownService { .. } => StatusCode::NOT_FOUND,

@@ -350,6 +350,7 @@ impl Hub {
             &parsed,
             facts.agency.as_ref().map(|a| a.signing_key.as_ref()),
         )?;
+        decide::not_suspended(who, facts.agency.as_ref().is_some_and(|a| a.suspended))?;
         let service = decide::route(&parsed, facts.service.as_ref().map(ServiceRecord::view))?;
         let record = facts.service.clone().ok_or_else(|| {
             ExchangeError::StorageUnavailable("a routed service has no record".into())

@@ -41,6 +41,8 @@ pub struct AgencyRecord {
     pub name: String,
     /// When set, every envelope from this member must carry a valid signature by it.
     pub signing_key: Option<Jwk>,
+    /// Suspended by an administrator: every request is refused until resumed.
+    pub suspended: bool,
 }
 
 /// A service and its provider.

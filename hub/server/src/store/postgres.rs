@@ -214,6 +214,7 @@ impl PgStore {
             )?,
             name: row.try_get("name").map_err(db)?,
             signing_key: jwk.map(|j| Jwk::parse(&j)).transpose().map_err(corrupt)?,
+            suspended: row.try_get("suspended").map_err(db)?,
         })
     }
 
@@ -306,13 +307,15 @@ impl Store for PgStore {
             .transpose()
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
         sqlx::query(
-            "INSERT INTO agencies (agency, subsystem, name, signing_jwk) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (agency, subsystem) DO UPDATE SET name = excluded.name, signing_jwk = excluded.signing_jwk",
+            "INSERT INTO agencies (agency, subsystem, name, signing_jwk, suspended) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (agency, subsystem) DO UPDATE SET name = excluded.name, signing_jwk = excluded.signing_jwk,
+                 suspended = excluded.suspended",
         )
         .bind(a.member.agency.as_str())
         .bind(a.member.subsystem.as_str())
         .bind(&a.name)
         .bind(jwk)
+        .bind(a.suspended)
         .execute(&self.pool)
         .await
         .map_err(db)?;
@@ -397,7 +400,7 @@ impl Store for PgStore {
     ) -> Result<Facts, StoreError> {
         // One round trip for the three facts every request needs.
         let row = sqlx::query(
-            "SELECT a.agency AS a_agency, a.name AS a_name, a.signing_jwk AS a_jwk,
+            "SELECT a.agency AS a_agency, a.name AS a_name, a.signing_jwk AS a_jwk, a.suspended AS a_suspended,
                     s.name AS s_name, s.version AS s_version, s.kind AS s_kind,
                     s.provider_agency AS s_provider_agency, s.provider_subsystem AS s_provider_subsystem,
                     s.request_schema AS s_request_schema, s.response_schema AS s_response_schema,
@@ -423,6 +426,7 @@ impl Store for PgStore {
                     member: who.clone(),
                     name: row.try_get("a_name").map_err(db)?,
                     signing_key: jwk.map(|j| Jwk::parse(&j)).transpose().map_err(corrupt)?,
+                    suspended: row.try_get("a_suspended").map_err(db)?,
                 })
             }
         };
