@@ -203,6 +203,9 @@ pub enum AgencyCmd {
     Suspend { member: Member },
     /// Lift a suspension.
     Resume { member: Member },
+    /// Revoke the member's client certificate from the dev CA: its next TLS
+    /// handshake fails (the running hub reloads the CRL by itself).
+    RevokeCert { member: Member },
     /// Register (or, with --none, remove) the Ed25519/P-256 public JWK that must sign the member's envelopes.
     SetKey {
         member: Member,
@@ -930,6 +933,14 @@ async fn agency(config: &Config, cmd: AgencyCmd) -> anyhow::Result<ExitCode> {
         }
         AgencyCmd::Suspend { member } => set_suspended(store.as_ref(), &member, true).await?,
         AgencyCmd::Resume { member } => set_suspended(store.as_ref(), &member, false).await?,
+        AgencyCmd::RevokeCert { member } => {
+            let pki = PkiPaths::new(&config.data_dir);
+            let serial = hub_server::pki::revoke(&pki, &member, time::OffsetDateTime::now_utc())?;
+            println!(
+                "{member}: certificate {serial} revoked in {}; refused from its next connection",
+                pki.crl().display()
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

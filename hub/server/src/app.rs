@@ -401,8 +401,8 @@ pub async fn start_with_adapters(
         .with_context(|| format!("binding the public listener to {}", config.public_listen))?;
     let api_addr = api.local_addr()?;
     let public_addr = public.local_addr()?;
-    let api_tls = Arc::new(tls::api_server_config(&init.pki)?);
-    let public_tls = Arc::new(tls::public_server_config(&init.pki)?);
+    let api_tls = tls::ServerTls::api(&init.pki)?;
+    let public_tls = tls::ServerTls::fixed(tls::public_server_config(&init.pki)?);
     tasks.spawn(serve::serve_tls(
         api,
         api_tls,

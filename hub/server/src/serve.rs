@@ -43,12 +43,11 @@ impl Default for Timeouts {
 /// Serve `router` on `listener` over TLS until `shutdown` turns true.
 pub async fn serve_tls(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Arc<crate::tls::ServerTls>,
     router: Router,
     timeouts: Timeouts,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -63,7 +62,7 @@ pub async fn serve_tls(
             _ = shutdown.changed() => break,
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let acceptor = TlsAcceptor::from(tls.current());
         let router = router.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {

@@ -2,10 +2,15 @@
 //!
 //! The API listener requires a client certificate that chains to the hub's
 //! CA and is valid now: no certificate, another CA's, or an expired one
-//! fails the handshake. The public listener asks for none.
+//! fails the handshake, and so does one the CRL revokes (reloaded when the
+//! file changes). The public listener asks for none.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use rustls_pki_types::CertificateRevocationListDer;
+use rustls_pki_types::pem::PemObject;
 
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
@@ -42,13 +47,84 @@ fn roots(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// The API listener's config: mutual TLS against the hub's CA.
+/// The API listener's config: mutual TLS against the hub's CA, refusing
+/// the certificates its CRL (`pki/crl.pem`, when present) revokes.
 pub fn api_server_config(pki: &PkiPaths) -> Result<ServerConfig, TlsError> {
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&pki.ca_cert())?), provider())
-            .build()
-            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&pki.ca_cert())?), provider());
+    let crl = pki.crl();
+    if crl.exists() {
+        let crls = CertificateRevocationListDer::pem_file_iter(&crl)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| TlsError::Verifier(format!("{}: {e}", crl.display())))?;
+        builder = builder.with_crls(crls);
+    }
+    let verifier = builder
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
     server_config(pki, verifier)
+}
+
+/// A listener's TLS configuration, rebuilt when a watched file (the CRL)
+/// changes: a revocation takes effect from the next handshake, without a
+/// restart. A rebuild that fails keeps the previous configuration.
+pub struct ServerTls {
+    /// The watched file and how to rebuild the configuration from it.
+    reload: Option<(PathBuf, Rebuild)>,
+    loaded: Mutex<(Option<(SystemTime, u64)>, Arc<ServerConfig>)>,
+}
+
+type Rebuild = Box<dyn Fn() -> Result<ServerConfig, TlsError> + Send + Sync>;
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+impl ServerTls {
+    /// A configuration that never changes.
+    pub fn fixed(config: ServerConfig) -> Arc<Self> {
+        Arc::new(Self {
+            reload: None,
+            loaded: Mutex::new((None, Arc::new(config))),
+        })
+    }
+
+    /// The API listener's configuration, rebuilt when the CRL changes.
+    pub fn api(pki: &PkiPaths) -> Result<Arc<Self>, TlsError> {
+        let watch = pki.crl();
+        let stamped = stamp(&watch);
+        let config = api_server_config(pki)?;
+        let pki = pki.clone();
+        Ok(Arc::new(Self {
+            reload: Some((watch, Box::new(move || api_server_config(&pki)))),
+            loaded: Mutex::new((stamped, Arc::new(config))),
+        }))
+    }
+
+    /// The configuration for the next handshake.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        let mut loaded = self
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((path, rebuild)) = &self.reload {
+            let now = stamp(path);
+            if now != loaded.0 {
+                match rebuild() {
+                    Ok(config) => {
+                        tracing::info!(file = %path.display(), "TLS configuration reloaded");
+                        *loaded = (now, Arc::new(config));
+                    }
+                    Err(e) => {
+                        tracing::error!(file = %path.display(), error = %e, "TLS reload failed; keeping the previous configuration");
+                        loaded.0 = now;
+                    }
+                }
+            }
+        }
+        loaded.1.clone()
+    }
 }
 
 /// The public listener's config: server authentication only.

@@ -51,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
     });
     hub_server::serve::serve_tls(
         listener,
-        Arc::new(tls),
+        hub_server::tls::ServerTls::fixed(tls),
         hub_bench::direct::router(adapter),
         hub_server::serve::Timeouts::default(),
         stopped,
