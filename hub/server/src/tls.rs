@@ -71,12 +71,15 @@ pub fn api_server_config(pki: &PkiPaths) -> Result<ServerConfig, TlsError> {
 pub struct ServerTls {
     /// The watched file and how to rebuild the configuration from it.
     reload: Option<(PathBuf, Rebuild)>,
-    loaded: Mutex<(Option<(SystemTime, u64)>, Arc<ServerConfig>)>,
+    loaded: Mutex<(Stamp, Arc<ServerConfig>)>,
 }
+
+/// When and how big the watched file was (`None`: absent).
+type Stamp = Option<(SystemTime, u64)>;
 
 type Rebuild = Box<dyn Fn() -> Result<ServerConfig, TlsError> + Send + Sync>;
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+fn stamp(path: &Path) -> Stamp {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
 }
