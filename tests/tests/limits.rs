@@ -68,24 +68,23 @@ impl Adapter for Slow {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_in_flight_are_capped_per_agency() {
+/// A hub whose population adapter is [`Slow`], with `adjust` applied.
+async fn hub_with_a_slow_provider(adjust: impl FnOnce(&mut hub_server::Config)) -> Arc<TestHub> {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let mut adapters = hub_server::app::reference_adapters(20);
     adapters[0] = Arc::new(Slow(adapter_population::PopulationAdapter::new(
         adapter_population::Registry::synthetic(1, 20),
     )));
-    let hub = Arc::new(
-        TestHub::start_with(
-            dir,
-            |c| c.agency_max_in_flight = 2,
-            Options {
-                adapters: Some(adapters),
-                ..Options::default()
-            },
-        )
-        .await,
-    );
+    let options = Options {
+        adapters: Some(adapters),
+        ..Options::default()
+    };
+    Arc::new(TestHub::start_with(dir, adjust, options).await)
+}
+
+/// Four lookups 50 ms apart, all pending at once with the slow provider;
+/// their statuses, sorted, after checking every refusal's code.
+async fn four_at_once(hub: &Arc<TestHub>, refused: u16, code: &str) -> Vec<u16> {
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..4 {
         let hub = hub.clone();
@@ -97,13 +96,23 @@ async fn requests_in_flight_are_capped_per_agency() {
     let mut statuses = Vec::new();
     while let Some(done) = tasks.join_next().await {
         let (status, body) = done.unwrap();
-        if status == 429 {
-            assert_eq!(body["code"], "too_many_in_flight", "{body}");
+        if status == refused {
+            assert_eq!(body["code"], code, "{body}");
+            assert!(body.get("log_index").is_none(), "logged: {body}");
         }
         statuses.push(status.as_u16());
     }
     statuses.sort_unstable();
-    assert_eq!(statuses, [200, 200, 429, 429]);
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_are_capped_per_agency() {
+    let hub = hub_with_a_slow_provider(|c| c.agency_max_in_flight = 2).await;
+    assert_eq!(
+        four_at_once(&hub, 429, "too_many_in_flight").await,
+        [200, 200, 429, 429]
+    );
     // Their places are free again.
     let (status, body) = hub.send(citizen_lookup("001085012345")).await;
     assert_eq!(status, 200, "{body}");
@@ -179,42 +188,12 @@ async fn a_body_that_does_not_arrive_gets_408() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_providers_full_queue_turns_queries_away_with_503_before_logging() {
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let mut adapters = hub_server::app::reference_adapters(20);
-    adapters[0] = Arc::new(Slow(adapter_population::PopulationAdapter::new(
-        adapter_population::Registry::synthetic(1, 20),
-    )));
-    let hub = Arc::new(
-        TestHub::start_with(
-            dir,
-            |c| c.provider_queue_max = 2,
-            Options {
-                adapters: Some(adapters),
-                ..Options::default()
-            },
-        )
-        .await,
-    );
+    let hub = hub_with_a_slow_provider(|c| c.provider_queue_max = 2).await;
     let logged = hub.log_records().await.len();
-    let mut tasks = tokio::task::JoinSet::new();
-    for n in 0..4 {
-        let hub = hub.clone();
-        tasks.spawn(async move {
-            tokio::time::sleep(Duration::from_millis(50 * n)).await;
-            hub.send(citizen_lookup("001085012345")).await
-        });
-    }
-    let mut statuses = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        let (status, body) = done.unwrap();
-        if status == 503 {
-            assert_eq!(body["code"], "provider_queue_full", "{body}");
-            assert!(body.get("log_index").is_none(), "{body}");
-        }
-        statuses.push(status.as_u16());
-    }
-    statuses.sort_unstable();
-    assert_eq!(statuses, [200, 200, 503, 503]);
+    assert_eq!(
+        four_at_once(&hub, 503, "provider_queue_full").await,
+        [200, 200, 503, 503]
+    );
     // Two requests and their two answers; nothing of the turned-away ones.
     assert_eq!(hub.log_records().await.len(), logged + 4);
     let (status, body) = hub.send(citizen_lookup("001085012345")).await;
