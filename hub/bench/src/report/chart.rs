@@ -129,8 +129,16 @@ pub fn latency(title: &str, series: &[Series], threshold_ms: Option<f64>) -> Str
         );
         d += 1.0;
     }
-    for i in 0..=5 {
-        let v = max_x / 5.0 * f64::from(i);
+    // Ticks at round numbers: 1, 2 or 5 times a power of ten, about five.
+    let rough = max_x / 5.0;
+    let decade = 10f64.powf(rough.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * decade)
+        .find(|s| *s >= rough)
+        .unwrap_or(rough);
+    let mut v = 0.0;
+    while v <= max_x {
         let _ = write!(
             out,
             r##"<line x1="{xx:.1}" x2="{xx:.1}" y1="{top}" y2="{yb}" stroke="#eee"/>
@@ -140,6 +148,7 @@ pub fn latency(title: &str, series: &[Series], threshold_ms: Option<f64>) -> Str
             yb = top + plot_h,
             ty = top + plot_h + 16.0,
         );
+        v += step;
     }
     let _ = write!(
         out,
