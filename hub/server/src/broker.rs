@@ -192,6 +192,13 @@ async fn relay_once(hub: &Hub, broker: &Broker) -> Result<usize, BrokerError> {
     let limit = u32::try_from(broker.window).unwrap_or(u32::MAX);
     let rows = hub.store.outbox(&broker.instance, limit).await?;
     if rows.is_empty() {
+        // Nothing to send, but after a failure (or at start) reconnect
+        // anyway: readiness reports the broker from this connection, and
+        // the rows that failed may have been settled by their answers
+        // meanwhile, leaving nothing that would reconnect it.
+        if !broker.is_up() {
+            broker.channel(hub.store.as_ref()).await?;
+        }
         return Ok(0);
     }
     let (_conn, ch) = broker.channel(hub.store.as_ref()).await?;
