@@ -7,6 +7,26 @@ mod common;
 
 use common::{hub, serve, stop, text};
 
+/// The README's first command: the one-stop office looks a citizen up.
+fn one_stop_lookup(data: &std::path::Path, api: &str) -> std::process::Output {
+    hub(
+        data,
+        &[
+            "send",
+            "--as",
+            "000.00.29.H29/one-stop",
+            "--hub",
+            api,
+            "citizen.lookup",
+            r#"{"personal_id":"001085012345"}"#,
+            "--purpose",
+            "public_service",
+            "--case",
+            "HS-2026-0001",
+        ],
+    )
+}
+
 #[test]
 fn the_readme_walkthrough_works_with_the_real_binary() {
     let dir = tempfile::tempdir().unwrap();
@@ -15,22 +35,7 @@ fn the_readme_walkthrough_works_with_the_real_binary() {
     let api = served.api.clone();
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
-    let lookup = hub(
-        data,
-        &[
-            "send",
-            "--as",
-            "000.00.29.H29/one-stop",
-            "--hub",
-            &api,
-            "citizen.lookup",
-            r#"{"personal_id":"001085012345"}"#,
-            "--purpose",
-            "public_service",
-            "--case",
-            "HS-2026-0001",
-        ],
-    );
+    let lookup = one_stop_lookup(data, &api);
     assert!(lookup.status.success(), "{}", text(&lookup));
     assert!(text(&lookup).contains("Nguyễn Văn An"), "{}", text(&lookup));
     assert!(
@@ -279,24 +284,7 @@ fn a_suspended_agency_is_refused_from_its_next_request_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
     let served = serve(data);
-    let lookup = || {
-        hub(
-            data,
-            &[
-                "send",
-                "--as",
-                "000.00.29.H29/one-stop",
-                "--hub",
-                &served.api,
-                "citizen.lookup",
-                r#"{"personal_id":"001085012345"}"#,
-                "--purpose",
-                "public_service",
-                "--case",
-                "HS-2026-0001",
-            ],
-        )
-    };
+    let lookup = || one_stop_lookup(data, &served.api);
     assert!(lookup().status.success());
 
     let suspend = hub(data, &["agency", "suspend", "000.00.29.H29/one-stop"]);
