@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use hub_adapter_sdk::{Adapter, AdapterRequest};
 use hub_core::envelope::{Envelope, ExchangeRequest};
 use hub_core::ids::ExchangeId;
+use hub_server::clock::{Clock, SystemClock};
 use hub_server::identity::Identity;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
@@ -66,16 +67,10 @@ async fn exchange(
             "no randomness".into(),
         );
     }
-    let id = ExchangeId::from_parts(unix_millis(), random);
+    let id = ExchangeId::from_parts(SystemClock.unix_millis(), random);
     let request = AdapterRequest::from_envelope(id, envelope);
     match direct.adapter.handle(&request).await {
         Ok(response) => Json(json!({"exchange_id": id, "response": response})).into_response(),
         Err(e) => refuse(StatusCode::BAD_GATEWAY, "adapter_failed", e.to_string()),
     }
-}
-
-fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -93,14 +93,8 @@ impl Settings {
             connections: 4,
             audit_entries: 2_000,
             records: 50,
-            ..Self::full(out, PathBuf::new())
+            ..Self::full(out, bin_dir)
         }
-        .with_bin_dir(bin_dir)
-    }
-
-    fn with_bin_dir(mut self, bin_dir: PathBuf) -> Self {
-        self.bin_dir = bin_dir;
-        self
     }
 }
 
