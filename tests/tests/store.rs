@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use hub_adapter_sdk::ServiceKind;
 use hub_core::body::{DataKey, commitment};
+use hub_core::fields::FieldSet;
 use hub_core::hash::Hash;
 use hub_core::ids::{ExchangeId, Member, PurposeCode, ServiceName};
 use hub_core::jws::SigningKey;
@@ -124,6 +125,7 @@ async fn registry_round_trips(store: Arc<dyn Store>) {
         consumer: member(CONSUMER),
         service: service.clone(),
         purpose: PurposeCode::parse("tax_administration").unwrap(),
+        fields: None,
     };
     let granted = |g: &Grant| {
         let (store, g) = (store.clone(), g.clone());
@@ -156,6 +158,19 @@ async fn registry_round_trips(store: Arc<dyn Store>) {
     assert_eq!(facts.agency.unwrap().signing_key, Some(key.public_jwk()));
     assert_eq!(facts.service, Some(found.clone()));
     assert!(facts.granted);
+    assert_eq!(facts.fields, None);
+    // Adding the grant again with fields replaces them; the facts carry them.
+    let minimised = Grant {
+        fields: Some(FieldSet::parse_list("/found,/enterprise/name").unwrap()),
+        ..grant.clone()
+    };
+    store.add_grant(&minimised).await.unwrap();
+    assert_eq!(store.grants().await.unwrap(), vec![minimised.clone()]);
+    let facts = store
+        .facts(&grant.consumer, &service, 1, &grant.purpose)
+        .await
+        .unwrap();
+    assert_eq!((facts.granted, facts.fields), (true, minimised.fields));
     let other = store
         .facts(
             &member("000.00.00.X99/none"),
@@ -233,6 +248,7 @@ impl Entries {
             purpose: None,
             case_ref: None,
             on_behalf_of: None,
+            fields: None,
             schema: None,
             body_hash: body_hash.clone(),
             sealed_body_hash: Some(sealed_body.hash()),

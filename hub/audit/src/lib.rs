@@ -900,7 +900,21 @@ fn check_body(
         };
         outcomes.push((checks::SENDER_SIGNATURE, result));
     }
-    if let Some(schema) = record["schema"].as_str() {
+    // A minimised response holds only the fields it lists: the hub
+    // validated the provider's full answer, which nobody keeps.
+    if let Some(released) = record.get("fields").filter(|_| kind == "response") {
+        let result =
+            serde_json::from_value::<Vec<hub_core::fields::FieldPointer>>(released.clone())
+                .map_err(|e| format!("fields: {e}"))
+                .and_then(|released| {
+                    if hub_core::fields::holds_only(&parsed, &released) {
+                        Ok(())
+                    } else {
+                        Err("the body holds more than the fields the entry lists".into())
+                    }
+                });
+        outcomes.push((checks::SCHEMA, result));
+    } else if let Some(schema) = record["schema"].as_str() {
         let instance = if matches!(kind, "request" | "event") {
             &parsed["payload"]
         } else {

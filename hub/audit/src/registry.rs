@@ -1,11 +1,13 @@
 //! The registry as exported with a bundle (`registry.json`): agencies and
 //! their envelope-signing keys, services, grants. Verification reads the
-//! agencies' keys from it; replay decides against it.
+//! agencies' keys from it; replay decides against it and checks that every
+//! response released no more than its grant's fields.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use hub_core::decide::{Registry, ServiceView};
 use hub_core::envelope::ServiceKind;
+use hub_core::fields::FieldSet;
 use hub_core::ids::{Member, PurposeCode, ServiceName};
 use hub_core::jws::{Jwk, Jwks};
 use serde::{Deserialize, Serialize};
@@ -34,11 +36,14 @@ pub struct ServiceEntry {
 }
 
 /// One grant.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GrantEntry {
     pub consumer: Member,
     pub service: ServiceName,
     pub purpose: PurposeCode,
+    /// The response fields it releases; absent: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<FieldSet>,
 }
 
 /// The registry at export.
@@ -71,7 +76,11 @@ impl RegistrySnapshot {
                 .iter()
                 .map(|s| ((&s.name, s.version), s))
                 .collect(),
-            grants: self.grants.iter().collect(),
+            grants: self
+                .grants
+                .iter()
+                .map(|g| ((&g.consumer, &g.service, &g.purpose), g))
+                .collect(),
         }
     }
 }
@@ -81,7 +90,21 @@ impl RegistrySnapshot {
 pub struct IndexedRegistry<'a> {
     agencies: BTreeMap<&'a Member, &'a AgencyEntry>,
     services: BTreeMap<(&'a ServiceName, u32), &'a ServiceEntry>,
-    grants: BTreeSet<&'a GrantEntry>,
+    grants: BTreeMap<GrantKey<'a>, &'a GrantEntry>,
+}
+
+type GrantKey<'a> = (&'a Member, &'a ServiceName, &'a PurposeCode);
+
+impl IndexedRegistry<'_> {
+    /// The grant for (consumer, service, purpose), if any.
+    pub fn grant(
+        &self,
+        consumer: &Member,
+        service: &ServiceName,
+        purpose: &PurposeCode,
+    ) -> Option<&GrantEntry> {
+        self.grants.get(&(consumer, service, purpose)).copied()
+    }
 }
 
 impl Registry for IndexedRegistry<'_> {
@@ -104,10 +127,6 @@ impl Registry for IndexedRegistry<'_> {
     }
 
     fn granted(&self, consumer: &Member, service: &ServiceName, purpose: &PurposeCode) -> bool {
-        self.grants.contains(&GrantEntry {
-            consumer: consumer.clone(),
-            service: service.clone(),
-            purpose: purpose.clone(),
-        })
+        self.grant(consumer, service, purpose).is_some()
     }
 }

@@ -1,6 +1,7 @@
 //! Replay: re-run the pipeline's decisions (`hub_core::decide`) for every
 //! logged request, event and refusal, against the registry exported with
-//! the bundle, and report every entry whose recorded outcome differs.
+//! the bundle, check that every response released no more than its grant's
+//! fields, and report every entry whose recorded outcome differs.
 //!
 //! The registry is the one in force at export: grants changed since an
 //! entry was logged show up as differences, which the report lists for a
@@ -11,6 +12,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use hub_core::decide;
+use hub_core::fields::{FieldPointer, FieldSet};
 use hub_core::ids::Member;
 use hub_core::schema::Catalog;
 use serde::Serialize;
@@ -18,6 +20,7 @@ use serde_json::{Value, json};
 
 use hub_core::body::DataKey;
 
+use crate::registry::IndexedRegistry;
 use crate::{BodyLine, BundleError, RegistrySnapshot, invalid, io, manifest, read_json};
 
 /// An entry whose replayed outcome is not the recorded one.
@@ -54,6 +57,95 @@ fn request_bytes(record: &Value, body: &[u8]) -> Vec<u8> {
             serde_json::to_vec(&request).unwrap_or_default()
         }
         _ => body.to_vec(),
+    }
+}
+
+/// A logged field list (`None`: absent, the whole response).
+fn logged_fields(record: &Value) -> Result<Option<Vec<FieldPointer>>, String> {
+    record
+        .get("fields")
+        .map(|f| serde_json::from_value(f.clone()).map_err(|e| format!("fields: {e}")))
+        .transpose()
+}
+
+fn list(fields: Option<&[FieldPointer]>) -> String {
+    fields.map_or("every field".into(), |f| {
+        f.iter()
+            .map(FieldPointer::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
+    })
+}
+
+/// A request records the fields its grant released: the export-time
+/// grant must release the same.
+fn fields_match_grant(
+    record: &Value,
+    who: &Member,
+    registry: &IndexedRegistry<'_>,
+) -> Result<(), String> {
+    let logged = logged_fields(record)?;
+    let (Ok(service), Ok(purpose)) = (
+        serde_json::from_value(record["service"].clone()),
+        serde_json::from_value(record["purpose"].clone()),
+    ) else {
+        return Err("the request names no service or purpose".into());
+    };
+    let granted = registry
+        .grant(who, &service, &purpose)
+        .and_then(|g| g.fields.as_ref())
+        .map(FieldSet::to_vec);
+    if logged == granted {
+        Ok(())
+    } else {
+        Err(format!(
+            "the request released {}; the grant now releases {}",
+            list(logged.as_deref()),
+            list(granted.as_deref())
+        ))
+    }
+}
+
+/// A response's body holds only the fields it lists, and those are
+/// within what the receiver's grant releases at export.
+fn released_within_grant(
+    record: &Value,
+    body: &[u8],
+    registry: &IndexedRegistry<'_>,
+) -> Result<(), String> {
+    let body: Value = serde_json::from_slice(body).map_err(|e| format!("body: {e}"))?;
+    let logged = logged_fields(record)?;
+    if let Some(released) = &logged
+        && !hub_core::fields::holds_only(&body, released)
+    {
+        return Err(format!(
+            "the body holds more than the fields it lists ({})",
+            list(Some(released))
+        ));
+    }
+    let (Ok(receiver), Ok(service), Ok(purpose)) = (
+        serde_json::from_value::<Member>(record["receiver"].clone()),
+        serde_json::from_value(record["service"].clone()),
+        serde_json::from_value(record["purpose"].clone()),
+    ) else {
+        return Err("the response names no receiver, service or purpose".into());
+    };
+    let Some(grant) = registry.grant(&receiver, &service, &purpose) else {
+        // Revoked since: the request's replay reports it.
+        return Ok(());
+    };
+    match (&grant.fields, &logged) {
+        (None, _) => Ok(()),
+        (Some(granted), Some(released))
+            if released.iter().all(|f| granted.iter().any(|g| g == f)) =>
+        {
+            Ok(())
+        }
+        (Some(granted), _) => Err(format!(
+            "{receiver} received {}; its grant releases {}",
+            list(logged.as_deref()),
+            granted.to_list()
+        )),
     }
 }
 
@@ -97,7 +189,7 @@ pub fn replay(
         let record: Value = serde_json::from_str(&line)
             .map_err(|e| invalid(&entries_path, format!("entry {index}: {e}")))?;
         let kind = record["kind"].as_str().unwrap_or_default().to_owned();
-        if !matches!(kind.as_str(), "request" | "event" | "refusal") {
+        if !matches!(kind.as_str(), "request" | "event" | "refusal" | "response") {
             continue;
         }
         let Some(body) = pending.as_ref().filter(|b| b.index == index) else {
@@ -116,6 +208,20 @@ pub fn replay(
                 ),
             ));
         };
+        if kind == "response" {
+            report.replayed += 1;
+            match released_within_grant(&record, &body, &registry) {
+                Ok(()) => report.matched += 1,
+                Err(detail) => report.differences.push(Difference {
+                    index,
+                    kind,
+                    recorded: "released".into(),
+                    replayed: "over_released".into(),
+                    detail,
+                }),
+            }
+            continue;
+        }
         let who: Member = serde_json::from_value(record["sender"].clone())
             .map_err(|e| invalid(&entries_path, format!("entry {index}: sender: {e}")))?;
         let recorded = if kind == "refusal" {
@@ -128,6 +234,10 @@ pub fn replay(
         };
         let (replayed, detail) =
             match decide::decide(&request_bytes(&record, &body), &who, &registry, &catalog) {
+                Ok(_) if kind == "request" => match fields_match_grant(&record, &who, &registry) {
+                    Ok(()) => ("accepted".to_owned(), String::new()),
+                    Err(detail) => ("accepted_other_fields".to_owned(), detail),
+                },
                 Ok(_) => ("accepted".to_owned(), String::new()),
                 Err(r) => (r.code().to_owned(), r.to_string()),
             };

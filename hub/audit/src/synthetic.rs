@@ -88,6 +88,7 @@ pub fn write_bundle(
             purpose: None,
             case_ref: None,
             on_behalf_of: None,
+            fields: None,
             schema: None,
             body_hash,
             refers_to: i.checked_sub(1),

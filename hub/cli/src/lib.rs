@@ -11,11 +11,13 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use hub_client::{HubClient, sign_envelope, verify_reply};
+use hub_core::fields::FieldSet;
 use hub_core::ids::{ExchangeId, Member, PurposeCode, ServiceName};
 use hub_core::jws::Jwk;
+use hub_core::schema::Catalog;
 use hub_server::clock::{SystemClock, SystemRandom};
 use hub_server::pki::{PkiPaths, issue_client_cert, read_signing_key};
-use hub_server::store::{AgencyRecord, Grant, Store, Subscription};
+use hub_server::store::{AgencyRecord, Grant, ServiceRecord, Store, Subscription};
 use hub_server::{Config, app};
 use serde_json::{Value, json};
 
@@ -220,10 +222,17 @@ pub enum AgencyCmd {
 #[derive(Debug, Subcommand)]
 pub enum GrantCmd {
     List,
+    /// Let a consumer call a query service for these purposes (adding a
+    /// grant that exists replaces its fields).
     Add {
         consumer: Member,
         service: ServiceName,
         purposes: Vec<PurposeCode>,
+        /// Release only these response fields: comma-separated JSON
+        /// pointers into the response schema (`/found,/citizen/full_name`);
+        /// checked against the schema. Without it, the whole response.
+        #[arg(long, value_parser = FieldSet::parse_list)]
+        fields: Option<FieldSet>,
     },
     Revoke {
         consumer: Member,
@@ -593,6 +602,7 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                         consumer: g.consumer,
                         service: g.service,
                         purpose: g.purpose,
+                        fields: g.fields,
                     })
                     .collect(),
             };
@@ -951,10 +961,13 @@ async fn grant(config: &Config, cmd: GrantCmd) -> anyhow::Result<ExitCode> {
         GrantCmd::List => {
             for g in store.grants().await? {
                 println!(
-                    "{:<40} {:<26} {}",
+                    "{:<40} {:<26} {:<24} {}",
                     g.consumer.to_string(),
                     g.service.as_str(),
-                    g.purpose
+                    g.purpose.as_str(),
+                    g.fields
+                        .as_ref()
+                        .map_or("(all fields)".into(), FieldSet::to_list)
                 );
             }
         }
@@ -962,15 +975,25 @@ async fn grant(config: &Config, cmd: GrantCmd) -> anyhow::Result<ExitCode> {
             consumer,
             service,
             purposes,
+            fields,
         } => {
             if store.agency(&consumer).await?.is_none() {
                 bail!("{consumer} is not registered (hub agency add)");
             }
-            if !store.services().await?.iter().any(|s| s.name == service) {
+            let versions: Vec<_> = store
+                .services()
+                .await?
+                .into_iter()
+                .filter(|s| s.name == service)
+                .collect();
+            if versions.is_empty() {
                 bail!("no service {service} (hub services)");
             }
             if purposes.is_empty() {
                 bail!("name at least one purpose");
+            }
+            if let Some(fields) = &fields {
+                check_grant_fields(&versions, fields)?;
             }
             for purpose in purposes {
                 store
@@ -978,9 +1001,13 @@ async fn grant(config: &Config, cmd: GrantCmd) -> anyhow::Result<ExitCode> {
                         consumer: consumer.clone(),
                         service: service.clone(),
                         purpose: purpose.clone(),
+                        fields: fields.clone(),
                     })
                     .await?;
-                println!("granted {consumer} {service} for {purpose}");
+                let what = fields
+                    .as_ref()
+                    .map_or("every field".into(), FieldSet::to_list);
+                println!("granted {consumer} {service} for {purpose}: {what}");
             }
         }
         GrantCmd::Revoke {
@@ -993,6 +1020,7 @@ async fn grant(config: &Config, cmd: GrantCmd) -> anyhow::Result<ExitCode> {
                     consumer,
                     service,
                     purpose,
+                    fields: None,
                 })
                 .await?;
             println!("{}", if removed { "revoked" } else { "no such grant" });
@@ -1002,6 +1030,23 @@ async fn grant(config: &Config, cmd: GrantCmd) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Field grants name response fields: every version of the service must
+/// be a query whose response schema has each of them.
+fn check_grant_fields(versions: &[ServiceRecord], fields: &FieldSet) -> anyhow::Result<()> {
+    let catalog = Catalog::builtin()?;
+    for service in versions {
+        let Some(schema) = &service.response_schema else {
+            bail!(
+                "{} v{} is an event service: it has no response to limit to fields",
+                service.name,
+                service.version
+            );
+        };
+        catalog.check_fields(schema, fields)?;
+    }
+    Ok(())
 }
 
 async fn subscription(config: &Config, cmd: SubscriptionCmd) -> anyhow::Result<ExitCode> {

@@ -308,3 +308,110 @@ fn a_suspended_agency_is_refused_from_its_next_request_without_a_restart() {
 
     stop(served);
 }
+
+#[test]
+fn field_grants_are_checked_against_the_schema_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let served = serve(data);
+    let grant = |fields: &str| {
+        hub(
+            data,
+            &[
+                "grant",
+                "add",
+                "000.00.29.H29/one-stop",
+                "citizen.lookup",
+                "public_service",
+                "--fields",
+                fields,
+            ],
+        )
+    };
+    // A field the response schema does not have is refused, by name.
+    let refused = grant("/found,/citizen/religion");
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("\"/citizen/religion\" is not in the response schema"),
+        "{}",
+        text(&refused)
+    );
+    let refused = grant("citizen");
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("not a JSON pointer"),
+        "{}",
+        text(&refused)
+    );
+
+    let narrowed = grant("/found,/citizen/full_name");
+    assert!(narrowed.status.success(), "{}", text(&narrowed));
+    let list = hub(data, &["grant", "list"]);
+    assert!(
+        text(&list).contains("public_service           /citizen/full_name,/found"),
+        "{}",
+        text(&list)
+    );
+    let lookup = one_stop_lookup(data, &served.api);
+    assert!(lookup.status.success(), "{}", text(&lookup));
+    let reply: serde_json::Value = serde_json::from_slice(&lookup.stdout).unwrap();
+    assert_eq!(
+        reply["body"],
+        serde_json::json!({"found": true, "citizen": {"full_name": "Nguyễn Văn An"}})
+    );
+    stop(served);
+
+    // The auditor's replay holds the log to the grants as exported: with
+    // the grant widened since, the request released other fields than the
+    // grant now says (the response stays within it).
+    let widened = grant("/found,/citizen/full_name,/citizen/sex");
+    assert!(widened.status.success(), "{}", text(&widened));
+    let bundle = data.join("bundle");
+    let bundle_s = bundle.to_str().unwrap();
+    let export = hub(data, &["audit", "export", "--out", bundle_s]);
+    assert!(export.status.success(), "{}", text(&export));
+    let data_key = data.join("pki/data.key");
+    let replay = hub(
+        data,
+        &[
+            "audit",
+            "replay",
+            bundle_s,
+            "--data-key",
+            data_key.to_str().unwrap(),
+        ],
+    );
+    assert!(!replay.status.success());
+    assert!(
+        text(&replay).contains("recorded accepted, replayed accepted_other_fields"),
+        "{}",
+        text(&replay)
+    );
+    assert!(
+        !text(&replay).contains("over_released"),
+        "{}",
+        text(&replay)
+    );
+
+    // Narrowed below what was released, the response is flagged too.
+    let narrowed = grant("/found");
+    assert!(narrowed.status.success(), "{}", text(&narrowed));
+    std::fs::remove_dir_all(&bundle).unwrap();
+    let export = hub(data, &["audit", "export", "--out", bundle_s]);
+    assert!(export.status.success(), "{}", text(&export));
+    let replay = hub(
+        data,
+        &[
+            "audit",
+            "replay",
+            bundle_s,
+            "--data-key",
+            data_key.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        text(&replay).contains("replayed over_released"),
+        "{}",
+        text(&replay)
+    );
+}

@@ -27,6 +27,7 @@ fn main() {
         purpose: Some(hub_core::ids::PurposeCode::parse("public_service").unwrap()),
         case_ref: Some(hub_core::ids::CaseRef::parse("HS-2026-0001").unwrap()),
         on_behalf_of: None,
+        fields: None,
         schema: Some("services/citizen.lookup/v1/request".into()),
         body_hash: "i248mnGisXnGJmReVw-jr-VJgacsB9rrjsymTi5ZAwo".into(),
         refers_to: None,

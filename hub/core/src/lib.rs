@@ -6,6 +6,7 @@
 //! - [`jcs`]: RFC 8785 canonical JSON
 //! - [`jws`]: detached JWS with unencoded payload (RFC 7515 + RFC 7797), Ed25519 and P-256
 //! - [`envelope`]: the exchange envelope as a typed value
+//! - [`fields`]: field-level grants: which parts of a response a consumer receives
 //! - [`decide`]: the pipeline's decisions as pure steps (shared with replay)
 //! - [`schema`]: the schema catalog, compiled once, with the named semantic checks
 //! - [`semantic`]: checks a schema cannot express (ID vs birth year, tax-code check digit)
@@ -19,6 +20,7 @@
 pub mod body;
 pub mod decide;
 pub mod envelope;
+pub mod fields;
 pub mod hash;
 pub mod ids;
 pub mod jcs;

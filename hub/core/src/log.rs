@@ -15,6 +15,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::envelope::EndUser;
+use crate::fields::FieldPointer;
 use crate::hash::{Hash, b64url, sha256};
 use crate::ids::PersonalId;
 use crate::ids::{CaseRef, ExchangeId, Member, PurposeCode, ServiceName};
@@ -121,6 +122,12 @@ pub struct EntryDraft {
     pub case_ref: Option<CaseRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_behalf_of: Option<LoggedEndUser>,
+    /// Data minimisation: on a request, the response fields the consumer's
+    /// grant releases; on its response, the fields the answer held and the
+    /// consumer received (the body holds nothing else). Absent: the grant
+    /// releases the whole response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Vec<FieldPointer>>,
     /// The catalog id of the schema the body was validated against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,
@@ -254,6 +261,7 @@ mod tests {
             purpose: None,
             case_ref: None,
             on_behalf_of: None,
+            fields: None,
             schema: None,
             body_hash: crate::body::commitment(&[0; 16], br#"{"personal_id":"001085012345"}"#),
             refers_to: None,

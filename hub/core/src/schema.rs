@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use unicode_normalization::is_nfc;
 
+use crate::fields::{FieldError, FieldSet};
 use crate::semantic::Check;
 
 /// The base of every schema's `$id`. The `.invalid` TLD never resolves, so
@@ -190,6 +191,92 @@ impl Catalog {
     pub fn get(&self, id: &str) -> Option<&Value> {
         self.documents.get(id)
     }
+
+    /// Check that every field of `fields` names a property the schema `id`
+    /// describes (through `$ref`, `allOf`/`anyOf`/`oneOf` and array `items`).
+    pub fn check_fields(&self, id: &str, fields: &FieldSet) -> Result<(), FieldError> {
+        let paths = self.property_paths(id);
+        match fields.iter().find(|f| {
+            !paths
+                .iter()
+                .any(|(path, _)| path.as_slice() == f.segments())
+        }) {
+            Some(missing) => Err(FieldError::NotInSchema {
+                field: missing.to_string(),
+                schema: id.to_owned(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Every property path the schema `id` describes, arrays being
+    /// transparent (as in [`crate::fields`]), with the schema node found
+    /// there before its `$ref` is followed. A path may appear more than
+    /// once (one per `oneOf` branch, say).
+    pub fn property_paths(&self, id: &str) -> Vec<(Vec<String>, &Value)> {
+        let mut out = Vec::new();
+        if let Some(doc) = self.documents.get(id) {
+            self.walk(id, doc, &mut Vec::new(), 0, &mut out);
+        }
+        out
+    }
+
+    fn walk<'a>(
+        &'a self,
+        doc: &str,
+        node: &'a Value,
+        path: &mut Vec<String>,
+        depth: u32,
+        out: &mut Vec<(Vec<String>, &'a Value)>,
+    ) {
+        // The shipped schemas do not recurse; a bound keeps a recursive one finite.
+        if depth > 32 {
+            return;
+        }
+        out.push((path.clone(), node));
+        if let Some((target_doc, target)) = node
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| self.resolve(doc, r))
+        {
+            self.walk(target_doc, target, path, depth + 1, out);
+        }
+        for keyword in ["allOf", "anyOf", "oneOf"] {
+            for branch in node
+                .get(keyword)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                self.walk(doc, branch, path, depth + 1, out);
+            }
+        }
+        if let Some(items) = node.get("items") {
+            self.walk(doc, items, path, depth + 1, out);
+        }
+        for (name, property) in node
+            .get("properties")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            path.push(name.clone());
+            self.walk(doc, property, path, depth + 1, out);
+            path.pop();
+        }
+    }
+
+    /// The document id and node a `$ref` met in document `doc` names.
+    fn resolve<'a>(&'a self, doc: &str, reference: &str) -> Option<(&'a str, &'a Value)> {
+        let (base, fragment) = reference.split_once('#').unwrap_or((reference, ""));
+        let target_id = if base.is_empty() {
+            doc
+        } else {
+            base.strip_prefix(SCHEMA_BASE)?.strip_suffix(".json")?
+        };
+        let (id, document) = self.documents.get_key_value(target_id)?;
+        Some((id.as_str(), document.pointer(fragment)?))
+    }
 }
 
 /// Why an instance was not accepted.
@@ -242,6 +329,30 @@ mod tests {
             v.iter().any(|x| x.keyword.starts_with("x-hub-check")),
             "{v:?}"
         );
+    }
+
+    #[test]
+    fn field_pointers_are_checked_against_the_response_schema() {
+        let c = Catalog::builtin().unwrap();
+        let id = "services/citizen.lookup/v1/response";
+        let ok =
+            FieldSet::parse_list("/found,/citizen/full_name,/citizen/current_residence/province")
+                .unwrap();
+        c.check_fields(id, &ok).unwrap();
+        for bad in ["/citizen/religion", "/full_name", "/citizen/full_name/x"] {
+            let fields = FieldSet::parse_list(bad).unwrap();
+            assert!(
+                matches!(
+                    c.check_fields(id, &fields),
+                    Err(FieldError::NotInSchema { .. })
+                ),
+                "{bad}"
+            );
+        }
+        // Through array items.
+        let parcels = FieldSet::parse_list("/parcels/area_m2,/parcels/uses/purpose").unwrap();
+        c.check_fields("services/parcels.by_holder/v1/response", &parcels)
+            .unwrap();
     }
 
     #[test]

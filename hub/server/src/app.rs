@@ -26,6 +26,7 @@ use crate::queue::EmbeddedQueue;
 use crate::store::{AgencyRecord, Grant, ServiceRecord, Store, Subscription};
 use crate::{serve, store, tls};
 use hub_adapter_sdk::amqp::Topology;
+use hub_core::fields::FieldSet;
 use tokio::sync::Notify;
 
 /// A hub that is serving.
@@ -143,6 +144,18 @@ fn parse_member(s: &str) -> anyhow::Result<Member> {
     s.parse().with_context(|| format!("demo member {s}"))
 }
 
+/// The `citizen.lookup` fields the demo commune office receives for a
+/// public service or a residence registration.
+pub const COMMUNE_CITIZEN_FIELDS: &str = "/found,/citizen/personal_id,/citizen/full_name,\
+     /citizen/birth_date,/citizen/birth_date_precision,/citizen/current_residence,\
+     /citizen/permanent_residence";
+
+/// ... and for a civil-status procedure (a birth or marriage registration).
+pub const CIVIL_STATUS_CITIZEN_FIELDS: &str = "/found,/citizen/personal_id,/citizen/full_name,\
+     /citizen/birth_date,/citizen/birth_date_precision,/citizen/sex,/citizen/nationality,\
+     /citizen/birth_registration_province,/citizen/current_residence,/citizen/permanent_residence,\
+     /citizen/marital_status";
+
 /// Seed the demo agencies, grants and subscriptions once (when no grant exists yet).
 async fn seed_demo(store: &dyn Store, pki: &PkiPaths) -> anyhow::Result<bool> {
     if !store.grants().await?.is_empty() {
@@ -164,68 +177,88 @@ async fn seed_demo(store: &dyn Store, pki: &PkiPaths) -> anyhow::Result<bool> {
             })
             .await?;
     }
-    let grants: [(&str, &str, &[&str]); 13] = [
+    let grants: [(&str, &str, &[&str], Option<&str>); 14] = [
+        // A commune office reads who a citizen is and where they live -
+        // not their ethnicity, old ID card number or marital status.
         (
             "000.00.29.H29/one-stop",
             "citizen.lookup",
-            &["public_service", "civil_status", "residence_registration"],
+            &["public_service", "residence_registration"],
+            Some(COMMUNE_CITIZEN_FIELDS),
+        ),
+        (
+            "000.00.29.H29/one-stop",
+            "citizen.lookup",
+            &["civil_status"],
+            Some(CIVIL_STATUS_CITIZEN_FIELDS),
         ),
         (
             "000.00.29.H29/one-stop",
             "citizen.verify",
             &["public_service"],
+            None,
         ),
         (
             "000.00.29.H29/one-stop",
             "parcel.lookup",
             &["public_service", "land_administration"],
+            None,
         ),
         (
             "000.00.29.H29/one-stop",
             "parcels.by_holder",
             &["land_administration"],
+            None,
         ),
         (
             "000.00.29.H29/one-stop",
             "enterprise.lookup",
             &["public_service", "business_registration"],
+            None,
         ),
         (
             "000.00.00.G08/tax",
             "enterprise.lookup",
             &["tax_administration"],
+            None,
         ),
         (
             "000.00.00.G08/tax",
             "citizen.verify",
             &["tax_administration"],
+            None,
         ),
         (
             "000.00.00.G08/tax",
             "enterprise.registered",
             &["tax_administration"],
+            None,
         ),
         (
             "000.00.00.G22/social-insurance",
             "citizen.lookup",
             &["social_insurance"],
+            None,
         ),
         (
             "000.00.00.G22/social-insurance",
             "enterprise.lookup",
             &["social_insurance"],
+            None,
         ),
         (
             "000.00.00.G22/social-insurance",
             "enterprise.registered",
             &["social_insurance"],
+            None,
         ),
         (
             "000.00.00.G22/social-insurance",
             "citizen.address_changed",
             &["social_insurance"],
+            None,
         ),
-        ("000.00.00.Z01/bank-ekyc", "citizen.verify", &["kyc"]),
+        ("000.00.00.Z01/bank-ekyc", "citizen.verify", &["kyc"], None),
     ];
     // Only what the registered adapters provide: a hub started with other
     // adapters gets the part of the demo that applies to it.
@@ -235,7 +268,7 @@ async fn seed_demo(store: &dyn Store, pki: &PkiPaths) -> anyhow::Result<bool> {
         .into_iter()
         .map(|s| s.name)
         .collect();
-    for (consumer, service, purposes) in grants {
+    for (consumer, service, purposes, fields) in grants {
         if !provided.iter().any(|p| p.as_str() == service) {
             continue;
         }
@@ -245,6 +278,7 @@ async fn seed_demo(store: &dyn Store, pki: &PkiPaths) -> anyhow::Result<bool> {
                     consumer: parse_member(consumer)?,
                     service: ServiceName::parse(service)?,
                     purpose: PurposeCode::parse(purpose)?,
+                    fields: fields.map(FieldSet::parse_list).transpose()?,
                 })
                 .await?;
         }

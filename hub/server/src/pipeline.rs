@@ -21,6 +21,7 @@ use hub_adapter_sdk::{Adapter, AdapterRequest, ServiceKind};
 use hub_core::body::{self, DataKey, NONCE_LEN, SALT_LEN};
 use hub_core::decide::{self, Partial, Refusal, violations_of};
 use hub_core::envelope::Envelope;
+use hub_core::fields::FieldSet;
 use hub_core::ids::{ExchangeId, Member};
 use hub_core::jcs;
 use hub_core::jws::{Jwks, SigningKey};
@@ -51,6 +52,8 @@ pub struct Accepted {
     pub signature: Option<String>,
     /// The service as registered (with its response schema).
     pub service: ServiceRecord,
+    /// The response fields the consumer's grant releases (`None`: all).
+    pub fields: Option<FieldSet>,
 }
 
 /// Providers reached through a broker: requests go to the outbox, and the
@@ -366,6 +369,7 @@ impl Hub {
             signature: parsed.signature,
             envelope: parsed.envelope,
             service: record,
+            fields: if granted { facts.fields } else { None },
         })
     }
 
@@ -385,6 +389,7 @@ impl Hub {
             purpose: env.map(|e| e.purpose.clone()),
             case_ref: env.map(|e| e.case_ref.clone()),
             on_behalf_of: env.and_then(|e| self.logged_end_user(e)),
+            fields: None,
             schema: None,
             body_hash: String::new(),
             refers_to: None,
@@ -432,6 +437,10 @@ impl Hub {
             purpose: Some(a.envelope.purpose.clone()),
             case_ref: Some(a.envelope.case_ref.clone()),
             on_behalf_of: self.logged_end_user(&a.envelope),
+            fields: match kind {
+                EntryKind::Request => a.fields.as_ref().map(FieldSet::to_vec),
+                _ => None,
+            },
             schema: Some(a.service.request_schema.clone()),
             body_hash: String::new(),
             refers_to: None,
@@ -801,6 +810,12 @@ impl Hub {
             }
         };
         let schema = service.response_schema.clone().unwrap_or_default();
+        let granted_fields = asked
+            .fields
+            .clone()
+            .map(FieldSet::new)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("the request of {id}: {e}")))?;
         let checked = answer
             .map_err(|e| {
                 warn!(error = %e, "adapter failed");
@@ -838,6 +853,7 @@ impl Hub {
             purpose: asked.purpose.clone(),
             case_ref: asked.case_ref.clone(),
             on_behalf_of: None,
+            fields: None,
             schema: Some(schema),
             body_hash: String::new(),
             refers_to: Some(record.statement.index),
@@ -845,6 +861,16 @@ impl Hub {
             sender_signature: None,
             sealed_body_hash: None,
         };
+        // Minimise after validating: the provider answers in full, the
+        // consumer receives (and the log keeps) only what it is granted.
+        let checked = checked.map(|payload| match &granted_fields {
+            Some(fields) => {
+                let (kept, released) = fields.release(&payload);
+                draft.fields = Some(released);
+                kept
+            }
+            None => payload,
+        });
         let (body, effects, failure) = match checked {
             Ok(payload) => match jcs::canonicalize(&payload) {
                 Ok(body) => (body, vec![Effect::CloseExchange], None),
@@ -866,6 +892,7 @@ impl Hub {
         if let Some(err) = &failure {
             draft.kind = EntryKind::Failure;
             draft.schema = None;
+            draft.fields = None;
             draft.error = Some(EntryError {
                 code: err.code().into(),
                 message: err.to_string(),
@@ -967,6 +994,7 @@ impl Hub {
                 purpose: None,
                 case_ref: None,
                 on_behalf_of: None,
+                fields: None,
                 schema: None,
                 body_hash: String::new(),
                 refers_to: statement.as_ref().map(|s| s.index),

@@ -11,6 +11,7 @@
 use async_trait::async_trait;
 use hub_adapter_sdk::ServiceKind;
 use hub_core::body::SealedBody;
+use hub_core::fields::FieldSet;
 use hub_core::hash::Hash;
 use hub_core::ids::{ExchangeId, Member, PurposeCode, ServiceName};
 use hub_core::jws::Jwk;
@@ -76,14 +77,37 @@ pub struct Facts {
     pub service: Option<ServiceRecord>,
     /// A grant for the consumer, service and purpose exists.
     pub granted: bool,
+    /// The response fields that grant releases (`None`: all of them).
+    pub fields: Option<FieldSet>,
 }
 
-/// A consumer may call a service for a purpose.
+/// A consumer may call a service for a purpose, and receive these fields
+/// of its responses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     pub consumer: Member,
     pub service: ServiceName,
     pub purpose: PurposeCode,
+    /// `None`: the whole response.
+    pub fields: Option<FieldSet>,
+}
+
+impl Grant {
+    /// The column's text: a JSON array of pointers, or NULL.
+    pub(crate) fn fields_column(&self) -> Option<String> {
+        self.fields
+            .as_ref()
+            .map(|f| serde_json::to_string(f).unwrap_or_else(|_| "[]".into()))
+    }
+}
+
+/// Read a grant's `fields` column.
+pub(crate) fn fields_of_column(text: Option<String>) -> Result<Option<FieldSet>, StoreError> {
+    text.map(|t| {
+        serde_json::from_str(&t)
+            .map_err(|e| StoreError::Corrupt(format!("grant fields {t:?}: {e}")))
+    })
+    .transpose()
 }
 
 /// A member receives an event service's events.
@@ -286,6 +310,7 @@ pub trait Store: Send + Sync {
         purpose: &PurposeCode,
     ) -> Result<Facts, StoreError>;
 
+    /// Add a grant, or replace the fields of the same (consumer, service, purpose).
     async fn add_grant(&self, grant: &Grant) -> Result<(), StoreError>;
     /// Whether a grant existed to remove.
     async fn revoke_grant(&self, grant: &Grant) -> Result<bool, StoreError>;

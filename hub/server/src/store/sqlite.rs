@@ -19,7 +19,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use super::{
     AgencyRecord, AppendItem, Batch, Delivery, ExchangeRow, ExchangeState, Facts, Grant,
     Leadership, OutboxRow, Role, SealAfter, ServiceRecord, Store, StoreError, StoredCheckpoint,
-    StoredEntry, Subscription, Tail,
+    StoredEntry, Subscription, Tail, fields_of_column,
 };
 use super::{corrupt, member, to_i64, to_u64};
 
@@ -390,11 +390,12 @@ impl Store for SqliteStore {
                     s.name AS s_name, s.version AS s_version, s.kind AS s_kind,
                     s.provider_agency AS s_provider_agency, s.provider_subsystem AS s_provider_subsystem,
                     s.request_schema AS s_request_schema, s.response_schema AS s_response_schema,
-                    EXISTS (SELECT 1 FROM grants g WHERE g.consumer_agency = ?1 AND g.consumer_subsystem = ?2
-                            AND g.service = ?3 AND g.purpose = ?5) AS granted
+                    g.purpose AS g_purpose, g.fields AS g_fields
              FROM (SELECT 1 AS one) o
              LEFT JOIN agencies a ON a.agency = ?1 AND a.subsystem = ?2
-             LEFT JOIN services s ON s.name = ?3 AND s.version = ?4",
+             LEFT JOIN services s ON s.name = ?3 AND s.version = ?4
+             LEFT JOIN grants g ON g.consumer_agency = ?1 AND g.consumer_subsystem = ?2
+                               AND g.service = ?3 AND g.purpose = ?5",
         )
         .bind(who.agency.as_str())
         .bind(who.subsystem.as_str())
@@ -433,18 +434,24 @@ impl Store for SqliteStore {
         Ok(Facts {
             agency,
             service,
-            granted: row.try_get("granted").map_err(db)?,
+            granted: row
+                .try_get::<Option<String>, _>("g_purpose")
+                .map_err(db)?
+                .is_some(),
+            fields: fields_of_column(row.try_get("g_fields").map_err(db)?)?,
         })
     }
 
     async fn add_grant(&self, g: &Grant) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT OR IGNORE INTO grants (consumer_agency, consumer_subsystem, service, purpose) VALUES (?, ?, ?, ?)",
+            "INSERT INTO grants (consumer_agency, consumer_subsystem, service, purpose, fields) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (consumer_agency, consumer_subsystem, service, purpose) DO UPDATE SET fields = excluded.fields",
         )
         .bind(g.consumer.agency.as_str())
         .bind(g.consumer.subsystem.as_str())
         .bind(g.service.as_str())
         .bind(g.purpose.as_str())
+        .bind(g.fields_column())
         .execute(&self.pool)
         .await
         .map_err(db)?;
@@ -483,6 +490,7 @@ impl Store for SqliteStore {
                         .map_err(corrupt)?,
                     purpose: PurposeCode::parse(&r.try_get::<String, _>("purpose").map_err(db)?)
                         .map_err(corrupt)?,
+                    fields: fields_of_column(r.try_get("fields").map_err(db)?)?,
                 })
             })
             .collect()
