@@ -199,6 +199,20 @@ async fn queries_are_answered_by_an_adapter_process_over_rabbitmq() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{ack}");
 
+    // The hub answers its own service in process, broker or not.
+    let (status, history) = hub
+        .send(envelope(
+            hub_server::pki::CITIZEN_PORTAL,
+            "subject.access_history",
+            "data_subject_request",
+            json!({"personal_id": "001085012345"}),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{history}");
+    let accesses = history["body"]["accesses"].as_array().unwrap();
+    assert_eq!(accesses.len(), 31, "{history}");
+    assert!(accesses.iter().all(|a| a["outcome"] == "answered"));
+
     let _ = stop.send(true);
     worker.await.unwrap();
     let setup = Setup {

@@ -59,6 +59,7 @@ both_backends!(
     the_outbox_keeps_dispatched_messages_until_confirmed,
     a_second_claim_of_an_exchange_id_keeps_the_first,
     appends_at_the_tail_adopt_what_other_writers_wrote,
+    the_subject_index_finds_whole_exchanges_oldest_first,
 );
 
 fn member(s: &str) -> Member {
@@ -660,4 +661,56 @@ async fn the_outbox_keeps_dispatched_messages_until_confirmed(store: Arc<dyn Sto
         .map(|r| r.exchange_id)
         .collect();
     assert_eq!(left, vec![id(2), id(3)]);
+}
+
+fn subjects(list: &[&str]) -> Effect {
+    Effect::IndexSubjects {
+        subjects: list.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+async fn the_subject_index_finds_whole_exchanges_oldest_first(store: Arc<dyn Store>) {
+    registry(store.as_ref()).await;
+    let mut e = Entries::new();
+    let exchange_of = |records: &[String]| -> Vec<String> {
+        records
+            .iter()
+            .map(|r| {
+                serde_json::from_str::<serde_json::Value>(r).unwrap()["exchange_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    // Exchange 1 is about An (its request); exchange 2 about An and Bình
+    // (its answer only); exchange 3 about Bình; their entries interleave.
+    let batch = vec![
+        e.item(EntryKind::Request, id(1), vec![subjects(&["an"])]),
+        e.item(EntryKind::Request, id(2), vec![]),
+        e.item(EntryKind::Request, id(3), vec![subjects(&["binh"])]),
+        e.item(EntryKind::Response, id(2), vec![subjects(&["an", "binh"])]),
+        e.item(EntryKind::Response, id(1), vec![]),
+    ];
+    store.append(&batch).await.unwrap();
+
+    let (records, more) = store.subject_records("an", 10).await.unwrap();
+    assert!(!more);
+    // Every entry of both exchanges, in log order.
+    assert_eq!(
+        exchange_of(&records),
+        [id(1), id(2), id(2), id(1)].map(|i| i.to_string())
+    );
+    let (records, more) = store.subject_records("an", 1).await.unwrap();
+    assert!(more);
+    assert_eq!(exchange_of(&records), [id(1), id(1)].map(|i| i.to_string()));
+    let (records, _) = store.subject_records("binh", 10).await.unwrap();
+    assert_eq!(
+        exchange_of(&records),
+        [id(2), id(3), id(2)].map(|i| i.to_string())
+    );
+    assert_eq!(
+        store.subject_records("nobody", 10).await.unwrap(),
+        (vec![], false)
+    );
 }

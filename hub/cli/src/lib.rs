@@ -56,6 +56,10 @@ pub enum Command {
     Send(SendArgs),
     /// Fetch (and optionally acknowledge) an agency's inbox.
     Inbox(InboxArgs),
+    /// Who saw a person's data: ask the hub's `subject.access_history`
+    /// service as an agency granted it (the citizen portal), and print
+    /// every exchange that touched the person. The question is logged.
+    AccessHistory(AccessHistoryArgs),
     /// The auditor's toolkit: export the log, verify and prove offline.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -286,6 +290,20 @@ pub struct SendArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct AccessHistoryArgs {
+    #[command(flatten)]
+    pub agent: Agent,
+    /// The person's personal ID (12 digits).
+    pub personal_id: String,
+    /// The case reference of the citizen's request.
+    #[arg(long = "case")]
+    pub case_ref: String,
+    /// Print the hub's signed reply as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct InboxArgs {
     #[command(flatten)]
     pub agent: Agent,
@@ -370,6 +388,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Subscription(cmd) => subscription(&config, cmd).await,
         Command::Send(args) => send(&config, args).await,
         Command::Inbox(args) => inbox(&config, args).await,
+        Command::AccessHistory(args) => access_history(&config, args).await,
         Command::Audit(cmd) => audit(&config, cmd).await,
         Command::Witness(cmd) => witness(&config, cmd).await,
         Command::Purge { older_than_days } => {
@@ -1124,7 +1143,6 @@ fn read_payload(arg: &str) -> anyhow::Result<Value> {
 }
 
 async fn send(config: &Config, args: SendArgs) -> anyhow::Result<ExitCode> {
-    let (client, pki) = client_for(config, &args.agent)?;
     let mut envelope = json!({
         "sender": args.agent.member,
         "service": args.service,
@@ -1139,20 +1157,39 @@ async fn send(config: &Config, args: SendArgs) -> anyhow::Result<ExitCode> {
     if let Some(citizen) = args.citizen {
         envelope["on_behalf_of"] = json!({"kind": "citizen", "personal_id": citizen});
     }
+    let reply = exchange(config, &args.agent, envelope).await?;
+    if let Some(reply) = &reply {
+        println!("{}", serde_json::to_string_pretty(reply)?);
+    }
+    Ok(if reply.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Send `envelope` as `agent` (signed when the agency has a key) and check
+/// the hub's signature on the reply. `None`: refused (printed).
+async fn exchange(
+    config: &Config,
+    agent: &Agent,
+    envelope: Value,
+) -> anyhow::Result<Option<Value>> {
+    let (client, pki) = client_for(config, agent)?;
     let mut request = json!({ "envelope": envelope });
-    let key_path = pki.agency_signing_key(&args.agent.member);
+    let key_path = pki.agency_signing_key(&agent.member);
     if key_path.exists() {
         let key = read_signing_key(&key_path)?;
         request["signature"] = json!(sign_envelope(&request["envelope"], &key)?);
     }
     let (status, reply) = client.post_json("/v1/exchanges", &request).await?;
-    println!("{}", serde_json::to_string_pretty(&reply)?);
     if !status.is_success() {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
         eprintln!(
             "refused: HTTP {status} {}",
             reply["code"].as_str().unwrap_or_default()
         );
-        return Ok(ExitCode::FAILURE);
+        return Ok(None);
     }
     let jwks = client.jwks().await?;
     let kid =
@@ -1164,6 +1201,79 @@ async fn send(config: &Config, args: SendArgs) -> anyhow::Result<ExitCode> {
         record["exchange_id"].as_str().unwrap_or_default(),
         record["index"]
     );
+    Ok(Some(reply))
+}
+
+async fn access_history(config: &Config, args: AccessHistoryArgs) -> anyhow::Result<ExitCode> {
+    let envelope = json!({
+        "sender": args.agent.member,
+        "service": hub_server::access_history::SERVICE,
+        "version": 1,
+        "purpose": "data_subject_request",
+        "case_ref": args.case_ref,
+        "payload": {"personal_id": args.personal_id},
+    });
+    let Some(reply) = exchange(config, &args.agent, envelope).await? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let member = |m: &Value| {
+        format!(
+            "{}/{}",
+            m["agency"].as_str().unwrap_or_default(),
+            m["subsystem"].as_str().unwrap_or_default()
+        )
+    };
+    let accesses = reply["body"]["accesses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    println!(
+        "{:<24} {:<32} {:<24} {:<22} {:<16} {:<9} {:<32} fields",
+        "time", "agency", "service", "purpose", "case", "outcome", "received by"
+    );
+    for a in &accesses {
+        let received: Vec<String> = a["received_by"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(member)
+            .collect();
+        let fields = a["fields"].as_array().map_or("all".into(), |f| {
+            f.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        println!(
+            "{:<24} {:<32} {:<24} {:<22} {:<16} {:<9} {:<32} {}",
+            a["time"].as_str().unwrap_or_default(),
+            member(&a["agency"]),
+            a["service"].as_str().unwrap_or_default(),
+            a["purpose"].as_str().unwrap_or("-"),
+            a["case_ref"].as_str().unwrap_or("-"),
+            a["outcome"].as_str().unwrap_or_default(),
+            if received.is_empty() {
+                "-".into()
+            } else {
+                received.join(",")
+            },
+            if a["kind"] == "event" {
+                "-".into()
+            } else {
+                fields
+            }
+        );
+    }
+    let more = if reply["body"]["truncated"] == true {
+        " (the oldest; more exist)"
+    } else {
+        ""
+    };
+    eprintln!("{} accesses{more}", accesses.len());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use crate::body::DataKey;
 use crate::envelope::EndUser;
 use crate::fields::FieldPointer;
 use crate::hash::{Hash, b64url, sha256};
@@ -91,6 +92,14 @@ impl LoggedEndUser {
             },
         }
     }
+}
+
+/// The keyed hash a data subject is logged and indexed by: HMAC-SHA-256 of
+/// the personal ID under the hub's data key. Without the key nobody can
+/// test a guessed ID against the log; with it, the hub finds every
+/// exchange that touched one person.
+pub fn subject_of(data_key: &DataKey, personal_id: &str) -> String {
+    data_key.keyed_hash(format!("personal-id:{personal_id}").as_bytes())
 }
 
 /// The error a refusal or failure carries.

@@ -46,7 +46,13 @@ pub enum CatalogError {
 pub struct Catalog {
     documents: BTreeMap<String, Value>,
     validators: BTreeMap<String, Validator>,
+    /// Per schema, the property paths that hold a personal ID.
+    subject_paths: BTreeMap<String, Vec<Vec<String>>>,
 }
+
+/// The definition every personal ID in the schemas refers to: what makes a
+/// value a data subject's identifier for the subject index.
+pub const PERSONAL_ID_REF: &str = "https://schemas.hub.invalid/common/v1.json#/$defs/personal_id";
 
 impl std::fmt::Debug for Catalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -126,10 +132,29 @@ impl Catalog {
                 })?;
             validators.insert(id.clone(), validator);
         }
-        Ok(Self {
+        let mut catalog = Self {
             documents,
             validators,
-        })
+            subject_paths: BTreeMap::new(),
+        };
+        catalog.subject_paths = catalog
+            .documents
+            .keys()
+            .map(|id| {
+                let mut paths: Vec<Vec<String>> = catalog
+                    .property_paths(id)
+                    .into_iter()
+                    .filter(|(_, node)| {
+                        node.get("$ref").and_then(Value::as_str) == Some(PERSONAL_ID_REF)
+                    })
+                    .map(|(path, _)| path)
+                    .collect();
+                paths.sort();
+                paths.dedup();
+                (id.clone(), paths)
+            })
+            .collect();
+        Ok(catalog)
     }
 
     /// Parse `(catalog id, JSON text)` pairs and compile them.
@@ -209,6 +234,18 @@ impl Catalog {
         }
     }
 
+    /// The personal IDs in `instance` (valid against the schema `id`): the
+    /// data subjects it touches, each once.
+    pub fn subjects<'v>(&self, id: &str, instance: &'v Value) -> Vec<&'v str> {
+        let mut found = Vec::new();
+        for path in self.subject_paths.get(id).into_iter().flatten() {
+            collect_at(instance, path, &mut found);
+        }
+        found.sort_unstable();
+        found.dedup();
+        found
+    }
+
     /// Every property path the schema `id` describes, arrays being
     /// transparent (as in [`crate::fields`]), with the schema node found
     /// there before its `$ref` is followed. A path may appear more than
@@ -276,6 +313,24 @@ impl Catalog {
         };
         let (id, document) = self.documents.get_key_value(target_id)?;
         Some((id.as_str(), document.pointer(fragment)?))
+    }
+}
+
+/// The strings at `path` in `value`, arrays being transparent.
+fn collect_at<'v>(value: &'v Value, path: &[String], out: &mut Vec<&'v str>) {
+    match (value, path.split_first()) {
+        (Value::Array(items), _) => {
+            for item in items {
+                collect_at(item, path, out);
+            }
+        }
+        (Value::String(s), None) => out.push(s),
+        (Value::Object(map), Some((first, rest))) => {
+            if let Some(v) = map.get(first) {
+                collect_at(v, rest, out);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -353,6 +408,28 @@ mod tests {
         let parcels = FieldSet::parse_list("/parcels/area_m2,/parcels/uses/purpose").unwrap();
         c.check_fields("services/parcels.by_holder/v1/response", &parcels)
             .unwrap();
+    }
+
+    #[test]
+    fn personal_ids_are_found_wherever_the_schema_puts_them() {
+        let c = Catalog::builtin().unwrap();
+        let lookup = json!({"personal_id": "001085012345"});
+        assert_eq!(
+            c.subjects("services/citizen.lookup/v1/request", &lookup),
+            ["001085012345"]
+        );
+        // Inside arrays, once each.
+        let enterprise = json!({"enterprise": {"legal_representatives": [
+            {"personal_id": "079192000123"}, {"personal_id": "001085012345"}, {"personal_id": "079192000123"}
+        ]}});
+        assert_eq!(
+            c.subjects("services/enterprise.registered/v1/event", &enterprise),
+            ["001085012345", "079192000123"]
+        );
+        assert!(
+            c.subjects("services/citizen.lookup/v1/request", &json!({}))
+                .is_empty()
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::access_history::AccessHistory;
 use crate::broker::Broker;
 use crate::clock::{Clock, Random};
 use crate::config::Config;
@@ -26,6 +27,7 @@ use crate::queue::EmbeddedQueue;
 use crate::store::{AgencyRecord, Grant, ServiceRecord, Store, Subscription};
 use crate::{serve, store, tls};
 use hub_adapter_sdk::amqp::Topology;
+use hub_core::body::DataKey;
 use hub_core::fields::FieldSet;
 use tokio::sync::Notify;
 
@@ -76,6 +78,9 @@ pub struct Initialized {
     pub pki: PkiPaths,
     pub store: Arc<dyn Store>,
     pub hub_key: SigningKey,
+    pub data_key: Arc<DataKey>,
+    /// The services the hub answers itself, always in process.
+    pub own_services: Vec<Arc<dyn Adapter>>,
     pub new_pki: bool,
     pub seeded: bool,
 }
@@ -99,12 +104,20 @@ pub async fn init(
         })?;
     let hub_key =
         read_signing_key(&pki.hub_signing_key()).context("reading the hub signing key")?;
+    let data_key = Arc::new(read_data_key(&pki.data_key()).context("reading the data key")?);
+    let own_services: Vec<Arc<dyn Adapter>> = vec![Arc::new(AccessHistory::new(
+        store.clone(),
+        data_key.clone(),
+    ))];
     register_adapters(store.as_ref(), adapters).await?;
+    register_adapters(store.as_ref(), &own_services).await?;
     let seeded = config.seed_demo && seed_demo(store.as_ref(), &pki).await?;
     Ok(Initialized {
         pki,
         store,
         hub_key,
+        data_key,
+        own_services,
         new_pki,
         seeded,
     })
@@ -177,7 +190,7 @@ async fn seed_demo(store: &dyn Store, pki: &PkiPaths) -> anyhow::Result<bool> {
             })
             .await?;
     }
-    let grants: [(&str, &str, &[&str], Option<&str>); 14] = [
+    let grants: [(&str, &str, &[&str], Option<&str>); 15] = [
         // A commune office reads who a citizen is and where they live -
         // not their ethnicity, old ID card number or marital status.
         (
@@ -259,6 +272,12 @@ async fn seed_demo(store: &dyn Store, pki: &PkiPaths) -> anyhow::Result<bool> {
             None,
         ),
         ("000.00.00.Z01/bank-ekyc", "citizen.verify", &["kyc"], None),
+        (
+            crate::pki::CITIZEN_PORTAL,
+            crate::access_history::SERVICE,
+            &["data_subject_request"],
+            None,
+        ),
     ];
     // Only what the registered adapters provide: a hub started with other
     // adapters gets the part of the demo that applies to it.
@@ -326,7 +345,7 @@ pub async fn start_with_adapters(
     }
     let catalog = Arc::new(Catalog::builtin().context("compiling the schema catalog")?);
     let hub_key = Arc::new(init.hub_key);
-    let data_key = Arc::new(read_data_key(&init.pki.data_key()).context("reading the data key")?);
+    let data_key = init.data_key.clone();
     let keys = Arc::new(WriterKeys {
         signing: hub_key.clone(),
         data: data_key.clone(),
@@ -372,12 +391,15 @@ pub async fn start_with_adapters(
             relay: Arc::new(Notify::new()),
         });
     }
-    if !remote {
-        hub.local = adapters
-            .iter()
-            .map(|a| (a.provider().clone(), a.clone()))
-            .collect();
-    }
+    // Adapters run in process without a broker; the hub's own services always.
+    let in_process: Vec<Arc<dyn Adapter>> = match remote {
+        true => init.own_services.clone(),
+        false => adapters.iter().chain(&init.own_services).cloned().collect(),
+    };
+    hub.local = in_process
+        .iter()
+        .map(|a| (a.provider().clone(), a.clone()))
+        .collect();
     let hub = Arc::new(hub);
     write_jwks(&init.pki, &hub.jwks)?;
 
@@ -412,12 +434,12 @@ pub async fn start_with_adapters(
         Duration::from_millis(config.checkpoint_interval_ms),
         shutdown_rx.clone(),
     ));
-    for adapter in adapters {
-        let in_process = adapter
+    for adapter in in_process {
+        if adapter
             .services()
             .iter()
-            .any(|s| s.kind == ServiceKind::Query);
-        if in_process && !remote {
+            .any(|s| s.kind == ServiceKind::Query)
+        {
             tasks.spawn(adapter_worker(hub.clone(), adapter, shutdown_rx.clone()));
         }
     }

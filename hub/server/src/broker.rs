@@ -131,6 +131,8 @@ impl Broker {
             .into_iter()
             .filter(|s| s.kind == ServiceKind::Query)
             .map(|s| s.provider)
+            // The hub answers its own services in process.
+            .filter(|p| *p != crate::access_history::hub_member())
             .collect();
         providers.sort();
         providers.dedup();

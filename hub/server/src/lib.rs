@@ -3,6 +3,7 @@
 //!
 //! - [`app`]: start-up ([`app::start`]) and the demo seed
 //! - [`pipeline`]: the exchange pipeline ([`pipeline::Hub`])
+//! - [`access_history`]: the hub's own service `subject.access_history` ("who saw my data")
 //! - [`http`]: routes, and the one mapping of errors to HTTP
 //! - [`serve`]: the TLS accept loop with identity from the client certificate
 //! - [`store`]: the storage trait and its SQLite and PostgreSQL backends
@@ -14,6 +15,7 @@
 //! - [`config`], [`clock`]: configuration, time and randomness
 #![forbid(unsafe_code)]
 
+pub mod access_history;
 pub mod app;
 pub mod broker;
 pub mod clock;

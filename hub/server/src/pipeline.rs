@@ -20,12 +20,12 @@ use std::time::Duration;
 use hub_adapter_sdk::{Adapter, AdapterRequest, ServiceKind};
 use hub_core::body::{self, DataKey, NONCE_LEN, SALT_LEN};
 use hub_core::decide::{self, Partial, Refusal, violations_of};
-use hub_core::envelope::Envelope;
+use hub_core::envelope::{EndUser, Envelope};
 use hub_core::fields::FieldSet;
 use hub_core::ids::{ExchangeId, Member};
 use hub_core::jcs;
 use hub_core::jws::{Jwks, SigningKey};
-use hub_core::log::{EntryDraft, EntryError, EntryKind, LoggedEndUser, Record};
+use hub_core::log::{EntryDraft, EntryError, EntryKind, LoggedEndUser, Record, subject_of};
 use hub_core::schema::{Catalog, Violation};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, oneshot};
@@ -103,9 +103,10 @@ pub struct Hub {
     pub query_timeout: Duration,
     /// Set when providers are adapter processes behind a broker.
     pub remote: Option<Remote>,
-    /// In-process adapters by provider: called straight after the request
-    /// commits. Their queue rows only serve recovery (after a crash or a
-    /// timeout), so a query costs two commits.
+    /// In-process adapters by provider (the hub's own services always, the
+    /// reference adapters when there is no broker): called straight after
+    /// the request commits. Their queue rows only serve recovery (after a
+    /// crash or a timeout), so a query costs two commits.
     pub local: HashMap<Member, Arc<dyn Adapter>>,
     /// Most queries this hub waits on per provider at once; past it a query
     /// is turned away (503 `provider_queue_full`) before it is logged.
@@ -276,11 +277,32 @@ impl Hub {
 
     /// The end user as the log records them (a citizen by keyed hash).
     fn logged_end_user(&self, envelope: &Envelope) -> Option<LoggedEndUser> {
-        envelope.on_behalf_of.as_ref().map(|u| {
-            LoggedEndUser::of(u, |id| {
-                self.data_key
-                    .keyed_hash(format!("personal-id:{id}").as_bytes())
-            })
+        envelope
+            .on_behalf_of
+            .as_ref()
+            .map(|u| LoggedEndUser::of(u, |id| subject_of(&self.data_key, id.as_str())))
+    }
+
+    /// Index an accepted request or event under the data subjects its
+    /// payload names and the citizen it was made for, if any.
+    fn subjects_of_request(&self, a: &Accepted) -> Option<Effect> {
+        let mut ids = self
+            .catalog
+            .subjects(&a.service.request_schema, &a.envelope.payload);
+        if let Some(EndUser::Citizen { personal_id }) = &a.envelope.on_behalf_of {
+            ids.push(personal_id.as_str());
+        }
+        self.index_subjects(ids)
+    }
+
+    fn index_subjects(&self, mut ids: Vec<&str>) -> Option<Effect> {
+        ids.sort_unstable();
+        ids.dedup();
+        (!ids.is_empty()).then(|| Effect::IndexSubjects {
+            subjects: ids
+                .into_iter()
+                .map(|id| subject_of(&self.data_key, id))
+                .collect(),
         })
     }
 
@@ -495,10 +517,7 @@ impl Hub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(a.exchange_id, tx);
         let now = self.clock.unix_millis();
-        let local = match &self.remote {
-            Some(_) => None,
-            None => self.local.get(&provider).cloned(),
-        };
+        let local = self.local.get(&provider).cloned();
         // An in-process adapter is called at once; its queue row waits out
         // the query timeout, for the worker to redeliver only if the call
         // never got answered.
@@ -508,23 +527,24 @@ impl Hub {
                 .saturating_add(1000),
             None => 0,
         };
-        let effects = vec![
+        let mut effects = vec![
             Effect::OpenExchange {
                 sender: who.clone(),
                 request_hash: a.request_hash.clone(),
                 at_millis: now,
             },
-            match &self.remote {
-                Some(remote) => Effect::Dispatch {
+            match (&self.remote, &local) {
+                (Some(remote), None) => Effect::Dispatch {
                     recipient: provider.clone(),
                     instance: remote.broker.instance.clone(),
                 },
-                None => Effect::Enqueue {
+                _ => Effect::Enqueue {
                     recipient: provider.clone(),
                     visible_at_millis: now.saturating_add(recovery_delay),
                 },
             },
         ];
+        effects.extend(self.subjects_of_request(&a));
         let body = self.body(a.canonical.clone());
         let mut draft = self.accepted_draft(who, &a, EntryKind::Request, vec![]);
         body.describe(&mut draft);
@@ -536,7 +556,7 @@ impl Hub {
             }
         };
         match (&self.remote, local) {
-            (Some(remote), _) => {
+            (Some(remote), None) => {
                 self.dispatched
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -546,7 +566,7 @@ impl Hub {
                     );
                 remote.relay.notify_one();
             }
-            (None, Some(adapter)) => {
+            (_, Some(adapter)) => {
                 // Its own task: a slow adapter's answer is still logged
                 // after the sender got its 504.
                 let hub = self.clone();
@@ -629,6 +649,7 @@ impl Hub {
             recipient: s.clone(),
             visible_at_millis: now,
         }));
+        effects.extend(self.subjects_of_request(&a));
         let body = self.body(a.canonical.clone());
         let mut draft = self.accepted_draft(who, &a, EntryKind::Event, subscribers.clone());
         body.describe(&mut draft);
@@ -854,7 +875,7 @@ impl Hub {
             case_ref: asked.case_ref.clone(),
             on_behalf_of: None,
             fields: None,
-            schema: Some(schema),
+            schema: Some(schema.clone()),
             body_hash: String::new(),
             refers_to: Some(record.statement.index),
             error: None,
@@ -873,7 +894,11 @@ impl Hub {
         });
         let (body, effects, failure) = match checked {
             Ok(payload) => match jcs::canonicalize(&payload) {
-                Ok(body) => (body, vec![Effect::CloseExchange], None),
+                Ok(body) => {
+                    let mut effects = vec![Effect::CloseExchange];
+                    effects.extend(self.index_subjects(self.catalog.subjects(&schema, &payload)));
+                    (body, effects, None)
+                }
                 Err(e) => {
                     let err = ExchangeError::ProviderInvalidResponse {
                         service: service.name.clone(),

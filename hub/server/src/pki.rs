@@ -218,7 +218,7 @@ pub struct DemoAgency {
 
 /// The demo agencies first run creates. One-stop does not sign, so the
 /// walkthrough can show a plain `curl` call.
-pub const DEMO_AGENCIES: [DemoAgency; 7] = [
+pub const DEMO_AGENCIES: [DemoAgency; 8] = [
     DemoAgency {
         member: adapter_population::PROVIDER,
         name: "Cơ sở dữ liệu quốc gia về dân cư (synthetic)",
@@ -254,7 +254,15 @@ pub const DEMO_AGENCIES: [DemoAgency; 7] = [
         name: "Ngân hàng thương mại (demo)",
         signs: true,
     },
+    DemoAgency {
+        member: CITIZEN_PORTAL,
+        name: "Cổng Dịch vụ công quốc gia (demo)",
+        signs: true,
+    },
 ];
+
+/// The demo portal where citizens sign in and ask who saw their data.
+pub const CITIZEN_PORTAL: &str = "000.00.00.G03/citizen-portal";
 
 /// Create whatever of the dev PKI is missing. Returns whether the CA was new.
 pub fn ensure_dev_pki(paths: &PkiPaths, now: OffsetDateTime) -> Result<bool, PkiError> {

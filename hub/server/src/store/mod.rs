@@ -101,6 +101,33 @@ impl Grant {
     }
 }
 
+/// The records of the first `limit` exchanges of `records` (in log
+/// order), and whether there were more.
+pub(crate) fn keep_exchanges(records: Vec<String>, limit: u32) -> (Vec<String>, bool) {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut seen = std::collections::HashSet::new();
+    let mut more = false;
+    let kept = records
+        .into_iter()
+        .filter(|record| {
+            let id = serde_json::from_str::<serde_json::Value>(record)
+                .ok()
+                .and_then(|v| v["exchange_id"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            if seen.contains(&id) {
+                return true;
+            }
+            if seen.len() < limit {
+                seen.insert(id);
+                return true;
+            }
+            more = true;
+            false
+        })
+        .collect();
+    (kept, more)
+}
+
 /// Read a grant's `fields` column.
 pub(crate) fn fields_of_column(text: Option<String>) -> Result<Option<FieldSet>, StoreError> {
     text.map(|t| {
@@ -145,6 +172,9 @@ pub enum Effect {
     /// Put this entry's sealed message in the outbox for `instance`'s
     /// relay to publish to `recipient`'s broker queue.
     Dispatch { recipient: Member, instance: String },
+    /// Index this entry under the data subjects it touched (keyed hashes
+    /// of their personal IDs, `hub_core::log::subject_of`).
+    IndexSubjects { subjects: Vec<String> },
 }
 
 /// An entry's body: the bytes, the salt of its commitment, the commitment,
@@ -351,6 +381,15 @@ pub trait Store: Send + Sync {
     /// Up to `limit` entries from `from`, in order.
     async fn entries(&self, from: u64, limit: u32) -> Result<Vec<StoredEntry>, StoreError>;
 
+    /// The records of every entry of the exchanges that touched `subject`
+    /// (see [`Effect::IndexSubjects`]), in log order: at most `limit`
+    /// exchanges, the oldest first; `true` when more exist.
+    async fn subject_records(
+        &self,
+        subject: &str,
+        limit: u32,
+    ) -> Result<(Vec<String>, bool), StoreError>;
+
     /// The leaf hashes of entries `from..to`, in order.
     async fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError>;
     /// The canonical record of an exchange's request entry, if one was logged.
@@ -443,6 +482,7 @@ pub(crate) struct Batch {
     pub(crate) dequeue: (Vec<String>, Vec<String>),
     pub(crate) enqueue: (Vec<String>, Vec<String>, Vec<Vec<u8>>, Vec<i64>),
     pub(crate) dispatch: (Vec<String>, Vec<String>, Vec<String>, Vec<Vec<u8>>),
+    pub(crate) subjects: (Vec<String>, Vec<i64>),
 }
 
 impl Batch {
@@ -498,6 +538,12 @@ impl Batch {
                         b.dispatch.1.push(recipient.to_string());
                         b.dispatch.2.push(id.clone());
                         b.dispatch.3.push(item.sealed_message.clone());
+                    }
+                    Effect::IndexSubjects { subjects } => {
+                        for subject in subjects {
+                            b.subjects.0.push(subject.clone());
+                            b.subjects.1.push(to_i64(record.index));
+                        }
                     }
                 }
             }

@@ -18,7 +18,7 @@ use sqlx::{PgPool, Row};
 use super::{
     AgencyRecord, AppendItem, Batch, Delivery, ExchangeRow, ExchangeState, Facts, Grant,
     Leadership, OutboxRow, PoolSettings, Role, SealAfter, ServiceRecord, Store, StoreError,
-    StoredCheckpoint, StoredEntry, Subscription, Tail, fields_of_column,
+    StoredCheckpoint, StoredEntry, Subscription, Tail, fields_of_column, keep_exchanges,
 };
 use super::{corrupt, member, to_i64, to_u64};
 
@@ -176,6 +176,17 @@ impl PgStore {
             .bind(&b.dispatch.1)
             .bind(&b.dispatch.2)
             .bind(&b.dispatch.3)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+        }
+        if !b.subjects.0.is_empty() {
+            sqlx::query(
+                "INSERT INTO subjects (subject, idx)
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(&b.subjects.0)
+            .bind(&b.subjects.1)
             .execute(&mut **tx)
             .await
             .map_err(db)?;
@@ -647,6 +658,32 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(db)
+    }
+
+    async fn subject_records(
+        &self,
+        subject: &str,
+        limit: u32,
+    ) -> Result<(Vec<String>, bool), StoreError> {
+        // One more exchange than asked for says whether there are more.
+        let rows = sqlx::query(
+            "WITH touched AS (
+                SELECT e.exchange_id, MIN(e.idx) AS first FROM subjects s
+                JOIN log_entries e ON e.idx = s.idx WHERE s.subject = $1
+                GROUP BY e.exchange_id ORDER BY first LIMIT $2)
+             SELECT e.record FROM log_entries e JOIN touched t ON t.exchange_id = e.exchange_id
+             ORDER BY e.idx",
+        )
+        .bind(subject)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let records = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>("record").map_err(db))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(keep_exchanges(records, limit))
     }
 
     async fn indexes_of_exchange(&self, id: ExchangeId) -> Result<Vec<u64>, StoreError> {

@@ -19,7 +19,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use super::{
     AgencyRecord, AppendItem, Batch, Delivery, ExchangeRow, ExchangeState, Facts, Grant,
     Leadership, OutboxRow, Role, SealAfter, ServiceRecord, Store, StoreError, StoredCheckpoint,
-    StoredEntry, Subscription, Tail, fields_of_column,
+    StoredEntry, Subscription, Tail, fields_of_column, keep_exchanges,
 };
 use super::{corrupt, member, to_i64, to_u64};
 
@@ -163,6 +163,14 @@ impl SqliteStore {
                     .push_bind(&b.dispatch.1[i])
                     .push_bind(&b.dispatch.2[i])
                     .push_bind(&b.dispatch.3[i]);
+            });
+            q.build().execute(&mut **tx).await.map_err(db)?;
+        }
+        if !b.subjects.0.is_empty() {
+            let mut q =
+                QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO subjects (subject, idx) ");
+            q.push_values(b.subjects.0.iter().zip(&b.subjects.1), |mut row, (s, i)| {
+                row.push_bind(s).push_bind(*i);
             });
             q.build().execute(&mut **tx).await.map_err(db)?;
         }
@@ -610,6 +618,32 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(db)
+    }
+
+    async fn subject_records(
+        &self,
+        subject: &str,
+        limit: u32,
+    ) -> Result<(Vec<String>, bool), StoreError> {
+        // One more exchange than asked for says whether there are more.
+        let rows = sqlx::query(
+            "WITH touched AS (
+                SELECT e.exchange_id, MIN(e.idx) AS first FROM subjects s
+                JOIN log_entries e ON e.idx = s.idx WHERE s.subject = ?1
+                GROUP BY e.exchange_id ORDER BY first LIMIT ?2)
+             SELECT e.record FROM log_entries e JOIN touched t ON t.exchange_id = e.exchange_id
+             ORDER BY e.idx",
+        )
+        .bind(subject)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let records = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>("record").map_err(db))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(keep_exchanges(records, limit))
     }
 
     async fn indexes_of_exchange(&self, id: ExchangeId) -> Result<Vec<u64>, StoreError> {
