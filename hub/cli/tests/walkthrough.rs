@@ -415,3 +415,67 @@ fn field_grants_are_checked_against_the_schema_and_audited() {
         text(&replay)
     );
 }
+
+#[test]
+fn the_citizen_portal_asks_who_saw_a_citizens_data_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let served = serve(data);
+    assert!(one_stop_lookup(data, &served.api).status.success());
+    let history = |extra: &[&str]| {
+        let mut args = vec![
+            "access-history",
+            "--as",
+            "000.00.00.G03/citizen-portal",
+            "--hub",
+            &served.api,
+            "001085012345",
+            "--case",
+            "DSR-2026-0001",
+        ];
+        args.extend_from_slice(extra);
+        hub(data, &args)
+    };
+    let table = history(&[]);
+    assert!(table.status.success(), "{}", text(&table));
+    let out = String::from_utf8_lossy(&table.stdout).into_owned();
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{out}");
+    for expected in [
+        "000.00.29.H29/one-stop",
+        "citizen.lookup",
+        "public_service",
+        "HS-2026-0001",
+        "answered",
+        "/citizen/full_name",
+    ] {
+        assert!(rows[0].contains(expected), "{expected} in {out}");
+    }
+    assert!(text(&table).contains("hub signature verified"), "{}", text(&table));
+    // The signed reply, for a portal to pass on; the first question now shows.
+    let json = history(&["--json"]);
+    assert!(json.status.success(), "{}", text(&json));
+    let reply: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let accesses = reply["body"]["accesses"].as_array().unwrap();
+    assert_eq!(accesses.len(), 2);
+    assert_eq!(accesses[1]["agency"]["subsystem"], "citizen-portal");
+    assert_eq!(accesses[1]["case_ref"], "DSR-2026-0001");
+
+    // Any other agency is refused.
+    let refused = hub(
+        data,
+        &[
+            "access-history",
+            "--as",
+            "000.00.00.G08/tax",
+            "--hub",
+            &served.api,
+            "001085012345",
+            "--case",
+            "X-1",
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("no_grant"), "{}", text(&refused));
+    stop(served);
+}
