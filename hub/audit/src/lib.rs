@@ -892,10 +892,15 @@ fn check_body(
             record["sender"]["agency"].as_str().unwrap_or_default(),
             record["sender"]["subsystem"].as_str().unwrap_or_default()
         );
+        let time = record["time"].as_str().unwrap_or_default();
         let result = match ctx.agencies.get(sender.as_str()) {
+            // A retired key's signature counts only from before it retired.
             Some(keys) => jws::verify_detached(sig, &body, keys)
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+                .map_err(|e| e.to_string())
+                .and_then(|kid| match keys.find(&kid) {
+                    Some(jwk) => within_validity(jwk, time),
+                    None => Err(format!("no key {kid}")),
+                }),
             None => Err(format!("no registered key for {sender}")),
         };
         outcomes.push((checks::SENDER_SIGNATURE, result));

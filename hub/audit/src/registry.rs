@@ -18,6 +18,10 @@ pub struct AgencyEntry {
     pub member: Member,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_key: Option<Jwk>,
+    /// Keys it signed with before, each with its `valid_until`: signatures
+    /// they made until then still verify.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_keys: Vec<Jwk>,
     /// Suspended when the bundle was exported.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspended: bool,
@@ -55,14 +59,19 @@ pub struct RegistrySnapshot {
 }
 
 impl RegistrySnapshot {
-    /// Each member's registered envelope-signing key, as a key set.
+    /// Each member's envelope-signing keys, current and retired, as a key
+    /// set (members that never had a key are absent).
     pub fn agency_keys(&self) -> BTreeMap<String, Jwks> {
         self.agencies
             .iter()
             .filter_map(|a| {
-                a.signing_key
-                    .clone()
-                    .map(|k| (a.member.to_string(), Jwks { keys: vec![k] }))
+                let keys: Vec<Jwk> = a
+                    .signing_key
+                    .iter()
+                    .chain(&a.retired_keys)
+                    .cloned()
+                    .collect();
+                (!keys.is_empty()).then(|| (a.member.to_string(), Jwks { keys }))
             })
             .collect()
     }

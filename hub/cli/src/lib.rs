@@ -71,6 +71,11 @@ pub enum Command {
     /// Witnesses: register them (admin), or run one (cosign the hub's checkpoints).
     #[command(subcommand)]
     Witness(WitnessCmd),
+    /// Retire the hub's signing key and make a new one. Run it with every
+    /// hub process stopped, then start them: they sign with the new key and
+    /// publish the retired one (with `valid_until`) beside it, so that what
+    /// it signed still verifies. Auditors and witnesses re-pin the new key set.
+    RotateHubKey,
     /// Run a reference adapter as its own process, consuming its queue on
     /// RabbitMQ (`amqp_url`), until Ctrl-C or SIGTERM.
     Adapter {
@@ -391,6 +396,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::AccessHistory(args) => access_history(&config, args).await,
         Command::Audit(cmd) => audit(&config, cmd).await,
         Command::Witness(cmd) => witness(&config, cmd).await,
+        Command::RotateHubKey => {
+            let pki = PkiPaths::new(&config.data_dir);
+            let (old, new) =
+                hub_server::pki::rotate_hub_key(&pki, time::OffsetDateTime::now_utc())?;
+            println!(
+                "hub signing key {old} retired (kept in {}); new key {new}. Restart every hub \
+                 process, then give auditors and witnesses the new /.well-known/jwks.json.",
+                pki.hub_retired_keys().display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Purge { older_than_days } => {
             let store = open_store(&config).await?;
             let (before, before_millis) = app::retention_cutoff(&SystemClock, older_than_days);
@@ -589,12 +605,18 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 }
                 checkpoints.push(hub_audit::BundleCheckpoint { size: c.size, note });
             }
+            let retired = store.retired_agency_keys().await?;
             let registry = hub_audit::RegistrySnapshot {
                 agencies: store
                     .agencies()
                     .await?
                     .into_iter()
                     .map(|a| hub_audit::registry::AgencyEntry {
+                        retired_keys: retired
+                            .iter()
+                            .filter(|(m, _)| *m == a.member)
+                            .map(|(_, k)| k.clone())
+                            .collect(),
                         member: a.member,
                         signing_key: a.signing_key,
                         suspended: a.suspended,
@@ -942,7 +964,7 @@ async fn agency(config: &Config, cmd: AgencyCmd) -> anyhow::Result<ExitCode> {
                 .agency(&member)
                 .await?
                 .with_context(|| format!("{member} is not registered (hub agency add)"))?;
-            record.signing_key = match (jwk, none) {
+            let new_key = match (jwk, none) {
                 (Some(path), false) => {
                     let text = std::fs::read_to_string(&path)
                         .with_context(|| path.display().to_string())?;
@@ -954,7 +976,17 @@ async fn agency(config: &Config, cmd: AgencyCmd) -> anyhow::Result<ExitCode> {
                 (None, true) => None,
                 _ => bail!("give --jwk FILE or --none"),
             };
-            store.upsert_agency(&record).await?;
+            let now = time::OffsetDateTime::now_utc();
+            if let Some(old) =
+                hub_server::store::replace_agency_key(store.as_ref(), &mut record, new_key, now)
+                    .await?
+            {
+                println!(
+                    "{member}: signing key {} retired at {}",
+                    old.kid,
+                    old.valid_until.unwrap_or_default()
+                );
+            }
             println!(
                 "{member}: signing key {}",
                 record.signing_key.map_or("removed".into(), |k| k.kid)

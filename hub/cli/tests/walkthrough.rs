@@ -451,7 +451,11 @@ fn the_citizen_portal_asks_who_saw_a_citizens_data_from_the_cli() {
     ] {
         assert!(rows[0].contains(expected), "{expected} in {out}");
     }
-    assert!(text(&table).contains("hub signature verified"), "{}", text(&table));
+    assert!(
+        text(&table).contains("hub signature verified"),
+        "{}",
+        text(&table)
+    );
     // The signed reply, for a portal to pass on; the first question now shows.
     let json = history(&["--json"]);
     assert!(json.status.success(), "{}", text(&json));

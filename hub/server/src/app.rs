@@ -379,6 +379,8 @@ pub async fn start_with_adapters(
         Duration::from_millis(config.query_timeout_ms),
     );
     hub.provider_queue_max = config.provider_queue_max;
+    // The current key and the retired ones, whose signatures still verify.
+    hub.jwks = crate::pki::hub_jwks(&init.pki, &hub_key).context("reading the retired hub keys")?;
     let remote = !config.amqp_url.is_empty();
     if remote {
         hub.remote = Some(Remote {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use hub_core::ids::Member;
-use hub_core::jws::{SecretKeyBytes, SigningKey};
+use hub_core::jws::{Jwks, SecretKeyBytes, SigningKey};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
@@ -76,6 +76,12 @@ impl PkiPaths {
     }
     pub fn hub_signing_key(&self) -> PathBuf {
         self.dir.join("hub-signing.key")
+    }
+    /// The hub's retired signing keys (public JWKs with `valid_until`), a
+    /// JWKS: published beside the current key so that what they signed
+    /// still verifies.
+    pub fn hub_retired_keys(&self) -> PathBuf {
+        self.dir.join("hub-retired-jwks.json")
     }
     /// The data key that seals bodies at rest (32 bytes, base64).
     pub fn data_key(&self) -> PathBuf {
@@ -467,4 +473,59 @@ pub fn issue_client_cert(
     let cert = sign_with_ca(paths, &params, &key)?;
     write_private(&paths.agency_key(member), key.serialize_pem().as_bytes())?;
     write_public(&paths.agency_cert(member), cert.as_bytes())
+}
+
+/// The hub's retired public keys (empty before the first rotation).
+pub fn read_retired_hub_keys(paths: &PkiPaths) -> Result<Jwks, PkiError> {
+    let path = paths.hub_retired_keys();
+    match fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| PkiError::Invalid {
+            path: path.clone(),
+            message: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Jwks { keys: vec![] }),
+        Err(e) => Err(io(&path)(e)),
+    }
+}
+
+/// The hub's key set: the current key (valid from the last rotation) and
+/// every retired one (valid until it was retired).
+pub fn hub_jwks(paths: &PkiPaths, current: &SigningKey) -> Result<Jwks, PkiError> {
+    let retired = read_retired_hub_keys(paths)?;
+    let mut key = current.public_jwk();
+    key.valid_from = retired
+        .keys
+        .iter()
+        .filter_map(|k| k.valid_until.clone())
+        .max();
+    let mut keys = vec![key];
+    keys.extend(retired.keys);
+    Ok(Jwks { keys })
+}
+
+/// Retire the hub's signing key at `now` and make a new one: the old
+/// private key is overwritten (nothing signs with it again), its public
+/// key joins [`PkiPaths::hub_retired_keys`] with `valid_until = now`.
+/// Every hub process sharing the log must be restarted with the new key
+/// file. Returns (retired kid, new kid).
+pub fn rotate_hub_key(paths: &PkiPaths, now: OffsetDateTime) -> Result<(String, String), PkiError> {
+    let current = read_signing_key(&paths.hub_signing_key())?;
+    let mut retired_set = read_retired_hub_keys(paths)?;
+    let mut retired = hub_jwks(paths, &current)?
+        .keys
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| current.public_jwk());
+    retired.valid_until = Some(hub_core::timefmt::rfc3339_millis(now));
+    let old_kid = retired.kid.clone();
+    retired_set.keys.push(retired);
+    let text = serde_json::to_string_pretty(&retired_set).map_err(|e| PkiError::Invalid {
+        path: paths.hub_retired_keys(),
+        message: e.to_string(),
+    })?;
+    // The retired public key is saved before the private key is replaced:
+    // a crash in between leaves the old key current, never unverifiable.
+    write_public(&paths.hub_retired_keys(), text.as_bytes())?;
+    let new = generate_signing_key(&paths.hub_signing_key())?;
+    Ok((old_kid, new.kid().to_owned()))
 }

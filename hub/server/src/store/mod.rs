@@ -101,6 +101,36 @@ impl Grant {
     }
 }
 
+/// Give `agency` the envelope-signing key `new` (or none) from `now` on.
+/// The key it replaces is retired, not forgotten: kept with `valid_until =
+/// now`, so that the requests it signed still verify for an auditor while
+/// the hub accepts no new one under it. Returns the retired key.
+pub async fn replace_agency_key(
+    store: &dyn Store,
+    agency: &mut AgencyRecord,
+    new: Option<Jwk>,
+    now: time::OffsetDateTime,
+) -> Result<Option<Jwk>, StoreError> {
+    let now = hub_core::timefmt::rfc3339_millis(now);
+    let new = new.map(|mut key| {
+        key.valid_from.get_or_insert_with(|| now.clone());
+        key
+    });
+    let mut retired = None;
+    if let Some(mut old) = agency.signing_key.take()
+        && new.as_ref().is_none_or(|k| k.kid != old.kid)
+    {
+        old.valid_until = Some(now);
+        // Retired first: a crash before the update leaves the key current
+        // and verifiable, never lost.
+        store.retire_agency_key(&agency.member, &old).await?;
+        retired = Some(old);
+    }
+    agency.signing_key = new;
+    store.upsert_agency(agency).await?;
+    Ok(retired)
+}
+
 /// The records of the first `limit` exchanges of `records` (in log
 /// order), and whether there were more.
 pub(crate) fn keep_exchanges(records: Vec<String>, limit: u32) -> (Vec<String>, bool) {
@@ -320,6 +350,11 @@ pub trait Store: Send + Sync {
     async fn upsert_agency(&self, agency: &AgencyRecord) -> Result<(), StoreError>;
     async fn agency(&self, member: &Member) -> Result<Option<AgencyRecord>, StoreError>;
     async fn agencies(&self) -> Result<Vec<AgencyRecord>, StoreError>;
+    /// Keep a member's replaced signing key (with its `valid_until`) so
+    /// that what it signed still verifies; idempotent.
+    async fn retire_agency_key(&self, member: &Member, key: &Jwk) -> Result<(), StoreError>;
+    /// Every retired agency key, by member.
+    async fn retired_agency_keys(&self) -> Result<Vec<(Member, Jwk)>, StoreError>;
 
     async fn upsert_service(&self, service: &ServiceRecord) -> Result<(), StoreError>;
     async fn service(

@@ -316,6 +316,39 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn retire_agency_key(&self, m: &Member, key: &Jwk) -> Result<(), StoreError> {
+        let jwk = serde_json::to_string(key).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO retired_agency_keys (agency, subsystem, kid, jwk) VALUES (?, ?, ?, ?)",
+        )
+        .bind(m.agency.as_str())
+        .bind(m.subsystem.as_str())
+        .bind(&key.kid)
+        .bind(jwk)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn retired_agency_keys(&self) -> Result<Vec<(Member, Jwk)>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM retired_agency_keys ORDER BY agency, subsystem, kid")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    member(
+                        r.try_get("agency").map_err(db)?,
+                        r.try_get("subsystem").map_err(db)?,
+                    )?,
+                    Jwk::parse(&r.try_get::<String, _>("jwk").map_err(db)?).map_err(corrupt)?,
+                ))
+            })
+            .collect()
+    }
+
     async fn agency(&self, m: &Member) -> Result<Option<AgencyRecord>, StoreError> {
         sqlx::query("SELECT * FROM agencies WHERE agency = ? AND subsystem = ?")
             .bind(m.agency.as_str())

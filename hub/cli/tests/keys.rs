@@ -1,0 +1,175 @@
+//! Key rotation with the real `hub` binary: an agency's envelope-signing
+//! key and the hub's own signing key are replaced, and everything the
+//! retired keys signed still verifies offline - only up to their retirement.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{hub, serve, stop, text};
+use hub_core::ids::Member;
+use hub_server::pki::{PkiPaths, generate_signing_key};
+
+const TAX: &str = "000.00.00.G08/tax";
+
+fn tax_verify(data: &std::path::Path, api: &str, case: &str) -> std::process::Output {
+    hub(
+        data,
+        &[
+            "send",
+            "--as",
+            TAX,
+            "--hub",
+            api,
+            "citizen.verify",
+            r#"{"personal_id":"001085012345","full_name":"Nguyễn Văn An","birth_date":"1985-03-12"}"#,
+            "--purpose",
+            "tax_administration",
+            "--case",
+            case,
+        ],
+    )
+}
+
+#[test]
+fn rotated_keys_sign_from_now_on_and_retired_ones_still_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let pki = PkiPaths::new(data);
+    let tax: Member = TAX.parse().unwrap();
+    let served = serve(data);
+    let before = tax_verify(data, &served.api, "T-1");
+    assert!(before.status.success(), "{}", text(&before));
+
+    // The tax office rotates its envelope-signing key: key A retires.
+    let sign_key = pki.agency_signing_key(&tax);
+    let key_a = data.join("tax-a.key");
+    let key_a_kid = hub_server::pki::read_signing_key(&sign_key)
+        .unwrap()
+        .kid()
+        .to_owned();
+    std::fs::rename(&sign_key, &key_a).unwrap();
+    let key_b = generate_signing_key(&sign_key).unwrap();
+    let jwk_b = data.join("tax-b.jwk");
+    std::fs::write(&jwk_b, serde_json::to_string(&key_b.public_jwk()).unwrap()).unwrap();
+    let set = hub(
+        data,
+        &["agency", "set-key", TAX, "--jwk", jwk_b.to_str().unwrap()],
+    );
+    assert!(set.status.success(), "{}", text(&set));
+    assert!(text(&set).contains("retired at"), "{}", text(&set));
+    let after = tax_verify(data, &served.api, "T-2");
+    assert!(after.status.success(), "{}", text(&after));
+    // Nothing new is accepted under the retired key.
+    std::fs::rename(&sign_key, data.join("tax-b.key")).unwrap();
+    std::fs::copy(&key_a, &sign_key).unwrap();
+    let stale = tax_verify(data, &served.api, "T-3");
+    assert!(!stale.status.success());
+    assert!(
+        text(&stale).contains("signature_invalid") && text(&stale).contains(key_a_kid.as_str()),
+        "{}",
+        text(&stale)
+    );
+    std::fs::rename(data.join("tax-b.key"), &sign_key).unwrap();
+    stop(served);
+
+    // The hub's own key rotates while it is stopped.
+    let old_jwks = std::fs::read_to_string(pki.dir.join("hub-jwks.json")).unwrap();
+    let rotate = hub(data, &["rotate-hub-key"]);
+    assert!(rotate.status.success(), "{}", text(&rotate));
+    let served = serve(data);
+    let lookup = tax_verify(data, &served.api, "T-4");
+    assert!(lookup.status.success(), "{}", text(&lookup));
+    let jwks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(pki.dir.join("hub-jwks.json")).unwrap())
+            .unwrap();
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert!(keys[0]["valid_from"].is_string() && keys[1]["valid_until"].is_string());
+    assert_eq!(keys[0]["valid_from"], keys[1]["valid_until"]);
+    stop(served);
+
+    // Offline, with the new key set pinned: the whole log verifies - entries
+    // and checkpoints under either hub key, requests under either tax key.
+    let pinned = data.join("pinned.json");
+    std::fs::write(&pinned, jwks.to_string()).unwrap();
+    let bundle = data.join("bundle");
+    let export = hub(
+        data,
+        &["audit", "export", "--out", bundle.to_str().unwrap()],
+    );
+    assert!(export.status.success(), "{}", text(&export));
+    let data_key = pki.data_key();
+    let verify = hub(
+        data,
+        &[
+            "audit",
+            "verify",
+            bundle.to_str().unwrap(),
+            "--jwks",
+            pinned.to_str().unwrap(),
+            "--data-key",
+            data_key.to_str().unwrap(),
+        ],
+    );
+    assert!(verify.status.success(), "{}", text(&verify));
+    let report = text(&verify);
+    let row = |check: &str| {
+        report
+            .lines()
+            .find(|l| l.starts_with(check))
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .map(|n| n.parse::<u64>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(row("sender_signature"), [3, 0], "{report}");
+    // The old pinned key alone does not vouch for what the new key signed.
+    let old_pinned = data.join("old-pinned.json");
+    std::fs::write(&old_pinned, old_jwks).unwrap();
+    let verify = hub(
+        data,
+        &[
+            "audit",
+            "verify",
+            bundle.to_str().unwrap(),
+            "--jwks",
+            old_pinned.to_str().unwrap(),
+        ],
+    );
+    assert!(!verify.status.success());
+    assert!(text(&verify).contains("FAILED entry"), "{}", text(&verify));
+
+    // A retired agency key's signature dated after its retirement fails:
+    // narrow the tax office's retired key to before its first request.
+    let registry_path = bundle.join("registry.json");
+    let mut registry: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&registry_path).unwrap()).unwrap();
+    let tax_entry = registry["agencies"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|a| a["member"]["subsystem"] == "tax")
+        .unwrap();
+    assert_eq!(tax_entry["retired_keys"].as_array().unwrap().len(), 1);
+    tax_entry["retired_keys"][0]["valid_until"] = serde_json::json!("2000-01-01T00:00:00Z");
+    std::fs::write(&registry_path, registry.to_string()).unwrap();
+    let verify = hub(
+        data,
+        &[
+            "audit",
+            "verify",
+            bundle.to_str().unwrap(),
+            "--jwks",
+            pinned.to_str().unwrap(),
+            "--data-key",
+            data_key.to_str().unwrap(),
+        ],
+    );
+    assert!(!verify.status.success());
+    assert!(
+        text(&verify).contains("sender_signature: key") && text(&verify).contains("was not valid"),
+        "{}",
+        text(&verify)
+    );
+}
