@@ -36,7 +36,7 @@ pub enum StoreError {
 }
 
 /// An agency subsystem known to the hub.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgencyRecord {
     pub member: Member,
     pub name: String,
@@ -158,6 +158,11 @@ pub(crate) fn keep_exchanges(records: Vec<String>, limit: u32) -> (Vec<String>, 
     (kept, more)
 }
 
+/// A value as the JSON text a column keeps.
+pub(crate) fn json_text<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Invalid(e.to_string()))
+}
+
 /// Read a grant's `fields` column.
 pub(crate) fn fields_of_column(text: Option<String>) -> Result<Option<FieldSet>, StoreError> {
     text.map(|t| {
@@ -205,6 +210,24 @@ pub enum Effect {
     /// Index this entry under the data subjects it touched (keyed hashes
     /// of their personal IDs, `hub_core::log::subject_of`).
     IndexSubjects { subjects: Vec<String> },
+    /// Change the registry, in the transaction that logs the change (an
+    /// administrator's change is an entry, and never one without the other).
+    Registry(RegistryChange),
+}
+
+/// One write to the registry (agencies, keys, grants, subscriptions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryChange {
+    UpsertAgency(AgencyRecord),
+    /// Keep a replaced signing key, with its `valid_until`; idempotent.
+    RetireAgencyKey {
+        member: Member,
+        key: Jwk,
+    },
+    /// Add a grant, or replace the fields of the same (consumer, service, purpose).
+    AddGrant(Grant),
+    RevokeGrant(Grant),
+    AddSubscription(Subscription),
 }
 
 /// An entry's body: the bytes, the salt of its commitment, the commitment,
@@ -347,12 +370,26 @@ pub trait Store: Send + Sync {
     /// Is the database reachable?
     async fn ping(&self) -> Result<(), StoreError>;
 
-    async fn upsert_agency(&self, agency: &AgencyRecord) -> Result<(), StoreError>;
+    /// Apply `changes` in one transaction; the rows they touched.
+    async fn apply_changes(&self, changes: &[RegistryChange]) -> Result<u64, StoreError>;
+
+    async fn upsert_agency(&self, agency: &AgencyRecord) -> Result<(), StoreError> {
+        self.apply_changes(&[RegistryChange::UpsertAgency(agency.clone())])
+            .await
+            .map(|_| ())
+    }
     async fn agency(&self, member: &Member) -> Result<Option<AgencyRecord>, StoreError>;
     async fn agencies(&self) -> Result<Vec<AgencyRecord>, StoreError>;
     /// Keep a member's replaced signing key (with its `valid_until`) so
     /// that what it signed still verifies; idempotent.
-    async fn retire_agency_key(&self, member: &Member, key: &Jwk) -> Result<(), StoreError>;
+    async fn retire_agency_key(&self, member: &Member, key: &Jwk) -> Result<(), StoreError> {
+        self.apply_changes(&[RegistryChange::RetireAgencyKey {
+            member: member.clone(),
+            key: key.clone(),
+        }])
+        .await
+        .map(|_| ())
+    }
     /// Every retired agency key, by member.
     async fn retired_agency_keys(&self) -> Result<Vec<(Member, Jwk)>, StoreError>;
 
@@ -376,12 +413,24 @@ pub trait Store: Send + Sync {
     ) -> Result<Facts, StoreError>;
 
     /// Add a grant, or replace the fields of the same (consumer, service, purpose).
-    async fn add_grant(&self, grant: &Grant) -> Result<(), StoreError>;
+    async fn add_grant(&self, grant: &Grant) -> Result<(), StoreError> {
+        self.apply_changes(&[RegistryChange::AddGrant(grant.clone())])
+            .await
+            .map(|_| ())
+    }
     /// Whether a grant existed to remove.
-    async fn revoke_grant(&self, grant: &Grant) -> Result<bool, StoreError>;
+    async fn revoke_grant(&self, grant: &Grant) -> Result<bool, StoreError> {
+        self.apply_changes(&[RegistryChange::RevokeGrant(grant.clone())])
+            .await
+            .map(|n| n > 0)
+    }
     async fn grants(&self) -> Result<Vec<Grant>, StoreError>;
 
-    async fn add_subscription(&self, sub: &Subscription) -> Result<(), StoreError>;
+    async fn add_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
+        self.apply_changes(&[RegistryChange::AddSubscription(sub.clone())])
+            .await
+            .map(|_| ())
+    }
     async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError>;
     async fn subscribers(
         &self,
@@ -574,6 +623,8 @@ impl Batch {
                         b.dispatch.2.push(id.clone());
                         b.dispatch.3.push(item.sealed_message.clone());
                     }
+                    // Applied one by one in the same transaction: rare.
+                    Effect::Registry(_) => {}
                     Effect::IndexSubjects { subjects } => {
                         for subject in subjects {
                             b.subjects.0.push(subject.clone());

@@ -17,10 +17,11 @@ use sqlx::{PgPool, Row};
 
 use super::{
     AgencyRecord, AppendItem, Batch, Delivery, ExchangeRow, ExchangeState, Facts, Grant,
-    Leadership, OutboxRow, PoolSettings, Role, SealAfter, ServiceRecord, Store, StoreError,
-    StoredCheckpoint, StoredEntry, Subscription, Tail, fields_of_column, keep_exchanges,
+    Leadership, OutboxRow, PoolSettings, RegistryChange, Role, SealAfter, ServiceRecord, Store,
+    StoreError, StoredCheckpoint, StoredEntry, Subscription, Tail, fields_of_column, json_text,
+    keep_exchanges,
 };
-use super::{corrupt, member, to_i64, to_u64};
+use super::{Effect, corrupt, member, to_i64, to_u64};
 
 /// The PostgreSQL store.
 #[derive(Debug, Clone)]
@@ -180,6 +181,16 @@ impl PgStore {
             .await
             .map_err(db)?;
         }
+        for change in items
+            .iter()
+            .flat_map(|i| &i.effects)
+            .filter_map(|e| match e {
+                Effect::Registry(change) => Some(change),
+                _ => None,
+            })
+        {
+            change_query(change)?.execute(&mut **tx).await.map_err(db)?;
+        }
         if !b.subjects.0.is_empty() {
             sqlx::query(
                 "INSERT INTO subjects (subject, idx)
@@ -310,43 +321,18 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn upsert_agency(&self, a: &AgencyRecord) -> Result<(), StoreError> {
-        let jwk = a
-            .signing_key
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO agencies (agency, subsystem, name, signing_jwk, suspended) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (agency, subsystem) DO UPDATE SET name = excluded.name, signing_jwk = excluded.signing_jwk,
-                 suspended = excluded.suspended",
-        )
-        .bind(a.member.agency.as_str())
-        .bind(a.member.subsystem.as_str())
-        .bind(&a.name)
-        .bind(jwk)
-        .bind(a.suspended)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(())
-    }
-
-    async fn retire_agency_key(&self, m: &Member, key: &Jwk) -> Result<(), StoreError> {
-        let jwk = serde_json::to_string(key).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO retired_agency_keys (agency, subsystem, kid, jwk) VALUES ($1, $2, $3, $4)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(m.agency.as_str())
-        .bind(m.subsystem.as_str())
-        .bind(&key.kid)
-        .bind(jwk)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(())
+    async fn apply_changes(&self, changes: &[RegistryChange]) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut rows = 0;
+        for change in changes {
+            rows += change_query(change)?
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(rows)
     }
 
     async fn retired_agency_keys(&self) -> Result<Vec<(Member, Jwk)>, StoreError> {
@@ -501,36 +487,6 @@ impl Store for PgStore {
         })
     }
 
-    async fn add_grant(&self, g: &Grant) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO grants (consumer_agency, consumer_subsystem, service, purpose, fields) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (consumer_agency, consumer_subsystem, service, purpose) DO UPDATE SET fields = excluded.fields",
-        )
-        .bind(g.consumer.agency.as_str())
-        .bind(g.consumer.subsystem.as_str())
-        .bind(g.service.as_str())
-        .bind(g.purpose.as_str())
-        .bind(g.fields_column())
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(())
-    }
-
-    async fn revoke_grant(&self, g: &Grant) -> Result<bool, StoreError> {
-        let r = sqlx::query(
-            "DELETE FROM grants WHERE consumer_agency = $1 AND consumer_subsystem = $2 AND service = $3 AND purpose = $4",
-        )
-        .bind(g.consumer.agency.as_str())
-        .bind(g.consumer.subsystem.as_str())
-        .bind(g.service.as_str())
-        .bind(g.purpose.as_str())
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(r.rows_affected() > 0)
-    }
-
     async fn grants(&self) -> Result<Vec<Grant>, StoreError> {
         let rows = sqlx::query(
             "SELECT * FROM grants ORDER BY consumer_agency, consumer_subsystem, service, purpose",
@@ -553,21 +509,6 @@ impl Store for PgStore {
                 })
             })
             .collect()
-    }
-
-    async fn add_subscription(&self, s: &Subscription) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO subscriptions (agency, subsystem, service, version) VALUES ($1, $2, $3, $4)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(s.subscriber.agency.as_str())
-        .bind(s.subscriber.subsystem.as_str())
-        .bind(s.service.as_str())
-        .bind(i64::from(s.version))
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(())
     }
 
     async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
@@ -982,3 +923,55 @@ mod tests {
         );
     }
 }
+
+/// The statement of one registry change, for the store's own methods and
+/// for [`Effect::Registry`] inside the log's transaction alike.
+fn change_query(change: &RegistryChange) -> Result<Query<'_>, StoreError> {
+    Ok(match change {
+        RegistryChange::UpsertAgency(a) => sqlx::query(
+            "INSERT INTO agencies (agency, subsystem, name, signing_jwk, suspended) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (agency, subsystem) DO UPDATE SET name = excluded.name,
+                     signing_jwk = excluded.signing_jwk, suspended = excluded.suspended",
+        )
+        .bind(a.member.agency.as_str())
+        .bind(a.member.subsystem.as_str())
+        .bind(a.name.as_str())
+        .bind(a.signing_key.as_ref().map(json_text).transpose()?)
+        .bind(a.suspended),
+        RegistryChange::RetireAgencyKey { member, key } => sqlx::query(
+            "INSERT INTO retired_agency_keys (agency, subsystem, kid, jwk) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+        )
+        .bind(member.agency.as_str())
+        .bind(member.subsystem.as_str())
+        .bind(key.kid.as_str())
+        .bind(json_text(key)?),
+        RegistryChange::AddGrant(g) => sqlx::query(
+            "INSERT INTO grants (consumer_agency, consumer_subsystem, service, purpose, fields) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (consumer_agency, consumer_subsystem, service, purpose) DO UPDATE SET fields = excluded.fields",
+        )
+        .bind(g.consumer.agency.as_str())
+        .bind(g.consumer.subsystem.as_str())
+        .bind(g.service.as_str())
+        .bind(g.purpose.as_str())
+        .bind(g.fields_column()),
+        RegistryChange::RevokeGrant(g) => sqlx::query(
+            "DELETE FROM grants WHERE consumer_agency = $1 AND consumer_subsystem = $2 AND service = $3 AND purpose = $4",
+        )
+        .bind(g.consumer.agency.as_str())
+        .bind(g.consumer.subsystem.as_str())
+        .bind(g.service.as_str())
+        .bind(g.purpose.as_str()),
+        RegistryChange::AddSubscription(s) => sqlx::query(
+            "INSERT INTO subscriptions (agency, subsystem, service, version) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+        )
+        .bind(s.subscriber.agency.as_str())
+        .bind(s.subscriber.subsystem.as_str())
+        .bind(s.service.as_str())
+        .bind(i64::from(s.version)),
+    })
+}
+
+type Query<'a> =
+    sqlx::query::Query<'a, sqlx::Postgres, <sqlx::Postgres as sqlx::Database>::Arguments>;

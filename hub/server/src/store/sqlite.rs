@@ -18,10 +18,10 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::{
     AgencyRecord, AppendItem, Batch, Delivery, ExchangeRow, ExchangeState, Facts, Grant,
-    Leadership, OutboxRow, Role, SealAfter, ServiceRecord, Store, StoreError, StoredCheckpoint,
-    StoredEntry, Subscription, Tail, fields_of_column, keep_exchanges,
+    Leadership, OutboxRow, RegistryChange, Role, SealAfter, ServiceRecord, Store, StoreError,
+    StoredCheckpoint, StoredEntry, Subscription, Tail, fields_of_column, json_text, keep_exchanges,
 };
-use super::{corrupt, member, to_i64, to_u64};
+use super::{Effect, corrupt, member, to_i64, to_u64};
 
 /// The SQLite store.
 #[derive(Debug, Clone)]
@@ -166,6 +166,16 @@ impl SqliteStore {
             });
             q.build().execute(&mut **tx).await.map_err(db)?;
         }
+        for change in items
+            .iter()
+            .flat_map(|i| &i.effects)
+            .filter_map(|e| match e {
+                Effect::Registry(change) => Some(change),
+                _ => None,
+            })
+        {
+            change_query(change)?.execute(&mut **tx).await.map_err(db)?;
+        }
         if !b.subjects.0.is_empty() {
             let mut q =
                 QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO subjects (subject, idx) ");
@@ -293,42 +303,18 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn upsert_agency(&self, a: &AgencyRecord) -> Result<(), StoreError> {
-        let jwk = a
-            .signing_key
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO agencies (agency, subsystem, name, signing_jwk, suspended) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (agency, subsystem) DO UPDATE SET name = excluded.name, signing_jwk = excluded.signing_jwk,
-                 suspended = excluded.suspended",
-        )
-        .bind(a.member.agency.as_str())
-        .bind(a.member.subsystem.as_str())
-        .bind(&a.name)
-        .bind(jwk)
-        .bind(a.suspended)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(())
-    }
-
-    async fn retire_agency_key(&self, m: &Member, key: &Jwk) -> Result<(), StoreError> {
-        let jwk = serde_json::to_string(key).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        sqlx::query(
-            "INSERT OR IGNORE INTO retired_agency_keys (agency, subsystem, kid, jwk) VALUES (?, ?, ?, ?)",
-        )
-        .bind(m.agency.as_str())
-        .bind(m.subsystem.as_str())
-        .bind(&key.kid)
-        .bind(jwk)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(())
+    async fn apply_changes(&self, changes: &[RegistryChange]) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut rows = 0;
+        for change in changes {
+            rows += change_query(change)?
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(rows)
     }
 
     async fn retired_agency_keys(&self) -> Result<Vec<(Member, Jwk)>, StoreError> {
@@ -483,36 +469,6 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn add_grant(&self, g: &Grant) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO grants (consumer_agency, consumer_subsystem, service, purpose, fields) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (consumer_agency, consumer_subsystem, service, purpose) DO UPDATE SET fields = excluded.fields",
-        )
-        .bind(g.consumer.agency.as_str())
-        .bind(g.consumer.subsystem.as_str())
-        .bind(g.service.as_str())
-        .bind(g.purpose.as_str())
-        .bind(g.fields_column())
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(())
-    }
-
-    async fn revoke_grant(&self, g: &Grant) -> Result<bool, StoreError> {
-        let r = sqlx::query(
-            "DELETE FROM grants WHERE consumer_agency = ? AND consumer_subsystem = ? AND service = ? AND purpose = ?",
-        )
-        .bind(g.consumer.agency.as_str())
-        .bind(g.consumer.subsystem.as_str())
-        .bind(g.service.as_str())
-        .bind(g.purpose.as_str())
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(r.rows_affected() > 0)
-    }
-
     async fn grants(&self) -> Result<Vec<Grant>, StoreError> {
         let rows = sqlx::query(
             "SELECT * FROM grants ORDER BY consumer_agency, consumer_subsystem, service, purpose",
@@ -535,18 +491,6 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
-    }
-
-    async fn add_subscription(&self, s: &Subscription) -> Result<(), StoreError> {
-        sqlx::query("INSERT OR IGNORE INTO subscriptions (agency, subsystem, service, version) VALUES (?, ?, ?, ?)")
-            .bind(s.subscriber.agency.as_str())
-            .bind(s.subscriber.subsystem.as_str())
-            .bind(s.service.as_str())
-            .bind(i64::from(s.version))
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
-        Ok(())
     }
 
     async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
@@ -911,3 +855,52 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(db)
     }
 }
+
+/// The statement of one registry change, for the store's own methods and
+/// for [`Effect::Registry`] inside the log's transaction alike.
+fn change_query(change: &RegistryChange) -> Result<Query<'_>, StoreError> {
+    Ok(match change {
+        RegistryChange::UpsertAgency(a) => sqlx::query(
+            "INSERT INTO agencies (agency, subsystem, name, signing_jwk, suspended) VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT (agency, subsystem) DO UPDATE SET name = excluded.name,
+                     signing_jwk = excluded.signing_jwk, suspended = excluded.suspended",
+        )
+        .bind(a.member.agency.as_str())
+        .bind(a.member.subsystem.as_str())
+        .bind(a.name.as_str())
+        .bind(a.signing_key.as_ref().map(json_text).transpose()?)
+        .bind(a.suspended),
+        RegistryChange::RetireAgencyKey { member, key } => sqlx::query(
+            "INSERT OR IGNORE INTO retired_agency_keys (agency, subsystem, kid, jwk) VALUES (?, ?, ?, ?)",
+        )
+        .bind(member.agency.as_str())
+        .bind(member.subsystem.as_str())
+        .bind(key.kid.as_str())
+        .bind(json_text(key)?),
+        RegistryChange::AddGrant(g) => sqlx::query(
+            "INSERT INTO grants (consumer_agency, consumer_subsystem, service, purpose, fields) VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT (consumer_agency, consumer_subsystem, service, purpose) DO UPDATE SET fields = excluded.fields",
+        )
+        .bind(g.consumer.agency.as_str())
+        .bind(g.consumer.subsystem.as_str())
+        .bind(g.service.as_str())
+        .bind(g.purpose.as_str())
+        .bind(g.fields_column()),
+        RegistryChange::RevokeGrant(g) => sqlx::query(
+            "DELETE FROM grants WHERE consumer_agency = ? AND consumer_subsystem = ? AND service = ? AND purpose = ?",
+        )
+        .bind(g.consumer.agency.as_str())
+        .bind(g.consumer.subsystem.as_str())
+        .bind(g.service.as_str())
+        .bind(g.purpose.as_str()),
+        RegistryChange::AddSubscription(s) => sqlx::query(
+            "INSERT OR IGNORE INTO subscriptions (agency, subsystem, service, version) VALUES (?, ?, ?, ?)",
+        )
+        .bind(s.subscriber.agency.as_str())
+        .bind(s.subscriber.subsystem.as_str())
+        .bind(s.service.as_str())
+        .bind(i64::from(s.version)),
+    })
+}
+
+type Query<'a> = sqlx::query::Query<'a, sqlx::Sqlite, <sqlx::Sqlite as sqlx::Database>::Arguments>;
