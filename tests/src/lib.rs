@@ -46,6 +46,7 @@ pub fn test_config(dir: &TempDir) -> Config {
         data_dir: dir.path().to_owned(),
         api_listen: "127.0.0.1:0".parse().unwrap(),
         public_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
         synthetic_records: 20,
         ..Config::default()
     }

@@ -14,10 +14,10 @@ use hub_client::{HubClient, sign_envelope, verify_reply};
 use hub_core::fields::FieldSet;
 use hub_core::ids::{ExchangeId, Member, PurposeCode, ServiceName};
 use hub_core::jws::Jwk;
-use hub_core::schema::Catalog;
+use hub_server::admin::AdminChange;
 use hub_server::clock::{SystemClock, SystemRandom};
 use hub_server::pki::{PkiPaths, issue_client_cert, read_signing_key};
-use hub_server::store::{AgencyRecord, Grant, ServiceRecord, Store, Subscription};
+use hub_server::store::Store;
 use hub_server::{Config, app};
 use serde_json::{Value, json};
 
@@ -31,8 +31,23 @@ pub struct Cli {
     /// The data directory (database, dev PKI, keys).
     #[arg(long, global = true, env = "HUB_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// For registry changes: the hub's admin listener (default:
+    /// https://<admin_listen>).
+    #[arg(long, global = true, env = "HUB_ADMIN_URL")]
+    pub admin_hub: Option<String>,
+    /// For registry changes: the administrator, with its certificate from
+    /// `<data_dir>/pki/admins/`.
+    #[arg(long, global = true, default_value = hub_server::pki::DEV_ADMIN)]
+    pub admin: String,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Where and as whom registry changes are sent.
+#[derive(Debug, Clone)]
+pub struct AdminTarget {
+    pub url: String,
+    pub name: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -346,6 +361,13 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 /// Run one command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = load_config(&cli)?;
+    let admin = AdminTarget {
+        url: cli
+            .admin_hub
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", config.admin_listen)),
+        name: cli.admin.clone(),
+    };
     match cli.command {
         Command::Serve => serve(config).await,
         Command::Adapter { registry } => run_adapter(&config, registry).await,
@@ -373,7 +395,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Agency(cmd) => agency(&config, cmd).await,
+        Command::Agency(cmd) => agency(&config, &admin, cmd).await,
         Command::Services => {
             let store = open_store(&config).await?;
             for s in store.services().await? {
@@ -389,8 +411,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Grant(cmd) => grant(&config, cmd).await,
-        Command::Subscription(cmd) => subscription(&config, cmd).await,
+        Command::Grant(cmd) => grant(&config, &admin, cmd).await,
+        Command::Subscription(cmd) => subscription(&config, &admin, cmd).await,
         Command::Send(args) => send(&config, args).await,
         Command::Inbox(args) => inbox(&config, args).await,
         Command::AccessHistory(args) => access_history(&config, args).await,
@@ -879,6 +901,7 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     )
     .await?;
     println!("hub API (mTLS):       https://{}", running.api_addr);
+    println!("admin (registry):     https://{}", running.admin_addr);
     println!(
         "public (health, keys): https://{}/healthz",
         running.public_addr
@@ -899,34 +922,63 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn set_suspended(store: &dyn Store, member: &Member, suspended: bool) -> anyhow::Result<()> {
-    let mut record = store
-        .agency(member)
-        .await?
-        .with_context(|| format!("{member} is not registered"))?;
-    record.suspended = suspended;
-    store.upsert_agency(&record).await?;
-    println!(
-        "{member}: {} from its next request on",
-        if suspended { "suspended" } else { "resumed" }
+/// Send one registry change to the hub's admin listener as the
+/// administrator, check the hub's signature on the logged change, and say
+/// where it was logged.
+async fn admin_change(
+    config: &Config,
+    admin: &AdminTarget,
+    change: AdminChange,
+) -> anyhow::Result<()> {
+    let pki = PkiPaths::new(&config.data_dir);
+    let cert = pki.admin_cert(&admin.name);
+    if !cert.exists() {
+        bail!(
+            "no administrator certificate {} (run `hub init` for the dev PKI's `{}`)",
+            cert.display(),
+            hub_server::pki::DEV_ADMIN
+        );
+    }
+    let client = HubClient::from_files(
+        &admin.url,
+        &pki.ca_cert(),
+        Some((&cert, &pki.admin_key(&admin.name))),
+    )?;
+    let (status, reply) = client
+        .post_json("/admin/v1/changes", &serde_json::to_value(&change)?)
+        .await
+        .with_context(|| format!("reaching the hub's admin listener at {}", admin.url))?;
+    if !status.is_success() {
+        bail!(
+            "the hub refused the change: HTTP {status} {}: {}",
+            reply["code"].as_str().unwrap_or_default(),
+            reply["message"].as_str().unwrap_or_default()
+        );
+    }
+    let jwks = client.jwks().await?;
+    verify_reply(&reply, &jwks).context("the hub's signature on the change does not verify")?;
+    eprintln!(
+        "logged as admin entry {} by {}",
+        reply["record"]["index"], admin.name
     );
     Ok(())
 }
 
-async fn agency(config: &Config, cmd: AgencyCmd) -> anyhow::Result<ExitCode> {
-    let store = open_store(config).await?;
+async fn agency(config: &Config, admin: &AdminTarget, cmd: AgencyCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         AgencyCmd::List => {
+            let store = open_store(config).await?;
             for a in store.agencies().await? {
                 let key = a
                     .signing_key
                     .as_ref()
                     .map_or("-".to_owned(), |k| k.kid.clone());
                 println!(
-                    "{:<40} signing key {:<44} {}",
+                    "{:<40} signing key {:<44} {}{}",
                     a.member.to_string(),
                     key,
-                    a.name
+                    a.name,
+                    if a.suspended { " (suspended)" } else { "" }
                 );
             }
         }
@@ -935,15 +987,15 @@ async fn agency(config: &Config, cmd: AgencyCmd) -> anyhow::Result<ExitCode> {
             name,
             issue_cert,
         } => {
-            let existing = store.agency(&member).await?;
-            store
-                .upsert_agency(&AgencyRecord {
+            admin_change(
+                config,
+                admin,
+                AdminChange::AgencyAdd {
                     member: member.clone(),
                     name: name.clone(),
-                    suspended: existing.as_ref().is_some_and(|a| a.suspended),
-                    signing_key: existing.and_then(|a| a.signing_key),
-                })
-                .await?;
+                },
+            )
+            .await?;
             println!("added {member}");
             if issue_cert {
                 let pki = PkiPaths::new(&config.data_dir);
@@ -960,11 +1012,7 @@ async fn agency(config: &Config, cmd: AgencyCmd) -> anyhow::Result<ExitCode> {
             }
         }
         AgencyCmd::SetKey { member, jwk, none } => {
-            let mut record = store
-                .agency(&member)
-                .await?
-                .with_context(|| format!("{member} is not registered (hub agency add)"))?;
-            let new_key = match (jwk, none) {
+            let key = match (jwk, none) {
                 (Some(path), false) => {
                     let text = std::fs::read_to_string(&path)
                         .with_context(|| path.display().to_string())?;
@@ -976,24 +1024,40 @@ async fn agency(config: &Config, cmd: AgencyCmd) -> anyhow::Result<ExitCode> {
                 (None, true) => None,
                 _ => bail!("give --jwk FILE or --none"),
             };
-            let now = time::OffsetDateTime::now_utc();
-            if let Some(old) =
-                hub_server::store::replace_agency_key(store.as_ref(), &mut record, new_key, now)
-                    .await?
-            {
-                println!(
-                    "{member}: signing key {} retired at {}",
-                    old.kid,
-                    old.valid_until.unwrap_or_default()
-                );
-            }
-            println!(
-                "{member}: signing key {}",
-                record.signing_key.map_or("removed".into(), |k| k.kid)
-            );
+            let kid = key.as_ref().map_or("removed".into(), |k| k.kid.clone());
+            admin_change(
+                config,
+                admin,
+                AdminChange::AgencySetKey {
+                    member: member.clone(),
+                    key,
+                },
+            )
+            .await?;
+            println!("{member}: signing key {kid}; the one it replaces is retired");
         }
-        AgencyCmd::Suspend { member } => set_suspended(store.as_ref(), &member, true).await?,
-        AgencyCmd::Resume { member } => set_suspended(store.as_ref(), &member, false).await?,
+        AgencyCmd::Suspend { member } => {
+            admin_change(
+                config,
+                admin,
+                AdminChange::AgencySuspend {
+                    member: member.clone(),
+                },
+            )
+            .await?;
+            println!("{member}: suspended from its next request on");
+        }
+        AgencyCmd::Resume { member } => {
+            admin_change(
+                config,
+                admin,
+                AdminChange::AgencyResume {
+                    member: member.clone(),
+                },
+            )
+            .await?;
+            println!("{member}: resumed from its next request on");
+        }
         AgencyCmd::RevokeCert { member } => {
             let pki = PkiPaths::new(&config.data_dir);
             let serial = hub_server::pki::revoke(&pki, &member, time::OffsetDateTime::now_utc())?;
@@ -1006,10 +1070,10 @@ async fn agency(config: &Config, cmd: AgencyCmd) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn grant(config: &Config, cmd: GrantCmd) -> anyhow::Result<ExitCode> {
-    let store = open_store(config).await?;
+async fn grant(config: &Config, admin: &AdminTarget, cmd: GrantCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         GrantCmd::List => {
+            let store = open_store(config).await?;
             for g in store.grants().await? {
                 println!(
                     "{:<40} {:<26} {:<24} {}",
@@ -1028,33 +1092,21 @@ async fn grant(config: &Config, cmd: GrantCmd) -> anyhow::Result<ExitCode> {
             purposes,
             fields,
         } => {
-            if store.agency(&consumer).await?.is_none() {
-                bail!("{consumer} is not registered (hub agency add)");
-            }
-            let versions: Vec<_> = store
-                .services()
-                .await?
-                .into_iter()
-                .filter(|s| s.name == service)
-                .collect();
-            if versions.is_empty() {
-                bail!("no service {service} (hub services)");
-            }
             if purposes.is_empty() {
                 bail!("name at least one purpose");
             }
-            if let Some(fields) = &fields {
-                check_grant_fields(&versions, fields)?;
-            }
             for purpose in purposes {
-                store
-                    .add_grant(&Grant {
+                admin_change(
+                    config,
+                    admin,
+                    AdminChange::GrantAdd {
                         consumer: consumer.clone(),
                         service: service.clone(),
                         purpose: purpose.clone(),
                         fields: fields.clone(),
-                    })
-                    .await?;
+                    },
+                )
+                .await?;
                 let what = fields
                     .as_ref()
                     .map_or("every field".into(), FieldSet::to_list);
@@ -1066,44 +1118,30 @@ async fn grant(config: &Config, cmd: GrantCmd) -> anyhow::Result<ExitCode> {
             service,
             purpose,
         } => {
-            let removed = store
-                .revoke_grant(&Grant {
+            admin_change(
+                config,
+                admin,
+                AdminChange::GrantRevoke {
                     consumer,
                     service,
                     purpose,
-                    fields: None,
-                })
-                .await?;
-            println!("{}", if removed { "revoked" } else { "no such grant" });
-            if !removed {
-                return Ok(ExitCode::FAILURE);
-            }
+                },
+            )
+            .await?;
+            println!("revoked");
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Field grants name response fields: every version of the service must
-/// be a query whose response schema has each of them.
-fn check_grant_fields(versions: &[ServiceRecord], fields: &FieldSet) -> anyhow::Result<()> {
-    let catalog = Catalog::builtin()?;
-    for service in versions {
-        let Some(schema) = &service.response_schema else {
-            bail!(
-                "{} v{} is an event service: it has no response to limit to fields",
-                service.name,
-                service.version
-            );
-        };
-        catalog.check_fields(schema, fields)?;
-    }
-    Ok(())
-}
-
-async fn subscription(config: &Config, cmd: SubscriptionCmd) -> anyhow::Result<ExitCode> {
-    let store = open_store(config).await?;
+async fn subscription(
+    config: &Config,
+    admin: &AdminTarget,
+    cmd: SubscriptionCmd,
+) -> anyhow::Result<ExitCode> {
     match cmd {
         SubscriptionCmd::List => {
+            let store = open_store(config).await?;
             for s in store.subscriptions().await? {
                 println!(
                     "{:<40} {} v{}",
@@ -1118,26 +1156,16 @@ async fn subscription(config: &Config, cmd: SubscriptionCmd) -> anyhow::Result<E
             service,
             version,
         } => {
-            match store.service(&service, version).await? {
-                Some(s) if s.kind == hub_adapter_sdk::ServiceKind::Event => {}
-                Some(_) => bail!("{service} v{version} is a query, not an event"),
-                None => bail!("no service {service} v{version}"),
-            }
-            let granted = store
-                .grants()
-                .await?
-                .iter()
-                .any(|g| g.consumer == subscriber && g.service == service);
-            if !granted {
-                bail!("{subscriber} has no grant for {service}: add one first (hub grant add)");
-            }
-            store
-                .add_subscription(&Subscription {
+            admin_change(
+                config,
+                admin,
+                AdminChange::SubscriptionAdd {
                     subscriber: subscriber.clone(),
                     service: service.clone(),
                     version,
-                })
-                .await?;
+                },
+            )
+            .await?;
             println!("{subscriber} subscribed to {service} v{version}");
         }
     }

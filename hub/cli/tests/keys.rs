@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{hub, serve, stop, text};
+use common::{admin, hub, serve, stop, text};
 use hub_core::ids::Member;
 use hub_server::pki::{PkiPaths, generate_signing_key};
 
@@ -51,12 +51,13 @@ fn rotated_keys_sign_from_now_on_and_retired_ones_still_verify() {
     let key_b = generate_signing_key(&sign_key).unwrap();
     let jwk_b = data.join("tax-b.jwk");
     std::fs::write(&jwk_b, serde_json::to_string(&key_b.public_jwk()).unwrap()).unwrap();
-    let set = hub(
+    let set = admin(
         data,
+        &served,
         &["agency", "set-key", TAX, "--jwk", jwk_b.to_str().unwrap()],
     );
     assert!(set.status.success(), "{}", text(&set));
-    assert!(text(&set).contains("retired at"), "{}", text(&set));
+    assert!(text(&set).contains("is retired"), "{}", text(&set));
     let after = tax_verify(data, &served.api, "T-2");
     assert!(after.status.success(), "{}", text(&after));
     // Nothing new is accepted under the retired key.

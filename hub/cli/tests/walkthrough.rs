@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{hub, serve, stop, text};
+use common::{admin, hub, serve, stop, text};
 
 /// The README's first command: the one-stop office looks a citizen up.
 fn one_stop_lookup(data: &std::path::Path, api: &str) -> std::process::Output {
@@ -287,7 +287,11 @@ fn a_suspended_agency_is_refused_from_its_next_request_without_a_restart() {
     let lookup = || one_stop_lookup(data, &served.api);
     assert!(lookup().status.success());
 
-    let suspend = hub(data, &["agency", "suspend", "000.00.29.H29/one-stop"]);
+    let suspend = admin(
+        data,
+        &served,
+        &["agency", "suspend", "000.00.29.H29/one-stop"],
+    );
     assert!(suspend.status.success(), "{}", text(&suspend));
     let refused = lookup();
     assert!(!refused.status.success());
@@ -297,7 +301,11 @@ fn a_suspended_agency_is_refused_from_its_next_request_without_a_restart() {
         text(&refused)
     );
 
-    let resume = hub(data, &["agency", "resume", "000.00.29.H29/one-stop"]);
+    let resume = admin(
+        data,
+        &served,
+        &["agency", "resume", "000.00.29.H29/one-stop"],
+    );
     assert!(resume.status.success(), "{}", text(&resume));
     assert!(lookup().status.success());
 
@@ -315,8 +323,9 @@ fn field_grants_are_checked_against_the_schema_and_audited() {
     let data = dir.path();
     let served = serve(data);
     let grant = |fields: &str| {
-        hub(
+        admin(
             data,
+            &served,
             &[
                 "grant",
                 "add",
@@ -346,6 +355,11 @@ fn field_grants_are_checked_against_the_schema_and_audited() {
 
     let narrowed = grant("/found,/citizen/full_name");
     assert!(narrowed.status.success(), "{}", text(&narrowed));
+    assert!(
+        text(&narrowed).contains("logged as admin entry"),
+        "{}",
+        text(&narrowed)
+    );
     let list = hub(data, &["grant", "list"]);
     assert!(
         text(&list).contains("public_service           /citizen/full_name,/found"),
@@ -359,28 +373,30 @@ fn field_grants_are_checked_against_the_schema_and_audited() {
         reply["body"],
         serde_json::json!({"found": true, "citizen": {"full_name": "Nguyễn Văn An"}})
     );
-    stop(served);
 
     // The auditor's replay holds the log to the grants as exported: with
     // the grant widened since, the request released other fields than the
     // grant now says (the response stays within it).
     let widened = grant("/found,/citizen/full_name,/citizen/sex");
     assert!(widened.status.success(), "{}", text(&widened));
-    let bundle = data.join("bundle");
-    let bundle_s = bundle.to_str().unwrap();
-    let export = hub(data, &["audit", "export", "--out", bundle_s]);
-    assert!(export.status.success(), "{}", text(&export));
-    let data_key = data.join("pki/data.key");
-    let replay = hub(
-        data,
-        &[
-            "audit",
-            "replay",
-            bundle_s,
-            "--data-key",
-            data_key.to_str().unwrap(),
-        ],
-    );
+    let replay_now = |name: &str| {
+        let bundle = data.join(name);
+        let bundle_s = bundle.to_str().unwrap();
+        let export = hub(data, &["audit", "export", "--out", bundle_s]);
+        assert!(export.status.success(), "{}", text(&export));
+        let data_key = data.join("pki/data.key");
+        hub(
+            data,
+            &[
+                "audit",
+                "replay",
+                bundle_s,
+                "--data-key",
+                data_key.to_str().unwrap(),
+            ],
+        )
+    };
+    let replay = replay_now("bundle-widened");
     assert!(!replay.status.success());
     assert!(
         text(&replay).contains("recorded accepted, replayed accepted_other_fields"),
@@ -396,24 +412,13 @@ fn field_grants_are_checked_against_the_schema_and_audited() {
     // Narrowed below what was released, the response is flagged too.
     let narrowed = grant("/found");
     assert!(narrowed.status.success(), "{}", text(&narrowed));
-    std::fs::remove_dir_all(&bundle).unwrap();
-    let export = hub(data, &["audit", "export", "--out", bundle_s]);
-    assert!(export.status.success(), "{}", text(&export));
-    let replay = hub(
-        data,
-        &[
-            "audit",
-            "replay",
-            bundle_s,
-            "--data-key",
-            data_key.to_str().unwrap(),
-        ],
-    );
+    let replay = replay_now("bundle-narrowed");
     assert!(
         text(&replay).contains("replayed over_released"),
         "{}",
         text(&replay)
     );
+    stop(served);
 }
 
 #[test]

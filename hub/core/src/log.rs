@@ -43,6 +43,8 @@ pub enum EntryKind {
     Receipt,
     /// An accepted exchange that failed: provider unavailable, timed out, invalid answer.
     Failure,
+    /// An administrator changed the registry (the body is the change).
+    Admin,
 }
 
 impl EntryKind {
@@ -54,6 +56,7 @@ impl EntryKind {
             Self::Refusal => "refusal",
             Self::Receipt => "receipt",
             Self::Failure => "failure",
+            Self::Admin => "admin",
         }
     }
 }

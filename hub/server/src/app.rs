@@ -19,7 +19,7 @@ use crate::access_history::AccessHistory;
 use crate::broker::Broker;
 use crate::clock::{Clock, Random};
 use crate::config::Config;
-use crate::http::{AppState, api_routes, public_routes};
+use crate::http::{AppState, admin_routes, api_routes, public_routes};
 use crate::log_writer::{LogWriter, WriterKeys};
 use crate::pipeline::{Hub, Remote};
 use crate::pki::{DEMO_AGENCIES, PkiPaths, ensure_dev_pki, read_data_key, read_signing_key};
@@ -35,6 +35,7 @@ use tokio::sync::Notify;
 pub struct RunningHub {
     pub api_addr: SocketAddr,
     pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     pub hub: Arc<Hub>,
     pub pki: PkiPaths,
     shutdown: watch::Sender<bool>,
@@ -46,6 +47,7 @@ impl std::fmt::Debug for RunningHub {
         f.debug_struct("RunningHub")
             .field("api_addr", &self.api_addr)
             .field("public_addr", &self.public_addr)
+            .field("admin_addr", &self.admin_addr)
             .finish_non_exhaustive()
     }
 }
@@ -457,6 +459,10 @@ pub async fn start_with_adapters(
     let public = TcpListener::bind(config.public_listen)
         .await
         .with_context(|| format!("binding the public listener to {}", config.public_listen))?;
+    let admin = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin listener to {}", config.admin_listen))?;
+    let admin_addr = admin.local_addr()?;
     let api_addr = api.local_addr()?;
     let public_addr = public.local_addr()?;
     let api_tls = tls::ServerTls::api(&init.pki)?;
@@ -474,16 +480,24 @@ pub async fn start_with_adapters(
         shutdown_rx.clone(),
     ));
     tasks.spawn(serve::serve_tls(
+        admin,
+        tls::ServerTls::fixed(tls::admin_server_config(&init.pki)?),
+        admin_routes().with_state(state.clone()),
+        config.timeouts(),
+        shutdown_rx.clone(),
+    ));
+    tasks.spawn(serve::serve_tls(
         public,
         public_tls,
         public_routes().with_state(state),
         config.timeouts(),
         shutdown_rx,
     ));
-    info!(%api_addr, %public_addr, "hub listening");
+    info!(%api_addr, %public_addr, %admin_addr, "hub listening");
     Ok(RunningHub {
         api_addr,
         public_addr,
+        admin_addr,
         hub,
         pki: init.pki,
         shutdown,

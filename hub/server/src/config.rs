@@ -17,6 +17,9 @@ pub struct Config {
     pub api_listen: SocketAddr,
     /// Health, JWKS and schema catalog over TLS without a client certificate.
     pub public_listen: SocketAddr,
+    /// Registry administration, for administrators' certificates (the
+    /// admin CA) only; every change is logged.
+    pub admin_listen: SocketAddr,
     /// `sqlite:<path>` or `postgres://user@host/db`; empty means
     /// `sqlite:<data_dir>/hub.db`.
     pub database_url: String,
@@ -74,6 +77,7 @@ impl Default for Config {
             data_dir: PathBuf::from("hub-data"),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             public_listen: SocketAddr::from(([127, 0, 0, 1], 8444)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8445)),
             database_url: String::new(),
             database_max_connections: 16,
             database_acquire_timeout_ms: 2000,

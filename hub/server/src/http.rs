@@ -21,7 +21,7 @@ use serde_json::json;
 use tracing::{error, instrument};
 
 use crate::error::{ExchangeError, Failure};
-use crate::identity::Identity;
+use crate::identity::{CertName, Identity};
 use crate::pipeline::{Hub, Outcome};
 use crate::transparency::LogQueryError;
 
@@ -49,6 +49,8 @@ pub enum ApiError {
     NotFound(String),
     /// The agency is over its quota (`crate::limits`).
     Throttled(hub_core::limits::Throttled),
+    /// An administrator's change was not made.
+    Admin(crate::admin::AdminError),
 }
 
 impl From<LogQueryError> for ApiError {
@@ -145,6 +147,22 @@ impl IntoResponse for ApiError {
             ),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, plain("bad_request", m)),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, plain("not_found", m)),
+            ApiError::Admin(e) => {
+                use crate::admin::AdminError as A;
+                let status = match &e {
+                    A::NotFound(_) => StatusCode::NOT_FOUND,
+                    A::Invalid(_) | A::Fields(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                    A::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                let message = match &e {
+                    A::Storage(cause) => {
+                        error!(%cause, "admin change failed");
+                        "the hub is temporarily unavailable; the change was not made".to_owned()
+                    }
+                    other => other.to_string(),
+                };
+                (status, plain(e.code(), message))
+            }
             ApiError::Throttled(t) => {
                 use hub_core::limits::Throttled as T;
                 let (code, message, retry_after_ms) = match t {
@@ -221,6 +239,35 @@ pub fn api_routes() -> Router<AppState> {
         .route("/v1/log/proof/consistency", get(consistency_proof))
         .route("/v1/log/cosignatures", post(add_cosignature))
         .route("/tlog/{*path}", get(tlog_tile))
+}
+
+/// The admin listener's routes: health and keys, and registry changes.
+pub fn admin_routes() -> Router<AppState> {
+    public_routes().route("/admin/v1/changes", post(admin_change))
+}
+
+/// Make one registry change as the administrator the certificate names;
+/// the answer is the signed log entry of the change.
+#[instrument(skip_all, fields(admin))]
+async fn admin_change(
+    State(s): State<AppState>,
+    name: Option<Extension<CertName>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Some(Extension(CertName(admin))) = name else {
+        return Err(ApiError::Unauthenticated(
+            "an administrator's client certificate is required".into(),
+        ));
+    };
+    tracing::Span::current().record("admin", admin.as_str());
+    let bytes = read_json_body(&headers, body, s.max_body_bytes, s.body_timeout).await?;
+    let change: crate::admin::AdminChange = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("not a registry change: {e}")))?;
+    let entry = crate::admin::apply(&s.hub, &admin, change)
+        .await
+        .map_err(ApiError::Admin)?;
+    Ok(json_text(StatusCode::OK, entry))
 }
 
 /// C2SP tlog-tiles, for existing transparency tooling.

@@ -8,6 +8,12 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity(pub Member);
 
+/// The subject common name of a connection's verified client certificate:
+/// on the admin listener, whose CA issues only administrators'
+/// certificates, the administrator's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertName(pub String);
+
 /// Why a verified certificate does not name a member.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
@@ -19,15 +25,19 @@ pub enum IdentityError {
     NotAMember(String),
 }
 
-/// The member named by a client certificate's subject CN (`agency/subsystem`).
-pub fn member_from_certificate(der: &[u8]) -> Result<Member, IdentityError> {
+/// A client certificate's subject CN.
+pub fn common_name(der: &[u8]) -> Result<String, IdentityError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|_| IdentityError::Unparseable)?;
-    let cn = cert
-        .subject()
+    cert.subject()
         .iter_common_name()
         .next()
         .and_then(|cn| cn.as_str().ok())
-        .ok_or(IdentityError::NoCommonName)?;
-    cn.parse()
-        .map_err(|_| IdentityError::NotAMember(cn.to_owned()))
+        .map(str::to_owned)
+        .ok_or(IdentityError::NoCommonName)
+}
+
+/// The member named by a client certificate's subject CN (`agency/subsystem`).
+pub fn member_from_certificate(der: &[u8]) -> Result<Member, IdentityError> {
+    let cn = common_name(der)?;
+    cn.parse().map_err(|_| IdentityError::NotAMember(cn))
 }

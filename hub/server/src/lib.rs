@@ -3,6 +3,7 @@
 //!
 //! - [`app`]: start-up ([`app::start`]) and the demo seed
 //! - [`pipeline`]: the exchange pipeline ([`pipeline::Hub`])
+//! - [`admin`]: registry changes by administrators, each a log entry
 //! - [`access_history`]: the hub's own service `subject.access_history` ("who saw my data")
 //! - [`http`]: routes, and the one mapping of errors to HTTP
 //! - [`serve`]: the TLS accept loop with identity from the client certificate
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_history;
+pub mod admin;
 pub mod app;
 pub mod broker;
 pub mod clock;

@@ -979,6 +979,19 @@ impl Hub {
         }
     }
 
+    /// Log an administrator's change with the registry writes it makes (in
+    /// one transaction); the signed entry as a message.
+    pub async fn append_admin(
+        &self,
+        mut draft: EntryDraft,
+        plain: Vec<u8>,
+        effects: Vec<Effect>,
+    ) -> Result<String, AppendError> {
+        let body = self.body(plain);
+        body.describe(&mut draft);
+        Ok(self.log.append(draft, body, effects).await?.message())
+    }
+
     /// Lease up to `max` messages from `who`'s inbox: `{"messages": [...]}`.
     #[instrument(skip(self))]
     pub async fn inbox(&self, who: &Member, max: u32) -> Result<String, Failure> {

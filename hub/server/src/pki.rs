@@ -68,6 +68,21 @@ impl PkiPaths {
     pub fn ca_key(&self) -> PathBuf {
         self.dir.join("ca.key")
     }
+    /// The CA of administrators' client certificates, apart from the
+    /// agencies' CA: an agency's certificate never opens the admin listener.
+    pub fn admin_ca_cert(&self) -> PathBuf {
+        self.dir.join("admin-ca.crt")
+    }
+    pub fn admin_ca_key(&self) -> PathBuf {
+        self.dir.join("admin-ca.key")
+    }
+    /// An administrator's client certificate (CN = `name`).
+    pub fn admin_cert(&self, name: &str) -> PathBuf {
+        self.dir.join("admins").join(format!("{name}.crt"))
+    }
+    pub fn admin_key(&self, name: &str) -> PathBuf {
+        self.dir.join("admins").join(format!("{name}.key"))
+    }
     pub fn server_cert(&self) -> PathBuf {
         self.dir.join("hub-server.crt")
     }
@@ -274,22 +289,28 @@ pub const CITIZEN_PORTAL: &str = "000.00.00.G03/citizen-portal";
 pub fn ensure_dev_pki(paths: &PkiPaths, now: OffsetDateTime) -> Result<bool, PkiError> {
     let fresh = !paths.ca_cert().exists();
     if fresh {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Hub Dev CA (not for production)");
-        params.distinguished_name.push(
-            DnType::OrganizationName,
-            "Interoperability hub, development",
-        );
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.not_before = now - Duration::hours(1);
-        params.not_after = now + Duration::days(3650);
-        let cert = params.self_signed(&key)?;
-        write_private(&paths.ca_key(), key.serialize_pem().as_bytes())?;
-        write_public(&paths.ca_cert(), cert.pem().as_bytes())?;
+        create_ca(
+            &paths.ca_cert(),
+            &paths.ca_key(),
+            "Hub Dev CA (not for production)",
+            now,
+        )?;
+    }
+    if !paths.admin_ca_cert().exists() {
+        create_ca(
+            &paths.admin_ca_cert(),
+            &paths.admin_ca_key(),
+            "Hub Dev Admin CA (not for production)",
+            now,
+        )?;
+    }
+    if !paths.admin_cert(DEV_ADMIN).exists() {
+        issue_admin_cert(
+            paths,
+            DEV_ADMIN,
+            now - Duration::hours(1),
+            now + Duration::days(365),
+        )?;
     }
     if !paths.server_cert().exists() {
         let key = KeyPair::generate()?;
@@ -358,11 +379,79 @@ fn sign_with_ca(
     params: &CertificateParams,
     key: &KeyPair,
 ) -> Result<String, PkiError> {
-    let ca_key_pem = fs::read_to_string(paths.ca_key()).map_err(io(&paths.ca_key()))?;
-    let ca_cert_pem = fs::read_to_string(paths.ca_cert()).map_err(io(&paths.ca_cert()))?;
+    sign_with(&paths.ca_cert(), &paths.ca_key(), params, key)
+}
+
+fn sign_with(
+    ca_cert: &Path,
+    ca_key: &Path,
+    params: &CertificateParams,
+    key: &KeyPair,
+) -> Result<String, PkiError> {
+    let ca_key_pem = fs::read_to_string(ca_key).map_err(io(ca_key))?;
+    let ca_cert_pem = fs::read_to_string(ca_cert).map_err(io(ca_cert))?;
     let ca_key = KeyPair::from_pem(&ca_key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca_cert_pem, ca_key)?;
     Ok(params.signed_by(key, &issuer)?.pem())
+}
+
+/// A self-signed CA certificate and its key.
+fn create_ca(
+    cert: &Path,
+    key_path: &Path,
+    name: &str,
+    now: OffsetDateTime,
+) -> Result<(), PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.distinguished_name.push(
+        DnType::OrganizationName,
+        "Interoperability hub, development",
+    );
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(3650);
+    let cert_pem = params.self_signed(&key)?;
+    write_private(key_path, key.serialize_pem().as_bytes())?;
+    write_public(cert, cert_pem.pem().as_bytes())
+}
+
+/// The administrator the dev PKI makes a certificate for.
+pub const DEV_ADMIN: &str = "operator";
+
+/// Issue an administrator's client certificate (CN = `name`) from the
+/// admin CA.
+pub fn issue_admin_cert(
+    paths: &PkiPaths,
+    name: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<(), PkiError> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        return Err(PkiError::Invalid {
+            path: paths.admin_cert(name),
+            message: "an administrator's name is 1 to 64 of a-z, 0-9, '-' and '.'".into(),
+        });
+    }
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Hub administrators");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let cert = sign_with(&paths.admin_ca_cert(), &paths.admin_ca_key(), &params, &key)?;
+    write_private(&paths.admin_key(name), key.serialize_pem().as_bytes())?;
+    write_public(&paths.admin_cert(name), cert.as_bytes())
 }
 
 /// Revoke `member`'s current client certificate: add its serial number to

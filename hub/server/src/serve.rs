@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
-use crate::identity::{Identity, member_from_certificate};
+use crate::identity::{CertName, Identity, common_name, member_from_certificate};
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,16 +77,18 @@ pub async fn serve_tls(
                     return;
                 }
             };
-            let identity = tls
+            let certificate = tls
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|certs| certs.first())
-                .map(|der| member_from_certificate(der));
-            let identity = match identity {
+                .and_then(|certs| certs.first());
+            let name = certificate
+                .and_then(|der| common_name(der).ok())
+                .map(CertName);
+            let identity = match certificate.map(|der| member_from_certificate(der)) {
                 Some(Ok(m)) => Some(Identity(m)),
                 Some(Err(e)) => {
-                    warn!(%peer, error = %e, "client certificate names no member");
+                    debug!(%peer, error = %e, "client certificate names no member");
                     None
                 }
                 None => None,
@@ -95,6 +97,9 @@ pub async fn serve_tls(
                 router.map_request(move |mut req: http::Request<hyper::body::Incoming>| {
                     if let Some(id) = &identity {
                         req.extensions_mut().insert(id.clone());
+                    }
+                    if let Some(name) = &name {
+                        req.extensions_mut().insert(name.clone());
                     }
                     req.map(axum::body::Body::new)
                 });

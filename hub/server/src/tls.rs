@@ -131,6 +131,17 @@ impl ServerTls {
 }
 
 /// The public listener's config: server authentication only.
+/// The admin listener's config: mutual TLS against the admin CA only.
+pub fn admin_server_config(pki: &PkiPaths) -> Result<ServerConfig, TlsError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(&pki.admin_ca_cert())?),
+        provider(),
+    )
+    .build()
+    .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    server_config(pki, verifier)
+}
+
 pub fn public_server_config(pki: &PkiPaths) -> Result<ServerConfig, TlsError> {
     server_config(pki, WebPkiClientVerifier::no_client_auth())
 }

@@ -441,6 +441,7 @@ fn start_hub(
         .envs(env.iter().copied())
         .env("HUB_API_LISTEN", "127.0.0.1:0")
         .env("HUB_PUBLIC_LISTEN", "127.0.0.1:0")
+        .env("HUB_ADMIN_LISTEN", "127.0.0.1:0")
         .env("HUB_SYNTHETIC_RECORDS", settings.records.to_string())
         .env("RUST_LOG", "warn");
     let (process, line) = Process::start(

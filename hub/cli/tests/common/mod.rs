@@ -31,6 +31,8 @@ pub struct Served {
     pub child: Child,
     pub api: String,
     pub public: String,
+    /// The admin listener, for registry changes (`--admin-hub`).
+    pub admin: String,
 }
 
 impl Drop for Served {
@@ -56,6 +58,7 @@ pub fn serve_with(data: &Path, env: &[(&str, &str)]) -> Served {
         .envs(env.iter().copied())
         .env("HUB_API_LISTEN", "127.0.0.1:0")
         .env("HUB_PUBLIC_LISTEN", "127.0.0.1:0")
+        .env("HUB_ADMIN_LISTEN", "127.0.0.1:0")
         .env("HUB_SYNTHETIC_RECORDS", "20")
         .env("HUB_CHECKPOINT_INTERVAL_MS", "100")
         .env("RUST_LOG", "warn")
@@ -67,11 +70,12 @@ pub fn serve_with(data: &Path, env: &[(&str, &str)]) -> Served {
         child,
         api: String::new(),
         public: String::new(),
+        admin: String::new(),
     };
     let stdout = served.child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while served.api.is_empty() || served.public.is_empty() {
+    while served.api.is_empty() || served.public.is_empty() || served.admin.is_empty() {
         assert!(
             Instant::now() < deadline,
             "hub serve did not print its address"
@@ -82,6 +86,9 @@ pub fn serve_with(data: &Path, env: &[(&str, &str)]) -> Served {
         }
         if let Some(addr) = line.strip_prefix("hub API (mTLS):") {
             served.api = addr.trim().to_owned();
+        }
+        if let Some(addr) = line.strip_prefix("admin (registry):") {
+            served.admin = addr.trim().to_owned();
         }
     }
     // Keep draining stdout so the child never blocks on a full pipe.
@@ -102,4 +109,12 @@ pub fn stop(mut served: Served) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("hub serve did not stop on SIGINT");
+}
+
+/// Run a registry change (`hub agency|grant|subscription ...`) against the
+/// served hub's admin listener, as the dev PKI's administrator.
+pub fn admin(data: &Path, served: &Served, args: &[&str]) -> Output {
+    let mut all = vec!["--admin-hub", served.admin.as_str()];
+    all.extend_from_slice(args);
+    hub(data, &all)
 }

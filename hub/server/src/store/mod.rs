@@ -101,34 +101,33 @@ impl Grant {
     }
 }
 
-/// Give `agency` the envelope-signing key `new` (or none) from `now` on.
-/// The key it replaces is retired, not forgotten: kept with `valid_until =
-/// now`, so that the requests it signed still verify for an auditor while
-/// the hub accepts no new one under it. Returns the retired key.
-pub async fn replace_agency_key(
-    store: &dyn Store,
-    agency: &mut AgencyRecord,
+/// What giving `agency` the envelope-signing key `new` (or none) from
+/// `now` on writes. The key it replaces is retired, not forgotten: kept
+/// with `valid_until = now`, so that the requests it signed still verify
+/// for an auditor while the hub accepts no new one under it.
+pub fn key_replacement(
+    mut agency: AgencyRecord,
     new: Option<Jwk>,
     now: time::OffsetDateTime,
-) -> Result<Option<Jwk>, StoreError> {
+) -> Vec<RegistryChange> {
     let now = hub_core::timefmt::rfc3339_millis(now);
     let new = new.map(|mut key| {
         key.valid_from.get_or_insert_with(|| now.clone());
         key
     });
-    let mut retired = None;
+    let mut writes = Vec::new();
     if let Some(mut old) = agency.signing_key.take()
         && new.as_ref().is_none_or(|k| k.kid != old.kid)
     {
         old.valid_until = Some(now);
-        // Retired first: a crash before the update leaves the key current
-        // and verifiable, never lost.
-        store.retire_agency_key(&agency.member, &old).await?;
-        retired = Some(old);
+        writes.push(RegistryChange::RetireAgencyKey {
+            member: agency.member.clone(),
+            key: old,
+        });
     }
     agency.signing_key = new;
-    store.upsert_agency(agency).await?;
-    Ok(retired)
+    writes.push(RegistryChange::UpsertAgency(agency));
+    writes
 }
 
 /// The records of the first `limit` exchanges of `records` (in log
@@ -212,7 +211,7 @@ pub enum Effect {
     IndexSubjects { subjects: Vec<String> },
     /// Change the registry, in the transaction that logs the change (an
     /// administrator's change is an entry, and never one without the other).
-    Registry(RegistryChange),
+    Registry(Box<RegistryChange>),
 }
 
 /// One write to the registry (agencies, keys, grants, subscriptions).

@@ -907,23 +907,6 @@ impl Store for PgStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn redact_hides_the_password_only() {
-        assert_eq!(
-            redact("postgres://hub:s3cret@db.example:5432/hub"),
-            "postgres://hub:***@db.example:5432/hub"
-        );
-        assert_eq!(
-            redact("postgres://127.0.0.1/hub"),
-            "postgres://127.0.0.1/hub"
-        );
-    }
-}
-
 /// The statement of one registry change, for the store's own methods and
 /// for [`Effect::Registry`] inside the log's transaction alike.
 fn change_query(change: &RegistryChange) -> Result<Query<'_>, StoreError> {
@@ -975,3 +958,20 @@ fn change_query(change: &RegistryChange) -> Result<Query<'_>, StoreError> {
 
 type Query<'a> =
     sqlx::query::Query<'a, sqlx::Postgres, <sqlx::Postgres as sqlx::Database>::Arguments>;
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redact_hides_the_password_only() {
+        assert_eq!(
+            redact("postgres://hub:s3cret@db.example:5432/hub"),
+            "postgres://hub:***@db.example:5432/hub"
+        );
+        assert_eq!(
+            redact("postgres://127.0.0.1/hub"),
+            "postgres://127.0.0.1/hub"
+        );
+    }
+}

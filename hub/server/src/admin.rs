@@ -1,0 +1,298 @@
+//! Registry administration: agencies, their keys and suspension, grants and
+//! subscriptions, changed only through the admin listener (admin
+//! certificates from the admin CA, never an agency's), and every change an
+//! entry in the exchange log.
+//!
+//! A change is checked against the registry, then logged as an `admin`
+//! entry - the hub as sender, the administrator (the admin certificate's
+//! name) as the official it acted for, the change itself as the body - and
+//! applied to the registry in the very transaction that appends the entry
+//! ([`Effect::Registry`]): there is no change without its entry, and no
+//! entry for a change that did not happen. The reply is the hub-signed
+//! entry, a receipt the administrator can prove later like any other.
+
+use hub_core::fields::{FieldError, FieldSet};
+use hub_core::ids::{Member, PurposeCode, ServiceName};
+use hub_core::jcs;
+use hub_core::jws::Jwk;
+use hub_core::log::{EntryDraft, EntryKind, LoggedEndUser};
+use serde::{Deserialize, Serialize};
+
+use crate::access_history::hub_member;
+use crate::pipeline::Hub;
+use crate::store::{
+    AgencyRecord, Effect, Grant, RegistryChange, ServiceRecord, StoreError, Subscription,
+};
+use hub_adapter_sdk::ServiceKind;
+
+/// One change an administrator asks for (`{"op": ..., ...}` on the wire).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AdminChange {
+    /// Register a member, or rename one (its key and suspension stay).
+    AgencyAdd {
+        member: Member,
+        name: String,
+    },
+    /// Refuse every request of the member from its next one on.
+    AgencySuspend {
+        member: Member,
+    },
+    AgencyResume {
+        member: Member,
+    },
+    /// Replace the member's envelope-signing key (`null`: none); the old
+    /// key is retired, still verifying what it signed before now.
+    AgencySetKey {
+        member: Member,
+        key: Option<Jwk>,
+    },
+    /// Let `consumer` call `service` for `purpose`, receiving only
+    /// `fields` of its responses when given (replaces an existing grant's).
+    GrantAdd {
+        consumer: Member,
+        service: ServiceName,
+        purpose: PurposeCode,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fields: Option<FieldSet>,
+    },
+    GrantRevoke {
+        consumer: Member,
+        service: ServiceName,
+        purpose: PurposeCode,
+    },
+    /// `subscriber` receives the events of `service` v`version` (it needs
+    /// a grant for the service first).
+    SubscriptionAdd {
+        subscriber: Member,
+        service: ServiceName,
+        version: u32,
+    },
+}
+
+/// Why a change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Fields(#[from] FieldError),
+    #[error("storage unavailable: {0}")]
+    Storage(#[from] StoreError),
+}
+
+impl AdminError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "not_found",
+            Self::Invalid(_) | Self::Fields(_) => "invalid_change",
+            Self::Storage(_) => "storage_unavailable",
+        }
+    }
+}
+
+/// Check `change` against the registry, log it as made by `admin` and
+/// apply it in the same transaction. Returns the signed entry as a
+/// `{"record", "body", "body_salt"}` message.
+pub async fn apply(hub: &Hub, admin: &str, change: AdminChange) -> Result<String, AdminError> {
+    let writes = registry_writes(hub, &change).await?;
+    let body = jcs::canonicalize_serialize(&change)
+        .map_err(|e| AdminError::Invalid(format!("the change has no canonical form: {e}")))?;
+    let draft = EntryDraft {
+        kind: EntryKind::Admin,
+        exchange_id: hub.new_exchange_id(),
+        sender: hub_member(),
+        receiver: None,
+        recipients: vec![],
+        service: None,
+        version: None,
+        purpose: None,
+        case_ref: None,
+        on_behalf_of: Some(LoggedEndUser::Official {
+            official_id: admin.to_owned(),
+            full_name: admin.to_owned(),
+        }),
+        fields: None,
+        schema: None,
+        body_hash: String::new(),
+        sealed_body_hash: None,
+        refers_to: None,
+        error: None,
+        sender_signature: None,
+    };
+    let effects = writes
+        .into_iter()
+        .map(|w| Effect::Registry(Box::new(w)))
+        .collect();
+    let item = hub
+        .append_admin(draft, body, effects)
+        .await
+        .map_err(|e| AdminError::Storage(StoreError::Unavailable(e.to_string())))?;
+    Ok(item)
+}
+
+async fn registered(hub: &Hub, member: &Member) -> Result<AgencyRecord, AdminError> {
+    hub.store
+        .agency(member)
+        .await?
+        .ok_or_else(|| AdminError::NotFound(format!("{member} is not registered")))
+}
+
+async fn versions_of(hub: &Hub, service: &ServiceName) -> Result<Vec<ServiceRecord>, AdminError> {
+    let versions: Vec<ServiceRecord> = hub
+        .store
+        .services()
+        .await?
+        .into_iter()
+        .filter(|s| &s.name == service)
+        .collect();
+    if versions.is_empty() {
+        return Err(AdminError::NotFound(format!("no service {service}")));
+    }
+    Ok(versions)
+}
+
+/// What `change` writes, after checking it makes sense.
+async fn registry_writes(
+    hub: &Hub,
+    change: &AdminChange,
+) -> Result<Vec<RegistryChange>, AdminError> {
+    Ok(match change {
+        AdminChange::AgencyAdd { member, name } => {
+            if name.trim().is_empty() || name.chars().count() > 200 {
+                return Err(AdminError::Invalid(
+                    "an agency's name is 1 to 200 characters".into(),
+                ));
+            }
+            let existing = hub.store.agency(member).await?;
+            vec![RegistryChange::UpsertAgency(AgencyRecord {
+                member: member.clone(),
+                name: name.clone(),
+                suspended: existing.as_ref().is_some_and(|a| a.suspended),
+                signing_key: existing.and_then(|a| a.signing_key),
+            })]
+        }
+        AdminChange::AgencySuspend { member } | AdminChange::AgencyResume { member } => {
+            let mut record = registered(hub, member).await?;
+            record.suspended = matches!(change, AdminChange::AgencySuspend { .. });
+            vec![RegistryChange::UpsertAgency(record)]
+        }
+        AdminChange::AgencySetKey { member, key } => {
+            let record = registered(hub, member).await?;
+            crate::store::key_replacement(record, key.clone(), hub.clock.now())
+        }
+        AdminChange::GrantAdd {
+            consumer,
+            service,
+            purpose,
+            fields,
+        } => {
+            registered(hub, consumer).await?;
+            let versions = versions_of(hub, service).await?;
+            if let Some(fields) = fields {
+                for v in &versions {
+                    let Some(schema) = &v.response_schema else {
+                        return Err(AdminError::Invalid(format!(
+                            "{} v{} is an event service: it has no response to limit to fields",
+                            v.name, v.version
+                        )));
+                    };
+                    hub.catalog.check_fields(schema, fields)?;
+                }
+            }
+            vec![RegistryChange::AddGrant(Grant {
+                consumer: consumer.clone(),
+                service: service.clone(),
+                purpose: purpose.clone(),
+                fields: fields.clone(),
+            })]
+        }
+        AdminChange::GrantRevoke {
+            consumer,
+            service,
+            purpose,
+        } => {
+            let exists =
+                hub.store.grants().await?.iter().any(|g| {
+                    &g.consumer == consumer && &g.service == service && &g.purpose == purpose
+                });
+            if !exists {
+                return Err(AdminError::NotFound(format!(
+                    "{consumer} has no grant for {service} with purpose {purpose}"
+                )));
+            }
+            vec![RegistryChange::RevokeGrant(Grant {
+                consumer: consumer.clone(),
+                service: service.clone(),
+                purpose: purpose.clone(),
+                fields: None,
+            })]
+        }
+        AdminChange::SubscriptionAdd {
+            subscriber,
+            service,
+            version,
+        } => {
+            registered(hub, subscriber).await?;
+            let versions = versions_of(hub, service).await?;
+            if !versions
+                .iter()
+                .any(|v| v.version == *version && v.kind == ServiceKind::Event)
+            {
+                return Err(AdminError::NotFound(format!(
+                    "no event service {service} v{version}"
+                )));
+            }
+            let granted = hub
+                .store
+                .grants()
+                .await?
+                .iter()
+                .any(|g| &g.consumer == subscriber && &g.service == service);
+            if !granted {
+                return Err(AdminError::Invalid(format!(
+                    "{subscriber} has no grant for {service}: add one first"
+                )));
+            }
+            vec![RegistryChange::AddSubscription(Subscription {
+                subscriber: subscriber.clone(),
+                service: service.clone(),
+                version: *version,
+            })]
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn changes_read_from_json_and_refuse_unknown_members() {
+        let change: AdminChange = serde_json::from_value(json!({
+            "op": "grant_add", "consumer": {"agency": "000.00.00.G08", "subsystem": "tax"},
+            "service": "citizen.lookup", "purpose": "tax_administration", "fields": ["/found"]
+        }))
+        .unwrap();
+        assert!(matches!(
+            change,
+            AdminChange::GrantAdd {
+                fields: Some(_),
+                ..
+            }
+        ));
+        for bad in [
+            json!({"op": "grant_add"}),
+            json!({"op": "agency_suspend", "member": {"agency": "000.00.00.G08", "subsystem": "tax"}, "x": 1}),
+            json!({"op": "drop_everything"}),
+        ] {
+            assert!(
+                serde_json::from_value::<AdminChange>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}
