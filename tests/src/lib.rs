@@ -121,6 +121,18 @@ impl TestHub {
         .unwrap()
     }
 
+    /// A client of the admin listener as the dev PKI's administrator.
+    pub fn operator(&self) -> HubClient {
+        let pki = &self.running().pki;
+        let name = hub_server::pki::DEV_ADMIN;
+        HubClient::from_files(
+            &format!("https://{}", self.running().admin_addr),
+            &pki.ca_cert(),
+            Some((&pki.admin_cert(name), &pki.admin_key(name))),
+        )
+        .unwrap()
+    }
+
     /// A client of the public listener, without a client certificate.
     pub fn public_client(&self) -> HubClient {
         HubClient::new(

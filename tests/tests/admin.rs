@@ -17,11 +17,6 @@ fn admin_client(hub: &TestHub, cert: &std::path::Path, key: &std::path::Path) ->
     .unwrap()
 }
 
-fn operator(hub: &TestHub) -> HubClient {
-    let pki = &hub.running().pki;
-    admin_client(hub, &pki.admin_cert(DEV_ADMIN), &pki.admin_key(DEV_ADMIN))
-}
-
 fn member(m: &str) -> Value {
     let (agency, subsystem) = m.split_once('/').unwrap();
     json!({"agency": agency, "subsystem": subsystem})
@@ -31,7 +26,8 @@ fn member(m: &str) -> Value {
 async fn a_change_is_logged_signed_and_in_force_at_once() {
     let hub = TestHub::start().await;
     let before = hub.log_records().await.len();
-    let (status, reply) = operator(&hub)
+    let (status, reply) = hub
+        .operator()
         .post_json(
             "/admin/v1/changes",
             &json!({"op": "agency_suspend", "member": member(ONE_STOP)}),
@@ -58,7 +54,8 @@ async fn a_change_is_logged_signed_and_in_force_at_once() {
     // A grant limited to fields, then revoked: each change one entry.
     let grant = json!({"op": "grant_add", "consumer": member(TAX), "service": "citizen.lookup",
                        "purpose": "tax_administration", "fields": ["/found", "/citizen/full_name"]});
-    let (status, reply) = operator(&hub)
+    let (status, reply) = hub
+        .operator()
         .post_json("/admin/v1/changes", &grant)
         .await
         .unwrap();
@@ -78,7 +75,8 @@ async fn a_change_is_logged_signed_and_in_force_at_once() {
     );
     let revoke = json!({"op": "grant_revoke", "consumer": member(TAX), "service": "citizen.lookup",
                         "purpose": "tax_administration"});
-    let (status, _) = operator(&hub)
+    let (status, _) = hub
+        .operator()
         .post_json("/admin/v1/changes", &revoke)
         .await
         .unwrap();
@@ -133,7 +131,8 @@ async fn a_change_that_makes_no_sense_is_refused_and_not_logged() {
         ),
     ];
     for (change, status, code) in cases {
-        let (got, body) = operator(&hub)
+        let (got, body) = hub
+            .operator()
             .post_json("/admin/v1/changes", &change)
             .await
             .unwrap();
@@ -186,7 +185,8 @@ async fn only_administrators_certificates_open_the_admin_listener() {
     .unwrap();
     assert!(misplaced.get_json("/v1/whoami").await.is_err());
     // The administrator's does.
-    let (status, _) = operator(&hub)
+    let (status, _) = hub
+        .operator()
         .post_json("/admin/v1/changes", &change)
         .await
         .unwrap();

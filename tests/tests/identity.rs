@@ -8,6 +8,7 @@ use hub_e2e::*;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
 };
+use serde_json::json;
 use time::{Duration, OffsetDateTime};
 
 #[tokio::test]
@@ -151,7 +152,7 @@ async fn a_second_start_reuses_the_pki_keys_and_log() {
 }
 
 #[tokio::test]
-async fn a_revoked_certificate_fails_its_next_handshake_without_a_restart() {
+async fn an_administrators_revocation_fails_the_next_handshake_without_a_restart() {
     let hub = TestHub::start().await;
     let one_stop: Member = hub_e2e::ONE_STOP.parse().unwrap();
     let served = |member: &'static str| {
@@ -159,17 +160,136 @@ async fn a_revoked_certificate_fails_its_next_handshake_without_a_restart() {
         async move { client.get_json("/v1/whoami").await.map(|(s, _)| s) }
     };
     assert_eq!(served(hub_e2e::ONE_STOP).await.unwrap(), StatusCode::OK);
-    // Revoking twice changes nothing; other agencies are unaffected.
+    // A connection opened before the revocation, kept alive.
+    let mut open = hub
+        .client(hub_e2e::ONE_STOP)
+        .connect(hub_client::HttpVersion::Http1)
+        .await
+        .unwrap();
+    let (status, _) = open
+        .send(http::Method::GET, "/v1/whoami", None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let serial =
+        hub_server::pki::certificate_serial(&hub.running().pki.agency_cert(&one_stop)).unwrap();
+    // Revoking twice changes nothing more; other agencies are unaffected.
     for _ in 0..2 {
-        let serial =
-            hub_server::pki::revoke(&hub.running().pki, &one_stop, OffsetDateTime::now_utc())
-                .unwrap();
-        assert!(!serial.is_empty());
+        let change = json!({"op": "certificate_revoke",
+                            "member": {"agency": one_stop.agency, "subsystem": one_stop.subsystem},
+                            "serial": serial});
+        let (status, entry) = hub
+            .operator()
+            .post_json("/admin/v1/changes", &change)
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK, "{entry}");
+        assert_eq!(entry["record"]["kind"], "admin");
         let refused = served(hub_e2e::ONE_STOP).await;
         assert!(
             refused.is_err(),
             "a revoked certificate was served: {refused:?}"
         );
         assert_eq!(served(hub_e2e::TAX).await.unwrap(), StatusCode::OK);
+        // The open connection's next request is refused too.
+        let (status, body) = open
+            .send(http::Method::GET, "/v1/whoami", None)
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["code"], "certificate_revoked");
     }
+}
+
+#[tokio::test]
+async fn a_revocation_made_through_another_hub_holds_here_within_a_second_or_two() {
+    let hub = TestHub::start().await;
+    let tax: Member = hub_e2e::TAX.parse().unwrap();
+    let pki = &hub.running().pki;
+    let serial = hub_server::pki::certificate_serial(&pki.agency_cert(&tax)).unwrap();
+    // Another hub on the same database wrote the revocation.
+    hub.running()
+        .hub
+        .store
+        .apply_changes(&[hub_server::store::RegistryChange::RevokeCertificate {
+            serial,
+            member: tax,
+            at: "2026-12-01T00:00:00.000Z".into(),
+        }])
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if hub
+            .client(hub_e2e::TAX)
+            .get_json("/v1/whoami")
+            .await
+            .is_err()
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revocation was not picked up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (status, _) = hub
+        .client(hub_e2e::ONE_STOP)
+        .get_json("/v1/whoami")
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_cas_crl_is_reloaded_without_a_restart() {
+    let hub = TestHub::start().await;
+    let pki = &hub.running().pki;
+    let one_stop: Member = hub_e2e::ONE_STOP.parse().unwrap();
+    assert!(
+        hub.client(hub_e2e::ONE_STOP)
+            .get_json("/v1/whoami")
+            .await
+            .is_ok()
+    );
+    // The CA publishes a CRL naming one-stop's certificate.
+    let serial = hub_server::pki::certificate_serial(&pki.agency_cert(&one_stop)).unwrap();
+    let bytes: Vec<u8> = (0..serial.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&serial[i..i + 2], 16).unwrap())
+        .collect();
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki.ca_key()).unwrap()).unwrap();
+    let issuer =
+        Issuer::from_ca_cert_pem(&std::fs::read_to_string(pki.ca_cert()).unwrap(), ca_key).unwrap();
+    let now = OffsetDateTime::now_utc();
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: now - Duration::minutes(5),
+        next_update: now + Duration::days(7),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: vec![rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from_slice(&bytes),
+            revocation_time: now,
+            reason_code: None,
+            invalidity_date: None,
+        }],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .unwrap();
+    std::fs::write(pki.crl(), crl.pem().unwrap()).unwrap();
+    assert!(
+        hub.client(hub_e2e::ONE_STOP)
+            .get_json("/v1/whoami")
+            .await
+            .is_err()
+    );
+    assert!(
+        hub.client(hub_e2e::TAX)
+            .get_json("/v1/whoami")
+            .await
+            .is_ok()
+    );
 }

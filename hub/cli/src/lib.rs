@@ -229,9 +229,15 @@ pub enum AgencyCmd {
     Suspend { member: Member },
     /// Lift a suspension.
     Resume { member: Member },
-    /// Revoke the member's client certificate from the dev CA: its next TLS
-    /// handshake fails (the running hub reloads the CRL by itself).
-    RevokeCert { member: Member },
+    /// Revoke the member's client certificate: its next TLS handshake with
+    /// any hub fails (a logged registry change).
+    RevokeCert {
+        member: Member,
+        /// The certificate's serial (hex); default: the one in this data
+        /// directory's dev PKI.
+        #[arg(long)]
+        serial: Option<String>,
+    },
     /// Register (or, with --none, remove) the Ed25519/P-256 public JWK that must sign the member's envelopes.
     SetKey {
         member: Member,
@@ -1058,12 +1064,25 @@ async fn agency(config: &Config, admin: &AdminTarget, cmd: AgencyCmd) -> anyhow:
             .await?;
             println!("{member}: resumed from its next request on");
         }
-        AgencyCmd::RevokeCert { member } => {
-            let pki = PkiPaths::new(&config.data_dir);
-            let serial = hub_server::pki::revoke(&pki, &member, time::OffsetDateTime::now_utc())?;
+        AgencyCmd::RevokeCert { member, serial } => {
+            let serial = match serial {
+                Some(serial) => serial.to_ascii_lowercase(),
+                None => hub_server::pki::certificate_serial(
+                    &PkiPaths::new(&config.data_dir).agency_cert(&member),
+                )
+                .context("give --serial, or issue the certificate from this data directory")?,
+            };
+            admin_change(
+                config,
+                admin,
+                AdminChange::CertificateRevoke {
+                    member: member.clone(),
+                    serial: serial.clone(),
+                },
+            )
+            .await?;
             println!(
-                "{member}: certificate {serial} revoked in {}; refused from its next connection",
-                pki.crl().display()
+                "{member}: certificate {serial} revoked; refused from its next connection to any hub"
             );
         }
     }

@@ -310,7 +310,11 @@ fn a_suspended_agency_is_refused_from_its_next_request_without_a_restart() {
     assert!(lookup().status.success());
 
     // Revoking its certificate shuts it out at the handshake.
-    let revoke = hub(data, &["agency", "revoke-cert", "000.00.29.H29/one-stop"]);
+    let revoke = admin(
+        data,
+        &served,
+        &["agency", "revoke-cert", "000.00.29.H29/one-stop"],
+    );
     assert!(revoke.status.success(), "{}", text(&revoke));
     assert!(!lookup().status.success());
 

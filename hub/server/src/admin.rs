@@ -41,6 +41,12 @@ pub enum AdminChange {
     AgencyResume {
         member: Member,
     },
+    /// Refuse the member's client certificate with this serial (hex) from
+    /// its next handshake with any hub on.
+    CertificateRevoke {
+        member: Member,
+        serial: String,
+    },
     /// Replace the member's envelope-signing key (`null`: none); the old
     /// key is retired, still verifying what it signed before now.
     AgencySetKey {
@@ -130,6 +136,10 @@ pub async fn apply(hub: &Hub, admin: &str, change: AdminChange) -> Result<String
         .append_admin(draft, body, effects)
         .await
         .map_err(|e| AdminError::Storage(StoreError::Unavailable(e.to_string())))?;
+    // This hub refuses it at once; the others within their next reload.
+    if let AdminChange::CertificateRevoke { serial, .. } = change {
+        hub.revoked_certificates.insert(serial);
+    }
     Ok(item)
 }
 
@@ -178,6 +188,23 @@ async fn registry_writes(
             let mut record = registered(hub, member).await?;
             record.suspended = matches!(change, AdminChange::AgencySuspend { .. });
             vec![RegistryChange::UpsertAgency(record)]
+        }
+        AdminChange::CertificateRevoke { member, serial } => {
+            registered(hub, member).await?;
+            let hex = |s: &str| {
+                s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            };
+            if serial.is_empty() || serial.len() > 40 || serial.len() % 2 != 0 || !hex(serial) {
+                return Err(AdminError::Invalid(format!(
+                    "serial {serial:?} is not a certificate serial in lowercase hex (2 to 40 digits)"
+                )));
+            }
+            vec![RegistryChange::RevokeCertificate {
+                serial: serial.clone(),
+                member: member.clone(),
+                at: hub_core::timefmt::rfc3339_millis(hub.clock.now()),
+            }]
         }
         AdminChange::AgencySetKey { member, key } => {
             let record = registered(hub, member).await?;

@@ -465,7 +465,18 @@ pub async fn start_with_adapters(
     let admin_addr = admin.local_addr()?;
     let api_addr = api.local_addr()?;
     let public_addr = public.local_addr()?;
-    let api_tls = tls::ServerTls::api(&init.pki)?;
+    hub.revoked_certificates.replace(
+        init.store
+            .revoked_certificates()
+            .await
+            .context("reading the revoked certificates")?,
+    );
+    tasks.spawn(reload_revocations(
+        init.store.clone(),
+        hub.revoked_certificates.clone(),
+        shutdown_rx.clone(),
+    ));
+    let api_tls = tls::ServerTls::api(&init.pki, hub.revoked_certificates.clone())?;
     let public_tls = tls::ServerTls::fixed(tls::public_server_config(&init.pki)?);
     tasks.spawn(serve::serve_tls(
         api,
@@ -475,6 +486,10 @@ pub async fn start_with_adapters(
             .layer(axum::middleware::from_fn_with_state(
                 crate::limits::AgencyLimits::new(config.agency_quota()),
                 crate::limits::admit,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                hub.revoked_certificates.clone(),
+                crate::limits::refuse_revoked,
             )),
         config.timeouts(),
         shutdown_rx.clone(),
@@ -511,6 +526,27 @@ fn write_jwks(pki: &PkiPaths, jwks: &hub_core::jws::Jwks) -> anyhow::Result<()> 
     let path = pki.dir.join("hub-jwks.json");
     let text = serde_json::to_string_pretty(jwks)?;
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Reload the revoked certificates every second: a revocation made through
+/// another hub's admin listener holds here from the next handshake after.
+async fn reload_revocations(
+    store: Arc<dyn Store>,
+    revoked: Arc<tls::RevokedCertificates>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => break,
+        }
+        match store.revoked_certificates().await {
+            Ok(serials) => revoked.replace(serials),
+            Err(e) => {
+                warn!(error = %e, "could not reload the revoked certificates; keeping the last list")
+            }
+        }
+    }
 }
 
 /// Purge bodies and cached replies older than the retention period, at

@@ -51,6 +51,8 @@ pub enum ApiError {
     Throttled(hub_core::limits::Throttled),
     /// An administrator's change was not made.
     Admin(crate::admin::AdminError),
+    /// The connection's client certificate was revoked since it connected.
+    CertificateRevoked,
 }
 
 impl From<LogQueryError> for ApiError {
@@ -124,6 +126,13 @@ impl IntoResponse for ApiError {
                 (status, body)
             }
             ApiError::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, plain("unauthenticated", m)),
+            ApiError::CertificateRevoked => (
+                StatusCode::UNAUTHORIZED,
+                plain(
+                    "certificate_revoked",
+                    "this connection's client certificate has been revoked".into(),
+                ),
+            ),
             ApiError::PayloadTooLarge { limit } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 plain(

@@ -8,6 +8,11 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity(pub Member);
 
+/// The serial (lowercase hex) of a connection's client certificate: a
+/// revocation made while the connection is open refuses its next request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSerial(pub String);
+
 /// The subject common name of a connection's verified client certificate:
 /// on the admin listener, whose CA issues only administrators'
 /// certificates, the administrator's name.

@@ -111,6 +111,9 @@ pub struct Hub {
     /// Most queries this hub waits on per provider at once; past it a query
     /// is turned away (503 `provider_queue_full`) before it is logged.
     pub provider_queue_max: usize,
+    /// Client certificates administrators revoked, for the API listener's
+    /// handshakes (reloaded from the registry; see `crate::tls`).
+    pub revoked_certificates: Arc<crate::tls::RevokedCertificates>,
     pending: Mutex<HashMap<Member, usize>>,
     waiters: Mutex<HashMap<ExchangeId, oneshot::Sender<Completion>>>,
     in_flight: Mutex<HashSet<ExchangeId>>,
@@ -237,6 +240,7 @@ impl Hub {
             remote: None,
             local: HashMap::new(),
             provider_queue_max: usize::MAX,
+            revoked_certificates: Arc::default(),
             pending: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),

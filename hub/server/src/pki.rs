@@ -102,15 +102,12 @@ impl PkiPaths {
     pub fn data_key(&self) -> PathBuf {
         self.dir.join("data.key")
     }
-    /// The certificate revocation list the API listener checks clients
-    /// against (PEM), reloaded when it changes.
+    /// The CA's certificate revocation list (PEM), when it publishes one:
+    /// the API listener checks clients against it and reloads it when it
+    /// changes. (Revocations by the hub's administrators are in the
+    /// registry instead; see `crate::tls::RevokedCertificates`.)
     pub fn crl(&self) -> PathBuf {
         self.dir.join("crl.pem")
-    }
-    /// The serial numbers behind [`PkiPaths::crl`], one hex serial per line
-    /// with the member and time, from which the CRL is re-signed.
-    pub fn revoked(&self) -> PathBuf {
-        self.dir.join("revoked.txt")
     }
     pub fn agency_cert(&self, m: &Member) -> PathBuf {
         self.dir
@@ -454,89 +451,20 @@ pub fn issue_admin_cert(
     write_public(&paths.admin_cert(name), cert.as_bytes())
 }
 
-/// Revoke `member`'s current client certificate: add its serial number to
-/// the revoked list and re-sign the CRL with the dev CA. The API listener
-/// refuses the certificate from its next handshake on. Returns the serial
-/// (hex).
-pub fn revoke(paths: &PkiPaths, member: &Member, now: OffsetDateTime) -> Result<String, PkiError> {
-    let cert_path = paths.agency_cert(member);
-    let der = read_certs(&cert_path)?
+/// The serial number (lowercase hex) of the first certificate in `path`,
+/// as `certificate_revoke` names it.
+pub fn certificate_serial(path: &Path) -> Result<String, PkiError> {
+    let der = read_certs(path)?
         .into_iter()
         .next()
         .ok_or_else(|| PkiError::Invalid {
-            path: cert_path.clone(),
+            path: path.to_owned(),
             message: "no certificate".into(),
         })?;
-    use x509_parser::prelude::FromDer;
-    let (_, cert) =
-        x509_parser::prelude::X509Certificate::from_der(&der).map_err(|e| PkiError::Invalid {
-            path: cert_path.clone(),
-            message: e.to_string(),
-        })?;
-    let serial = hex(cert.raw_serial());
-    let list = paths.revoked();
-    let mut lines = match fs::read_to_string(&list) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(io(&list)(e)),
-    };
-    if !lines
-        .lines()
-        .any(|l| l.split_whitespace().next() == Some(&serial))
-    {
-        lines.push_str(&format!("{serial} {member} {}\n", now.unix_timestamp()));
-        write_public(&list, lines.as_bytes())?;
-    }
-    write_crl(paths, &lines, now)?;
-    Ok(serial)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Sign a CRL listing every serial of `revoked` (the revoked list's text).
-fn write_crl(paths: &PkiPaths, revoked: &str, now: OffsetDateTime) -> Result<(), PkiError> {
-    let invalid = |message: String| PkiError::Invalid {
-        path: paths.revoked(),
-        message,
-    };
-    let mut certs = Vec::new();
-    for line in revoked.lines() {
-        let mut fields = line.split_whitespace();
-        let (Some(serial), _, Some(at)) = (fields.next(), fields.next(), fields.next()) else {
-            continue;
-        };
-        let bytes = (0..serial.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(serial.get(i..i + 2).unwrap_or("zz"), 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(|e| invalid(format!("serial {serial}: {e}")))?;
-        let at: i64 = at.parse().map_err(|e| invalid(format!("time {at}: {e}")))?;
-        certs.push(rcgen::RevokedCertParams {
-            serial_number: rcgen::SerialNumber::from_slice(&bytes),
-            revocation_time: OffsetDateTime::from_unix_timestamp(at)
-                .map_err(|e| invalid(e.to_string()))?,
-            reason_code: None,
-            invalidity_date: None,
-        });
-    }
-    let ca_key_pem = fs::read_to_string(paths.ca_key()).map_err(io(&paths.ca_key()))?;
-    let ca_cert_pem = fs::read_to_string(paths.ca_cert()).map_err(io(&paths.ca_cert()))?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_cert_pem, KeyPair::from_pem(&ca_key_pem)?)?;
-    let crl = rcgen::CertificateRevocationListParams {
-        this_update: now - Duration::minutes(5),
-        next_update: now + Duration::days(7),
-        crl_number: rcgen::SerialNumber::from(u64::try_from(now.unix_timestamp()).unwrap_or(0)),
-        issuing_distribution_point: None,
-        revoked_certs: certs,
-        key_identifier_method: rcgen::KeyIdMethod::Sha256,
-    }
-    .signed_by(&issuer)?;
-    // Written whole, then renamed: the listener never reads half a CRL.
-    let tmp = paths.crl().with_extension("pem.tmp");
-    write_public(&tmp, crl.pem()?.as_bytes())?;
-    fs::rename(&tmp, paths.crl()).map_err(io(&paths.crl()))
+    crate::tls::serial_of(&der).ok_or_else(|| PkiError::Invalid {
+        path: path.to_owned(),
+        message: "not an X.509 certificate".into(),
+    })
 }
 
 /// Issue a client certificate for `member` from the dev CA, valid in

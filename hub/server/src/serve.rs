@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
-use crate::identity::{CertName, Identity, common_name, member_from_certificate};
+use crate::identity::{CertName, CertSerial, Identity, common_name, member_from_certificate};
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,6 +85,9 @@ pub async fn serve_tls(
             let name = certificate
                 .and_then(|der| common_name(der).ok())
                 .map(CertName);
+            let serial = certificate
+                .and_then(|der| crate::tls::serial_of(der))
+                .map(CertSerial);
             let identity = match certificate.map(|der| member_from_certificate(der)) {
                 Some(Ok(m)) => Some(Identity(m)),
                 Some(Err(e)) => {
@@ -100,6 +103,9 @@ pub async fn serve_tls(
                     }
                     if let Some(name) = &name {
                         req.extensions_mut().insert(name.clone());
+                    }
+                    if let Some(serial) = &serial {
+                        req.extensions_mut().insert(serial.clone());
                     }
                     req.map(axum::body::Body::new)
                 });

@@ -1,13 +1,24 @@
-//! TLS for the two listeners, with the ring provider only.
+//! TLS for the listeners, with the ring provider only.
 //!
 //! The API listener requires a client certificate that chains to the hub's
 //! CA and is valid now: no certificate, another CA's, or an expired one
-//! fails the handshake, and so does one the CRL revokes (reloaded when the
-//! file changes). The public listener asks for none.
+//! fails the handshake, and so does one the CA's CRL revokes (reloaded when
+//! the file changes) or one an administrator revoked in the registry
+//! ([`RevokedCertificates`], shared by every hub on the database). The
+//! admin listener requires a certificate of the admin CA; the public
+//! listener asks for none.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
+
+use rustls::DigitallySignedStruct;
+use rustls::DistinguishedName;
+use rustls::SignatureScheme;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 
 use rustls_pki_types::CertificateRevocationListDer;
 use rustls_pki_types::pem::PemObject;
@@ -47,9 +58,108 @@ fn roots(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// The serials (lowercase hex) of the client certificates administrators
+/// revoked: the registry's list, kept in memory for the handshake.
+#[derive(Debug, Default)]
+pub struct RevokedCertificates(RwLock<HashSet<String>>);
+
+impl RevokedCertificates {
+    /// Replace the whole list (reloaded from the registry).
+    pub fn replace(&self, serials: impl IntoIterator<Item = String>) {
+        let fresh: HashSet<String> = serials.into_iter().collect();
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+    }
+
+    pub fn insert(&self, serial: String) {
+        self.0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(serial);
+    }
+
+    pub fn contains(&self, serial: &str) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(serial)
+    }
+}
+
+/// The lowercase hex serial of a DER certificate.
+pub fn serial_of(der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::prelude::X509Certificate::from_der(der).ok()?;
+    Some(
+        cert.raw_serial()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
+}
+
+/// A client verifier that also refuses the revoked certificates.
+#[derive(Debug)]
+struct DenyList {
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: Arc<RevokedCertificates>,
+}
+
+impl ClientCertVerifier for DenyList {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        match serial_of(end_entity) {
+            Some(serial) if !self.revoked.contains(&serial) => Ok(verified),
+            _ => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked,
+            )),
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// The API listener's config: mutual TLS against the hub's CA, refusing
-/// the certificates its CRL (`pki/crl.pem`, when present) revokes.
-pub fn api_server_config(pki: &PkiPaths) -> Result<ServerConfig, TlsError> {
+/// the certificates its CRL (`pki/crl.pem`, when present) or `revoked` lists.
+pub fn api_server_config(
+    pki: &PkiPaths,
+    revoked: Arc<RevokedCertificates>,
+) -> Result<ServerConfig, TlsError> {
     let mut builder =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&pki.ca_cert())?), provider());
     let crl = pki.crl();
@@ -62,7 +172,13 @@ pub fn api_server_config(pki: &PkiPaths) -> Result<ServerConfig, TlsError> {
     let verifier = builder
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    server_config(pki, verifier)
+    server_config(
+        pki,
+        Arc::new(DenyList {
+            inner: verifier,
+            revoked,
+        }),
+    )
 }
 
 /// A listener's TLS configuration, rebuilt when a watched file (the CRL)
@@ -94,13 +210,16 @@ impl ServerTls {
     }
 
     /// The API listener's configuration, rebuilt when the CRL changes.
-    pub fn api(pki: &PkiPaths) -> Result<Arc<Self>, TlsError> {
+    pub fn api(pki: &PkiPaths, revoked: Arc<RevokedCertificates>) -> Result<Arc<Self>, TlsError> {
         let watch = pki.crl();
         let stamped = stamp(&watch);
-        let config = api_server_config(pki)?;
+        let config = api_server_config(pki, revoked.clone())?;
         let pki = pki.clone();
         Ok(Arc::new(Self {
-            reload: Some((watch, Box::new(move || api_server_config(&pki)))),
+            reload: Some((
+                watch,
+                Box::new(move || api_server_config(&pki, revoked.clone())),
+            )),
             loaded: Mutex::new((stamped, Arc::new(config))),
         }))
     }

@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     hub_server::tls::install_default_provider();
     let pki = PkiPaths::new(&args.data_dir);
-    let tls = hub_server::tls::api_server_config(&pki).with_context(|| {
+    let tls = hub_server::tls::api_server_config(&pki, Default::default()).with_context(|| {
         format!(
             "reading the dev PKI in {} (run `hub serve` there once first)",
             args.data_dir.display()

@@ -227,6 +227,13 @@ pub enum RegistryChange {
     AddGrant(Grant),
     RevokeGrant(Grant),
     AddSubscription(Subscription),
+    /// Refuse the client certificate with this serial (lowercase hex) from
+    /// its next handshake on; idempotent.
+    RevokeCertificate {
+        serial: String,
+        member: Member,
+        at: String,
+    },
 }
 
 /// An entry's body: the bytes, the salt of its commitment, the commitment,
@@ -389,6 +396,8 @@ pub trait Store: Send + Sync {
         .await
         .map(|_| ())
     }
+    /// The serials (lowercase hex) of every revoked client certificate.
+    async fn revoked_certificates(&self) -> Result<Vec<String>, StoreError>;
     /// Every retired agency key, by member.
     async fn retired_agency_keys(&self) -> Result<Vec<(Member, Jwk)>, StoreError>;
 

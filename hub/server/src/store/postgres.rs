@@ -335,6 +335,16 @@ impl Store for PgStore {
         Ok(rows)
     }
 
+    async fn revoked_certificates(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query("SELECT serial FROM revoked_certificates")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| r.try_get("serial").map_err(db))
+            .collect()
+    }
+
     async fn retired_agency_keys(&self) -> Result<Vec<(Member, Jwk)>, StoreError> {
         let rows = sqlx::query("SELECT * FROM retired_agency_keys ORDER BY agency, subsystem, kid")
             .fetch_all(&self.pool)
@@ -953,6 +963,14 @@ fn change_query(change: &RegistryChange) -> Result<Query<'_>, StoreError> {
         .bind(s.subscriber.subsystem.as_str())
         .bind(s.service.as_str())
         .bind(i64::from(s.version)),
+        RegistryChange::RevokeCertificate { serial, member, at } => sqlx::query(
+            "INSERT INTO revoked_certificates (serial, agency, subsystem, revoked_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+        )
+        .bind(serial.as_str())
+        .bind(member.agency.as_str())
+        .bind(member.subsystem.as_str())
+        .bind(at.as_str()),
     })
 }
 
