@@ -574,7 +574,8 @@ pub(crate) struct Batch {
     pub(crate) dequeue: (Vec<String>, Vec<String>),
     pub(crate) enqueue: (Vec<String>, Vec<String>, Vec<Vec<u8>>, Vec<i64>),
     pub(crate) dispatch: (Vec<String>, Vec<String>, Vec<String>, Vec<Vec<u8>>),
-    pub(crate) subjects: (Vec<String>, Vec<i64>),
+    /// Per entry, the JSON array of its subjects (indexed by a trigger).
+    pub(crate) subjects: Vec<Option<String>>,
 }
 
 impl Batch {
@@ -592,6 +593,7 @@ impl Batch {
             b.key_id.push(sealed.key_id.clone());
             b.nonce.push(sealed.nonce.to_vec());
             b.ciphertext.push(sealed.ciphertext.clone());
+            let mut subjects_of_entry: Vec<String> = Vec::new();
             for effect in &item.effects {
                 match effect {
                     Effect::OpenExchange {
@@ -634,13 +636,14 @@ impl Batch {
                     // Applied one by one in the same transaction: rare.
                     Effect::Registry(_) => {}
                     Effect::IndexSubjects { subjects } => {
-                        for subject in subjects {
-                            b.subjects.0.push(subject.clone());
-                            b.subjects.1.push(to_i64(record.index));
-                        }
+                        subjects_of_entry.extend(subjects.iter().cloned());
                     }
                 }
             }
+            b.subjects.push(
+                (!subjects_of_entry.is_empty())
+                    .then(|| serde_json::to_string(&subjects_of_entry).unwrap_or_default()),
+            );
             b.exchange_id.push(id);
         }
         b

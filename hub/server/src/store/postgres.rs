@@ -87,14 +87,15 @@ impl PgStore {
         }
         let b = Batch::of(items);
         sqlx::query(
-            "INSERT INTO log_entries (idx, exchange_id, kind, record, leaf_hash)
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[])",
+            "INSERT INTO log_entries (idx, exchange_id, kind, record, leaf_hash, subjects)
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[])",
         )
         .bind(&b.idx)
         .bind(&b.exchange_id)
         .bind(&b.kind)
         .bind(&b.record)
         .bind(&b.leaf_hash)
+        .bind(&b.subjects)
         .execute(&mut **tx)
         .await
         .map_err(db)?;
@@ -190,17 +191,6 @@ impl PgStore {
             })
         {
             change_query(change)?.execute(&mut **tx).await.map_err(db)?;
-        }
-        if !b.subjects.0.is_empty() {
-            sqlx::query(
-                "INSERT INTO subjects (subject, idx)
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[]) ON CONFLICT DO NOTHING",
-            )
-            .bind(&b.subjects.0)
-            .bind(&b.subjects.1)
-            .execute(&mut **tx)
-            .await
-            .map_err(db)?;
         }
         Ok(())
     }

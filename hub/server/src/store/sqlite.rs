@@ -76,14 +76,15 @@ impl SqliteStore {
         let b = Batch::of(items);
         let n = b.idx.len();
         let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO log_entries (idx, exchange_id, kind, record, leaf_hash) ",
+            "INSERT INTO log_entries (idx, exchange_id, kind, record, leaf_hash, subjects) ",
         );
         q.push_values(0..n, |mut row, i| {
             row.push_bind(b.idx[i])
                 .push_bind(&b.exchange_id[i])
                 .push_bind(&b.kind[i])
                 .push_bind(&b.record[i])
-                .push_bind(&b.leaf_hash[i]);
+                .push_bind(&b.leaf_hash[i])
+                .push_bind(&b.subjects[i]);
         });
         q.build().execute(&mut **tx).await.map_err(db)?;
         let mut q =
@@ -175,14 +176,6 @@ impl SqliteStore {
             })
         {
             change_query(change)?.execute(&mut **tx).await.map_err(db)?;
-        }
-        if !b.subjects.0.is_empty() {
-            let mut q =
-                QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO subjects (subject, idx) ");
-            q.push_values(b.subjects.0.iter().zip(&b.subjects.1), |mut row, (s, i)| {
-                row.push_bind(s).push_bind(*i);
-            });
-            q.build().execute(&mut **tx).await.map_err(db)?;
         }
         Ok(())
     }
