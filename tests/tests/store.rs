@@ -685,14 +685,18 @@ async fn the_subject_index_finds_whole_exchanges_oldest_first(store: Arc<dyn Sto
     };
     // Exchange 1 is about An (its request); exchange 2 about An and Bình
     // (its answer only); exchange 3 about Bình; their entries interleave.
-    let batch = vec![
+    let batch = [
         e.item(EntryKind::Request, id(1), vec![subjects(&["an"])]),
         e.item(EntryKind::Request, id(2), vec![]),
         e.item(EntryKind::Request, id(3), vec![subjects(&["binh"])]),
         e.item(EntryKind::Response, id(2), vec![subjects(&["an", "binh"])]),
         e.item(EntryKind::Response, id(1), vec![]),
     ];
-    store.append(&batch).await.unwrap();
+    // The first three entries indexed, the last two found past the index.
+    store.append(&batch[..3]).await.unwrap();
+    assert_eq!(store.index_subjects(100).await.unwrap(), 3);
+    assert_eq!(store.index_subjects(100).await.unwrap(), 0);
+    store.append(&batch[3..]).await.unwrap();
 
     let (records, more) = store.subject_records("an", 10).await.unwrap();
     assert!(!more);

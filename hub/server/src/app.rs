@@ -471,6 +471,7 @@ pub async fn start_with_adapters(
             .await
             .context("reading the revoked certificates")?,
     );
+    tasks.spawn(index_subjects(init.store.clone(), shutdown_rx.clone()));
     tasks.spawn(reload_revocations(
         init.store.clone(),
         hub.revoked_certificates.clone(),
@@ -526,6 +527,29 @@ fn write_jwks(pki: &PkiPaths, jwks: &hub_core::jws::Jwks) -> anyhow::Result<()> 
     let path = pki.dir.join("hub-jwks.json");
     let text = serde_json::to_string_pretty(jwks)?;
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Keep the subject index close behind the log: every half second, index
+/// what was appended since, in batches (a lookup scans what is not indexed
+/// yet, so this is about speed, never about what a lookup finds).
+async fn index_subjects(store: Arc<dyn Store>, mut shutdown: watch::Receiver<bool>) {
+    const BATCH: u32 = 10_000;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => break,
+        }
+        loop {
+            match store.index_subjects(BATCH).await {
+                Ok(done) if done == u64::from(BATCH) => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    warn!(error = %e, "indexing the log's subjects failed; retrying");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// Reload the revoked certificates every second: a revocation made through

@@ -473,9 +473,14 @@ pub trait Store: Send + Sync {
     /// Up to `limit` entries from `from`, in order.
     async fn entries(&self, from: u64, limit: u32) -> Result<Vec<StoredEntry>, StoreError>;
 
+    /// Index the subjects of up to `limit` entries past the index's end
+    /// (entries carry them, see [`Effect::IndexSubjects`]); how many
+    /// entries it covered. Safe to run from several hubs at once.
+    async fn index_subjects(&self, limit: u32) -> Result<u64, StoreError>;
+
     /// The records of every entry of the exchanges that touched `subject`
-    /// (see [`Effect::IndexSubjects`]), in log order: at most `limit`
-    /// exchanges, the oldest first; `true` when more exist.
+    /// (the index, and the entries past its end), in log order: at most
+    /// `limit` exchanges, the oldest first; `true` when more exist.
     async fn subject_records(
         &self,
         subject: &str,
@@ -574,7 +579,7 @@ pub(crate) struct Batch {
     pub(crate) dequeue: (Vec<String>, Vec<String>),
     pub(crate) enqueue: (Vec<String>, Vec<String>, Vec<Vec<u8>>, Vec<i64>),
     pub(crate) dispatch: (Vec<String>, Vec<String>, Vec<String>, Vec<Vec<u8>>),
-    /// Per entry, the JSON array of its subjects (indexed by a trigger).
+    /// Per entry, the JSON array of its subjects (`Store::index_subjects`).
     pub(crate) subjects: Vec<Option<String>>,
 }
 

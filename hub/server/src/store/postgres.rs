@@ -635,6 +635,44 @@ impl Store for PgStore {
         .map_err(db)
     }
 
+    async fn index_subjects(&self, limit: u32) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        // One indexer at a time; another hub's waits and then finds less to do.
+        let from: i64 =
+            sqlx::query_scalar("SELECT indexed_up_to FROM subject_index_state FOR UPDATE")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+        let to: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(idx) + 1, $1) FROM log_entries WHERE idx >= $1 AND idx < $1 + $2",
+        )
+        .bind(from)
+        .bind(i64::from(limit))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        if to > from {
+            sqlx::query(
+                "INSERT INTO subjects (subject, idx)
+                 SELECT j, e.idx FROM log_entries e, jsonb_array_elements_text(e.subjects::jsonb) j
+                 WHERE e.idx >= $1 AND e.idx < $2 AND e.subjects IS NOT NULL
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(from)
+            .bind(to)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            sqlx::query("UPDATE subject_index_state SET indexed_up_to = $1")
+                .bind(to)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(to_u64(to - from))
+    }
+
     async fn subject_records(
         &self,
         subject: &str,
@@ -643,8 +681,13 @@ impl Store for PgStore {
         // One more exchange than asked for says whether there are more.
         let rows = sqlx::query(
             "WITH touched AS (
-                SELECT e.exchange_id, MIN(e.idx) AS first FROM subjects s
-                JOIN log_entries e ON e.idx = s.idx WHERE s.subject = $1
+                SELECT e.exchange_id, MIN(e.idx) AS first FROM log_entries e
+                WHERE e.idx IN (
+                    SELECT s.idx FROM subjects s WHERE s.subject = $1
+                    UNION
+                    SELECT t.idx FROM log_entries t, jsonb_array_elements_text(t.subjects::jsonb) j
+                    WHERE t.idx >= (SELECT indexed_up_to FROM subject_index_state)
+                      AND t.subjects IS NOT NULL AND j = $1)
                 GROUP BY e.exchange_id ORDER BY first LIMIT $2)
              SELECT e.record FROM log_entries e JOIN touched t ON t.exchange_id = e.exchange_id
              ORDER BY e.idx",
