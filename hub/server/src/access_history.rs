@@ -1,10 +1,12 @@
 //! "Who saw my data" (Decree 13/2023 art. 9, the data subject's right to
 //! know): the hub's own query service `subject.access_history`.
 //!
-//! The pipeline indexes every accepted request, event and response under
-//! the data subjects it touched, as keyed hashes of their personal IDs
-//! (`hub_core::log::subject_of`), in the transaction that logs it. This
-//! service answers from that index: for one personal ID, every exchange
+//! The pipeline stores with every accepted request, event and response the
+//! data subjects it touched, as keyed hashes of their personal IDs
+//! (`hub_core::log::subject_of`), in the transaction that logs it; a
+//! background task folds them into the subject index in batches, and a
+//! lookup also scans the entries the index does not cover yet. This
+//! service answers from that: for one personal ID, every exchange
 //! that touched the person - who asked or published, when, which service,
 //! for what purpose and case, who received what fields.
 //!
