@@ -423,7 +423,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inbox(args) => inbox(&config, args).await,
         Command::AccessHistory(args) => access_history(&config, args).await,
         Command::Audit(cmd) => audit(&config, cmd).await,
-        Command::Witness(cmd) => witness(&config, cmd).await,
+        Command::Witness(cmd) => witness(&config, &admin, cmd).await,
         Command::RotateHubKey => {
             let pki = PkiPaths::new(&config.data_dir);
             let (old, new) =
@@ -452,19 +452,19 @@ struct WitnessState {
     root: String,
 }
 
-async fn witness(config: &Config, cmd: WitnessCmd) -> anyhow::Result<ExitCode> {
+async fn witness(
+    config: &Config,
+    admin: &AdminTarget,
+    cmd: WitnessCmd,
+) -> anyhow::Result<ExitCode> {
     use hub_core::note;
     match cmd {
         WitnessCmd::Add { vkey } => {
-            let v = note::Verifier::parse(&vkey).map_err(|e| anyhow::anyhow!("{vkey}: {e}"))?;
-            if v.kind != note::KeyKind::Cosignature {
-                bail!("{vkey} is not a cosignature (0x04) key; make one with `hub witness keygen`");
-            }
-            open_store(config)
-                .await?
-                .add_witness(&v.name, &vkey)
-                .await?;
-            println!("witness {} registered", v.name);
+            let name = note::Verifier::parse(&vkey)
+                .map(|v| v.name)
+                .unwrap_or_default();
+            admin_change(config, admin, AdminChange::WitnessAdd { vkey }).await?;
+            println!("witness {name} registered");
         }
         WitnessCmd::List => {
             for (name, vkey) in open_store(config).await?.witnesses().await? {

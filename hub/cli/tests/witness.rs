@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{hub, serve, stop, text};
+use common::{admin, hub, serve, stop, text};
 
 fn lookup(data: &Path, api: &str, id: &str) {
     let out = hub(
@@ -97,7 +97,7 @@ fn a_witness_cosigns_consistent_checkpoints_and_auditors_require_it() {
     );
     assert!(keygen.status.success(), "{}", text(&keygen));
     let witness_vkey = String::from_utf8(keygen.stdout).unwrap().trim().to_owned();
-    let add = hub(data, &["witness", "add", &witness_vkey]);
+    let add = admin(data, &served, &["witness", "add", &witness_vkey]);
     assert!(add.status.success(), "{}", text(&add));
 
     let ca = std::fs::read(data.join("pki/ca.crt")).unwrap();

@@ -41,6 +41,11 @@ pub enum AdminChange {
     AgencyResume {
         member: Member,
     },
+    /// Register a witness by its cosignature verifier key
+    /// (`<name>+<hash>+<key>`, from `hub witness keygen`).
+    WitnessAdd {
+        vkey: String,
+    },
     /// Refuse the member's client certificate with this serial (hex) from
     /// its next handshake with any hub on.
     CertificateRevoke {
@@ -188,6 +193,19 @@ async fn registry_writes(
             let mut record = registered(hub, member).await?;
             record.suspended = matches!(change, AdminChange::AgencySuspend { .. });
             vec![RegistryChange::UpsertAgency(record)]
+        }
+        AdminChange::WitnessAdd { vkey } => {
+            let verifier = hub_core::note::Verifier::parse(vkey)
+                .map_err(|e| AdminError::Invalid(format!("{vkey}: {e}")))?;
+            if verifier.kind != hub_core::note::KeyKind::Cosignature {
+                return Err(AdminError::Invalid(format!(
+                    "{vkey} is not a cosignature (0x04) key; make one with `hub witness keygen`"
+                )));
+            }
+            vec![RegistryChange::AddWitness {
+                name: verifier.name,
+                vkey: vkey.clone(),
+            }]
         }
         AdminChange::CertificateRevoke { member, serial } => {
             registered(hub, member).await?;

@@ -227,6 +227,11 @@ pub enum RegistryChange {
     AddGrant(Grant),
     RevokeGrant(Grant),
     AddSubscription(Subscription),
+    /// Register a witness (or replace its key): its cosignatures count.
+    AddWitness {
+        name: String,
+        vkey: String,
+    },
     /// Refuse the client certificate with this serial (lowercase hex) from
     /// its next handshake on; idempotent.
     RevokeCertificate {
@@ -507,7 +512,14 @@ pub trait Store: Send + Sync {
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError>;
 
     /// Register (or replace) a witness's verifier key.
-    async fn add_witness(&self, name: &str, vkey: &str) -> Result<(), StoreError>;
+    async fn add_witness(&self, name: &str, vkey: &str) -> Result<(), StoreError> {
+        self.apply_changes(&[RegistryChange::AddWitness {
+            name: name.to_owned(),
+            vkey: vkey.to_owned(),
+        }])
+        .await
+        .map(|_| ())
+    }
     /// Every registered witness: (name, verifier key).
     async fn witnesses(&self) -> Result<Vec<(String, String)>, StoreError>;
     /// Store a witness's cosignature line of the checkpoint of `size`.

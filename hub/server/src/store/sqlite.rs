@@ -726,16 +726,6 @@ impl Store for SqliteStore {
             .transpose()
     }
 
-    async fn add_witness(&self, name: &str, vkey: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO witnesses (name, vkey) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET vkey = excluded.vkey")
-            .bind(name)
-            .bind(vkey)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
-        Ok(())
-    }
-
     async fn witnesses(&self) -> Result<Vec<(String, String)>, StoreError> {
         let rows = sqlx::query("SELECT name, vkey FROM witnesses ORDER BY name")
             .fetch_all(&self.pool)
@@ -944,6 +934,11 @@ fn change_query(change: &RegistryChange) -> Result<Query<'_>, StoreError> {
         .bind(s.subscriber.subsystem.as_str())
         .bind(s.service.as_str())
         .bind(i64::from(s.version)),
+        RegistryChange::AddWitness { name, vkey } => sqlx::query(
+            "INSERT INTO witnesses (name, vkey) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET vkey = excluded.vkey",
+        )
+        .bind(name.as_str())
+        .bind(vkey.as_str()),
         RegistryChange::RevokeCertificate { serial, member, at } => sqlx::query(
             "INSERT OR IGNORE INTO revoked_certificates (serial, agency, subsystem, revoked_at) VALUES (?, ?, ?, ?)",
         )
