@@ -44,7 +44,9 @@ async fn a_change_is_logged_signed_and_in_force_at_once() {
         record["on_behalf_of"],
         json!({"kind": "official", "official_id": DEV_ADMIN, "full_name": DEV_ADMIN})
     );
-    assert_eq!(reply["body"]["op"], "agency_suspend");
+    assert_eq!(reply["body"]["change"]["op"], "agency_suspend");
+    // What it replaced is logged with it, for an auditor's replay.
+    assert_eq!(reply["body"]["before"]["agency"]["suspended"], false);
     // Logged exactly once, and in force for the very next request.
     assert_eq!(hub.log_records().await.len(), before + 1);
     let (status, refused) = hub.send(citizen_lookup("001085012345")).await;

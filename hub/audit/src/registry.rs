@@ -11,6 +11,7 @@ use hub_core::fields::FieldSet;
 use hub_core::ids::{Member, PurposeCode, ServiceName};
 use hub_core::jws::{Jwk, Jwks};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// One agency subsystem.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,4 +139,119 @@ impl Registry for IndexedRegistry<'_> {
     fn granted(&self, consumer: &Member, service: &ServiceName, purpose: &PurposeCode) -> bool {
         self.grant(consumer, service, purpose).is_some()
     }
+}
+
+impl RegistrySnapshot {
+    fn agency_mut(&mut self, member: &Member) -> Option<&mut AgencyEntry> {
+        self.agencies.iter_mut().find(|a| &a.member == member)
+    }
+
+    fn set_grant(
+        &mut self,
+        consumer: Member,
+        service: ServiceName,
+        purpose: PurposeCode,
+        fields: Option<Option<FieldSet>>,
+    ) {
+        self.grants
+            .retain(|g| !(g.consumer == consumer && g.service == service && g.purpose == purpose));
+        if let Some(fields) = fields {
+            self.grants.push(GrantEntry {
+                consumer,
+                service,
+                purpose,
+                fields,
+            });
+        }
+    }
+
+    /// Make an administrator's change (an `admin` entry's `change`).
+    /// Changes the decisions do not depend on are ignored; so is anything
+    /// unreadable (the bundle's verification judges the entry itself).
+    pub fn apply_change(&mut self, change: &Value) {
+        let member = || serde_json::from_value::<Member>(change["member"].clone()).ok();
+        match change["op"].as_str() {
+            Some("agency_add") => {
+                if let Some(m) = member()
+                    && self.agency_mut(&m).is_none()
+                {
+                    self.agencies.push(AgencyEntry {
+                        member: m,
+                        signing_key: None,
+                        retired_keys: vec![],
+                        suspended: false,
+                    });
+                }
+            }
+            Some(op @ ("agency_suspend" | "agency_resume")) => {
+                if let Some(m) = member()
+                    && let Some(a) = self.agency_mut(&m)
+                {
+                    a.suspended = op == "agency_suspend";
+                }
+            }
+            Some("agency_set_key") => {
+                if let Some(m) = member()
+                    && let Some(a) = self.agency_mut(&m)
+                {
+                    a.signing_key = serde_json::from_value(change["key"].clone()).ok().flatten();
+                }
+            }
+            Some(op @ ("grant_add" | "grant_revoke")) => {
+                if let Some((consumer, service, purpose)) = grant_key(change) {
+                    let fields = (op == "grant_add").then(|| {
+                        serde_json::from_value(change["fields"].clone())
+                            .ok()
+                            .flatten()
+                    });
+                    self.set_grant(consumer, service, purpose, fields);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Undo an administrator's change, given what it replaced (the entry's
+    /// `before`).
+    pub fn undo_change(&mut self, change: &Value, before: &Value) {
+        match change["op"].as_str() {
+            Some("agency_add" | "agency_suspend" | "agency_resume" | "agency_set_key") => {
+                let Ok(m) = serde_json::from_value::<Member>(change["member"].clone()) else {
+                    return;
+                };
+                match before.get("agency").filter(|a| !a.is_null()) {
+                    None => self.agencies.retain(|a| a.member != m),
+                    Some(was) => {
+                        if self.agency_mut(&m).is_none() {
+                            self.apply_change(&serde_json::json!({"op": "agency_add", "member": change["member"]}));
+                        }
+                        if let Some(a) = self.agency_mut(&m) {
+                            a.suspended = was["suspended"].as_bool().unwrap_or(false);
+                            a.signing_key = serde_json::from_value(was["signing_key"].clone())
+                                .ok()
+                                .flatten();
+                        }
+                    }
+                }
+            }
+            Some("grant_add" | "grant_revoke") => {
+                if let Some((consumer, service, purpose)) = grant_key(change) {
+                    let was = before
+                        .get("grant")
+                        .filter(|g| !g.is_null())
+                        .map(|g| serde_json::from_value(g["fields"].clone()).ok().flatten());
+                    self.set_grant(consumer, service, purpose, was);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn grant_key(change: &Value) -> Option<(Member, ServiceName, PurposeCode)> {
+    Some((
+        serde_json::from_value(change["consumer"].clone()).ok()?,
+        serde_json::from_value(change["service"].clone()).ok()?,
+        serde_json::from_value(change["purpose"].clone()).ok()?,
+    ))
 }

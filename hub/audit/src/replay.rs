@@ -3,9 +3,11 @@
 //! the bundle, check that every response released no more than its grant's
 //! fields, and report every entry whose recorded outcome differs.
 //!
-//! The registry is the one in force at export: grants changed since an
-//! entry was logged show up as differences, which the report lists for a
-//! person to judge.
+//! Each entry is judged by the registry as it was when it was logged: the
+//! registry exported with the bundle, with the administrators' changes
+//! logged after that entry (`admin` entries, which record what they
+//! replaced) undone. Changes made outside the log - the registry a hub
+//! started with, services its adapters registered - are taken as exported.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -39,6 +41,9 @@ pub struct Difference {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReplayReport {
     pub entries: u64,
+    /// Administrators' registry changes the replay undid and made again to
+    /// judge each entry by the registry of its time.
+    pub registry_changes: u64,
     pub replayed: u64,
     pub matched: u64,
     pub differences: Vec<Difference>,
@@ -149,6 +154,63 @@ fn released_within_grant(
     }
 }
 
+/// Every `admin` entry of the bundle, in log order: (index, change, before).
+fn admin_changes(dir: &Path, data_key: &DataKey) -> Result<Vec<(u64, Value, Value)>, BundleError> {
+    let entries_path = dir.join("entries.jsonl");
+    let bodies_path = dir.join("bodies.jsonl");
+    let mut wanted: Vec<(u64, String)> = Vec::new();
+    let entries = BufReader::new(File::open(&entries_path).map_err(io(&entries_path))?).lines();
+    for (index, line) in (0u64..).zip(entries) {
+        let line = line.map_err(io(&entries_path))?;
+        // Cheap first: most entries are not registry changes.
+        if !line.contains("\"kind\":\"admin\"") {
+            continue;
+        }
+        let record: Value = serde_json::from_str(&line)
+            .map_err(|e| invalid(&entries_path, format!("entry {index}: {e}")))?;
+        if record["kind"] == "admin" {
+            let commitment = record["body_hash"].as_str().unwrap_or_default().to_owned();
+            wanted.push((index, commitment));
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut found = Vec::with_capacity(wanted.len());
+    let mut next = wanted.iter().peekable();
+    let bodies = BufReader::new(File::open(&bodies_path).map_err(io(&bodies_path))?).lines();
+    for line in bodies {
+        let line = line.map_err(io(&bodies_path))?;
+        let b: BodyLine = serde_json::from_str(&line).map_err(|e| invalid(&bodies_path, e))?;
+        // A change whose body was purged stays as exported.
+        while next.peek().is_some_and(|(index, _)| *index < b.index) {
+            next.next();
+        }
+        let Some((index, commitment)) = next.peek() else {
+            break;
+        };
+        if *index != b.index {
+            continue;
+        }
+        let opened = b
+            .sealed()
+            .and_then(|sealed| data_key.open(&sealed, commitment))
+            .and_then(|(_, body)| serde_json::from_slice::<Value>(&body).ok());
+        let Some(body) = opened else {
+            return Err(invalid(
+                &bodies_path,
+                format!(
+                    "entry {index}: the registry change does not open with data key {}",
+                    data_key.id()
+                ),
+            ));
+        };
+        found.push((*index, body["change"].clone(), body["before"].clone()));
+        next.next();
+    }
+    Ok(found)
+}
+
 /// Replay every decision in the bundle in `dir`, opening the bodies with
 /// `data_key`. `progress` gets (done, all).
 pub fn replay(
@@ -163,15 +225,27 @@ pub fn replay(
             "the bundle has no bodies: export it with bodies to replay",
         ));
     }
-    let registry: RegistrySnapshot = read_json(&dir.join("registry.json"))?;
-    let registry = registry.index();
+    let exported: RegistrySnapshot = read_json(&dir.join("registry.json"))?;
+    // The registry as it was at the first entry: the exported one with
+    // every logged registry change undone, latest first; replay then makes
+    // each change again as it passes its entry.
+    let changes = admin_changes(dir, data_key)?;
+    let mut registry = exported;
+    for (_, change, before) in changes.iter().rev() {
+        registry.undo_change(change, before);
+    }
+    let mut report = ReplayReport {
+        registry_changes: changes.len() as u64,
+        ..ReplayReport::default()
+    };
+    let mut changes = changes.into_iter().peekable();
+    let mut indexed = registry.index();
     let catalog = Catalog::builtin().map_err(|e| invalid(dir, e))?;
     let entries_path = dir.join("entries.jsonl");
     let bodies_path = dir.join("bodies.jsonl");
     let entries = BufReader::new(File::open(&entries_path).map_err(io(&entries_path))?).lines();
     let mut bodies = BufReader::new(File::open(&bodies_path).map_err(io(&bodies_path))?).lines();
     let mut pending: Option<BodyLine> = None;
-    let mut report = ReplayReport::default();
     for (index, line) in (0u64..).zip(entries) {
         let line = line.map_err(io(&entries_path))?;
         report.entries += 1;
@@ -185,6 +259,14 @@ pub fn replay(
                     break;
                 }
             }
+        }
+        if changes.peek().is_some_and(|(at, _, _)| *at == index) {
+            if let Some((_, change, _)) = changes.next() {
+                drop(indexed);
+                registry.apply_change(&change);
+                indexed = registry.index();
+            }
+            continue;
         }
         let record: Value = serde_json::from_str(&line)
             .map_err(|e| invalid(&entries_path, format!("entry {index}: {e}")))?;
@@ -210,7 +292,7 @@ pub fn replay(
         };
         if kind == "response" {
             report.replayed += 1;
-            match released_within_grant(&record, &body, &registry) {
+            match released_within_grant(&record, &body, &indexed) {
                 Ok(()) => report.matched += 1,
                 Err(detail) => report.differences.push(Difference {
                     index,
@@ -233,8 +315,8 @@ pub fn replay(
             "accepted".to_owned()
         };
         let (replayed, detail) =
-            match decide::decide(&request_bytes(&record, &body), &who, &registry, &catalog) {
-                Ok(_) if kind == "request" => match fields_match_grant(&record, &who, &registry) {
+            match decide::decide(&request_bytes(&record, &body), &who, &indexed, &catalog) {
+                Ok(_) if kind == "request" => match fields_match_grant(&record, &who, &indexed) {
                     Ok(()) => ("accepted".to_owned(), String::new()),
                     Err(detail) => ("accepted_other_fields".to_owned(), detail),
                 },

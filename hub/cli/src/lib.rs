@@ -780,6 +780,7 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 hub_audit::replay::replay(&bundle, &data_key, &|done, _| bar.set_position(done))?;
             bar.finish_and_clear();
             println!("{:<22} {:>12}", "entries", report.entries);
+            println!("{:<22} {:>12}", "registry changes", report.registry_changes);
             println!("{:<22} {:>12}", "decisions replayed", report.replayed);
             println!("{:<22} {:>12}", "same outcome", report.matched);
             println!(

@@ -317,8 +317,33 @@ fn a_suspended_agency_is_refused_from_its_next_request_without_a_restart() {
     );
     assert!(revoke.status.success(), "{}", text(&revoke));
     assert!(!lookup().status.success());
-
     stop(served);
+
+    // The auditor's replay judges each request by the registry of its time:
+    // the refusal while suspended and the lookups around it all match,
+    // though the agency is not suspended at export.
+    let bundle = data.join("bundle");
+    let export = hub(
+        data,
+        &["audit", "export", "--out", bundle.to_str().unwrap()],
+    );
+    assert!(export.status.success(), "{}", text(&export));
+    let replay = hub(
+        data,
+        &[
+            "audit",
+            "replay",
+            bundle.to_str().unwrap(),
+            "--data-key",
+            data.join("pki/data.key").to_str().unwrap(),
+        ],
+    );
+    assert!(replay.status.success(), "{}", text(&replay));
+    assert!(
+        text(&replay).contains("registry changes                  3"),
+        "{}",
+        text(&replay)
+    );
 }
 
 #[test]
@@ -378,17 +403,35 @@ fn field_grants_are_checked_against_the_schema_and_audited() {
         serde_json::json!({"found": true, "citizen": {"full_name": "Nguyễn Văn An"}})
     );
 
-    // The auditor's replay holds the log to the grants as exported: with
-    // the grant widened since, the request released other fields than the
-    // grant now says (the response stays within it).
+    // Another purpose's grant, untouched by any administrator.
+    let lookup = hub(
+        data,
+        &[
+            "send",
+            "--as",
+            "000.00.29.H29/one-stop",
+            "--hub",
+            &served.api,
+            "citizen.lookup",
+            r#"{"personal_id":"001085012345"}"#,
+            "--purpose",
+            "residence_registration",
+            "--case",
+            "HS-2026-0002",
+        ],
+    );
+    assert!(lookup.status.success(), "{}", text(&lookup));
+
+    // Widened since: the auditor's replay still judges the first lookup by
+    // the grant of its time (the logged registry changes are undone).
     let widened = grant("/found,/citizen/full_name,/citizen/sex");
     assert!(widened.status.success(), "{}", text(&widened));
-    let replay_now = |name: &str| {
-        let bundle = data.join(name);
-        let bundle_s = bundle.to_str().unwrap();
-        let export = hub(data, &["audit", "export", "--out", bundle_s]);
-        assert!(export.status.success(), "{}", text(&export));
-        let data_key = data.join("pki/data.key");
+    let bundle = data.join("bundle");
+    let bundle_s = bundle.to_str().unwrap();
+    let export = hub(data, &["audit", "export", "--out", bundle_s]);
+    assert!(export.status.success(), "{}", text(&export));
+    let data_key = data.join("pki/data.key");
+    let replay = || {
         hub(
             data,
             &[
@@ -400,27 +443,31 @@ fn field_grants_are_checked_against_the_schema_and_audited() {
             ],
         )
     };
-    let replay = replay_now("bundle-widened");
-    assert!(!replay.status.success());
-    assert!(
-        text(&replay).contains("recorded accepted, replayed accepted_other_fields"),
-        "{}",
-        text(&replay)
-    );
-    assert!(
-        !text(&replay).contains("over_released"),
-        "{}",
-        text(&replay)
-    );
+    let replayed = replay();
+    assert!(replayed.status.success(), "{}", text(&replayed));
 
-    // Narrowed below what was released, the response is flagged too.
-    let narrowed = grant("/found");
-    assert!(narrowed.status.success(), "{}", text(&narrowed));
-    let replay = replay_now("bundle-narrowed");
+    // A registry that released less than what was logged is caught: the
+    // residence grant narrowed in the exported registry.
+    let registry_path = bundle.join("registry.json");
+    let mut registry: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&registry_path).unwrap()).unwrap();
+    for g in registry["grants"].as_array_mut().unwrap() {
+        if g["consumer"]["subsystem"] == "one-stop" && g["purpose"] == "residence_registration" {
+            g["fields"] = serde_json::json!(["/found"]);
+        }
+    }
+    std::fs::write(&registry_path, registry.to_string()).unwrap();
+    let replayed = replay();
+    assert!(!replayed.status.success());
     assert!(
-        text(&replay).contains("replayed over_released"),
+        text(&replayed).contains("replayed accepted_other_fields"),
         "{}",
-        text(&replay)
+        text(&replayed)
+    );
+    assert!(
+        text(&replayed).contains("replayed over_released"),
+        "{}",
+        text(&replayed)
     );
     stop(served);
 }

@@ -5,7 +5,8 @@
 //!
 //! A change is checked against the registry, then logged as an `admin`
 //! entry - the hub as sender, the administrator (the admin certificate's
-//! name) as the official it acted for, the change itself as the body - and
+//! name) as the official it acted for, `{"change", "before"}` as the body
+//! (the change, and what it replaced) - and
 //! applied to the registry in the very transaction that appends the entry
 //! ([`Effect::Registry`]): there is no change without its entry, and no
 //! entry for a change that did not happen. The reply is the hub-signed
@@ -17,6 +18,7 @@ use hub_core::jcs;
 use hub_core::jws::Jwk;
 use hub_core::log::{EntryDraft, EntryKind, LoggedEndUser};
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
 use crate::access_history::hub_member;
 use crate::pipeline::Hub;
@@ -109,7 +111,8 @@ impl AdminError {
 /// `{"record", "body", "body_salt"}` message.
 pub async fn apply(hub: &Hub, admin: &str, change: AdminChange) -> Result<String, AdminError> {
     let writes = registry_writes(hub, &change).await?;
-    let body = jcs::canonicalize_serialize(&change)
+    let before = state_before(hub, &change).await?;
+    let body = jcs::canonicalize_serialize(&json!({"change": &change, "before": before}))
         .map_err(|e| AdminError::Invalid(format!("the change has no canonical form: {e}")))?;
     let draft = EntryDraft {
         kind: EntryKind::Admin,
@@ -167,6 +170,46 @@ async fn versions_of(hub: &Hub, service: &ServiceName) -> Result<Vec<ServiceReco
         return Err(AdminError::NotFound(format!("no service {service}")));
     }
     Ok(versions)
+}
+
+/// What the registry held, before `change`, of what it changes - logged
+/// with the change, so that an auditor can rebuild the registry as it was
+/// at any entry from the one exported (`hub_audit::replay`):
+/// `{"agency": null | {"name", "signing_key", "suspended"}}` for agency
+/// changes, `{"grant": null | {"fields"}}` for grant changes, `{}` else.
+async fn state_before(hub: &Hub, change: &AdminChange) -> Result<Value, AdminError> {
+    Ok(match change {
+        AdminChange::AgencyAdd { member, .. }
+        | AdminChange::AgencySuspend { member }
+        | AdminChange::AgencyResume { member }
+        | AdminChange::AgencySetKey { member, .. } => {
+            let agency = hub.store.agency(member).await?.map(
+                |a| json!({"name": a.name, "signing_key": a.signing_key, "suspended": a.suspended}),
+            );
+            json!({ "agency": agency })
+        }
+        AdminChange::GrantAdd {
+            consumer,
+            service,
+            purpose,
+            ..
+        }
+        | AdminChange::GrantRevoke {
+            consumer,
+            service,
+            purpose,
+        } => {
+            let grant = hub
+                .store
+                .grants()
+                .await?
+                .into_iter()
+                .find(|g| &g.consumer == consumer && &g.service == service && &g.purpose == purpose)
+                .map(|g| json!({ "fields": g.fields }));
+            json!({ "grant": grant })
+        }
+        _ => json!({}),
+    })
 }
 
 /// What `change` writes, after checking it makes sense.
