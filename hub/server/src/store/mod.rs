@@ -206,8 +206,9 @@ pub enum Effect {
     /// Put this entry's sealed message in the outbox for `instance`'s
     /// relay to publish to `recipient`'s broker queue.
     Dispatch { recipient: Member, instance: String },
-    /// Index this entry under the data subjects it touched (keyed hashes
-    /// of their personal IDs, `hub_core::log::subject_of`).
+    /// Store with this entry the data subjects it touched (keyed hashes of
+    /// their personal IDs, `hub_core::log::subject_of`), for
+    /// [`Store::index_subjects`] to index.
     IndexSubjects { subjects: Vec<String> },
     /// Change the registry, in the transaction that logs the change (an
     /// administrator's change is an entry, and never one without the other).
