@@ -123,6 +123,44 @@ fn the_readme_walkthrough_works_with_the_real_binary() {
         text(&verify)
     );
 
+    // README step 6: an administrator grants the tax office two fields.
+    let grant = admin(
+        data,
+        &served,
+        &[
+            "grant",
+            "add",
+            "000.00.00.G08/tax",
+            "citizen.lookup",
+            "tax_administration",
+            "--fields",
+            "/found,/citizen/full_name",
+        ],
+    );
+    assert!(grant.status.success(), "{}", text(&grant));
+    let tax_lookup = hub(
+        data,
+        &[
+            "send",
+            "--as",
+            "000.00.00.G08/tax",
+            "--hub",
+            &served.api,
+            "citizen.lookup",
+            r#"{"personal_id":"001085012345"}"#,
+            "--purpose",
+            "tax_administration",
+            "--case",
+            "TAX-2026-0001",
+        ],
+    );
+    assert!(tax_lookup.status.success(), "{}", text(&tax_lookup));
+    let reply: serde_json::Value = serde_json::from_slice(&tax_lookup.stdout).unwrap();
+    assert_eq!(
+        reply["body"],
+        serde_json::json!({"found": true, "citizen": {"full_name": "Nguyễn Văn An"}})
+    );
+
     // The auditor pins the hub's keys from the public listener.
     let ca = std::fs::read(data.join("pki/ca.crt")).unwrap();
     let public = hub_client::HubClient::new(&served.public, &ca, None).unwrap();
