@@ -110,8 +110,7 @@ impl AdminError {
 /// apply it in the same transaction. Returns the signed entry as a
 /// `{"record", "body", "body_salt"}` message.
 pub async fn apply(hub: &Hub, admin: &str, change: AdminChange) -> Result<String, AdminError> {
-    let writes = registry_writes(hub, &change).await?;
-    let before = state_before(hub, &change).await?;
+    let (writes, before) = registry_writes(hub, &change).await?;
     let body = jcs::canonicalize_serialize(&json!({"change": &change, "before": before}))
         .map_err(|e| AdminError::Invalid(format!("the change has no canonical form: {e}")))?;
     let draft = EntryDraft {
@@ -172,51 +171,42 @@ async fn versions_of(hub: &Hub, service: &ServiceName) -> Result<Vec<ServiceReco
     Ok(versions)
 }
 
-/// What the registry held, before `change`, of what it changes - logged
-/// with the change, so that an auditor can rebuild the registry as it was
-/// at any entry from the one exported (`hub_audit::replay`):
-/// `{"agency": null | {"name", "signing_key", "suspended"}}` for agency
-/// changes, `{"grant": null | {"fields"}}` for grant changes, `{}` else.
-async fn state_before(hub: &Hub, change: &AdminChange) -> Result<Value, AdminError> {
-    Ok(match change {
-        AdminChange::AgencyAdd { member, .. }
-        | AdminChange::AgencySuspend { member }
-        | AdminChange::AgencyResume { member }
-        | AdminChange::AgencySetKey { member, .. } => {
-            let agency = hub.store.agency(member).await?.map(
-                |a| json!({"name": a.name, "signing_key": a.signing_key, "suspended": a.suspended}),
-            );
-            json!({ "agency": agency })
-        }
-        AdminChange::GrantAdd {
-            consumer,
-            service,
-            purpose,
-            ..
-        }
-        | AdminChange::GrantRevoke {
-            consumer,
-            service,
-            purpose,
-        } => {
-            let grant = hub
-                .store
-                .grants()
-                .await?
-                .into_iter()
-                .find(|g| &g.consumer == consumer && &g.service == service && &g.purpose == purpose)
-                .map(|g| json!({ "fields": g.fields }));
-            json!({ "grant": grant })
-        }
-        _ => json!({}),
-    })
+/// What the registry held of an agency before a change to it.
+fn agency_before(agency: Option<&AgencyRecord>) -> Value {
+    let agency = agency
+        .map(|a| json!({"name": a.name, "signing_key": a.signing_key, "suspended": a.suspended}));
+    json!({ "agency": agency })
 }
 
-/// What `change` writes, after checking it makes sense.
+/// The grant for (consumer, service, purpose), if any.
+async fn grant_of(
+    hub: &Hub,
+    consumer: &Member,
+    service: &ServiceName,
+    purpose: &PurposeCode,
+) -> Result<Option<Grant>, AdminError> {
+    Ok(hub
+        .store
+        .grants()
+        .await?
+        .into_iter()
+        .find(|g| &g.consumer == consumer && &g.service == service && &g.purpose == purpose))
+}
+
+fn grant_before(grant: Option<&Grant>) -> Value {
+    json!({ "grant": grant.map(|g| json!({ "fields": g.fields })) })
+}
+
+/// What `change` writes, after checking it makes sense, and what the
+/// registry held before of what it changes - logged with the change, so
+/// that an auditor can rebuild the registry as it was at any entry from the
+/// one exported (`hub_audit::replay`): `{"agency": null | {"name",
+/// "signing_key", "suspended"}}` for agency changes, `{"grant": null |
+/// {"fields"}}` for grant changes, `{}` else.
 async fn registry_writes(
     hub: &Hub,
     change: &AdminChange,
-) -> Result<Vec<RegistryChange>, AdminError> {
+) -> Result<(Vec<RegistryChange>, Value), AdminError> {
     Ok(match change {
         AdminChange::AgencyAdd { member, name } => {
             if name.trim().is_empty() || name.chars().count() > 200 {
@@ -225,17 +215,20 @@ async fn registry_writes(
                 ));
             }
             let existing = hub.store.agency(member).await?;
-            vec![RegistryChange::UpsertAgency(AgencyRecord {
+            let before = agency_before(existing.as_ref());
+            let write = RegistryChange::UpsertAgency(AgencyRecord {
                 member: member.clone(),
                 name: name.clone(),
                 suspended: existing.as_ref().is_some_and(|a| a.suspended),
                 signing_key: existing.and_then(|a| a.signing_key),
-            })]
+            });
+            (vec![write], before)
         }
         AdminChange::AgencySuspend { member } | AdminChange::AgencyResume { member } => {
             let mut record = registered(hub, member).await?;
+            let before = agency_before(Some(&record));
             record.suspended = matches!(change, AdminChange::AgencySuspend { .. });
-            vec![RegistryChange::UpsertAgency(record)]
+            (vec![RegistryChange::UpsertAgency(record)], before)
         }
         AdminChange::WitnessAdd { vkey } => {
             let verifier = hub_core::note::Verifier::parse(vkey)
@@ -245,10 +238,11 @@ async fn registry_writes(
                     "{vkey} is not a cosignature (0x04) key; make one with `hub witness keygen`"
                 )));
             }
-            vec![RegistryChange::AddWitness {
+            let write = RegistryChange::AddWitness {
                 name: verifier.name,
                 vkey: vkey.clone(),
-            }]
+            };
+            (vec![write], json!({}))
         }
         AdminChange::CertificateRevoke { member, serial } => {
             registered(hub, member).await?;
@@ -261,15 +255,18 @@ async fn registry_writes(
                     "serial {serial:?} is not a certificate serial in lowercase hex (2 to 40 digits)"
                 )));
             }
-            vec![RegistryChange::RevokeCertificate {
+            let write = RegistryChange::RevokeCertificate {
                 serial: serial.clone(),
                 member: member.clone(),
                 at: hub_core::timefmt::rfc3339_millis(hub.clock.now()),
-            }]
+            };
+            (vec![write], json!({}))
         }
         AdminChange::AgencySetKey { member, key } => {
             let record = registered(hub, member).await?;
-            crate::store::key_replacement(record, key.clone(), hub.clock.now())
+            let before = agency_before(Some(&record));
+            let writes = crate::store::key_replacement(record, key.clone(), hub.clock.now());
+            (writes, before)
         }
         AdminChange::GrantAdd {
             consumer,
@@ -290,33 +287,27 @@ async fn registry_writes(
                     hub.catalog.check_fields(schema, fields)?;
                 }
             }
-            vec![RegistryChange::AddGrant(Grant {
+            let before = grant_before(grant_of(hub, consumer, service, purpose).await?.as_ref());
+            let write = RegistryChange::AddGrant(Grant {
                 consumer: consumer.clone(),
                 service: service.clone(),
                 purpose: purpose.clone(),
                 fields: fields.clone(),
-            })]
+            });
+            (vec![write], before)
         }
         AdminChange::GrantRevoke {
             consumer,
             service,
             purpose,
         } => {
-            let exists =
-                hub.store.grants().await?.iter().any(|g| {
-                    &g.consumer == consumer && &g.service == service && &g.purpose == purpose
-                });
-            if !exists {
+            let Some(grant) = grant_of(hub, consumer, service, purpose).await? else {
                 return Err(AdminError::NotFound(format!(
                     "{consumer} has no grant for {service} with purpose {purpose}"
                 )));
-            }
-            vec![RegistryChange::RevokeGrant(Grant {
-                consumer: consumer.clone(),
-                service: service.clone(),
-                purpose: purpose.clone(),
-                fields: None,
-            })]
+            };
+            let before = grant_before(Some(&grant));
+            (vec![RegistryChange::RevokeGrant(grant)], before)
         }
         AdminChange::SubscriptionAdd {
             subscriber,
@@ -344,11 +335,12 @@ async fn registry_writes(
                     "{subscriber} has no grant for {service}: add one first"
                 )));
             }
-            vec![RegistryChange::AddSubscription(Subscription {
+            let write = RegistryChange::AddSubscription(Subscription {
                 subscriber: subscriber.clone(),
                 service: service.clone(),
                 version: *version,
-            })]
+            });
+            (vec![write], json!({}))
         }
     })
 }

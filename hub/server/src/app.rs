@@ -490,7 +490,7 @@ pub async fn start_with_adapters(
             ))
             .layer(axum::middleware::from_fn_with_state(
                 hub.revoked_certificates.clone(),
-                crate::limits::refuse_revoked,
+                crate::identity::refuse_revoked,
             )),
         config.timeouts(),
         shutdown_rx.clone(),

@@ -1,8 +1,15 @@
 //! The calling agency's identity, read once from its TLS client certificate
 //! and carried into handlers as a typed value.
 
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
 use hub_core::ids::Member;
 use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::http::ApiError;
 
 /// The authenticated member behind a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,4 +52,18 @@ pub fn common_name(der: &[u8]) -> Result<String, IdentityError> {
 pub fn member_from_certificate(der: &[u8]) -> Result<Member, IdentityError> {
     let cn = common_name(der)?;
     cn.parse().map_err(|_| IdentityError::NotAMember(cn))
+}
+
+/// The middleware that refuses the requests of a connection whose client
+/// certificate was revoked after it connected (new connections with it
+/// already fail the handshake).
+pub async fn refuse_revoked(
+    State(revoked): State<Arc<crate::tls::RevokedCertificates>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    match request.extensions().get::<CertSerial>() {
+        Some(CertSerial(serial)) if revoked.contains(serial) => Err(ApiError::CertificateRevoked),
+        _ => Ok(next.run(request).await),
+    }
 }

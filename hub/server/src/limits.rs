@@ -14,7 +14,7 @@ use hub_core::ids::Member;
 use hub_core::limits::{Admission, Quota, Throttled};
 
 use crate::http::ApiError;
-use crate::identity::{CertSerial, Identity};
+use crate::identity::Identity;
 
 /// Past this many agencies tracked, idle ones are forgotten.
 const TRACKED_BEFORE_SWEEP: usize = 4096;
@@ -76,20 +76,6 @@ impl Drop for InFlight {
         if let Some(a) = agencies.get_mut(&self.member) {
             a.finish();
         }
-    }
-}
-
-/// The middleware that refuses the requests of a connection whose client
-/// certificate was revoked after it connected (new connections with it
-/// already fail the handshake).
-pub async fn refuse_revoked(
-    State(revoked): State<Arc<crate::tls::RevokedCertificates>>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    match request.extensions().get::<CertSerial>() {
-        Some(CertSerial(serial)) if revoked.contains(serial) => Err(ApiError::CertificateRevoked),
-        _ => Ok(next.run(request).await),
     }
 }
 
