@@ -79,18 +79,8 @@ async fn a_commune_office_receives_only_the_fields_its_grant_names() {
     assert_eq!(status, StatusCode::OK, "{reply}");
     assert!(reply["body"]["citizen"]["ethnicity"].is_string(), "{reply}");
     assert!(reply["record"].get("fields").is_none());
-
-    // A bank may only verify a citizen, never look one up.
-    let (status, reply) = hub
-        .send(envelope(
-            BANK,
-            "citizen.lookup",
-            "kyc",
-            json!({"personal_id": "001085012345"}),
-        ))
-        .await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{reply}");
-    assert_eq!(reply["code"], "no_grant");
+    // (That a bank may only verify a citizen, never look one up, is
+    // `exchanges.rs::without_a_grant_the_hub_refuses_and_logs_it`.)
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{admin, hub, serve, stop, text};
+use common::{admin, export, hub, serve, stop, text};
 use hub_core::ids::Member;
 use hub_server::pki::{PkiPaths, generate_signing_key};
 
@@ -93,12 +93,7 @@ fn rotated_keys_sign_from_now_on_and_retired_ones_still_verify() {
     // and checkpoints under either hub key, requests under either tax key.
     let pinned = data.join("pinned.json");
     std::fs::write(&pinned, jwks.to_string()).unwrap();
-    let bundle = data.join("bundle");
-    let export = hub(
-        data,
-        &["audit", "export", "--out", bundle.to_str().unwrap()],
-    );
-    assert!(export.status.success(), "{}", text(&export));
+    let bundle = export(data, "bundle");
     let data_key = pki.data_key();
     // `hub audit verify` of the bundle against a pinned key set, with the
     // data key (bodies and agency signatures checked) or without.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{admin, hub, serve, stop, text};
+use common::{admin, export, hub, replay, serve, stop, text};
 
 /// The README's first command: the one-stop office looks a citizen up.
 fn one_stop_lookup(data: &std::path::Path, api: &str) -> std::process::Output {
@@ -360,27 +360,12 @@ fn a_suspended_agency_is_refused_from_its_next_request_without_a_restart() {
     // The auditor's replay judges each request by the registry of its time:
     // the refusal while suspended and the lookups around it all match,
     // though the agency is not suspended at export.
-    let bundle = data.join("bundle");
-    let export = hub(
-        data,
-        &["audit", "export", "--out", bundle.to_str().unwrap()],
-    );
-    assert!(export.status.success(), "{}", text(&export));
-    let replay = hub(
-        data,
-        &[
-            "audit",
-            "replay",
-            bundle.to_str().unwrap(),
-            "--data-key",
-            data.join("pki/data.key").to_str().unwrap(),
-        ],
-    );
-    assert!(replay.status.success(), "{}", text(&replay));
+    let replayed = replay(data, &export(data, "bundle"));
+    assert!(replayed.status.success(), "{}", text(&replayed));
     assert!(
-        text(&replay).contains("registry changes                  3"),
+        text(&replayed).contains("registry changes                  3"),
         "{}",
-        text(&replay)
+        text(&replayed)
     );
 }
 
@@ -464,24 +449,8 @@ fn field_grants_are_checked_against_the_schema_and_audited() {
     // the grant of its time (the logged registry changes are undone).
     let widened = grant("/found,/citizen/full_name,/citizen/sex");
     assert!(widened.status.success(), "{}", text(&widened));
-    let bundle = data.join("bundle");
-    let bundle_s = bundle.to_str().unwrap();
-    let export = hub(data, &["audit", "export", "--out", bundle_s]);
-    assert!(export.status.success(), "{}", text(&export));
-    let data_key = data.join("pki/data.key");
-    let replay = || {
-        hub(
-            data,
-            &[
-                "audit",
-                "replay",
-                bundle_s,
-                "--data-key",
-                data_key.to_str().unwrap(),
-            ],
-        )
-    };
-    let replayed = replay();
+    let bundle = export(data, "bundle");
+    let replayed = replay(data, &bundle);
     assert!(replayed.status.success(), "{}", text(&replayed));
 
     // A registry that released less than what was logged is caught: the
@@ -495,7 +464,7 @@ fn field_grants_are_checked_against_the_schema_and_audited() {
         }
     }
     std::fs::write(&registry_path, registry.to_string()).unwrap();
-    let replayed = replay();
+    let replayed = replay(data, &bundle);
     assert!(!replayed.status.success());
     assert!(
         text(&replayed).contains("replayed accepted_other_fields"),

@@ -118,3 +118,28 @@ pub fn admin(data: &Path, served: &Served, args: &[&str]) -> Output {
     all.extend_from_slice(args);
     hub(data, &all)
 }
+
+/// `hub audit export` of the whole log into `<data>/<name>`; its path.
+pub fn export(data: &Path, name: &str) -> std::path::PathBuf {
+    let bundle = data.join(name);
+    let out = hub(
+        data,
+        &["audit", "export", "--out", bundle.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    bundle
+}
+
+/// `hub audit replay` of `bundle` with the data directory's data key.
+pub fn replay(data: &Path, bundle: &Path) -> Output {
+    hub(
+        data,
+        &[
+            "audit",
+            "replay",
+            bundle.to_str().unwrap(),
+            "--data-key",
+            data.join("pki/data.key").to_str().unwrap(),
+        ],
+    )
+}
