@@ -25,6 +25,9 @@ fn member(m: &str) -> Value {
 #[tokio::test]
 async fn a_change_is_logged_signed_and_in_force_at_once() {
     let hub = TestHub::start().await;
+    // The hub now holds the one-stop office's facts in memory.
+    let (status, answer) = hub.send(citizen_lookup("001085012345")).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
     let before = hub.log_records().await.len();
     let (status, reply) = hub
         .operator()
@@ -83,6 +86,16 @@ async fn a_change_is_logged_signed_and_in_force_at_once() {
         .await
         .unwrap();
     assert_eq!(status, StatusCode::OK);
+    let (status, refused) = hub
+        .send(envelope(
+            TAX,
+            "citizen.lookup",
+            "tax_administration",
+            json!({"personal_id": "001085012345"}),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    assert_eq!(refused["code"], "no_grant");
     let kinds: Vec<Value> = hub
         .log_records()
         .await

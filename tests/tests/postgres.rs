@@ -1,5 +1,6 @@
 //! The real hub on PostgreSQL: the whole exchange path, a restart that
-//! continues the same log, and a database that goes away and comes back.
+//! continues the same log, two hubs sharing the registry, and a database
+//! that goes away and comes back.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -78,6 +79,49 @@ async fn queries_events_and_a_restart_on_postgres() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(health["database"], "ok");
     hub.stop().await;
+    db.drop_now().await;
+}
+
+/// Hubs decide on registry facts they keep in memory: a change made
+/// through one hub is in force on another from its very next request, and
+/// each decision lands after the change it was made on.
+#[tokio::test]
+async fn a_registry_change_through_one_hub_is_in_force_on_another_at_once() {
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let url = db.url.clone();
+    let mut first = TestHub::start_in(dir.clone(), |c| c.database_url = url).await;
+    let url = db.url.clone();
+    let mut second = TestHub::start_in(dir, |c| c.database_url = url).await;
+    let (status, reply) = second.send(lookup()).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+
+    let (agency, subsystem) = ONE_STOP.split_once('/').unwrap();
+    let change = |op: &str| json!({"op": op, "member": {"agency": agency, "subsystem": subsystem}});
+    let (status, suspended) = first
+        .operator()
+        .post_json("/admin/v1/changes", &change("agency_suspend"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{suspended}");
+    let (status, refused) = second.send(lookup()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    assert_eq!(refused["code"], "member_suspended");
+    assert!(refused["log_index"].as_u64() > suspended["record"]["index"].as_u64());
+
+    let (status, resumed) = first
+        .operator()
+        .post_json("/admin/v1/changes", &change("agency_resume"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{resumed}");
+    let (status, reply) = second.send(lookup()).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert!(reply["record"]["index"].as_u64() > resumed["record"]["index"].as_u64());
+    first.stop().await;
+    second.stop().await;
     db.drop_now().await;
 }
 

@@ -14,8 +14,8 @@ use hub_core::jws::SigningKey;
 use hub_core::log::{EntryDraft, EntryKind, seal};
 use hub_e2e::services::PgDatabase;
 use hub_server::store::{
-    AgencyRecord, AppendItem, Body, Effect, ExchangeState, Grant, PoolSettings, ServiceRecord,
-    Store, StoredCheckpoint, Subscription,
+    AgencyRecord, AppendItem, Body, Effect, ExchangeState, Grant, PoolSettings, RegistryChange,
+    ServiceRecord, Store, StoredCheckpoint, Subscription,
 };
 use time::macros::datetime;
 
@@ -60,6 +60,7 @@ both_backends!(
     a_second_claim_of_an_exchange_id_keeps_the_first,
     appends_at_the_tail_adopt_what_other_writers_wrote,
     the_subject_index_finds_whole_exchanges_oldest_first,
+    the_registry_version_advances_with_each_change_requests_are_decided_on,
 );
 
 fn member(s: &str) -> Member {
@@ -411,7 +412,7 @@ async fn appends_at_the_tail_adopt_what_other_writers_wrote(store: Arc<dyn Store
     let tail = store
         .append_at_tail(
             0,
-            Box::new(|adopted: &[Hash]| {
+            Box::new(|adopted: &[Hash], _registry| {
                 b.next = adopted.len() as u64;
                 b.prev = *adopted.last().unwrap();
                 vec![b.item(EntryKind::Request, id(2), vec![open(2)])]
@@ -433,7 +434,7 @@ async fn appends_at_the_tail_adopt_what_other_writers_wrote(store: Arc<dyn Store
             store
                 .append_at_tail(
                     known,
-                    Box::new(move |adopted: &[Hash]| {
+                    Box::new(move |adopted: &[Hash], _registry| {
                         w.next = adopted.len() as u64;
                         w.prev = *adopted.last().unwrap();
                         vec![w.item(EntryKind::Request, id(10 + n), vec![open(10)])]
@@ -449,6 +450,68 @@ async fn appends_at_the_tail_adopt_what_other_writers_wrote(store: Arc<dyn Store
     let entries = store.entries(0, 100).await.unwrap();
     assert_eq!(entries.len(), 10);
     assert!(entries.iter().enumerate().all(|(i, e)| e.index == i as u64));
+}
+
+/// The registry version the writer reads under its lock.
+async fn version_at_the_tail(store: &dyn Store) -> u64 {
+    let known = store.entries(0, 1000).await.unwrap().len() as u64;
+    let mut seen = None;
+    store
+        .append_at_tail(
+            known,
+            Box::new(|_, registry| {
+                seen = Some(registry);
+                vec![]
+            }),
+        )
+        .await
+        .unwrap();
+    let seen = seen.unwrap();
+    assert_eq!(seen, store.registry_version().await.unwrap());
+    seen
+}
+
+async fn the_registry_version_advances_with_each_change_requests_are_decided_on(
+    store: Arc<dyn Store>,
+) {
+    let start = version_at_the_tail(store.as_ref()).await;
+    registry(store.as_ref()).await;
+    let mut last = version_at_the_tail(store.as_ref()).await;
+    assert!(last > start, "agencies and services added");
+    let grant = Grant {
+        consumer: member(CONSUMER),
+        service: ServiceName::parse("enterprise.lookup").unwrap(),
+        purpose: PurposeCode::parse("tax_audit").unwrap(),
+        fields: None,
+    };
+    let suspended = AgencyRecord {
+        member: member(CONSUMER),
+        name: CONSUMER.into(),
+        signing_key: None,
+        suspended: true,
+    };
+    let subscription = Subscription {
+        subscriber: member(CONSUMER),
+        service: ServiceName::parse("enterprise.lookup").unwrap(),
+        version: 1,
+    };
+    for change in [
+        RegistryChange::AddGrant(grant.clone()),
+        RegistryChange::UpsertAgency(suspended),
+        RegistryChange::AddSubscription(subscription),
+        RegistryChange::RevokeGrant(grant),
+    ] {
+        store
+            .apply_changes(std::slice::from_ref(&change))
+            .await
+            .unwrap();
+        let now = version_at_the_tail(store.as_ref()).await;
+        assert!(now > last, "{change:?} advanced the version");
+        last = now;
+    }
+    // What requests are not decided on leaves it alone.
+    store.add_witness("w", "w+00000000+AAAA").await.unwrap();
+    assert_eq!(version_at_the_tail(store.as_ref()).await, last);
 }
 
 async fn leases_hide_messages_until_they_expire(store: Arc<dyn Store>) {

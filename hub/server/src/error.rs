@@ -29,6 +29,10 @@ pub enum ExchangeError {
     },
     #[error("the hub's storage is unavailable")]
     StorageUnavailable(String),
+    /// The registry kept changing while the request was decided (an
+    /// administrator's changes at that moment); nothing was written.
+    #[error("the registry changed while the request was being decided; retry")]
+    RegistryChanged,
 }
 
 impl ExchangeError {
@@ -43,6 +47,7 @@ impl ExchangeError {
             Self::ProviderTimeout(_) => "provider_timeout",
             Self::ProviderInvalidResponse { .. } => "provider_invalid_response",
             Self::StorageUnavailable(_) => "storage_unavailable",
+            Self::RegistryChanged => "registry_changed",
         }
     }
 

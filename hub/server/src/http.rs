@@ -95,9 +95,10 @@ fn status_of(e: &ExchangeError) -> StatusCode {
             R::UnknownService { .. } => StatusCode::NOT_FOUND,
         },
         E::IdConflict(_) | E::InProgress(_) => StatusCode::CONFLICT,
-        E::ProviderUnavailable(_) | E::ProviderQueueFull(_) | E::StorageUnavailable(_) => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        E::ProviderUnavailable(_)
+        | E::ProviderQueueFull(_)
+        | E::StorageUnavailable(_)
+        | E::RegistryChanged => StatusCode::SERVICE_UNAVAILABLE,
         E::ProviderTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         E::ProviderInvalidResponse { .. } => StatusCode::BAD_GATEWAY,
     }

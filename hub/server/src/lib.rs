@@ -30,6 +30,7 @@ pub mod log_writer;
 pub mod pipeline;
 pub mod pki;
 pub mod queue;
+pub mod registry_cache;
 pub mod serve;
 pub mod store;
 pub mod tls;

@@ -32,6 +32,9 @@ struct Pending {
     draft: EntryDraft,
     body: Body,
     effects: Vec<Effect>,
+    /// The registry version the entry was decided at, if it records a
+    /// decision (see `crate::registry_cache`).
+    decided_at: Option<u64>,
     reply: Reply,
 }
 
@@ -51,6 +54,10 @@ pub enum AppendError {
     Canonical(String),
     #[error("the log writer has stopped")]
     Stopped,
+    /// The entry was decided on an older registry than the log's tail
+    /// holds, which is at `now` or later; decide it again.
+    #[error("the registry changed while the entry was decided")]
+    RegistryChanged { now: u64 },
 }
 
 /// What the writer signs and seals with.
@@ -154,12 +161,26 @@ impl LogWriter {
         body: Body,
         effects: Vec<Effect>,
     ) -> Result<AppendItem, AppendError> {
+        self.append_decided(None, draft, body, effects).await
+    }
+
+    /// Append one entry that records a decision made on the registry at
+    /// version `decided_at`: refused with [`AppendError::RegistryChanged`]
+    /// unless the registry is still at that version where the entry lands.
+    pub async fn append_decided(
+        &self,
+        decided_at: Option<u64>,
+        draft: EntryDraft,
+        body: Body,
+        effects: Vec<Effect>,
+    ) -> Result<AppendItem, AppendError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job::Append(Box::new(Pending {
                 draft,
                 body,
                 effects,
+                decided_at,
                 reply,
             })))
             .await
@@ -253,17 +274,30 @@ async fn run(
 }
 
 /// Seal `pending` in order from index `next` after `prev`; entries that
-/// have no canonical form are answered at once and left out.
+/// have no canonical form, or were decided on another registry version
+/// than `registry` (or before a registry change earlier in the batch), are
+/// answered at once and left out.
 fn seal_all(
     pending: Vec<Pending>,
     mut next: u64,
     mut prev: Hash,
+    registry: u64,
     now: time::OffsetDateTime,
     keys: &WriterKeys,
 ) -> (Vec<AppendItem>, Vec<Reply>) {
     let mut items = Vec::with_capacity(pending.len());
     let mut replies = Vec::with_capacity(pending.len());
+    let mut changed = false;
     for p in pending {
+        if p.decided_at.is_some_and(|v| changed || v != registry) {
+            let _ = p
+                .reply
+                .send(Err(AppendError::RegistryChanged { now: registry }));
+            continue;
+        }
+        // Not every registry change advances the version (a witness, a
+        // revocation), so the next batch's read tells what it is now.
+        changed |= p.effects.iter().any(|e| matches!(e, Effect::Registry(_)));
         match seal(p.draft, next, &prev, now, &keys.signing) {
             Ok(sealed) => {
                 next += 1;
@@ -305,10 +339,10 @@ async fn write_batch(
     let mut replies = Vec::new();
     // The store reads what other hubs appended since `known` under its
     // writers' lock; the batch is placed after that.
-    let sealing = |adopted: &[Hash]| {
+    let sealing = |adopted: &[Hash], registry: u64| {
         let next = known + adopted.len() as u64;
         let prev = adopted.last().copied().unwrap_or(prev);
-        let (items, r) = seal_all(pending, next, prev, now, keys);
+        let (items, r) = seal_all(pending, next, prev, registry, now, keys);
         replies = r;
         items
     };

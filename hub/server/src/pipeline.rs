@@ -35,6 +35,7 @@ use crate::clock::{Clock, Random};
 use crate::error::{ExchangeError, Failure, Logged};
 use crate::log_writer::{AppendError, LogWriter};
 use crate::queue::{Message, Queue};
+use crate::registry_cache::RegistryCache;
 use crate::store::{AppendItem, Body, Effect, ExchangeState, ServiceRecord, Store, StoreError};
 
 /// What a finished query hands its waiting caller.
@@ -54,6 +55,10 @@ pub struct Accepted {
     pub service: ServiceRecord,
     /// The response fields the consumer's grant releases (`None`: all).
     pub fields: Option<FieldSet>,
+    /// Who receives an event (empty for a query).
+    pub subscribers: Vec<Member>,
+    /// The registry version this was decided at.
+    pub registry_version: u64,
 }
 
 /// Providers reached through a broker: requests go to the outbox, and the
@@ -114,6 +119,8 @@ pub struct Hub {
     /// Client certificates administrators revoked, for the API listener's
     /// handshakes (reloaded from the registry; see `crate::tls`).
     pub revoked_certificates: Arc<crate::tls::RevokedCertificates>,
+    /// The registry facts requests are decided on.
+    registry: RegistryCache,
     pending: Mutex<HashMap<Member, usize>>,
     waiters: Mutex<HashMap<ExchangeId, oneshot::Sender<Completion>>>,
     in_flight: Mutex<HashSet<ExchangeId>>,
@@ -178,9 +185,16 @@ fn storage(e: StoreError) -> Failure {
 }
 
 fn append_failed(e: AppendError) -> Failure {
+    if let AppendError::RegistryChanged { .. } = e {
+        return ExchangeError::RegistryChanged.into();
+    }
     warn!(error = %e, "append failed");
     ExchangeError::StorageUnavailable(e.to_string()).into()
 }
+
+/// How many times a request is decided again when the registry changed
+/// under its decision (see `crate::registry_cache`).
+const DECISION_ATTEMPTS: usize = 4;
 
 /// An exchange id held in a set of ids being worked on; removed when dropped.
 struct Claim<'a> {
@@ -241,6 +255,7 @@ impl Hub {
             local: HashMap::new(),
             provider_queue_max: usize::MAX,
             revoked_certificates: Arc::default(),
+            registry: RegistryCache::default(),
             pending: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
@@ -340,10 +355,32 @@ impl Hub {
         who: &Member,
         raw: &[u8],
     ) -> Result<(Outcome, String), Failure> {
+        let mut attempts = 1;
+        loop {
+            match self.decide_and_run(who, raw).await {
+                Err(f) if matches!(f.error, ExchangeError::RegistryChanged) => {
+                    if attempts == DECISION_ATTEMPTS {
+                        return Err(f);
+                    }
+                    attempts += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn decide_and_run(
+        self: &Arc<Self>,
+        who: &Member,
+        raw: &[u8],
+    ) -> Result<(Outcome, String), Failure> {
         let mut partial = Partial::default();
-        let accepted = match self.check(who, raw, &mut partial).await {
+        let mut decided_at = None;
+        let accepted = match self.check(who, raw, &mut partial, &mut decided_at).await {
             Ok(a) => a,
-            Err(ExchangeError::Refused(r)) => return Err(self.refuse(who, partial, r).await),
+            Err(ExchangeError::Refused(r)) => {
+                return Err(self.refuse(who, partial, r, decided_at).await);
+            }
             Err(e) => return Err(e.into()),
         };
         match accepted.service.kind {
@@ -359,21 +396,31 @@ impl Hub {
     }
 
     /// Every decision before anything is written: the pure steps of
-    /// `hub_core::decide`, with the store's facts looked up between them.
+    /// `hub_core::decide`, with the registry's facts looked up between them
+    /// (`decided_at`: the registry version they were read at).
     async fn check(
         &self,
         who: &Member,
         raw: &[u8],
         partial: &mut Partial,
+        decided_at: &mut Option<u64>,
     ) -> Result<Accepted, ExchangeError> {
         let storage = |e: StoreError| ExchangeError::StorageUnavailable(e.to_string());
         let parsed = decide::parse(raw, &self.catalog, partial)?;
         let env = &parsed.envelope;
-        let facts = self
-            .store
-            .facts(who, &env.service, env.version, &env.purpose)
+        let snapshot = self
+            .registry
+            .facts(
+                self.store.as_ref(),
+                who,
+                &env.service,
+                env.version,
+                &env.purpose,
+            )
             .await
             .map_err(storage)?;
+        *decided_at = Some(snapshot.registry_version);
+        let facts = &snapshot.facts;
         decide::authenticate(
             who,
             &parsed,
@@ -395,12 +442,39 @@ impl Hub {
             signature: parsed.signature,
             envelope: parsed.envelope,
             service: record,
-            fields: if granted { facts.fields } else { None },
+            fields: if granted { facts.fields.clone() } else { None },
+            subscribers: snapshot.subscribers.clone(),
+            registry_version: snapshot.registry_version,
         })
     }
 
+    /// Append an entry that records a decision made at registry version
+    /// `decided_at`; a registry change since empties the cache.
+    async fn append_decided(
+        &self,
+        decided_at: Option<u64>,
+        draft: EntryDraft,
+        body: Body,
+        effects: Vec<Effect>,
+    ) -> Result<AppendItem, AppendError> {
+        let result = self
+            .log
+            .append_decided(decided_at, draft, body, effects)
+            .await;
+        if let Err(AppendError::RegistryChanged { now }) = &result {
+            self.registry.outdated(*now);
+        }
+        result
+    }
+
     /// Log a refusal and return it with where it was logged.
-    async fn refuse(&self, who: &Member, known: Partial, refusal: Refusal) -> Failure {
+    async fn refuse(
+        &self,
+        who: &Member,
+        known: Partial,
+        refusal: Refusal,
+        decided_at: Option<u64>,
+    ) -> Failure {
         let error = ExchangeError::Refused(refusal);
         let exchange_id = known.exchange_id.unwrap_or_else(|| self.new_exchange_id());
         let env = known.envelope.as_ref();
@@ -430,7 +504,7 @@ impl Hub {
         let body = self.body(known.body);
         let mut draft = draft;
         body.describe(&mut draft);
-        match self.log.append(draft, body, vec![]).await {
+        match self.append_decided(decided_at, draft, body, vec![]).await {
             Ok(item) => Failure {
                 error,
                 logged: Some(Logged {
@@ -552,7 +626,10 @@ impl Hub {
         let body = self.body(a.canonical.clone());
         let mut draft = self.accepted_draft(who, &a, EntryKind::Request, vec![]);
         body.describe(&mut draft);
-        let item = match self.log.append(draft, body, effects).await {
+        let item = match self
+            .append_decided(Some(a.registry_version), draft, body, effects)
+            .await
+        {
             Ok(item) => item,
             Err(e) => {
                 self.forget_waiter(a.exchange_id);
@@ -635,11 +712,7 @@ impl Hub {
             Ok(claim) => claim,
             Err(first_reply) => return Ok(first_reply),
         };
-        let subscribers = self
-            .store
-            .subscribers(&a.service.name, a.service.version)
-            .await
-            .map_err(storage)?;
+        let subscribers = a.subscribers.clone();
         let now = self.clock.unix_millis();
         let mut effects = vec![
             Effect::OpenExchange {
@@ -658,8 +731,7 @@ impl Hub {
         let mut draft = self.accepted_draft(who, &a, EntryKind::Event, subscribers.clone());
         body.describe(&mut draft);
         let item = self
-            .log
-            .append(draft, body, effects)
+            .append_decided(Some(a.registry_version), draft, body, effects)
             .await
             .map_err(append_failed)?;
         for s in &subscribers {

@@ -341,8 +341,10 @@ pub struct OutboxRow {
 }
 
 /// Places a batch after the given leaf hashes (the entries other writers
-/// appended since the caller last looked), sealing each entry.
-pub type SealAfter<'a> = Box<dyn FnOnce(&[Hash]) -> Vec<AppendItem> + Send + 'a>;
+/// appended since the caller last looked), sealing each entry; the second
+/// argument is the registry version at that point (see
+/// [`Store::registry_version`]).
+pub type SealAfter<'a> = Box<dyn FnOnce(&[Hash], u64) -> Vec<AppendItem> + Send + 'a>;
 
 /// What [`Store::append_at_tail`] found and wrote.
 #[derive(Debug)]
@@ -457,7 +459,7 @@ pub trait Store: Send + Sync {
     async fn append(&self, items: &[AppendItem]) -> Result<(), StoreError> {
         let first = items.first().map_or(0, |i| i.sealed.record.statement.index);
         let tail = self
-            .append_at_tail(first, Box::new(|_| items.to_vec()))
+            .append_at_tail(first, Box::new(|_, _| items.to_vec()))
             .await?;
         if tail.adopted.is_empty() {
             Ok(())
@@ -467,11 +469,15 @@ pub trait Store: Send + Sync {
             )))
         }
     }
+    /// A counter that advances with every change to agencies, services,
+    /// grants and subscriptions, however it is made (the store's triggers
+    /// advance it).
+    async fn registry_version(&self) -> Result<u64, StoreError>;
     /// Append at the log's tail when several writers share the store: in
     /// one transaction, under a lock that serializes writers, read the
     /// leaf hashes of every entry from index `known` on (what other writers
-    /// appended), let `seal` place the batch after them, and write it.
-    /// Returns those leaf hashes and the items written.
+    /// appended) and the registry version, let `seal` place the batch after
+    /// them, and write it. Returns those leaf hashes and the items written.
     async fn append_at_tail(&self, known: u64, seal: SealAfter<'_>) -> Result<Tail, StoreError>;
     /// Try to become the one holder of `role` among the processes sharing
     /// this store (`None`: another process holds it).

@@ -556,6 +556,14 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn registry_version(&self) -> Result<u64, StoreError> {
+        let version: i64 = sqlx::query_scalar("SELECT version FROM registry_version")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(to_u64(version))
+    }
+
     async fn append_at_tail(&self, known: u64, seal: SealAfter<'_>) -> Result<Tail, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
         // Writers of every hub queue here; the lock ends with the transaction.
@@ -571,7 +579,11 @@ impl Store for PgStore {
                 .await
                 .map_err(db)?;
         let adopted = leaves(known, &rows)?;
-        let written = seal(&adopted);
+        let version: i64 = sqlx::query_scalar("SELECT version FROM registry_version")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+        let written = seal(&adopted, to_u64(version));
         Self::insert(&mut tx, &written).await?;
         tx.commit().await.map_err(db)?;
         Ok(Tail { adopted, written })

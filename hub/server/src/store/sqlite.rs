@@ -541,6 +541,14 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn registry_version(&self) -> Result<u64, StoreError> {
+        let version: i64 = sqlx::query_scalar("SELECT version FROM registry_version")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(to_u64(version))
+    }
+
     async fn append_at_tail(&self, known: u64, seal: SealAfter<'_>) -> Result<Tail, StoreError> {
         // IMMEDIATE takes the write lock first, so that the tail read below
         // stays the tail until commit even with another process on the file.
@@ -552,7 +560,11 @@ impl Store for SqliteStore {
                 .await
                 .map_err(db)?;
         let adopted = leaves(known, &rows)?;
-        let written = seal(&adopted);
+        let version: i64 = sqlx::query_scalar("SELECT version FROM registry_version")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+        let written = seal(&adopted, to_u64(version));
         Self::insert(&mut tx, &written).await?;
         tx.commit().await.map_err(db)?;
         Ok(Tail { adopted, written })
