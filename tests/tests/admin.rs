@@ -65,14 +65,15 @@ async fn a_change_is_logged_signed_and_in_force_at_once() {
         .await
         .unwrap();
     assert_eq!(status, StatusCode::OK, "{reply}");
-    let (status, answer) = hub
-        .send(envelope(
+    let tax_lookup = || {
+        envelope(
             TAX,
             "citizen.lookup",
             "tax_administration",
             json!({"personal_id": "001085012345"}),
-        ))
-        .await;
+        )
+    };
+    let (status, answer) = hub.send(tax_lookup()).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(
         answer["body"],
@@ -86,14 +87,7 @@ async fn a_change_is_logged_signed_and_in_force_at_once() {
         .await
         .unwrap();
     assert_eq!(status, StatusCode::OK);
-    let (status, refused) = hub
-        .send(envelope(
-            TAX,
-            "citizen.lookup",
-            "tax_administration",
-            json!({"personal_id": "001085012345"}),
-        ))
-        .await;
+    let (status, refused) = hub.send(tax_lookup()).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
     assert_eq!(refused["code"], "no_grant");
     let kinds: Vec<Value> = hub
