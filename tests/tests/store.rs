@@ -350,6 +350,28 @@ async fn append_writes_entries_and_effects_together(store: Arc<dyn Store>) {
     );
     assert!(store.exchange(id(3)).await.unwrap().is_none(), "abandoned");
 
+    // An event opens and closes its exchange in one entry; a second claim
+    // of its id keeps the first reply.
+    let event = e.item(
+        EntryKind::Event,
+        id(4),
+        vec![open(40), Effect::CloseExchange],
+    );
+    store.append(std::slice::from_ref(&event)).await.unwrap();
+    let mut again = e.item(
+        EntryKind::Event,
+        id(4),
+        vec![open(50), Effect::CloseExchange],
+    );
+    again.sealed_message = b"another reply".to_vec();
+    store.append(std::slice::from_ref(&again)).await.unwrap();
+    assert_eq!(
+        store.exchange(id(4)).await.unwrap().unwrap().state,
+        ExchangeState::Done {
+            reply: event.sealed_message.clone()
+        }
+    );
+
     let leased = store.lease(&member(PROVIDER), 10, 100, 1000).await.unwrap();
     let ids: Vec<_> = leased.iter().map(|d| d.exchange_id).collect();
     assert_eq!(ids, vec![id(1), id(2)], "in the order they were logged");

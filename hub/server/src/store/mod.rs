@@ -592,7 +592,9 @@ pub(crate) struct Batch {
     pub(crate) key_id: Vec<String>,
     pub(crate) nonce: Vec<Vec<u8>>,
     pub(crate) ciphertext: Vec<Vec<u8>>,
-    pub(crate) open: (Vec<String>, Vec<String>, Vec<String>, Vec<i64>),
+    /// Exchanges opened: id, sender, request hash, time, and the reply of
+    /// one closed by the same entry (an event), which starts `done`.
+    pub(crate) open: Open,
     pub(crate) close: (Vec<String>, Vec<Vec<u8>>),
     pub(crate) abandon: Vec<String>,
     pub(crate) dequeue: (Vec<String>, Vec<String>),
@@ -600,6 +602,16 @@ pub(crate) struct Batch {
     pub(crate) dispatch: (Vec<String>, Vec<String>, Vec<String>, Vec<Vec<u8>>),
     /// Per entry, the JSON array of its subjects (`Store::index_subjects`).
     pub(crate) subjects: Vec<Option<String>>,
+}
+
+#[derive(Default)]
+pub(crate) struct Open {
+    pub(crate) id: Vec<String>,
+    pub(crate) sender: Vec<String>,
+    pub(crate) request_hash: Vec<String>,
+    pub(crate) at: Vec<i64>,
+    pub(crate) state: Vec<&'static str>,
+    pub(crate) reply: Vec<Option<Vec<u8>>>,
 }
 
 impl Batch {
@@ -618,6 +630,7 @@ impl Batch {
             b.nonce.push(sealed.nonce.to_vec());
             b.ciphertext.push(sealed.ciphertext.clone());
             let mut subjects_of_entry: Vec<String> = Vec::new();
+            let mut opened = false;
             for effect in &item.effects {
                 match effect {
                     Effect::OpenExchange {
@@ -625,10 +638,23 @@ impl Batch {
                         request_hash,
                         at_millis,
                     } => {
-                        b.open.0.push(id.clone());
-                        b.open.1.push(sender.to_string());
-                        b.open.2.push(request_hash.clone());
-                        b.open.3.push(to_i64(*at_millis));
+                        b.open.id.push(id.clone());
+                        b.open.sender.push(sender.to_string());
+                        b.open.request_hash.push(request_hash.clone());
+                        b.open.at.push(to_i64(*at_millis));
+                        b.open.state.push("pending");
+                        b.open.reply.push(None);
+                        opened = true;
+                    }
+                    // Opened and closed by one entry: inserted done, not
+                    // inserted and then updated.
+                    Effect::CloseExchange if opened => {
+                        if let (Some(state), Some(reply)) =
+                            (b.open.state.last_mut(), b.open.reply.last_mut())
+                        {
+                            *state = "done";
+                            *reply = Some(item.sealed_message.clone());
+                        }
                     }
                     Effect::CloseExchange => {
                         b.close.0.push(id.clone());

@@ -110,17 +110,18 @@ impl PgStore {
         .execute(&mut **tx)
         .await
         .map_err(db)?;
-        if !b.open.0.is_empty() {
+        if !b.open.id.is_empty() {
             sqlx::query(
-                "INSERT INTO exchanges (exchange_id, sender, request_hash, state, created_at)
-                 SELECT id, sender, request_hash, 'pending', at
-                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(id, sender, request_hash, at)
+                "INSERT INTO exchanges (exchange_id, sender, request_hash, state, reply, created_at)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bigint[])
                  ON CONFLICT (exchange_id) DO NOTHING",
             )
-            .bind(&b.open.0)
-            .bind(&b.open.1)
-            .bind(&b.open.2)
-            .bind(&b.open.3)
+            .bind(&b.open.id)
+            .bind(&b.open.sender)
+            .bind(&b.open.request_hash)
+            .bind(&b.open.state)
+            .bind(&b.open.reply)
+            .bind(&b.open.at)
             .execute(&mut **tx)
             .await
             .map_err(db)?;

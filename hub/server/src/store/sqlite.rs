@@ -96,16 +96,17 @@ impl SqliteStore {
                 .push_bind(&b.ciphertext[i]);
         });
         q.build().execute(&mut **tx).await.map_err(db)?;
-        if !b.open.0.is_empty() {
+        if !b.open.id.is_empty() {
             let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO exchanges (exchange_id, sender, request_hash, state, created_at) ",
+                "INSERT INTO exchanges (exchange_id, sender, request_hash, state, reply, created_at) ",
             );
-            q.push_values(0..b.open.0.len(), |mut row, i| {
-                row.push_bind(&b.open.0[i])
-                    .push_bind(&b.open.1[i])
-                    .push_bind(&b.open.2[i])
-                    .push_bind("pending")
-                    .push_bind(b.open.3[i]);
+            q.push_values(0..b.open.id.len(), |mut row, i| {
+                row.push_bind(&b.open.id[i])
+                    .push_bind(&b.open.sender[i])
+                    .push_bind(&b.open.request_hash[i])
+                    .push_bind(b.open.state[i])
+                    .push_bind(&b.open.reply[i])
+                    .push_bind(b.open.at[i]);
             });
             q.push(" ON CONFLICT (exchange_id) DO NOTHING");
             q.build().execute(&mut **tx).await.map_err(db)?;
