@@ -573,17 +573,21 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        let rows =
-            sqlx::query("SELECT idx, leaf_hash FROM log_entries WHERE idx >= $1 ORDER BY idx")
-                .bind(to_i64(known))
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db)?;
-        let adopted = leaves(known, &rows)?;
-        let version: i64 = sqlx::query_scalar("SELECT version FROM registry_version")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db)?;
+        // The tail, then one row with the registry version: one round trip.
+        let rows = sqlx::query(
+            "SELECT idx, leaf_hash, NULL::bigint AS version FROM log_entries WHERE idx >= $1
+             UNION ALL SELECT NULL, NULL, version FROM registry_version
+             ORDER BY idx NULLS LAST",
+        )
+        .bind(to_i64(known))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let Some((last, tail)) = rows.split_last() else {
+            return Err(corrupt("the registry version is missing"));
+        };
+        let version: i64 = last.try_get("version").map_err(db)?;
+        let adopted = leaves(known, tail)?;
         let written = seal(&adopted, to_u64(version));
         Self::insert(&mut tx, &written).await?;
         tx.commit().await.map_err(db)?;
