@@ -707,12 +707,12 @@ impl Hub {
         }
     }
 
-    async fn publish(&self, who: &Member, a: Accepted) -> Result<String, Failure> {
+    async fn publish(&self, who: &Member, mut a: Accepted) -> Result<String, Failure> {
         let _claim = match self.replay_or_claim(who, &a).await? {
             Ok(claim) => claim,
             Err(first_reply) => return Ok(first_reply),
         };
-        let subscribers = a.subscribers.clone();
+        let subscribers = std::mem::take(&mut a.subscribers);
         let now = self.clock.unix_millis();
         let mut effects = vec![
             Effect::OpenExchange {
