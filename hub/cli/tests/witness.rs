@@ -114,12 +114,14 @@ fn a_witness_cosigns_consistent_checkpoints_and_auditors_require_it() {
     )
     .unwrap();
 
+    // Entries: the witness's admin entry, then a request and an answer
+    // per lookup.
     lookup(data, &api, "001085012345");
-    cosign(data, &api, &log_key, 2);
+    cosign(data, &api, &log_key, 3);
     // The log grows; the witness checks consistency from what it cosigned.
     lookup(data, &api, "079192000123");
     lookup(data, &api, "048201000456");
-    cosign(data, &api, &log_key, 6);
+    cosign(data, &api, &log_key, 7);
 
     // The hub serves its checkpoint with the cosignature.
     let (_, body) = rt
