@@ -61,6 +61,7 @@ both_backends!(
     appends_at_the_tail_adopt_what_other_writers_wrote,
     the_subject_index_finds_whole_exchanges_oldest_first,
     the_registry_version_advances_with_each_change_requests_are_decided_on,
+    two_log_writers_on_one_store_keep_one_chain,
 );
 
 fn member(s: &str) -> Member {
@@ -802,4 +803,145 @@ async fn the_subject_index_finds_whole_exchanges_oldest_first(store: Arc<dyn Sto
         store.subject_records("nobody", 10).await.unwrap(),
         (vec![], false)
     );
+}
+
+/// An entry for a log writer to seal: a draft and its body.
+fn unsealed(n: u32, data: &DataKey) -> (EntryDraft, Body) {
+    let plain = format!("{{\"n\":{n}}}").into_bytes();
+    let salt = n.to_be_bytes().repeat(4);
+    let commitment = commitment(&salt, &plain);
+    let mut nonce = [0u8; 12];
+    nonce[8..].copy_from_slice(&n.to_be_bytes());
+    let body = Body {
+        sealed: data.seal(&salt, &plain, &commitment, nonce),
+        plain,
+        salt,
+        commitment,
+    };
+    let mut draft = EntryDraft {
+        kind: EntryKind::Event,
+        exchange_id: ExchangeId::from_parts(1_790_000_000_000 + u64::from(n), [9; 10]),
+        sender: member(PROVIDER),
+        receiver: None,
+        recipients: vec![member(CONSUMER)],
+        service: None,
+        version: None,
+        purpose: None,
+        case_ref: None,
+        on_behalf_of: None,
+        fields: None,
+        schema: None,
+        body_hash: String::new(),
+        sealed_body_hash: None,
+        refers_to: None,
+        error: None,
+        sender_signature: None,
+    };
+    body.describe(&mut draft);
+    (draft, body)
+}
+
+async fn two_log_writers_on_one_store_keep_one_chain(store: Arc<dyn Store>) {
+    use hub_server::clock::{Clock, SystemClock, SystemRandom};
+    use hub_server::log_writer::{AppendError, LogWriter, WriterKeys};
+
+    registry(store.as_ref()).await;
+    let signing = Arc::new(
+        SigningKey::generate(&ring::rand::SystemRandom::new())
+            .unwrap()
+            .0,
+    );
+    let data = Arc::new(DataKey::from_bytes(&[7; 32]));
+    let keys = Arc::new(WriterKeys {
+        signing: signing.clone(),
+        data: data.clone(),
+        random: Arc::new(SystemRandom::default()),
+    });
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // Two writers (two hubs) on one store: each seals batches ahead of its
+    // own commits, and must seal again whenever the other wrote between.
+    let a = LogWriter::start(store.clone(), keys.clone(), clock.clone(), 8)
+        .await
+        .unwrap();
+    let b = LogWriter::start(store.clone(), keys.clone(), clock.clone(), 8)
+        .await
+        .unwrap();
+    let version = version_at_the_tail(store.as_ref()).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..240u32 {
+        let writer = if n % 3 == 0 { b.clone() } else { a.clone() };
+        let (draft, body) = unsealed(n, &data);
+        // Some record decisions made on the registry as it stands.
+        let decided = (n % 2 == 0).then_some(version);
+        tasks.spawn(async move {
+            writer
+                .append_decided(decided, draft, body, vec![])
+                .await
+                .unwrap()
+                .sealed
+        });
+    }
+    let mut acknowledged = Vec::new();
+    while let Some(sealed) = tasks.join_next().await {
+        acknowledged.push(sealed.unwrap());
+    }
+
+    // A registry change: decisions made before it are refused by both
+    // writers, decisions made after it are written.
+    store
+        .upsert_agency(&AgencyRecord {
+            member: member(CONSUMER),
+            name: "renamed".into(),
+            signing_key: None,
+            suspended: false,
+        })
+        .await
+        .unwrap();
+    for (n, writer) in [(1000, &a), (1001, &b)] {
+        let (draft, body) = unsealed(n, &data);
+        let refused = writer
+            .append_decided(Some(version), draft, body, vec![])
+            .await;
+        assert!(
+            matches!(refused, Err(AppendError::RegistryChanged { now }) if now > version),
+            "{refused:?}"
+        );
+    }
+    let now = version_at_the_tail(store.as_ref()).await;
+    for (n, writer) in [(1002, &a), (1003, &b), (1004, &a)] {
+        let (draft, body) = unsealed(n, &data);
+        let sealed = writer
+            .append_decided(Some(now), draft, body, vec![])
+            .await
+            .unwrap()
+            .sealed;
+        acknowledged.push(sealed);
+    }
+
+    // One chain: every entry after the one before, signed, and exactly
+    // what its writer acknowledged.
+    let jwks = hub_core::jws::Jwks {
+        keys: vec![signing.public_jwk()],
+    };
+    let entries = store.entries(0, 1000).await.unwrap();
+    assert_eq!(entries.len(), acknowledged.len());
+    let mut prev: Hash = [0; 32];
+    for (i, entry) in entries.iter().enumerate() {
+        let record: serde_json::Value = serde_json::from_str(&entry.record).unwrap();
+        assert_eq!(record["index"], i as u64);
+        assert_eq!(record["prev"], hub_core::hash::b64url(&prev));
+        hub_core::log::verify_record_signature(&record, &jwks).unwrap();
+        assert_eq!(
+            entry.leaf_hash,
+            hub_core::log::leaf_hash(entry.record.as_bytes())
+        );
+        prev = entry.leaf_hash;
+    }
+    for sealed in &acknowledged {
+        let index = usize::try_from(sealed.record.statement.index).unwrap();
+        assert_eq!(
+            entries[index].record.as_bytes(),
+            sealed.canonical.as_slice()
+        );
+    }
 }

@@ -6,6 +6,14 @@
 //! effects in one transaction. Only then does each caller get its sealed
 //! entry back - an acknowledgment always follows durability.
 //!
+//! Signing and writing overlap: a sealer task signs the next batch at the
+//! position the batch being written is expected to leave, while a
+//! committer task writes batches in order. Under the store's lock the
+//! committer checks that expectation against the log's real tail and
+//! registry version, and seals the batch again where it failed (another
+//! hub appended, a commit failed, the registry changed), so what is
+//! written is always chained to what is there.
+//!
 //! The writer also keeps the Merkle tree's right edge ([`Frontier`]) and
 //! publishes the tree head after every commit, so checkpoints only ever
 //! sign committed entries. At start it rebuilds the frontier from the stored
@@ -17,13 +25,13 @@ use std::sync::Arc;
 use hub_core::body::{DataKey, NONCE_LEN};
 use hub_core::hash::Hash;
 use hub_core::jws::SigningKey;
-use hub_core::log::{EntryDraft, seal};
+use hub_core::log::{EntryDraft, Sealed, seal};
 use hub_core::merkle::Frontier;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, info, instrument, warn};
+use tracing::{debug, error, info, instrument, warn};
 
 use crate::clock::{Clock, Random};
-use crate::store::{AppendItem, Body, Effect, Store, StoreError};
+use crate::store::{AppendItem, Body, Effect, Store, StoreError, message_of};
 
 type Reply = oneshot::Sender<Result<AppendItem, AppendError>>;
 
@@ -145,7 +153,26 @@ impl LogWriter {
             prev,
             head: head_tx,
         };
-        tokio::spawn(run(rx, state, store, keys, clock, batch_max.max(1)));
+        let start = state.position(None);
+        let (commits, work) = mpsc::unbounded_channel();
+        let (landed_tx, landed) = mpsc::unbounded_channel();
+        tokio::spawn(commit_all(
+            work,
+            state,
+            landed_tx,
+            store,
+            keys.clone(),
+            clock.clone(),
+        ));
+        tokio::spawn(run(
+            rx,
+            commits,
+            landed,
+            start,
+            keys,
+            clock,
+            batch_max.max(1),
+        ));
         Ok(Self { tx, head })
     }
 
@@ -236,40 +263,239 @@ impl WriterState {
         self.publish_head();
         Ok(())
     }
+
+    /// Where the next entry lands, as far as this writer knows.
+    fn position(&self, registry: Option<u64>) -> Position {
+        Position {
+            size: self.frontier.size(),
+            prev: self.prev,
+            registry,
+        }
+    }
 }
 
+/// Where a batch lands: the index after the log's last entry, that
+/// entry's leaf hash, and the registry version decisions there must have
+/// been made at (`None` while unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    size: u64,
+    prev: Hash,
+    registry: Option<u64>,
+}
+
+/// What the committer did with one [`Work`]: where the log now ends, and
+/// whether that is where the sealer expected it (its batch was sealed
+/// ahead at the right place and written, and no other hub wrote).
+struct Landed {
+    at: Position,
+    as_expected: bool,
+}
+
+/// An entry sealed, with its message sealed for the reply cache and queue.
+type SealedEntry = (Sealed, Vec<u8>);
+
+/// What the sealer hands the committer: the refreshes asked for, then
+/// the appends gathered since the last handover, sealed ahead (all of
+/// them, from `ahead`'s position) when they could be.
+#[derive(Default)]
+struct Work {
+    refreshes: Vec<oneshot::Sender<()>>,
+    /// The time the entries are sealed at.
+    now: Option<time::OffsetDateTime>,
+    pending: Vec<Pending>,
+    ahead: Option<(Position, Vec<SealedEntry>)>,
+}
+
+impl Work {
+    fn is_empty(&self) -> bool {
+        self.refreshes.is_empty() && self.pending.is_empty()
+    }
+
+    /// Seal the appends gathered from `from` on after those sealed
+    /// before them, the first at `expect`; returns where the log ends
+    /// after them, or `None` (and nothing sealed ahead) if that cannot be
+    /// known before the commit.
+    fn seal_ahead_from(
+        &mut self,
+        from: usize,
+        expect: Option<Position>,
+        keys: &WriterKeys,
+    ) -> Option<Position> {
+        let at = expect?;
+        if from == self.pending.len() {
+            return Some(at);
+        }
+        let continues = from == 0 || self.ahead.as_ref().is_some_and(|(_, s)| s.len() == from);
+        let sealed = match (continues, self.now) {
+            (true, Some(now)) => seal_ahead(&self.pending[from..], at, now, keys),
+            _ => None,
+        };
+        let Some(sealed) = sealed else {
+            self.ahead = None;
+            return None;
+        };
+        let end = sealed.last().map_or(at, |(last, _)| Position {
+            size: at.size + sealed.len() as u64,
+            prev: last.leaf_hash,
+            registry: at.registry,
+        });
+        match &mut self.ahead {
+            Some((_, all)) => all.extend(sealed),
+            None => self.ahead = Some((at, sealed)),
+        }
+        Some(end)
+    }
+}
+
+/// Seal one entry at `index` after `prev`, with its message sealed for
+/// the reply cache and the queue.
+fn seal_entry(
+    draft: EntryDraft,
+    body: &Body,
+    index: u64,
+    prev: &Hash,
+    now: time::OffsetDateTime,
+    keys: &WriterKeys,
+) -> Result<SealedEntry, hub_core::jcs::JcsError> {
+    let sealed = seal(draft, index, prev, now, &keys.signing)?;
+    let mut nonce = [0u8; NONCE_LEN];
+    keys.random.fill(&mut nonce);
+    let id = sealed.record.statement.draft.exchange_id.to_string();
+    let message = keys
+        .data
+        .seal_blob(id.as_bytes(), message_of(&sealed, body).as_bytes(), nonce);
+    Ok((sealed, message))
+}
+
+/// Seal `pending` at `at` ahead of the commit, if nothing in it depends on
+/// what only the store can tell: every decision made at `at`'s registry
+/// version, no registry change, every entry with a canonical form.
+fn seal_ahead(
+    pending: &[Pending],
+    at: Position,
+    now: time::OffsetDateTime,
+    keys: &WriterKeys,
+) -> Option<Vec<SealedEntry>> {
+    let registry = at.registry?;
+    let plain = pending.iter().all(|p| {
+        p.decided_at.is_none_or(|v| v == registry)
+            && !p.effects.iter().any(|e| matches!(e, Effect::Registry(_)))
+    });
+    if !plain {
+        return None;
+    }
+    let (mut next, mut prev) = (at.size, at.prev);
+    pending
+        .iter()
+        .map(|p| {
+            let sealed = seal_entry(p.draft.clone(), &p.body, next, &prev, now, keys).ok()?;
+            next += 1;
+            prev = sealed.0.leaf_hash;
+            Some(sealed)
+        })
+        .collect()
+}
+
+/// The sealer: gathers waiting appends into the next batch and seals
+/// them, as they arrive, where the batch being written is expected to
+/// leave the log; the moment the committer is free it gets the whole
+/// batch. Signing thus overlaps the commit before it, and every append
+/// that arrives during a commit joins the next one.
 async fn run(
     mut rx: mpsc::Receiver<Job>,
-    mut state: WriterState,
-    store: Arc<dyn Store>,
+    commits: mpsc::UnboundedSender<Work>,
+    mut landed: mpsc::UnboundedReceiver<Landed>,
+    start: Position,
     keys: Arc<WriterKeys>,
     clock: Arc<dyn Clock>,
     batch_max: usize,
 ) {
     let mut jobs = Vec::with_capacity(batch_max);
-    let mut batch = Vec::with_capacity(batch_max);
-    while rx.recv_many(&mut jobs, batch_max).await > 0 {
-        for job in jobs.drain(..) {
-            match job {
-                Job::Append(p) => batch.push(*p),
-                Job::Refresh(done) => {
-                    if let Err(e) = state.catch_up(store.as_ref()).await {
-                        warn!(error = %e, "cannot read the log's tail");
-                    }
-                    let _ = done.send(());
+    let mut next = Work::default();
+    // Where the log ends once the committed, in-flight and gathered
+    // entries are in, if known.
+    let mut expect = Some(start);
+    let mut busy = false;
+    let mut open = true;
+    while open || busy || !next.is_empty() {
+        if !busy && !next.is_empty() {
+            if commits.send(std::mem::take(&mut next)).is_err() {
+                return;
+            }
+            busy = true;
+        }
+        let room = batch_max.saturating_sub(next.pending.len());
+        tokio::select! {
+            l = landed.recv(), if busy => {
+                let Some(l) = l else { return };
+                busy = false;
+                if !l.as_expected {
+                    // What was gathered was sealed on a wrong guess: seal it
+                    // again where the log really ends.
+                    next.ahead = None;
+                    expect = next.seal_ahead_from(0, Some(l.at), &keys);
                 }
             }
+            n = rx.recv_many(&mut jobs, room), if open && room > 0 => {
+                if n == 0 {
+                    open = false;
+                    continue;
+                }
+                let from = next.pending.len();
+                for job in jobs.drain(..) {
+                    match job {
+                        Job::Append(p) => next.pending.push(*p),
+                        Job::Refresh(done) => next.refreshes.push(done),
+                    }
+                }
+                if next.now.is_none() {
+                    next.now = Some(clock.now());
+                }
+                expect = next.seal_ahead_from(from, expect, &keys);
+            }
         }
-        if !batch.is_empty() {
-            write_batch(
-                &mut batch,
-                &mut state,
-                store.as_ref(),
-                &keys,
-                clock.as_ref(),
-            )
-            .await;
+    }
+}
+
+/// The committer: writes each batch in order and tells the sealer where
+/// each left the log.
+async fn commit_all(
+    mut work: mpsc::UnboundedReceiver<Work>,
+    mut state: WriterState,
+    landed: mpsc::UnboundedSender<Landed>,
+    store: Arc<dyn Store>,
+    keys: Arc<WriterKeys>,
+    clock: Arc<dyn Clock>,
+) {
+    // The registry version of the last commit, if it did not change it.
+    let mut registry = None;
+    while let Some(mut w) = work.recv().await {
+        let mut as_expected = true;
+        if !w.refreshes.is_empty() {
+            let before = state.frontier.size();
+            if let Err(e) = state.catch_up(store.as_ref()).await {
+                warn!(error = %e, "cannot read the log's tail");
+            }
+            for done in std::mem::take(&mut w.refreshes) {
+                let _ = done.send(());
+            }
+            // Other hubs' entries, perhaps with registry changes.
+            if state.frontier.size() != before {
+                as_expected = false;
+                registry = None;
+            }
         }
+        if !w.pending.is_empty() {
+            let (took_ahead, after) =
+                write_batch(w, &mut state, store.as_ref(), &keys, clock.as_ref()).await;
+            as_expected &= took_ahead;
+            registry = after;
+        }
+        let _ = landed.send(Landed {
+            at: state.position(registry),
+            as_expected,
+        });
     }
 }
 
@@ -298,23 +524,16 @@ fn seal_all(
         // Not every registry change advances the version (a witness, a
         // revocation), so the next batch's read tells what it is now.
         changed |= p.effects.iter().any(|e| matches!(e, Effect::Registry(_)));
-        match seal(p.draft, next, &prev, now, &keys.signing) {
-            Ok(sealed) => {
+        match seal_entry(p.draft, &p.body, next, &prev, now, keys) {
+            Ok((sealed, sealed_message)) => {
                 next += 1;
                 prev = sealed.leaf_hash;
-                let mut item = AppendItem {
+                items.push(AppendItem {
                     sealed,
                     body: p.body,
                     effects: p.effects,
-                    sealed_message: Vec::new(),
-                };
-                let mut nonce = [0u8; NONCE_LEN];
-                keys.random.fill(&mut nonce);
-                let id = item.sealed.record.statement.draft.exchange_id.to_string();
-                item.sealed_message =
-                    keys.data
-                        .seal_blob(id.as_bytes(), item.message().as_bytes(), nonce);
-                items.push(item);
+                    sealed_message,
+                });
                 replies.push(p.reply);
             }
             Err(e) => {
@@ -325,36 +544,92 @@ fn seal_all(
     (items, replies)
 }
 
-#[instrument(skip_all, fields(entries = batch.len(), first = state.frontier.size()))]
+/// Pair entries sealed ahead with their bodies and effects.
+fn take_ahead(
+    pending: Vec<Pending>,
+    sealed: Vec<SealedEntry>,
+) -> (Vec<AppendItem>, Vec<Reply>) {
+    pending
+        .into_iter()
+        .zip(sealed)
+        .map(|(p, (sealed, sealed_message))| {
+            (
+                AppendItem {
+                    sealed,
+                    body: p.body,
+                    effects: p.effects,
+                    sealed_message,
+                },
+                p.reply,
+            )
+        })
+        .unzip()
+}
+
+/// Write one batch after whatever the store holds beyond the frontier.
+/// Returns whether it was written as sealed ahead, and the registry
+/// version after it (unknown if it was not written or may have changed it).
+#[instrument(skip_all, fields(entries = batch.pending.len(), first = state.frontier.size()))]
 async fn write_batch(
-    batch: &mut Vec<Pending>,
+    batch: Work,
     state: &mut WriterState,
     store: &dyn Store,
     keys: &WriterKeys,
     clock: &dyn Clock,
-) {
-    let now = clock.now();
-    let pending = std::mem::take(batch);
+) -> (bool, Option<u64>) {
+    let Work {
+        now,
+        pending,
+        ahead,
+        ..
+    } = batch;
+    let now = now.unwrap_or_else(|| clock.now());
+
     let (known, prev) = (state.frontier.size(), state.prev);
     let mut replies = Vec::new();
+    let mut registry_after = None;
+    let mut took_ahead = false;
     // The store reads what other hubs appended since `known` under its
-    // writers' lock; the batch is placed after that.
+    // writers' lock; the batch is placed after that, sealed again unless
+    // it was sealed ahead at exactly that place.
     let sealing = |adopted: &[Hash], registry: u64| {
-        let next = known + adopted.len() as u64;
-        let prev = adopted.last().copied().unwrap_or(prev);
-        let (items, r) = seal_all(pending, next, prev, registry, now, keys);
+        let at = Position {
+            size: known + adopted.len() as u64,
+            prev: adopted.last().copied().unwrap_or(prev),
+            registry: Some(registry),
+        };
+        let changes_registry = pending
+            .iter()
+            .any(|p| p.effects.iter().any(|e| matches!(e, Effect::Registry(_))));
+        registry_after = (!changes_registry).then_some(registry);
+        let (items, r) = match ahead {
+            Some((expected, sealed)) if expected == at => {
+                took_ahead = true;
+                take_ahead(pending, sealed)
+            }
+            _ => seal_all(pending, at.size, at.prev, registry, now, keys),
+        };
         replies = r;
         items
     };
+    let started = std::time::Instant::now();
     match store.append_at_tail(known, Box::new(sealing)).await {
         Ok(tail) => {
             state.adopt(&tail.adopted);
             let leaves: Vec<Hash> = tail.written.iter().map(|i| i.sealed.leaf_hash).collect();
             state.adopt(&leaves);
             state.publish_head();
+            debug!(
+                written = tail.written.len(),
+                adopted = tail.adopted.len(),
+                sealed_ahead = took_ahead,
+                micros = started.elapsed().as_micros(),
+                "batch committed"
+            );
             for (item, reply) in tail.written.into_iter().zip(replies) {
                 let _ = reply.send(Ok(item));
             }
+            (took_ahead, registry_after)
         }
         Err(e) => {
             // Usually nothing of the batch was written and the next batch
@@ -365,6 +640,7 @@ async fn write_batch(
             for reply in replies {
                 let _ = reply.send(Err(err.clone()));
             }
+            (false, None)
         }
     }
 }

@@ -275,13 +275,18 @@ impl AppendItem {
     /// `{"record": <record>, "body": <body>, "body_salt": <salt>}` as sent to
     /// recipients and stored as a reply, built without re-serializing.
     pub fn message(&self) -> String {
-        format!(
-            "{{\"record\":{},\"body\":{},\"body_salt\":\"{}\"}}",
-            String::from_utf8_lossy(&self.sealed.canonical),
-            String::from_utf8_lossy(&self.body.plain),
-            hub_core::hash::b64url(&self.body.salt)
-        )
+        message_of(&self.sealed, &self.body)
     }
+}
+
+/// [`AppendItem::message`] of an entry not yet paired with its effects.
+pub fn message_of(sealed: &Sealed, body: &Body) -> String {
+    format!(
+        "{{\"record\":{},\"body\":{},\"body_salt\":\"{}\"}}",
+        String::from_utf8_lossy(&sealed.canonical),
+        String::from_utf8_lossy(&body.plain),
+        hub_core::hash::b64url(&body.salt)
+    )
 }
 
 /// The state of an accepted exchange id.

@@ -86,9 +86,28 @@ impl PgStore {
             return Ok(());
         }
         let b = Batch::of(items);
+        // Every insert in one statement, one round trip: under load each
+        // round trip waits for both processes to be scheduled, and a group
+        // commit's time is mostly round trips. No two of these touch the
+        // same row; the updates and deletes below may, so they stay apart.
         sqlx::query(
-            "INSERT INTO log_entries (idx, exchange_id, kind, record, leaf_hash, subjects)
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[])",
+            "WITH entries AS (
+                INSERT INTO log_entries (idx, exchange_id, kind, record, leaf_hash, subjects)
+                SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[])),
+             bodies AS (
+                INSERT INTO log_bodies (idx, key_id, nonce, ciphertext)
+                SELECT * FROM UNNEST($1::bigint[], $7::text[], $8::bytea[], $9::bytea[])),
+             opened AS (
+                INSERT INTO exchanges (exchange_id, sender, request_hash, state, reply, created_at)
+                SELECT * FROM UNNEST($10::text[], $11::text[], $12::text[], $13::text[], $14::bytea[], $15::bigint[])
+                ON CONFLICT (exchange_id) DO NOTHING),
+             queued AS (
+                INSERT INTO deliveries (recipient, exchange_id, message, visible_at)
+                SELECT * FROM UNNEST($16::text[], $17::text[], $18::bytea[], $19::bigint[])
+                ON CONFLICT DO NOTHING)
+             INSERT INTO outbox (instance, recipient, exchange_id, message)
+             SELECT * FROM UNNEST($20::text[], $21::text[], $22::text[], $23::bytea[])
+             ON CONFLICT DO NOTHING",
         )
         .bind(&b.idx)
         .bind(&b.exchange_id)
@@ -96,36 +115,26 @@ impl PgStore {
         .bind(&b.record)
         .bind(&b.leaf_hash)
         .bind(&b.subjects)
-        .execute(&mut **tx)
-        .await
-        .map_err(db)?;
-        sqlx::query(
-            "INSERT INTO log_bodies (idx, key_id, nonce, ciphertext)
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bytea[], $4::bytea[])",
-        )
-        .bind(&b.idx)
         .bind(&b.key_id)
         .bind(&b.nonce)
         .bind(&b.ciphertext)
+        .bind(&b.open.id)
+        .bind(&b.open.sender)
+        .bind(&b.open.request_hash)
+        .bind(&b.open.state)
+        .bind(&b.open.reply)
+        .bind(&b.open.at)
+        .bind(&b.enqueue.0)
+        .bind(&b.enqueue.1)
+        .bind(&b.enqueue.2)
+        .bind(&b.enqueue.3)
+        .bind(&b.dispatch.0)
+        .bind(&b.dispatch.1)
+        .bind(&b.dispatch.2)
+        .bind(&b.dispatch.3)
         .execute(&mut **tx)
         .await
         .map_err(db)?;
-        if !b.open.id.is_empty() {
-            sqlx::query(
-                "INSERT INTO exchanges (exchange_id, sender, request_hash, state, reply, created_at)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bigint[])
-                 ON CONFLICT (exchange_id) DO NOTHING",
-            )
-            .bind(&b.open.id)
-            .bind(&b.open.sender)
-            .bind(&b.open.request_hash)
-            .bind(&b.open.state)
-            .bind(&b.open.reply)
-            .bind(&b.open.at)
-            .execute(&mut **tx)
-            .await
-            .map_err(db)?;
-        }
         if !b.close.0.is_empty() {
             sqlx::query(
                 "UPDATE exchanges SET state = 'done', reply = u.reply
@@ -155,34 +164,6 @@ impl PgStore {
             .await
             .map_err(db)?;
         }
-        if !b.enqueue.0.is_empty() {
-            sqlx::query(
-                "INSERT INTO deliveries (recipient, exchange_id, message, visible_at)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[])
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&b.enqueue.0)
-            .bind(&b.enqueue.1)
-            .bind(&b.enqueue.2)
-            .bind(&b.enqueue.3)
-            .execute(&mut **tx)
-            .await
-            .map_err(db)?;
-        }
-        if !b.dispatch.0.is_empty() {
-            sqlx::query(
-                "INSERT INTO outbox (instance, recipient, exchange_id, message)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[])
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&b.dispatch.0)
-            .bind(&b.dispatch.1)
-            .bind(&b.dispatch.2)
-            .bind(&b.dispatch.3)
-            .execute(&mut **tx)
-            .await
-            .map_err(db)?;
-        }
         for change in items
             .iter()
             .flat_map(|i| &i.effects)
@@ -202,6 +183,10 @@ impl PgStore {
             .map_err(|e| StoreError::Invalid(format!("{}: {e}", redact(url))))?;
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections.max(1))
+            // No ping before each use: under load a round trip costs as
+            // much as the statement. A connection that died shows as an
+            // error on use, which callers already answer (503, retry).
+            .test_before_acquire(false)
             .acquire_timeout(settings.acquire_timeout)
             .connect_with(options)
             .await
@@ -566,11 +551,13 @@ impl Store for PgStore {
     }
 
     async fn append_at_tail(&self, known: u64, seal: SealAfter<'_>) -> Result<Tail, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        // Writers of every hub queue here; the lock ends with the transaction.
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(LOG_WRITER_LOCK)
-            .execute(&mut *tx)
+        // Writers of every hub queue here; the lock ends with the
+        // transaction, and is taken in the same round trip as it begins.
+        let mut tx = self
+            .pool
+            .begin_with(sqlx::AssertSqlSafe(format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({LOG_WRITER_LOCK})"
+            )))
             .await
             .map_err(db)?;
         // The tail, then one row with the registry version: one round trip.
