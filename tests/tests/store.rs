@@ -62,6 +62,7 @@ both_backends!(
     the_subject_index_finds_whole_exchanges_oldest_first,
     the_registry_version_advances_with_each_change_requests_are_decided_on,
     two_log_writers_on_one_store_keep_one_chain,
+    an_events_inbox_message_outlives_the_purge_of_replies_until_delivered,
 );
 
 fn member(s: &str) -> Member {
@@ -944,4 +945,42 @@ async fn two_log_writers_on_one_store_keep_one_chain(store: Arc<dyn Store>) {
             sealed.canonical.as_slice()
         );
     }
+}
+
+async fn an_events_inbox_message_outlives_the_purge_of_replies_until_delivered(
+    store: Arc<dyn Store>,
+) {
+    registry(store.as_ref()).await;
+    let mut e = Entries::new();
+    // An event opens and closes its exchange and queues itself for a
+    // subscriber in one entry (logged 2026-11-01).
+    let event = e.item(
+        EntryKind::Event,
+        id(1),
+        vec![open(1_000), Effect::CloseExchange, enqueue(0)],
+    );
+    store.append(std::slice::from_ref(&event)).await.unwrap();
+    let subscriber = member(PROVIDER);
+    let queued = store.delivery(&subscriber, id(1)).await.unwrap().unwrap();
+    assert_eq!(queued.sealed, event.sealed_message);
+
+    // Replies older than the event are purged, but not the message that
+    // still waits in an inbox.
+    let (_, replies) = store
+        .purge("2026-11-05T00:00:00.000Z", 5_000)
+        .await
+        .unwrap();
+    assert_eq!(replies, 0);
+    let leased = store.lease(&subscriber, 10, 10_000, 1_000).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].sealed, event.sealed_message);
+
+    // Once delivered, the reply goes with the next purge.
+    assert!(store.remove_delivery(&subscriber, id(1)).await.unwrap());
+    let (_, replies) = store
+        .purge("2026-11-05T00:00:00.000Z", 5_000)
+        .await
+        .unwrap();
+    assert_eq!(replies, 1);
+    assert!(store.exchange(id(1)).await.unwrap().is_none());
 }

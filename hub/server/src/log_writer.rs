@@ -545,10 +545,7 @@ fn seal_all(
 }
 
 /// Pair entries sealed ahead with their bodies and effects.
-fn take_ahead(
-    pending: Vec<Pending>,
-    sealed: Vec<SealedEntry>,
-) -> (Vec<AppendItem>, Vec<Reply>) {
+fn take_ahead(pending: Vec<Pending>, sealed: Vec<SealedEntry>) -> (Vec<AppendItem>, Vec<Reply>) {
     pending
         .into_iter()
         .zip(sealed)

@@ -513,7 +513,8 @@ pub trait Store: Send + Sync {
 
     /// Delete the bodies of entries logged before `before` (RFC 3339, UTC,
     /// as entries write it), and the cached replies of exchanges opened
-    /// before `before_millis`; how many of each.
+    /// before `before_millis` that have no message left in a queue (an
+    /// event's reply is also its inbox messages); how many of each.
     async fn purge(&self, before: &str, before_millis: u64) -> Result<(u64, u64), StoreError>;
 
     /// Store a signed checkpoint.
@@ -604,6 +605,10 @@ pub(crate) struct Batch {
     pub(crate) abandon: Vec<String>,
     pub(crate) dequeue: (Vec<String>, Vec<String>),
     pub(crate) enqueue: (Vec<String>, Vec<String>, Vec<Vec<u8>>, Vec<i64>),
+    /// Per queued message, whether it is also the reply its entry stored
+    /// in the exchange it opened and closed (an event's): a backend may
+    /// keep it once.
+    pub(crate) enqueue_is_reply: Vec<bool>,
     pub(crate) dispatch: (Vec<String>, Vec<String>, Vec<String>, Vec<Vec<u8>>),
     /// Per entry, the JSON array of its subjects (`Store::index_subjects`).
     pub(crate) subjects: Vec<Option<String>>,
@@ -678,6 +683,8 @@ impl Batch {
                         b.enqueue.1.push(id.clone());
                         b.enqueue.2.push(item.sealed_message.clone());
                         b.enqueue.3.push(to_i64(*visible_at_millis));
+                        b.enqueue_is_reply
+                            .push(opened && b.open.state.last() == Some(&"done"));
                     }
                     Effect::Dispatch {
                         recipient,

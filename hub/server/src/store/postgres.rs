@@ -86,6 +86,15 @@ impl PgStore {
             return Ok(());
         }
         let b = Batch::of(items);
+        // An event's message is its exchange's reply: its inbox rows point
+        // there (NULL) rather than keep a copy each.
+        let queued: Vec<Option<&[u8]>> = b
+            .enqueue
+            .2
+            .iter()
+            .zip(&b.enqueue_is_reply)
+            .map(|(m, is_reply)| (!is_reply).then_some(m.as_slice()))
+            .collect();
         // Every insert in one statement, one round trip: under load each
         // round trip waits for both processes to be scheduled, and a group
         // commit's time is mostly round trips. No two of these touch the
@@ -126,7 +135,7 @@ impl PgStore {
         .bind(&b.open.at)
         .bind(&b.enqueue.0)
         .bind(&b.enqueue.1)
-        .bind(&b.enqueue.2)
+        .bind(&queued)
         .bind(&b.enqueue.3)
         .bind(&b.dispatch.0)
         .bind(&b.dispatch.1)
@@ -267,9 +276,10 @@ impl PgStore {
     fn delivery_row(row: &PgRow) -> Result<Delivery, StoreError> {
         let id: String = row.try_get("exchange_id").map_err(db)?;
         let attempts: i32 = row.try_get("attempts").map_err(db)?;
+        let sealed: Option<Vec<u8>> = row.try_get("message").map_err(db)?;
         Ok(Delivery {
+            sealed: sealed.ok_or_else(|| corrupt(format!("the queued message of {id} is gone")))?,
             exchange_id: ExchangeId::parse(&id).map_err(corrupt)?,
-            sealed: row.try_get("message").map_err(db)?,
             attempts: u32::try_from(attempts).unwrap_or(0),
         })
     }
@@ -728,7 +738,12 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await
         .map_err(db)?;
-        let replies = sqlx::query("DELETE FROM exchanges WHERE state = 'done' AND created_at < $1")
+        // A reply stays while its exchange still has messages queued: an
+        // event's reply is also its inbox messages.
+        let replies = sqlx::query(
+            "DELETE FROM exchanges WHERE state = 'done' AND created_at < $1
+             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.exchange_id = exchanges.exchange_id)",
+        )
             .bind(to_i64(before_millis))
             .execute(&self.pool)
             .await
@@ -849,7 +864,8 @@ impl Store for PgStore {
             "UPDATE deliveries SET visible_at = $1, attempts = attempts + 1
              WHERE seq IN (SELECT seq FROM deliveries WHERE recipient = $2 AND visible_at <= $3
                            ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED)
-             RETURNING exchange_id, message, attempts, seq",
+             RETURNING exchange_id, attempts, seq, COALESCE(message,
+                 (SELECT reply FROM exchanges x WHERE x.exchange_id = deliveries.exchange_id)) AS message",
         )
         .bind(to_i64(now_millis.saturating_add(visibility_millis)))
         .bind(recipient.to_string())
@@ -877,7 +893,9 @@ impl Store for PgStore {
         id: ExchangeId,
     ) -> Result<Option<Delivery>, StoreError> {
         sqlx::query(
-            "SELECT exchange_id, message, attempts FROM deliveries WHERE recipient = $1 AND exchange_id = $2",
+            "SELECT d.exchange_id, COALESCE(d.message, x.reply) AS message, d.attempts
+             FROM deliveries d LEFT JOIN exchanges x ON x.exchange_id = d.exchange_id
+             WHERE d.recipient = $1 AND d.exchange_id = $2",
         )
         .bind(recipient.to_string())
         .bind(id.to_string())

@@ -704,7 +704,12 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await
         .map_err(db)?;
-        let replies = sqlx::query("DELETE FROM exchanges WHERE state = 'done' AND created_at < ?")
+        // As on PostgreSQL: a reply stays while its exchange still has
+        // messages queued.
+        let replies = sqlx::query(
+            "DELETE FROM exchanges WHERE state = 'done' AND created_at < ?
+             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.exchange_id = exchanges.exchange_id)",
+        )
             .bind(to_i64(before_millis))
             .execute(&self.pool)
             .await
