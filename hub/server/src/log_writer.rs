@@ -156,14 +156,7 @@ impl LogWriter {
         let start = state.position(None);
         let (commits, work) = mpsc::unbounded_channel();
         let (landed_tx, landed) = mpsc::unbounded_channel();
-        tokio::spawn(commit_all(
-            work,
-            state,
-            landed_tx,
-            store,
-            keys.clone(),
-            clock.clone(),
-        ));
+        tokio::spawn(commit_all(work, state, landed_tx, store, keys.clone()));
         tokio::spawn(run(
             rx,
             commits,
@@ -298,13 +291,23 @@ type SealedEntry = (Sealed, Vec<u8>);
 /// What the sealer hands the committer: the refreshes asked for, then
 /// the appends gathered since the last handover, sealed ahead (all of
 /// them, from `ahead`'s position) when they could be.
-#[derive(Default)]
 struct Work {
     refreshes: Vec<oneshot::Sender<()>>,
-    /// The time the entries are sealed at.
-    now: Option<time::OffsetDateTime>,
+    /// The time the entries are sealed at: when the first was gathered.
+    now: time::OffsetDateTime,
     pending: Vec<Pending>,
     ahead: Option<(Position, Vec<SealedEntry>)>,
+}
+
+impl Default for Work {
+    fn default() -> Self {
+        Self {
+            refreshes: Vec::new(),
+            now: time::OffsetDateTime::UNIX_EPOCH,
+            pending: Vec::new(),
+            ahead: None,
+        }
+    }
 }
 
 impl Work {
@@ -327,10 +330,9 @@ impl Work {
             return Some(at);
         }
         let continues = from == 0 || self.ahead.as_ref().is_some_and(|(_, s)| s.len() == from);
-        let sealed = match (continues, self.now) {
-            (true, Some(now)) => seal_ahead(&self.pending[from..], at, now, keys),
-            _ => None,
-        };
+        let sealed = continues
+            .then(|| seal_ahead(&self.pending[from..], at, self.now, keys))
+            .flatten();
         let Some(sealed) = sealed else {
             self.ahead = None;
             return None;
@@ -449,8 +451,8 @@ async fn run(
                         Job::Refresh(done) => next.refreshes.push(done),
                     }
                 }
-                if next.now.is_none() {
-                    next.now = Some(clock.now());
+                if from == 0 {
+                    next.now = clock.now();
                 }
                 expect = next.seal_ahead_from(from, expect, &keys);
             }
@@ -466,7 +468,6 @@ async fn commit_all(
     landed: mpsc::UnboundedSender<Landed>,
     store: Arc<dyn Store>,
     keys: Arc<WriterKeys>,
-    clock: Arc<dyn Clock>,
 ) {
     // The registry version of the last commit, if it did not change it.
     let mut registry = None;
@@ -487,8 +488,7 @@ async fn commit_all(
             }
         }
         if !w.pending.is_empty() {
-            let (took_ahead, after) =
-                write_batch(w, &mut state, store.as_ref(), &keys, clock.as_ref()).await;
+            let (took_ahead, after) = write_batch(w, &mut state, store.as_ref(), &keys).await;
             as_expected &= took_ahead;
             registry = after;
         }
@@ -572,7 +572,6 @@ async fn write_batch(
     state: &mut WriterState,
     store: &dyn Store,
     keys: &WriterKeys,
-    clock: &dyn Clock,
 ) -> (bool, Option<u64>) {
     let Work {
         now,
@@ -580,7 +579,6 @@ async fn write_batch(
         ahead,
         ..
     } = batch;
-    let now = now.unwrap_or_else(|| clock.now());
 
     let (known, prev) = (state.frontier.size(), state.prev);
     let mut replies = Vec::new();
