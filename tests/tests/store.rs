@@ -235,31 +235,7 @@ impl Entries {
     }
 
     fn item(&mut self, kind: EntryKind, id: ExchangeId, effects: Vec<Effect>) -> AppendItem {
-        let plain = format!("{{\"n\":{}}}", self.next).into_bytes();
-        let salt = self.next.to_be_bytes().repeat(2);
-        let body_hash = commitment(&salt, &plain);
-        let mut nonce = [0u8; 12];
-        nonce[4..].copy_from_slice(&self.next.to_be_bytes());
-        let sealed_body = self.data.seal(&salt, &plain, &body_hash, nonce);
-        let draft = EntryDraft {
-            kind,
-            exchange_id: id,
-            sender: member(CONSUMER),
-            receiver: Some(member(PROVIDER)),
-            recipients: vec![],
-            service: Some(ServiceName::parse("enterprise.lookup").unwrap()),
-            version: Some(1),
-            purpose: None,
-            case_ref: None,
-            on_behalf_of: None,
-            fields: None,
-            schema: None,
-            body_hash: body_hash.clone(),
-            sealed_body_hash: Some(sealed_body.hash()),
-            refers_to: None,
-            error: None,
-            sender_signature: None,
-        };
+        let (draft, body) = unsealed(self.next, kind, id, &self.data);
         let time = datetime!(2026-11-01 00:00 UTC) + time::Duration::days(self.next as i64);
         let sealed = seal(draft, self.next, &self.prev, time, &self.key).unwrap();
         self.next += 1;
@@ -267,15 +243,46 @@ impl Entries {
         AppendItem {
             sealed_message: format!("message of {id}").into_bytes(),
             sealed,
-            body: Body {
-                plain,
-                salt,
-                commitment: body_hash,
-                sealed: sealed_body,
-            },
+            body,
             effects,
         }
     }
+}
+
+/// Entry `n`'s draft and body (`{"n": n}`, sealed with `data`), unsealed.
+fn unsealed(n: u64, kind: EntryKind, id: ExchangeId, data: &DataKey) -> (EntryDraft, Body) {
+    let plain = format!("{{\"n\":{n}}}").into_bytes();
+    let salt = n.to_be_bytes().repeat(2);
+    let commitment = commitment(&salt, &plain);
+    let mut nonce = [0u8; 12];
+    nonce[4..].copy_from_slice(&n.to_be_bytes());
+    let body = Body {
+        sealed: data.seal(&salt, &plain, &commitment, nonce),
+        plain,
+        salt,
+        commitment,
+    };
+    let mut draft = EntryDraft {
+        kind,
+        exchange_id: id,
+        sender: member(CONSUMER),
+        receiver: Some(member(PROVIDER)),
+        recipients: vec![],
+        service: Some(ServiceName::parse("enterprise.lookup").unwrap()),
+        version: Some(1),
+        purpose: None,
+        case_ref: None,
+        on_behalf_of: None,
+        fields: None,
+        schema: None,
+        body_hash: String::new(),
+        sealed_body_hash: None,
+        refers_to: None,
+        error: None,
+        sender_signature: None,
+    };
+    body.describe(&mut draft);
+    (draft, body)
 }
 
 fn id(n: u8) -> ExchangeId {
@@ -806,40 +813,8 @@ async fn the_subject_index_finds_whole_exchanges_oldest_first(store: Arc<dyn Sto
     );
 }
 
-/// An entry for a log writer to seal: a draft and its body.
-fn unsealed(n: u32, data: &DataKey) -> (EntryDraft, Body) {
-    let plain = format!("{{\"n\":{n}}}").into_bytes();
-    let salt = n.to_be_bytes().repeat(4);
-    let commitment = commitment(&salt, &plain);
-    let mut nonce = [0u8; 12];
-    nonce[8..].copy_from_slice(&n.to_be_bytes());
-    let body = Body {
-        sealed: data.seal(&salt, &plain, &commitment, nonce),
-        plain,
-        salt,
-        commitment,
-    };
-    let mut draft = EntryDraft {
-        kind: EntryKind::Event,
-        exchange_id: ExchangeId::from_parts(1_790_000_000_000 + u64::from(n), [9; 10]),
-        sender: member(PROVIDER),
-        receiver: None,
-        recipients: vec![member(CONSUMER)],
-        service: None,
-        version: None,
-        purpose: None,
-        case_ref: None,
-        on_behalf_of: None,
-        fields: None,
-        schema: None,
-        body_hash: String::new(),
-        sealed_body_hash: None,
-        refers_to: None,
-        error: None,
-        sender_signature: None,
-    };
-    body.describe(&mut draft);
-    (draft, body)
+fn event_id(n: u32) -> ExchangeId {
+    ExchangeId::from_parts(1_790_000_000_000 + u64::from(n), [9; 10])
 }
 
 async fn two_log_writers_on_one_store_keep_one_chain(store: Arc<dyn Store>) {
@@ -871,7 +846,7 @@ async fn two_log_writers_on_one_store_keep_one_chain(store: Arc<dyn Store>) {
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..240u32 {
         let writer = if n % 3 == 0 { b.clone() } else { a.clone() };
-        let (draft, body) = unsealed(n, &data);
+        let (draft, body) = unsealed(u64::from(n), EntryKind::Event, event_id(n), &data);
         // Some record decisions made on the registry as it stands.
         let decided = (n % 2 == 0).then_some(version);
         tasks.spawn(async move {
@@ -899,7 +874,7 @@ async fn two_log_writers_on_one_store_keep_one_chain(store: Arc<dyn Store>) {
         .await
         .unwrap();
     for (n, writer) in [(1000, &a), (1001, &b)] {
-        let (draft, body) = unsealed(n, &data);
+        let (draft, body) = unsealed(u64::from(n), EntryKind::Event, event_id(n), &data);
         let refused = writer
             .append_decided(Some(version), draft, body, vec![])
             .await;
@@ -910,7 +885,7 @@ async fn two_log_writers_on_one_store_keep_one_chain(store: Arc<dyn Store>) {
     }
     let now = version_at_the_tail(store.as_ref()).await;
     for (n, writer) in [(1002, &a), (1003, &b), (1004, &a)] {
-        let (draft, body) = unsealed(n, &data);
+        let (draft, body) = unsealed(u64::from(n), EntryKind::Event, event_id(n), &data);
         let sealed = writer
             .append_decided(Some(now), draft, body, vec![])
             .await

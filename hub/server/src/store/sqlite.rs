@@ -710,10 +710,10 @@ impl Store for SqliteStore {
             "DELETE FROM exchanges WHERE state = 'done' AND created_at < ?
              AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.exchange_id = exchanges.exchange_id)",
         )
-            .bind(to_i64(before_millis))
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
+        .bind(to_i64(before_millis))
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
         Ok((bodies.rows_affected(), replies.rows_affected()))
     }
 
