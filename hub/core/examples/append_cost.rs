@@ -1,5 +1,6 @@
 //! What the Merkle tree adds to each log append, against the rest of
-//! sealing an entry (canonical JSON twice, one Ed25519 signature):
+//! sealing an entry (serialising the statement, canonical JSON twice, one
+//! Ed25519 signature):
 //!
 //! ```sh
 //! cargo run --release -p hub-core --example append_cost

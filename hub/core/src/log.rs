@@ -214,12 +214,20 @@ pub fn seal(
         time: rfc3339_millis(time),
         draft,
     };
-    let hub_signature = key.sign_detached(&jcs::canonicalize_serialize(&statement)?);
+    // The record is the statement plus `hub_signature`: serialise the
+    // statement once and add the signature to that value rather than
+    // serialise the record again (~1.2 of ~27 us per entry, `append_cost`).
+    let mut value =
+        serde_json::to_value(&statement).map_err(|e| JcsError::NotFinite(e.to_string()))?;
+    let hub_signature = key.sign_detached(&jcs::canonicalize(&value)?);
+    if let Value::Object(members) = &mut value {
+        members.insert("hub_signature".into(), Value::String(hub_signature.clone()));
+    }
+    let canonical = jcs::canonicalize(&value)?;
     let record = Record {
         statement,
         hub_signature,
     };
-    let canonical = jcs::canonicalize_serialize(&record)?;
     let leaf_hash = leaf_hash(&canonical);
     Ok(Sealed {
         record,
