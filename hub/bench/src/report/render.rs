@@ -214,6 +214,13 @@ pub fn markdown(r: &Results) -> String {
             let _ = writeln!(out, "Skipped: {why}.");
         }
         None => {
+            if let Some(first) = r.production.queries.first() {
+                let _ = writeln!(
+                    out,
+                    "{} kept-alive connections: an exchange here waits on PostgreSQL's group commits and, for a query, on two broker hops, so it takes more in flight than scenario 1 to keep the machine busy.\n",
+                    first.report.connections
+                );
+            }
             let _ = writeln!(out, "Queries:\n");
             throughput_rows(&mut out, &r.production.queries, &["hub"]);
             let _ = writeln!(out, "\nEvents:\n");
