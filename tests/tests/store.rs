@@ -959,3 +959,75 @@ async fn an_events_inbox_message_outlives_the_purge_of_replies_until_delivered(
     assert_eq!(replies, 1);
     assert!(store.exchange(id(1)).await.unwrap().is_none());
 }
+
+/// PostgreSQL may keep one generic plan for a prepared statement once it
+/// costs no more than the statement's first five custom plans. The log
+/// writer's statements first run on an empty log, where a plan that scans
+/// the table is the cheapest; kept, it would scan the whole log on every
+/// commit as the log grows. Here every commit goes through one connection
+/// (a pool of one): eight on a near-empty log, then twenty that grow it to
+/// 10,008 entries; PostgreSQL's own counters say how many rows of the log
+/// were read by scanning it.
+#[tokio::test]
+async fn postgres_commits_do_not_scan_the_log_as_it_grows() {
+    use sqlx::Connection;
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let one_connection = PoolSettings {
+        max_connections: 1,
+        ..PoolSettings::default()
+    };
+    let store = hub_server::store::postgres::PgStore::open(&db.url, one_connection)
+        .await
+        .unwrap();
+    let mut entries = Entries::new();
+    let mut known = 0u64;
+    for size in std::iter::repeat_n(1, 8).chain(std::iter::repeat_n(500, 20)) {
+        let tail = store
+            .append_at_tail(
+                known,
+                Box::new(|_adopted: &[Hash], _registry| {
+                    (0..size)
+                        .map(|_| {
+                            let n = u32::try_from(entries.next).unwrap();
+                            entries.item(EntryKind::Event, event_id(n), vec![])
+                        })
+                        .collect()
+                }),
+            )
+            .await
+            .unwrap();
+        known += tail.written.len() as u64;
+    }
+    assert_eq!(known, 10_008);
+    // A backend hands over its table counters when it exits; the inserts
+    // and the scans of one table are handed over together.
+    store.pool().close().await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let scanned = loop {
+        let (inserted, scanned): (i64, i64) = sqlx::query_as(
+            "SELECT n_tup_ins, seq_tup_read FROM pg_stat_user_tables WHERE relname = 'log_entries'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if inserted == 10_008 {
+            break scanned;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "PostgreSQL did not report the {known} inserts within 30 s (saw {inserted})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    conn.close().await.unwrap();
+    db.drop_now().await;
+    // Scans of the first, near-empty log read a few rows; one scan of the
+    // grown log per commit would read over a hundred thousand.
+    assert!(
+        scanned < 1_000,
+        "the commits read {scanned} log rows by scanning the table"
+    );
+}

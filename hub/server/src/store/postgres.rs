@@ -563,10 +563,18 @@ impl Store for PgStore {
     async fn append_at_tail(&self, known: u64, seal: SealAfter<'_>) -> Result<Tail, StoreError> {
         // Writers of every hub queue here; the lock ends with the
         // transaction, and is taken in the same round trip as it begins.
+        // So is the planner setting: this transaction's statements are
+        // prepared once per connection, and PostgreSQL may switch a
+        // prepared statement to one generic plan if that costs no more
+        // than its first five custom plans. Costed while the log was
+        // small, such a plan scans whole tables - the tail read's
+        // `idx >= $1`, the join of the closes with `exchanges` - for as
+        // long as the connection lives, on tables that keep growing.
         let mut tx = self
             .pool
             .begin_with(sqlx::AssertSqlSafe(format!(
-                "BEGIN; SELECT pg_advisory_xact_lock({LOG_WRITER_LOCK})"
+                "BEGIN; SELECT pg_advisory_xact_lock({LOG_WRITER_LOCK}); \
+                 SET LOCAL plan_cache_mode = force_custom_plan"
             )))
             .await
             .map_err(db)?;
