@@ -568,8 +568,8 @@ impl Store for PgStore {
         // prepared statement to one generic plan if that costs no more
         // than its first five custom plans. Costed while the log was
         // small, such a plan scans whole tables - the tail read's
-        // `idx >= $1`, the join of the closes with `exchanges` - for as
-        // long as the connection lives, on tables that keep growing.
+        // `idx >= $1`, the join of the closes with `exchanges` - at every
+        // commit until the table is next analysed, while the log grows.
         let mut tx = self
             .pool
             .begin_with(sqlx::AssertSqlSafe(format!(
