@@ -518,8 +518,16 @@ async fn production(
     };
     let outcome = production_with(settings, logs, bar, &db.url, &ns).await;
     db.drop_now().await;
-    ns.delete_now(&[adapter_population::PROVIDER], &["hub-1"])
-        .await;
+    // The hub declares a queue for every provider in its registry.
+    ns.delete_now(
+        &[
+            adapter_population::PROVIDER,
+            "000.00.00.G13/land-registry",
+            adapter_enterprise::PROVIDER,
+        ],
+        &["hub-1"],
+    )
+    .await;
     outcome
 }
 
