@@ -263,23 +263,10 @@ fn unsealed(n: u64, kind: EntryKind, id: ExchangeId, data: &DataKey) -> (EntryDr
         commitment,
     };
     let mut draft = EntryDraft {
-        kind,
-        exchange_id: id,
-        sender: member(CONSUMER),
         receiver: Some(member(PROVIDER)),
-        recipients: vec![],
         service: Some(ServiceName::parse("enterprise.lookup").unwrap()),
         version: Some(1),
-        purpose: None,
-        case_ref: None,
-        on_behalf_of: None,
-        fields: None,
-        schema: None,
-        body_hash: String::new(),
-        sealed_body_hash: None,
-        refers_to: None,
-        error: None,
-        sender_signature: None,
+        ..EntryDraft::new(kind, id, member(CONSUMER))
     };
     body.describe(&mut draft);
     (draft, body)

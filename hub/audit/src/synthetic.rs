@@ -78,23 +78,12 @@ pub fn write_bundle(
         nonce[4..].copy_from_slice(&i.to_be_bytes());
         let sealed_body = data_key.seal(&salt, &plain, &body_hash, nonce);
         let draft = EntryDraft {
-            kind: EntryKind::Receipt,
-            exchange_id: exchange_id(i),
-            sender: tax.clone(),
-            receiver: None,
-            recipients: vec![],
             service: Some(service.clone()),
             version: Some(1),
-            purpose: None,
-            case_ref: None,
-            on_behalf_of: None,
-            fields: None,
-            schema: None,
             body_hash,
             refers_to: i.checked_sub(1),
-            error: None,
-            sender_signature: None,
             sealed_body_hash: Some(sealed_body.hash()),
+            ..EntryDraft::new(EntryKind::Receipt, exchange_id(i), tax.clone())
         };
         let sealed = seal(draft, i, &prev, t0, key).map_err(|e| invalid(e.to_string()))?;
         let canonical = String::from_utf8_lossy(&sealed.canonical);

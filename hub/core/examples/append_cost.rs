@@ -18,23 +18,18 @@ fn main() {
     let rng = ring::rand::SystemRandom::new();
     let (key, _) = hub_core::jws::SigningKey::generate(&rng).unwrap();
     let draft = EntryDraft {
-        kind: EntryKind::Request,
-        exchange_id: ExchangeId::from_parts(1_800_000_000_000, [1; 10]),
-        sender: "000.00.29.H29/one-stop".parse().unwrap(),
         receiver: Some("000.00.00.G01/population-registry".parse().unwrap()),
-        recipients: vec![],
         service: Some(ServiceName::parse("citizen.lookup").unwrap()),
         version: Some(1),
         purpose: Some(hub_core::ids::PurposeCode::parse("public_service").unwrap()),
         case_ref: Some(hub_core::ids::CaseRef::parse("HS-2026-0001").unwrap()),
-        on_behalf_of: None,
-        fields: None,
         schema: Some("services/citizen.lookup/v1/request".into()),
         body_hash: "i248mnGisXnGJmReVw-jr-VJgacsB9rrjsymTi5ZAwo".into(),
-        refers_to: None,
-        error: None,
-        sender_signature: None,
-        sealed_body_hash: None,
+        ..EntryDraft::new(
+            EntryKind::Request,
+            ExchangeId::from_parts(1_800_000_000_000, [1; 10]),
+            "000.00.29.H29/one-stop".parse().unwrap(),
+        )
     };
     let t = Instant::now();
     let mut prev = [0u8; 32];

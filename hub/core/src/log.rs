@@ -163,6 +163,33 @@ pub struct EntryDraft {
     pub sender_signature: Option<String>,
 }
 
+impl EntryDraft {
+    /// A draft of `kind` for `exchange_id` sent by `sender`, every other
+    /// field empty; `body_hash` is filled by whoever commits to the body
+    /// (the server's `Body::describe`).
+    pub fn new(kind: EntryKind, exchange_id: ExchangeId, sender: Member) -> Self {
+        Self {
+            kind,
+            exchange_id,
+            sender,
+            receiver: None,
+            recipients: Vec::new(),
+            service: None,
+            version: None,
+            purpose: None,
+            case_ref: None,
+            on_behalf_of: None,
+            fields: None,
+            schema: None,
+            body_hash: String::new(),
+            sealed_body_hash: None,
+            refers_to: None,
+            error: None,
+            sender_signature: None,
+        }
+    }
+}
+
 /// What the hub signs: the draft placed in the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Statement {
@@ -271,23 +298,15 @@ mod tests {
 
     fn draft() -> EntryDraft {
         EntryDraft {
-            kind: EntryKind::Request,
-            exchange_id: ExchangeId::from_parts(1_700_000_000_000, [1; 10]),
-            sender: "000.00.00.H29/one-stop".parse().unwrap(),
             receiver: Some("000.00.00.G01/population-registry".parse().unwrap()),
-            recipients: vec![],
             service: Some(ServiceName::parse("citizen.lookup").unwrap()),
             version: Some(1),
-            purpose: None,
-            case_ref: None,
-            on_behalf_of: None,
-            fields: None,
-            schema: None,
             body_hash: crate::body::commitment(&[0; 16], br#"{"personal_id":"001085012345"}"#),
-            refers_to: None,
-            error: None,
-            sender_signature: None,
-            sealed_body_hash: None,
+            ..EntryDraft::new(
+                EntryKind::Request,
+                ExchangeId::from_parts(1_700_000_000_000, [1; 10]),
+                "000.00.00.H29/one-stop".parse().unwrap(),
+            )
         }
     }
 

@@ -114,26 +114,11 @@ pub async fn apply(hub: &Hub, admin: &str, change: AdminChange) -> Result<String
     let body = jcs::canonicalize_serialize(&json!({"change": &change, "before": before}))
         .map_err(|e| AdminError::Invalid(format!("the change has no canonical form: {e}")))?;
     let draft = EntryDraft {
-        kind: EntryKind::Admin,
-        exchange_id: hub.new_exchange_id(),
-        sender: hub_member(),
-        receiver: None,
-        recipients: vec![],
-        service: None,
-        version: None,
-        purpose: None,
-        case_ref: None,
         on_behalf_of: Some(LoggedEndUser::Official {
             official_id: admin.to_owned(),
             full_name: admin.to_owned(),
         }),
-        fields: None,
-        schema: None,
-        body_hash: String::new(),
-        sealed_body_hash: None,
-        refers_to: None,
-        error: None,
-        sender_signature: None,
+        ..EntryDraft::new(EntryKind::Admin, hub.new_exchange_id(), hub_member())
     };
     let effects = writes
         .into_iter()

@@ -479,26 +479,18 @@ impl Hub {
         let exchange_id = known.exchange_id.unwrap_or_else(|| self.new_exchange_id());
         let env = known.envelope.as_ref();
         let draft = EntryDraft {
-            kind: EntryKind::Refusal,
-            exchange_id,
-            sender: who.clone(),
             receiver: env.and_then(|e| e.receiver.clone()),
-            recipients: vec![],
             service: env.map(|e| e.service.clone()),
             version: env.map(|e| e.version),
             purpose: env.map(|e| e.purpose.clone()),
             case_ref: env.map(|e| e.case_ref.clone()),
             on_behalf_of: env.and_then(|e| self.logged_end_user(e)),
-            fields: None,
-            schema: None,
-            body_hash: String::new(),
-            refers_to: None,
             error: Some(EntryError {
                 code: error.code().to_owned(),
                 message: error.to_string(),
             }),
             sender_signature: known.signature,
-            sealed_body_hash: None,
+            ..EntryDraft::new(EntryKind::Refusal, exchange_id, who.clone())
         };
         info!(code = error.code(), %exchange_id, "refused");
         let body = self.body(known.body);
@@ -527,9 +519,6 @@ impl Hub {
         recipients: Vec<Member>,
     ) -> EntryDraft {
         EntryDraft {
-            kind,
-            exchange_id: a.exchange_id,
-            sender: who.clone(),
             receiver: (kind == EntryKind::Request).then(|| a.service.provider.clone()),
             recipients,
             service: Some(a.service.name.clone()),
@@ -542,11 +531,8 @@ impl Hub {
                 _ => None,
             },
             schema: Some(a.service.request_schema.clone()),
-            body_hash: String::new(),
-            refers_to: None,
-            error: None,
             sender_signature: a.signature.clone(),
-            sealed_body_hash: None,
+            ..EntryDraft::new(kind, a.exchange_id, who.clone())
         }
     }
 
@@ -940,23 +926,14 @@ impl Hub {
                 }
             });
         let mut draft = EntryDraft {
-            kind: EntryKind::Response,
-            exchange_id: id,
-            sender: provider.clone(),
             receiver: Some(asked.sender.clone()),
-            recipients: vec![],
             service: Some(service.name.clone()),
             version: Some(service.version),
             purpose: asked.purpose.clone(),
             case_ref: asked.case_ref.clone(),
-            on_behalf_of: None,
-            fields: None,
             schema: Some(schema.clone()),
-            body_hash: String::new(),
             refers_to: Some(record.statement.index),
-            error: None,
-            sender_signature: None,
-            sealed_body_hash: None,
+            ..EntryDraft::new(EntryKind::Response, id, provider.clone())
         };
         // Minimise after validating: the provider answers in full, the
         // consumer receives (and the log keeps) only what it is granted.
@@ -1098,23 +1075,10 @@ impl Hub {
             let body = json!({"acknowledged": id, "recipient": who.to_string()});
             let body = jcs::canonicalize(&body).unwrap_or_default();
             let draft = EntryDraft {
-                kind: EntryKind::Receipt,
-                exchange_id: id,
-                sender: who.clone(),
-                receiver: None,
-                recipients: vec![],
                 service: statement.as_ref().and_then(|s| s.draft.service.clone()),
                 version: statement.as_ref().and_then(|s| s.draft.version),
-                purpose: None,
-                case_ref: None,
-                on_behalf_of: None,
-                fields: None,
-                schema: None,
-                body_hash: String::new(),
                 refers_to: statement.as_ref().map(|s| s.index),
-                error: None,
-                sender_signature: None,
-                sealed_body_hash: None,
+                ..EntryDraft::new(EntryKind::Receipt, id, who.clone())
             };
             let body = self.body(body);
             let mut draft = draft;
