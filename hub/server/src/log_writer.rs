@@ -598,7 +598,9 @@ async fn write_batch(
             .any(|p| p.effects.iter().any(|e| matches!(e, Effect::Registry(_))));
         registry_after = (!changes_registry).then_some(registry);
         let (items, r) = match ahead {
-            Some((expected, sealed)) if expected == at => {
+            // The sealer keeps a batch sealed ahead only whole; the length
+            // check keeps a slip there from dropping appends unwritten.
+            Some((expected, sealed)) if expected == at && sealed.len() == pending.len() => {
                 took_ahead = true;
                 take_ahead(pending, sealed)
             }
