@@ -1,6 +1,6 @@
 //! The real hub on PostgreSQL: the whole exchange path, a restart that
-//! continues the same log, two hubs sharing the registry, and a database
-//! that goes away and comes back.
+//! continues the same log, two hubs sharing the registry and taking one
+//! exchange id at once, and a database that goes away and comes back.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -120,6 +120,100 @@ async fn a_registry_change_through_one_hub_is_in_force_on_another_at_once() {
     let (status, reply) = second.send(lookup()).await;
     assert_eq!(status, StatusCode::OK, "{reply}");
     assert!(reply["record"]["index"].as_u64() > resumed["record"]["index"].as_u64());
+    first.stop().await;
+    second.stop().await;
+    db.drop_now().await;
+}
+
+/// A sender that retries through the other hub before the first answered:
+/// each exchange id is logged once, and both attempts get its outcome.
+#[tokio::test]
+async fn an_exchange_sent_through_two_hubs_at_once_is_logged_once() {
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let url = db.url.clone();
+    let first = TestHub::start_in(dir.clone(), |c| c.database_url = url).await;
+    let url = db.url.clone();
+    let second = TestHub::start_in(dir, |c| c.database_url = url).await;
+    let hubs = Arc::new([first, second]);
+    let mut ids = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..16u32 {
+        let id = hubs[0].running().hub.new_exchange_id().to_string();
+        let mut event = envelope(
+            ENTERPRISE_REGISTRY,
+            "enterprise.registered",
+            "registry_update",
+            enterprise_registered(),
+        );
+        event["id"] = json!(id);
+        event["case_ref"] = json!(format!("HS-2026-{n:06}"));
+        for h in 0..2 {
+            let (hubs, event) = (hubs.clone(), event.clone());
+            tasks.spawn(async move { (h, hubs[h].send(event).await) });
+        }
+        ids.push(id);
+    }
+    let mut receipts: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
+        std::collections::BTreeMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (h, (status, receipt)) = joined.unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED, "hub {h}: {receipt}");
+        let id = receipt["record"]["exchange_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        receipts.entry(id).or_default().push(receipt);
+    }
+    for id in &ids {
+        let got = &receipts[id];
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            got[0], got[1],
+            "both attempts at {id} get the first receipt"
+        );
+    }
+    let logged: Vec<String> = hubs[0]
+        .log_records()
+        .await
+        .iter()
+        .filter(|r| r["kind"] == "event")
+        .map(|r| r["exchange_id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut once = logged.clone();
+    once.sort();
+    once.dedup();
+    assert_eq!(
+        (logged.len(), once.len()),
+        (ids.len(), ids.len()),
+        "{logged:?}"
+    );
+
+    // A query the same way: one request reaches the provider; the other
+    // attempt gets the answer, or is told the exchange is in progress.
+    let id = hubs[0].running().hub.new_exchange_id().to_string();
+    let mut query = lookup();
+    query["id"] = json!(id);
+    let (a, b) = tokio::join!(hubs[0].send(query.clone()), hubs[1].send(query));
+    let mut answers = [a, b];
+    answers.sort_by_key(|(status, _)| *status);
+    assert_eq!(answers[0].0, StatusCode::OK, "{}", answers[0].1);
+    match answers[1].0 {
+        StatusCode::OK => assert_eq!(answers[0].1, answers[1].1),
+        StatusCode::CONFLICT => assert_eq!(answers[1].1["code"], "exchange_in_progress"),
+        other => panic!("{other}: {}", answers[1].1),
+    }
+    let kinds: Vec<serde_json::Value> = hubs[0]
+        .log_records()
+        .await
+        .into_iter()
+        .filter(|r| r["exchange_id"] == id.as_str())
+        .map(|r| r["kind"].clone())
+        .collect();
+    assert_eq!(kinds, [json!("request"), json!("response")]);
+    let [mut first, mut second] = Arc::into_inner(hubs).unwrap();
     first.stop().await;
     second.stop().await;
     db.drop_now().await;

@@ -14,8 +14,8 @@ use hub_core::jws::SigningKey;
 use hub_core::log::{EntryDraft, EntryKind, seal};
 use hub_e2e::services::PgDatabase;
 use hub_server::store::{
-    AgencyRecord, AppendItem, Body, Effect, ExchangeState, Grant, PoolSettings, RegistryChange,
-    ServiceRecord, Store, StoredCheckpoint, Subscription,
+    AgencyRecord, AppendItem, AtTail, Body, Effect, ExchangeState, Grant, PoolSettings,
+    RegistryChange, ServiceRecord, Store, StoredCheckpoint, Subscription,
 };
 use time::macros::datetime;
 
@@ -62,6 +62,7 @@ both_backends!(
     the_subject_index_finds_whole_exchanges_oldest_first,
     the_registry_version_advances_with_each_change_requests_are_decided_on,
     two_log_writers_on_one_store_keep_one_chain,
+    an_exchange_opened_through_two_writers_at_once_is_logged_once,
     an_events_inbox_message_outlives_the_purge_of_replies_until_delivered,
 );
 
@@ -430,9 +431,12 @@ async fn appends_at_the_tail_adopt_what_other_writers_wrote(store: Arc<dyn Store
     let tail = store
         .append_at_tail(
             0,
-            Box::new(|adopted: &[Hash], _registry| {
-                b.next = adopted.len() as u64;
-                b.prev = *adopted.last().unwrap();
+            &[id(1), id(2)],
+            Box::new(|tail: AtTail<'_>| {
+                // Exchange 1 was opened by the other writer; 2 is new.
+                assert_eq!(tail.opened, [id(1)]);
+                b.next = tail.adopted.len() as u64;
+                b.prev = *tail.adopted.last().unwrap();
                 vec![b.item(EntryKind::Request, id(2), vec![open(2)])]
             }),
         )
@@ -452,9 +456,10 @@ async fn appends_at_the_tail_adopt_what_other_writers_wrote(store: Arc<dyn Store
             store
                 .append_at_tail(
                     known,
-                    Box::new(move |adopted: &[Hash], _registry| {
-                        w.next = adopted.len() as u64;
-                        w.prev = *adopted.last().unwrap();
+                    &[],
+                    Box::new(move |tail: AtTail<'_>| {
+                        w.next = tail.adopted.len() as u64;
+                        w.prev = *tail.adopted.last().unwrap();
                         vec![w.item(EntryKind::Request, id(10 + n), vec![open(10)])]
                     }),
                 )
@@ -477,8 +482,9 @@ async fn version_at_the_tail(store: &dyn Store) -> u64 {
     store
         .append_at_tail(
             known,
-            Box::new(|_, registry| {
-                seen = Some(registry);
+            &[],
+            Box::new(|tail: AtTail<'_>| {
+                seen = Some(tail.registry_version);
                 vec![]
             }),
         )
@@ -804,11 +810,18 @@ fn event_id(n: u32) -> ExchangeId {
     ExchangeId::from_parts(1_790_000_000_000 + u64::from(n), [9; 10])
 }
 
-async fn two_log_writers_on_one_store_keep_one_chain(store: Arc<dyn Store>) {
+/// Two log writers on `store`, as two hubs would run them, with batches of
+/// up to 8; their signing and data keys.
+async fn two_log_writers(
+    store: &Arc<dyn Store>,
+) -> (
+    [hub_server::log_writer::LogWriter; 2],
+    Arc<SigningKey>,
+    Arc<DataKey>,
+) {
     use hub_server::clock::{Clock, SystemClock, SystemRandom};
-    use hub_server::log_writer::{AppendError, LogWriter, WriterKeys};
+    use hub_server::log_writer::{LogWriter, WriterKeys};
 
-    registry(store.as_ref()).await;
     let signing = Arc::new(
         SigningKey::generate(&ring::rand::SystemRandom::new())
             .unwrap()
@@ -821,14 +834,18 @@ async fn two_log_writers_on_one_store_keep_one_chain(store: Arc<dyn Store>) {
         random: Arc::new(SystemRandom::default()),
     });
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let start = || LogWriter::start(store.clone(), keys.clone(), clock.clone(), 8);
+    let (a, b) = (start().await.unwrap(), start().await.unwrap());
+    ([a, b], signing, data)
+}
+
+async fn two_log_writers_on_one_store_keep_one_chain(store: Arc<dyn Store>) {
+    use hub_server::log_writer::AppendError;
+
+    registry(store.as_ref()).await;
     // Two writers (two hubs) on one store: each seals batches ahead of its
     // own commits, and must seal again whenever the other wrote between.
-    let a = LogWriter::start(store.clone(), keys.clone(), clock.clone(), 8)
-        .await
-        .unwrap();
-    let b = LogWriter::start(store.clone(), keys.clone(), clock.clone(), 8)
-        .await
-        .unwrap();
+    let ([a, b], signing, data) = two_log_writers(&store).await;
     let version = version_at_the_tail(store.as_ref()).await;
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..240u32 {
@@ -909,6 +926,60 @@ async fn two_log_writers_on_one_store_keep_one_chain(store: Arc<dyn Store>) {
     }
 }
 
+async fn an_exchange_opened_through_two_writers_at_once_is_logged_once(store: Arc<dyn Store>) {
+    use hub_server::log_writer::AppendError;
+
+    registry(store.as_ref()).await;
+    let (writers, _, data) = two_log_writers(&store).await;
+    // Every id opened through both writers at once, as two hubs do when a
+    // sender retries an event through the other one: the first to commit
+    // keeps it, the other is told so and writes nothing.
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..24u32 {
+        for (w, writer) in (0u64..).zip(&writers) {
+            let writer = writer.clone();
+            let (draft, body) =
+                unsealed(u64::from(n) * 2 + w, EntryKind::Event, event_id(n), &data);
+            let effects = vec![open(1_000), Effect::CloseExchange];
+            tasks.spawn(async move { (n, writer.append(draft, body, effects).await) });
+        }
+    }
+    let mut written = std::collections::BTreeMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined.unwrap() {
+            (n, Ok(_)) => *written.entry(n).or_insert(0) += 1,
+            (n, Err(AppendError::AlreadyOpen(id))) => assert_eq!(id, event_id(n)),
+            (n, Err(e)) => panic!("exchange {n}: {e}"),
+        }
+    }
+    assert!(
+        written.len() == 24 && written.values().all(|&w| w == 1),
+        "{written:?}"
+    );
+    let ids: Vec<String> = store
+        .entries(0, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let record: serde_json::Value = serde_json::from_str(&e.record).unwrap();
+            record["exchange_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!((ids.len(), unique.len()), (24, 24));
+
+    // Later, through either writer, the id stays taken.
+    for (n, writer) in (100u64..).zip(&writers) {
+        let (draft, body) = unsealed(n, EntryKind::Event, event_id(5), &data);
+        let again = writer.append(draft, body, vec![open(2_000)]).await;
+        assert!(
+            matches!(again, Err(AppendError::AlreadyOpen(id)) if id == event_id(5)),
+            "{again:?}"
+        );
+    }
+}
+
 async fn an_events_inbox_message_outlives_the_purge_of_replies_until_delivered(
     store: Arc<dyn Store>,
 ) {
@@ -974,7 +1045,8 @@ async fn postgres_commits_do_not_scan_the_log_as_it_grows() {
         let tail = store
             .append_at_tail(
                 known,
-                Box::new(|_adopted: &[Hash], _registry| {
+                &[],
+                Box::new(|_| {
                     (0..size)
                         .map(|_| {
                             let n = u32::try_from(entries.next).unwrap();

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use hub_core::body::{DataKey, NONCE_LEN};
 use hub_core::hash::Hash;
+use hub_core::ids::ExchangeId;
 use hub_core::jws::SigningKey;
 use hub_core::log::{EntryDraft, Sealed, seal};
 use hub_core::merkle::Frontier;
@@ -31,7 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, instrument, warn};
 
 use crate::clock::{Clock, Random};
-use crate::store::{AppendItem, Body, Effect, Store, StoreError, message_of};
+use crate::store::{AppendItem, AtTail, Body, Effect, Store, StoreError, message_of};
 
 type Reply = oneshot::Sender<Result<AppendItem, AppendError>>;
 
@@ -66,6 +67,10 @@ pub enum AppendError {
     /// holds, which is at `now` or later; decide it again.
     #[error("the registry changed while the entry was decided")]
     RegistryChanged { now: u64 },
+    /// The entry would open an exchange that the log holds already (opened
+    /// through another hub meanwhile); its first outcome stands.
+    #[error("exchange {0} is already in the log")]
+    AlreadyOpen(ExchangeId),
 }
 
 /// What the writer signs and seals with.
@@ -544,6 +549,13 @@ fn seal_all(
     (items, replies)
 }
 
+/// Whether the entry opens an exchange (a request or an event).
+fn opens_exchange(p: &Pending) -> bool {
+    p.effects
+        .iter()
+        .any(|e| matches!(e, Effect::OpenExchange { .. }))
+}
+
 /// Pair entries sealed ahead with their bodies and effects.
 fn take_ahead(pending: Vec<Pending>, sealed: Vec<SealedEntry>) -> (Vec<AppendItem>, Vec<Reply>) {
     pending
@@ -581,18 +593,35 @@ async fn write_batch(
     } = batch;
 
     let (known, prev) = (state.frontier.size(), state.prev);
+    let opening: Vec<ExchangeId> = pending
+        .iter()
+        .filter(|p| opens_exchange(p))
+        .map(|p| p.draft.exchange_id)
+        .collect();
     let mut replies = Vec::new();
     let mut registry_after = None;
     let mut took_ahead = false;
     // The store reads what other hubs appended since `known` under its
     // writers' lock; the batch is placed after that, sealed again unless
     // it was sealed ahead at exactly that place.
-    let sealing = |adopted: &[Hash], registry: u64| {
+    let sealing = |tail: AtTail<'_>| {
+        let registry = tail.registry_version;
         let at = Position {
-            size: known + adopted.len() as u64,
-            prev: adopted.last().copied().unwrap_or(prev),
+            size: known + tail.adopted.len() as u64,
+            prev: tail.adopted.last().copied().unwrap_or(prev),
             registry: Some(registry),
         };
+        // Two hubs can take one exchange id at once (a sender retrying
+        // through the load balancer); the first in the log keeps it, and
+        // the other's sender gets that first outcome, never a second entry.
+        let (pending, taken): (Vec<_>, Vec<_>) = pending
+            .into_iter()
+            .partition(|p| !(opens_exchange(p) && tail.opened.contains(&p.draft.exchange_id)));
+        let ahead = ahead.filter(|_| taken.is_empty());
+        for p in taken {
+            let id = p.draft.exchange_id;
+            let _ = p.reply.send(Err(AppendError::AlreadyOpen(id)));
+        }
         let changes_registry = pending
             .iter()
             .any(|p| p.effects.iter().any(|e| matches!(e, Effect::Registry(_))));
@@ -610,7 +639,10 @@ async fn write_batch(
         items
     };
     let started = std::time::Instant::now();
-    match store.append_at_tail(known, Box::new(sealing)).await {
+    match store
+        .append_at_tail(known, &opening, Box::new(sealing))
+        .await
+    {
         Ok(tail) => {
             state.adopt(&tail.adopted);
             let leaves: Vec<Hash> = tail.written.iter().map(|i| i.sealed.leaf_hash).collect();

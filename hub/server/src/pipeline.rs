@@ -36,7 +36,9 @@ use crate::error::{ExchangeError, Failure, Logged};
 use crate::log_writer::{AppendError, LogWriter};
 use crate::queue::{Message, Queue};
 use crate::registry_cache::RegistryCache;
-use crate::store::{AppendItem, Body, Effect, ExchangeState, ServiceRecord, Store, StoreError};
+use crate::store::{
+    AppendItem, Body, Effect, ExchangeRow, ExchangeState, ServiceRecord, Store, StoreError,
+};
 
 /// What a finished query hands its waiting caller.
 type Completion = Result<String, Failure>;
@@ -550,19 +552,42 @@ impl Hub {
             None => None,
         };
         if let Some(row) = seen {
-            if row.request_hash != a.request_hash || row.sender != who.to_string() {
-                return Err(ExchangeError::IdConflict(id).into());
-            }
-            return match row.state {
-                ExchangeState::Done { reply } => {
-                    Ok(Err(self.open_message(id, &reply).map_err(storage)?))
-                }
-                ExchangeState::Pending => Err(ExchangeError::InProgress(id).into()),
-            };
+            return Ok(Err(self.replay(who, a, row)?));
         }
         match Claim::take(&self.in_flight, id) {
             Some(claim) => Ok(Ok(claim)),
             None => Err(ExchangeError::InProgress(id).into()),
+        }
+    }
+
+    /// The first outcome of the exchange `row` for a request that reuses
+    /// its id: its reply, or why there is none.
+    fn replay(
+        &self,
+        who: &Member,
+        a: &Accepted,
+        row: ExchangeRow,
+    ) -> Result<String, ExchangeError> {
+        let id = a.exchange_id;
+        if row.request_hash != a.request_hash || row.sender != who.to_string() {
+            return Err(ExchangeError::IdConflict(id));
+        }
+        match row.state {
+            ExchangeState::Done { reply } => self.open_message(id, &reply).map_err(|e| {
+                warn!(error = %e, "a stored reply does not open");
+                ExchangeError::StorageUnavailable(e.to_string())
+            }),
+            ExchangeState::Pending => Err(ExchangeError::InProgress(id)),
+        }
+    }
+
+    /// The outcome of an append refused because another hub opened the
+    /// exchange first: that first outcome, as a retry would get it.
+    async fn opened_elsewhere(&self, who: &Member, a: &Accepted) -> Result<String, Failure> {
+        match self.store.exchange(a.exchange_id).await.map_err(storage)? {
+            Some(row) => Ok(self.replay(who, a, row)?),
+            // Abandoned after a failure since then: a retry runs it anew.
+            None => Err(ExchangeError::InProgress(a.exchange_id).into()),
         }
     }
 
@@ -619,7 +644,10 @@ impl Hub {
             Ok(item) => item,
             Err(e) => {
                 self.forget_waiter(a.exchange_id);
-                return Err(append_failed(e));
+                return match e {
+                    AppendError::AlreadyOpen(_) => self.opened_elsewhere(who, &a).await,
+                    e => Err(append_failed(e)),
+                };
             }
         };
         match (&self.remote, local) {
@@ -716,10 +744,14 @@ impl Hub {
         let body = self.body(a.canonical.clone());
         let mut draft = self.accepted_draft(who, &a, EntryKind::Event, subscribers.clone());
         body.describe(&mut draft);
-        let item = self
+        let item = match self
             .append_decided(Some(a.registry_version), draft, body, effects)
             .await
-            .map_err(append_failed)?;
+        {
+            Ok(item) => item,
+            Err(AppendError::AlreadyOpen(_)) => return self.opened_elsewhere(who, &a).await,
+            Err(e) => return Err(append_failed(e)),
+        };
         for s in &subscribers {
             self.wake(s);
         }

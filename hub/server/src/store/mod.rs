@@ -345,11 +345,21 @@ pub struct OutboxRow {
     pub sealed: Vec<u8>,
 }
 
-/// Places a batch after the given leaf hashes (the entries other writers
-/// appended since the caller last looked), sealing each entry; the second
-/// argument is the registry version at that point (see
-/// [`Store::registry_version`]).
-pub type SealAfter<'a> = Box<dyn FnOnce(&[Hash], u64) -> Vec<AppendItem> + Send + 'a>;
+/// What the store holds where a batch lands, read under the writers' lock.
+#[derive(Debug, Clone, Copy)]
+pub struct AtTail<'a> {
+    /// Leaf hashes of the entries other writers appended since the caller
+    /// last looked.
+    pub adopted: &'a [Hash],
+    /// The registry version (see [`Store::registry_version`]).
+    pub registry_version: u64,
+    /// Those of the exchange ids the batch would open that the store
+    /// already holds: opened through another hub since this one looked.
+    pub opened: &'a [ExchangeId],
+}
+
+/// Places a batch at the tail the store read, sealing each entry.
+pub type SealAfter<'a> = Box<dyn FnOnce(AtTail<'_>) -> Vec<AppendItem> + Send + 'a>;
 
 /// What [`Store::append_at_tail`] found and wrote.
 #[derive(Debug)]
@@ -464,7 +474,7 @@ pub trait Store: Send + Sync {
     async fn append(&self, items: &[AppendItem]) -> Result<(), StoreError> {
         let first = items.first().map_or(0, |i| i.sealed.record.statement.index);
         let tail = self
-            .append_at_tail(first, Box::new(|_, _| items.to_vec()))
+            .append_at_tail(first, &[], Box::new(|_| items.to_vec()))
             .await?;
         if tail.adopted.is_empty() {
             Ok(())
@@ -481,9 +491,15 @@ pub trait Store: Send + Sync {
     /// Append at the log's tail when several writers share the store: in
     /// one transaction, under a lock that serializes writers, read the
     /// leaf hashes of every entry from index `known` on (what other writers
-    /// appended) and the registry version, let `seal` place the batch after
-    /// them, and write it. Returns those leaf hashes and the items written.
-    async fn append_at_tail(&self, known: u64, seal: SealAfter<'_>) -> Result<Tail, StoreError>;
+    /// appended), the registry version and which of `opening` are already
+    /// exchanges, let `seal` place the batch after them, and write it.
+    /// Returns those leaf hashes and the items written.
+    async fn append_at_tail(
+        &self,
+        known: u64,
+        opening: &[ExchangeId],
+        seal: SealAfter<'_>,
+    ) -> Result<Tail, StoreError>;
     /// Try to become the one holder of `role` among the processes sharing
     /// this store (`None`: another process holds it).
     async fn lead(&self, role: Role) -> Result<Option<Box<dyn Leadership>>, StoreError>;

@@ -16,7 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 
 use super::{
-    AgencyRecord, AppendItem, Batch, Delivery, ExchangeRow, ExchangeState, Facts, Grant,
+    AgencyRecord, AppendItem, AtTail, Batch, Delivery, ExchangeRow, ExchangeState, Facts, Grant,
     Leadership, OutboxRow, PoolSettings, RegistryChange, Role, SealAfter, ServiceRecord, Store,
     StoreError, StoredCheckpoint, StoredEntry, Subscription, Tail, fields_of_column, json_text,
     keep_exchanges,
@@ -560,7 +560,12 @@ impl Store for PgStore {
         Ok(to_u64(version))
     }
 
-    async fn append_at_tail(&self, known: u64, seal: SealAfter<'_>) -> Result<Tail, StoreError> {
+    async fn append_at_tail(
+        &self,
+        known: u64,
+        opening: &[ExchangeId],
+        seal: SealAfter<'_>,
+    ) -> Result<Tail, StoreError> {
         // Writers of every hub queue here; the lock ends with the
         // transaction, and is taken in the same round trip as it begins.
         // So is the planner setting: this transaction's statements are
@@ -578,22 +583,44 @@ impl Store for PgStore {
             )))
             .await
             .map_err(db)?;
-        // The tail, then one row with the registry version: one round trip.
+        // The tail, the registry version and the exchanges among
+        // `opening` that exist already: one round trip.
+        let opening: Vec<String> = opening.iter().map(ToString::to_string).collect();
         let rows = sqlx::query(
-            "SELECT idx, leaf_hash, NULL::bigint AS version FROM log_entries WHERE idx >= $1
-             UNION ALL SELECT NULL, NULL, version FROM registry_version
+            "SELECT idx, leaf_hash, NULL::bigint AS version, NULL::text AS opened FROM log_entries WHERE idx >= $1
+             UNION ALL SELECT NULL, NULL, version, NULL FROM registry_version
+             UNION ALL SELECT NULL, NULL, NULL, exchange_id FROM exchanges WHERE exchange_id = ANY($2)
              ORDER BY idx NULLS LAST",
         )
         .bind(to_i64(known))
+        .bind(&opening)
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
-        let Some((last, tail)) = rows.split_last() else {
-            return Err(corrupt("the registry version is missing"));
-        };
-        let version: i64 = last.try_get("version").map_err(db)?;
+        // The tail first, in order; then the version and the opened ids.
+        let entries = rows
+            .iter()
+            .take_while(|r| matches!(r.try_get::<Option<i64>, _>("idx"), Ok(Some(_))))
+            .count();
+        let (tail, rest) = rows.split_at(entries);
         let adopted = leaves(known, tail)?;
-        let written = seal(&adopted, to_u64(version));
+        let mut version = None;
+        let mut opened = Vec::new();
+        for r in rest {
+            let v: Option<i64> = r.try_get("version").map_err(db)?;
+            let id: Option<String> = r.try_get("opened").map_err(db)?;
+            match (v, id) {
+                (Some(v), _) => version = Some(to_u64(v)),
+                (None, Some(id)) => opened.push(ExchangeId::parse(&id).map_err(corrupt)?),
+                (None, None) => return Err(corrupt("an unexpected row at the log's tail")),
+            }
+        }
+        let registry_version = version.ok_or_else(|| corrupt("the registry version is missing"))?;
+        let written = seal(AtTail {
+            adopted: &adopted,
+            registry_version,
+            opened: &opened,
+        });
         Self::insert(&mut tx, &written).await?;
         tx.commit().await.map_err(db)?;
         Ok(Tail { adopted, written })

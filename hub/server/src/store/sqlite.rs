@@ -17,7 +17,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::{
-    AgencyRecord, AppendItem, Batch, Delivery, ExchangeRow, ExchangeState, Facts, Grant,
+    AgencyRecord, AppendItem, AtTail, Batch, Delivery, ExchangeRow, ExchangeState, Facts, Grant,
     Leadership, OutboxRow, RegistryChange, Role, SealAfter, ServiceRecord, Store, StoreError,
     StoredCheckpoint, StoredEntry, Subscription, Tail, fields_of_column, json_text, keep_exchanges,
 };
@@ -550,26 +550,56 @@ impl Store for SqliteStore {
         Ok(to_u64(version))
     }
 
-    async fn append_at_tail(&self, known: u64, seal: SealAfter<'_>) -> Result<Tail, StoreError> {
+    async fn append_at_tail(
+        &self,
+        known: u64,
+        opening: &[ExchangeId],
+        seal: SealAfter<'_>,
+    ) -> Result<Tail, StoreError> {
         // IMMEDIATE takes the write lock first, so that the tail read below
         // stays the tail until commit even with another process on the file.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
-        // The tail, then one row with the registry version: one round trip.
+        // The tail, the registry version and the exchanges among
+        // `opening` that exist already: one round trip.
+        let opening =
+            serde_json::to_string(&opening.iter().map(ToString::to_string).collect::<Vec<_>>())
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let rows = sqlx::query(
-            "SELECT idx, leaf_hash, NULL AS version FROM log_entries WHERE idx >= ?
-             UNION ALL SELECT NULL, NULL, version FROM registry_version
+            "SELECT idx, leaf_hash, NULL AS version, NULL AS opened FROM log_entries WHERE idx >= ?
+             UNION ALL SELECT NULL, NULL, version, NULL FROM registry_version
+             UNION ALL SELECT NULL, NULL, NULL, exchange_id FROM exchanges
+                 WHERE exchange_id IN (SELECT value FROM json_each(?))
              ORDER BY idx NULLS LAST",
         )
         .bind(to_i64(known))
+        .bind(opening)
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
-        let Some((last, tail)) = rows.split_last() else {
-            return Err(corrupt("the registry version is missing"));
-        };
-        let version: i64 = last.try_get("version").map_err(db)?;
+        // The tail first, in order; then the version and the opened ids.
+        let entries = rows
+            .iter()
+            .take_while(|r| matches!(r.try_get::<Option<i64>, _>("idx"), Ok(Some(_))))
+            .count();
+        let (tail, rest) = rows.split_at(entries);
         let adopted = leaves(known, tail)?;
-        let written = seal(&adopted, to_u64(version));
+        let mut version = None;
+        let mut opened = Vec::new();
+        for r in rest {
+            let v: Option<i64> = r.try_get("version").map_err(db)?;
+            let id: Option<String> = r.try_get("opened").map_err(db)?;
+            match (v, id) {
+                (Some(v), _) => version = Some(to_u64(v)),
+                (None, Some(id)) => opened.push(ExchangeId::parse(&id).map_err(corrupt)?),
+                (None, None) => return Err(corrupt("an unexpected row at the log's tail")),
+            }
+        }
+        let registry_version = version.ok_or_else(|| corrupt("the registry version is missing"))?;
+        let written = seal(AtTail {
+            adopted: &adopted,
+            registry_version,
+            opened: &opened,
+        });
         Self::insert(&mut tx, &written).await?;
         tx.commit().await.map_err(db)?;
         Ok(Tail { adopted, written })
