@@ -575,11 +575,18 @@ impl Store for PgStore {
         // small, such a plan scans whole tables - the tail read's
         // `idx >= $1`, the join of the closes with `exchanges` - at every
         // commit until the table is next analysed, while the log grows.
+        // Parallel workers and JIT are off: until the log is first
+        // analysed the planner takes `idx >= $1` to match a third of it,
+        // and as the log grew it chose two parallel workers for the tail
+        // read, whose start took 12-28 ms of a commit (measured, on a read
+        // that returns a few rows in well under a millisecond); a larger
+        // misestimate would cross `jit_above_cost` the same way.
         let mut tx = self
             .pool
             .begin_with(sqlx::AssertSqlSafe(format!(
                 "BEGIN; SELECT pg_advisory_xact_lock({LOG_WRITER_LOCK}); \
-                 SET LOCAL plan_cache_mode = force_custom_plan"
+                 SET LOCAL plan_cache_mode = force_custom_plan; \
+                 SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off"
             )))
             .await
             .map_err(db)?;
