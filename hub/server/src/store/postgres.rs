@@ -188,8 +188,18 @@ impl PgStore {
 
     /// Connect and migrate.
     pub async fn open(url: &str, settings: PoolSettings) -> Result<Self, StoreError> {
+        // No parallel workers and no JIT for any of the hub's statements:
+        // they read and write a few rows each, and until a table is first
+        // analysed the planner can take a range on it (the log writer's
+        // `idx >= $1`) to match a third of the rows. As the log grew it
+        // then chose two parallel workers for the writer's tail read, whose
+        // start took 12-28 ms of every commit (measured with auto_explain;
+        // the read itself took 0.2 ms); a larger misestimate would cross
+        // `jit_above_cost` the same way. Sent with the connection's start-up
+        // message: no round trip.
         let options = PgConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Invalid(format!("{}: {e}", redact(url))))?;
+            .map_err(|e| StoreError::Invalid(format!("{}: {e}", redact(url))))?
+            .options([("max_parallel_workers_per_gather", "0"), ("jit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections.max(1))
             // No ping before each use: under load a round trip costs as
@@ -575,18 +585,11 @@ impl Store for PgStore {
         // small, such a plan scans whole tables - the tail read's
         // `idx >= $1`, the join of the closes with `exchanges` - at every
         // commit until the table is next analysed, while the log grows.
-        // Parallel workers and JIT are off: until the log is first
-        // analysed the planner takes `idx >= $1` to match a third of it,
-        // and as the log grew it chose two parallel workers for the tail
-        // read, whose start took 12-28 ms of a commit (measured, on a read
-        // that returns a few rows in well under a millisecond); a larger
-        // misestimate would cross `jit_above_cost` the same way.
         let mut tx = self
             .pool
             .begin_with(sqlx::AssertSqlSafe(format!(
                 "BEGIN; SELECT pg_advisory_xact_lock({LOG_WRITER_LOCK}); \
-                 SET LOCAL plan_cache_mode = force_custom_plan; \
-                 SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off"
+                 SET LOCAL plan_cache_mode = force_custom_plan"
             )))
             .await
             .map_err(db)?;
