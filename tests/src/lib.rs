@@ -158,6 +158,16 @@ impl TestHub {
             .collect()
     }
 
+    /// The kinds of the log entries of exchange `id`, in log order.
+    pub async fn kinds_logged_for(&self, id: &str) -> Vec<Value> {
+        self.log_records()
+            .await
+            .into_iter()
+            .filter(|r| r["exchange_id"] == id)
+            .map(|r| r["kind"].clone())
+            .collect()
+    }
+
     /// The record at `index`.
     pub async fn record_at(&self, index: u64) -> Value {
         let e = self.running().hub.store.entries(index, 1).await.unwrap();

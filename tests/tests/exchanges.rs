@@ -406,13 +406,7 @@ async fn a_repeated_exchange_id_is_answered_once() {
     assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
     assert_eq!(first, second, "the retry gets the first result");
     assert_eq!(first["record"]["exchange_id"], id.as_str());
-    let kinds: Vec<Value> = hub
-        .log_records()
-        .await
-        .into_iter()
-        .filter(|r| r["exchange_id"] == id.as_str())
-        .map(|r| r["kind"].clone())
-        .collect();
+    let kinds = hub.kinds_logged_for(&id).await;
     assert_eq!(
         kinds,
         [json!("request"), json!("response")],

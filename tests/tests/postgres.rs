@@ -205,13 +205,7 @@ async fn an_exchange_sent_through_two_hubs_at_once_is_logged_once() {
         StatusCode::CONFLICT => assert_eq!(answers[1].1["code"], "exchange_in_progress"),
         other => panic!("{other}: {}", answers[1].1),
     }
-    let kinds: Vec<serde_json::Value> = hubs[0]
-        .log_records()
-        .await
-        .into_iter()
-        .filter(|r| r["exchange_id"] == id.as_str())
-        .map(|r| r["kind"].clone())
-        .collect();
+    let kinds = hubs[0].kinds_logged_for(&id).await;
     assert_eq!(kinds, [json!("request"), json!("response")]);
     let [mut first, mut second] = Arc::into_inner(hubs).unwrap();
     first.stop().await;

@@ -358,6 +358,56 @@ pub struct AtTail<'a> {
     pub opened: &'a [ExchangeId],
 }
 
+/// Parse a backend's tail read and let `seal` place the batch there;
+/// returns the adopted leaf hashes and what to write. The rows are
+/// `(idx, leaf_hash)` of the entries from `known` on, in order, then one
+/// with the registry `version` and one per id already `opened`, the other
+/// columns NULL. `db` maps the backend's errors.
+pub(crate) fn seal_at_tail<R>(
+    known: u64,
+    rows: &[R],
+    db: fn(sqlx::Error) -> StoreError,
+    seal: SealAfter<'_>,
+) -> Result<(Vec<Hash>, Vec<AppendItem>), StoreError>
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    i64: sqlx::Type<R::Database> + for<'r> sqlx::Decode<'r, R::Database>,
+    String: sqlx::Type<R::Database> + for<'r> sqlx::Decode<'r, R::Database>,
+    Vec<u8>: sqlx::Type<R::Database> + for<'r> sqlx::Decode<'r, R::Database>,
+{
+    let mut adopted = Vec::new();
+    let mut version = None;
+    let mut opened = Vec::new();
+    for r in rows {
+        let idx: Option<i64> = r.try_get("idx").map_err(db)?;
+        let v: Option<i64> = r.try_get("version").map_err(db)?;
+        let id: Option<String> = r.try_get("opened").map_err(db)?;
+        match (idx, v, id) {
+            (Some(idx), _, _) => {
+                let expected = known + adopted.len() as u64;
+                if to_u64(idx) != expected {
+                    return Err(corrupt(format!("the log has a gap at index {expected}")));
+                }
+                let leaf: Vec<u8> = r.try_get("leaf_hash").map_err(db)?;
+                adopted.push(
+                    leaf.try_into()
+                        .map_err(|_| corrupt("a leaf hash is not 32 bytes"))?,
+                );
+            }
+            (None, Some(v), _) => version = Some(to_u64(v)),
+            (None, None, Some(id)) => opened.push(ExchangeId::parse(&id).map_err(corrupt)?),
+            (None, None, None) => return Err(corrupt("an unexpected row at the log's tail")),
+        }
+    }
+    let written = seal(AtTail {
+        adopted: &adopted,
+        registry_version: version.ok_or_else(|| corrupt("the registry version is missing"))?,
+        opened: &opened,
+    });
+    Ok((adopted, written))
+}
+
 /// Places a batch at the tail the store read, sealing each entry.
 pub type SealAfter<'a> = Box<dyn FnOnce(AtTail<'_>) -> Vec<AppendItem> + Send + 'a>;
 

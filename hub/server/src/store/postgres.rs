@@ -16,7 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 
 use super::{
-    AgencyRecord, AppendItem, AtTail, Batch, Delivery, ExchangeRow, ExchangeState, Facts, Grant,
+    AgencyRecord, AppendItem, Batch, Delivery, ExchangeRow, ExchangeState, Facts, Grant,
     Leadership, OutboxRow, PoolSettings, RegistryChange, Role, SealAfter, ServiceRecord, Store,
     StoreError, StoredCheckpoint, StoredEntry, Subscription, Tail, fields_of_column, json_text,
     keep_exchanges,
@@ -607,30 +607,7 @@ impl Store for PgStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
-        // The tail first, in order; then the version and the opened ids.
-        let entries = rows
-            .iter()
-            .take_while(|r| matches!(r.try_get::<Option<i64>, _>("idx"), Ok(Some(_))))
-            .count();
-        let (tail, rest) = rows.split_at(entries);
-        let adopted = leaves(known, tail)?;
-        let mut version = None;
-        let mut opened = Vec::new();
-        for r in rest {
-            let v: Option<i64> = r.try_get("version").map_err(db)?;
-            let id: Option<String> = r.try_get("opened").map_err(db)?;
-            match (v, id) {
-                (Some(v), _) => version = Some(to_u64(v)),
-                (None, Some(id)) => opened.push(ExchangeId::parse(&id).map_err(corrupt)?),
-                (None, None) => return Err(corrupt("an unexpected row at the log's tail")),
-            }
-        }
-        let registry_version = version.ok_or_else(|| corrupt("the registry version is missing"))?;
-        let written = seal(AtTail {
-            adopted: &adopted,
-            registry_version,
-            opened: &opened,
-        });
+        let (adopted, written) = super::seal_at_tail(known, &rows, db, seal)?;
         Self::insert(&mut tx, &written).await?;
         tx.commit().await.map_err(db)?;
         Ok(Tail { adopted, written })
