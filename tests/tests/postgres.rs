@@ -82,6 +82,17 @@ async fn queries_events_and_a_restart_on_postgres() {
     db.drop_now().await;
 }
 
+/// Two hubs sharing `db` and one data directory (so one PKI and data key),
+/// as an installation runs them behind a load balancer.
+async fn two_hubs_on(db: &PgDatabase) -> [TestHub; 2] {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let url = db.url.clone();
+    let first = TestHub::start_in(dir.clone(), |c| c.database_url = url).await;
+    let url = db.url.clone();
+    let second = TestHub::start_in(dir, |c| c.database_url = url).await;
+    [first, second]
+}
+
 /// Hubs decide on registry facts they keep in memory: a change made
 /// through one hub is in force on another from its very next request, and
 /// each decision lands after the change it was made on.
@@ -90,11 +101,7 @@ async fn a_registry_change_through_one_hub_is_in_force_on_another_at_once() {
     let Some(db) = PgDatabase::create().await else {
         return;
     };
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let url = db.url.clone();
-    let mut first = TestHub::start_in(dir.clone(), |c| c.database_url = url).await;
-    let url = db.url.clone();
-    let mut second = TestHub::start_in(dir, |c| c.database_url = url).await;
+    let [mut first, mut second] = two_hubs_on(&db).await;
     let (status, reply) = second.send(lookup()).await;
     assert_eq!(status, StatusCode::OK, "{reply}");
 
@@ -132,12 +139,7 @@ async fn an_exchange_sent_through_two_hubs_at_once_is_logged_once() {
     let Some(db) = PgDatabase::create().await else {
         return;
     };
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let url = db.url.clone();
-    let first = TestHub::start_in(dir.clone(), |c| c.database_url = url).await;
-    let url = db.url.clone();
-    let second = TestHub::start_in(dir, |c| c.database_url = url).await;
-    let hubs = Arc::new([first, second]);
+    let hubs = Arc::new(two_hubs_on(&db).await);
     let mut ids = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..16u32 {
