@@ -358,6 +358,32 @@ pub struct AtTail<'a> {
     pub opened: &'a [ExchangeId],
 }
 
+/// Leaf hashes of rows `(idx, leaf_hash)` that must start at `from` without
+/// a gap. `db` maps the backend's errors.
+pub(crate) fn leaves<R: sqlx::Row>(
+    from: u64,
+    rows: &[R],
+    db: fn(sqlx::Error) -> StoreError,
+) -> Result<Vec<Hash>, StoreError>
+where
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    i64: sqlx::Type<R::Database> + for<'r> sqlx::Decode<'r, R::Database>,
+    Vec<u8>: sqlx::Type<R::Database> + for<'r> sqlx::Decode<'r, R::Database>,
+{
+    let mut out = Vec::with_capacity(rows.len());
+    for (expected, r) in (from..).zip(rows) {
+        if to_u64(r.try_get("idx").map_err(db)?) != expected {
+            return Err(corrupt(format!("the log has a gap at index {expected}")));
+        }
+        let leaf: Vec<u8> = r.try_get("leaf_hash").map_err(db)?;
+        out.push(
+            leaf.try_into()
+                .map_err(|_| corrupt("a leaf hash is not 32 bytes"))?,
+        );
+    }
+    Ok(out)
+}
+
 /// Parse a backend's tail read and let `seal` place the batch there;
 /// returns the adopted leaf hashes and what to write. The rows are
 /// `(idx, leaf_hash)` of the entries from `known` on, in order, then one
@@ -376,28 +402,21 @@ where
     String: sqlx::Type<R::Database> + for<'r> sqlx::Decode<'r, R::Database>,
     Vec<u8>: sqlx::Type<R::Database> + for<'r> sqlx::Decode<'r, R::Database>,
 {
-    let mut adopted = Vec::new();
+    let entries = rows
+        .iter()
+        .take_while(|r| matches!(r.try_get::<Option<i64>, _>("idx"), Ok(Some(_))))
+        .count();
+    let (tail, rest) = rows.split_at(entries);
+    let adopted = leaves(known, tail, db)?;
     let mut version = None;
     let mut opened = Vec::new();
-    for r in rows {
-        let idx: Option<i64> = r.try_get("idx").map_err(db)?;
+    for r in rest {
         let v: Option<i64> = r.try_get("version").map_err(db)?;
         let id: Option<String> = r.try_get("opened").map_err(db)?;
-        match (idx, v, id) {
-            (Some(idx), _, _) => {
-                let expected = known + adopted.len() as u64;
-                if to_u64(idx) != expected {
-                    return Err(corrupt(format!("the log has a gap at index {expected}")));
-                }
-                let leaf: Vec<u8> = r.try_get("leaf_hash").map_err(db)?;
-                adopted.push(
-                    leaf.try_into()
-                        .map_err(|_| corrupt("a leaf hash is not 32 bytes"))?,
-                );
-            }
-            (None, Some(v), _) => version = Some(to_u64(v)),
-            (None, None, Some(id)) => opened.push(ExchangeId::parse(&id).map_err(corrupt)?),
-            (None, None, None) => return Err(corrupt("an unexpected row at the log's tail")),
+        match (v, id) {
+            (Some(v), _) => version = Some(to_u64(v)),
+            (None, Some(id)) => opened.push(ExchangeId::parse(&id).map_err(corrupt)?),
+            (None, None) => return Err(corrupt("an unexpected row at the log's tail")),
         }
     }
     let written = seal(AtTail {

@@ -64,18 +64,6 @@ impl Leadership for Session {
     }
 }
 
-/// Leaf hashes of rows `(idx, leaf_hash)` that must start at `from` without a gap.
-fn leaves(from: u64, rows: &[PgRow]) -> Result<Vec<Hash>, StoreError> {
-    let mut out = Vec::with_capacity(rows.len());
-    for (expected, r) in (from..).zip(rows) {
-        if to_u64(r.try_get("idx").map_err(db)?) != expected {
-            return Err(corrupt(format!("the log has a gap at index {expected}")));
-        }
-        out.push(hash(r.try_get("leaf_hash").map_err(db)?, "a leaf hash")?);
-    }
-    Ok(out)
-}
-
 impl PgStore {
     /// Insert a batch's entries, bodies and effects in the open transaction.
     async fn insert(
@@ -658,7 +646,7 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        leaves(from, &rows)
+        super::leaves(from, &rows, db)
     }
 
     async fn request_of(&self, id: ExchangeId) -> Result<Option<String>, StoreError> {

@@ -48,22 +48,6 @@ impl Leadership for Always {
     }
 }
 
-/// Leaf hashes of rows `(idx, leaf_hash)` that must start at `from` without a gap.
-fn leaves(from: u64, rows: &[SqliteRow]) -> Result<Vec<Hash>, StoreError> {
-    let mut out = Vec::with_capacity(rows.len());
-    for (expected, r) in (from..).zip(rows) {
-        if to_u64(r.try_get("idx").map_err(db)?) != expected {
-            return Err(corrupt(format!("the log has a gap at index {expected}")));
-        }
-        let leaf: Vec<u8> = r.try_get("leaf_hash").map_err(db)?;
-        out.push(
-            leaf.try_into()
-                .map_err(|_| corrupt("leaf hash is not 32 bytes"))?,
-        );
-    }
-    Ok(out)
-}
-
 impl SqliteStore {
     /// Insert entries, bodies and effects in the open transaction.
     async fn insert(
@@ -611,7 +595,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        leaves(from, &rows)
+        super::leaves(from, &rows, db)
     }
 
     async fn request_of(&self, id: ExchangeId) -> Result<Option<String>, StoreError> {
