@@ -15,7 +15,7 @@ use std::fmt;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::hmac;
 
-use crate::hash::{b64url, sha256};
+use crate::hash::{b64url, sha256, sha256_parts};
 
 /// Salt length.
 pub const SALT_LEN: usize = 16;
@@ -24,10 +24,7 @@ pub const NONCE_LEN: usize = 12;
 
 /// `b64url(SHA-256(salt || body))`.
 pub fn commitment(salt: &[u8], body: &[u8]) -> String {
-    let mut buf = Vec::with_capacity(salt.len() + body.len());
-    buf.extend_from_slice(salt);
-    buf.extend_from_slice(body);
-    b64url(&sha256(&buf))
+    b64url(&sha256_parts(&[salt, body]))
 }
 
 /// The hub's data key: encrypts bodies at rest and keys the hashes the hub
@@ -58,10 +55,7 @@ impl SealedBody {
     /// base64url SHA-256 of `nonce || ciphertext`: what a log entry commits
     /// to about the stored bytes.
     pub fn hash(&self) -> String {
-        let mut buf = Vec::with_capacity(NONCE_LEN + self.ciphertext.len());
-        buf.extend_from_slice(&self.nonce);
-        buf.extend_from_slice(&self.ciphertext);
-        b64url(&sha256(&buf))
+        b64url(&sha256_parts(&[&self.nonce, &self.ciphertext]))
     }
 }
 
@@ -136,15 +130,18 @@ impl DataKey {
     /// Seal an operational blob (a cached reply, a queued message):
     /// `nonce || AES-256-GCM(plaintext)`, with `aad` bound.
     pub fn seal_blob(&self, aad: &[u8], plaintext: &[u8], nonce: [u8; NONCE_LEN]) -> Vec<u8> {
-        let mut data = plaintext.to_vec();
+        let tag_len = self.aead.algorithm().tag_len();
+        let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + tag_len);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plaintext);
         // Sealing in place only fails beyond GCM's size limit (64 GiB).
-        let _ = self.aead.seal_in_place_append_tag(
+        if let Ok(tag) = self.aead.seal_in_place_separate_tag(
             Nonce::assume_unique_for_key(nonce),
             Aad::from(aad),
-            &mut data,
-        );
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&data);
+            &mut out[NONCE_LEN..],
+        ) {
+            out.extend_from_slice(tag.as_ref());
+        }
         out
     }
 

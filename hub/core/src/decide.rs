@@ -4,6 +4,8 @@
 //! replay runs the same steps against an exported registry, so both reach
 //! the same verdict from the same facts.
 
+use std::fmt::Write as _;
+
 use serde_json::Value;
 
 use crate::envelope::{Envelope, ExchangeRequest, ServiceKind};
@@ -150,6 +152,22 @@ pub const MAX_JSON_DEPTH: usize = 32;
 /// Longest string, member names included, in bytes.
 pub const MAX_JSON_STRING_BYTES: usize = 65_536;
 
+/// Append `key` to a JSON pointer (RFC 6901: `~` as `~0`, `/` as `~1`),
+/// without allocating for the usual key that needs neither.
+fn push_escaped(pointer: &mut String, key: &str) {
+    if !key.contains(['~', '/']) {
+        pointer.push_str(key);
+        return;
+    }
+    for c in key.chars() {
+        match c {
+            '~' => pointer.push_str("~0"),
+            '/' => pointer.push_str("~1"),
+            c => pointer.push(c),
+        }
+    }
+}
+
 /// The first place `value` goes past [`MAX_JSON_DEPTH`] or
 /// [`MAX_JSON_STRING_BYTES`], as a refusal naming its JSON pointer.
 fn check_json_limits(value: &Value, pointer: &mut String, depth: usize) -> Result<(), Refusal> {
@@ -159,7 +177,6 @@ fn check_json_limits(value: &Value, pointer: &mut String, depth: usize) -> Resul
             rule,
         })
     };
-    let escape = |key: &str| key.replace('~', "~0").replace('/', "~1");
     match value {
         Value::String(s) if s.len() > MAX_JSON_STRING_BYTES => refuse(
             pointer,
@@ -175,7 +192,8 @@ fn check_json_limits(value: &Value, pointer: &mut String, depth: usize) -> Resul
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
                 let len = pointer.len();
-                pointer.push_str(&format!("/{i}"));
+                // Writing to a String cannot fail.
+                let _ = write!(pointer, "/{i}");
                 check_json_limits(item, pointer, depth + 1)?;
                 pointer.truncate(len);
             }
@@ -185,7 +203,7 @@ fn check_json_limits(value: &Value, pointer: &mut String, depth: usize) -> Resul
             for (key, item) in map {
                 let len = pointer.len();
                 pointer.push('/');
-                pointer.push_str(&escape(key));
+                push_escaped(pointer, key);
                 if key.len() > MAX_JSON_STRING_BYTES {
                     return refuse(
                         pointer,
@@ -205,31 +223,58 @@ fn check_json_limits(value: &Value, pointer: &mut String, depth: usize) -> Resul
 }
 
 /// Step 1: JSON, the request wrapper, the canonical envelope, the envelope
-/// schema, the typed envelope. `partial` collects what was read.
+/// schema, the typed envelope. On a refusal `partial` holds what was read
+/// before it; a parsed request becomes a [`Partial`] only if a later step
+/// refuses it (`Partial::from`), so the accepted path copies nothing.
 pub fn parse(raw: &[u8], catalog: &Catalog, partial: &mut Partial) -> Result<Parsed, Refusal> {
-    partial.body = raw.to_vec();
-    let value: Value = jcs::parse_strict(raw).map_err(|e| Refusal::MalformedJson(e.to_string()))?;
-    check_json_limits(&value, &mut String::new(), 0)?;
-    let request: ExchangeRequest =
-        serde_json::from_value(value).map_err(|e| Refusal::MalformedRequest(e.to_string()))?;
+    let refused = |partial: &mut Partial, body: &[u8], refusal: Refusal| {
+        partial.body = body.to_vec();
+        refusal
+    };
+    let value: Value = jcs::parse_strict(raw)
+        .map_err(|e| refused(partial, raw, Refusal::MalformedJson(e.to_string())))?;
+    check_json_limits(&value, &mut String::new(), 0).map_err(|r| refused(partial, raw, r))?;
+    let request = ExchangeRequest::from_parsed(value)
+        .map_err(|e| refused(partial, raw, Refusal::MalformedRequest(e)))?;
     partial.signature.clone_from(&request.signature);
-    let canonical = jcs::canonicalize(&request.envelope)
-        .map_err(|e| Refusal::InvalidEnvelope(single("rfc8785", e.to_string())))?;
-    partial.body.clone_from(&canonical);
+    let canonical = jcs::canonicalize(&request.envelope).map_err(|e| {
+        let refusal = Refusal::InvalidEnvelope(single("rfc8785", e.to_string()));
+        refused(partial, raw, refusal)
+    })?;
     if let Some(id) = request.envelope.get("id").and_then(Value::as_str) {
         partial.exchange_id = ExchangeId::parse(id).ok();
     }
-    catalog
-        .validate("envelope/v1", &request.envelope)
-        .map_err(|r| Refusal::InvalidEnvelope(violations_of(r)))?;
-    let envelope: Envelope = serde_json::from_value(request.envelope)
-        .map_err(|e| Refusal::InvalidEnvelope(single("type", e.to_string())))?;
-    partial.envelope = Some(envelope.clone());
+    if let Err(r) = catalog.validate("envelope/v1", &request.envelope) {
+        return Err(refused(
+            partial,
+            &canonical,
+            Refusal::InvalidEnvelope(violations_of(r)),
+        ));
+    }
+    let envelope: Envelope = match serde_json::from_value(request.envelope) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            let refusal = Refusal::InvalidEnvelope(single("type", e.to_string()));
+            return Err(refused(partial, &canonical, refusal));
+        }
+    };
     Ok(Parsed {
         envelope,
         canonical,
         signature: request.signature,
     })
+}
+
+impl From<Parsed> for Partial {
+    /// Everything of a request that parsed, for logging its refusal.
+    fn from(parsed: Parsed) -> Self {
+        Self {
+            exchange_id: parsed.envelope.id,
+            envelope: Some(parsed.envelope),
+            body: parsed.canonical,
+            signature: parsed.signature,
+        }
+    }
 }
 
 /// Step 2b: a member an administrator suspended is refused whatever it

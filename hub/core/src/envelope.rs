@@ -79,6 +79,36 @@ pub struct ExchangeRequest {
     pub signature: Option<String>,
 }
 
+impl ExchangeRequest {
+    /// The request in `value`, taken apart by moving its members: the
+    /// envelope's tree is not rebuilt, as `serde_json::from_value` would.
+    /// The same rules as the derived `Deserialize`.
+    pub fn from_parsed(value: Value) -> Result<Self, String> {
+        let Value::Object(mut members) = value else {
+            return Err(
+                "invalid type: expected an object with `envelope` and optional `signature`".into(),
+            );
+        };
+        let envelope = members
+            .remove("envelope")
+            .ok_or("missing field `envelope`")?;
+        let signature = match members.remove("signature") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(_) => return Err("invalid type: `signature` must be a string".into()),
+        };
+        if let Some(name) = members.keys().next() {
+            return Err(format!(
+                "unknown field `{name}`, expected `envelope` or `signature`"
+            ));
+        }
+        Ok(Self {
+            envelope,
+            signature,
+        })
+    }
+}
+
 /// The JSON body of every error the API returns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {

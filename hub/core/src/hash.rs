@@ -15,6 +15,18 @@ pub fn sha256(data: &[u8]) -> Hash {
     out
 }
 
+/// SHA-256 of the concatenation of `parts`, without copying them into one
+/// buffer first (entries and bodies are kilobytes, hashed on every append).
+pub fn sha256_parts(parts: &[&[u8]]) -> Hash {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for part in parts {
+        ctx.update(part);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
 /// Unpadded base64url, the form hashes and signatures take in JSON.
 pub fn b64url(data: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(data)

@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 use crate::body::DataKey;
 use crate::envelope::EndUser;
 use crate::fields::FieldPointer;
-use crate::hash::{Hash, b64url, sha256};
+use crate::hash::{Hash, b64url, sha256_parts};
 use crate::ids::PersonalId;
 use crate::ids::{CaseRef, ExchangeId, Member, PurposeCode, ServiceName};
 use crate::jcs::{self, JcsError};
@@ -220,10 +220,7 @@ pub struct Sealed {
 
 /// The RFC 6962 leaf hash: `SHA-256(0x00 || entry)`.
 pub fn leaf_hash(canonical_entry: &[u8]) -> Hash {
-    let mut buf = Vec::with_capacity(canonical_entry.len() + 1);
-    buf.push(0u8);
-    buf.extend_from_slice(canonical_entry);
-    sha256(&buf)
+    sha256_parts(&[&[0u8], canonical_entry])
 }
 
 /// Place `draft` at `index` after the entry whose leaf hash is `prev`, sign it.
@@ -294,6 +291,7 @@ pub enum RecordError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hash::sha256;
     use crate::ids::ExchangeId;
 
     fn draft() -> EntryDraft {

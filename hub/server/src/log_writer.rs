@@ -371,7 +371,7 @@ fn seal_entry(
     let id = sealed.record.statement.draft.exchange_id.to_string();
     let message = keys
         .data
-        .seal_blob(id.as_bytes(), message_of(&sealed, body).as_bytes(), nonce);
+        .seal_blob(id.as_bytes(), &message_of(&sealed, body), nonce);
     Ok((sealed, message))
 }
 

@@ -63,6 +63,14 @@ pub struct Accepted {
     pub registry_version: u64,
 }
 
+/// What the registry's facts decided for a parsed request.
+struct Decision {
+    service: ServiceRecord,
+    fields: Option<FieldSet>,
+    subscribers: Vec<Member>,
+    registry_version: u64,
+}
+
 /// Providers reached through a broker: requests go to the outbox, and the
 /// relay is woken after each commit.
 pub struct Remote {
@@ -399,7 +407,8 @@ impl Hub {
 
     /// Every decision before anything is written: the pure steps of
     /// `hub_core::decide`, with the registry's facts looked up between them
-    /// (`decided_at`: the registry version they were read at).
+    /// (`decided_at`: the registry version they were read at). On a
+    /// refusal `partial` holds what was read of the request.
     async fn check(
         &self,
         who: &Member,
@@ -407,8 +416,34 @@ impl Hub {
         partial: &mut Partial,
         decided_at: &mut Option<u64>,
     ) -> Result<Accepted, ExchangeError> {
-        let storage = |e: StoreError| ExchangeError::StorageUnavailable(e.to_string());
         let parsed = decide::parse(raw, &self.catalog, partial)?;
+        match self.decide_parsed(who, &parsed, decided_at).await {
+            Ok(decision) => Ok(Accepted {
+                exchange_id: parsed.envelope.id.unwrap_or_else(|| self.new_exchange_id()),
+                request_hash: self.data_key.keyed_hash(&parsed.canonical),
+                canonical: parsed.canonical,
+                signature: parsed.signature,
+                envelope: parsed.envelope,
+                service: decision.service,
+                fields: decision.fields,
+                subscribers: decision.subscribers,
+                registry_version: decision.registry_version,
+            }),
+            Err(e) => {
+                *partial = Partial::from(parsed);
+                Err(e)
+            }
+        }
+    }
+
+    /// The steps after parsing, against the registry's facts.
+    async fn decide_parsed(
+        &self,
+        who: &Member,
+        parsed: &decide::Parsed,
+        decided_at: &mut Option<u64>,
+    ) -> Result<Decision, ExchangeError> {
+        let storage = |e: StoreError| ExchangeError::StorageUnavailable(e.to_string());
         let env = &parsed.envelope;
         let snapshot = self
             .registry
@@ -425,24 +460,18 @@ impl Hub {
         let facts = &snapshot.facts;
         decide::authenticate(
             who,
-            &parsed,
+            parsed,
             facts.agency.as_ref().map(|a| a.signing_key.as_ref()),
         )?;
         decide::not_suspended(who, facts.agency.as_ref().is_some_and(|a| a.suspended))?;
-        let service = decide::route(&parsed, facts.service.as_ref().map(ServiceRecord::view))?;
+        let service = decide::route(parsed, facts.service.as_ref().map(ServiceRecord::view))?;
         let record = facts.service.clone().ok_or_else(|| {
             ExchangeError::StorageUnavailable("a routed service has no record".into())
         })?;
         let granted = service.kind == ServiceKind::Query && facts.granted;
-        decide::authorize(who, &parsed, &service, granted)?;
-        decide::validate_payload(&parsed, &service, &self.catalog)?;
-        let exchange_id = env.id.unwrap_or_else(|| self.new_exchange_id());
-        Ok(Accepted {
-            exchange_id,
-            request_hash: self.data_key.keyed_hash(&parsed.canonical),
-            canonical: parsed.canonical,
-            signature: parsed.signature,
-            envelope: parsed.envelope,
+        decide::authorize(who, parsed, &service, granted)?;
+        decide::validate_payload(parsed, &service, &self.catalog)?;
+        Ok(Decision {
             service: record,
             fields: if granted { facts.fields.clone() } else { None },
             subscribers: snapshot.subscribers.clone(),

@@ -275,18 +275,28 @@ impl AppendItem {
     /// `{"record": <record>, "body": <body>, "body_salt": <salt>}` as sent to
     /// recipients and stored as a reply, built without re-serializing.
     pub fn message(&self) -> String {
-        message_of(&self.sealed, &self.body)
+        let message = message_of(&self.sealed, &self.body);
+        // Both parts are canonical JSON, so this never takes the lossy path.
+        String::from_utf8(message)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 }
 
-/// [`AppendItem::message`] of an entry not yet paired with its effects.
-pub fn message_of(sealed: &Sealed, body: &Body) -> String {
-    format!(
-        "{{\"record\":{},\"body\":{},\"body_salt\":\"{}\"}}",
-        String::from_utf8_lossy(&sealed.canonical),
-        String::from_utf8_lossy(&body.plain),
-        hub_core::hash::b64url(&body.salt)
-    )
+/// [`AppendItem::message`]'s bytes, of an entry not yet paired with its
+/// effects. Put together from bytes: both parts are canonical JSON
+/// already, and checking them again as text cost ~2 % of the hub's
+/// instructions per event.
+pub fn message_of(sealed: &Sealed, body: &Body) -> Vec<u8> {
+    let salt = hub_core::hash::b64url(&body.salt);
+    let mut out = Vec::with_capacity(sealed.canonical.len() + body.plain.len() + salt.len() + 40);
+    out.extend_from_slice(b"{\"record\":");
+    out.extend_from_slice(&sealed.canonical);
+    out.extend_from_slice(b",\"body\":");
+    out.extend_from_slice(&body.plain);
+    out.extend_from_slice(b",\"body_salt\":\"");
+    out.extend_from_slice(salt.as_bytes());
+    out.extend_from_slice(b"\"}");
+    out
 }
 
 /// The state of an accepted exchange id.
