@@ -720,6 +720,24 @@ pub(crate) struct Open {
 }
 
 impl Batch {
+    /// About how many bytes the batch's columns hold: what a backend
+    /// reserves for its statement's arguments at once, rather than grow
+    /// the buffer by doubling (each step a copy into fresh pages, the
+    /// hub's main source of page faults on PostgreSQL).
+    pub(crate) fn size_hint(&self) -> usize {
+        let bytes = |v: &[Vec<u8>]| v.iter().map(Vec::len).sum::<usize>();
+        let text = |v: &[String]| v.iter().map(String::len).sum::<usize>();
+        let replies: usize = self.open.reply.iter().flatten().map(Vec::len).sum();
+        // Per row, the small columns and each element's length word.
+        text(&self.record)
+            + bytes(&self.ciphertext)
+            + replies
+            + bytes(&self.enqueue.2)
+            + bytes(&self.dispatch.3)
+            + bytes(&self.close.1)
+            + 256 * (self.idx.len() + self.enqueue.0.len() + self.dispatch.0.len())
+    }
+
     pub(crate) fn of(items: &[AppendItem]) -> Self {
         let mut b = Batch::default();
         for item in items {
@@ -727,8 +745,12 @@ impl Batch {
             let id = record.draft.exchange_id.to_string();
             b.idx.push(to_i64(record.index));
             b.kind.push(record.draft.kind.as_str().to_owned());
+            // Canonical JSON, so the lossy path is never taken.
             b.record
-                .push(String::from_utf8_lossy(&item.sealed.canonical).into_owned());
+                .push(match std::str::from_utf8(&item.sealed.canonical) {
+                    Ok(text) => text.to_owned(),
+                    Err(_) => String::from_utf8_lossy(&item.sealed.canonical).into_owned(),
+                });
             b.leaf_hash.push(item.sealed.leaf_hash.to_vec());
             let sealed = &item.body.sealed;
             b.key_id.push(sealed.key_id.clone());

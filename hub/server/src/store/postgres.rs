@@ -12,8 +12,8 @@ use hub_core::body::SealedBody;
 use hub_core::hash::Hash;
 use hub_core::ids::{ExchangeId, Member, PurposeCode, ServiceName};
 use hub_core::jws::Jwk;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{PgPool, Row};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{Arguments as _, PgPool, Row};
 
 use super::{
     AgencyRecord, AppendItem, Batch, Delivery, ExchangeRow, ExchangeState, Facts, Grant,
@@ -87,7 +87,9 @@ impl PgStore {
         // round trip waits for both processes to be scheduled, and a group
         // commit's time is mostly round trips. No two of these touch the
         // same row; the updates and deletes below may, so they stay apart.
-        sqlx::query(
+        let mut arguments = PgArguments::default();
+        arguments.reserve(23, b.size_hint());
+        sqlx::query_with(
             "WITH entries AS (
                 INSERT INTO log_entries (idx, exchange_id, kind, record, leaf_hash, subjects)
                 SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[])),
@@ -105,6 +107,7 @@ impl PgStore {
              INSERT INTO outbox (instance, recipient, exchange_id, message)
              SELECT * FROM UNNEST($20::text[], $21::text[], $22::text[], $23::bytea[])
              ON CONFLICT DO NOTHING",
+            arguments,
         )
         .bind(&b.idx)
         .bind(&b.exchange_id)
