@@ -17,6 +17,8 @@ pub enum JcsError {
     UnsafeInteger(String),
     #[error("the number {0} is not finite")]
     NotFinite(String),
+    #[error("{0} is not a JSON object")]
+    NotAnObject(&'static str),
 }
 
 /// The largest integer a double holds exactly with all its neighbours (2^53).
@@ -29,84 +31,44 @@ pub fn canonicalize(value: &Value) -> Result<Vec<u8>, JcsError> {
     Ok(out)
 }
 
-/// The canonical bytes of `object` with the member `name: value` added
-/// (`object` has no member `name`), given `canonical` = the canonical
-/// bytes of `object`: the member is spliced in where the order puts it,
-/// rather than the whole object canonicalised again. `None` where a name
-/// is not ASCII (UTF-16 order would have to be worked out) - canonicalise
-/// the whole then.
-pub fn with_member(
+/// The canonical bytes of `object`, and where in them a member `name`
+/// (which `object` does not have) goes in RFC 8785's order: the offset of
+/// the first member that sorts after it, or of the closing brace. With
+/// [`insert_member`], the canonical form of the object plus that member,
+/// without canonicalising it again.
+pub fn canonicalize_with_slot(
     object: &Map<String, Value>,
-    canonical: &[u8],
     name: &str,
-    value: &str,
-) -> Option<Vec<u8>> {
-    if !name.is_ascii() || !object.keys().all(|k| k.is_ascii()) {
-        return None;
-    }
-    // The new member goes just before the first member that sorts after
-    // it; find that member's name in the canonical bytes.
-    let mut member = Vec::with_capacity(name.len() + value.len() + 6);
-    write_string(name, &mut member);
-    member.push(b':');
-    write_string(value, &mut member);
-    let Some(next) = object.keys().filter(|k| k.as_str() > name).min() else {
-        // `name` sorts last: before the closing brace.
-        let end = canonical.len().checked_sub(1)?;
-        let mut out = Vec::with_capacity(canonical.len() + member.len() + 1);
-        out.extend_from_slice(&canonical[..end]);
-        if !object.is_empty() {
-            out.push(b',');
+) -> Result<(Vec<u8>, usize), JcsError> {
+    let mut out = Vec::with_capacity(256);
+    let mut slot = None;
+    write_object(object, &mut out, &mut |key, at| {
+        if slot.is_none() && key.encode_utf16().cmp(name.encode_utf16()).is_gt() {
+            slot = Some(at);
         }
-        out.extend_from_slice(&member);
-        out.push(b'}');
-        return Some(out);
-    };
-    let mut key = Vec::with_capacity(next.len() + 3);
-    write_string(next, &mut key);
-    key.push(b':');
-    // Only a string at depth one right after `{` or `,` is a top-level
-    // member name: scan with depth and string state, so that the same text
-    // nested deeper or inside a string value does not match.
-    let at = top_level_member(canonical, &key)?;
-    let mut out = Vec::with_capacity(canonical.len() + member.len() + 1);
-    out.extend_from_slice(&canonical[..at]);
-    out.extend_from_slice(&member);
-    out.push(b',');
-    out.extend_from_slice(&canonical[at..]);
-    Some(out)
+    })?;
+    let slot = slot.unwrap_or(out.len().saturating_sub(1));
+    Ok((out, slot))
 }
 
-/// Where the top-level member whose canonical `"name":` is `key` starts in
-/// the canonical object `canonical`.
-fn top_level_member(canonical: &[u8], key: &[u8]) -> Option<usize> {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for (i, &b) in canonical.iter().enumerate() {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => {
-                if depth == 1
-                    && matches!(canonical.get(i.wrapping_sub(1)), Some(b'{' | b','))
-                    && canonical[i..].starts_with(key)
-                {
-                    return Some(i);
-                }
-                in_string = true;
-            }
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => depth = depth.checked_sub(1)?,
-            _ => {}
-        }
+/// `canonical` and `slot` from [`canonicalize_with_slot`] with the member
+/// `name: value` put in at `slot`.
+pub fn insert_member(canonical: &[u8], slot: usize, name: &str, value: &str) -> Vec<u8> {
+    let (before, after) = canonical.split_at(slot.min(canonical.len()));
+    let mut out = Vec::with_capacity(canonical.len() + name.len() + value.len() + 8);
+    out.extend_from_slice(before);
+    let last = after.first() == Some(&b'}');
+    if last && before.len() > 1 {
+        out.push(b',');
     }
-    None
+    write_string(name, &mut out);
+    out.push(b':');
+    write_string(value, &mut out);
+    if !last {
+        out.push(b',');
+    }
+    out.extend_from_slice(after);
+    out
 }
 
 /// The canonical bytes of any serializable value.
@@ -132,34 +94,41 @@ fn write_value(value: &Value, out: &mut Vec<u8>) -> Result<(), JcsError> {
             }
             out.push(b']');
         }
-        Value::Object(map) => write_object(map, out)?,
+        Value::Object(map) => write_object(map, out, &mut |_, _| {})?,
     }
     Ok(())
 }
 
-fn write_object(map: &Map<String, Value>, out: &mut Vec<u8>) -> Result<(), JcsError> {
+/// `before_member` sees each member's name and the offset where it starts.
+fn write_object(
+    map: &Map<String, Value>,
+    out: &mut Vec<u8>,
+    before_member: &mut dyn FnMut(&str, usize),
+) -> Result<(), JcsError> {
     // RFC 8785 orders members by their names' UTF-16 code units. For ASCII
     // names that is byte order, the order the map usually iterates in
     // already: then there is nothing to collect and sort.
     let ascii_in_order =
         map.keys().all(|k| k.is_ascii()) && map.keys().zip(map.keys().skip(1)).all(|(a, b)| a < b);
     if ascii_in_order {
-        return write_members(map.iter(), out);
+        return write_members(map.iter(), out, before_member);
     }
     let mut members: Vec<(&String, &Value)> = map.iter().collect();
     members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
-    write_members(members.into_iter(), out)
+    write_members(members.into_iter(), out, before_member)
 }
 
 fn write_members<'a>(
     members: impl Iterator<Item = (&'a String, &'a Value)>,
     out: &mut Vec<u8>,
+    before_member: &mut dyn FnMut(&str, usize),
 ) -> Result<(), JcsError> {
     out.push(b'{');
     for (i, (k, v)) in members.enumerate() {
         if i > 0 {
             out.push(b',');
         }
+        before_member(k, out.len());
         write_string(k, out);
         out.push(b':');
         write_value(v, out)?;
@@ -249,43 +218,41 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// `with_member` against canonicalising the object with the member.
-    fn spliced_as_whole(object: Value, name: &str, value: &str) {
+    /// `canonicalize_with_slot` + `insert_member` against canonicalising
+    /// the object with the member.
+    fn inserted_as_whole(object: Value, name: &str, value: &str) {
         let Value::Object(map) = &object else {
             panic!("not an object")
         };
-        let canonical = canonicalize(&object).unwrap();
-        let spliced = with_member(map, &canonical, name, value).unwrap();
+        let (canonical, slot) = canonicalize_with_slot(map, name).unwrap();
+        assert_eq!(canonical, canonicalize(&object).unwrap());
+        let inserted = insert_member(&canonical, slot, name, value);
         let mut whole = map.clone();
         whole.insert(name.to_owned(), Value::String(value.to_owned()));
         assert_eq!(
-            String::from_utf8(spliced).unwrap(),
+            String::from_utf8(inserted).unwrap(),
             String::from_utf8(canonicalize(&Value::Object(whole)).unwrap()).unwrap(),
             "{object} with {name}"
         );
     }
 
     #[test]
-    fn a_member_spliced_in_is_where_canonicalising_puts_it() {
-        let tricky = json!({
+    fn a_member_inserted_goes_where_canonicalising_puts_it() {
+        let object = json!({
             "a": {"k": 1, "n": {"zz": [{"k": "\"n\":"}]}},
             "k": "\",\"n\":\"zz\":",
             "n": [{"m": {}}, "{\"m\":"],
             "zz": null,
         });
         for name in ["0", "b", "m", "zzz", "hub_signature"] {
-            spliced_as_whole(tricky.clone(), name, "v\"al\u{1}");
+            inserted_as_whole(object.clone(), name, "v\"al\u{1}");
         }
-        spliced_as_whole(json!({}), "m", "v");
-        spliced_as_whole(json!({"a": 1}), "b", "v");
-        spliced_as_whole(json!({"b": 1}), "a", "v");
-    }
-
-    #[test]
-    fn a_name_outside_ascii_is_left_to_canonicalising_the_whole() {
-        let object = json!({"\u{e9}": 1});
-        let canonical = canonicalize(&object).unwrap();
-        assert!(with_member(object.as_object().unwrap(), &canonical, "a", "v").is_none());
+        inserted_as_whole(json!({}), "m", "v");
+        inserted_as_whole(json!({"a": 1}), "b", "v");
+        inserted_as_whole(json!({"b": 1}), "a", "v");
+        // Names outside ASCII, in UTF-16 order (U+1F600 before U+FB01).
+        inserted_as_whole(json!({"\u{fb01}": 1, "a": 2}), "\u{1f600}", "v");
+        inserted_as_whole(json!({"\u{1f600}": 1}), "\u{fb01}", "v");
     }
 
     #[test]

@@ -239,31 +239,16 @@ pub fn seal(
         draft,
     };
     // The record is the statement plus `hub_signature`: serialise and
-    // canonicalise the statement once, and splice the signature into its
-    // canonical bytes (`jcs::with_member`) rather than canonicalise the
-    // record again.
-    let mut value =
-        serde_json::to_value(&statement).map_err(|e| JcsError::NotFinite(e.to_string()))?;
-    let canonical_statement = jcs::canonicalize(&value)?;
+    // canonicalise the statement once, and put the signature into its
+    // canonical bytes where it belongs rather than canonicalise the record
+    // again.
+    let value = serde_json::to_value(&statement).map_err(|e| JcsError::NotFinite(e.to_string()))?;
+    let Value::Object(members) = &value else {
+        return Err(JcsError::NotAnObject("the statement"));
+    };
+    let (canonical_statement, slot) = jcs::canonicalize_with_slot(members, "hub_signature")?;
     let hub_signature = key.sign_detached(&canonical_statement);
-    let canonical = match &value {
-        Value::Object(members) => jcs::with_member(
-            members,
-            &canonical_statement,
-            "hub_signature",
-            &hub_signature,
-        ),
-        _ => None,
-    };
-    let canonical = match canonical {
-        Some(canonical) => canonical,
-        None => {
-            if let Value::Object(members) = &mut value {
-                members.insert("hub_signature".into(), Value::String(hub_signature.clone()));
-            }
-            jcs::canonicalize(&value)?
-        }
-    };
+    let canonical = jcs::insert_member(&canonical_statement, slot, "hub_signature", &hub_signature);
     let record = Record {
         statement,
         hub_signature,
