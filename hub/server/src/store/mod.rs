@@ -275,11 +275,15 @@ impl AppendItem {
     /// `{"record": <record>, "body": <body>, "body_salt": <salt>}` as sent to
     /// recipients and stored as a reply, built without re-serializing.
     pub fn message(&self) -> String {
-        let message = message_of(&self.sealed, &self.body);
-        // Both parts are canonical JSON, so this never takes the lossy path.
-        String::from_utf8(message)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        canonical_text(message_of(&self.sealed, &self.body))
     }
+}
+
+/// Bytes the hub wrote as canonical JSON, as text. They are UTF-8, so the
+/// lossy path is never taken; `from_utf8` checks them several times faster
+/// than `from_utf8_lossy` does.
+fn canonical_text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// [`AppendItem::message`]'s bytes, of an entry not yet paired with its
@@ -745,12 +749,7 @@ impl Batch {
             let id = record.draft.exchange_id.to_string();
             b.idx.push(to_i64(record.index));
             b.kind.push(record.draft.kind.as_str().to_owned());
-            // Canonical JSON, so the lossy path is never taken.
-            b.record
-                .push(match std::str::from_utf8(&item.sealed.canonical) {
-                    Ok(text) => text.to_owned(),
-                    Err(_) => String::from_utf8_lossy(&item.sealed.canonical).into_owned(),
-                });
+            b.record.push(canonical_text(item.sealed.canonical.clone()));
             b.leaf_hash.push(item.sealed.leaf_hash.to_vec());
             let sealed = &item.body.sealed;
             b.key_id.push(sealed.key_id.clone());
