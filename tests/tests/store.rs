@@ -14,8 +14,8 @@ use hub_core::jws::SigningKey;
 use hub_core::log::{EntryDraft, EntryKind, seal};
 use hub_e2e::services::PgDatabase;
 use hub_server::store::{
-    AgencyRecord, AppendItem, AtTail, Body, Effect, ExchangeState, Grant, PoolSettings,
-    RegistryChange, ServiceRecord, Store, StoredCheckpoint, Subscription,
+    AgencyRecord, AppendItem, AtTail, Body, Effect, ExchangeState, Grant, PoolSettings, Presumed,
+    Presumption, RegistryChange, ServiceRecord, Store, StoredCheckpoint, Subscription,
 };
 use time::macros::datetime;
 
@@ -64,6 +64,7 @@ both_backends!(
     two_log_writers_on_one_store_keep_one_chain,
     an_exchange_opened_through_two_writers_at_once_is_logged_once,
     an_events_inbox_message_outlives_the_purge_of_replies_until_delivered,
+    a_presumed_append_writes_only_where_the_log_ends,
 );
 
 fn member(s: &str) -> Member {
@@ -473,6 +474,131 @@ async fn appends_at_the_tail_adopt_what_other_writers_wrote(store: Arc<dyn Store
     let entries = store.entries(0, 100).await.unwrap();
     assert_eq!(entries.len(), 10);
     assert!(entries.iter().enumerate().all(|(i, e)| e.index == i as u64));
+}
+
+/// The exchange ids of items, to compare batches handed back.
+fn ids_of(items: &[AppendItem]) -> Vec<ExchangeId> {
+    items
+        .iter()
+        .map(|i| i.sealed.record.statement.draft.exchange_id)
+        .collect()
+}
+
+async fn a_presumed_append_writes_only_where_the_log_ends(store: Arc<dyn Store>) {
+    registry(store.as_ref()).await;
+    let version = store.registry_version().await.unwrap();
+    let at = |size| Presumed {
+        size,
+        registry_version: version,
+    };
+    let written = |p: Presumption| match p {
+        Presumption::Written(items) => items,
+        Presumption::Moved(_) => panic!("the log had not moved"),
+    };
+    let moved = |p: Presumption| match p {
+        Presumption::Moved(items) => items,
+        Presumption::Written(_) => panic!("written though the log had moved"),
+    };
+    let mut e = Entries::new();
+    // Where the log ends: written, effects and all.
+    let event = e.item(
+        EntryKind::Event,
+        id(1),
+        vec![open(1), Effect::CloseExchange, enqueue(0)],
+    );
+    let request = e.item(EntryKind::Request, id(2), vec![open(2), enqueue(0)]);
+    let items = written(
+        store
+            .append_presumed(at(0), vec![event, request])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(ids_of(&items), [id(1), id(2)]);
+    assert!(matches!(
+        store.exchange(id(1)).await.unwrap().unwrap().state,
+        ExchangeState::Done { .. }
+    ));
+    assert!(
+        store
+            .delivery(&member(PROVIDER), id(2))
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // Another writer appended meanwhile: this one's batch, sealed at 2,
+    // comes back whole and nothing of it is written.
+    let mut other = Entries::new();
+    other.next = 2;
+    other.prev = items[1].sealed.leaf_hash;
+    store
+        .append(&[other.item(EntryKind::Request, id(3), vec![open(3)])])
+        .await
+        .unwrap();
+    let late = e.item(EntryKind::Request, id(4), vec![open(4), enqueue(0)]);
+    let back = moved(store.append_presumed(at(2), vec![late]).await.unwrap());
+    assert_eq!(ids_of(&back), [id(4)]);
+    assert!(store.exchange(id(4)).await.unwrap().is_none());
+    assert!(
+        store
+            .delivery(&member(PROVIDER), id(4))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.entries(0, 10).await.unwrap().len(), 3);
+
+    // Sealed again at the real tail but on an older registry version, or
+    // opening an exchange that is open already: handed back as well.
+    let tail_hash = store.entries(2, 1).await.unwrap()[0].leaf_hash;
+    let at_the_tail = || {
+        let mut w = Entries::new();
+        w.next = 3;
+        w.prev = tail_hash;
+        w
+    };
+    let mut w = at_the_tail();
+    let fresh = w.item(EntryKind::Request, id(4), vec![open(4)]);
+    let stale = Presumed {
+        size: 3,
+        registry_version: version - 1,
+    };
+    moved(store.append_presumed(stale, vec![fresh]).await.unwrap());
+    let mut w = at_the_tail();
+    let reopen = w.item(EntryKind::Request, id(3), vec![open(5)]);
+    moved(store.append_presumed(at(3), vec![reopen]).await.unwrap());
+    assert_eq!(store.entries(0, 10).await.unwrap().len(), 3);
+    assert_eq!(
+        store.exchange(id(3)).await.unwrap().unwrap().request_hash,
+        "hash"
+    );
+
+    // The presumption holding, a batch that also updates rows (an answer
+    // closing its request's exchange) is written with its changes.
+    let mut w = at_the_tail();
+    let answer = w.item(
+        EntryKind::Response,
+        id(2),
+        vec![
+            Effect::CloseExchange,
+            Effect::Dequeue {
+                recipient: member(PROVIDER),
+            },
+        ],
+    );
+    written(store.append_presumed(at(3), vec![answer]).await.unwrap());
+    assert!(matches!(
+        store.exchange(id(2)).await.unwrap().unwrap().state,
+        ExchangeState::Done { .. }
+    ));
+    assert!(
+        store
+            .delivery(&member(PROVIDER), id(2))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.entries(0, 10).await.unwrap().len(), 4);
 }
 
 /// The registry version the writer reads under its lock.
@@ -1022,7 +1148,7 @@ async fn an_events_inbox_message_outlives_the_purge_of_replies_until_delivered(
 /// costs no more than the statement's first five custom plans. The log
 /// writer's statements first run on an empty log, where a plan that scans
 /// the table is the cheapest; kept, it would scan the whole log on every
-/// commit as the log grows. Here every commit goes through one connection
+/// commit as the log grows, whichever way it is written. Here every commit goes through one connection
 /// (a pool of one): eight on a near-empty log, then twenty that grow it to
 /// 10,008 entries; PostgreSQL's own counters say how many rows of the log
 /// were read by scanning it.
@@ -1040,24 +1166,41 @@ async fn postgres_commits_do_not_scan_the_log_as_it_grows() {
         .await
         .unwrap();
     let mut entries = Entries::new();
+    let version = store.registry_version().await.unwrap();
     let mut known = 0u64;
-    for size in std::iter::repeat_n(1, 8).chain(std::iter::repeat_n(500, 20)) {
-        let tail = store
-            .append_at_tail(
-                known,
-                &[],
-                Box::new(|_| {
-                    (0..size)
-                        .map(|_| {
-                            let n = u32::try_from(entries.next).unwrap();
-                            entries.item(EntryKind::Event, event_id(n), vec![])
-                        })
-                        .collect()
-                }),
-            )
-            .await
-            .unwrap();
-        known += tail.written.len() as u64;
+    // Alternately through the tail read and presumed where the log ends.
+    let sizes = std::iter::repeat_n(1, 8).chain(std::iter::repeat_n(500, 20));
+    for (commit, size) in sizes.enumerate() {
+        let batch = |entries: &mut Entries| -> Vec<AppendItem> {
+            (0..size)
+                .map(|_| {
+                    let n = u32::try_from(entries.next).unwrap();
+                    entries.item(EntryKind::Event, event_id(n), vec![])
+                })
+                .collect()
+        };
+        let written = if commit % 2 == 0 {
+            let seal = Box::new(|_: AtTail<'_>| batch(&mut entries));
+            store
+                .append_at_tail(known, &[], seal)
+                .await
+                .unwrap()
+                .written
+        } else {
+            let at = Presumed {
+                size: known,
+                registry_version: version,
+            };
+            match store
+                .append_presumed(at, batch(&mut entries))
+                .await
+                .unwrap()
+            {
+                Presumption::Written(items) => items,
+                Presumption::Moved(_) => panic!("only this writer appends"),
+            }
+        };
+        known += written.len() as u64;
     }
     assert_eq!(known, 10_008);
     // A backend hands over its table counters when it exits; the inserts
@@ -1089,4 +1232,72 @@ async fn postgres_commits_do_not_scan_the_log_as_it_grows() {
         scanned < 1_000,
         "the commits read {scanned} log rows by scanning the table"
     );
+}
+
+/// A presumed append that waits for the writers' lock while another
+/// writer commits entries at the same indexes reads a snapshot from before
+/// that commit: PostgreSQL's unique index tells it that the log moved, and
+/// it writes nothing.
+#[tokio::test]
+async fn postgres_a_presumed_append_behind_another_writers_commit_finds_the_log_moved() {
+    use sqlx::Connection;
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let store = hub_server::store::postgres::PgStore::open(&db.url, PoolSettings::default())
+        .await
+        .unwrap();
+    registry(&store).await;
+    let version = store.registry_version().await.unwrap();
+    // The other writer holds the lock and has written entry 0, uncommitted.
+    let mut other = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(hub_server::store::postgres::LOG_WRITER_LOCK)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let mut theirs = Entries::new();
+    let entry = theirs.item(EntryKind::Event, id(1), vec![]);
+    sqlx::query(
+        "INSERT INTO log_entries (idx, exchange_id, kind, record, leaf_hash) VALUES (0, $1, 'event', $2, $3)",
+    )
+    .bind(id(1).to_string())
+    .bind(String::from_utf8(entry.sealed.canonical.clone()).unwrap())
+    .bind(entry.sealed.leaf_hash.to_vec())
+    .execute(&mut other)
+    .await
+    .unwrap();
+
+    let mut ours = Entries::new();
+    let batch = vec![ours.item(
+        EntryKind::Event,
+        id(2),
+        vec![open(2), Effect::CloseExchange],
+    )];
+    let at = Presumed {
+        size: 0,
+        registry_version: version,
+    };
+    let store = Arc::new(store);
+    let presumed = tokio::spawn({
+        let store = store.clone();
+        async move { store.append_presumed(at, batch).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !presumed.is_finished(),
+        "the presumed append did not wait for the lock"
+    );
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    let outcome = presumed.await.unwrap().unwrap();
+    assert!(matches!(outcome, Presumption::Moved(ref items) if ids_of(items) == [id(2)]));
+    let entries = store.entries(0, 10).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].leaf_hash, entry.sealed.leaf_hash);
+    assert!(store.exchange(id(2)).await.unwrap().is_none());
+    other.close().await.unwrap();
+    store.pool().close().await;
+    drop(store);
+    db.drop_now().await;
 }

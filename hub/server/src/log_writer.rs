@@ -32,7 +32,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, instrument, warn};
 
 use crate::clock::{Clock, Random};
-use crate::store::{AppendItem, AtTail, Body, Effect, Store, StoreError, message_of};
+use crate::store::{
+    AppendItem, AtTail, Body, Effect, Presumed, Presumption, Store, StoreError, message_of,
+};
 
 type Reply = oneshot::Sender<Result<AppendItem, AppendError>>;
 
@@ -593,6 +595,30 @@ async fn write_batch(
     } = batch;
 
     let (known, prev) = (state.frontier.size(), state.prev);
+    // Sealed ahead exactly where the log ends as far as this writer knows:
+    // the store can check that in the write itself instead of reading the
+    // tail first. Only if another writer moved the tail meanwhile does the
+    // batch take the reading path below, sealed again.
+    let (pending, ahead) = match ahead {
+        Some((at, sealed))
+            if at.size == known && at.prev == prev && sealed.len() == pending.len() =>
+        {
+            match at.registry {
+                Some(registry_version) => {
+                    let at = Presumed {
+                        size: known,
+                        registry_version,
+                    };
+                    match write_presumed(at, pending, sealed, state, store).await {
+                        Ok(done) => return done,
+                        Err(moved) => (moved, None),
+                    }
+                }
+                None => (pending, Some((at, sealed))),
+            }
+        }
+        other => (pending, other),
+    };
     let opening: Vec<ExchangeId> = pending
         .iter()
         .filter(|p| opens_exchange(p))
@@ -644,32 +670,98 @@ async fn write_batch(
         .await
     {
         Ok(tail) => {
-            state.adopt(&tail.adopted);
-            let leaves: Vec<Hash> = tail.written.iter().map(|i| i.sealed.leaf_hash).collect();
-            state.adopt(&leaves);
-            state.publish_head();
-            debug!(
-                written = tail.written.len(),
-                adopted = tail.adopted.len(),
-                sealed_ahead = took_ahead,
-                micros = started.elapsed().as_micros(),
-                "batch committed"
+            landed(
+                state,
+                &tail.adopted,
+                tail.written,
+                replies,
+                took_ahead,
+                started,
             );
-            for (item, reply) in tail.written.into_iter().zip(replies) {
-                let _ = reply.send(Ok(item));
-            }
             (took_ahead, registry_after)
         }
         Err(e) => {
-            // Usually nothing of the batch was written and the next batch
-            // reuses its indexes; a commit whose outcome was lost is adopted
-            // by the next batch's tail read.
-            error!(error = %e, "group commit failed");
-            let err = AppendError::Store(e.to_string());
-            for reply in replies {
-                let _ = reply.send(Err(err.clone()));
-            }
+            failed(&e, replies);
             (false, None)
         }
+    }
+}
+
+/// Write a batch sealed ahead at `at`, the end of the log as this writer
+/// knows it, with [`Store::append_presumed`]. `Err`: the log had moved and
+/// nothing was written; the batch's appends come back to be sealed again.
+async fn write_presumed(
+    at: Presumed,
+    pending: Vec<Pending>,
+    sealed: Vec<SealedEntry>,
+    state: &mut WriterState,
+    store: &dyn Store,
+) -> Result<(bool, Option<u64>), Vec<Pending>> {
+    let decided: Vec<Option<u64>> = pending.iter().map(|p| p.decided_at).collect();
+    let (items, replies) = take_ahead(pending, sealed);
+    let started = std::time::Instant::now();
+    match store.append_presumed(at, items).await {
+        Ok(Presumption::Written(written)) => {
+            landed(state, &[], written, replies, true, started);
+            // Sealed ahead only without registry changes (`seal_ahead`).
+            Ok((true, Some(at.registry_version)))
+        }
+        Ok(Presumption::Moved(items)) => {
+            debug!(at = at.size, "the log moved: sealing the batch again");
+            Err(items
+                .into_iter()
+                .zip(decided)
+                .zip(replies)
+                .map(|((item, decided_at), reply)| Pending {
+                    draft: item.sealed.record.statement.draft,
+                    body: item.body,
+                    effects: item.effects,
+                    decided_at,
+                    reply,
+                })
+                .collect())
+        }
+        Err(e) => {
+            failed(&e, replies);
+            Ok((false, None))
+        }
+    }
+}
+
+/// A batch is durable after `adopted` (other writers' entries): advance
+/// the tree and answer each append.
+fn landed(
+    state: &mut WriterState,
+    adopted: &[Hash],
+    written: Vec<AppendItem>,
+    replies: Vec<Reply>,
+    sealed_ahead: bool,
+    started: std::time::Instant,
+) {
+    state.adopt(adopted);
+    let leaves: Vec<Hash> = written.iter().map(|i| i.sealed.leaf_hash).collect();
+    state.adopt(&leaves);
+    state.publish_head();
+    debug!(
+        written = written.len(),
+        adopted = adopted.len(),
+        sealed_ahead,
+        micros = started.elapsed().as_micros(),
+        "batch committed"
+    );
+    for (item, reply) in written.into_iter().zip(replies) {
+        let _ = reply.send(Ok(item));
+    }
+}
+
+/// A batch did not become durable: every append hears so.
+fn failed(e: &StoreError, replies: Vec<Reply>) {
+    // Usually nothing of the batch was written and the next batch reuses
+    // its indexes; a commit whose outcome was lost is adopted by the next
+    // batch's tail read (its presumed write finds the log moved).
+    error!(error = %e, "group commit failed");
+    let err = AppendError::Store(e.to_string());
+    for reply in replies {
+        let _ = reply.send(Err(err.clone()));
     }
 }

@@ -399,7 +399,7 @@ where
 }
 
 /// Parse a backend's tail read and let `seal` place the batch there;
-/// returns the adopted leaf hashes and what to write. The rows are
+/// returns the adopted leaf hashes, what to write and where. The rows are
 /// `(idx, leaf_hash)` of the entries from `known` on, in order, then one
 /// with the registry `version` and one per id already `opened`, the other
 /// columns NULL. `db` maps the backend's errors.
@@ -408,7 +408,7 @@ pub(crate) fn seal_at_tail<R>(
     rows: &[R],
     db: fn(sqlx::Error) -> StoreError,
     seal: SealAfter<'_>,
-) -> Result<(Vec<Hash>, Vec<AppendItem>), StoreError>
+) -> Result<(Vec<Hash>, Vec<AppendItem>, Presumed), StoreError>
 where
     R: sqlx::Row,
     for<'c> &'c str: sqlx::ColumnIndex<R>,
@@ -433,12 +433,17 @@ where
             (None, None) => return Err(corrupt("an unexpected row at the log's tail")),
         }
     }
+    let registry_version = version.ok_or_else(|| corrupt("the registry version is missing"))?;
     let written = seal(AtTail {
         adopted: &adopted,
-        registry_version: version.ok_or_else(|| corrupt("the registry version is missing"))?,
+        registry_version,
         opened: &opened,
     });
-    Ok((adopted, written))
+    let at = Presumed {
+        size: known + adopted.len() as u64,
+        registry_version,
+    };
+    Ok((adopted, written, at))
 }
 
 /// Places a batch at the tail the store read, sealing each entry.
@@ -450,6 +455,81 @@ pub struct Tail {
     /// Leaf hashes of the entries other writers appended.
     pub adopted: Vec<Hash>,
     pub written: Vec<AppendItem>,
+}
+
+/// Where a writer presumes the log ends: its size and the registry version
+/// there (see [`Store::append_presumed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Presumed {
+    pub size: u64,
+    pub registry_version: u64,
+}
+
+/// What [`Store::append_presumed`] did.
+#[derive(Debug)]
+pub enum Presumption {
+    /// The log ended where presumed: the items are written.
+    Written(Vec<AppendItem>),
+    /// It did not (another writer appended, the registry changed, or an
+    /// exchange the items open was opened meanwhile): nothing is written,
+    /// and the items come back to be sealed again at the real tail.
+    Moved(Vec<AppendItem>),
+}
+
+/// The registry changes of `items`, in order.
+pub(crate) fn registry_changes(items: &[AppendItem]) -> impl Iterator<Item = &RegistryChange> {
+    items
+        .iter()
+        .flat_map(|i| &i.effects)
+        .filter_map(|e| match e {
+            Effect::Registry(change) => Some(&**change),
+            _ => None,
+        })
+}
+
+/// The exchange ids that `items` open.
+fn opened_by(items: &[AppendItem]) -> Vec<ExchangeId> {
+    items
+        .iter()
+        .filter(|i| {
+            i.effects
+                .iter()
+                .any(|e| matches!(e, Effect::OpenExchange { .. }))
+        })
+        .map(|i| i.sealed.record.statement.draft.exchange_id)
+        .collect()
+}
+
+/// [`Store::append_presumed`] through [`Store::append_at_tail`]: its lock
+/// and tail read, then the presumption checked against what it read.
+pub(crate) async fn append_presumed_at_tail<S: Store + ?Sized>(
+    store: &S,
+    at: Presumed,
+    items: Vec<AppendItem>,
+) -> Result<Presumption, StoreError> {
+    let opening = opened_by(&items);
+    let mut moved = None;
+    let tail = store
+        .append_at_tail(
+            at.size,
+            &opening,
+            Box::new(|tail: AtTail<'_>| {
+                if tail.adopted.is_empty()
+                    && tail.opened.is_empty()
+                    && tail.registry_version == at.registry_version
+                {
+                    items
+                } else {
+                    moved = Some(items);
+                    Vec::new()
+                }
+            }),
+        )
+        .await?;
+    Ok(match moved {
+        Some(items) => Presumption::Moved(items),
+        None => Presumption::Written(tail.written),
+    })
 }
 
 /// A role only one hub process plays at a time.
@@ -583,6 +663,19 @@ pub trait Store: Send + Sync {
         opening: &[ExchangeId],
         seal: SealAfter<'_>,
     ) -> Result<Tail, StoreError>;
+    /// Append `items`, sealed by the caller where it presumes the log
+    /// ends, if the log still ends there, the registry is still at that
+    /// version and none of the exchanges they open exists; otherwise write
+    /// nothing and hand them back. The same guarantees as
+    /// [`Store::append_at_tail`], which the default goes through; a backend
+    /// may check the presumption in the write itself, saving round trips.
+    async fn append_presumed(
+        &self,
+        at: Presumed,
+        items: Vec<AppendItem>,
+    ) -> Result<Presumption, StoreError> {
+        append_presumed_at_tail(self, at, items).await
+    }
     /// Try to become the one holder of `role` among the processes sharing
     /// this store (`None`: another process holds it).
     async fn lead(&self, role: Role) -> Result<Option<Box<dyn Leadership>>, StoreError>;

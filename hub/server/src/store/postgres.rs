@@ -21,7 +21,7 @@ use super::{
     StoreError, StoredCheckpoint, StoredEntry, Subscription, Tail, fields_of_column, json_text,
     keep_exchanges,
 };
-use super::{Effect, corrupt, member, to_i64, to_u64};
+use super::{Presumed, Presumption, corrupt, member, registry_changes, to_i64, to_u64};
 
 /// The PostgreSQL store.
 #[derive(Debug, Clone)]
@@ -50,8 +50,17 @@ fn hash(bytes: Vec<u8>, what: &str) -> Result<Hash, StoreError> {
         .map_err(|_| corrupt(format!("{what} is not 32 bytes")))
 }
 
-/// The lock every hub's log writer takes for a group commit ("hub-log!").
-const LOG_WRITER_LOCK: i64 = 0x6875_622d_6c6f_6721;
+/// The transaction-level advisory lock every hub's log writer takes for a
+/// group commit ("hub-log!").
+pub const LOG_WRITER_LOCK: i64 = 0x6875_622d_6c6f_6721;
+
+/// Whether a presumed append failed because another writer's entries took
+/// its indexes (committed after its snapshot, while it waited for the
+/// writers' lock): then the log has moved, nothing is written.
+fn moved(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505")
+        && matches!(d.constraint(), Some("log_entries_pkey" | "log_bodies_pkey")))
+}
 
 /// A role held by a session-level advisory lock on its own connection.
 struct Session(sqlx::PgConnection);
@@ -65,15 +74,21 @@ impl Leadership for Session {
 }
 
 impl PgStore {
-    /// Insert a batch's entries, bodies and effects in the open transaction.
-    async fn insert(
-        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-        items: &[AppendItem],
-    ) -> Result<(), StoreError> {
-        if items.is_empty() {
-            return Ok(());
-        }
-        let b = Batch::of(items);
+    /// Insert a batch's rows - entries, bodies, opened exchanges, queued
+    /// and outbox messages - in one statement, if the log still ends where
+    /// `at` presumes and none of the exchanges `unopened` exists; returns
+    /// whether it did (if not, nothing is written).
+    /// The statement takes the writers' lock itself, so that one round
+    /// trip can be a whole group commit; its check reads the snapshot taken
+    /// before the lock, and an entry committed by another writer while it
+    /// waited shows instead as a unique violation on the entries' index
+    /// (see [`moved`]).
+    async fn insert_rows(
+        conn: &mut sqlx::PgConnection,
+        b: &Batch,
+        at: Presumed,
+        unopened: &[String],
+    ) -> Result<bool, sqlx::Error> {
         // An event's message is its exchange's reply: its inbox rows point
         // there (NULL) rather than keep a copy each.
         let queued: Vec<Option<&[u8]>> = b
@@ -86,27 +101,42 @@ impl PgStore {
         // Every insert in one statement, one round trip: under load each
         // round trip waits for both processes to be scheduled, and a group
         // commit's time is mostly round trips. No two of these touch the
-        // same row; the updates and deletes below may, so they stay apart.
+        // same row; the updates and deletes of `apply_changes` may, so they
+        // stay apart. `max(idx)` and `= ANY` read through indexes whatever
+        // plan PostgreSQL settles on.
         let mut arguments = PgArguments::default();
-        arguments.reserve(23, b.size_hint());
-        sqlx::query_with(
-            "WITH entries AS (
+        arguments.reserve(27, b.size_hint());
+        let holds: bool = sqlx::query_scalar_with(
+            "WITH presumed AS (
+                SELECT (SELECT COALESCE(max(idx) + 1, 0) FROM log_entries) = $24
+                   AND (SELECT version FROM registry_version FOR SHARE) = $25
+                   AND NOT EXISTS (SELECT 1 FROM exchanges WHERE exchange_id = ANY($27::text[]))
+                   AS holds
+                FROM (SELECT pg_advisory_xact_lock($26)) AS writers),
+             entries AS (
                 INSERT INTO log_entries (idx, exchange_id, kind, record, leaf_hash, subjects)
-                SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[])),
+                SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[])
+                WHERE (SELECT holds FROM presumed)),
              bodies AS (
                 INSERT INTO log_bodies (idx, key_id, nonce, ciphertext)
-                SELECT * FROM UNNEST($1::bigint[], $7::text[], $8::bytea[], $9::bytea[])),
+                SELECT * FROM UNNEST($1::bigint[], $7::text[], $8::bytea[], $9::bytea[])
+                WHERE (SELECT holds FROM presumed)),
              opened AS (
                 INSERT INTO exchanges (exchange_id, sender, request_hash, state, reply, created_at)
                 SELECT * FROM UNNEST($10::text[], $11::text[], $12::text[], $13::text[], $14::bytea[], $15::bigint[])
+                WHERE (SELECT holds FROM presumed)
                 ON CONFLICT (exchange_id) DO NOTHING),
              queued AS (
                 INSERT INTO deliveries (recipient, exchange_id, message, visible_at)
                 SELECT * FROM UNNEST($16::text[], $17::text[], $18::bytea[], $19::bigint[])
+                WHERE (SELECT holds FROM presumed)
+                ON CONFLICT DO NOTHING),
+             dispatched AS (
+                INSERT INTO outbox (instance, recipient, exchange_id, message)
+                SELECT * FROM UNNEST($20::text[], $21::text[], $22::text[], $23::bytea[])
+                WHERE (SELECT holds FROM presumed)
                 ON CONFLICT DO NOTHING)
-             INSERT INTO outbox (instance, recipient, exchange_id, message)
-             SELECT * FROM UNNEST($20::text[], $21::text[], $22::text[], $23::bytea[])
-             ON CONFLICT DO NOTHING",
+             SELECT holds FROM presumed",
             arguments,
         )
         .bind(&b.idx)
@@ -132,9 +162,22 @@ impl PgStore {
         .bind(&b.dispatch.1)
         .bind(&b.dispatch.2)
         .bind(&b.dispatch.3)
-        .execute(&mut **tx)
-        .await
-        .map_err(db)?;
+        .bind(to_i64(at.size))
+        .bind(to_i64(at.registry_version))
+        .bind(LOG_WRITER_LOCK)
+        .bind(unopened)
+        .fetch_one(conn)
+        .await?;
+        Ok(holds)
+    }
+
+    /// The rest of a batch's effects, in the open transaction after its
+    /// rows: closed, abandoned and dequeued exchanges, registry changes.
+    async fn apply_changes(
+        tx: &mut sqlx::PgConnection,
+        b: &Batch,
+        items: &[AppendItem],
+    ) -> Result<(), StoreError> {
         if !b.close.0.is_empty() {
             sqlx::query(
                 "UPDATE exchanges SET state = 'done', reply = u.reply
@@ -142,14 +185,14 @@ impl PgStore {
             )
             .bind(&b.close.0)
             .bind(&b.close.1)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await
             .map_err(db)?;
         }
         if !b.abandon.is_empty() {
             sqlx::query("DELETE FROM exchanges WHERE exchange_id = ANY($1) AND state = 'pending'")
                 .bind(&b.abandon)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await
                 .map_err(db)?;
         }
@@ -160,19 +203,12 @@ impl PgStore {
             )
             .bind(&b.dequeue.0)
             .bind(&b.dequeue.1)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await
             .map_err(db)?;
         }
-        for change in items
-            .iter()
-            .flat_map(|i| &i.effects)
-            .filter_map(|e| match e {
-                Effect::Registry(change) => Some(change),
-                _ => None,
-            })
-        {
-            change_query(change)?.execute(&mut **tx).await.map_err(db)?;
+        for change in registry_changes(items) {
+            change_query(change)?.execute(&mut *tx).await.map_err(db)?;
         }
         Ok(())
     }
@@ -598,10 +634,42 @@ impl Store for PgStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
-        let (adopted, written) = super::seal_at_tail(known, &rows, db, seal)?;
-        Self::insert(&mut tx, &written).await?;
+        let (adopted, written, at) = super::seal_at_tail(known, &rows, db, seal)?;
+        if !written.is_empty() {
+            let b = Batch::of(&written);
+            // Under the lock, the tail just read is still the tail; which
+            // exchanges were open, `seal` was told.
+            if !Self::insert_rows(&mut tx, &b, at, &[]).await.map_err(db)? {
+                return Err(corrupt("the log's tail moved under the writers' lock"));
+            }
+            Self::apply_changes(&mut tx, &b, &written).await?;
+        }
         tx.commit().await.map_err(db)?;
         Ok(Tail { adopted, written })
+    }
+
+    async fn append_presumed(
+        &self,
+        at: Presumed,
+        items: Vec<AppendItem>,
+    ) -> Result<Presumption, StoreError> {
+        let b = Batch::of(&items);
+        // Only rows to insert: one statement, in its own transaction, is
+        // the whole commit. Updates and deletes need the transaction.
+        let inserts_only = b.close.0.is_empty()
+            && b.abandon.is_empty()
+            && b.dequeue.0.is_empty()
+            && registry_changes(&items).next().is_none();
+        if !inserts_only || items.is_empty() {
+            return super::append_presumed_at_tail(self, at, items).await;
+        }
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        match Self::insert_rows(&mut conn, &b, at, &b.open.id).await {
+            Ok(true) => Ok(Presumption::Written(items)),
+            Ok(false) => Ok(Presumption::Moved(items)),
+            Err(e) if moved(&e) => Ok(Presumption::Moved(items)),
+            Err(e) => Err(db(e)),
+        }
     }
 
     async fn lead(&self, role: Role) -> Result<Option<Box<dyn Leadership>>, StoreError> {

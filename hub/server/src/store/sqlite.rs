@@ -21,7 +21,7 @@ use super::{
     Leadership, OutboxRow, RegistryChange, Role, SealAfter, ServiceRecord, Store, StoreError,
     StoredCheckpoint, StoredEntry, Subscription, Tail, fields_of_column, json_text, keep_exchanges,
 };
-use super::{Effect, corrupt, member, to_i64, to_u64};
+use super::{corrupt, member, to_i64, to_u64};
 
 /// The SQLite store.
 #[derive(Debug, Clone)]
@@ -152,14 +152,7 @@ impl SqliteStore {
             });
             q.build().execute(&mut **tx).await.map_err(db)?;
         }
-        for change in items
-            .iter()
-            .flat_map(|i| &i.effects)
-            .filter_map(|e| match e {
-                Effect::Registry(change) => Some(change),
-                _ => None,
-            })
-        {
+        for change in super::registry_changes(items) {
             change_query(change)?.execute(&mut **tx).await.map_err(db)?;
         }
         Ok(())
@@ -560,7 +553,7 @@ impl Store for SqliteStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
-        let (adopted, written) = super::seal_at_tail(known, &rows, db, seal)?;
+        let (adopted, written, _) = super::seal_at_tail(known, &rows, db, seal)?;
         Self::insert(&mut tx, &written).await?;
         tx.commit().await.map_err(db)?;
         Ok(Tail { adopted, written })
