@@ -586,11 +586,13 @@ async fn a_presumed_append_writes_only_where_the_log_ends(store: Arc<dyn Store>)
             },
         ],
     );
-    written(store.append_presumed(at(3), vec![answer]).await.unwrap());
-    assert!(matches!(
+    let answer = written(store.append_presumed(at(3), vec![answer]).await.unwrap());
+    assert_eq!(
         store.exchange(id(2)).await.unwrap().unwrap().state,
-        ExchangeState::Done { .. }
-    ));
+        ExchangeState::Done {
+            reply: answer[0].sealed_message.clone()
+        }
+    );
     assert!(
         store
             .delivery(&member(PROVIDER), id(2))
@@ -598,7 +600,23 @@ async fn a_presumed_append_writes_only_where_the_log_ends(store: Arc<dyn Store>)
             .unwrap()
             .is_none()
     );
-    assert_eq!(store.entries(0, 10).await.unwrap().len(), 4);
+
+    // A request and its answer in one batch: the answer's reply is kept.
+    let mut w = Entries::new();
+    w.next = 4;
+    w.prev = answer[0].sealed.leaf_hash;
+    let both = vec![
+        w.item(EntryKind::Request, id(6), vec![open(6)]),
+        w.item(EntryKind::Response, id(6), vec![Effect::CloseExchange]),
+    ];
+    let both = written(store.append_presumed(at(4), both).await.unwrap());
+    assert_eq!(
+        store.exchange(id(6)).await.unwrap().unwrap().state,
+        ExchangeState::Done {
+            reply: both[1].sealed_message.clone()
+        }
+    );
+    assert_eq!(store.entries(0, 10).await.unwrap().len(), 6);
 }
 
 /// The registry version the writer reads under its lock.

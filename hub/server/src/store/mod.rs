@@ -837,6 +837,11 @@ impl Batch {
 
     pub(crate) fn of(items: &[AppendItem]) -> Self {
         let mut b = Batch::default();
+        // Where each exchange opened in this batch is in `open`: closed in
+        // the batch too, it is inserted done rather than inserted and then
+        // updated, so that no statement needs to see another's rows.
+        let mut opened_here: std::collections::HashMap<ExchangeId, usize> =
+            std::collections::HashMap::new();
         for item in items {
             let record = &item.sealed.record.statement;
             let id = record.draft.exchange_id.to_string();
@@ -849,7 +854,7 @@ impl Batch {
             b.nonce.push(sealed.nonce.to_vec());
             b.ciphertext.push(sealed.ciphertext.clone());
             let mut subjects_of_entry: Vec<String> = Vec::new();
-            let mut opened = false;
+            let mut own_row = None;
             for effect in &item.effects {
                 match effect {
                     Effect::OpenExchange {
@@ -863,22 +868,24 @@ impl Batch {
                         b.open.at.push(to_i64(*at_millis));
                         b.open.state.push("pending");
                         b.open.reply.push(None);
-                        opened = true;
+                        let row = b.open.id.len() - 1;
+                        opened_here.entry(record.draft.exchange_id).or_insert(row);
+                        own_row = Some(row);
                     }
-                    // Opened and closed by one entry: inserted done, not
-                    // inserted and then updated.
-                    Effect::CloseExchange if opened => {
-                        if let (Some(state), Some(reply)) =
-                            (b.open.state.last_mut(), b.open.reply.last_mut())
-                        {
-                            *state = "done";
-                            *reply = Some(item.sealed_message.clone());
+                    // The entry's own row if it opened one (an event),
+                    // else the row an earlier entry of the batch opened.
+                    Effect::CloseExchange => match own_row
+                        .or_else(|| opened_here.get(&record.draft.exchange_id).copied())
+                    {
+                        Some(at) => {
+                            b.open.state[at] = "done";
+                            b.open.reply[at] = Some(item.sealed_message.clone());
                         }
-                    }
-                    Effect::CloseExchange => {
-                        b.close.0.push(id.clone());
-                        b.close.1.push(item.sealed_message.clone());
-                    }
+                        None => {
+                            b.close.0.push(id.clone());
+                            b.close.1.push(item.sealed_message.clone());
+                        }
+                    },
                     Effect::AbandonExchange => b.abandon.push(id.clone()),
                     Effect::Dequeue { recipient } => {
                         b.dequeue.0.push(recipient.to_string());
@@ -893,7 +900,7 @@ impl Batch {
                         b.enqueue.2.push(item.sealed_message.clone());
                         b.enqueue.3.push(to_i64(*visible_at_millis));
                         b.enqueue_is_reply
-                            .push(opened && b.open.state.last() == Some(&"done"));
+                            .push(own_row.is_some_and(|row| b.open.state[row] == "done"));
                     }
                     Effect::Dispatch {
                         recipient,

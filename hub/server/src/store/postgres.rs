@@ -75,14 +75,15 @@ impl Leadership for Session {
 
 impl PgStore {
     /// Insert a batch's rows - entries, bodies, opened exchanges, queued
-    /// and outbox messages - in one statement, if the log still ends where
-    /// `at` presumes and none of the exchanges `unopened` exists; returns
-    /// whether it did (if not, nothing is written).
-    /// The statement takes the writers' lock itself, so that one round
-    /// trip can be a whole group commit; its check reads the snapshot taken
-    /// before the lock, and an entry committed by another writer while it
-    /// waited shows instead as a unique violation on the entries' index
-    /// (see [`moved`]).
+    /// and outbox messages - and close the exchanges it answers (none
+    /// opened in the batch: see [`Batch::of`]), in one statement, if the
+    /// log still ends where `at` presumes and none of the exchanges
+    /// `unopened` exists; returns whether it did (if not, nothing is
+    /// written). The statement takes the writers' lock itself, so that one
+    /// round trip can be a whole group commit; its check reads the snapshot
+    /// taken before the lock, and an entry committed by another writer
+    /// while it waited shows instead as a unique violation on the entries'
+    /// index (see [`moved`]).
     async fn insert_rows(
         conn: &mut sqlx::PgConnection,
         b: &Batch,
@@ -101,11 +102,11 @@ impl PgStore {
         // Every insert in one statement, one round trip: under load each
         // round trip waits for both processes to be scheduled, and a group
         // commit's time is mostly round trips. No two of these touch the
-        // same row; the updates and deletes of `apply_changes` may, so they
-        // stay apart. `max(idx)` and `= ANY` read through indexes whatever
+        // same row (they would not see each other's changes); the deletes
+        // of `apply_changes` may, so they stay apart. `max(idx)` and `= ANY` read through indexes whatever
         // plan PostgreSQL settles on.
         let mut arguments = PgArguments::default();
-        arguments.reserve(27, b.size_hint());
+        arguments.reserve(29, b.size_hint());
         let holds: bool = sqlx::query_scalar_with(
             "WITH presumed AS (
                 SELECT (SELECT COALESCE(max(idx) + 1, 0) FROM log_entries) = $24
@@ -135,7 +136,11 @@ impl PgStore {
                 INSERT INTO outbox (instance, recipient, exchange_id, message)
                 SELECT * FROM UNNEST($20::text[], $21::text[], $22::text[], $23::bytea[])
                 WHERE (SELECT holds FROM presumed)
-                ON CONFLICT DO NOTHING)
+                ON CONFLICT DO NOTHING),
+             closed AS (
+                UPDATE exchanges SET state = 'done',
+                    reply = ($29::bytea[])[array_position($28::text[], exchange_id)]
+                WHERE exchange_id = ANY($28::text[]) AND (SELECT holds FROM presumed))
              SELECT holds FROM presumed",
             arguments,
         )
@@ -166,29 +171,20 @@ impl PgStore {
         .bind(to_i64(at.registry_version))
         .bind(LOG_WRITER_LOCK)
         .bind(unopened)
+        .bind(&b.close.0)
+        .bind(&b.close.1)
         .fetch_one(conn)
         .await?;
         Ok(holds)
     }
 
     /// The rest of a batch's effects, in the open transaction after its
-    /// rows: closed, abandoned and dequeued exchanges, registry changes.
+    /// rows: abandoned and dequeued exchanges, registry changes.
     async fn apply_changes(
         tx: &mut sqlx::PgConnection,
         b: &Batch,
         items: &[AppendItem],
     ) -> Result<(), StoreError> {
-        if !b.close.0.is_empty() {
-            sqlx::query(
-                "UPDATE exchanges SET state = 'done', reply = u.reply
-                 FROM UNNEST($1::text[], $2::bytea[]) AS u(id, reply) WHERE exchange_id = u.id",
-            )
-            .bind(&b.close.0)
-            .bind(&b.close.1)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        }
         if !b.abandon.is_empty() {
             sqlx::query("DELETE FROM exchanges WHERE exchange_id = ANY($1) AND state = 'pending'")
                 .bind(&b.abandon)
@@ -654,13 +650,13 @@ impl Store for PgStore {
         items: Vec<AppendItem>,
     ) -> Result<Presumption, StoreError> {
         let b = Batch::of(&items);
-        // Only rows to insert: one statement, in its own transaction, is
-        // the whole commit. Updates and deletes need the transaction.
-        let inserts_only = b.close.0.is_empty()
-            && b.abandon.is_empty()
+        // Rows to insert and exchanges to close: one statement, in its
+        // own transaction, is the whole commit. The rarer deletes and
+        // registry changes take the transaction.
+        let one_statement = b.abandon.is_empty()
             && b.dequeue.0.is_empty()
             && registry_changes(&items).next().is_none();
-        if !inserts_only || items.is_empty() {
+        if !one_statement || items.is_empty() {
             return super::append_presumed_at_tail(self, at, items).await;
         }
         let mut conn = self.pool.acquire().await.map_err(db)?;
