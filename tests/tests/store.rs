@@ -236,6 +236,15 @@ impl Entries {
         }
     }
 
+    /// A writer that goes on from entry `next`, after the leaf hash `prev`.
+    fn after(next: u64, prev: Hash) -> Self {
+        Self {
+            next,
+            prev,
+            ..Self::new()
+        }
+    }
+
     fn item(&mut self, kind: EntryKind, id: ExchangeId, effects: Vec<Effect>) -> AppendItem {
         let (draft, body) = unsealed(self.next, kind, id, &self.data);
         let time = datetime!(2026-11-01 00:00 UTC) + time::Duration::days(self.next as i64);
@@ -484,6 +493,15 @@ fn ids_of(items: &[AppendItem]) -> Vec<ExchangeId> {
         .collect()
 }
 
+/// Whether the provider's queue holds exchange `id`.
+async fn queued(store: &dyn Store, id: ExchangeId) -> bool {
+    store
+        .delivery(&member(PROVIDER), id)
+        .await
+        .unwrap()
+        .is_some()
+}
+
 async fn a_presumed_append_writes_only_where_the_log_ends(store: Arc<dyn Store>) {
     registry(store.as_ref()).await;
     let version = store.registry_version().await.unwrap();
@@ -518,19 +536,11 @@ async fn a_presumed_append_writes_only_where_the_log_ends(store: Arc<dyn Store>)
         store.exchange(id(1)).await.unwrap().unwrap().state,
         ExchangeState::Done { .. }
     ));
-    assert!(
-        store
-            .delivery(&member(PROVIDER), id(2))
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(queued(store.as_ref(), id(2)).await);
 
     // Another writer appended meanwhile: this one's batch, sealed at 2,
     // comes back whole and nothing of it is written.
-    let mut other = Entries::new();
-    other.next = 2;
-    other.prev = items[1].sealed.leaf_hash;
+    let mut other = Entries::after(2, items[1].sealed.leaf_hash);
     store
         .append(&[other.item(EntryKind::Request, id(3), vec![open(3)])])
         .await
@@ -539,24 +549,13 @@ async fn a_presumed_append_writes_only_where_the_log_ends(store: Arc<dyn Store>)
     let back = moved(store.append_presumed(at(2), vec![late]).await.unwrap());
     assert_eq!(ids_of(&back), [id(4)]);
     assert!(store.exchange(id(4)).await.unwrap().is_none());
-    assert!(
-        store
-            .delivery(&member(PROVIDER), id(4))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!queued(store.as_ref(), id(4)).await);
     assert_eq!(store.entries(0, 10).await.unwrap().len(), 3);
 
     // Sealed again at the real tail but on an older registry version, or
     // opening an exchange that is open already: handed back as well.
     let tail_hash = store.entries(2, 1).await.unwrap()[0].leaf_hash;
-    let at_the_tail = || {
-        let mut w = Entries::new();
-        w.next = 3;
-        w.prev = tail_hash;
-        w
-    };
+    let at_the_tail = || Entries::after(3, tail_hash);
     let mut w = at_the_tail();
     let fresh = w.item(EntryKind::Request, id(4), vec![open(4)]);
     let stale = Presumed {
@@ -593,18 +592,10 @@ async fn a_presumed_append_writes_only_where_the_log_ends(store: Arc<dyn Store>)
             reply: answer[0].sealed_message.clone()
         }
     );
-    assert!(
-        store
-            .delivery(&member(PROVIDER), id(2))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!queued(store.as_ref(), id(2)).await);
 
     // A request and its answer in one batch: the answer's reply is kept.
-    let mut w = Entries::new();
-    w.next = 4;
-    w.prev = answer[0].sealed.leaf_hash;
+    let mut w = Entries::after(4, answer[0].sealed.leaf_hash);
     let both = vec![
         w.item(EntryKind::Request, id(6), vec![open(6)]),
         w.item(EntryKind::Response, id(6), vec![Effect::CloseExchange]),
