@@ -173,6 +173,11 @@ impl PgStore {
         .bind(unopened)
         .bind(&b.close.0)
         .bind(&b.close.1)
+        // Planned afresh at each commit, with the batch's values: kept
+        // prepared, PostgreSQL may settle on a generic plan costed on the
+        // first, near-empty tables, which scans `exchanges` at every commit
+        // as it grows (`postgres_commits_do_not_scan_the_log_as_it_grows`).
+        .persistent(false)
         .fetch_one(conn)
         .await?;
         Ok(holds)
