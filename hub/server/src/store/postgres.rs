@@ -103,8 +103,10 @@ impl PgStore {
         // round trip waits for both processes to be scheduled, and a group
         // commit's time is mostly round trips. No two of these touch the
         // same row (they would not see each other's changes); the deletes
-        // of `apply_changes` may, so they stay apart. `max(idx)` and `= ANY` read through indexes whatever
-        // plan PostgreSQL settles on.
+        // of `apply_changes` may, so they stay apart. `max(idx)` reads the
+        // end of the log's index under any plan; the `= ANY` lookups use
+        // the exchanges' index only in a plan made for the batch's values
+        // (see `persistent` below).
         let mut arguments = PgArguments::default();
         arguments.reserve(29, b.size_hint());
         let holds: bool = sqlx::query_scalar_with(
