@@ -21,7 +21,7 @@ use super::{
     StoreError, StoredCheckpoint, StoredEntry, Subscription, Tail, fields_of_column, json_text,
     keep_exchanges,
 };
-use super::{Presumed, Presumption, corrupt, member, registry_changes, to_i64, to_u64};
+use super::{Effect, Presumed, Presumption, corrupt, member, registry_changes, to_i64, to_u64};
 
 /// The PostgreSQL store.
 #[derive(Debug, Clone)]
@@ -656,16 +656,19 @@ impl Store for PgStore {
         at: Presumed,
         items: Vec<AppendItem>,
     ) -> Result<Presumption, StoreError> {
-        let b = Batch::of(&items);
         // Rows to insert and exchanges to close: one statement, in its
         // own transaction, is the whole commit. The rarer deletes and
         // registry changes take the transaction.
-        let one_statement = b.abandon.is_empty()
-            && b.dequeue.0.is_empty()
-            && registry_changes(&items).next().is_none();
-        if !one_statement || items.is_empty() {
+        let needs_transaction = items.iter().flat_map(|i| &i.effects).any(|e| {
+            matches!(
+                e,
+                Effect::AbandonExchange | Effect::Dequeue { .. } | Effect::Registry(_)
+            )
+        });
+        if needs_transaction || items.is_empty() {
             return super::append_presumed_at_tail(self, at, items).await;
         }
+        let b = Batch::of(&items);
         let mut conn = self.pool.acquire().await.map_err(db)?;
         match Self::insert_rows(&mut conn, &b, at, &b.open.id).await {
             Ok(true) => Ok(Presumption::Written(items)),
