@@ -63,6 +63,22 @@ fn the_smoke_report_runs_every_scenario_and_writes_table_and_charts() {
         None => {
             assert!(throughput(&results["production"]["queries"], "hub") > 0.0);
             assert!(throughput(&results["production"]["events"], "hub") > 0.0);
+            // Each round says where the CPU went: the hub worked in every
+            // round, the services (on this machine) over the scenario; the
+            // clock ticks /proc counts in are too coarse to ask more of a
+            // smoke run.
+            let mut services = 0.0;
+            for workload in ["queries", "events"] {
+                for sample in results["production"][workload].as_array().unwrap() {
+                    let cpu = &sample["cpu"];
+                    assert!(cpu["hub_us"].as_f64().unwrap() > 0.0, "{sample}");
+                    services +=
+                        cpu["postgres_us"].as_f64().unwrap() + cpu["rabbitmq_us"].as_f64().unwrap();
+                    let idle = cpu["idle_percent"].as_f64().unwrap();
+                    assert!((0.0..=100.0).contains(&idle), "{sample}");
+                }
+            }
+            assert!(services > 0.0, "{}", results["production"]);
             assert!(
                 results["production"]["hub_peak"]["peak_kb"]
                     .as_u64()

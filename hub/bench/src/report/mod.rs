@@ -34,7 +34,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::{Bodies, Mode, Plan, Report, Workload};
-use process::{Memory, Process};
+use process::{CpuPerExchange, CpuTicks, Memory, Process};
 
 /// What to run and how long.
 #[derive(Debug, Clone)]
@@ -111,6 +111,9 @@ pub struct Sample {
     /// `hub`, `direct`, `nginx`.
     pub target: String,
     pub report: Report,
+    /// Where the machine's CPU went (scenario 3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuPerExchange>,
 }
 
 /// Scenario 1.
@@ -274,6 +277,7 @@ pub async fn run(settings: &Settings, command: String) -> anyhow::Result<Results
             comparison.throughput.push(Sample {
                 target: t.name.into(),
                 report,
+                cpu: None,
             });
             bar.inc(1);
         }
@@ -293,6 +297,7 @@ pub async fn run(settings: &Settings, command: String) -> anyhow::Result<Results
             comparison.latency.push(Sample {
                 target: t.name.into(),
                 report,
+                cpu: None,
             });
             bar.inc(1);
         }
@@ -323,6 +328,7 @@ pub async fn run(settings: &Settings, command: String) -> anyhow::Result<Results
         event_samples.push(Sample {
             target: "hub".into(),
             report,
+            cpu: None,
         });
         bar.inc(1);
     }
@@ -581,11 +587,14 @@ async fn production_with(
                 connections: settings.production_connections,
                 ..max_plan(settings, workload)
             };
+            let before = CpuTicks::now(hub.pid(), adapter.pid());
             let report = crate::run(&client, &plan, bodies.clone()).await?;
+            let cpu = before.per_exchange(&CpuTicks::now(hub.pid(), adapter.pid()), report.ok);
             check(&report, "hub on PostgreSQL + RabbitMQ")?;
             let sample = Sample {
                 target: "hub".into(),
                 report,
+                cpu,
             };
             match workload {
                 Workload::Query => result.queries.push(sample),

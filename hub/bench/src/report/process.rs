@@ -1,6 +1,7 @@
 //! The processes a report runs - hubs, adapters, the direct endpoint,
 //! nginx, `hub audit verify` - each with its output in a log file, stopped
-//! (SIGTERM, then SIGKILL) when dropped, and its memory read from `/proc`.
+//! (SIGTERM, then SIGKILL) when dropped, and its memory read from `/proc`;
+//! and the CPU time spent by each process an exchange goes through.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -42,6 +43,137 @@ impl Memory {
             peak_kb: field("VmHWM:")?,
         })
     }
+}
+
+/// CPU time so far, in clock ticks, of the processes an exchange goes
+/// through on this machine, and of the machine idle: read before and after
+/// a measurement, the difference says where its CPU went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTicks {
+    hub: u64,
+    adapter: u64,
+    /// Every `postgres` process (the server and its backends).
+    postgres: u64,
+    /// RabbitMQ's Erlang VM (`beam.smp`).
+    rabbitmq: u64,
+    /// This process: the load comes from it.
+    load_generator: u64,
+    /// Idle and waiting for I/O, summed over the machine's CPUs.
+    idle: u64,
+    at: Option<Instant>,
+}
+
+/// Where the machine's CPU went during one measurement: microseconds of
+/// CPU per exchange by process, and how idle the machine was. PostgreSQL
+/// and RabbitMQ count only when they run on this machine.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CpuPerExchange {
+    pub hub_us: f64,
+    pub adapter_us: f64,
+    pub postgres_us: f64,
+    pub rabbitmq_us: f64,
+    pub load_generator_us: f64,
+    /// Idle, in % of all the machine's CPUs over the measurement.
+    pub idle_percent: f64,
+}
+
+impl CpuTicks {
+    pub fn now(hub: u32, adapter: u32) -> Self {
+        let (mut postgres, mut rabbitmq) = (0, 0);
+        for (pid, comm) in processes() {
+            match comm.as_str() {
+                "postgres" => postgres += ticks_of(&pid.to_string()),
+                "beam.smp" => rabbitmq += ticks_of(&pid.to_string()),
+                _ => {}
+            }
+        }
+        let idle = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|stat| {
+                let cpu = stat.lines().next()?.split_whitespace().collect::<Vec<_>>();
+                // cpu user nice system idle iowait ...
+                Some(cpu.get(4)?.parse::<u64>().ok()? + cpu.get(5)?.parse::<u64>().ok()?)
+            })
+            .unwrap_or(0);
+        Self {
+            hub: ticks_of(&hub.to_string()),
+            adapter: ticks_of(&adapter.to_string()),
+            postgres,
+            rabbitmq,
+            load_generator: ticks_of("self"),
+            idle,
+            at: Some(Instant::now()),
+        }
+    }
+
+    /// The CPU per exchange from `self` to `later`, over `exchanges`.
+    pub fn per_exchange(&self, later: &Self, exchanges: u64) -> Option<CpuPerExchange> {
+        let (Some(from), Some(to)) = (self.at, later.at) else {
+            return None;
+        };
+        let tick_us = 1e6 / clock_ticks_per_second();
+        let n = exchanges.max(1) as f64;
+        let us = |a: u64, b: u64| b.saturating_sub(a) as f64 * tick_us / n;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let elapsed_us = to.duration_since(from).as_secs_f64() * 1e6;
+        Some(CpuPerExchange {
+            hub_us: us(self.hub, later.hub),
+            adapter_us: us(self.adapter, later.adapter),
+            postgres_us: us(self.postgres, later.postgres),
+            rabbitmq_us: us(self.rabbitmq, later.rabbitmq),
+            load_generator_us: us(self.load_generator, later.load_generator),
+            idle_percent: (later.idle.saturating_sub(self.idle) as f64 * tick_us
+                / (elapsed_us * cpus)
+                * 100.0)
+                .min(100.0),
+        })
+    }
+}
+
+/// Every process's id and command name.
+fn processes() -> Vec<(u32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        Some((pid, comm.trim().to_owned()))
+    })
+    .collect()
+}
+
+/// User and system CPU time of a process (`self` or a pid), in clock ticks.
+fn ticks_of(pid: &str) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // The command name, in parentheses, may hold spaces: count fields from
+    // after it. utime and stime are the 14th and 15th fields.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// The kernel's clock ticks per second for `/proc` times (`USER_HZ`).
+fn clock_ticks_per_second() -> f64 {
+    static HZ: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *HZ.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 impl Process {

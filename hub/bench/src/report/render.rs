@@ -127,6 +127,33 @@ fn throughput_rows(out: &mut String, samples: &[Sample], targets: &[&str]) {
     }
 }
 
+/// Where the CPU of each round of scenario 3 went, against what the
+/// machine's cores leave per exchange at the target rate.
+fn cpu_rows(out: &mut String, nproc: usize, workloads: &[(&str, f64, &Vec<Sample>)]) {
+    let _ = writeln!(
+        out,
+        "\nCPU per exchange, microseconds, each round (from `/proc`; PostgreSQL and RabbitMQ counted as every `postgres` and `beam.smp` process on the machine):\n\n| workload | /s | hub | adapter | PostgreSQL | RabbitMQ | load generator | all | machine idle | {nproc} cores at the target rate leave |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
+    for (name, target, samples) in workloads {
+        let budget = nproc as f64 * 1e6 / target;
+        for s in samples.iter() {
+            let Some(c) = &s.cpu else { continue };
+            let all = c.hub_us + c.adapter_us + c.postgres_us + c.rabbitmq_us + c.load_generator_us;
+            let _ = writeln!(
+                out,
+                "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {all:.0} | {:.0} % | {budget:.0} |",
+                s.report.throughput,
+                c.hub_us,
+                c.adapter_us,
+                c.postgres_us,
+                c.rabbitmq_us,
+                c.load_generator_us,
+                c.idle_percent,
+            );
+        }
+    }
+}
+
 /// The whole report.
 pub fn markdown(r: &Results) -> String {
     let mut out = String::new();
@@ -225,6 +252,14 @@ pub fn markdown(r: &Results) -> String {
             throughput_rows(&mut out, &r.production.queries, &["hub"]);
             let _ = writeln!(out, "\nEvents:\n");
             throughput_rows(&mut out, &r.production.events, &["hub"]);
+            cpu_rows(
+                &mut out,
+                r.machine.nproc,
+                &[
+                    ("query", 5_000.0, &r.production.queries),
+                    ("event", 10_000.0, &r.production.events),
+                ],
+            );
         }
     }
     let a = &r.audit;
