@@ -357,6 +357,17 @@ async fn append_writes_entries_and_effects_together(store: Arc<dyn Store>) {
     );
     assert!(store.exchange(id(3)).await.unwrap().is_none(), "abandoned");
 
+    // A second answer to a settled exchange is logged, but the exchange
+    // keeps the first reply: the one its sender was given.
+    let mut late = e.item(EntryKind::Response, id(1), vec![Effect::CloseExchange]);
+    late.sealed_message = b"a later answer".to_vec();
+    store.append(std::slice::from_ref(&late)).await.unwrap();
+    assert_eq!(
+        store.indexes_of_exchange(id(1)).await.unwrap(),
+        vec![0, 3, 5]
+    );
+    assert_eq!(store.exchange(id(1)).await.unwrap().unwrap(), done);
+
     // An event opens and closes its exchange in one entry; a second claim
     // of its id keeps the first reply.
     let event = e.item(

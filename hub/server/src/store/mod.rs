@@ -191,7 +191,9 @@ pub enum Effect {
         request_hash: String,
         at_millis: u64,
     },
-    /// Mark the exchange done; its reply is this entry's sealed message.
+    /// Mark the pending exchange done, its reply this entry's sealed
+    /// message. An exchange already done keeps its first reply: the one
+    /// its sender was given.
     CloseExchange,
     /// Forget a pending exchange so that a retry runs again.
     AbandonExchange,

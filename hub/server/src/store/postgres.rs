@@ -142,7 +142,8 @@ impl PgStore {
              closed AS (
                 UPDATE exchanges SET state = 'done',
                     reply = ($29::bytea[])[array_position($28::text[], exchange_id)]
-                WHERE exchange_id = ANY($28::text[]) AND (SELECT holds FROM presumed))
+                WHERE exchange_id = ANY($28::text[]) AND state = 'pending'
+                  AND (SELECT holds FROM presumed))
              SELECT holds FROM presumed",
             arguments,
         )

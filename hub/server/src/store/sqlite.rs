@@ -103,7 +103,7 @@ impl SqliteStore {
             q.push(
                 ") UPDATE exchanges SET state = 'done',
                    reply = (SELECT reply FROM v WHERE v.id = exchanges.exchange_id)
-                 WHERE exchange_id IN (SELECT id FROM v)",
+                 WHERE state = 'pending' AND exchange_id IN (SELECT id FROM v)",
             );
             q.build().execute(&mut **tx).await.map_err(db)?;
         }
