@@ -19,6 +19,10 @@ pub enum JcsError {
     NotFinite(String),
     #[error("{0} is not a JSON object")]
     NotAnObject(&'static str),
+    /// The value has no JSON form (a map with keys that are not strings,
+    /// a serializer's own error).
+    #[error("not representable as JSON: {0}")]
+    NotJson(String),
 }
 
 /// The largest integer a double holds exactly with all its neighbours (2^53).
@@ -73,7 +77,7 @@ pub fn insert_member(canonical: &[u8], slot: usize, name: &str, value: &str) -> 
 
 /// The canonical bytes of any serializable value.
 pub fn canonicalize_serialize<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, JcsError> {
-    let v = serde_json::to_value(value).map_err(|e| JcsError::NotFinite(e.to_string()))?;
+    let v = serde_json::to_value(value).map_err(|e| JcsError::NotJson(e.to_string()))?;
     canonicalize(&v)
 }
 
@@ -217,6 +221,15 @@ fn write_string(s: &str, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_value_without_a_json_form_is_named_as_such() {
+        let keyed_by_pairs = std::collections::BTreeMap::from([((1u8, 2u8), 3u8)]);
+        match canonicalize_serialize(&keyed_by_pairs) {
+            Err(JcsError::NotJson(why)) => assert!(why.contains("key must be a string"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     /// `canonicalize_with_slot` + `insert_member` against canonicalising
     /// the object with the member.

@@ -242,7 +242,7 @@ pub fn seal(
     // canonicalise the statement once, and put the signature into its
     // canonical bytes where it belongs rather than canonicalise the record
     // again.
-    let value = serde_json::to_value(&statement).map_err(|e| JcsError::NotFinite(e.to_string()))?;
+    let value = serde_json::to_value(&statement).map_err(|e| JcsError::NotJson(e.to_string()))?;
     let Value::Object(members) = &value else {
         return Err(JcsError::NotAnObject("the statement"));
     };
