@@ -589,7 +589,8 @@ async fn production_with(
             };
             let before = CpuTicks::now(hub.pid(), adapter.pid());
             let report = crate::run(&client, &plan, bodies.clone()).await?;
-            let cpu = before.per_exchange(&CpuTicks::now(hub.pid(), adapter.pid()), report.ok);
+            let cpu =
+                Some(before.per_exchange(&CpuTicks::now(hub.pid(), adapter.pid()), report.ok));
             check(&report, "hub on PostgreSQL + RabbitMQ")?;
             let sample = Sample {
                 target: "hub".into(),

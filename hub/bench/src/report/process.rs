@@ -48,7 +48,7 @@ impl Memory {
 /// CPU time so far, in clock ticks, of the processes an exchange goes
 /// through on this machine, and of the machine idle: read before and after
 /// a measurement, the difference says where its CPU went.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct CpuTicks {
     hub: u64,
     adapter: u64,
@@ -60,7 +60,7 @@ pub struct CpuTicks {
     load_generator: u64,
     /// Idle and waiting for I/O, summed over the machine's CPUs.
     idle: u64,
-    at: Option<Instant>,
+    at: Instant,
 }
 
 /// Where the machine's CPU went during one measurement: microseconds of
@@ -102,21 +102,18 @@ impl CpuTicks {
             rabbitmq,
             load_generator: ticks_of("self"),
             idle,
-            at: Some(Instant::now()),
+            at: Instant::now(),
         }
     }
 
     /// The CPU per exchange from `self` to `later`, over `exchanges`.
-    pub fn per_exchange(&self, later: &Self, exchanges: u64) -> Option<CpuPerExchange> {
-        let (Some(from), Some(to)) = (self.at, later.at) else {
-            return None;
-        };
+    pub fn per_exchange(&self, later: &Self, exchanges: u64) -> CpuPerExchange {
         let tick_us = 1e6 / clock_ticks_per_second();
         let n = exchanges.max(1) as f64;
         let us = |a: u64, b: u64| b.saturating_sub(a) as f64 * tick_us / n;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let elapsed_us = to.duration_since(from).as_secs_f64() * 1e6;
-        Some(CpuPerExchange {
+        let elapsed_us = later.at.duration_since(self.at).as_secs_f64() * 1e6;
+        CpuPerExchange {
             hub_us: us(self.hub, later.hub),
             adapter_us: us(self.adapter, later.adapter),
             postgres_us: us(self.postgres, later.postgres),
@@ -126,7 +123,7 @@ impl CpuTicks {
                 / (elapsed_us * cpus)
                 * 100.0)
                 .min(100.0),
-        })
+        }
     }
 }
 
