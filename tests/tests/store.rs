@@ -1297,53 +1297,84 @@ async fn postgres_a_presumed_append_behind_another_writers_commit_finds_the_log_
         .unwrap();
     registry(&store).await;
     let version = store.registry_version().await.unwrap();
-    // The other writer holds the lock and has written entry 0, uncommitted.
+    let store = Arc::new(store);
+    let append_at = |size: u64, batch: Vec<AppendItem>| {
+        let store = store.clone();
+        let at = Presumed {
+            size,
+            registry_version: version,
+        };
+        tokio::spawn(async move { store.append_presumed(at, batch).await })
+    };
     let mut other = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let take_the_lock = "SELECT pg_advisory_xact_lock($1)";
+
+    // Another writer holds the lock and has written nothing: the presumed
+    // append waits for the lock itself, and writes once it is free.
     sqlx::query("BEGIN").execute(&mut other).await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+    sqlx::query(take_the_lock)
         .bind(hub_server::store::postgres::LOG_WRITER_LOCK)
         .execute(&mut other)
         .await
         .unwrap();
-    let mut theirs = Entries::new();
-    let entry = theirs.item(EntryKind::Event, id(1), vec![]);
-    sqlx::query(
-        "INSERT INTO log_entries (idx, exchange_id, kind, record, leaf_hash) VALUES (0, $1, 'event', $2, $3)",
+    let mut ours = Entries::new();
+    let first = append_at(0, vec![ours.item(EntryKind::Event, id(1), vec![open(1)])]);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let waiting: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
     )
-    .bind(id(1).to_string())
+    .fetch_one(&mut other)
+    .await
+    .unwrap();
+    assert!(!first.is_finished(), "the presumed append did not wait");
+    assert_eq!(
+        waiting, 1,
+        "the presumed append waits for the writers' lock"
+    );
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    let Presumption::Written(written) = first.await.unwrap().unwrap() else {
+        panic!("the log had not moved");
+    };
+    let after_first = written[0].sealed.leaf_hash;
+
+    // The other writer holds the lock and has written entry 1, uncommitted:
+    // once it commits, the presumed append at 1 finds the log moved.
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query(take_the_lock)
+        .bind(hub_server::store::postgres::LOG_WRITER_LOCK)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let mut theirs = Entries::after(1, after_first);
+    let entry = theirs.item(EntryKind::Event, id(2), vec![]);
+    sqlx::query(
+        "INSERT INTO log_entries (idx, exchange_id, kind, record, leaf_hash) VALUES (1, $1, 'event', $2, $3)",
+    )
+    .bind(id(2).to_string())
     .bind(String::from_utf8(entry.sealed.canonical.clone()).unwrap())
     .bind(entry.sealed.leaf_hash.to_vec())
     .execute(&mut other)
     .await
     .unwrap();
-
-    let mut ours = Entries::new();
-    let batch = vec![ours.item(
-        EntryKind::Event,
-        id(2),
-        vec![open(2), Effect::CloseExchange],
-    )];
-    let at = Presumed {
-        size: 0,
-        registry_version: version,
-    };
-    let store = Arc::new(store);
-    let presumed = tokio::spawn({
-        let store = store.clone();
-        async move { store.append_presumed(at, batch).await }
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(
-        !presumed.is_finished(),
-        "the presumed append did not wait for the lock"
+    let mut ours = Entries::after(1, after_first);
+    let second = append_at(
+        1,
+        vec![ours.item(
+            EntryKind::Event,
+            id(3),
+            vec![open(3), Effect::CloseExchange],
+        )],
     );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "the presumed append did not wait");
     sqlx::query("COMMIT").execute(&mut other).await.unwrap();
-    let outcome = presumed.await.unwrap().unwrap();
-    assert!(matches!(outcome, Presumption::Moved(ref items) if ids_of(items) == [id(2)]));
+    let outcome = second.await.unwrap().unwrap();
+    assert!(matches!(outcome, Presumption::Moved(ref items) if ids_of(items) == [id(3)]));
     let entries = store.entries(0, 10).await.unwrap();
-    assert_eq!(entries.len(), 1);
-    assert_eq!(entries[0].leaf_hash, entry.sealed.leaf_hash);
-    assert!(store.exchange(id(2)).await.unwrap().is_none());
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[1].leaf_hash, entry.sealed.leaf_hash);
+    assert!(store.exchange(id(3)).await.unwrap().is_none());
     other.close().await.unwrap();
     store.pool().close().await;
     drop(store);
