@@ -1282,10 +1282,21 @@ async fn scans(store: &hub_server::store::postgres::PgStore, url: &str) -> Vec<(
     scanned
 }
 
-/// A presumed append that waits for the writers' lock while another
-/// writer commits entries at the same indexes reads a snapshot from before
-/// that commit: PostgreSQL's unique index tells it that the log moved, and
-/// it writes nothing.
+/// Begin a transaction on `conn` that holds the log writers' lock, as
+/// another hub's writer does while it appends.
+async fn hold_the_writers_lock(conn: &mut sqlx::PgConnection) {
+    sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(hub_server::store::postgres::LOG_WRITER_LOCK)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+}
+
+/// A presumed append waits for the writers' lock itself. One that waits
+/// while another writer commits entries at the same indexes reads a
+/// snapshot from before that commit: PostgreSQL's unique index tells it
+/// that the log moved, and it writes nothing.
 #[tokio::test]
 async fn postgres_a_presumed_append_behind_another_writers_commit_finds_the_log_moved() {
     use sqlx::Connection;
@@ -1307,16 +1318,10 @@ async fn postgres_a_presumed_append_behind_another_writers_commit_finds_the_log_
         tokio::spawn(async move { store.append_presumed(at, batch).await })
     };
     let mut other = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    let take_the_lock = "SELECT pg_advisory_xact_lock($1)";
 
     // Another writer holds the lock and has written nothing: the presumed
     // append waits for the lock itself, and writes once it is free.
-    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
-    sqlx::query(take_the_lock)
-        .bind(hub_server::store::postgres::LOG_WRITER_LOCK)
-        .execute(&mut other)
-        .await
-        .unwrap();
+    hold_the_writers_lock(&mut other).await;
     let mut ours = Entries::new();
     let first = append_at(0, vec![ours.item(EntryKind::Event, id(1), vec![open(1)])]);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -1340,12 +1345,7 @@ async fn postgres_a_presumed_append_behind_another_writers_commit_finds_the_log_
 
     // The other writer holds the lock and has written entry 1, uncommitted:
     // once it commits, the presumed append at 1 finds the log moved.
-    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
-    sqlx::query(take_the_lock)
-        .bind(hub_server::store::postgres::LOG_WRITER_LOCK)
-        .execute(&mut other)
-        .await
-        .unwrap();
+    hold_the_writers_lock(&mut other).await;
     let mut theirs = Entries::after(1, after_first);
     let entry = theirs.item(EntryKind::Event, id(2), vec![]);
     sqlx::query(
