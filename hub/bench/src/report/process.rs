@@ -66,7 +66,7 @@ pub struct CpuTicks {
 /// Where the machine's CPU went during one measurement: microseconds of
 /// CPU per exchange by process, and how idle the machine was. PostgreSQL
 /// and RabbitMQ count only when they run on this machine.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize)]
 pub struct CpuPerExchange {
     pub hub_us: f64,
     pub adapter_us: f64,
