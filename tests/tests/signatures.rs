@@ -7,14 +7,68 @@ use http::StatusCode;
 use hub_e2e::*;
 use serde_json::{Value, json};
 
-/// Verify the hub's detached JWS on a record the way any JOSE client would,
-/// from RFC 7515 / RFC 7797 / RFC 8037 directly: an independent RFC 8785
-/// implementation (serde_jcs), the key from the published JWKS, and the
-/// Ed25519 primitive - none of the hub's own JCS or JWS code.
-fn verify_independently(record: &Value, jwks: &Value) {
+fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for p in parts {
+        ctx.update(p);
+    }
+    ctx.finish().as_ref().try_into().unwrap()
+}
+
+/// The leaf hash of a stored or received record, from the protocol's text:
+/// `SHA-256(0x00 || JCS(record without hub_seal))`.
+fn leaf_of(record: &Value) -> [u8; 32] {
     let mut statement = record.as_object().unwrap().clone();
-    let jws = statement.remove("hub_signature").unwrap();
-    let parts: Vec<&str> = jws.as_str().unwrap().split('.').collect();
+    statement
+        .remove("hub_seal")
+        .expect("a version 2 record has hub_seal");
+    sha256(&[&[0], &serde_jcs::to_vec(&Value::Object(statement)).unwrap()])
+}
+
+/// Verify the hub's seal on a record the way a client in another language
+/// would, from docs/protocol.md and RFC 9162 / 7515 / 7797 / 8037
+/// directly: an independent RFC 8785 implementation (serde_jcs), the
+/// inclusion path walked here, the key from the published JWKS, and the
+/// Ed25519 primitive - none of the hub's own JCS, Merkle or JWS code.
+fn verify_independently(record: &Value, jwks: &Value) {
+    let seal = &record["hub_seal"];
+    let (first, size) = (
+        seal["first"].as_u64().unwrap(),
+        seal["size"].as_u64().unwrap(),
+    );
+    let index = record["index"].as_u64().unwrap();
+    assert!(
+        first <= index && index < first + size,
+        "the entry is in its batch"
+    );
+    // RFC 9162 2.1.3.2, from the leaf at `index - first` to the batch root.
+    let (mut fnode, mut snode) = (index - first, size - 1);
+    let mut root = leaf_of(record);
+    for hash in seal["path"].as_array().unwrap() {
+        let p = URL_SAFE_NO_PAD.decode(hash.as_str().unwrap()).unwrap();
+        assert!(snode > 0, "the path is too long");
+        if fnode & 1 == 1 || fnode == snode {
+            root = sha256(&[&[1], &p, &root]);
+            while fnode & 1 == 0 && fnode != 0 {
+                fnode >>= 1;
+                snode >>= 1;
+            }
+        } else {
+            root = sha256(&[&[1], &root, &p]);
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    assert_eq!(snode, 0, "the path is too short");
+    let payload = serde_jcs::to_vec(&json!({
+        "first": first,
+        "root": URL_SAFE_NO_PAD.encode(root),
+        "size": size,
+        "v": 2,
+    }))
+    .unwrap();
+    let jws = seal["signature"].as_str().unwrap();
+    let parts: Vec<&str> = jws.split('.').collect();
     assert_eq!(parts.len(), 3);
     assert_eq!(parts[1], "", "detached: the payload part is empty");
     let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
@@ -32,14 +86,13 @@ fn verify_independently(record: &Value, jwks: &Value) {
         (Some("OKP"), Some("Ed25519"))
     );
     let public = URL_SAFE_NO_PAD.decode(key["x"].as_str().unwrap()).unwrap();
-    let payload = serde_jcs::to_vec(&Value::Object(statement)).unwrap();
     let mut input = parts[0].as_bytes().to_vec();
     input.push(b'.');
     input.extend_from_slice(&payload);
     let signature = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
     ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &public)
         .verify(&input, &signature)
-        .expect("the hub's JWS verifies independently");
+        .expect("the hub's seal verifies independently");
 }
 
 #[tokio::test]
@@ -75,6 +128,66 @@ async fn the_hubs_jws_verifies_by_an_independent_path() {
     tampered["receiver"]["subsystem"] = json!("tax");
     let result = std::panic::catch_unwind(|| verify_independently(&tampered, &jwks));
     assert!(result.is_err());
+}
+
+/// Entries written in one group commit carry one signature: every record
+/// still verifies alone, each batch's seals name exactly the entries it
+/// holds, and batches follow one another without gaps.
+#[tokio::test]
+async fn a_group_commit_is_sealed_with_one_signature() {
+    let hub = TestHub::start().await;
+    let (_, jwks) = hub
+        .public_client()
+        .get_json("/.well-known/jwks.json")
+        .await
+        .unwrap();
+    let lookup = || {
+        hub.send(envelope(
+            ONE_STOP,
+            "citizen.lookup",
+            "public_service",
+            json!({"personal_id": "001085012345"}),
+        ))
+    };
+    // Concurrent requests queue at the writer while it commits, and go
+    // into the next commit together; try again in the unlikely case that
+    // every commit took one.
+    let mut shared = 0;
+    for _ in 0..5 {
+        for (status, _) in futures_util::future::join_all((0..32).map(|_| lookup())).await {
+            assert_eq!(status, StatusCode::OK);
+        }
+        let entries = hub.running().hub.store.entries(0, 10_000).await.unwrap();
+        let records: Vec<Value> = entries
+            .iter()
+            .map(|e| serde_json::from_str(&e.record).unwrap())
+            .collect();
+        let mut next = 0;
+        shared = 0;
+        while next < records.len() {
+            let seal = &records[next]["hub_seal"];
+            assert_eq!(
+                seal["first"], next as u64,
+                "a batch starts where the last ended"
+            );
+            let size = usize::try_from(seal["size"].as_u64().unwrap()).unwrap();
+            let batch = &records[next..next + size];
+            for r in batch {
+                verify_independently(r, &jwks);
+                assert_eq!(r["hub_seal"]["first"], seal["first"]);
+                assert_eq!(r["hub_seal"]["size"], seal["size"]);
+                assert_eq!(r["hub_seal"]["signature"], seal["signature"]);
+            }
+            if size > 1 {
+                shared += size;
+            }
+            next += size;
+        }
+        if shared > 0 {
+            break;
+        }
+    }
+    assert!(shared > 0, "no commit held more than one entry");
 }
 
 #[tokio::test]
@@ -208,10 +321,11 @@ async fn every_entry_is_chained_signed_and_hashed_as_rfc6962_leaves() {
         );
         // Stored canonical: re-canonicalizing changes nothing.
         assert_eq!(serde_jcs::to_string(&record).unwrap(), e.record);
-        let mut leaf_input = vec![0u8];
-        leaf_input.extend_from_slice(e.record.as_bytes());
-        let leaf = ring::digest::digest(&ring::digest::SHA256, &leaf_input);
-        assert_eq!(leaf.as_ref(), e.leaf_hash, "leaf = SHA-256(0x00 || entry)");
+        assert_eq!(
+            leaf_of(&record),
+            e.leaf_hash,
+            "leaf = SHA-256(0x00 || the entry without its seal)"
+        );
         verify_independently(&record, &jwks);
         // The stored body is sealed, and opens to what body_hash commits to.
         let sealed = e.body.as_ref().unwrap();

@@ -1059,7 +1059,7 @@ async fn two_log_writers_on_one_store_keep_one_chain(store: Arc<dyn Store>) {
         hub_core::log::verify_record_signature(&record, &jwks).unwrap();
         assert_eq!(
             entry.leaf_hash,
-            hub_core::log::leaf_hash(entry.record.as_bytes())
+            hub_core::log::canonical_record_leaf_hash(&entry.record)
         );
         prev = entry.leaf_hash;
     }

@@ -67,10 +67,13 @@ fn hashes(v: &Value) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The RFC 6962 leaf hash of a record, computed independently of the hub.
+/// The RFC 6962 leaf hash of a record - of its statement, the record
+/// without `hub_seal` - computed independently of the hub.
 fn leaf_of(record: &Value) -> Vec<u8> {
+    let mut statement = record.as_object().unwrap().clone();
+    assert!(statement.remove("hub_seal").is_some(), "a sealed record");
     let mut input = vec![0u8];
-    input.extend_from_slice(&serde_jcs::to_vec(record).unwrap());
+    input.extend_from_slice(&serde_jcs::to_vec(&Value::Object(statement)).unwrap());
     ring::digest::digest(&ring::digest::SHA256, &input)
         .as_ref()
         .to_vec()

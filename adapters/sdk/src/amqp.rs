@@ -27,6 +27,7 @@ use futures_util::StreamExt;
 use hub_core::envelope::Envelope;
 use hub_core::ids::{ExchangeId, Member};
 use hub_core::jws::Jwks;
+use hub_core::log::SealVerifier;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
@@ -233,11 +234,17 @@ pub enum MessageRejected {
 }
 
 /// Parse and verify a `{"record", "body", "body_salt"}` request message
-/// against the hub's keys.
-pub fn check_request(data: &[u8], hub_keys: &Jwks) -> Result<CheckedRequest, MessageRejected> {
+/// against the hub's keys; `seals` remembers the batch signatures already
+/// checked, so that the requests of one group commit cost one check.
+pub fn check_request(
+    data: &[u8],
+    hub_keys: &Jwks,
+    seals: &SealVerifier,
+) -> Result<CheckedRequest, MessageRejected> {
     let message: Value =
         serde_json::from_slice(data).map_err(|e| MessageRejected::NotJson(e.to_string()))?;
-    hub_core::log::verify_message(&message, hub_keys)
+    seals
+        .verify_message(&message, hub_keys)
         .map_err(|e| MessageRejected::Unverified(e.to_string()))?;
     let record = &message["record"];
     let exchange_id = record["exchange_id"]
@@ -266,6 +273,12 @@ pub struct WorkerConfig {
     pub hub_keys: Jwks,
     /// Requests handled at once.
     pub prefetch: u16,
+}
+
+/// The hub's keys and the batch seals already checked with them.
+struct HubKeys {
+    keys: Jwks,
+    seals: SealVerifier,
 }
 
 /// Recently answered requests, so that a redelivery is answered again
@@ -305,9 +318,13 @@ pub async fn run(
         replies: HashMap::new(),
         order: VecDeque::new(),
     }));
+    let hub = Arc::new(HubKeys {
+        keys: config.hub_keys.clone(),
+        seals: SealVerifier::new(),
+    });
     let mut backoff = Duration::from_millis(100);
     while !*shutdown.borrow() {
-        match consume(&adapter, &config, &answered, &mut shutdown).await {
+        match consume(&adapter, &config, &hub, &answered, &mut shutdown).await {
             Ok(()) => return,
             Err(e) => {
                 warn!(error = %e, provider = %adapter.provider(), "broker connection lost; reconnecting");
@@ -326,6 +343,7 @@ pub async fn run(
 async fn consume(
     adapter: &Arc<dyn Adapter>,
     config: &WorkerConfig,
+    hub: &Arc<HubKeys>,
     answered: &Arc<Mutex<Answered>>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> lapin::Result<()> {
@@ -360,10 +378,10 @@ async fn consume(
         tokio::select! {
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    let (adapter, ch, answered, keys) =
-                        (adapter.clone(), ch.clone(), answered.clone(), config.hub_keys.clone());
+                    let (adapter, ch, answered, hub) =
+                        (adapter.clone(), ch.clone(), answered.clone(), hub.clone());
                     handling.spawn(async move {
-                        handle(adapter.as_ref(), &ch, delivery, &answered, &keys).await
+                        handle(adapter.as_ref(), &ch, delivery, &answered, &hub).await
                     });
                 }
                 Some(Err(e)) => return Err(e),
@@ -420,9 +438,9 @@ async fn handle(
     ch: &Channel,
     delivery: Delivery,
     answered: &Mutex<Answered>,
-    keys: &Jwks,
+    hub: &HubKeys,
 ) -> lapin::Result<()> {
-    let checked = match check_request(&delivery.data, keys) {
+    let checked = match check_request(&delivery.data, &hub.keys, &hub.seals) {
         Ok(c) if c.receiver.as_ref() == Some(adapter.provider()) => c,
         Ok(c) => {
             warn!(receiver = ?c.receiver, "a request for another provider; dead-lettering it");

@@ -35,7 +35,7 @@ use hub_core::body::{DataKey, SealedBody};
 use hub_core::hash::Hash;
 use hub_core::jcs;
 use hub_core::jws::{self, Jwk, Jwks};
-use hub_core::log::{leaf_hash, verify_record_signature};
+use hub_core::log::{BatchSeal, SEAL_MEMBER, SealVerifier, canonical_record_leaf_hash};
 use hub_core::merkle::{self, Tree};
 use hub_core::note::{self, Checkpoint, Verifier};
 use hub_core::schema::Catalog;
@@ -489,6 +489,7 @@ pub fn verify(
     // core, then the order-dependent ones (sequence, chain, tree) in order.
     let ctx = Ctx {
         pinned,
+        seals: SealVerifier::new(),
         data_key: options.data_key.as_deref(),
         agencies: &agency_keys,
         catalog: &catalog,
@@ -695,6 +696,8 @@ struct Checked {
 
 struct Ctx<'a> {
     pinned: &'a Jwks,
+    /// Batch signatures already checked.
+    seals: SealVerifier,
     data_key: Option<&'a DataKey>,
     agencies: &'a BTreeMap<String, Jwks>,
     catalog: &'a Catalog,
@@ -748,7 +751,7 @@ fn check_batch(
 }
 
 fn check_entry(line: &str, body: Option<&BodyLine>, ctx: &Ctx<'_>) -> Checked {
-    let leaf = leaf_hash(line.as_bytes());
+    let leaf = canonical_record_leaf_hash(line);
     if ctx.depth == Depth::Integrity {
         return match serde_json::from_str::<Head>(line) {
             Ok(h) => Checked {
@@ -787,9 +790,11 @@ fn check_entry(line: &str, body: Option<&BodyLine>, ctx: &Ctx<'_>) -> Checked {
         Err(e) => Err(e.to_string()),
     };
     let signed = if canonical.is_ok() {
-        signature_of_canonical(line, &value, ctx.pinned)
+        signature_of_canonical(line, &value, &leaf, ctx)
     } else {
-        verify_record_signature(&value, ctx.pinned).map_err(|e| e.to_string())
+        ctx.seals
+            .verify_record(&value, ctx.pinned)
+            .map_err(|e| e.to_string())
     };
     outcomes.push((checks::CANONICAL_FORM, canonical));
     if let Some(jwk) = signed.as_deref().ok().and_then(|kid| ctx.pinned.find(kid)) {
@@ -824,12 +829,32 @@ fn check_entry(line: &str, body: Option<&BodyLine>, ctx: &Ctx<'_>) -> Checked {
     }
 }
 
-/// The hub signature of a record whose line is canonical: the signed
+/// The hub's seal of a record whose line is canonical, `leaf` the line's
+/// leaf hash. Version 2: the seal's path from `leaf` to the batch root,
+/// whose signature is checked once per batch. Version 1: the signed
 /// statement is the line without its one `hub_signature` member (RFC 8785
 /// writes each member independently), so nothing is re-serialized.
-fn signature_of_canonical(line: &str, value: &Value, pinned: &Jwks) -> Result<String, String> {
+fn signature_of_canonical(
+    line: &str,
+    value: &Value,
+    leaf: &Hash,
+    ctx: &Ctx<'_>,
+) -> Result<String, String> {
     const MEMBER: &str = ",\"hub_signature\":\"";
-    let slow = || verify_record_signature(value, pinned).map_err(|e| e.to_string());
+    let slow = || {
+        ctx.seals
+            .verify_record(value, ctx.pinned)
+            .map_err(|e| e.to_string())
+    };
+    if let Some(seal) = value.get(SEAL_MEMBER) {
+        let seal: BatchSeal = serde_json::from_value(seal.clone())
+            .map_err(|e| format!("hub_seal is malformed: {e}"))?;
+        let index = value["index"].as_u64().ok_or("the record has no index")?;
+        return ctx
+            .seals
+            .verify_seal(&seal, index, leaf, ctx.pinned)
+            .map_err(|e| e.to_string());
+    }
     let Some(sig) = value.get("hub_signature").and_then(Value::as_str) else {
         return slow();
     };
@@ -847,7 +872,7 @@ fn signature_of_canonical(line: &str, value: &Value, pinned: &Jwks) -> Result<St
     let mut statement = String::with_capacity(line.len());
     statement.push_str(&line[..start]);
     statement.push_str(&line[end + 1..]);
-    jws::verify_detached(sig, statement.as_bytes(), pinned).map_err(|e| e.to_string())
+    jws::verify_detached(sig, statement.as_bytes(), ctx.pinned).map_err(|e| e.to_string())
 }
 
 fn check_body(
@@ -957,7 +982,7 @@ pub fn prove(dir: &Path, pinned: &Jwks, exchange_id: &str) -> Result<ProofReport
         if serde_json::from_str::<Value>(&line).is_ok_and(|v| v["exchange_id"] == exchange_id) {
             indexes.push(leaves.len() as u64);
         }
-        leaves.push(leaf_hash(line.as_bytes()));
+        leaves.push(canonical_record_leaf_hash(&line));
     }
     if (leaves.len() as u64) < cp.size {
         return Err(invalid(

@@ -7,7 +7,7 @@ use hub_core::body::{DataKey, commitment};
 use hub_core::ids::{ExchangeId, ServiceName};
 use hub_core::jcs;
 use hub_core::jws::{Jwks, SigningKey};
-use hub_core::log::{EntryDraft, EntryKind, seal};
+use hub_core::log::{EntryDraft, EntryKind, place, seal_batch};
 use hub_core::merkle::Frontier;
 use hub_core::note::{self, Checkpoint};
 use serde_json::json;
@@ -42,9 +42,13 @@ pub fn checkpoint(
     Ok(BundleCheckpoint { size, note })
 }
 
-/// Write a bundle of `entries` entries to `dir`, with a checkpoint every
-/// `checkpoint_every` entries and at the end, bodies sealed with
-/// `data_key`; returns the keys to pin.
+/// How many entries the synthetic log seals with one signature, as a
+/// hub's group commit under load does.
+const GROUP_COMMIT: usize = 100;
+
+/// Write a bundle of `entries` entries to `dir`, sealed in batches of
+/// [`GROUP_COMMIT`], with a checkpoint every `checkpoint_every` entries and
+/// at the end, bodies sealed with `data_key`; returns the keys to pin.
 pub fn write_bundle(
     dir: &Path,
     origin: &str,
@@ -61,6 +65,7 @@ pub fn write_bundle(
     let mut writer = BundleWriter::create(dir, true)?;
     let mut frontier = Frontier::new();
     let mut prev = [0u8; 32];
+    let mut batch = Vec::with_capacity(GROUP_COMMIT);
     let mut checkpoints = Vec::new();
     let t0 = OffsetDateTime::now_utc();
     let tax: hub_core::ids::Member = "000.00.00.G08/tax"
@@ -85,11 +90,17 @@ pub fn write_bundle(
             sealed_body_hash: Some(sealed_body.hash()),
             ..EntryDraft::new(EntryKind::Receipt, exchange_id(i), tax.clone())
         };
-        let sealed = seal(draft, i, &prev, t0, key).map_err(|e| invalid(e.to_string()))?;
-        let canonical = String::from_utf8_lossy(&sealed.canonical);
-        writer.push(&canonical, Some(&sealed_body))?;
-        frontier.push(sealed.leaf_hash);
-        prev = sealed.leaf_hash;
+        let placed = place(draft, i, &prev, t0).map_err(|e| invalid(e.to_string()))?;
+        frontier.push(placed.leaf_hash);
+        prev = placed.leaf_hash;
+        batch.push((placed, sealed_body));
+        if batch.len() == GROUP_COMMIT || i + 1 == entries {
+            let (placed, bodies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
+            let sealed = seal_batch(placed, key).map_err(|e| invalid(e.to_string()))?;
+            for (sealed, body) in sealed.iter().zip(&bodies) {
+                writer.push(&String::from_utf8_lossy(&sealed.canonical), Some(body))?;
+            }
+        }
         if (i + 1) % checkpoint_every.max(1) == 0 || i + 1 == entries {
             checkpoints.push(checkpoint(origin, key, i + 1, frontier.root())?);
         }

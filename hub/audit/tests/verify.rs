@@ -317,3 +317,33 @@ fn a_witness_quorum_can_be_demanded() {
     let report = verify(dir.path(), &pinned, &options, &|_, _| {}).unwrap();
     assert_eq!(failed(&report, checks::WITNESS_QUORUM), [None]);
 }
+
+#[test]
+fn a_seal_moved_to_another_record_of_its_batch_is_caught() {
+    let (dir, _, pinned) = fresh();
+    let mut entries = lines(dir.path(), "entries.jsonl");
+    let mut records: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // One batch, one signature: only the paths differ.
+    assert_eq!(
+        records[3]["hub_seal"]["signature"],
+        records[5]["hub_seal"]["signature"]
+    );
+    let (three, five) = (records[3]["hub_seal"].take(), records[5]["hub_seal"].take());
+    records[3]["hub_seal"] = five;
+    records[5]["hub_seal"] = three;
+    for i in [3, 5] {
+        entries[i] = String::from_utf8(hub_core::jcs::canonicalize(&records[i]).unwrap()).unwrap();
+    }
+    write_lines(dir.path(), "entries.jsonl", &entries);
+    let report = run(dir.path(), &pinned);
+    // The statements, hence the leaves, the chain and the checkpoints, are
+    // untouched: the seals alone tell.
+    assert_eq!(
+        failed(&report, checks::HUB_SIGNATURE),
+        vec![Some(3), Some(5)]
+    );
+    assert_eq!(report.findings.len(), 2, "{:?}", report.findings);
+}

@@ -56,10 +56,10 @@ pub fn canonicalize_with_slot(
 }
 
 /// `canonical` and `slot` from [`canonicalize_with_slot`] with the member
-/// `name: value` put in at `slot`.
-pub fn insert_member(canonical: &[u8], slot: usize, name: &str, value: &str) -> Vec<u8> {
+/// `name` put in at `slot`, its value given in canonical form.
+pub fn insert_member(canonical: &[u8], slot: usize, name: &str, canonical_value: &[u8]) -> Vec<u8> {
     let (before, after) = canonical.split_at(slot.min(canonical.len()));
-    let mut out = Vec::with_capacity(canonical.len() + name.len() + value.len() + 8);
+    let mut out = Vec::with_capacity(canonical.len() + name.len() + canonical_value.len() + 8);
     out.extend_from_slice(before);
     let last = after.first() == Some(&b'}');
     if last && before.len() > 1 {
@@ -67,7 +67,7 @@ pub fn insert_member(canonical: &[u8], slot: usize, name: &str, value: &str) -> 
     }
     write_string(name, &mut out);
     out.push(b':');
-    write_string(value, &mut out);
+    out.extend_from_slice(canonical_value);
     if !last {
         out.push(b',');
     }
@@ -233,15 +233,15 @@ mod tests {
 
     /// `canonicalize_with_slot` + `insert_member` against canonicalising
     /// the object with the member.
-    fn inserted_as_whole(object: Value, name: &str, value: &str) {
+    fn inserted_as_whole(object: Value, name: &str, value: Value) {
         let Value::Object(map) = &object else {
             panic!("not an object")
         };
         let (canonical, slot) = canonicalize_with_slot(map, name).unwrap();
         assert_eq!(canonical, canonicalize(&object).unwrap());
-        let inserted = insert_member(&canonical, slot, name, value);
+        let inserted = insert_member(&canonical, slot, name, &canonicalize(&value).unwrap());
         let mut whole = map.clone();
-        whole.insert(name.to_owned(), Value::String(value.to_owned()));
+        whole.insert(name.to_owned(), value);
         assert_eq!(
             String::from_utf8(inserted).unwrap(),
             String::from_utf8(canonicalize(&Value::Object(whole)).unwrap()).unwrap(),
@@ -257,15 +257,16 @@ mod tests {
             "n": [{"m": {}}, "{\"m\":"],
             "zz": null,
         });
-        for name in ["0", "b", "m", "zzz", "hub_signature"] {
-            inserted_as_whole(object.clone(), name, "v\"al\u{1}");
+        for name in ["0", "b", "m", "zzz", "hub_seal"] {
+            inserted_as_whole(object.clone(), name, json!("v\"al\u{1}"));
+            inserted_as_whole(object.clone(), name, json!({"z": [1, "}"], "a": 2.5}));
         }
-        inserted_as_whole(json!({}), "m", "v");
-        inserted_as_whole(json!({"a": 1}), "b", "v");
-        inserted_as_whole(json!({"b": 1}), "a", "v");
+        inserted_as_whole(json!({}), "m", json!("v"));
+        inserted_as_whole(json!({"a": 1}), "b", json!("v"));
+        inserted_as_whole(json!({"b": 1}), "a", json!("v"));
         // Names outside ASCII, in UTF-16 order (U+1F600 before U+FB01).
-        inserted_as_whole(json!({"\u{fb01}": 1, "a": 2}), "\u{1f600}", "v");
-        inserted_as_whole(json!({"\u{1f600}": 1}), "\u{fb01}", "v");
+        inserted_as_whole(json!({"\u{fb01}": 1, "a": 2}), "\u{1f600}", json!("v"));
+        inserted_as_whole(json!({"\u{1f600}": 1}), "\u{fb01}", json!("v"));
     }
 
     #[test]

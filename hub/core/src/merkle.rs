@@ -214,12 +214,28 @@ pub fn verify_inclusion<P: AsRef<[u8]>>(
     proof: &[P],
     root: &[u8],
 ) -> Result<(), ProofError> {
+    if root_from_inclusion(index, size, leaf, proof)? != root {
+        return Err(ProofError::RootMismatch);
+    }
+    Ok(())
+}
+
+/// The root of the tree of `size` that the inclusion `proof` of `leaf` at
+/// `index` leads to (RFC 9162 2.1.3.2 up to the last comparison); the
+/// proof must be consumed exactly.
+pub fn root_from_inclusion<P: AsRef<[u8]>>(
+    index: u64,
+    size: u64,
+    leaf: &[u8],
+    proof: &[P],
+) -> Result<Hash, ProofError> {
     if index >= size {
         return Err(ProofError::IndexOutOfRange { index, size });
     }
     hash32(leaf)?;
     let (mut fnode, mut snode) = (index, size - 1);
-    let mut r: Vec<u8> = leaf.to_vec();
+    let mut r = [0u8; 32];
+    r.copy_from_slice(leaf);
     for (used, p) in proof.iter().enumerate() {
         let p = p.as_ref();
         hash32(p)?;
@@ -227,13 +243,13 @@ pub fn verify_inclusion<P: AsRef<[u8]>>(
             return Err(ProofError::TooLong(proof.len() - used));
         }
         if fnode & 1 == 1 || fnode == snode {
-            r = node_hash(p, &r).to_vec();
+            r = node_hash(p, &r);
             while fnode & 1 == 0 && fnode != 0 {
                 fnode >>= 1;
                 snode >>= 1;
             }
         } else {
-            r = node_hash(&r, p).to_vec();
+            r = node_hash(&r, p);
         }
         fnode >>= 1;
         snode >>= 1;
@@ -241,10 +257,7 @@ pub fn verify_inclusion<P: AsRef<[u8]>>(
     if snode != 0 {
         return Err(ProofError::TooShort);
     }
-    if r != root {
-        return Err(ProofError::RootMismatch);
-    }
-    Ok(())
+    Ok(r)
 }
 
 /// RFC 9162 2.1.4.2: is the tree of `size2` with `root2` an extension of the

@@ -2,17 +2,18 @@
 //!
 //! Requests from every connection queue here; the writer takes all that are
 //! waiting (up to a batch limit), places each at the next index after the
-//! previous entry's leaf hash, signs it, and writes the whole batch and its
+//! previous entry's leaf hash, seals the batch with one signature
+//! (`hub_core::log::seal_batch`), and writes the whole batch and its
 //! effects in one transaction. Only then does each caller get its sealed
 //! entry back - an acknowledgment always follows durability.
 //!
-//! Signing and writing overlap: a sealer task signs the next batch at the
+//! Placing and writing overlap: a sealer task places the next batch at the
 //! position the batch being written is expected to leave, while a
-//! committer task writes batches in order. Under the store's lock the
-//! committer checks that expectation against the log's real tail and
-//! registry version, and seals the batch again where it failed (another
-//! hub appended, a commit failed, the registry changed), so what is
-//! written is always chained to what is there.
+//! committer task seals and writes batches in order. Under the store's
+//! lock the committer checks that expectation against the log's real tail
+//! and registry version, and places the batch again where it failed
+//! (another hub appended, a commit failed, the registry changed), so what
+//! is written is always chained to what is there.
 //!
 //! The writer also keeps the Merkle tree's right edge ([`Frontier`]) and
 //! publishes the tree head after every commit, so checkpoints only ever
@@ -26,7 +27,7 @@ use hub_core::body::{DataKey, NONCE_LEN};
 use hub_core::hash::Hash;
 use hub_core::ids::ExchangeId;
 use hub_core::jws::SigningKey;
-use hub_core::log::{EntryDraft, Sealed, seal};
+use hub_core::log::{EntryDraft, Placed, place, seal_batch};
 use hub_core::merkle::Frontier;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, instrument, warn};
@@ -163,16 +164,8 @@ impl LogWriter {
         let start = state.position(None);
         let (commits, work) = mpsc::unbounded_channel();
         let (landed_tx, landed) = mpsc::unbounded_channel();
-        tokio::spawn(commit_all(work, state, landed_tx, store, keys.clone()));
-        tokio::spawn(run(
-            rx,
-            commits,
-            landed,
-            start,
-            keys,
-            clock,
-            batch_max.max(1),
-        ));
+        tokio::spawn(commit_all(work, state, landed_tx, store, keys));
+        tokio::spawn(run(rx, commits, landed, start, clock, batch_max.max(1)));
         Ok(Self { tx, head })
     }
 
@@ -292,18 +285,16 @@ struct Landed {
     as_expected: bool,
 }
 
-/// An entry sealed, with its message sealed for the reply cache and queue.
-type SealedEntry = (Sealed, Vec<u8>);
-
 /// What the sealer hands the committer: the refreshes asked for, then
-/// the appends gathered since the last handover, sealed ahead (all of
-/// them, from `ahead`'s position) when they could be.
+/// the appends gathered since the last handover, placed ahead (all of
+/// them, from `ahead`'s position) when they could be. The committer seals
+/// the batch it writes with one signature.
 struct Work {
     refreshes: Vec<oneshot::Sender<()>>,
     /// The time the entries are sealed at: when the first was gathered.
     now: time::OffsetDateTime,
     pending: Vec<Pending>,
-    ahead: Option<(Position, Vec<SealedEntry>)>,
+    ahead: Option<(Position, Vec<Placed>)>,
 }
 
 impl Default for Work {
@@ -322,70 +313,85 @@ impl Work {
         self.refreshes.is_empty() && self.pending.is_empty()
     }
 
-    /// Seal the appends gathered from `from` on after those sealed
+    /// Place the appends gathered from `from` on after those placed
     /// before them, the first at `expect`; returns where the log ends
-    /// after them, or `None` (and nothing sealed ahead) if that cannot be
+    /// after them, or `None` (and nothing placed ahead) if that cannot be
     /// known before the commit.
-    fn seal_ahead_from(
-        &mut self,
-        from: usize,
-        expect: Option<Position>,
-        keys: &WriterKeys,
-    ) -> Option<Position> {
+    fn place_ahead_from(&mut self, from: usize, expect: Option<Position>) -> Option<Position> {
         let at = expect?;
         if from == self.pending.len() {
             return Some(at);
         }
         let continues = from == 0 || self.ahead.as_ref().is_some_and(|(_, s)| s.len() == from);
-        let sealed = continues
-            .then(|| seal_ahead(&self.pending[from..], at, self.now, keys))
+        let placed = continues
+            .then(|| place_ahead(&self.pending[from..], at, self.now))
             .flatten();
-        let Some(sealed) = sealed else {
+        let Some(placed) = placed else {
             self.ahead = None;
             return None;
         };
-        let end = sealed.last().map_or(at, |(last, _)| Position {
-            size: at.size + sealed.len() as u64,
+        let end = placed.last().map_or(at, |last| Position {
+            size: at.size + placed.len() as u64,
             prev: last.leaf_hash,
             registry: at.registry,
         });
         match &mut self.ahead {
-            Some((_, all)) => all.extend(sealed),
-            None => self.ahead = Some((at, sealed)),
+            Some((_, all)) => all.extend(placed),
+            None => self.ahead = Some((at, placed)),
         }
         Some(end)
     }
 }
 
-/// Seal one entry at `index` after `prev`, with its message sealed for
-/// the reply cache and the queue.
-fn seal_entry(
-    draft: EntryDraft,
-    body: &Body,
-    index: u64,
-    prev: &Hash,
-    now: time::OffsetDateTime,
+/// What an append keeps while its draft is placed and sealed.
+type Placing = (Body, Vec<Effect>, Reply);
+
+/// Seal `placed` as one batch, with each entry's message sealed for the
+/// reply cache and the queue; `placing` holds their appends, in order.
+fn seal_items(
+    placing: Vec<Placing>,
+    placed: Vec<Placed>,
     keys: &WriterKeys,
-) -> Result<SealedEntry, hub_core::jcs::JcsError> {
-    let sealed = seal(draft, index, prev, now, &keys.signing)?;
-    let mut nonce = [0u8; NONCE_LEN];
-    keys.random.fill(&mut nonce);
-    let id = sealed.record.statement.draft.exchange_id.to_string();
-    let message = keys
-        .data
-        .seal_blob(id.as_bytes(), &message_of(&sealed, body), nonce);
-    Ok((sealed, message))
+) -> (Vec<AppendItem>, Vec<Reply>) {
+    let sealed = match seal_batch(placed, &keys.signing) {
+        Ok(sealed) => sealed,
+        Err(e) => {
+            let err = AppendError::Canonical(e.to_string());
+            for (_, _, reply) in placing {
+                let _ = reply.send(Err(err.clone()));
+            }
+            return (Vec::new(), Vec::new());
+        }
+    };
+    placing
+        .into_iter()
+        .zip(sealed)
+        .map(|((body, effects, reply), sealed)| {
+            let mut nonce = [0u8; NONCE_LEN];
+            keys.random.fill(&mut nonce);
+            let id = sealed.record.statement.draft.exchange_id.to_string();
+            let sealed_message =
+                keys.data
+                    .seal_blob(id.as_bytes(), &message_of(&sealed, &body), nonce);
+            let item = AppendItem {
+                sealed,
+                body,
+                effects,
+                sealed_message,
+            };
+            (item, reply)
+        })
+        .unzip()
 }
 
-/// Seal `pending` at `at` ahead of the commit, if nothing in it depends on
+/// Place `pending` at `at` ahead of the commit, if nothing in it depends on
 /// what only the store can tell: every decision made at `at`'s registry
 /// version, no registry change, every entry with a canonical form.
-fn seal_ahead(
+fn place_ahead(
     pending: &[Pending],
     at: Position,
     now: time::OffsetDateTime,
-    keys: &WriterKeys,
-) -> Option<Vec<SealedEntry>> {
+) -> Option<Vec<Placed>> {
     let registry = at.registry?;
     let plain = pending.iter().all(|p| {
         p.decided_at.is_none_or(|v| v == registry)
@@ -398,25 +404,25 @@ fn seal_ahead(
     pending
         .iter()
         .map(|p| {
-            let sealed = seal_entry(p.draft.clone(), &p.body, next, &prev, now, keys).ok()?;
+            let placed = place(p.draft.clone(), next, &prev, now).ok()?;
             next += 1;
-            prev = sealed.0.leaf_hash;
-            Some(sealed)
+            prev = placed.leaf_hash;
+            Some(placed)
         })
         .collect()
 }
 
-/// The sealer: gathers waiting appends into the next batch and seals
+/// The sealer: gathers waiting appends into the next batch and places
 /// them, as they arrive, where the batch being written is expected to
 /// leave the log; the moment the committer is free it gets the whole
-/// batch. Signing thus overlaps the commit before it, and every append
-/// that arrives during a commit joins the next one.
+/// batch to seal and write. Canonical forms and leaf hashes are thus made
+/// while the commit before runs, and every append that arrives during a
+/// commit joins the next one.
 async fn run(
     mut rx: mpsc::Receiver<Job>,
     commits: mpsc::UnboundedSender<Work>,
     mut landed: mpsc::UnboundedReceiver<Landed>,
     start: Position,
-    keys: Arc<WriterKeys>,
     clock: Arc<dyn Clock>,
     batch_max: usize,
 ) {
@@ -443,7 +449,7 @@ async fn run(
                     // What was gathered was sealed on a wrong guess: seal it
                     // again where the log really ends.
                     next.ahead = None;
-                    expect = next.seal_ahead_from(0, Some(l.at), &keys);
+                    expect = next.place_ahead_from(0, Some(l.at));
                 }
             }
             n = rx.recv_many(&mut jobs, room), if open && room > 0 => {
@@ -461,7 +467,7 @@ async fn run(
                 if from == 0 {
                     next.now = clock.now();
                 }
-                expect = next.seal_ahead_from(from, expect, &keys);
+                expect = next.place_ahead_from(from, expect);
             }
         }
     }
@@ -506,10 +512,10 @@ async fn commit_all(
     }
 }
 
-/// Seal `pending` in order from index `next` after `prev`; entries that
-/// have no canonical form, or were decided on another registry version
-/// than `registry` (or before a registry change earlier in the batch), are
-/// answered at once and left out.
+/// Place `pending` in order from index `next` after `prev` and seal them
+/// as one batch; entries that have no canonical form, or were decided on
+/// another registry version than `registry` (or before a registry change
+/// earlier in the batch), are answered at once and left out.
 fn seal_all(
     pending: Vec<Pending>,
     mut next: u64,
@@ -518,8 +524,8 @@ fn seal_all(
     now: time::OffsetDateTime,
     keys: &WriterKeys,
 ) -> (Vec<AppendItem>, Vec<Reply>) {
-    let mut items = Vec::with_capacity(pending.len());
-    let mut replies = Vec::with_capacity(pending.len());
+    let mut placing = Vec::with_capacity(pending.len());
+    let mut placed = Vec::with_capacity(pending.len());
     let mut changed = false;
     for p in pending {
         if p.decided_at.is_some_and(|v| changed || v != registry) {
@@ -531,24 +537,19 @@ fn seal_all(
         // Not every registry change advances the version (a witness, a
         // revocation), so the next batch's read tells what it is now.
         changed |= p.effects.iter().any(|e| matches!(e, Effect::Registry(_)));
-        match seal_entry(p.draft, &p.body, next, &prev, now, keys) {
-            Ok((sealed, sealed_message)) => {
+        match place(p.draft, next, &prev, now) {
+            Ok(entry) => {
                 next += 1;
-                prev = sealed.leaf_hash;
-                items.push(AppendItem {
-                    sealed,
-                    body: p.body,
-                    effects: p.effects,
-                    sealed_message,
-                });
-                replies.push(p.reply);
+                prev = entry.leaf_hash;
+                placed.push(entry);
+                placing.push((p.body, p.effects, p.reply));
             }
             Err(e) => {
                 let _ = p.reply.send(Err(AppendError::Canonical(e.to_string())));
             }
         }
     }
-    (items, replies)
+    seal_items(placing, placed, keys)
 }
 
 /// Whether the entry opens an exchange (a request or an event).
@@ -558,27 +559,21 @@ fn opens_exchange(p: &Pending) -> bool {
         .any(|e| matches!(e, Effect::OpenExchange { .. }))
 }
 
-/// Pair entries sealed ahead with their bodies and effects.
-fn take_ahead(pending: Vec<Pending>, sealed: Vec<SealedEntry>) -> (Vec<AppendItem>, Vec<Reply>) {
-    pending
+/// Seal the entries placed ahead for `pending`, as one batch.
+fn take_ahead(
+    pending: Vec<Pending>,
+    placed: Vec<Placed>,
+    keys: &WriterKeys,
+) -> (Vec<AppendItem>, Vec<Reply>) {
+    let placing = pending
         .into_iter()
-        .zip(sealed)
-        .map(|(p, (sealed, sealed_message))| {
-            (
-                AppendItem {
-                    sealed,
-                    body: p.body,
-                    effects: p.effects,
-                    sealed_message,
-                },
-                p.reply,
-            )
-        })
-        .unzip()
+        .map(|p| (p.body, p.effects, p.reply))
+        .collect();
+    seal_items(placing, placed, keys)
 }
 
 /// Write one batch after whatever the store holds beyond the frontier.
-/// Returns whether it was written as sealed ahead, and the registry
+/// Returns whether it was written as placed ahead, and the registry
 /// version after it (unknown if it was not written or may have changed it).
 #[instrument(skip_all, fields(entries = batch.pending.len(), first = state.frontier.size()))]
 async fn write_batch(
@@ -595,13 +590,13 @@ async fn write_batch(
     } = batch;
 
     let (known, prev) = (state.frontier.size(), state.prev);
-    // Sealed ahead exactly where the log ends as far as this writer knows:
+    // Placed ahead exactly where the log ends as far as this writer knows:
     // the store can check that in the write itself instead of reading the
     // tail first. Only if another writer moved the tail meanwhile does the
     // batch take the reading path below, sealed again.
     let (pending, ahead) = match ahead {
-        Some((at, sealed))
-            if at.size == known && at.prev == prev && sealed.len() == pending.len() =>
+        Some((at, placed))
+            if at.size == known && at.prev == prev && placed.len() == pending.len() =>
         {
             match at.registry {
                 Some(registry_version) => {
@@ -609,12 +604,12 @@ async fn write_batch(
                         size: known,
                         registry_version,
                     };
-                    match write_presumed(at, pending, sealed, state, store).await {
+                    match write_presumed(at, pending, placed, state, store, keys).await {
                         Ok(done) => return done,
                         Err(moved) => (moved, None),
                     }
                 }
-                None => (pending, Some((at, sealed))),
+                None => (pending, Some((at, placed))),
             }
         }
         other => (pending, other),
@@ -628,8 +623,8 @@ async fn write_batch(
     let mut registry_after = None;
     let mut took_ahead = false;
     // The store reads what other hubs appended since `known` under its
-    // writers' lock; the batch is placed after that, sealed again unless
-    // it was sealed ahead at exactly that place.
+    // writers' lock; the batch is placed after that (again, unless
+    // it was placed ahead at exactly that place) and sealed.
     let sealing = |tail: AtTail<'_>| {
         let registry = tail.registry_version;
         let at = Position {
@@ -653,11 +648,11 @@ async fn write_batch(
             .any(|p| p.effects.iter().any(|e| matches!(e, Effect::Registry(_))));
         registry_after = (!changes_registry).then_some(registry);
         let (items, r) = match ahead {
-            // The sealer keeps a batch sealed ahead only whole; the length
+            // The sealer keeps a batch placed ahead only whole; the length
             // check keeps a slip there from dropping appends unwritten.
-            Some((expected, sealed)) if expected == at && sealed.len() == pending.len() => {
+            Some((expected, placed)) if expected == at && placed.len() == pending.len() => {
                 took_ahead = true;
-                take_ahead(pending, sealed)
+                take_ahead(pending, placed, keys)
             }
             _ => seal_all(pending, at.size, at.prev, registry, now, keys),
         };
@@ -687,23 +682,24 @@ async fn write_batch(
     }
 }
 
-/// Write a batch sealed ahead at `at`, the end of the log as this writer
+/// Write a batch placed ahead at `at`, the end of the log as this writer
 /// knows it, with [`Store::append_presumed`]. `Err`: the log had moved and
 /// nothing was written; the batch's appends come back to be sealed again.
 async fn write_presumed(
     at: Presumed,
     pending: Vec<Pending>,
-    sealed: Vec<SealedEntry>,
+    placed: Vec<Placed>,
     state: &mut WriterState,
     store: &dyn Store,
+    keys: &WriterKeys,
 ) -> Result<(bool, Option<u64>), Vec<Pending>> {
     let decided: Vec<Option<u64>> = pending.iter().map(|p| p.decided_at).collect();
-    let (items, replies) = take_ahead(pending, sealed);
+    let (items, replies) = take_ahead(pending, placed, keys);
     let started = std::time::Instant::now();
     match store.append_presumed(at, items).await {
         Ok(Presumption::Written(written)) => {
             landed(state, &[], written, replies, true, started);
-            // Sealed ahead only without registry changes (`seal_ahead`).
+            // Placed ahead only without registry changes (`place_ahead`).
             Ok((true, Some(at.registry_version)))
         }
         Ok(Presumption::Moved(items)) => {
