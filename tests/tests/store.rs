@@ -65,6 +65,7 @@ both_backends!(
     an_exchange_opened_through_two_writers_at_once_is_logged_once,
     an_events_inbox_message_outlives_the_purge_of_replies_until_delivered,
     a_presumed_append_writes_only_where_the_log_ends,
+    a_log_of_version_1_entries_goes_on_in_version_2,
 );
 
 fn member(s: &str) -> Member {
@@ -1069,6 +1070,99 @@ async fn two_log_writers_on_one_store_keep_one_chain(store: Arc<dyn Store>) {
             entries[index].record.as_bytes(),
             sealed.canonical.as_slice()
         );
+    }
+}
+
+/// Entry `index` as a hub before entry format 2 wrote it: the hub's JWS
+/// over the statement (`hub_signature`), the leaf over the whole record.
+fn sealed_in_version_1(entries: &Entries, kind: EntryKind, index: u64, prev: &Hash) -> AppendItem {
+    use hub_core::log::{HubSeal, Record, Sealed, place};
+    let (draft, body) = unsealed(index, kind, id(u8::try_from(index).unwrap()), &entries.data);
+    let mut statement = place(draft, index, prev, datetime!(2026-11-01 00:00 UTC))
+        .unwrap()
+        .statement;
+    statement.v = 1;
+    let signature = entries
+        .key
+        .sign_detached(&hub_core::jcs::canonicalize_serialize(&statement).unwrap());
+    let record = Record {
+        statement,
+        seal: HubSeal::Signature(signature),
+    };
+    let canonical = hub_core::jcs::canonicalize_serialize(&record).unwrap();
+    AppendItem {
+        sealed_message: Vec::new(),
+        sealed: Sealed {
+            leaf_hash: hub_core::log::leaf_hash(&canonical),
+            record,
+            canonical,
+        },
+        body,
+        effects: Vec::new(),
+    }
+}
+
+/// A hub upgraded to entry format 2 goes on from a log of version 1
+/// entries: one chain, every record verifying by its own version.
+async fn a_log_of_version_1_entries_goes_on_in_version_2(store: Arc<dyn Store>) {
+    use hub_server::clock::{Clock, SystemClock, SystemRandom};
+    use hub_server::log_writer::{LogWriter, WriterKeys};
+
+    registry(store.as_ref()).await;
+    let old = Entries::new();
+    let mut prev: Hash = [0; 32];
+    let mut items = Vec::new();
+    for index in 0..3 {
+        let item = sealed_in_version_1(&old, EntryKind::Receipt, index, &prev);
+        prev = item.sealed.leaf_hash;
+        items.push(item);
+    }
+    store.append(&items).await.unwrap();
+
+    let keys = Arc::new(WriterKeys {
+        signing: Arc::new(old.key),
+        data: Arc::new(DataKey::from_bytes(&[7; 32])),
+        random: Arc::new(SystemRandom::default()),
+    });
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let writer = LogWriter::start(store.clone(), keys.clone(), clock, 8)
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..6u32 {
+        let (draft, body) = unsealed(u64::from(n), EntryKind::Event, event_id(n), &keys.data);
+        let writer = writer.clone();
+        tasks.spawn(async move { writer.append(draft, body, vec![]).await.unwrap() });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+
+    let jwks = hub_core::jws::Jwks {
+        keys: vec![keys.signing.public_jwk()],
+    };
+    let entries = store.entries(0, 100).await.unwrap();
+    assert_eq!(entries.len(), 9);
+    let mut prev: Hash = [0; 32];
+    for (i, entry) in entries.iter().enumerate() {
+        let record: serde_json::Value = serde_json::from_str(&entry.record).unwrap();
+        let version = if i < 3 { 1 } else { 2 };
+        assert_eq!(record["v"], version, "entry {i}");
+        assert_eq!(record.get("hub_seal").is_some(), version == 2, "entry {i}");
+        assert_eq!(record["prev"], hub_core::hash::b64url(&prev), "entry {i}");
+        hub_core::log::verify_record_signature(&record, &jwks).unwrap();
+        assert_eq!(
+            entry.leaf_hash,
+            hub_core::log::canonical_record_leaf_hash(&entry.record),
+            "entry {i}"
+        );
+        assert_eq!(
+            entry.leaf_hash,
+            hub_core::log::record_leaf_hash(&record).unwrap()
+        );
+        // The server reads either version back.
+        let _: hub_core::log::Record = serde_json::from_value(record).unwrap();
+        prev = entry.leaf_hash;
     }
 }
 
