@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use hub_client::{HubClient, sign_envelope, verify_reply};
+use hub_client::{HubClient, SealVerifier, sign_envelope, verify_reply};
 use hub_core::fields::FieldSet;
 use hub_core::ids::{ExchangeId, Member, PurposeCode, ServiceName};
 use hub_core::jws::Jwk;
@@ -963,7 +963,7 @@ async fn admin_change(
         );
     }
     let jwks = client.jwks().await?;
-    verify_reply(&reply, &jwks).context("the hub's signature on the change does not verify")?;
+    verify_reply(&reply, &jwks).context("the hub's seal on the change does not verify")?;
     eprintln!(
         "logged as admin entry {} by {}",
         reply["record"]["index"], admin.name
@@ -1272,8 +1272,7 @@ async fn exchange(
         return Ok(None);
     }
     let jwks = client.jwks().await?;
-    let kid =
-        verify_reply(&reply, &jwks).context("the hub's signature on the reply does not verify")?;
+    let kid = verify_reply(&reply, &jwks).context("the hub's seal on the reply does not verify")?;
     let record = &reply["record"];
     eprintln!(
         "HTTP {status}: {} {} at log index {}; hub signature verified (key {kid})",
@@ -1370,14 +1369,15 @@ async fn inbox(config: &Config, args: InboxArgs) -> anyhow::Result<ExitCode> {
     let messages = inbox["messages"].as_array().cloned().unwrap_or_default();
     println!("{}", serde_json::to_string_pretty(&inbox)?);
     let mut ids = Vec::new();
+    // The messages of one group commit share one signature: check it once.
+    let seals = SealVerifier::new();
     for m in &messages {
-        verify_reply(m, &jwks).context("a message's hub signature does not verify")?;
+        seals
+            .verify_message(m, &jwks)
+            .context("a message's hub seal does not verify")?;
         ids.push(m["record"]["exchange_id"].clone());
     }
-    eprintln!(
-        "{} message(s), every hub signature verified",
-        messages.len()
-    );
+    eprintln!("{} message(s), every hub seal verified", messages.len());
     if args.ack && !ids.is_empty() {
         let (status, answer) = client
             .post_json("/v1/inbox/ack", &json!({ "exchange_ids": ids }))

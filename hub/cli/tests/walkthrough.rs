@@ -66,7 +66,7 @@ fn the_readme_walkthrough_works_with_the_real_binary() {
         let inbox = hub(data, &["inbox", "--as", subscriber, "--hub", &api, "--ack"]);
         assert!(inbox.status.success(), "{}", text(&inbox));
         assert!(
-            text(&inbox).contains("1 message(s), every hub signature verified"),
+            text(&inbox).contains("1 message(s), every hub seal verified"),
             "{}",
             text(&inbox)
         );

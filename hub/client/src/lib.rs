@@ -334,4 +334,7 @@ pub fn sign_envelope(envelope: &Value, key: &SigningKey) -> Result<String, jcs::
     Ok(key.sign_detached(&jcs::canonicalize(envelope)?))
 }
 
+/// Checks many replies or inbox messages, each group commit's signature
+/// once (`SealVerifier::verify_message` is `verify_reply` that remembers).
+pub use hub_core::log::SealVerifier;
 pub use hub_core::log::{MessageError as ReplyError, verify_message as verify_reply};
