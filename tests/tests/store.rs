@@ -1080,7 +1080,8 @@ fn sealed_in_version_1(entries: &Entries, kind: EntryKind, index: u64, prev: &Ha
     let (draft, body) = unsealed(index, kind, id(u8::try_from(index).unwrap()), &entries.data);
     let mut statement = place(draft, index, prev, datetime!(2026-11-01 00:00 UTC))
         .unwrap()
-        .statement;
+        .statement()
+        .clone();
     statement.v = 1;
     let signature = entries
         .key

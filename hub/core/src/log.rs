@@ -275,10 +275,17 @@ pub fn leaf_hash(canonical_entry: &[u8]) -> Hash {
 /// where the seal goes in them, and its leaf hash.
 #[derive(Debug, Clone)]
 pub struct Placed {
-    pub statement: Statement,
+    statement: Statement,
     canonical: Vec<u8>,
     slot: usize,
     pub leaf_hash: Hash,
+}
+
+impl Placed {
+    /// The statement, as its canonical bytes and leaf hash have it.
+    pub fn statement(&self) -> &Statement {
+        &self.statement
+    }
 }
 
 /// Place `draft` at `index` after the entry whose leaf hash is `prev`.
