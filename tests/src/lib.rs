@@ -234,3 +234,24 @@ pub fn enterprise_registered() -> Value {
         "business_lines": [{"vsic": "6201", "name": "Lập trình máy vi tính", "main": true}]
     }})
 }
+
+/// SHA-256 of the concatenated `parts`, with ring's primitive alone.
+pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for p in parts {
+        ctx.update(p);
+    }
+    ctx.finish().as_ref().try_into().unwrap()
+}
+
+/// The RFC 6962 leaf hash of a version 2 record, from the protocol's text
+/// and none of the hub's code: `SHA-256(0x00 || JCS(record without
+/// hub_seal))`, canonicalised by an independent RFC 8785 implementation
+/// (serde_jcs).
+pub fn independent_leaf_hash(record: &Value) -> [u8; 32] {
+    let mut statement = record.as_object().unwrap().clone();
+    statement
+        .remove("hub_seal")
+        .expect("a version 2 record has hub_seal");
+    sha256(&[&[0], &serde_jcs::to_vec(&Value::Object(statement)).unwrap()])
+}

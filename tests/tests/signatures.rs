@@ -7,24 +7,6 @@ use http::StatusCode;
 use hub_e2e::*;
 use serde_json::{Value, json};
 
-fn sha256(parts: &[&[u8]]) -> [u8; 32] {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for p in parts {
-        ctx.update(p);
-    }
-    ctx.finish().as_ref().try_into().unwrap()
-}
-
-/// The leaf hash of a stored or received record, from the protocol's text:
-/// `SHA-256(0x00 || JCS(record without hub_seal))`.
-fn leaf_of(record: &Value) -> [u8; 32] {
-    let mut statement = record.as_object().unwrap().clone();
-    statement
-        .remove("hub_seal")
-        .expect("a version 2 record has hub_seal");
-    sha256(&[&[0], &serde_jcs::to_vec(&Value::Object(statement)).unwrap()])
-}
-
 /// Verify the hub's seal on a record the way a client in another language
 /// would, from docs/protocol.md and RFC 9162 / 7515 / 7797 / 8037
 /// directly: an independent RFC 8785 implementation (serde_jcs), the
@@ -43,7 +25,7 @@ fn verify_independently(record: &Value, jwks: &Value) {
     );
     // RFC 9162 2.1.3.2, from the leaf at `index - first` to the batch root.
     let (mut fnode, mut snode) = (index - first, size - 1);
-    let mut root = leaf_of(record);
+    let mut root = independent_leaf_hash(record);
     for hash in seal["path"].as_array().unwrap() {
         let p = URL_SAFE_NO_PAD.decode(hash.as_str().unwrap()).unwrap();
         assert!(snode > 0, "the path is too long");
@@ -322,7 +304,7 @@ async fn every_entry_is_chained_signed_and_hashed_as_rfc6962_leaves() {
         // Stored canonical: re-canonicalizing changes nothing.
         assert_eq!(serde_jcs::to_string(&record).unwrap(), e.record);
         assert_eq!(
-            leaf_of(&record),
+            independent_leaf_hash(&record),
             e.leaf_hash,
             "leaf = SHA-256(0x00 || the entry without its seal)"
         );

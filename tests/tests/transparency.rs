@@ -67,18 +67,6 @@ fn hashes(v: &Value) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The RFC 6962 leaf hash of a record - of its statement, the record
-/// without `hub_seal` - computed independently of the hub.
-fn leaf_of(record: &Value) -> Vec<u8> {
-    let mut statement = record.as_object().unwrap().clone();
-    assert!(statement.remove("hub_seal").is_some(), "a sealed record");
-    let mut input = vec![0u8];
-    input.extend_from_slice(&serde_jcs::to_vec(&Value::Object(statement)).unwrap());
-    ring::digest::digest(&ring::digest::SHA256, &input)
-        .as_ref()
-        .to_vec()
-}
-
 #[tokio::test]
 async fn a_sender_proves_its_answer_is_in_the_signed_log() {
     let hub = start().await;
@@ -98,8 +86,8 @@ async fn a_sender_proves_its_answer_is_in_the_signed_log() {
     let path = format!("/v1/log/proof/inclusion?index={index}&size={}", cp.size);
     let (status, proof) = hub.client(ONE_STOP).get_json(&path).await.unwrap();
     assert_eq!(status, StatusCode::OK, "{proof}");
-    let leaf = leaf_of(&reply["record"]);
-    assert_eq!(STANDARD.encode(&leaf), proof["leaf_hash"]);
+    let leaf = independent_leaf_hash(&reply["record"]);
+    assert_eq!(STANDARD.encode(leaf), proof["leaf_hash"]);
     verify_inclusion(index, cp.size, &leaf, &hashes(&proof["proof"]), &cp.root).unwrap();
 
     // By exchange id: both the request and the response entry.
@@ -131,7 +119,7 @@ async fn a_sender_proves_its_answer_is_in_the_signed_log() {
         verify_inclusion(
             index,
             cp.size,
-            &leaf_of(&forged),
+            &independent_leaf_hash(&forged),
             &hashes(&proof["proof"]),
             &cp.root
         )
@@ -193,7 +181,7 @@ async fn successive_checkpoints_are_consistent_across_a_restart() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| leaf_of(r).try_into().unwrap())
+        .map(independent_leaf_hash)
         .collect();
     assert_eq!(leaves.len() as u64, second.size);
     assert_eq!(hub_core::merkle::root(&leaves), second.root);
@@ -417,7 +405,7 @@ async fn the_log_is_served_as_tlog_tiles() {
     while !rest.is_empty() {
         let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
         let record: Value = serde_json::from_slice(&rest[2..2 + len]).unwrap();
-        leaves.push(<[u8; 32]>::try_from(leaf_of(&record)).unwrap());
+        leaves.push(independent_leaf_hash(&record));
         rest = &rest[2 + len..];
     }
     assert_eq!(leaves.concat(), tile.to_vec());
