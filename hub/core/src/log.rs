@@ -15,7 +15,7 @@
 //! the log.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use crate::body::DataKey;
@@ -386,6 +386,11 @@ pub fn record_leaf_hash(record: &Value) -> Result<Hash, RecordError> {
     }
     let mut statement = members.clone();
     statement.remove(SEAL_MEMBER);
+    statement_leaf_hash(statement)
+}
+
+/// The leaf hash of a version 2 statement: the record without its seal.
+fn statement_leaf_hash(statement: Map<String, Value>) -> Result<Hash, RecordError> {
     Ok(leaf_hash(&jcs::canonicalize(&Value::Object(statement))?))
 }
 
@@ -444,8 +449,7 @@ impl SealVerifier {
                 .get("index")
                 .and_then(Value::as_u64)
                 .ok_or_else(|| RecordError::BadSeal("the record has no index".into()))?;
-            let leaf = leaf_hash(&jcs::canonicalize(&Value::Object(statement))?);
-            return self.verify_seal(&seal, index, &leaf, keys);
+            return self.verify_seal(&seal, index, &statement_leaf_hash(statement)?, keys);
         }
         let sig = statement
             .remove("hub_signature")
