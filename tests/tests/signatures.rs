@@ -398,7 +398,7 @@ async fn the_reply_cache_and_the_queue_are_sealed_at_rest() {
         ))
         .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _) = hub
+    let (status, published) = hub
         .send(envelope(
             ENTERPRISE_REGISTRY,
             "enterprise.registered",
@@ -410,9 +410,15 @@ async fn the_reply_cache_and_the_queue_are_sealed_at_rest() {
     // Read the database file as anyone with the disk could.
     let url = format!("sqlite:{}", hub.dir.path().join("hub.db").display());
     let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    // The reply cache holds no copy of a reply, only the entry it is.
+    let (copies, pointers): (i64, i64) =
+        sqlx::query_as("SELECT count(reply), count(reply_idx) FROM exchanges WHERE state = 'done'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((copies, pointers), (0, 2));
     let mut blobs: Vec<Vec<u8>> = Vec::new();
     for q in [
-        "SELECT reply FROM exchanges WHERE reply IS NOT NULL",
         "SELECT message FROM deliveries",
         "SELECT ciphertext FROM log_bodies",
     ] {
@@ -429,7 +435,16 @@ async fn the_reply_cache_and_the_queue_are_sealed_at_rest() {
             String::from_utf8_lossy(needle)
         );
     }
-    // And the hub still answers from them: the inbox and the cached reply.
+    // And the hub still answers from them: the cached reply, put together
+    // from the entry and its sealed body, and the inbox.
+    let id = published["record"]["exchange_id"].as_str().unwrap();
+    let (status, fetched) = hub
+        .client(ENTERPRISE_REGISTRY)
+        .get_json(&format!("/v1/exchanges/{id}"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fetched, published);
     let (_, inbox) = hub.client(TAX).get_json("/v1/inbox").await.unwrap();
     assert_eq!(inbox["messages"].as_array().unwrap().len(), 1);
 }

@@ -15,7 +15,8 @@ use hub_core::log::{EntryDraft, EntryKind, seal};
 use hub_e2e::services::PgDatabase;
 use hub_server::store::{
     AgencyRecord, AppendItem, AtTail, Body, Effect, ExchangeState, Grant, PoolSettings, Presumed,
-    Presumption, RegistryChange, ServiceRecord, Store, StoredCheckpoint, Subscription,
+    Presumption, RegistryChange, ServiceRecord, Store, StoredCheckpoint, StoredMessage,
+    Subscription, message_of,
 };
 use time::macros::datetime;
 
@@ -252,11 +253,25 @@ impl Entries {
         let sealed = seal(draft, self.next, &self.prev, time, &self.key).unwrap();
         self.next += 1;
         self.prev = sealed.leaf_hash;
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&self.next.to_be_bytes());
         AppendItem {
-            sealed_message: format!("message of {id}").into_bytes(),
+            sealed_message: self.data.seal_blob(
+                id.to_string().as_bytes(),
+                &message_of(&sealed, &body),
+                nonce,
+            ),
             sealed,
             body,
             effects,
+        }
+    }
+
+    /// The text of a reply as this writer's data key opens it.
+    fn reply(&self, id: ExchangeId, state: &ExchangeState) -> String {
+        match state {
+            ExchangeState::Done { reply } => reply.open(&self.data, id).unwrap(),
+            ExchangeState::Pending => panic!("{id} has no reply yet"),
         }
     }
 }
@@ -346,12 +361,7 @@ async fn append_writes_entries_and_effects_together(store: Arc<dyn Store>) {
 
     let done = store.exchange(id(1)).await.unwrap().unwrap();
     assert_eq!(done.sender, CONSUMER);
-    assert_eq!(
-        done.state,
-        ExchangeState::Done {
-            reply: second[0].sealed_message.clone()
-        }
-    );
+    assert_eq!(e.reply(id(1), &done.state), second[0].message());
     assert_eq!(
         store.exchange(id(2)).await.unwrap().unwrap().state,
         ExchangeState::Pending
@@ -360,8 +370,7 @@ async fn append_writes_entries_and_effects_together(store: Arc<dyn Store>) {
 
     // A second answer to a settled exchange is logged, but the exchange
     // keeps the first reply: the one its sender was given.
-    let mut late = e.item(EntryKind::Response, id(1), vec![Effect::CloseExchange]);
-    late.sealed_message = b"a later answer".to_vec();
+    let late = e.item(EntryKind::Response, id(1), vec![Effect::CloseExchange]);
     store.append(std::slice::from_ref(&late)).await.unwrap();
     assert_eq!(
         store.indexes_of_exchange(id(1)).await.unwrap(),
@@ -377,24 +386,24 @@ async fn append_writes_entries_and_effects_together(store: Arc<dyn Store>) {
         vec![open(40), Effect::CloseExchange],
     );
     store.append(std::slice::from_ref(&event)).await.unwrap();
-    let mut again = e.item(
+    let again = e.item(
         EntryKind::Event,
         id(4),
         vec![open(50), Effect::CloseExchange],
     );
-    again.sealed_message = b"another reply".to_vec();
     store.append(std::slice::from_ref(&again)).await.unwrap();
     assert_eq!(
-        store.exchange(id(4)).await.unwrap().unwrap().state,
-        ExchangeState::Done {
-            reply: event.sealed_message.clone()
-        }
+        e.reply(id(4), &store.exchange(id(4)).await.unwrap().unwrap().state),
+        event.message()
     );
 
     let leased = store.lease(&member(PROVIDER), 10, 100, 1000).await.unwrap();
     let ids: Vec<_> = leased.iter().map(|d| d.exchange_id).collect();
     assert_eq!(ids, vec![id(1), id(2)], "in the order they were logged");
-    assert_eq!(leased[0].sealed, batch[0].sealed_message);
+    assert_eq!(
+        leased[0].message,
+        StoredMessage::Sealed(batch[0].sealed_message.clone())
+    );
     assert_eq!(leased[0].attempts, 1);
 }
 
@@ -599,10 +608,8 @@ async fn a_presumed_append_writes_only_where_the_log_ends(store: Arc<dyn Store>)
     );
     let answer = written(store.append_presumed(at(3), vec![answer]).await.unwrap());
     assert_eq!(
-        store.exchange(id(2)).await.unwrap().unwrap().state,
-        ExchangeState::Done {
-            reply: answer[0].sealed_message.clone()
-        }
+        w.reply(id(2), &store.exchange(id(2)).await.unwrap().unwrap().state),
+        answer[0].message()
     );
     assert!(!queued(store.as_ref(), id(2)).await);
 
@@ -614,10 +621,8 @@ async fn a_presumed_append_writes_only_where_the_log_ends(store: Arc<dyn Store>)
     ];
     let both = written(store.append_presumed(at(4), both).await.unwrap());
     assert_eq!(
-        store.exchange(id(6)).await.unwrap().unwrap().state,
-        ExchangeState::Done {
-            reply: both[1].sealed_message.clone()
-        }
+        w.reply(id(6), &store.exchange(id(6)).await.unwrap().unwrap().state),
+        both[1].message()
     );
     assert_eq!(store.entries(0, 10).await.unwrap().len(), 6);
 }
@@ -1236,27 +1241,119 @@ async fn an_events_inbox_message_outlives_the_purge_of_replies_until_delivered(
     store.append(std::slice::from_ref(&event)).await.unwrap();
     let subscriber = member(PROVIDER);
     let queued = store.delivery(&subscriber, id(1)).await.unwrap().unwrap();
-    assert_eq!(queued.sealed, event.sealed_message);
+    assert_eq!(
+        queued.message.open(&e.data, id(1)).unwrap(),
+        event.message()
+    );
 
-    // Replies older than the event are purged, but not the message that
-    // still waits in an inbox.
-    let (_, replies) = store
+    // Replies and bodies older than the event are purged, but not the
+    // message that still waits in an inbox, nor the body it is made of.
+    let (bodies, replies) = store
         .purge("2026-11-05T00:00:00.000Z", 5_000)
         .await
         .unwrap();
-    assert_eq!(replies, 0);
+    assert_eq!((bodies, replies), (0, 0));
     let leased = store.lease(&subscriber, 10, 10_000, 1_000).await.unwrap();
     assert_eq!(leased.len(), 1);
-    assert_eq!(leased[0].sealed, event.sealed_message);
+    assert_eq!(
+        leased[0].message.open(&e.data, id(1)).unwrap(),
+        event.message()
+    );
+    assert_eq!(
+        e.reply(id(1), &store.exchange(id(1)).await.unwrap().unwrap().state),
+        event.message()
+    );
 
-    // Once delivered, the reply goes with the next purge.
+    // Once delivered, the reply and the body go with the next purge.
     assert!(store.remove_delivery(&subscriber, id(1)).await.unwrap());
-    let (_, replies) = store
+    let (bodies, replies) = store
         .purge("2026-11-05T00:00:00.000Z", 5_000)
         .await
         .unwrap();
-    assert_eq!(replies, 1);
+    assert_eq!((bodies, replies), (1, 1));
     assert!(store.exchange(id(1)).await.unwrap().is_none());
+    assert_eq!(store.entries(0, 1).await.unwrap()[0].body, None);
+}
+
+/// Before migration 14 an exchange stored its reply sealed in `reply`
+/// (and, on PostgreSQL, an event's inbox rows pointed there): such rows,
+/// made here by putting the sealed message back and clearing `reply_idx`,
+/// still read as they did.
+async fn an_event_stored_before_replies_pointed_at_entries(
+    store: &dyn Store,
+    make_old: impl AsyncFnOnce(Vec<u8>),
+) {
+    registry(store).await;
+    let mut e = Entries::new();
+    let event = e.item(
+        EntryKind::Event,
+        id(1),
+        vec![open(1_000), Effect::CloseExchange, enqueue(0)],
+    );
+    store.append(std::slice::from_ref(&event)).await.unwrap();
+    make_old(event.sealed_message.clone()).await;
+    let state = store.exchange(id(1)).await.unwrap().unwrap().state;
+    assert_eq!(
+        state,
+        ExchangeState::Done {
+            reply: StoredMessage::Sealed(event.sealed_message.clone())
+        }
+    );
+    assert_eq!(e.reply(id(1), &state), event.message());
+    let queued = store
+        .delivery(&member(PROVIDER), id(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        queued.message.open(&e.data, id(1)).unwrap(),
+        event.message()
+    );
+    let leased = store.lease(&member(PROVIDER), 10, 0, 1_000).await.unwrap();
+    assert_eq!(
+        leased[0].message.open(&e.data, id(1)).unwrap(),
+        event.message()
+    );
+}
+
+#[tokio::test]
+async fn sqlite_reads_replies_stored_before_they_pointed_at_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("hub.db").display());
+    let store = hub_server::store::open(&url, PoolSettings::default())
+        .await
+        .unwrap();
+    an_event_stored_before_replies_pointed_at_entries(store.as_ref(), async |sealed| {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::query("UPDATE exchanges SET reply = ?, reply_idx = NULL")
+            .bind(sealed)
+            .execute(&pool)
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_reads_replies_stored_before_they_pointed_at_entries() {
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let store = hub_server::store::open(&db.url, PoolSettings::default())
+        .await
+        .unwrap();
+    an_event_stored_before_replies_pointed_at_entries(store.as_ref(), async |sealed| {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        sqlx::query("UPDATE exchanges SET reply = $1, reply_idx = NULL")
+            .bind(sealed)
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    })
+    .await;
+    drop(store);
+    db.drop_now().await;
 }
 
 /// PostgreSQL may keep one generic plan for a prepared statement once it

@@ -80,7 +80,7 @@ pub enum AppendError {
 pub struct WriterKeys {
     /// Signs every entry.
     pub signing: Arc<SigningKey>,
-    /// Seals the messages the reply cache and the queue keep.
+    /// Seals the messages the queue and the outbox keep.
     pub data: Arc<DataKey>,
     /// Nonces.
     pub random: Arc<dyn Random>,
@@ -347,7 +347,7 @@ impl Work {
 type Placing = (Body, Vec<Effect>, Reply);
 
 /// Seal `placed` as one batch, with each entry's message sealed for the
-/// reply cache and the queue; `placing` holds their appends, in order.
+/// queue and the outbox; `placing` holds their appends, in order.
 fn seal_items(
     placing: Vec<Placing>,
     placed: Vec<Placed>,

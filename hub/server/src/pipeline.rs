@@ -38,6 +38,7 @@ use crate::queue::{Message, Queue};
 use crate::registry_cache::RegistryCache;
 use crate::store::{
     AppendItem, Body, Effect, ExchangeRow, ExchangeState, ServiceRecord, Store, StoreError,
+    StoredMessage,
 };
 
 /// What a finished query hands its waiting caller.
@@ -294,14 +295,9 @@ impl Hub {
         }
     }
 
-    /// The text of a sealed reply or message of exchange `id`.
-    fn open_message(&self, id: ExchangeId, sealed: &[u8]) -> Result<String, StoreError> {
-        self.data_key
-            .open_blob(id.to_string().as_bytes(), sealed)
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!("the reply of {id} does not open with the data key"))
-            })
+    /// The text of a stored reply or message of exchange `id`.
+    fn open_message(&self, id: ExchangeId, stored: &StoredMessage) -> Result<String, StoreError> {
+        stored.open(&self.data_key, id)
     }
 
     /// The end user as the log records them (a citizen by keyed hash).

@@ -67,20 +67,11 @@ impl EmbeddedQueue {
     }
 
     fn open(&self, d: Delivery) -> Result<Message, StoreError> {
-        let id = d.exchange_id;
-        self.data_key
-            .open_blob(id.to_string().as_bytes(), &d.sealed)
-            .and_then(|b| String::from_utf8(b).ok())
-            .map(|text| Message {
-                exchange_id: id,
-                text,
-                attempts: d.attempts,
-            })
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "the queued message of {id} does not open with the data key"
-                ))
-            })
+        Ok(Message {
+            text: d.message.open(&self.data_key, d.exchange_id)?,
+            exchange_id: d.exchange_id,
+            attempts: d.attempts,
+        })
     }
 }
 

@@ -10,7 +10,7 @@
 
 use async_trait::async_trait;
 use hub_adapter_sdk::ServiceKind;
-use hub_core::body::SealedBody;
+use hub_core::body::{DataKey, SealedBody};
 use hub_core::fields::FieldSet;
 use hub_core::hash::Hash;
 use hub_core::ids::{ExchangeId, Member, PurposeCode, ServiceName};
@@ -191,9 +191,10 @@ pub enum Effect {
         request_hash: String,
         at_millis: u64,
     },
-    /// Mark the pending exchange done, its reply this entry's sealed
-    /// message. An exchange already done keeps its first reply: the one
-    /// its sender was given.
+    /// Mark the pending exchange done, its reply this entry's message
+    /// (stored as a pointer to the entry, whose record and body the log
+    /// already keeps). An exchange already done keeps its first reply:
+    /// the one its sender was given.
     CloseExchange,
     /// Forget a pending exchange so that a retry runs again.
     AbandonExchange,
@@ -289,29 +290,119 @@ fn canonical_text(bytes: Vec<u8>) -> String {
 }
 
 /// [`AppendItem::message`]'s bytes, of an entry not yet paired with its
-/// effects. Put together from bytes: both parts are canonical JSON
-/// already, and checking them again as text cost ~2 % of the hub's
-/// instructions per event.
+/// effects.
 pub fn message_of(sealed: &Sealed, body: &Body) -> Vec<u8> {
-    let salt = hub_core::hash::b64url(&body.salt);
-    let mut out = Vec::with_capacity(sealed.canonical.len() + body.plain.len() + salt.len() + 40);
+    message_bytes(&sealed.canonical, &body.plain, &body.salt)
+}
+
+/// `{"record", "body", "body_salt"}` put together from bytes: the record
+/// and the body are canonical JSON already, and checking them again as
+/// text cost ~2 % of the hub's instructions per event.
+fn message_bytes(record: &[u8], body: &[u8], salt: &[u8]) -> Vec<u8> {
+    let salt = hub_core::hash::b64url(salt);
+    let mut out = Vec::with_capacity(record.len() + body.len() + salt.len() + 40);
     out.extend_from_slice(b"{\"record\":");
-    out.extend_from_slice(&sealed.canonical);
+    out.extend_from_slice(record);
     out.extend_from_slice(b",\"body\":");
-    out.extend_from_slice(&body.plain);
+    out.extend_from_slice(body);
     out.extend_from_slice(b",\"body_salt\":\"");
     out.extend_from_slice(salt.as_bytes());
     out.extend_from_slice(b"\"}");
     out
 }
 
+/// A message (`{"record", "body", "body_salt"}`) as a store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredMessage {
+    /// Sealed on its own ([`AppendItem::sealed_message`]): queued requests,
+    /// and replies stored before they pointed at their entries.
+    Sealed(Vec<u8>),
+    /// The message of a logged entry, put together again from the entry's
+    /// record and its sealed body (`None`: purged), so that an exchange's
+    /// reply and an event's inbox messages do not store the entry twice.
+    Entry {
+        record: String,
+        body: Option<SealedBody>,
+    },
+}
+
+/// The one member of a record that opening its body needs.
+#[derive(serde::Deserialize)]
+struct Commitment {
+    body_hash: String,
+}
+
+impl StoredMessage {
+    /// The message's text, opened with the data key (exchange `id`'s).
+    pub fn open(&self, key: &DataKey, id: ExchangeId) -> Result<String, StoreError> {
+        match self {
+            Self::Sealed(sealed) => key
+                .open_blob(id.to_string().as_bytes(), sealed)
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| {
+                    corrupt(format!(
+                        "the message of {id} does not open with the data key"
+                    ))
+                }),
+            Self::Entry { record, body } => {
+                // Bodies a queued message or a kept reply points at are
+                // not purged (`Store::purge`): missing, the store is broken.
+                let body = body
+                    .as_ref()
+                    .ok_or_else(|| corrupt(format!("the body of {id}'s message was purged")))?;
+                let commitment: Commitment = serde_json::from_str(record)
+                    .map_err(|e| corrupt(format!("the record of {id}'s message: {e}")))?;
+                let (salt, plain) = key.open(body, &commitment.body_hash).ok_or_else(|| {
+                    corrupt(format!(
+                        "the body of {id}'s message does not open with the data key"
+                    ))
+                })?;
+                Ok(canonical_text(message_bytes(
+                    record.as_bytes(),
+                    &plain,
+                    &salt,
+                )))
+            }
+        }
+    }
+
+    /// From a row's columns: the sealed message, else the record and the
+    /// sealed body (`key_id`, `nonce`, `ciphertext`) of the entry it
+    /// points at; `None` if the row has neither.
+    pub(crate) fn from_columns(
+        sealed: Option<Vec<u8>>,
+        record: Option<String>,
+        key_id: Option<String>,
+        nonce: Option<Vec<u8>>,
+        ciphertext: Option<Vec<u8>>,
+    ) -> Result<Option<Self>, StoreError> {
+        if let Some(sealed) = sealed {
+            return Ok(Some(Self::Sealed(sealed)));
+        }
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let body = match (key_id, nonce, ciphertext) {
+            (Some(key_id), Some(nonce), Some(ciphertext)) => Some(SealedBody {
+                key_id,
+                nonce: nonce
+                    .try_into()
+                    .map_err(|_| corrupt("a stored body's nonce is not 12 bytes"))?,
+                ciphertext,
+            }),
+            _ => None,
+        };
+        Ok(Some(Self::Entry { record, body }))
+    }
+}
+
 /// The state of an accepted exchange id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExchangeState {
     Pending,
-    /// The first reply, sealed (see [`AppendItem::sealed_message`]).
+    /// The first reply.
     Done {
-        reply: Vec<u8>,
+        reply: StoredMessage,
     },
 }
 
@@ -346,8 +437,7 @@ pub struct StoredCheckpoint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     pub exchange_id: ExchangeId,
-    /// The sealed `{"record", "body", "body_salt"}` message.
-    pub sealed: Vec<u8>,
+    pub message: StoredMessage,
     pub attempts: u32,
 }
 
@@ -707,8 +797,9 @@ pub trait Store: Send + Sync {
 
     /// Delete the bodies of entries logged before `before` (RFC 3339, UTC,
     /// as entries write it), and the cached replies of exchanges opened
-    /// before `before_millis` that have no message left in a queue (an
-    /// event's reply is also its inbox messages); how many of each.
+    /// before `before_millis`, both only where the exchange has no message
+    /// left in a queue (an event's inbox messages are its reply, which is
+    /// its entry's record and body); how many of each.
     async fn purge(&self, before: &str, before_millis: u64) -> Result<(u64, u64), StoreError>;
 
     /// Store a signed checkpoint.
@@ -795,7 +886,8 @@ pub(crate) struct Batch {
     /// Exchanges opened: id, sender, request hash, time, and the reply of
     /// one closed by the same entry (an event), which starts `done`.
     pub(crate) open: Open,
-    pub(crate) close: (Vec<String>, Vec<Vec<u8>>),
+    /// Exchanges closed, and the index of the entry that is each one's reply.
+    pub(crate) close: (Vec<String>, Vec<i64>),
     pub(crate) abandon: Vec<String>,
     pub(crate) dequeue: (Vec<String>, Vec<String>),
     pub(crate) enqueue: (Vec<String>, Vec<String>, Vec<Vec<u8>>, Vec<i64>),
@@ -815,7 +907,9 @@ pub(crate) struct Open {
     pub(crate) request_hash: Vec<String>,
     pub(crate) at: Vec<i64>,
     pub(crate) state: Vec<&'static str>,
-    pub(crate) reply: Vec<Option<Vec<u8>>>,
+    /// The index of the entry whose message is the reply: the entry's
+    /// record and body are stored once, in the log.
+    pub(crate) reply_idx: Vec<Option<i64>>,
 }
 
 impl Batch {
@@ -826,14 +920,11 @@ impl Batch {
     pub(crate) fn size_hint(&self) -> usize {
         let bytes = |v: &[Vec<u8>]| v.iter().map(Vec::len).sum::<usize>();
         let text = |v: &[String]| v.iter().map(String::len).sum::<usize>();
-        let replies: usize = self.open.reply.iter().flatten().map(Vec::len).sum();
         // Per row, the small columns and each element's length word.
         text(&self.record)
             + bytes(&self.ciphertext)
-            + replies
             + bytes(&self.enqueue.2)
             + bytes(&self.dispatch.3)
-            + bytes(&self.close.1)
             + 256 * (self.idx.len() + self.enqueue.0.len() + self.dispatch.0.len())
     }
 
@@ -869,7 +960,7 @@ impl Batch {
                         b.open.request_hash.push(request_hash.clone());
                         b.open.at.push(to_i64(*at_millis));
                         b.open.state.push("pending");
-                        b.open.reply.push(None);
+                        b.open.reply_idx.push(None);
                         let row = b.open.id.len() - 1;
                         opened_here.entry(record.draft.exchange_id).or_insert(row);
                         own_row = Some(row);
@@ -881,11 +972,11 @@ impl Batch {
                     {
                         Some(at) => {
                             b.open.state[at] = "done";
-                            b.open.reply[at] = Some(item.sealed_message.clone());
+                            b.open.reply_idx[at] = Some(to_i64(record.index));
                         }
                         None => {
                             b.close.0.push(id.clone());
-                            b.close.1.push(item.sealed_message.clone());
+                            b.close.1.push(to_i64(record.index));
                         }
                     },
                     Effect::AbandonExchange => b.abandon.push(id.clone()),

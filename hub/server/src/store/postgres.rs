@@ -18,8 +18,8 @@ use sqlx::{Arguments as _, PgPool, Row};
 use super::{
     AgencyRecord, AppendItem, Batch, Delivery, ExchangeRow, ExchangeState, Facts, Grant,
     Leadership, OutboxRow, PoolSettings, RegistryChange, Role, SealAfter, ServiceRecord, Store,
-    StoreError, StoredCheckpoint, StoredEntry, Subscription, Tail, fields_of_column, json_text,
-    keep_exchanges,
+    StoreError, StoredCheckpoint, StoredEntry, StoredMessage, Subscription, Tail, fields_of_column,
+    json_text, keep_exchanges,
 };
 use super::{Effect, Presumed, Presumption, corrupt, member, registry_changes, to_i64, to_u64};
 
@@ -90,8 +90,8 @@ impl PgStore {
         at: Presumed,
         unopened: &[String],
     ) -> Result<bool, sqlx::Error> {
-        // An event's message is its exchange's reply: its inbox rows point
-        // there (NULL) rather than keep a copy each.
+        // An event's message is its exchange's reply, which is its entry:
+        // its inbox rows point there (NULL) rather than keep a copy each.
         let queued: Vec<Option<&[u8]>> = b
             .enqueue
             .2
@@ -125,8 +125,8 @@ impl PgStore {
                 SELECT * FROM UNNEST($1::bigint[], $7::text[], $8::bytea[], $9::bytea[])
                 WHERE (SELECT holds FROM presumed)),
              opened AS (
-                INSERT INTO exchanges (exchange_id, sender, request_hash, state, reply, created_at)
-                SELECT * FROM UNNEST($10::text[], $11::text[], $12::text[], $13::text[], $14::bytea[], $15::bigint[])
+                INSERT INTO exchanges (exchange_id, sender, request_hash, state, reply_idx, created_at)
+                SELECT * FROM UNNEST($10::text[], $11::text[], $12::text[], $13::text[], $14::bigint[], $15::bigint[])
                 WHERE (SELECT holds FROM presumed)
                 ON CONFLICT (exchange_id) DO NOTHING),
              queued AS (
@@ -141,7 +141,7 @@ impl PgStore {
                 ON CONFLICT DO NOTHING),
              closed AS (
                 UPDATE exchanges SET state = 'done',
-                    reply = ($29::bytea[])[array_position($28::text[], exchange_id)]
+                    reply_idx = ($29::bigint[])[array_position($28::text[], exchange_id)]
                 WHERE exchange_id = ANY($28::text[]) AND state = 'pending'
                   AND (SELECT holds FROM presumed))
              SELECT holds FROM presumed",
@@ -160,7 +160,7 @@ impl PgStore {
         .bind(&b.open.sender)
         .bind(&b.open.request_hash)
         .bind(&b.open.state)
-        .bind(&b.open.reply)
+        .bind(&b.open.reply_idx)
         .bind(&b.open.at)
         .bind(&b.enqueue.0)
         .bind(&b.enqueue.1)
@@ -314,12 +314,24 @@ impl PgStore {
         })
     }
 
+    /// A message from the columns `message` (sealed) or `record`,
+    /// `key_id`, `nonce` and `ciphertext` (the entry it points at).
+    fn stored_message(row: &PgRow) -> Result<Option<StoredMessage>, StoreError> {
+        StoredMessage::from_columns(
+            row.try_get("message").map_err(db)?,
+            row.try_get("record").map_err(db)?,
+            row.try_get("key_id").map_err(db)?,
+            row.try_get("nonce").map_err(db)?,
+            row.try_get("ciphertext").map_err(db)?,
+        )
+    }
+
     fn delivery_row(row: &PgRow) -> Result<Delivery, StoreError> {
         let id: String = row.try_get("exchange_id").map_err(db)?;
         let attempts: i32 = row.try_get("attempts").map_err(db)?;
-        let sealed: Option<Vec<u8>> = row.try_get("message").map_err(db)?;
         Ok(Delivery {
-            sealed: sealed.ok_or_else(|| corrupt(format!("the queued message of {id} is gone")))?,
+            message: Self::stored_message(row)?
+                .ok_or_else(|| corrupt(format!("the queued message of {id} is gone")))?,
             exchange_id: ExchangeId::parse(&id).map_err(corrupt)?,
             attempts: u32::try_from(attempts).unwrap_or(0),
         })
@@ -820,7 +832,8 @@ impl Store for PgStore {
     async fn purge(&self, before: &str, before_millis: u64) -> Result<(u64, u64), StoreError> {
         let bodies = sqlx::query(
             "DELETE FROM log_bodies b USING log_entries e
-             WHERE b.idx = e.idx AND (e.record::jsonb ->> 'time') < $1",
+             WHERE b.idx = e.idx AND (e.record::jsonb ->> 'time') < $1
+             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.exchange_id = e.exchange_id)",
         )
         .bind(before)
         .execute(&self.pool)
@@ -915,7 +928,12 @@ impl Store for PgStore {
 
     async fn exchange(&self, id: ExchangeId) -> Result<Option<ExchangeRow>, StoreError> {
         let row = sqlx::query(
-            "SELECT sender, request_hash, state, reply FROM exchanges WHERE exchange_id = $1",
+            "SELECT x.sender, x.request_hash, x.state, x.reply AS message,
+                    e.record, b.key_id, b.nonce, b.ciphertext
+             FROM exchanges x
+             LEFT JOIN log_entries e ON e.idx = x.reply_idx
+             LEFT JOIN log_bodies b ON b.idx = x.reply_idx
+             WHERE x.exchange_id = $1",
         )
         .bind(id.to_string())
         .fetch_optional(&self.pool)
@@ -923,7 +941,7 @@ impl Store for PgStore {
         .map_err(db)?;
         row.map(|r| {
             let state: String = r.try_get("state").map_err(db)?;
-            let reply: Option<Vec<u8>> = r.try_get("reply").map_err(db)?;
+            let reply = Self::stored_message(&r)?;
             Ok(ExchangeRow {
                 sender: r.try_get("sender").map_err(db)?,
                 request_hash: r.try_get("request_hash").map_err(db)?,
@@ -949,11 +967,17 @@ impl Store for PgStore {
         visibility_millis: u64,
     ) -> Result<Vec<Delivery>, StoreError> {
         let rows = sqlx::query(
-            "UPDATE deliveries SET visible_at = $1, attempts = attempts + 1
-             WHERE seq IN (SELECT seq FROM deliveries WHERE recipient = $2 AND visible_at <= $3
-                           ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED)
-             RETURNING exchange_id, attempts, seq, COALESCE(message,
-                 (SELECT reply FROM exchanges x WHERE x.exchange_id = deliveries.exchange_id)) AS message",
+            "WITH leased AS (
+                UPDATE deliveries SET visible_at = $1, attempts = attempts + 1
+                WHERE seq IN (SELECT seq FROM deliveries WHERE recipient = $2 AND visible_at <= $3
+                              ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED)
+                RETURNING exchange_id, attempts, seq, message)
+             SELECT d.exchange_id, d.attempts, d.seq, COALESCE(d.message, x.reply) AS message,
+                    e.record, b.key_id, b.nonce, b.ciphertext
+             FROM leased d
+             LEFT JOIN exchanges x ON d.message IS NULL AND x.exchange_id = d.exchange_id
+             LEFT JOIN log_entries e ON e.idx = x.reply_idx
+             LEFT JOIN log_bodies b ON b.idx = x.reply_idx",
         )
         .bind(to_i64(now_millis.saturating_add(visibility_millis)))
         .bind(recipient.to_string())
@@ -981,8 +1005,12 @@ impl Store for PgStore {
         id: ExchangeId,
     ) -> Result<Option<Delivery>, StoreError> {
         sqlx::query(
-            "SELECT d.exchange_id, COALESCE(d.message, x.reply) AS message, d.attempts
-             FROM deliveries d LEFT JOIN exchanges x ON x.exchange_id = d.exchange_id
+            "SELECT d.exchange_id, COALESCE(d.message, x.reply) AS message, d.attempts,
+                    e.record, b.key_id, b.nonce, b.ciphertext
+             FROM deliveries d
+             LEFT JOIN exchanges x ON d.message IS NULL AND x.exchange_id = d.exchange_id
+             LEFT JOIN log_entries e ON e.idx = x.reply_idx
+             LEFT JOIN log_bodies b ON b.idx = x.reply_idx
              WHERE d.recipient = $1 AND d.exchange_id = $2",
         )
         .bind(recipient.to_string())

@@ -19,7 +19,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use super::{
     AgencyRecord, AppendItem, Batch, Delivery, ExchangeRow, ExchangeState, Facts, Grant,
     Leadership, OutboxRow, RegistryChange, Role, SealAfter, ServiceRecord, Store, StoreError,
-    StoredCheckpoint, StoredEntry, Subscription, Tail, fields_of_column, json_text, keep_exchanges,
+    StoredCheckpoint, StoredEntry, StoredMessage, Subscription, Tail, fields_of_column, json_text,
+    keep_exchanges,
 };
 use super::{corrupt, member, to_i64, to_u64};
 
@@ -82,27 +83,27 @@ impl SqliteStore {
         q.build().execute(&mut **tx).await.map_err(db)?;
         if !b.open.id.is_empty() {
             let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO exchanges (exchange_id, sender, request_hash, state, reply, created_at) ",
+                "INSERT INTO exchanges (exchange_id, sender, request_hash, state, reply_idx, created_at) ",
             );
             q.push_values(0..b.open.id.len(), |mut row, i| {
                 row.push_bind(&b.open.id[i])
                     .push_bind(&b.open.sender[i])
                     .push_bind(&b.open.request_hash[i])
                     .push_bind(b.open.state[i])
-                    .push_bind(&b.open.reply[i])
+                    .push_bind(b.open.reply_idx[i])
                     .push_bind(b.open.at[i]);
             });
             q.push(" ON CONFLICT (exchange_id) DO NOTHING");
             q.build().execute(&mut **tx).await.map_err(db)?;
         }
         if !b.close.0.is_empty() {
-            let mut q = QueryBuilder::<Sqlite>::new("WITH v(id, reply) AS (");
-            q.push_values(b.close.0.iter().zip(&b.close.1), |mut row, (id, reply)| {
-                row.push_bind(id).push_bind(reply);
+            let mut q = QueryBuilder::<Sqlite>::new("WITH v(id, reply_idx) AS (");
+            q.push_values(b.close.0.iter().zip(&b.close.1), |mut row, (id, idx)| {
+                row.push_bind(id).push_bind(*idx);
             });
             q.push(
                 ") UPDATE exchanges SET state = 'done',
-                   reply = (SELECT reply FROM v WHERE v.id = exchanges.exchange_id)
+                   reply_idx = (SELECT reply_idx FROM v WHERE v.id = exchanges.exchange_id)
                  WHERE state = 'pending' AND exchange_id IN (SELECT id FROM v)",
             );
             q.build().execute(&mut **tx).await.map_err(db)?;
@@ -258,7 +259,7 @@ impl SqliteStore {
         let attempts: i64 = row.try_get("attempts").map_err(db)?;
         Ok(Delivery {
             exchange_id: ExchangeId::parse(&id).map_err(corrupt)?,
-            sealed: row.try_get("message").map_err(db)?,
+            message: StoredMessage::Sealed(row.try_get("message").map_err(db)?),
             attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
         })
     }
@@ -682,7 +683,8 @@ impl Store for SqliteStore {
     async fn purge(&self, before: &str, before_millis: u64) -> Result<(u64, u64), StoreError> {
         let bodies = sqlx::query(
             "DELETE FROM log_bodies WHERE idx IN
-               (SELECT idx FROM log_entries WHERE json_extract(record, '$.time') < ?)",
+               (SELECT idx FROM log_entries e WHERE json_extract(record, '$.time') < ?
+                AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.exchange_id = e.exchange_id))",
         )
         .bind(before)
         .execute(&self.pool)
@@ -777,7 +779,12 @@ impl Store for SqliteStore {
 
     async fn exchange(&self, id: ExchangeId) -> Result<Option<ExchangeRow>, StoreError> {
         let row = sqlx::query(
-            "SELECT sender, request_hash, state, reply FROM exchanges WHERE exchange_id = ?",
+            "SELECT x.sender, x.request_hash, x.state, x.reply,
+                    e.record, b.key_id, b.nonce, b.ciphertext
+             FROM exchanges x
+             LEFT JOIN log_entries e ON e.idx = x.reply_idx
+             LEFT JOIN log_bodies b ON b.idx = x.reply_idx
+             WHERE x.exchange_id = ?",
         )
         .bind(id.to_string())
         .fetch_optional(&self.pool)
@@ -785,7 +792,13 @@ impl Store for SqliteStore {
         .map_err(db)?;
         row.map(|r| {
             let state: String = r.try_get("state").map_err(db)?;
-            let reply: Option<Vec<u8>> = r.try_get("reply").map_err(db)?;
+            let reply = StoredMessage::from_columns(
+                r.try_get("reply").map_err(db)?,
+                r.try_get("record").map_err(db)?,
+                r.try_get("key_id").map_err(db)?,
+                r.try_get("nonce").map_err(db)?,
+                r.try_get("ciphertext").map_err(db)?,
+            )?;
             Ok(ExchangeRow {
                 sender: r.try_get("sender").map_err(db)?,
                 request_hash: r.try_get("request_hash").map_err(db)?,
