@@ -625,6 +625,30 @@ async fn a_presumed_append_writes_only_where_the_log_ends(store: Arc<dyn Store>)
         both[1].message()
     );
     assert_eq!(store.entries(0, 10).await.unwrap().len(), 6);
+
+    // A message queued and removed by one batch (a receipt, an answer
+    // settling it) is not left queued, nor is one queued before.
+    let mut w = Entries::after(6, both[1].sealed.leaf_hash);
+    let dequeue = || Effect::Dequeue {
+        recipient: member(PROVIDER),
+    };
+    let earlier = w.item(EntryKind::Request, id(7), vec![open(7), enqueue(0)]);
+    written(store.append_presumed(at(6), vec![earlier]).await.unwrap());
+    assert!(queued(store.as_ref(), id(7)).await);
+    let batch = vec![
+        w.item(EntryKind::Request, id(8), vec![open(8), enqueue(0)]),
+        w.item(EntryKind::Receipt, id(8), vec![dequeue()]),
+        w.item(EntryKind::Receipt, id(7), vec![dequeue()]),
+    ];
+    written(store.append_presumed(at(7), batch).await.unwrap());
+    assert!(
+        !queued(store.as_ref(), id(8)).await,
+        "queued and removed at once"
+    );
+    assert!(
+        !queued(store.as_ref(), id(7)).await,
+        "queued by an earlier commit"
+    );
 }
 
 /// The registry version the writer reads under its lock.

@@ -11,7 +11,10 @@
 //!
 //! Payloads are drawn round-robin from the synthetic registries, the same
 //! ones the reference adapters serve, so no two consecutive requests are
-//! alike.
+//! alike. An event counts as delivered when each subscriber has leased it
+//! from its inbox and acknowledged it (a logged receipt): the subscribers
+//! drain their inboxes while the run lasts, and after it until every
+//! published event reached them or [`DRAIN_TIMEOUT`] passed.
 #![forbid(unsafe_code)]
 
 pub mod direct;
@@ -49,6 +52,15 @@ impl Workload {
         match self {
             Workload::Query => "000.00.29.H29/one-stop",
             Workload::Event => "000.00.00.G09/enterprise-registry",
+        }
+    }
+
+    /// The members subscribed to it in the dev registry the hub seeds
+    /// (`hub_server::app`): each receives every event.
+    pub fn subscribers(self) -> &'static [&'static str] {
+        match self {
+            Workload::Query => &[],
+            Workload::Event => &["000.00.00.G08/tax", "000.00.00.G22/social-insurance"],
         }
     }
 
@@ -155,8 +167,18 @@ pub struct Report {
     pub failed: u64,
     /// The first failure seen, for the operator.
     pub first_failure: Option<String>,
-    /// Successful exchanges per second.
+    /// Successful exchanges per second; for events, over the time until
+    /// the last subscriber acknowledged the last of them, so an event
+    /// counts once logged *and* delivered.
     pub throughput: f64,
+    /// Events only: messages the subscribers leased and acknowledged
+    /// (each event once per subscriber), and in how many seconds from the
+    /// start until the last of them.
+    pub delivered: u64,
+    pub delivery_seconds: f64,
+    /// Events only: messages a subscriber had not received when the
+    /// drain stopped ([`DRAIN_TIMEOUT`] after the last event was sent).
+    pub undelivered: u64,
     /// Latency percentiles in milliseconds.
     pub p50_ms: f64,
     pub p90_ms: f64,
@@ -208,6 +230,83 @@ async fn post(conn: &mut Connection, body: Vec<u8>) -> Result<StatusCode, String
     .map_err(|e| e.to_string())
 }
 
+/// How long subscribers go on draining their inboxes after the last event
+/// was published, before what is left counts as undelivered.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Connections each subscriber drains its inbox on.
+const DRAINERS_PER_SUBSCRIBER: usize = 4;
+
+/// What the subscribers received.
+struct Drained {
+    delivered: AtomicU64,
+    /// Messages to receive in all: unknown (`u64::MAX`) until the
+    /// publishers are done.
+    target: AtomicU64,
+    /// When the last needed message was acknowledged.
+    last: std::sync::Mutex<Option<Instant>>,
+}
+
+/// Lease and acknowledge `subscriber`'s inbox on `conn` until `drained`
+/// reaches its target or `deadline` passes (set once publishing ends).
+async fn drain(
+    mut conn: Connection,
+    drained: Arc<Drained>,
+    deadline: Arc<std::sync::Mutex<Option<Instant>>>,
+) -> Result<(), String> {
+    let done =
+        || drained.delivered.load(Ordering::Relaxed) >= drained.target.load(Ordering::Relaxed);
+    let past_deadline = || {
+        deadline
+            .lock()
+            .ok()
+            .and_then(|d| *d)
+            .is_some_and(|d| Instant::now() > d)
+    };
+    while !done() && !past_deadline() {
+        let (status, body) = conn
+            .send(Method::GET, "/v1/inbox?max=100", None)
+            .await
+            .map_err(|e| e.to_string())?;
+        if status != StatusCode::OK {
+            return Err(format!("inbox: HTTP {status}"));
+        }
+        let inbox: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let ids: Vec<&str> = inbox["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["record"]["exchange_id"].as_str())
+            .collect();
+        if ids.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        let ack = serde_json::to_vec(&json!({ "exchange_ids": ids })).map_err(|e| e.to_string())?;
+        let (status, body) = conn
+            .send(
+                Method::POST,
+                "/v1/inbox/ack",
+                Some(("application/json", ack)),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if status != StatusCode::OK {
+            return Err(format!("inbox ack: HTTP {status}"));
+        }
+        let acked: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let receipts = acked["receipts"].as_array().map_or(0, Vec::len) as u64;
+        let total = drained.delivered.fetch_add(receipts, Ordering::Relaxed) + receipts;
+        if total >= drained.target.load(Ordering::Relaxed)
+            && let Ok(mut last) = drained.last.lock()
+            && last.is_none()
+        {
+            *last = Some(Instant::now());
+        }
+    }
+    Ok(())
+}
+
 /// Open the plan's connections, one handle per concurrent sender.
 async fn open(client: &HubClient, plan: &Plan) -> anyhow::Result<Vec<Connection>> {
     let mut handles = Vec::new();
@@ -223,9 +322,22 @@ async fn open(client: &HubClient, plan: &Plan) -> anyhow::Result<Vec<Connection>
     Ok(handles)
 }
 
-/// Run `plan` against the hub `client` points at.
-pub async fn run(client: &HubClient, plan: &Plan, bodies: Arc<Bodies>) -> anyhow::Result<Report> {
-    let handles = open(client, plan).await?;
+/// Run `plan` against the hub `clients` point at.
+pub async fn run(clients: &Clients, plan: &Plan, bodies: Arc<Bodies>) -> anyhow::Result<Report> {
+    let handles = open(&clients.sender, plan).await?;
+    let drained = Arc::new(Drained {
+        delivered: AtomicU64::new(0),
+        target: AtomicU64::new(u64::MAX),
+        last: std::sync::Mutex::new(None),
+    });
+    let drain_deadline = Arc::new(std::sync::Mutex::new(None));
+    let mut drainers = tokio::task::JoinSet::new();
+    for subscriber in &clients.subscribers {
+        for _ in 0..DRAINERS_PER_SUBSCRIBER {
+            let conn = subscriber.connect(HttpVersion::Http1).await?;
+            drainers.spawn(drain(conn, drained.clone(), drain_deadline.clone()));
+        }
+    }
     let tally = Arc::new(Tally {
         ok: AtomicU64::new(0),
         failed: AtomicU64::new(0),
@@ -290,6 +402,28 @@ pub async fn run(client: &HubClient, plan: &Plan, bodies: Arc<Bodies>) -> anyhow
     while tasks.join_next().await.is_some() {}
     let seconds = started.elapsed().as_secs_f64();
     let ok = tally.ok.load(Ordering::Relaxed);
+    let target = ok * clients.subscribers.len() as u64;
+    drained.target.store(target, Ordering::Relaxed);
+    if let Ok(mut d) = drain_deadline.lock() {
+        *d = Some(Instant::now() + DRAIN_TIMEOUT);
+    }
+    while let Some(drainer) = drainers.join_next().await {
+        if let Err(e) = drainer? {
+            tally.record(Err(e), expected, Duration::ZERO);
+        }
+    }
+    let delivered = drained.delivered.load(Ordering::Relaxed);
+    let delivery_seconds = if target == 0 {
+        0.0
+    } else {
+        drained
+            .last
+            .lock()
+            .ok()
+            .and_then(|l| *l)
+            .map_or_else(|| started.elapsed(), |l| l - started)
+            .as_secs_f64()
+    };
     let h = tally
         .latencies
         .lock()
@@ -310,7 +444,10 @@ pub async fn run(client: &HubClient, plan: &Plan, bodies: Arc<Bodies>) -> anyhow
         ok,
         failed: tally.failed.load(Ordering::Relaxed),
         first_failure,
-        throughput: ok as f64 / seconds,
+        throughput: ok as f64 / seconds.max(delivery_seconds),
+        delivered,
+        delivery_seconds,
+        undelivered: target.saturating_sub(delivered),
         p50_ms: ms(0.5),
         p90_ms: ms(0.9),
         p99_ms: ms(0.99),
@@ -319,14 +456,30 @@ pub async fn run(client: &HubClient, plan: &Plan, bodies: Arc<Bodies>) -> anyhow
     })
 }
 
-/// A client of the hub at `api` as `workload`'s sender, with the dev PKI
-/// in `data_dir`.
-pub fn client_for(api: &str, data_dir: &Path, workload: Workload) -> anyhow::Result<HubClient> {
+/// The hub's clients a workload needs: its sender's, and its subscribers'.
+pub struct Clients {
+    pub sender: HubClient,
+    pub subscribers: Vec<HubClient>,
+}
+
+/// The clients of the hub at `api` for `workload`, with the dev PKI in
+/// `data_dir`.
+pub fn clients_for(api: &str, data_dir: &Path, workload: Workload) -> anyhow::Result<Clients> {
     let pki = PkiPaths::new(data_dir);
-    let sender: Member = workload.sender().parse()?;
-    Ok(HubClient::from_files(
-        api,
-        &pki.ca_cert(),
-        Some((&pki.agency_cert(&sender), &pki.agency_key(&sender))),
-    )?)
+    let client = |member: &str| -> anyhow::Result<HubClient> {
+        let member: Member = member.parse()?;
+        Ok(HubClient::from_files(
+            api,
+            &pki.ca_cert(),
+            Some((&pki.agency_cert(&member), &pki.agency_key(&member))),
+        )?)
+    };
+    Ok(Clients {
+        sender: client(workload.sender())?,
+        subscribers: workload
+            .subscribers()
+            .iter()
+            .map(|m| client(m))
+            .collect::<anyhow::Result<_>>()?,
+    })
 }

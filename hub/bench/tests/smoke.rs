@@ -13,7 +13,7 @@ use hub_e2e::TestHub;
 async fn smoke(hub: &TestHub, workload: Workload, mode: Mode, http: HttpVersion) {
     let pki = &hub.running().pki;
     let bodies = Arc::new(Bodies::prepare(workload, pki, 50).unwrap());
-    let client = hub_bench::client_for(&hub.api_base(), &hub.config.data_dir, workload).unwrap();
+    let client = hub_bench::clients_for(&hub.api_base(), &hub.config.data_dir, workload).unwrap();
     let plan = Plan {
         workload,
         mode,
@@ -25,6 +25,9 @@ async fn smoke(hub: &TestHub, workload: Workload, mode: Mode, http: HttpVersion)
     let report = hub_bench::run(&client, &plan, bodies).await.unwrap();
     assert!(report.ok > 0, "{report:?}");
     assert_eq!(report.failed, 0, "{report:?}");
+    let subscribers = workload.subscribers().len() as u64;
+    assert_eq!(report.undelivered, 0, "{report:?}");
+    assert_eq!(report.delivered, report.ok * subscribers, "{report:?}");
     assert!(
         report.p50_ms > 0.0 && report.p50_ms <= report.p99_ms,
         "{report:?}"

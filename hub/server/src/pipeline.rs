@@ -1115,40 +1115,65 @@ impl Hub {
     }
 
     /// Acknowledge inbox messages; each acknowledgment is logged as a
-    /// signed receipt before the message leaves the queue.
+    /// signed receipt in the transaction that removes the message from
+    /// the queue.
     #[instrument(skip(self, ids))]
     pub async fn acknowledge(&self, who: &Member, ids: &[ExchangeId]) -> Result<Value, Failure> {
+        // An id named twice is acknowledged once.
+        let mut seen = HashSet::new();
+        let ids: Vec<ExchangeId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+        // Every receipt of the request is appended at once, so that they
+        // share group commits instead of waiting for one commit each.
+        let outcomes =
+            futures_util::future::join_all(ids.iter().map(|&id| self.acknowledge_one(who, id)))
+                .await;
         let mut receipts = Vec::new();
         let mut unknown = Vec::new();
-        for &id in ids {
-            let Some(delivery) = self.queue.pending(who, id).await.map_err(storage)? else {
-                unknown.push(id.to_string());
-                continue;
-            };
-            let record: Option<Record> = serde_json::from_str::<Value>(&delivery.text)
-                .ok()
-                .and_then(|mut m| serde_json::from_value(m["record"].take()).ok());
-            let statement = record.map(|r| r.statement);
-            let body = json!({"acknowledged": id, "recipient": who.to_string()});
-            let body = jcs::canonicalize(&body).unwrap_or_default();
-            let draft = EntryDraft {
-                service: statement.as_ref().and_then(|s| s.draft.service.clone()),
-                version: statement.as_ref().and_then(|s| s.draft.version),
-                refers_to: statement.as_ref().map(|s| s.index),
-                ..EntryDraft::new(EntryKind::Receipt, id, who.clone())
-            };
-            let body = self.body(body);
-            let mut draft = draft;
-            body.describe(&mut draft);
-            let item: AppendItem = self
-                .log
-                .append(draft, body, vec![])
-                .await
-                .map_err(append_failed)?;
-            self.queue.ack(who, id).await.map_err(storage)?;
-            receipts.push(serde_json::to_value(&item.sealed.record).unwrap_or(Value::Null));
+        for (&id, outcome) in ids.iter().zip(outcomes) {
+            match outcome? {
+                Some(receipt) => receipts.push(receipt),
+                None => unknown.push(id.to_string()),
+            }
         }
         Ok(json!({"receipts": receipts, "unknown": unknown}))
+    }
+
+    /// Log `who`'s receipt of message `id` and remove the message, in one
+    /// transaction; the receipt's record, or `None` if no such message
+    /// waits (acknowledged already, or never addressed to `who`).
+    async fn acknowledge_one(
+        &self,
+        who: &Member,
+        id: ExchangeId,
+    ) -> Result<Option<Value>, Failure> {
+        let Some(delivery) = self.queue.pending(who, id).await.map_err(storage)? else {
+            return Ok(None);
+        };
+        let record: Option<Record> = serde_json::from_str::<Value>(&delivery.text)
+            .ok()
+            .and_then(|mut m| serde_json::from_value(m["record"].take()).ok());
+        let statement = record.map(|r| r.statement);
+        let body = json!({"acknowledged": id, "recipient": who.to_string()});
+        let body = jcs::canonicalize(&body).unwrap_or_default();
+        let mut draft = EntryDraft {
+            service: statement.as_ref().and_then(|s| s.draft.service.clone()),
+            version: statement.as_ref().and_then(|s| s.draft.version),
+            refers_to: statement.as_ref().map(|s| s.index),
+            ..EntryDraft::new(EntryKind::Receipt, id, who.clone())
+        };
+        let body = self.body(body);
+        body.describe(&mut draft);
+        let dequeue = Effect::Dequeue {
+            recipient: who.clone(),
+        };
+        let item: AppendItem = self
+            .log
+            .append(draft, body, vec![dequeue])
+            .await
+            .map_err(append_failed)?;
+        Ok(Some(
+            serde_json::to_value(&item.sealed.record).unwrap_or(Value::Null),
+        ))
     }
 }
 

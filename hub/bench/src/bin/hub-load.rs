@@ -63,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
         &PkiPaths::new(&args.data_dir),
         args.payloads,
     )?);
-    let client = hub_bench::client_for(&args.api, &args.data_dir, args.workload)?;
+    let client = hub_bench::clients_for(&args.api, &args.data_dir, args.workload)?;
     let report = hub_bench::run(&client, &plan, bodies).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -85,6 +85,16 @@ async fn main() -> anyhow::Result<()> {
             report.p999_ms,
             report.max_ms
         );
+        if !report.workload.subscribers().is_empty() {
+            println!(
+                "delivered {} to {} subscribers (leased and acknowledged) in {:.1}s = {:.0}/s; {} undelivered",
+                report.delivered,
+                report.workload.subscribers().len(),
+                report.delivery_seconds,
+                report.delivered as f64 / report.delivery_seconds.max(f64::EPSILON),
+                report.undelivered
+            );
+        }
         if let Some(f) = &report.first_failure {
             println!("first failure: {f}");
         }

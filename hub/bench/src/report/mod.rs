@@ -188,7 +188,7 @@ pub fn median_throughput(samples: &[Sample], target: &str) -> f64 {
 /// A server under test and a client for it.
 struct Target {
     name: &'static str,
-    client: hub_client::HubClient,
+    client: crate::Clients,
 }
 
 /// Run every scenario and write the report into `settings.out`; returns
@@ -231,7 +231,7 @@ pub async fn run(settings: &Settings, command: String) -> anyhow::Result<Results
             Some("nginx is not installed (run .ci/nginx to install it from Debian)".to_owned()),
         ),
     };
-    let client = |url: &str, w: Workload| crate::client_for(url, &embedded, w);
+    let client = |url: &str, w: Workload| crate::clients_for(url, &embedded, w);
     let mut targets = vec![
         Target {
             name: "hub",
@@ -392,13 +392,20 @@ fn check(report: &Report, target: &str) -> anyhow::Result<()> {
             report.first_failure.as_deref().unwrap_or("none")
         );
     }
+    if report.undelivered > 0 {
+        bail!(
+            "{target}: {} messages not delivered to their subscribers within {:?} of the last event",
+            report.undelivered,
+            crate::DRAIN_TIMEOUT
+        );
+    }
     Ok(())
 }
 
 /// Send until an exchange succeeds (adapters connecting, caches filling),
 /// then a short burst, so that no measurement pays for start-up.
 async fn warm_up(
-    client: &hub_client::HubClient,
+    client: &crate::Clients,
     workload: Workload,
     bodies: &Arc<Bodies>,
     within: Duration,
@@ -576,7 +583,7 @@ async fn production_with(
         ..Production::default()
     };
     for (workload, bodies) in [(Workload::Query, &queries), (Workload::Event, &events)] {
-        let client = crate::client_for(&api, &data, workload)?;
+        let client = crate::clients_for(&api, &data, workload)?;
         warm_up(&client, workload, bodies, Duration::from_secs(60)).await?;
         for round in 0..settings.rounds {
             bar.set_message(format!(

@@ -981,7 +981,20 @@ impl Batch {
                     },
                     Effect::AbandonExchange => b.abandon.push(id.clone()),
                     Effect::Dequeue { recipient } => {
-                        b.dequeue.0.push(recipient.to_string());
+                        let recipient = recipient.to_string();
+                        // Queued by this very batch: not inserted at all,
+                        // since a backend may write both in one statement,
+                        // where the delete would not see the insert.
+                        if let Some(i) = (0..b.enqueue.0.len())
+                            .find(|&i| b.enqueue.0[i] == recipient && b.enqueue.1[i] == id)
+                        {
+                            b.enqueue.0.remove(i);
+                            b.enqueue.1.remove(i);
+                            b.enqueue.2.remove(i);
+                            b.enqueue.3.remove(i);
+                            b.enqueue_is_reply.remove(i);
+                        }
+                        b.dequeue.0.push(recipient);
                         b.dequeue.1.push(id.clone());
                     }
                     Effect::Enqueue {

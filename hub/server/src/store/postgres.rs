@@ -102,13 +102,14 @@ impl PgStore {
         // Every insert in one statement, one round trip: under load each
         // round trip waits for both processes to be scheduled, and a group
         // commit's time is mostly round trips. No two of these touch the
-        // same row (they would not see each other's changes); the deletes
-        // of `apply_changes` may, so they stay apart. `max(idx)` reads the
+        // same row (they would not see each other's changes): a message a
+        // batch both queues and removes is never inserted (`Batch::of`);
+        // the deletes of `apply_changes` may, so they stay apart. `max(idx)` reads the
         // end of the log's index under any plan; the `= ANY` lookups use
         // the exchanges' index only in a plan made for the batch's values
         // (see `persistent` below).
         let mut arguments = PgArguments::default();
-        arguments.reserve(29, b.size_hint());
+        arguments.reserve(31, b.size_hint());
         let holds: bool = sqlx::query_scalar_with(
             "WITH presumed AS (
                 SELECT (SELECT COALESCE(max(idx) + 1, 0) FROM log_entries) = $24
@@ -143,6 +144,10 @@ impl PgStore {
                 UPDATE exchanges SET state = 'done',
                     reply_idx = ($29::bigint[])[array_position($28::text[], exchange_id)]
                 WHERE exchange_id = ANY($28::text[]) AND state = 'pending'
+                  AND (SELECT holds FROM presumed)),
+             dequeued AS (
+                DELETE FROM deliveries d USING UNNEST($30::text[], $31::text[]) AS u(recipient, id)
+                WHERE d.recipient = u.recipient AND d.exchange_id = u.id
                   AND (SELECT holds FROM presumed))
              SELECT holds FROM presumed",
             arguments,
@@ -176,6 +181,8 @@ impl PgStore {
         .bind(unopened)
         .bind(&b.close.0)
         .bind(&b.close.1)
+        .bind(&b.dequeue.0)
+        .bind(&b.dequeue.1)
         // Planned afresh at each commit, with the batch's values: kept
         // prepared, PostgreSQL may settle on a generic plan costed on the
         // first, near-empty tables, which scans `exchanges` at every commit
@@ -187,7 +194,7 @@ impl PgStore {
     }
 
     /// The rest of a batch's effects, in the open transaction after its
-    /// rows: abandoned and dequeued exchanges, registry changes.
+    /// rows: abandoned exchanges, registry changes.
     async fn apply_changes(
         tx: &mut sqlx::PgConnection,
         b: &Batch,
@@ -199,17 +206,6 @@ impl PgStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
-        }
-        if !b.dequeue.0.is_empty() {
-            sqlx::query(
-                "DELETE FROM deliveries d USING UNNEST($1::text[], $2::text[]) AS u(recipient, id)
-                 WHERE d.recipient = u.recipient AND d.exchange_id = u.id",
-            )
-            .bind(&b.dequeue.0)
-            .bind(&b.dequeue.1)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
         }
         for change in registry_changes(items) {
             change_query(change)?.execute(&mut *tx).await.map_err(db)?;
@@ -670,14 +666,12 @@ impl Store for PgStore {
         items: Vec<AppendItem>,
     ) -> Result<Presumption, StoreError> {
         // Rows to insert and exchanges to close: one statement, in its
-        // own transaction, is the whole commit. The rarer deletes and
-        // registry changes take the transaction.
-        let needs_transaction = items.iter().flat_map(|i| &i.effects).any(|e| {
-            matches!(
-                e,
-                Effect::AbandonExchange | Effect::Dequeue { .. } | Effect::Registry(_)
-            )
-        });
+        // own transaction, is the whole commit. The rarer abandoned
+        // exchanges and registry changes take the transaction.
+        let needs_transaction = items
+            .iter()
+            .flat_map(|i| &i.effects)
+            .any(|e| matches!(e, Effect::AbandonExchange | Effect::Registry(_)));
         if needs_transaction || items.is_empty() {
             return super::append_presumed_at_tail(self, at, items).await;
         }
