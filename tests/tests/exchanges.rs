@@ -159,6 +159,9 @@ async fn an_event_reaches_every_subscriber_and_receipts_are_logged() {
     assert_eq!(receipt["kind"], "receipt");
     assert_eq!(receipt["sender"]["subsystem"], "tax");
     assert_eq!(receipt["refers_to"], event_index);
+    assert_eq!(receipt["service"], ack["record"]["service"]);
+    assert_eq!(receipt["version"], ack["record"]["version"]);
+    assert!(receipt["service"].is_string(), "{receipt}");
     hub_core::log::verify_record_signature(receipt, &jwks).unwrap();
     let again = hub
         .client(TAX)

@@ -14,8 +14,8 @@ use hub_core::jws::SigningKey;
 use hub_core::log::{EntryDraft, EntryKind, seal};
 use hub_e2e::services::PgDatabase;
 use hub_server::store::{
-    AgencyRecord, AppendItem, AtTail, Body, Effect, ExchangeState, Grant, PoolSettings, Presumed,
-    Presumption, RegistryChange, ServiceRecord, Store, StoredCheckpoint, StoredMessage,
+    AgencyRecord, AppendItem, AtTail, Body, Delivery, Effect, ExchangeState, Grant, PoolSettings,
+    Presumed, Presumption, RegistryChange, ServiceRecord, Store, StoredCheckpoint, StoredMessage,
     Subscription, message_of,
 };
 use time::macros::datetime;
@@ -419,13 +419,7 @@ async fn a_failed_batch_leaves_nothing_behind(store: Arc<dyn Store>) {
     assert!(store.append(&[good.clone(), clash]).await.is_err());
     assert_eq!(store.entries(0, 10).await.unwrap().len(), 1);
     assert!(store.exchange(id(2)).await.unwrap().is_none());
-    assert!(
-        store
-            .delivery(&member(PROVIDER), id(2))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(delivery(&*store, &member(PROVIDER), id(2)).await.is_none());
     // The indexes of the failed batch are free for the next one.
     store.append(&[good]).await.unwrap();
     assert_eq!(store.entries(0, 10).await.unwrap().len(), 2);
@@ -515,12 +509,15 @@ fn ids_of(items: &[AppendItem]) -> Vec<ExchangeId> {
 }
 
 /// Whether the provider's queue holds exchange `id`.
+/// The one message `id` waiting for `recipient`, if any.
+async fn delivery(store: &dyn Store, recipient: &Member, id: ExchangeId) -> Option<Delivery> {
+    let mut found = store.deliveries(recipient, &[id]).await.unwrap();
+    assert!(found.len() <= 1, "{found:?}");
+    found.pop()
+}
+
 async fn queued(store: &dyn Store, id: ExchangeId) -> bool {
-    store
-        .delivery(&member(PROVIDER), id)
-        .await
-        .unwrap()
-        .is_some()
+    delivery(store, &member(PROVIDER), id).await.is_some()
 }
 
 async fn a_presumed_append_writes_only_where_the_log_ends(store: Arc<dyn Store>) {
@@ -742,12 +739,7 @@ async fn leases_hide_messages_until_they_expire(store: Arc<dyn Store>) {
     assert_eq!(again.len(), 1, "back after the visibility timeout");
     assert_eq!(again[0].attempts, 2);
     assert_eq!(
-        store
-            .delivery(&provider, id(1))
-            .await
-            .unwrap()
-            .unwrap()
-            .attempts,
+        delivery(&*store, &provider, id(1)).await.unwrap().attempts,
         2
     );
     assert!(store.remove_delivery(&provider, id(1)).await.unwrap());
@@ -1264,7 +1256,7 @@ async fn an_events_inbox_message_outlives_the_purge_of_replies_until_delivered(
     );
     store.append(std::slice::from_ref(&event)).await.unwrap();
     let subscriber = member(PROVIDER);
-    let queued = store.delivery(&subscriber, id(1)).await.unwrap().unwrap();
+    let queued = delivery(&*store, &subscriber, id(1)).await.unwrap();
     assert_eq!(
         queued.message.open(&e.data, id(1)).unwrap(),
         event.message()
@@ -1324,11 +1316,7 @@ async fn an_event_stored_before_replies_pointed_at_entries(
         }
     );
     assert_eq!(e.reply(id(1), &state), event.message());
-    let queued = store
-        .delivery(&member(PROVIDER), id(1))
-        .await
-        .unwrap()
-        .unwrap();
+    let queued = delivery(store, &member(PROVIDER), id(1)).await.unwrap();
     assert_eq!(
         queued.message.open(&e.data, id(1)).unwrap(),
         event.message()

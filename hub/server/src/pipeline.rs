@@ -1122,43 +1122,46 @@ impl Hub {
         // An id named twice is acknowledged once.
         let mut seen = HashSet::new();
         let ids: Vec<ExchangeId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+        let waiting: HashMap<ExchangeId, Message> = self
+            .queue
+            .pending(who, &ids)
+            .await
+            .map_err(storage)?
+            .into_iter()
+            .map(|m| (m.exchange_id, m))
+            .collect();
         // Every receipt of the request is appended at once, so that they
         // share group commits instead of waiting for one commit each.
-        let outcomes =
-            futures_util::future::join_all(ids.iter().map(|&id| self.acknowledge_one(who, id)))
-                .await;
-        let mut receipts = Vec::new();
-        let mut unknown = Vec::new();
-        for (&id, outcome) in ids.iter().zip(outcomes) {
-            match outcome? {
-                Some(receipt) => receipts.push(receipt),
-                None => unknown.push(id.to_string()),
-            }
-        }
+        let outcomes = futures_util::future::join_all(
+            ids.iter()
+                .filter_map(|id| waiting.get(id))
+                .map(|m| self.log_receipt(who, m)),
+        )
+        .await;
+        let receipts = outcomes.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let unknown: Vec<String> = ids
+            .iter()
+            .filter(|id| !waiting.contains_key(id))
+            .map(ToString::to_string)
+            .collect();
         Ok(json!({"receipts": receipts, "unknown": unknown}))
     }
 
-    /// Log `who`'s receipt of message `id` and remove the message, in one
-    /// transaction; the receipt's record, or `None` if no such message
-    /// waits (acknowledged already, or never addressed to `who`).
-    async fn acknowledge_one(
-        &self,
-        who: &Member,
-        id: ExchangeId,
-    ) -> Result<Option<Value>, Failure> {
-        let Some(delivery) = self.queue.pending(who, id).await.map_err(storage)? else {
-            return Ok(None);
-        };
-        let record: Option<Record> = serde_json::from_str::<Value>(&delivery.text)
+    /// Log `who`'s receipt of `message` and remove the message, in one
+    /// transaction; the receipt's record.
+    async fn log_receipt(&self, who: &Member, message: &Message) -> Result<Value, Failure> {
+        let id = message.exchange_id;
+        // Only what the receipt names of the message's entry: no need to
+        // build the whole record (or the body) as values.
+        let acknowledged = serde_json::from_str::<Acknowledged>(&message.text)
             .ok()
-            .and_then(|mut m| serde_json::from_value(m["record"].take()).ok());
-        let statement = record.map(|r| r.statement);
+            .map(|a| a.record);
         let body = json!({"acknowledged": id, "recipient": who.to_string()});
         let body = jcs::canonicalize(&body).unwrap_or_default();
         let mut draft = EntryDraft {
-            service: statement.as_ref().and_then(|s| s.draft.service.clone()),
-            version: statement.as_ref().and_then(|s| s.draft.version),
-            refers_to: statement.as_ref().map(|s| s.index),
+            refers_to: acknowledged.as_ref().map(|r| r.index),
+            version: acknowledged.as_ref().and_then(|r| r.version),
+            service: acknowledged.and_then(|r| r.service),
             ..EntryDraft::new(EntryKind::Receipt, id, who.clone())
         };
         let body = self.body(body);
@@ -1171,10 +1174,21 @@ impl Hub {
             .append(draft, body, vec![dequeue])
             .await
             .map_err(append_failed)?;
-        Ok(Some(
-            serde_json::to_value(&item.sealed.record).unwrap_or(Value::Null),
-        ))
+        Ok(serde_json::to_value(&item.sealed.record).unwrap_or(Value::Null))
     }
+}
+
+/// What a receipt takes from the message it acknowledges.
+#[derive(serde::Deserialize)]
+struct Acknowledged {
+    record: AcknowledgedEntry,
+}
+
+#[derive(serde::Deserialize)]
+struct AcknowledgedEntry {
+    index: u64,
+    service: Option<hub_core::ids::ServiceName>,
+    version: Option<u32>,
 }
 
 #[cfg(test)]

@@ -32,12 +32,13 @@ pub trait Queue: Send + Sync {
     /// Up to `max` messages for `recipient`, hidden from other receivers
     /// until acknowledged or until the visibility timeout passes.
     async fn receive(&self, recipient: &Member, max: u32) -> Result<Vec<Message>, StoreError>;
-    /// One unacknowledged message for `recipient`.
+    /// Those of messages `ids` that wait unacknowledged for `recipient`,
+    /// in no particular order.
     async fn pending(
         &self,
         recipient: &Member,
-        id: ExchangeId,
-    ) -> Result<Option<Message>, StoreError>;
+        ids: &[ExchangeId],
+    ) -> Result<Vec<Message>, StoreError>;
     /// Acknowledge a message; whether it was still there.
     async fn ack(&self, recipient: &Member, id: ExchangeId) -> Result<bool, StoreError>;
 }
@@ -90,13 +91,14 @@ impl Queue for EmbeddedQueue {
     async fn pending(
         &self,
         recipient: &Member,
-        id: ExchangeId,
-    ) -> Result<Option<Message>, StoreError> {
+        ids: &[ExchangeId],
+    ) -> Result<Vec<Message>, StoreError> {
         self.store
-            .delivery(recipient, id)
+            .deliveries(recipient, ids)
             .await?
+            .into_iter()
             .map(|d| self.open(d))
-            .transpose()
+            .collect()
     }
 
     async fn ack(&self, recipient: &Member, id: ExchangeId) -> Result<bool, StoreError> {

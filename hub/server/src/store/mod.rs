@@ -837,12 +837,13 @@ pub trait Store: Send + Sync {
         now_millis: u64,
         visibility_millis: u64,
     ) -> Result<Vec<Delivery>, StoreError>;
-    /// One unacknowledged message, leased or not.
-    async fn delivery(
+    /// Those of messages `ids` that wait unacknowledged for `recipient`,
+    /// leased or not, in no particular order.
+    async fn deliveries(
         &self,
         recipient: &Member,
-        id: ExchangeId,
-    ) -> Result<Option<Delivery>, StoreError>;
+        ids: &[ExchangeId],
+    ) -> Result<Vec<Delivery>, StoreError>;
     /// Remove an acknowledged message; whether there was one.
     async fn remove_delivery(&self, recipient: &Member, id: ExchangeId)
     -> Result<bool, StoreError>;

@@ -993,11 +993,12 @@ impl Store for PgStore {
         Ok(leased.into_iter().map(|(_, d)| d).collect())
     }
 
-    async fn delivery(
+    async fn deliveries(
         &self,
         recipient: &Member,
-        id: ExchangeId,
-    ) -> Result<Option<Delivery>, StoreError> {
+        ids: &[ExchangeId],
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
         sqlx::query(
             "SELECT d.exchange_id, COALESCE(d.message, x.reply) AS message, d.attempts,
                     e.record, b.key_id, b.nonce, b.ciphertext
@@ -1005,16 +1006,16 @@ impl Store for PgStore {
              LEFT JOIN exchanges x ON d.message IS NULL AND x.exchange_id = d.exchange_id
              LEFT JOIN log_entries e ON e.idx = x.reply_idx
              LEFT JOIN log_bodies b ON b.idx = x.reply_idx
-             WHERE d.recipient = $1 AND d.exchange_id = $2",
+             WHERE d.recipient = $1 AND d.exchange_id = ANY($2)",
         )
         .bind(recipient.to_string())
-        .bind(id.to_string())
-        .fetch_optional(&self.pool)
+        .bind(&ids)
+        .fetch_all(&self.pool)
         .await
         .map_err(db)?
-        .as_ref()
+        .iter()
         .map(Self::delivery_row)
-        .transpose()
+        .collect()
     }
 
     async fn remove_delivery(

@@ -840,20 +840,24 @@ impl Store for SqliteStore {
         .collect()
     }
 
-    async fn delivery(
+    async fn deliveries(
         &self,
         recipient: &Member,
-        id: ExchangeId,
-    ) -> Result<Option<Delivery>, StoreError> {
-        sqlx::query("SELECT exchange_id, message, attempts FROM deliveries WHERE recipient = ? AND exchange_id = ?")
-            .bind(recipient.to_string())
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?
-            .as_ref()
-            .map(Self::delivery_row)
-            .transpose()
+        ids: &[ExchangeId],
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        sqlx::query(
+            "SELECT exchange_id, message, attempts FROM deliveries
+             WHERE recipient = ? AND exchange_id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(recipient.to_string())
+        .bind(json_text(&ids)?)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(Self::delivery_row)
+        .collect()
     }
 
     async fn remove_delivery(
