@@ -34,7 +34,7 @@ use tracing::{info, instrument, warn};
 use crate::clock::{Clock, Random};
 use crate::error::{ExchangeError, Failure, Logged};
 use crate::log_writer::{AppendError, LogWriter};
-use crate::queue::{Message, Queue};
+use crate::queue::{Message, Pending, Queue};
 use crate::registry_cache::RegistryCache;
 use crate::store::{
     AppendItem, Body, Effect, ExchangeRow, ExchangeState, ServiceRecord, Store, StoreError,
@@ -1122,7 +1122,7 @@ impl Hub {
         // An id named twice is acknowledged once.
         let mut seen = HashSet::new();
         let ids: Vec<ExchangeId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
-        let waiting: HashMap<ExchangeId, Message> = self
+        let waiting: HashMap<ExchangeId, Pending> = self
             .queue
             .pending(who, &ids)
             .await
@@ -1149,13 +1149,11 @@ impl Hub {
 
     /// Log `who`'s receipt of `message` and remove the message, in one
     /// transaction; the receipt's record.
-    async fn log_receipt(&self, who: &Member, message: &Message) -> Result<Value, Failure> {
+    async fn log_receipt(&self, who: &Member, message: &Pending) -> Result<Value, Failure> {
         let id = message.exchange_id;
         // Only what the receipt names of the message's entry: no need to
-        // build the whole record (or the body) as values.
-        let acknowledged = serde_json::from_str::<Acknowledged>(&message.text)
-            .ok()
-            .map(|a| a.record);
+        // build the whole record as values.
+        let acknowledged = serde_json::from_str::<Acknowledged>(&message.record).ok();
         let body = json!({"acknowledged": id, "recipient": who.to_string()});
         let body = jcs::canonicalize(&body).unwrap_or_default();
         let mut draft = EntryDraft {
@@ -1178,14 +1176,9 @@ impl Hub {
     }
 }
 
-/// What a receipt takes from the message it acknowledges.
+/// What a receipt takes from the entry it acknowledges.
 #[derive(serde::Deserialize)]
 struct Acknowledged {
-    record: AcknowledgedEntry,
-}
-
-#[derive(serde::Deserialize)]
-struct AcknowledgedEntry {
     index: u64,
     service: Option<hub_core::ids::ServiceName>,
     version: Option<u32>,

@@ -26,6 +26,14 @@ pub struct Message {
     pub attempts: u32,
 }
 
+/// A message waiting for its recipient's acknowledgement, as much of it
+/// as a receipt needs: the record of the entry it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub exchange_id: ExchangeId,
+    pub record: String,
+}
+
 /// A recipient's messages.
 #[async_trait]
 pub trait Queue: Send + Sync {
@@ -38,7 +46,7 @@ pub trait Queue: Send + Sync {
         &self,
         recipient: &Member,
         ids: &[ExchangeId],
-    ) -> Result<Vec<Message>, StoreError>;
+    ) -> Result<Vec<Pending>, StoreError>;
     /// Acknowledge a message; whether it was still there.
     async fn ack(&self, recipient: &Member, id: ExchangeId) -> Result<bool, StoreError>;
 }
@@ -92,12 +100,17 @@ impl Queue for EmbeddedQueue {
         &self,
         recipient: &Member,
         ids: &[ExchangeId],
-    ) -> Result<Vec<Message>, StoreError> {
+    ) -> Result<Vec<Pending>, StoreError> {
         self.store
             .deliveries(recipient, ids)
             .await?
             .into_iter()
-            .map(|d| self.open(d))
+            .map(|d| {
+                Ok(Pending {
+                    record: d.message.record(&self.data_key, d.exchange_id)?,
+                    exchange_id: d.exchange_id,
+                })
+            })
             .collect()
     }
 

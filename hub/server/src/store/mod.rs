@@ -366,6 +366,23 @@ impl StoredMessage {
         }
     }
 
+    /// The record of the message's entry (the message's `record`). An
+    /// entry's record is stored in the clear beside its sealed body, so
+    /// only a message sealed on its own is opened to read it.
+    pub fn record(&self, key: &DataKey, id: ExchangeId) -> Result<String, StoreError> {
+        match self {
+            Self::Entry { record, .. } => Ok(record.clone()),
+            Self::Sealed(_) => {
+                let message: serde_json::Value = serde_json::from_str(&self.open(key, id)?)
+                    .map_err(|e| corrupt(format!("the message of {id}: {e}")))?;
+                match message.get("record") {
+                    Some(record) => Ok(record.to_string()),
+                    None => Err(corrupt(format!("the message of {id} has no record"))),
+                }
+            }
+        }
+    }
+
     /// From a row's columns: the sealed message, else the record and the
     /// sealed body (`key_id`, `nonce`, `ciphertext`) of the entry it
     /// points at; `None` if the row has neither.
