@@ -1151,9 +1151,7 @@ impl Hub {
     /// transaction; the receipt's record.
     async fn log_receipt(&self, who: &Member, message: &Pending) -> Result<Value, Failure> {
         let id = message.exchange_id;
-        // Only what the receipt names of the message's entry: no need to
-        // build the whole record as values.
-        let acknowledged = serde_json::from_str::<Acknowledged>(&message.record).ok();
+        let acknowledged = message.entry.clone();
         let body = json!({"acknowledged": id, "recipient": who.to_string()});
         let body = jcs::canonicalize(&body).unwrap_or_default();
         let mut draft = EntryDraft {
@@ -1174,14 +1172,6 @@ impl Hub {
             .map_err(append_failed)?;
         Ok(serde_json::to_value(&item.sealed.record).unwrap_or(Value::Null))
     }
-}
-
-/// What a receipt takes from the entry it acknowledges.
-#[derive(serde::Deserialize)]
-struct Acknowledged {
-    index: u64,
-    service: Option<hub_core::ids::ServiceName>,
-    version: Option<u32>,
 }
 
 #[cfg(test)]

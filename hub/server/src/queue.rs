@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hub_core::ids::{ExchangeId, Member};
+use hub_core::ids::{ExchangeId, Member, ServiceName};
 
 use crate::clock::Clock;
 use hub_core::body::DataKey;
@@ -27,11 +27,20 @@ pub struct Message {
 }
 
 /// A message waiting for its recipient's acknowledgement, as much of it
-/// as a receipt needs: the record of the entry it carries.
+/// as a receipt needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
     pub exchange_id: ExchangeId,
-    pub record: String,
+    /// The entry the message carries; `None` if its record does not read.
+    pub entry: Option<MessageEntry>,
+}
+
+/// What a receipt names of the entry a message carries.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct MessageEntry {
+    pub index: u64,
+    pub service: Option<ServiceName>,
+    pub version: Option<u32>,
 }
 
 /// A recipient's messages.
@@ -107,7 +116,7 @@ impl Queue for EmbeddedQueue {
             .into_iter()
             .map(|d| {
                 Ok(Pending {
-                    record: d.message.record(&self.data_key, d.exchange_id)?,
+                    entry: d.message.record_as(&self.data_key, d.exchange_id)?,
                     exchange_id: d.exchange_id,
                 })
             })

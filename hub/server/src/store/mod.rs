@@ -366,21 +366,24 @@ impl StoredMessage {
         }
     }
 
-    /// The record of the message's entry (the message's `record`). An
-    /// entry's record is stored in the clear beside its sealed body, so
-    /// only a message sealed on its own is opened to read it.
-    pub fn record(&self, key: &DataKey, id: ExchangeId) -> Result<String, StoreError> {
-        match self {
-            Self::Entry { record, .. } => Ok(record.clone()),
-            Self::Sealed(_) => {
-                let message: serde_json::Value = serde_json::from_str(&self.open(key, id)?)
-                    .map_err(|e| corrupt(format!("the message of {id}: {e}")))?;
-                match message.get("record") {
-                    Some(record) => Ok(record.to_string()),
-                    None => Err(corrupt(format!("the message of {id} has no record"))),
-                }
-            }
+    /// The record of the message's entry, read as a `T`; `None` if it does
+    /// not read as one. An entry's record is stored in the clear beside
+    /// its sealed body, so only a message sealed on its own is opened.
+    pub fn record_as<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &DataKey,
+        id: ExchangeId,
+    ) -> Result<Option<T>, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Message<T> {
+            record: T,
         }
+        Ok(match self {
+            Self::Entry { record, .. } => serde_json::from_str(record).ok(),
+            Self::Sealed(_) => serde_json::from_str::<Message<T>>(&self.open(key, id)?)
+                .ok()
+                .map(|m| m.record),
+        })
     }
 
     /// From a row's columns: the sealed message, else the record and the
