@@ -7,7 +7,8 @@
 //!    `hub-direct`), vs nginx as a TLS reverse proxy in front of it (a plain
 //!    gateway): maximum throughput, alternating rounds, and latency at fixed
 //!    offered rates;
-//! 2. events with fan-out to two subscribers, embedded defaults;
+//! 2. events with fan-out to two subscribers, embedded defaults, each
+//!    counted once both subscribers have leased and acknowledged it;
 //! 3. 1 and 2 on PostgreSQL + RabbitMQ with the population adapter as its
 //!    own process;
 //! 4. `hub audit verify` over a synthetic bundle (1,000,000 entries);

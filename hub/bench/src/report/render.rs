@@ -229,7 +229,7 @@ pub fn markdown(r: &Results) -> String {
     }
     let _ = writeln!(
         out,
-        "\n## 2. Events, embedded defaults\n\nSigned `enterprise.registered` from the enterprise registry; each is acknowledged `202` once logged and durable in both subscribers' inboxes.\n"
+        "\n## 2. Events, embedded defaults\n\nSigned `enterprise.registered` from the enterprise registry; an event counts once both subscribers (tax, social insurance) have leased it from their inboxes and acknowledged it, each acknowledgement logged as a signed receipt.\n"
     );
     throughput_rows(&mut out, &r.events, &["hub"]);
     let _ = writeln!(
