@@ -1262,6 +1262,10 @@ async fn an_events_inbox_message_outlives_the_purge_of_replies_until_delivered(
     store.append(std::slice::from_ref(&event)).await.unwrap();
     let subscriber = member(PROVIDER);
     let queued = delivery(&*store, &subscriber, id(1)).await.unwrap();
+    assert!(
+        matches!(queued.message, StoredMessage::Entry { .. }),
+        "an event's inbox row points at its entry, not at a copy: {queued:?}"
+    );
     assert_eq!(
         queued.message.open(&e.data, id(1)).unwrap(),
         event.message()
@@ -1302,7 +1306,8 @@ async fn an_events_inbox_message_outlives_the_purge_of_replies_until_delivered(
 }
 
 /// Before migration 14 an exchange stored its reply sealed in `reply`
-/// (and, on PostgreSQL, an event's inbox rows pointed there): such rows,
+/// (and, on PostgreSQL, an event's inbox rows pointed there; on SQLite,
+/// before migration 15, they held a sealed copy each): such rows,
 /// made here by putting the sealed message back and clearing `reply_idx`,
 /// still read as they did.
 async fn an_event_stored_before_replies_pointed_at_entries(
@@ -1348,12 +1353,80 @@ async fn sqlite_reads_replies_stored_before_they_pointed_at_entries() {
     an_event_stored_before_replies_pointed_at_entries(store.as_ref(), async |sealed| {
         let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
         sqlx::query("UPDATE exchanges SET reply = ?, reply_idx = NULL")
-            .bind(sealed)
+            .bind(&sealed)
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE deliveries SET message = ?")
+            .bind(&sealed)
             .execute(&pool)
             .await
             .unwrap();
     })
     .await;
+}
+
+/// Migration 15 rebuilds SQLite's inbox table so that an event's rows can
+/// point at its entry: rows queued before it (sealed copies) survive it,
+/// keep their order, and new ones queue behind them.
+#[tokio::test]
+async fn sqlite_inbox_rows_queued_before_migration_15_survive_it_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("hub.db").display());
+    // Messages of entries that this test does not log (the data key is
+    // the same in every `Entries`).
+    let mut unlogged = Entries::new();
+    let old = [1, 2].map(|n| unlogged.item(EntryKind::Event, id(n), vec![enqueue(0)]));
+    let options = url
+        .parse::<sqlx::sqlite::SqliteConnectOptions>()
+        .unwrap()
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    sqlx::migrate!("../hub/server/migrations/sqlite")
+        .run_to(14, &pool)
+        .await
+        .unwrap();
+    // Newest first, so that the order kept is the queue's, not the ids'.
+    for (seq, n) in [(7, 2), (9, 1)] {
+        sqlx::query(
+            "INSERT INTO deliveries (seq, recipient, exchange_id, message, visible_at)
+             VALUES (?, ?, ?, ?, 0)",
+        )
+        .bind(seq)
+        .bind(PROVIDER)
+        .bind(id(n).to_string())
+        .bind(&old[usize::from(n) - 1].sealed_message)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+
+    let store = hub_server::store::open(&url, PoolSettings::default())
+        .await
+        .unwrap();
+    registry(store.as_ref()).await;
+    let mut e = Entries::new();
+    let event = e.item(
+        EntryKind::Event,
+        id(3),
+        vec![open(1_000), Effect::CloseExchange, enqueue(0)],
+    );
+    store.append(std::slice::from_ref(&event)).await.unwrap();
+    let leased = store.lease(&member(PROVIDER), 10, 0, 1_000).await.unwrap();
+    let ids: Vec<_> = leased.iter().map(|d| d.exchange_id).collect();
+    assert_eq!(ids, [id(2), id(1), id(3)]);
+    for (delivery, item) in leased.iter().zip([&old[1], &old[0], &event]) {
+        assert_eq!(
+            delivery
+                .message
+                .open(&e.data, delivery.exchange_id)
+                .unwrap(),
+            item.message()
+        );
+    }
+    assert!(matches!(leased[0].message, StoredMessage::Sealed(_)));
+    assert!(matches!(leased[2].message, StoredMessage::Entry { .. }));
 }
 
 #[tokio::test]

@@ -911,15 +911,18 @@ pub(crate) struct Batch {
     pub(crate) close: (Vec<String>, Vec<i64>),
     pub(crate) abandon: Vec<String>,
     pub(crate) dequeue: (Vec<String>, Vec<String>),
-    pub(crate) enqueue: (Vec<String>, Vec<String>, Vec<Vec<u8>>, Vec<i64>),
-    /// Per queued message, whether it is also the reply its entry stored
-    /// in the exchange it opened and closed (an event's): a backend may
-    /// keep it once.
-    pub(crate) enqueue_is_reply: Vec<bool>,
+    /// Messages queued: recipient, exchange id, the sealed message (`None`
+    /// when it is the reply of the exchange its entry opened and closed,
+    /// an event's: the inbox row points at the entry instead of keeping a
+    /// copy per subscriber), visible from.
+    pub(crate) enqueue: (Vec<String>, Vec<String>, Vec<Option<SealedMessage>>, Vec<i64>),
     pub(crate) dispatch: (Vec<String>, Vec<String>, Vec<String>, Vec<Vec<u8>>),
     /// Per entry, the JSON array of its subjects (`Store::index_subjects`).
     pub(crate) subjects: Vec<Option<String>>,
 }
+
+/// A message sealed under the data key, as stored.
+type SealedMessage = Vec<u8>;
 
 #[derive(Default)]
 pub(crate) struct Open {
@@ -944,7 +947,7 @@ impl Batch {
         // Per row, the small columns and each element's length word.
         text(&self.record)
             + bytes(&self.ciphertext)
-            + bytes(&self.enqueue.2)
+            + self.enqueue.2.iter().flatten().map(Vec::len).sum::<usize>()
             + bytes(&self.dispatch.3)
             + 256 * (self.idx.len() + self.enqueue.0.len() + self.dispatch.0.len())
     }
@@ -1013,7 +1016,6 @@ impl Batch {
                             b.enqueue.1.remove(i);
                             b.enqueue.2.remove(i);
                             b.enqueue.3.remove(i);
-                            b.enqueue_is_reply.remove(i);
                         }
                         b.dequeue.0.push(recipient);
                         b.dequeue.1.push(id.clone());
@@ -1024,10 +1026,11 @@ impl Batch {
                     } => {
                         b.enqueue.0.push(recipient.to_string());
                         b.enqueue.1.push(id.clone());
-                        b.enqueue.2.push(item.sealed_message.clone());
+                        let is_reply = own_row.is_some_and(|row| b.open.state[row] == "done");
+                        b.enqueue
+                            .2
+                            .push((!is_reply).then(|| item.sealed_message.clone()));
                         b.enqueue.3.push(to_i64(*visible_at_millis));
-                        b.enqueue_is_reply
-                            .push(own_row.is_some_and(|row| b.open.state[row] == "done"));
                     }
                     Effect::Dispatch {
                         recipient,

@@ -90,15 +90,6 @@ impl PgStore {
         at: Presumed,
         unopened: &[String],
     ) -> Result<bool, sqlx::Error> {
-        // An event's message is its exchange's reply, which is its entry:
-        // its inbox rows point there (NULL) rather than keep a copy each.
-        let queued: Vec<Option<&[u8]>> = b
-            .enqueue
-            .2
-            .iter()
-            .zip(&b.enqueue_is_reply)
-            .map(|(m, is_reply)| (!is_reply).then_some(m.as_slice()))
-            .collect();
         // Every insert in one statement, one round trip: under load each
         // round trip waits for both processes to be scheduled, and a group
         // commit's time is mostly round trips. No two of these touch the
@@ -169,7 +160,7 @@ impl PgStore {
         .bind(&b.open.at)
         .bind(&b.enqueue.0)
         .bind(&b.enqueue.1)
-        .bind(&queued)
+        .bind(&b.enqueue.2)
         .bind(&b.enqueue.3)
         .bind(&b.dispatch.0)
         .bind(&b.dispatch.1)

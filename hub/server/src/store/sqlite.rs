@@ -24,6 +24,24 @@ use super::{
 };
 use super::{corrupt, member, to_i64, to_u64};
 
+/// Inbox rows with their messages, `WHERE` the given clause: the sealed
+/// copy a row holds, else (an event's) the record and sealed body of the
+/// entry that is its exchange's reply.
+macro_rules! deliveries_where {
+    ($clause:literal) => {
+        concat!(
+            "SELECT d.exchange_id, d.attempts, COALESCE(d.message, x.reply) AS message,
+                    e.record, b.key_id, b.nonce, b.ciphertext
+             FROM deliveries d
+             LEFT JOIN exchanges x ON d.message IS NULL AND x.exchange_id = d.exchange_id
+             LEFT JOIN log_entries e ON e.idx = x.reply_idx
+             LEFT JOIN log_bodies b ON b.idx = x.reply_idx
+             WHERE ",
+            $clause
+        )
+    };
+}
+
 /// The SQLite store.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -254,12 +272,21 @@ impl SqliteStore {
         })
     }
 
+    /// A row of [`deliveries_where`].
     fn delivery_row(row: &SqliteRow) -> Result<Delivery, StoreError> {
         let id: String = row.try_get("exchange_id").map_err(db)?;
         let attempts: i64 = row.try_get("attempts").map_err(db)?;
+        let message = StoredMessage::from_columns(
+            row.try_get("message").map_err(db)?,
+            row.try_get("record").map_err(db)?,
+            row.try_get("key_id").map_err(db)?,
+            row.try_get("nonce").map_err(db)?,
+            row.try_get("ciphertext").map_err(db)?,
+        )?
+        .ok_or_else(|| corrupt(format!("the queued message of {id} is gone")))?;
         Ok(Delivery {
             exchange_id: ExchangeId::parse(&id).map_err(corrupt)?,
-            message: StoredMessage::Sealed(row.try_get("message").map_err(db)?),
+            message,
             attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
         })
     }
@@ -823,15 +850,28 @@ impl Store for SqliteStore {
         now_millis: u64,
         visibility_millis: u64,
     ) -> Result<Vec<Delivery>, StoreError> {
-        sqlx::query(
+        // SQLite's RETURNING cannot join, so the leased rows are read
+        // again with their entries. Nothing removes a leased row meanwhile
+        // but an acknowledgement of it, which then needs no delivery.
+        let seqs: Vec<i64> = sqlx::query_scalar(
             "UPDATE deliveries SET visible_at = ?, attempts = attempts + 1
              WHERE seq IN (SELECT seq FROM deliveries WHERE recipient = ? AND visible_at <= ? ORDER BY seq LIMIT ?)
-             RETURNING exchange_id, message, attempts, seq",
+             RETURNING seq",
         )
         .bind(to_i64(now_millis.saturating_add(visibility_millis)))
         .bind(recipient.to_string())
         .bind(to_i64(now_millis))
         .bind(i64::from(max))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        sqlx::query(deliveries_where!(
+            "d.seq IN (SELECT value FROM json_each(?)) ORDER BY d.seq"
+        ))
+        .bind(json_text(&seqs)?)
         .fetch_all(&self.pool)
         .await
         .map_err(db)?
@@ -846,10 +886,9 @@ impl Store for SqliteStore {
         ids: &[ExchangeId],
     ) -> Result<Vec<Delivery>, StoreError> {
         let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
-        sqlx::query(
-            "SELECT exchange_id, message, attempts FROM deliveries
-             WHERE recipient = ? AND exchange_id IN (SELECT value FROM json_each(?))",
-        )
+        sqlx::query(deliveries_where!(
+            "d.recipient = ? AND d.exchange_id IN (SELECT value FROM json_each(?))"
+        ))
         .bind(recipient.to_string())
         .bind(json_text(&ids)?)
         .fetch_all(&self.pool)
