@@ -299,6 +299,18 @@ fn unsealed(n: u64, kind: EntryKind, id: ExchangeId, data: &DataKey) -> (EntryDr
     (draft, body)
 }
 
+/// Logs the event of exchange `n`: one entry that opens and closes its
+/// exchange and queues itself for the provider.
+async fn logged_event(store: &dyn Store, e: &mut Entries, n: u8) -> AppendItem {
+    let event = e.item(
+        EntryKind::Event,
+        id(n),
+        vec![open(1_000), Effect::CloseExchange, enqueue(0)],
+    );
+    store.append(std::slice::from_ref(&event)).await.unwrap();
+    event
+}
+
 fn id(n: u8) -> ExchangeId {
     ExchangeId::from_parts(1_790_000_000_000 + u64::from(n), [n; 10])
 }
@@ -1254,12 +1266,7 @@ async fn an_events_inbox_message_outlives_the_purge_of_replies_until_delivered(
     let mut e = Entries::new();
     // An event opens and closes its exchange and queues itself for a
     // subscriber in one entry (logged 2026-11-01).
-    let event = e.item(
-        EntryKind::Event,
-        id(1),
-        vec![open(1_000), Effect::CloseExchange, enqueue(0)],
-    );
-    store.append(std::slice::from_ref(&event)).await.unwrap();
+    let event = logged_event(&*store, &mut e, 1).await;
     let subscriber = member(PROVIDER);
     let queued = delivery(&*store, &subscriber, id(1)).await.unwrap();
     assert!(
@@ -1316,12 +1323,7 @@ async fn an_event_stored_before_replies_pointed_at_entries(
 ) {
     registry(store).await;
     let mut e = Entries::new();
-    let event = e.item(
-        EntryKind::Event,
-        id(1),
-        vec![open(1_000), Effect::CloseExchange, enqueue(0)],
-    );
-    store.append(std::slice::from_ref(&event)).await.unwrap();
+    let event = logged_event(store, &mut e, 1).await;
     make_old(event.sealed_message.clone()).await;
     let state = store.exchange(id(1)).await.unwrap().unwrap().state;
     assert_eq!(
@@ -1407,12 +1409,7 @@ async fn sqlite_inbox_rows_queued_before_migration_15_survive_it_in_order() {
         .unwrap();
     registry(store.as_ref()).await;
     let mut e = Entries::new();
-    let event = e.item(
-        EntryKind::Event,
-        id(3),
-        vec![open(1_000), Effect::CloseExchange, enqueue(0)],
-    );
-    store.append(std::slice::from_ref(&event)).await.unwrap();
+    let event = logged_event(&*store, &mut e, 3).await;
     let leased = store.lease(&member(PROVIDER), 10, 0, 1_000).await.unwrap();
     let ids: Vec<_> = leased.iter().map(|d| d.exchange_id).collect();
     assert_eq!(ids, [id(2), id(1), id(3)]);

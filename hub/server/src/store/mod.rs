@@ -915,7 +915,12 @@ pub(crate) struct Batch {
     /// when it is the reply of the exchange its entry opened and closed,
     /// an event's: the inbox row points at the entry instead of keeping a
     /// copy per subscriber), visible from.
-    pub(crate) enqueue: (Vec<String>, Vec<String>, Vec<Option<SealedMessage>>, Vec<i64>),
+    pub(crate) enqueue: (
+        Vec<String>,
+        Vec<String>,
+        Vec<Option<SealedMessage>>,
+        Vec<i64>,
+    ),
     pub(crate) dispatch: (Vec<String>, Vec<String>, Vec<String>, Vec<Vec<u8>>),
     /// Per entry, the JSON array of its subjects (`Store::index_subjects`).
     pub(crate) subjects: Vec<Option<String>>,
