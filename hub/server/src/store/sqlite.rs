@@ -272,18 +272,24 @@ impl SqliteStore {
         })
     }
 
-    /// A row of [`deliveries_where`].
-    fn delivery_row(row: &SqliteRow) -> Result<Delivery, StoreError> {
-        let id: String = row.try_get("exchange_id").map_err(db)?;
-        let attempts: i64 = row.try_get("attempts").map_err(db)?;
-        let message = StoredMessage::from_columns(
+    /// A message from a row's `message` column, else from the `record`,
+    /// `key_id`, `nonce` and `ciphertext` of the entry it points at.
+    fn stored_message(row: &SqliteRow) -> Result<Option<StoredMessage>, StoreError> {
+        StoredMessage::from_columns(
             row.try_get("message").map_err(db)?,
             row.try_get("record").map_err(db)?,
             row.try_get("key_id").map_err(db)?,
             row.try_get("nonce").map_err(db)?,
             row.try_get("ciphertext").map_err(db)?,
-        )?
-        .ok_or_else(|| corrupt(format!("the queued message of {id} is gone")))?;
+        )
+    }
+
+    /// A row of [`deliveries_where`].
+    fn delivery_row(row: &SqliteRow) -> Result<Delivery, StoreError> {
+        let id: String = row.try_get("exchange_id").map_err(db)?;
+        let attempts: i64 = row.try_get("attempts").map_err(db)?;
+        let message = Self::stored_message(row)?
+            .ok_or_else(|| corrupt(format!("the queued message of {id} is gone")))?;
         Ok(Delivery {
             exchange_id: ExchangeId::parse(&id).map_err(corrupt)?,
             message,
@@ -806,7 +812,7 @@ impl Store for SqliteStore {
 
     async fn exchange(&self, id: ExchangeId) -> Result<Option<ExchangeRow>, StoreError> {
         let row = sqlx::query(
-            "SELECT x.sender, x.request_hash, x.state, x.reply,
+            "SELECT x.sender, x.request_hash, x.state, x.reply AS message,
                     e.record, b.key_id, b.nonce, b.ciphertext
              FROM exchanges x
              LEFT JOIN log_entries e ON e.idx = x.reply_idx
@@ -819,13 +825,7 @@ impl Store for SqliteStore {
         .map_err(db)?;
         row.map(|r| {
             let state: String = r.try_get("state").map_err(db)?;
-            let reply = StoredMessage::from_columns(
-                r.try_get("reply").map_err(db)?,
-                r.try_get("record").map_err(db)?,
-                r.try_get("key_id").map_err(db)?,
-                r.try_get("nonce").map_err(db)?,
-                r.try_get("ciphertext").map_err(db)?,
-            )?;
+            let reply = Self::stored_message(&r)?;
             Ok(ExchangeRow {
                 sender: r.try_get("sender").map_err(db)?,
                 request_hash: r.try_get("request_hash").map_err(db)?,
