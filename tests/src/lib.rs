@@ -8,6 +8,7 @@ pub mod relay;
 pub mod services;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use hub_client::HubClient;
 use hub_core::ids::Member;
@@ -236,6 +237,28 @@ pub fn enterprise_registered() -> Value {
 }
 
 /// SHA-256 of the concatenated `parts`, with ring's primitive alone.
+/// How long [`eventually`] waits: generous, because CI machines are shared
+/// and a broker or database under load can take seconds.
+pub const EVENTUALLY: Duration = Duration::from_secs(30);
+
+/// Ask `probe` every 100 ms until it has an answer, for at most
+/// [`EVENTUALLY`]; `None` if it never had one.
+pub async fn eventually<T, Fut>(mut probe: impl FnMut() -> Fut) -> Option<T>
+where
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    loop {
+        if let Some(answer) = probe().await {
+            return Some(answer);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     for p in parts {

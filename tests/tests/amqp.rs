@@ -313,14 +313,9 @@ async fn a_forged_request_is_dead_lettered_visible_and_re_drivable() {
     .unwrap();
 
     let list = || hub_server::broker::dead_letters(&setup.ns.url, &topology, None);
-    let mut letters = Vec::new();
-    for _ in 0..50 {
-        letters = list().await.unwrap().0;
-        if !letters.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let letters = eventually(|| async { Some(list().await.unwrap().0).filter(|l| !l.is_empty()) })
+        .await
+        .unwrap_or_default();
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0].message_id.as_deref(), Some("forged-1"));
     assert_eq!(letters[0].reason, "rejected");
@@ -334,14 +329,9 @@ async fn a_forged_request_is_dead_lettered_visible_and_re_drivable() {
             .await
             .unwrap();
     assert_eq!(redriven, 1);
-    let mut back = Vec::new();
-    for _ in 0..50 {
-        back = list().await.unwrap().0;
-        if !back.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let back = eventually(|| async { Some(list().await.unwrap().0).filter(|l| !l.is_empty()) })
+        .await
+        .unwrap_or_default();
     assert_eq!(back.len(), 1, "refused again after the re-drive: {back:?}");
 
     let _ = conn.close(200, "done".into()).await;

@@ -250,15 +250,11 @@ async fn a_database_outage_answers_503_at_once_and_the_hub_recovers_by_itself() 
     );
 
     relay.restore();
-    let mut served = None;
-    for _ in 0..50 {
+    let served = eventually(|| async {
         let (status, reply) = hub.send(lookup()).await;
-        if status == StatusCode::OK {
-            served = Some(reply);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (status == StatusCode::OK).then_some(reply)
+    })
+    .await;
     let reply = served.expect("the hub serves again once the database is back");
     // The log has no hole and no duplicate where the outage was.
     let records = hub.log_records().await;

@@ -119,6 +119,17 @@ impl Topology {
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(DELIVERY_LIMIT),
         );
+        // By default a quorum queue drops a dead letter the dead-letter
+        // queue did not take at once (at-most-once); at-least-once keeps it
+        // until `hub.dead-letters` has confirmed it, and needs reject-publish.
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            AMQPValue::LongString("at-least-once".into()),
+        );
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
         args
     }
 
