@@ -143,10 +143,18 @@ impl Broker {
         Ok((conn, ch))
     }
 
-    /// Forget the connection after a failure, so the next use reconnects.
-    async fn reset(&self) {
+    /// Forget the connection after a failure, so the next use reconnects;
+    /// with `failed`, only if that is still the connection in use (the
+    /// relay or the reply consumer may have made a new one meanwhile).
+    async fn reset(&self, failed: Option<&Arc<Connection>>) {
+        let mut guard = self.connection.lock().await;
+        if let (Some(failed), Some((current, _))) = (failed, guard.as_ref())
+            && !Arc::ptr_eq(failed, current)
+        {
+            return;
+        }
         self.up.store(false, Ordering::Relaxed);
-        if let Some((conn, _)) = self.connection.lock().await.take() {
+        if let Some((conn, _)) = guard.take() {
             let _ = conn.close(200, "reconnecting".into()).await;
         }
     }
@@ -174,7 +182,11 @@ pub async fn run_relay(
             Ok(_) => backoff = Duration::from_millis(50),
             Err(e) => {
                 warn!(error = %e, "relay: publishing the outbox failed; retrying");
-                broker.reset().await;
+                // The database failing, or the broker refusing a message,
+                // says nothing against the connection.
+                if matches!(e, BrokerError::Amqp(_) | BrokerError::TimedOut(_)) {
+                    broker.reset(None).await;
+                }
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => return,
@@ -266,14 +278,19 @@ fn open(key: &DataKey, row: &OutboxRow) -> Option<String> {
 pub async fn run_replies(hub: Arc<Hub>, broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let result = consume_replies(&hub, &broker, &mut shutdown).await;
+        let mut used = None;
+        let result = consume_replies(&hub, &broker, &mut used, &mut shutdown).await;
         if *shutdown.borrow() {
             return;
         }
         if let Err(e) = result {
             warn!(error = %e, "reply consumer: broker connection lost; reconnecting");
         }
-        broker.reset().await;
+        if used.is_some() {
+            // It was consuming: a new failure, so the back-off starts over.
+            backoff = Duration::from_millis(100);
+            broker.reset(used.as_ref()).await;
+        }
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
             _ = shutdown.changed() => return,
@@ -282,9 +299,12 @@ pub async fn run_replies(hub: Arc<Hub>, broker: Arc<Broker>, mut shutdown: watch
     }
 }
 
+/// Consume until the connection fails or shutdown; `used` is set to the
+/// connection once the consumer is registered on it.
 async fn consume_replies(
     hub: &Arc<Hub>,
     broker: &Broker,
+    used: &mut Option<Arc<Connection>>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), BrokerError> {
     let (conn, _) = broker.channel(hub.store.as_ref()).await?;
@@ -298,6 +318,7 @@ async fn consume_replies(
             FieldTable::default(),
         )
         .await?;
+    *used = Some(conn);
     let mut handling = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
