@@ -256,11 +256,11 @@ impl Entries {
         let mut nonce = [0u8; 12];
         nonce[4..].copy_from_slice(&self.next.to_be_bytes());
         AppendItem {
-            sealed_message: self.data.seal_blob(
+            sealed_message: Some(self.data.seal_blob(
                 id.to_string().as_bytes(),
                 &message_of(&sealed, &body),
                 nonce,
-            ),
+            )),
             sealed,
             body,
             effects,
@@ -414,7 +414,7 @@ async fn append_writes_entries_and_effects_together(store: Arc<dyn Store>) {
     assert_eq!(ids, vec![id(1), id(2)], "in the order they were logged");
     assert_eq!(
         leased[0].message,
-        StoredMessage::Sealed(batch[0].sealed_message.clone())
+        StoredMessage::Sealed(batch[0].sealed_message.clone().unwrap())
     );
     assert_eq!(
         leased[0].message.record_as(&e.data, id(1)).unwrap(),
@@ -920,7 +920,7 @@ async fn the_outbox_keeps_dispatched_messages_until_confirmed(store: Arc<dyn Sto
     let ids: Vec<_> = rows.iter().map(|r| r.exchange_id).collect();
     assert_eq!(ids, vec![id(1), id(2)], "oldest first, at most max");
     assert_eq!(rows[0].recipient, member(PROVIDER));
-    assert_eq!(rows[0].sealed, batch[0].sealed_message);
+    assert_eq!(Some(&rows[0].sealed), batch[0].sealed_message.as_ref());
     store.remove_outbox(&[rows[0].seq]).await.unwrap();
     let theirs = store.outbox("b", 10).await.unwrap();
     assert_eq!(theirs.len(), 1, "each instance relays its own rows");
@@ -1130,7 +1130,7 @@ fn sealed_in_version_1(entries: &Entries, kind: EntryKind, index: u64, prev: &Ha
     };
     let canonical = hub_core::jcs::canonicalize_serialize(&record).unwrap();
     AppendItem {
-        sealed_message: Vec::new(),
+        sealed_message: None,
         sealed: Sealed {
             leaf_hash: hub_core::log::leaf_hash(&canonical),
             record,
@@ -1324,12 +1324,12 @@ async fn an_event_stored_before_replies_pointed_at_entries(
     registry(store).await;
     let mut e = Entries::new();
     let event = logged_event(store, &mut e, 1).await;
-    make_old(event.sealed_message.clone()).await;
+    make_old(event.sealed_message.clone().unwrap()).await;
     let state = store.exchange(id(1)).await.unwrap().unwrap().state;
     assert_eq!(
         state,
         ExchangeState::Done {
-            reply: StoredMessage::Sealed(event.sealed_message.clone())
+            reply: StoredMessage::Sealed(event.sealed_message.clone().unwrap())
         }
     );
     assert_eq!(e.reply(id(1), &state), event.message());

@@ -346,8 +346,9 @@ impl Work {
 /// What an append keeps while its draft is placed and sealed.
 type Placing = (Body, Vec<Effect>, Reply);
 
-/// Seal `placed` as one batch, with each entry's message sealed for the
-/// queue and the outbox; `placing` holds their appends, in order.
+/// Seal `placed` as one batch, with the message of each entry the queue or
+/// the outbox keeps sealed on its own; `placing` holds their appends, in
+/// order.
 fn seal_items(
     placing: Vec<Placing>,
     placed: Vec<Placed>,
@@ -367,12 +368,13 @@ fn seal_items(
         .into_iter()
         .zip(sealed)
         .map(|((body, effects, reply), sealed)| {
-            let mut nonce = [0u8; NONCE_LEN];
-            keys.random.fill(&mut nonce);
-            let id = sealed.record.statement.draft.exchange_id.to_string();
-            let sealed_message =
+            let sealed_message = Effect::need_sealed_message(&effects).then(|| {
+                let mut nonce = [0u8; NONCE_LEN];
+                keys.random.fill(&mut nonce);
+                let id = sealed.record.statement.draft.exchange_id.to_string();
                 keys.data
-                    .seal_blob(id.as_bytes(), &message_of(&sealed, &body), nonce);
+                    .seal_blob(id.as_bytes(), &message_of(&sealed, &body), nonce)
+            });
             let item = AppendItem {
                 sealed,
                 body,

@@ -218,6 +218,35 @@ pub enum Effect {
     Registry(Box<RegistryChange>),
 }
 
+impl Effect {
+    /// Whether effect `i` of an entry's `effects` queues the entry as its
+    /// exchange's reply: the entry opened its exchange and closed it before
+    /// (an event). Such an inbox row points at the exchange's reply, the
+    /// entry itself, instead of holding a sealed copy.
+    pub fn enqueues_reply(effects: &[Effect], i: usize) -> bool {
+        let before = &effects[..i.min(effects.len())];
+        before
+            .iter()
+            .rposition(|e| matches!(e, Effect::OpenExchange { .. }))
+            .is_some_and(|open| {
+                before[open..]
+                    .iter()
+                    .any(|e| matches!(e, Effect::CloseExchange))
+            })
+    }
+
+    /// Whether an entry with `effects` needs its message sealed on its own
+    /// ([`AppendItem::sealed_message`]): for the outbox, or for an inbox row
+    /// that cannot point at the entry (a queued request).
+    pub fn need_sealed_message(effects: &[Effect]) -> bool {
+        effects.iter().enumerate().any(|(i, e)| match e {
+            Effect::Dispatch { .. } => true,
+            Effect::Enqueue { .. } => !Self::enqueues_reply(effects, i),
+            _ => false,
+        })
+    }
+}
+
 /// One write to the registry (agencies, keys, grants, subscriptions).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegistryChange {
@@ -270,8 +299,10 @@ pub struct AppendItem {
     pub body: Body,
     pub effects: Vec<Effect>,
     /// [`AppendItem::message`] sealed with the data key (the exchange id as
-    /// associated data): what the reply cache and the queue keep at rest.
-    pub sealed_message: Vec<u8>,
+    /// associated data), for the outbox and for inbox rows that cannot point
+    /// at the entry; `None` when no effect needs it
+    /// ([`Effect::need_sealed_message`]).
+    pub sealed_message: Option<Vec<u8>>,
 }
 
 impl AppendItem {
@@ -957,7 +988,7 @@ impl Batch {
             + 256 * (self.idx.len() + self.enqueue.0.len() + self.dispatch.0.len())
     }
 
-    pub(crate) fn of(items: &[AppendItem]) -> Self {
+    pub(crate) fn of(items: &[AppendItem]) -> Result<Self, StoreError> {
         let mut b = Batch::default();
         // Where each exchange opened in this batch is in `open`: closed in
         // the batch too, it is inserted done rather than inserted and then
@@ -977,7 +1008,17 @@ impl Batch {
             b.ciphertext.push(sealed.ciphertext.clone());
             let mut subjects_of_entry: Vec<String> = Vec::new();
             let mut own_row = None;
-            for effect in &item.effects {
+            // Needed by a dispatch or a queued request; the writer sealed it
+            // by the same rule (`Effect::need_sealed_message`).
+            let sealed_message = || {
+                item.sealed_message.clone().ok_or_else(|| {
+                    StoreError::Database(format!(
+                        "entry {} is queued or dispatched without its sealed message",
+                        record.index
+                    ))
+                })
+            };
+            for (i, effect) in item.effects.iter().enumerate() {
                 match effect {
                     Effect::OpenExchange {
                         sender,
@@ -1031,10 +1072,13 @@ impl Batch {
                     } => {
                         b.enqueue.0.push(recipient.to_string());
                         b.enqueue.1.push(id.clone());
-                        let is_reply = own_row.is_some_and(|row| b.open.state[row] == "done");
                         b.enqueue
                             .2
-                            .push((!is_reply).then(|| item.sealed_message.clone()));
+                            .push(if Effect::enqueues_reply(&item.effects, i) {
+                                None
+                            } else {
+                                Some(sealed_message()?)
+                            });
                         b.enqueue.3.push(to_i64(*visible_at_millis));
                     }
                     Effect::Dispatch {
@@ -1044,7 +1088,7 @@ impl Batch {
                         b.dispatch.0.push(instance.clone());
                         b.dispatch.1.push(recipient.to_string());
                         b.dispatch.2.push(id.clone());
-                        b.dispatch.3.push(item.sealed_message.clone());
+                        b.dispatch.3.push(sealed_message()?);
                     }
                     // Applied one by one in the same transaction: rare.
                     Effect::Registry(_) => {}
@@ -1059,7 +1103,7 @@ impl Batch {
             );
             b.exchange_id.push(id);
         }
-        b
+        Ok(b)
     }
 }
 

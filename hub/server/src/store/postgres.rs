@@ -639,7 +639,7 @@ impl Store for PgStore {
         .map_err(db)?;
         let (adopted, written, at) = super::seal_at_tail(known, &rows, db, seal)?;
         if !written.is_empty() {
-            let b = Batch::of(&written);
+            let b = Batch::of(&written)?;
             // Under the lock, the tail just read is still the tail; which
             // exchanges were open, `seal` was told.
             if !Self::insert_rows(&mut tx, &b, at, &[]).await.map_err(db)? {
@@ -666,7 +666,7 @@ impl Store for PgStore {
         if needs_transaction || items.is_empty() {
             return super::append_presumed_at_tail(self, at, items).await;
         }
-        let b = Batch::of(&items);
+        let b = Batch::of(&items)?;
         let mut conn = self.pool.acquire().await.map_err(db)?;
         match Self::insert_rows(&mut conn, &b, at, &b.open.id).await {
             Ok(true) => Ok(Presumption::Written(items)),

@@ -76,7 +76,7 @@ impl SqliteStore {
         if items.is_empty() {
             return Ok(());
         }
-        let b = Batch::of(items);
+        let b = Batch::of(items)?;
         let n = b.idx.len();
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO log_entries (idx, exchange_id, kind, record, leaf_hash, subjects) ",
