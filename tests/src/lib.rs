@@ -237,8 +237,9 @@ pub fn enterprise_registered() -> Value {
 }
 
 /// SHA-256 of the concatenated `parts`, with ring's primitive alone.
-/// How long [`eventually`] waits: generous, because CI machines are shared
-/// and a broker or database under load can take seconds.
+/// How long a test waits for what happens eventually (see [`eventually`]):
+/// generous, because CI machines are shared and a broker or database under
+/// load can take seconds.
 pub const EVENTUALLY: Duration = Duration::from_secs(30);
 
 /// Ask `probe` every 100 ms until it has an answer, for at most

@@ -36,7 +36,7 @@ async fn pinned_verifier(hub: &TestHub) -> Verifier {
 /// Wait for a checkpoint covering at least `size` entries; open and parse it.
 async fn checkpoint_covering(hub: &TestHub, size: u64) -> Checkpoint {
     let verifier = pinned_verifier(hub).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + EVENTUALLY;
     loop {
         let (status, body) = hub
             .public_client()
