@@ -11,6 +11,8 @@ use hub_e2e::relay::Relay;
 use hub_e2e::services::PgDatabase;
 use hub_e2e::*;
 use serde_json::json;
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
 
 fn lookup() -> serde_json::Value {
     citizen_lookup("001085012345")
@@ -78,6 +80,68 @@ async fn queries_events_and_a_restart_on_postgres() {
     let (status, health) = hub.public_client().get_json("/healthz").await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(health["database"], "ok");
+    hub.stop().await;
+    db.drop_now().await;
+}
+
+/// An inbox row is inserted, leased and deleted within seconds; the hub
+/// vacuums the queue tables itself rather than leave the dead rows to an
+/// autovacuum that comes once a minute, or never.
+#[tokio::test]
+async fn the_queues_rows_are_reclaimed_once_delivered() {
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let url = db.url.clone();
+    let mut hub = TestHub::start_in(Arc::new(tempfile::tempdir().unwrap()), |c| {
+        c.database_url = url;
+    })
+    .await;
+    let (status, ack) = hub
+        .send(envelope(
+            ENTERPRISE_REGISTRY,
+            "enterprise.registered",
+            "registry_update",
+            enterprise_registered(),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{ack}");
+    let (_, inbox) = hub.client(TAX).get_json("/v1/inbox").await.unwrap();
+    let ids: Vec<_> = inbox["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["record"]["exchange_id"].clone())
+        .collect();
+    assert!(!ids.is_empty(), "{inbox}");
+    let (status, _) = hub
+        .client(TAX)
+        .post_json("/v1/inbox/ack", &json!({ "exchange_ids": ids }))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+
+    let reclaimed = eventually(|| async {
+        let mut conn = PgConnection::connect(&db.url).await.unwrap();
+        let rows: Vec<(String, i64, bool)> = sqlx::query_as(
+            "SELECT relname::text, n_dead_tup, last_vacuum IS NOT NULL
+             FROM pg_stat_user_tables WHERE relname IN ('deliveries', 'outbox')",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        let _ = conn.close().await;
+        (rows.len() == 2
+            && rows
+                .iter()
+                .all(|(_, dead, vacuumed)| *dead == 0 && *vacuumed))
+        .then_some(rows)
+    })
+    .await;
+    assert!(
+        reclaimed.is_some(),
+        "deliveries and outbox were never vacuumed"
+    );
     hub.stop().await;
     db.drop_now().await;
 }

@@ -472,6 +472,11 @@ pub async fn start_with_adapters(
             .context("reading the revoked certificates")?,
     );
     tasks.spawn(index_subjects(init.store.clone(), shutdown_rx.clone()));
+    tasks.spawn(vacuum_queues(
+        init.store.clone(),
+        hub.log.clone(),
+        shutdown_rx.clone(),
+    ));
     tasks.spawn(reload_revocations(
         init.store.clone(),
         hub.revoked_certificates.clone(),
@@ -569,6 +574,40 @@ async fn reload_revocations(
             Err(e) => {
                 warn!(error = %e, "could not reload the revoked certificates; keeping the last list")
             }
+        }
+    }
+}
+
+/// How often the queues' removed rows are reclaimed while the log grows.
+/// Measured on PostgreSQL + RabbitMQ (docs/performance.md, "Vacuuming the
+/// queues"): every 2 s keeps `deliveries` to a few thousand dead rows.
+const QUEUE_VACUUM_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Vacuum the queues ([`Store::vacuum_queues`]) every
+/// [`QUEUE_VACUUM_INTERVAL`] in which the log grew, until shutdown.
+async fn vacuum_queues(store: Arc<dyn Store>, log: LogWriter, mut shutdown: watch::Receiver<bool>) {
+    let mut vacuumed_at = log.head().size;
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(QUEUE_VACUUM_INTERVAL) => {}
+            _ = shutdown.changed() => break,
+        }
+        let size = log.head().size;
+        if size == vacuumed_at {
+            continue;
+        }
+        match store.vacuum_queues().await {
+            Ok(()) => {
+                vacuumed_at = size;
+                failing = false;
+            }
+            // Once per outage: the database's unavailability shows elsewhere.
+            Err(e) if !failing => {
+                warn!(error = %e, "vacuuming the queues failed");
+                failing = true;
+            }
+            Err(_) => {}
         }
     }
 }

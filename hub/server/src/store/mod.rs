@@ -705,6 +705,15 @@ pub trait Store: Send + Sync {
     /// Is the database reachable?
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Reclaim the rows the queues removed. On PostgreSQL every delivery
+    /// and outbox row is inserted, updated and deleted within seconds, and
+    /// until a `VACUUM` their dead versions stay in the indexes that every
+    /// lease scans; autovacuum looks at most once a minute (and may be
+    /// off). SQLite reuses freed pages by itself: nothing to do there.
+    async fn vacuum_queues(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Apply `changes` in one transaction; the rows they touched.
     async fn apply_changes(&self, changes: &[RegistryChange]) -> Result<u64, StoreError>;
 

@@ -347,6 +347,15 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn vacuum_queues(&self) -> Result<(), StoreError> {
+        // SKIP_LOCKED: another hub on this database vacuuming them is as good.
+        sqlx::raw_sql("VACUUM (SKIP_LOCKED) deliveries, outbox")
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
     async fn apply_changes(&self, changes: &[RegistryChange]) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
         let mut rows = 0;
