@@ -269,7 +269,10 @@ async fn drain(
             .await
             .map_err(|e| e.to_string())?;
         if status != StatusCode::OK {
-            return Err(format!("inbox: HTTP {status}"));
+            return Err(format!(
+                "inbox: HTTP {status}: {}",
+                String::from_utf8_lossy(&body)
+            ));
         }
         let inbox: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
         let ids: Vec<&str> = inbox["messages"]
@@ -292,7 +295,10 @@ async fn drain(
             .await
             .map_err(|e| e.to_string())?;
         if status != StatusCode::OK {
-            return Err(format!("inbox ack: HTTP {status}"));
+            return Err(format!(
+                "inbox ack: HTTP {status}: {}",
+                String::from_utf8_lossy(&body)
+            ));
         }
         let acked: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
         let receipts = acked["receipts"].as_array().map_or(0, Vec::len) as u64;
