@@ -177,6 +177,21 @@ impl TestHub {
     }
 
     /// Send `envelope` as its sender, signed when the sender has a key.
+    /// Publish the enterprise registry's `enterprise.registered` event to
+    /// its subscribers; the hub's `202` answer.
+    pub async fn publish_registered_event(&self) -> Value {
+        let (status, ack) = self
+            .send(envelope(
+                ENTERPRISE_REGISTRY,
+                "enterprise.registered",
+                "registry_update",
+                enterprise_registered(),
+            ))
+            .await;
+        assert_eq!(status, http::StatusCode::ACCEPTED, "{ack}");
+        ack
+    }
+
     pub async fn send(&self, envelope: Value) -> (http::StatusCode, Value) {
         let sender = format!(
             "{}/{}",

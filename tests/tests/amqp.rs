@@ -189,15 +189,7 @@ async fn queries_are_answered_by_an_adapter_process_over_rabbitmq() {
     assert_eq!(health["database"], "ok");
 
     // Events still go to subscribers' inboxes.
-    let (status, ack) = hub
-        .send(envelope(
-            ENTERPRISE_REGISTRY,
-            "enterprise.registered",
-            "registry_update",
-            enterprise_registered(),
-        ))
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{ack}");
+    hub.publish_registered_event().await;
 
     // The hub answers its own service in process, broker or not.
     let (status, history) = hub

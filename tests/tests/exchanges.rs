@@ -118,15 +118,7 @@ async fn an_event_reaches_every_subscriber_and_receipts_are_logged() {
         ..Options::default()
     };
     let hub = TestHub::start_with(Arc::new(tempfile::tempdir().unwrap()), |_| {}, options).await;
-    let (status, ack) = hub
-        .send(envelope(
-            ENTERPRISE_REGISTRY,
-            "enterprise.registered",
-            "registry_update",
-            enterprise_registered(),
-        ))
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{ack}");
+    let ack = hub.publish_registered_event().await;
     let event_index = ack["record"]["index"].as_u64().unwrap();
     let exchange_id = ack["record"]["exchange_id"].clone();
     let recipients: Vec<&str> = ack["record"]["recipients"]

@@ -33,15 +33,7 @@ async fn queries_events_and_a_restart_on_postgres() {
     let jwks = hub.public_client().jwks().await.unwrap();
     hub_client::verify_reply(&reply, &jwks).unwrap();
 
-    let (status, ack) = hub
-        .send(envelope(
-            ENTERPRISE_REGISTRY,
-            "enterprise.registered",
-            "registry_update",
-            enterprise_registered(),
-        ))
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{ack}");
+    let ack = hub.publish_registered_event().await;
     let exchange_id = ack["record"]["exchange_id"].clone();
     let (_, inbox) = hub.client(TAX).get_json("/v1/inbox").await.unwrap();
     assert_eq!(inbox["messages"][0]["record"]["exchange_id"], exchange_id);
@@ -97,15 +89,7 @@ async fn the_queues_rows_are_reclaimed_once_delivered() {
         c.database_url = url;
     })
     .await;
-    let (status, ack) = hub
-        .send(envelope(
-            ENTERPRISE_REGISTRY,
-            "enterprise.registered",
-            "registry_update",
-            enterprise_registered(),
-        ))
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{ack}");
+    hub.publish_registered_event().await;
     let (_, inbox) = hub.client(TAX).get_json("/v1/inbox").await.unwrap();
     let ids: Vec<_> = inbox["messages"]
         .as_array()

@@ -223,7 +223,7 @@ impl Effect {
     /// exchange's reply: the entry opened its exchange and closed it before
     /// (an event). Such an inbox row points at the exchange's reply, the
     /// entry itself, instead of holding a sealed copy.
-    pub fn enqueues_reply(effects: &[Effect], i: usize) -> bool {
+    pub(crate) fn enqueues_reply(effects: &[Effect], i: usize) -> bool {
         let before = &effects[..i.min(effects.len())];
         before
             .iter()
@@ -238,7 +238,7 @@ impl Effect {
     /// Whether an entry with `effects` needs its message sealed on its own
     /// ([`AppendItem::sealed_message`]): for the outbox, or for an inbox row
     /// that cannot point at the entry (a queued request).
-    pub fn need_sealed_message(effects: &[Effect]) -> bool {
+    pub(crate) fn need_sealed_message(effects: &[Effect]) -> bool {
         effects.iter().enumerate().any(|(i, e)| match e {
             Effect::Dispatch { .. } => true,
             Effect::Enqueue { .. } => !Self::enqueues_reply(effects, i),
