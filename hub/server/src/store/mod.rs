@@ -378,9 +378,11 @@ impl StoredMessage {
             Self::Entry { record, body } => {
                 // Bodies a queued message or a kept reply points at are
                 // not purged (`Store::purge`): missing, the store is broken.
-                let body = body
-                    .as_ref()
-                    .ok_or_else(|| corrupt(format!("the body of {id}'s message was purged")))?;
+                let body = body.as_ref().ok_or_else(|| {
+                    corrupt(format!(
+                        "the body of {id}'s message was purged (or not read: `Store::deliveries`)"
+                    ))
+                })?;
                 let commitment: Commitment = serde_json::from_str(record)
                     .map_err(|e| corrupt(format!("the record of {id}'s message: {e}")))?;
                 let (salt, plain) = key.open(body, &commitment.body_hash).ok_or_else(|| {
@@ -898,7 +900,10 @@ pub trait Store: Send + Sync {
         visibility_millis: u64,
     ) -> Result<Vec<Delivery>, StoreError>;
     /// Those of messages `ids` that wait unacknowledged for `recipient`,
-    /// leased or not, in no particular order.
+    /// leased or not, in no particular order, as far as a receipt needs
+    /// them: a message that points at its entry comes without the entry's
+    /// body (`StoredMessage::Entry::body` is `None`), so its record reads
+    /// ([`StoredMessage::record_as`]) but it does not open.
     async fn deliveries(
         &self,
         recipient: &Member,

@@ -886,9 +886,15 @@ impl Store for SqliteStore {
         ids: &[ExchangeId],
     ) -> Result<Vec<Delivery>, StoreError> {
         let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
-        sqlx::query(deliveries_where!(
-            "d.recipient = ? AND d.exchange_id IN (SELECT value FROM json_each(?))"
-        ))
+        // A receipt needs the record, not the body: its columns stay NULL.
+        sqlx::query(
+            "SELECT d.exchange_id, d.attempts, COALESCE(d.message, x.reply) AS message,
+                    e.record, NULL AS key_id, NULL AS nonce, NULL AS ciphertext
+             FROM deliveries d
+             LEFT JOIN exchanges x ON d.message IS NULL AND x.exchange_id = d.exchange_id
+             LEFT JOIN log_entries e ON e.idx = x.reply_idx
+             WHERE d.recipient = ? AND d.exchange_id IN (SELECT value FROM json_each(?))",
+        )
         .bind(recipient.to_string())
         .bind(json_text(&ids)?)
         .fetch_all(&self.pool)
