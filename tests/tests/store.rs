@@ -54,6 +54,7 @@ both_backends!(
     append_writes_entries_and_effects_together,
     a_failed_batch_leaves_nothing_behind,
     leases_hide_messages_until_they_expire,
+    a_lease_hands_out_the_longest_waiting_first,
     concurrent_leases_never_hand_out_one_message_twice,
     checkpoints_witnesses_and_cosignatures,
     purge_removes_old_bodies_and_replies_but_keeps_the_log,
@@ -775,6 +776,29 @@ async fn leases_hide_messages_until_they_expire(store: Arc<dyn Store>) {
     );
 }
 
+/// A message whose lease lapsed becomes visible again when it lapsed: it
+/// waits behind those visible before, even those queued after it. A batch
+/// comes in the order it was queued.
+async fn a_lease_hands_out_the_longest_waiting_first(store: Arc<dyn Store>) {
+    registry(store.as_ref()).await;
+    let mut e = Entries::new();
+    let batch = vec![
+        e.item(EntryKind::Event, id(1), vec![enqueue(0)]),
+        e.item(EntryKind::Event, id(2), vec![enqueue(0)]),
+        e.item(EntryKind::Event, id(3), vec![enqueue(100)]),
+        e.item(EntryKind::Event, id(4), vec![enqueue(300)]),
+    ];
+    store.append(&batch).await.unwrap();
+    let provider = member(PROVIDER);
+    let lease = async |max: u32, now: u64| {
+        let leased = store.lease(&provider, max, now, 100).await.unwrap();
+        leased.iter().map(|d| d.exchange_id).collect::<Vec<_>>()
+    };
+    assert_eq!(lease(1, 50).await, vec![id(1)], "visible again at 150");
+    assert_eq!(lease(2, 200).await, vec![id(2), id(3)]);
+    assert_eq!(lease(10, 400).await, vec![id(1), id(2), id(3), id(4)]);
+}
+
 async fn concurrent_leases_never_hand_out_one_message_twice(store: Arc<dyn Store>) {
     registry(store.as_ref()).await;
     let mut e = Entries::new();
@@ -789,6 +813,11 @@ async fn concurrent_leases_never_hand_out_one_message_twice(store: Arc<dyn Store
             let mut got = Vec::new();
             loop {
                 let leased = store.lease(&member(PROVIDER), 4, 10, 60_000).await.unwrap();
+                assert!(
+                    leased.len() <= 4,
+                    "a lease of 4 handed out {}",
+                    leased.len()
+                );
                 if leased.is_empty() {
                     return got;
                 }
@@ -1541,6 +1570,88 @@ async fn postgres_commits_do_not_scan_the_log_as_it_grows() {
             rows_after - rows_before
         );
     }
+}
+
+/// A lease reads about what it hands out, however long the backlog and
+/// whatever plan PostgreSQL settled on: here the generic plan of the
+/// prepared statement (one made without the limit's value, which
+/// PostgreSQL may choose by itself after five runs), 6,000 events queued
+/// for one subscriber, half of them leased and not acknowledged. Ten
+/// leases of ten then read, by PostgreSQL's own counters, fewer rows than
+/// one pass over the backlog would.
+#[tokio::test]
+async fn postgres_a_lease_reads_what_it_hands_out_not_the_backlog() {
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let one_connection = PoolSettings {
+        max_connections: 1,
+        ..PoolSettings::default()
+    };
+    let store = hub_server::store::postgres::PgStore::open(&db.url, one_connection)
+        .await
+        .unwrap();
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    registry(&store).await;
+    let mut entries = Entries::new();
+    for chunk in 0..6 {
+        let batch: Vec<_> = (chunk * 1000..(chunk + 1) * 1000)
+            .map(|n| {
+                let effects = vec![open(1), Effect::CloseExchange, enqueue(0)];
+                entries.item(EntryKind::Event, event_id(n), effects)
+            })
+            .collect();
+        store.append(&batch).await.unwrap();
+    }
+    let provider = member(PROVIDER);
+    let mut leased = Vec::new();
+    for _ in 0..30 {
+        let batch = store.lease(&provider, 100, 10, 60_000).await.unwrap();
+        leased.extend(batch.iter().map(|d| d.exchange_id));
+    }
+    assert_eq!(leased, (0..3000).map(event_id).collect::<Vec<_>>());
+
+    let before = rows_read(&store, &db.url).await;
+    let mut next = Vec::new();
+    for _ in 0..10 {
+        let batch = store.lease(&provider, 10, 20, 60_000).await.unwrap();
+        next.extend(batch.iter().map(|d| d.exchange_id));
+    }
+    let after = rows_read(&store, &db.url).await;
+    store.pool().close().await;
+    db.drop_now().await;
+    assert_eq!(next, (3000..3100).map(event_id).collect::<Vec<_>>());
+    for ((table, rows_before), (_, rows_after)) in before.iter().zip(&after) {
+        assert!(
+            rows_after - rows_before < 3_000,
+            "ten leases of ten read {} rows of {table}",
+            rows_after - rows_before
+        );
+    }
+}
+
+/// Rows of each table the lease touches read so far, by scanning or
+/// through an index: the store's one connection hands its counters over
+/// first.
+async fn rows_read(store: &hub_server::store::postgres::PgStore, url: &str) -> Vec<(String, i64)> {
+    use sqlx::Connection;
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    let read = sqlx::query_as(
+        "SELECT relname::text, seq_tup_read + COALESCE(idx_tup_fetch, 0) FROM pg_stat_user_tables
+         WHERE relname IN ('deliveries', 'exchanges', 'log_entries', 'log_bodies') ORDER BY relname",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    read
 }
 
 /// Rows read by scanning `log_entries` and `exchanges` so far: the store's

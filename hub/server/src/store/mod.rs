@@ -891,7 +891,10 @@ pub trait Store: Send + Sync {
     async fn exchange(&self, id: ExchangeId) -> Result<Option<ExchangeRow>, StoreError>;
 
     /// Lease up to `max` visible messages for `recipient`, hiding them until
-    /// `now + visibility`.
+    /// `now + visibility`: those visible the longest first (so a message
+    /// whose lease lapsed waits behind those already waiting), returned in
+    /// the order they were queued. A lease reads about what it returns,
+    /// however long the backlog.
     async fn lease(
         &self,
         recipient: &Member,

@@ -960,11 +960,15 @@ impl Store for PgStore {
         now_millis: u64,
         visibility_millis: u64,
     ) -> Result<Vec<Delivery>, StoreError> {
+        // The ready index yields `visible_at, seq` in order, so the scan
+        // stops at the limit instead of sorting the backlog; ARRAY() runs
+        // it once, first, where a join could scan the whole table under a
+        // generic plan (one that does not know the limit is small).
         let rows = sqlx::query(
             "WITH leased AS (
                 UPDATE deliveries SET visible_at = $1, attempts = attempts + 1
-                WHERE seq IN (SELECT seq FROM deliveries WHERE recipient = $2 AND visible_at <= $3
-                              ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED)
+                WHERE seq = ANY(ARRAY(SELECT seq FROM deliveries WHERE recipient = $2 AND visible_at <= $3
+                                      ORDER BY visible_at, seq LIMIT $4 FOR UPDATE SKIP LOCKED))
                 RETURNING exchange_id, attempts, seq, message)
              SELECT d.exchange_id, d.attempts, d.seq, COALESCE(d.message, x.reply) AS message,
                     e.record, b.key_id, b.nonce, b.ciphertext

@@ -855,7 +855,7 @@ impl Store for SqliteStore {
         // but an acknowledgement of it, which then needs no delivery.
         let seqs: Vec<i64> = sqlx::query_scalar(
             "UPDATE deliveries SET visible_at = ?, attempts = attempts + 1
-             WHERE seq IN (SELECT seq FROM deliveries WHERE recipient = ? AND visible_at <= ? ORDER BY seq LIMIT ?)
+             WHERE seq IN (SELECT seq FROM deliveries WHERE recipient = ? AND visible_at <= ? ORDER BY visible_at, seq LIMIT ?)
              RETURNING seq",
         )
         .bind(to_i64(now_millis.saturating_add(visibility_millis)))
