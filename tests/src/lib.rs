@@ -294,3 +294,38 @@ pub fn independent_leaf_hash(record: &Value) -> [u8; 32] {
         .expect("a version 2 record has hub_seal");
     sha256(&[&[0], &serde_jcs::to_vec(&Value::Object(statement)).unwrap()])
 }
+
+/// Write at `crl` a CRL of the CA (`ca_cert`, `ca_key`) that revokes the
+/// certificate in `revoked`, as the CA would publish it.
+pub fn publish_crl(
+    ca_cert: &std::path::Path,
+    ca_key: &std::path::Path,
+    revoked: &std::path::Path,
+    crl: &std::path::Path,
+) {
+    let serial = hub_server::pki::certificate_serial(revoked).unwrap();
+    let bytes: Vec<u8> = (0..serial.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&serial[i..i + 2], 16).unwrap())
+        .collect();
+    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(ca_key).unwrap()).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&std::fs::read_to_string(ca_cert).unwrap(), key).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let list = rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::minutes(5),
+        next_update: now + time::Duration::days(7),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: vec![rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from_slice(&bytes),
+            revocation_time: now,
+            reason_code: None,
+            invalidity_date: None,
+        }],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .unwrap();
+    std::fs::write(crl, list.pem().unwrap()).unwrap();
+}

@@ -154,6 +154,50 @@ async fn a_change_that_makes_no_sense_is_refused_and_not_logged() {
     assert_eq!(hub.log_records().await.len(), before);
 }
 
+/// An administrator who leaves is shut out by the admin CA's CRL
+/// (`pki/admin-crl.pem`), from the next handshake and without a restart;
+/// the other administrators keep their access.
+#[tokio::test]
+async fn the_admin_cas_crl_shuts_an_administrator_out_without_a_restart() {
+    let hub = TestHub::start().await;
+    let pki = &hub.running().pki;
+    let now = time::OffsetDateTime::now_utc();
+    let one_day = time::Duration::days(1);
+    hub_server::pki::issue_admin_cert(pki, "departed", now - one_day, now + one_day).unwrap();
+    let departed = || {
+        admin_client(
+            &hub,
+            &pki.admin_cert("departed"),
+            &pki.admin_key("departed"),
+        )
+    };
+    let change = json!({"op": "agency_resume", "member": member(ONE_STOP)});
+    let (status, _) = departed()
+        .post_json("/admin/v1/changes", &change)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+
+    hub_e2e::publish_crl(
+        &pki.admin_ca_cert(),
+        &pki.admin_ca_key(),
+        &pki.admin_cert("departed"),
+        &pki.admin_crl(),
+    );
+    assert!(
+        departed()
+            .post_json("/admin/v1/changes", &change)
+            .await
+            .is_err()
+    );
+    let (status, _) = hub
+        .operator()
+        .post_json("/admin/v1/changes", &change)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn only_administrators_certificates_open_the_admin_listener() {
     let hub = TestHub::start().await;

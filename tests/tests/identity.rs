@@ -255,31 +255,12 @@ async fn the_cas_crl_is_reloaded_without_a_restart() {
             .is_ok()
     );
     // The CA publishes a CRL naming one-stop's certificate.
-    let serial = hub_server::pki::certificate_serial(&pki.agency_cert(&one_stop)).unwrap();
-    let bytes: Vec<u8> = (0..serial.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&serial[i..i + 2], 16).unwrap())
-        .collect();
-    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki.ca_key()).unwrap()).unwrap();
-    let issuer =
-        Issuer::from_ca_cert_pem(&std::fs::read_to_string(pki.ca_cert()).unwrap(), ca_key).unwrap();
-    let now = OffsetDateTime::now_utc();
-    let crl = rcgen::CertificateRevocationListParams {
-        this_update: now - Duration::minutes(5),
-        next_update: now + Duration::days(7),
-        crl_number: rcgen::SerialNumber::from(1u64),
-        issuing_distribution_point: None,
-        revoked_certs: vec![rcgen::RevokedCertParams {
-            serial_number: rcgen::SerialNumber::from_slice(&bytes),
-            revocation_time: now,
-            reason_code: None,
-            invalidity_date: None,
-        }],
-        key_identifier_method: rcgen::KeyIdMethod::Sha256,
-    }
-    .signed_by(&issuer)
-    .unwrap();
-    std::fs::write(pki.crl(), crl.pem().unwrap()).unwrap();
+    hub_e2e::publish_crl(
+        &pki.ca_cert(),
+        &pki.ca_key(),
+        &pki.agency_cert(&one_stop),
+        &pki.crl(),
+    );
     assert!(
         hub.client(hub_e2e::ONE_STOP)
             .get_json("/v1/whoami")

@@ -502,7 +502,7 @@ pub async fn start_with_adapters(
     ));
     tasks.spawn(serve::serve_tls(
         admin,
-        tls::ServerTls::fixed(tls::admin_server_config(&init.pki)?),
+        tls::ServerTls::admin(&init.pki)?,
         admin_routes().with_state(state.clone()),
         config.timeouts(),
         shutdown_rx.clone(),

@@ -109,6 +109,12 @@ impl PkiPaths {
     pub fn crl(&self) -> PathBuf {
         self.dir.join("crl.pem")
     }
+    /// The admin CA's certificate revocation list (PEM), when it publishes
+    /// one: the admin listener checks administrators against it and reloads
+    /// it when it changes.
+    pub fn admin_crl(&self) -> PathBuf {
+        self.dir.join("admin-crl.pem")
+    }
     pub fn agency_cert(&self, m: &Member) -> PathBuf {
         self.dir
             .join("agencies")

@@ -5,8 +5,9 @@
 //! fails the handshake, and so does one the CA's CRL revokes (reloaded when
 //! the file changes) or one an administrator revoked in the registry
 //! ([`RevokedCertificates`], shared by every hub on the database). The
-//! admin listener requires a certificate of the admin CA; the public
-//! listener asks for none.
+//! admin listener requires a certificate of the admin CA that the admin
+//! CA's CRL (reloaded likewise) does not revoke; the public listener asks
+//! for none.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -154,31 +155,29 @@ impl ClientCertVerifier for DenyList {
     }
 }
 
+/// A verifier of client certificates chaining to `ca`, refusing those the
+/// CRL at `crl` (PEM, when the file exists) revokes.
+fn client_verifier(ca: &Path, crl: &Path) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider());
+    if crl.exists() {
+        let crls = CertificateRevocationListDer::pem_file_iter(crl)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| TlsError::Verifier(format!("{}: {e}", crl.display())))?;
+        builder = builder.with_crls(crls);
+    }
+    builder
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))
+}
+
 /// The API listener's config: mutual TLS against the hub's CA, refusing
 /// the certificates its CRL (`pki/crl.pem`, when present) or `revoked` lists.
 pub fn api_server_config(
     pki: &PkiPaths,
     revoked: Arc<RevokedCertificates>,
 ) -> Result<ServerConfig, TlsError> {
-    let mut builder =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&pki.ca_cert())?), provider());
-    let crl = pki.crl();
-    if crl.exists() {
-        let crls = CertificateRevocationListDer::pem_file_iter(&crl)
-            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| TlsError::Verifier(format!("{}: {e}", crl.display())))?;
-        builder = builder.with_crls(crls);
-    }
-    let verifier = builder
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    server_config(
-        pki,
-        Arc::new(DenyList {
-            inner: verifier,
-            revoked,
-        }),
-    )
+    let inner = client_verifier(&pki.ca_cert(), &pki.crl())?;
+    server_config(pki, Arc::new(DenyList { inner, revoked }))
 }
 
 /// A listener's TLS configuration, rebuilt when a watched file (the CRL)
@@ -209,17 +208,27 @@ impl ServerTls {
         })
     }
 
-    /// The API listener's configuration, rebuilt when the CRL changes.
+    /// The API listener's configuration, rebuilt when the CA's CRL changes.
     pub fn api(pki: &PkiPaths, revoked: Arc<RevokedCertificates>) -> Result<Arc<Self>, TlsError> {
-        let watch = pki.crl();
-        let stamped = stamp(&watch);
-        let config = api_server_config(pki, revoked.clone())?;
         let pki = pki.clone();
+        Self::watching(
+            pki.crl(),
+            Box::new(move || api_server_config(&pki, revoked.clone())),
+        )
+    }
+
+    /// The admin listener's configuration, rebuilt when the admin CA's CRL
+    /// changes.
+    pub fn admin(pki: &PkiPaths) -> Result<Arc<Self>, TlsError> {
+        let pki = pki.clone();
+        Self::watching(pki.admin_crl(), Box::new(move || admin_server_config(&pki)))
+    }
+
+    fn watching(watch: PathBuf, rebuild: Rebuild) -> Result<Arc<Self>, TlsError> {
+        let stamped = stamp(&watch);
+        let config = rebuild()?;
         Ok(Arc::new(Self {
-            reload: Some((
-                watch,
-                Box::new(move || api_server_config(&pki, revoked.clone())),
-            )),
+            reload: Some((watch, rebuild)),
             loaded: Mutex::new((stamped, Arc::new(config))),
         }))
     }
@@ -249,18 +258,17 @@ impl ServerTls {
     }
 }
 
-/// The public listener's config: server authentication only.
-/// The admin listener's config: mutual TLS against the admin CA only.
+/// The admin listener's config: mutual TLS against the admin CA only,
+/// refusing the certificates its CRL (`pki/admin-crl.pem`, when present)
+/// revokes.
 pub fn admin_server_config(pki: &PkiPaths) -> Result<ServerConfig, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots(&pki.admin_ca_cert())?),
-        provider(),
+    server_config(
+        pki,
+        client_verifier(&pki.admin_ca_cert(), &pki.admin_crl())?,
     )
-    .build()
-    .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    server_config(pki, verifier)
 }
 
+/// The public listener's config: server authentication only.
 pub fn public_server_config(pki: &PkiPaths) -> Result<ServerConfig, TlsError> {
     server_config(pki, WebPkiClientVerifier::no_client_auth())
 }
