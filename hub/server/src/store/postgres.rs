@@ -961,9 +961,10 @@ impl Store for PgStore {
         visibility_millis: u64,
     ) -> Result<Vec<Delivery>, StoreError> {
         // The ready index yields `visible_at, seq` in order, so the scan
-        // stops at the limit instead of sorting the backlog; ARRAY() runs
-        // it once, first, where a join could scan the whole table under a
-        // generic plan (one that does not know the limit is small).
+        // stops at the limit instead of sorting the backlog. ARRAY() runs
+        // it exactly once, first: as `IN (...)` a generic plan (one that
+        // does not know the limit is small) joined it to a scan of the
+        // whole table, and some plans ran it again, leasing over `max`.
         let rows = sqlx::query(
             "WITH leased AS (
                 UPDATE deliveries SET visible_at = $1, attempts = attempts + 1
