@@ -155,8 +155,9 @@ async fn a_change_that_makes_no_sense_is_refused_and_not_logged() {
 }
 
 /// An administrator who leaves is shut out by the admin CA's CRL
-/// (`pki/admin-crl.pem`), from the next handshake and without a restart;
-/// the other administrators keep their access.
+/// (`pki/admin-crl.pem`), from the next handshake - and the next request
+/// of a connection already open - without a restart; the other
+/// administrators keep their access.
 #[tokio::test]
 async fn the_admin_cas_crl_shuts_an_administrator_out_without_a_restart() {
     let hub = TestHub::start().await;
@@ -177,6 +178,20 @@ async fn the_admin_cas_crl_shuts_an_administrator_out_without_a_restart() {
         .await
         .unwrap();
     assert_eq!(status, StatusCode::OK);
+    let mut open = departed()
+        .connect(hub_client::HttpVersion::Http1)
+        .await
+        .unwrap();
+    let body = serde_json::to_vec(&change).unwrap();
+    let (status, _) = open
+        .send(
+            http::Method::POST,
+            "/admin/v1/changes",
+            Some(("application/json", body.clone())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
 
     hub_e2e::publish_crl(
         &pki.admin_ca_cert(),
@@ -190,6 +205,17 @@ async fn the_admin_cas_crl_shuts_an_administrator_out_without_a_restart() {
             .await
             .is_err()
     );
+    let (status, refused) = open
+        .send(
+            http::Method::POST,
+            "/admin/v1/changes",
+            Some(("application/json", body)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let refused: Value = serde_json::from_slice(&refused).unwrap();
+    assert_eq!(refused["code"], "certificate_revoked");
     let (status, _) = hub
         .operator()
         .post_json("/admin/v1/changes", &change)

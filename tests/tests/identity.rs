@@ -248,19 +248,63 @@ async fn the_cas_crl_is_reloaded_without_a_restart() {
     let hub = TestHub::start().await;
     let pki = &hub.running().pki;
     let one_stop: Member = hub_e2e::ONE_STOP.parse().unwrap();
+    // A connection opened before the CRL, kept alive.
+    let mut open = hub
+        .client(hub_e2e::ONE_STOP)
+        .connect(hub_client::HttpVersion::Http2)
+        .await
+        .unwrap();
+    let whoami = async |open: &mut hub_client::Connection| {
+        let (status, body) = open
+            .send(http::Method::GET, "/v1/whoami", None)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+        )
+    };
+    assert_eq!(whoami(&mut open).await.0, StatusCode::OK);
+
+    // A CRL that the CA did not sign (the admin CA's, naming one-stop's
+    // certificate) is refused: nothing is revoked.
+    hub_e2e::publish_crl(
+        &pki.admin_ca_cert(),
+        &pki.admin_ca_key(),
+        &pki.agency_cert(&one_stop),
+        &pki.crl(),
+    );
     assert!(
         hub.client(hub_e2e::ONE_STOP)
             .get_json("/v1/whoami")
             .await
             .is_ok()
     );
-    // The CA publishes a CRL naming one-stop's certificate.
+    assert_eq!(whoami(&mut open).await.0, StatusCode::OK);
+
+    // The CA publishes a CRL naming one-stop's certificate: the open
+    // connection is refused within a second, with no handshake to make the
+    // hub read the file; new connections fail the handshake.
     hub_e2e::publish_crl(
         &pki.ca_cert(),
         &pki.ca_key(),
         &pki.agency_cert(&one_stop),
         &pki.crl(),
     );
+    let deadline = std::time::Instant::now() + EVENTUALLY;
+    loop {
+        let (status, body) = whoami(&mut open).await;
+        if status == StatusCode::UNAUTHORIZED {
+            assert_eq!(body["code"], "certificate_revoked");
+            break;
+        }
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the open connection is still served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert!(
         hub.client(hub_e2e::ONE_STOP)
             .get_json("/v1/whoami")

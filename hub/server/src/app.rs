@@ -484,9 +484,10 @@ pub async fn start_with_adapters(
     ));
     let api_tls = tls::ServerTls::api(&init.pki, hub.revoked_certificates.clone())?;
     let public_tls = tls::ServerTls::fixed(tls::public_server_config(&init.pki)?);
+    let admin_tls = tls::ServerTls::admin(&init.pki)?;
     tasks.spawn(serve::serve_tls(
         api,
-        api_tls,
+        api_tls.clone(),
         api_routes()
             .with_state(state.clone())
             .layer(axum::middleware::from_fn_with_state(
@@ -494,7 +495,7 @@ pub async fn start_with_adapters(
                 crate::limits::admit,
             ))
             .layer(axum::middleware::from_fn_with_state(
-                hub.revoked_certificates.clone(),
+                api_tls,
                 crate::identity::refuse_revoked,
             )),
         config.timeouts(),
@@ -502,8 +503,13 @@ pub async fn start_with_adapters(
     ));
     tasks.spawn(serve::serve_tls(
         admin,
-        tls::ServerTls::admin(&init.pki)?,
-        admin_routes().with_state(state.clone()),
+        admin_tls.clone(),
+        admin_routes()
+            .with_state(state.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                admin_tls,
+                crate::identity::refuse_revoked,
+            )),
         config.timeouts(),
         shutdown_rx.clone(),
     ));

@@ -55,15 +55,15 @@ pub fn member_from_certificate(der: &[u8]) -> Result<Member, IdentityError> {
 }
 
 /// The middleware that refuses the requests of a connection whose client
-/// certificate was revoked after it connected (new connections with it
-/// already fail the handshake).
+/// certificate was revoked after it connected, by the registry or by the
+/// listener's CA's CRL (new connections with it already fail the handshake).
 pub async fn refuse_revoked(
-    State(revoked): State<Arc<crate::tls::RevokedCertificates>>,
+    State(tls): State<Arc<crate::tls::ServerTls>>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     match request.extensions().get::<CertSerial>() {
-        Some(CertSerial(serial)) if revoked.contains(serial) => Err(ApiError::CertificateRevoked),
+        Some(CertSerial(serial)) if tls.revokes(serial) => Err(ApiError::CertificateRevoked),
         _ => Ok(next.run(request).await),
     }
 }

@@ -7,12 +7,15 @@
 //! ([`RevokedCertificates`], shared by every hub on the database). The
 //! admin listener requires a certificate of the admin CA that the admin
 //! CA's CRL (reloaded likewise) does not revoke; the public listener asks
-//! for none.
+//! for none. A connection whose certificate is revoked after its handshake
+//! is refused at its next request ([`ServerTls::revokes`], asked by
+//! `identity::refuse_revoked`).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use rustls::DigitallySignedStruct;
 use rustls::DistinguishedName;
@@ -60,7 +63,8 @@ fn roots(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
 }
 
 /// The serials (lowercase hex) of the client certificates administrators
-/// revoked: the registry's list, kept in memory for the handshake.
+/// revoked: the registry's list, kept in memory for the handshake and
+/// each request.
 #[derive(Debug, Default)]
 pub struct RevokedCertificates(RwLock<HashSet<String>>);
 
@@ -93,12 +97,11 @@ impl RevokedCertificates {
 pub fn serial_of(der: &[u8]) -> Option<String> {
     use x509_parser::prelude::FromDer;
     let (_, cert) = x509_parser::prelude::X509Certificate::from_der(der).ok()?;
-    Some(
-        cert.raw_serial()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-    )
+    Some(hex(cert.raw_serial()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A client verifier that also refuses the revoked certificates.
@@ -180,13 +183,37 @@ pub fn api_server_config(
     server_config(pki, Arc::new(DenyList { inner, revoked }))
 }
 
-/// A listener's TLS configuration, rebuilt when a watched file (the CRL)
-/// changes: a revocation takes effect from the next handshake, without a
-/// restart. A rebuild that fails keeps the previous configuration.
+/// A listener's TLS configuration and the revocations it enforces, rebuilt
+/// when its CA's CRL changes: a revocation takes effect from the next
+/// handshake and, on connections already open, from their next request
+/// ([`ServerTls::revokes`]), without a restart. A rebuild that fails keeps
+/// the previous configuration.
 pub struct ServerTls {
-    /// The watched file and how to rebuild the configuration from it.
-    reload: Option<(PathBuf, Rebuild)>,
-    loaded: Mutex<(Stamp, Arc<ServerConfig>)>,
+    crl: Option<WatchedCrl>,
+    /// The registry's revoked certificates (the API listener's).
+    registry: Option<Arc<RevokedCertificates>>,
+    loaded: Mutex<Loaded>,
+    /// When a request last looked at the CRL's file (milliseconds since
+    /// `born`): a request looks at most once a second, a handshake always.
+    looked_ms: AtomicU64,
+    born: Instant,
+}
+
+/// How stale the CRL may be for a request on a connection already open.
+const REQUEST_LOOKS_EVERY: Duration = Duration::from_secs(1);
+
+/// A CA's CRL and how to rebuild the listener's configuration from it.
+struct WatchedCrl {
+    ca: PathBuf,
+    path: PathBuf,
+    rebuild: Rebuild,
+}
+
+struct Loaded {
+    stamp: Stamp,
+    config: Arc<ServerConfig>,
+    /// What the CRL revokes, as [`significant`] serials.
+    crl_serials: HashSet<String>,
 }
 
 /// When and how big the watched file was (`None`: absent).
@@ -200,62 +227,179 @@ fn stamp(path: &Path) -> Stamp {
 }
 
 impl ServerTls {
-    /// A configuration that never changes.
+    /// A configuration that never changes and revokes nothing itself.
     pub fn fixed(config: ServerConfig) -> Arc<Self> {
         Arc::new(Self {
-            reload: None,
-            loaded: Mutex::new((None, Arc::new(config))),
+            crl: None,
+            registry: None,
+            loaded: Mutex::new(Loaded {
+                stamp: None,
+                config: Arc::new(config),
+                crl_serials: HashSet::new(),
+            }),
+            looked_ms: AtomicU64::new(0),
+            born: Instant::now(),
         })
     }
 
-    /// The API listener's configuration, rebuilt when the CA's CRL changes.
+    /// The API listener's: the hub's CA, its CRL (`pki/crl.pem`) and the
+    /// registry's revoked certificates.
     pub fn api(pki: &PkiPaths, revoked: Arc<RevokedCertificates>) -> Result<Arc<Self>, TlsError> {
-        let pki = pki.clone();
-        Self::watching(
-            pki.crl(),
-            Box::new(move || api_server_config(&pki, revoked.clone())),
-        )
+        let rebuild = {
+            let pki = pki.clone();
+            let revoked = revoked.clone();
+            Box::new(move || api_server_config(&pki, revoked.clone()))
+        };
+        Self::watching(pki.ca_cert(), pki.crl(), rebuild, Some(revoked))
     }
 
-    /// The admin listener's configuration, rebuilt when the admin CA's CRL
-    /// changes.
+    /// The admin listener's: the admin CA and its CRL (`pki/admin-crl.pem`).
     pub fn admin(pki: &PkiPaths) -> Result<Arc<Self>, TlsError> {
-        let pki = pki.clone();
-        Self::watching(pki.admin_crl(), Box::new(move || admin_server_config(&pki)))
+        let rebuild = {
+            let pki = pki.clone();
+            Box::new(move || admin_server_config(&pki))
+        };
+        Self::watching(pki.admin_ca_cert(), pki.admin_crl(), rebuild, None)
     }
 
-    fn watching(watch: PathBuf, rebuild: Rebuild) -> Result<Arc<Self>, TlsError> {
-        let stamped = stamp(&watch);
-        let config = rebuild()?;
+    fn watching(
+        ca: PathBuf,
+        path: PathBuf,
+        rebuild: Rebuild,
+        registry: Option<Arc<RevokedCertificates>>,
+    ) -> Result<Arc<Self>, TlsError> {
+        let stamp = stamp(&path);
+        let loaded = Loaded {
+            stamp,
+            config: Arc::new(rebuild()?),
+            crl_serials: crl_serials(&ca, &path)?,
+        };
         Ok(Arc::new(Self {
-            reload: Some((watch, rebuild)),
-            loaded: Mutex::new((stamped, Arc::new(config))),
+            crl: Some(WatchedCrl { ca, path, rebuild }),
+            registry,
+            loaded: Mutex::new(loaded),
+            looked_ms: AtomicU64::new(0),
+            born: Instant::now(),
         }))
     }
 
-    /// The configuration for the next handshake.
-    pub fn current(&self) -> Arc<ServerConfig> {
+    /// What is loaded, rebuilt first if the CRL changed since.
+    fn refreshed(&self) -> std::sync::MutexGuard<'_, Loaded> {
+        let now = self.crl.as_ref().map(|crl| stamp(&crl.path));
         let mut loaded = self
             .loaded
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((path, rebuild)) = &self.reload {
-            let now = stamp(path);
-            if now != loaded.0 {
-                match rebuild() {
-                    Ok(config) => {
-                        tracing::info!(file = %path.display(), "TLS configuration reloaded");
-                        *loaded = (now, Arc::new(config));
-                    }
-                    Err(e) => {
-                        tracing::error!(file = %path.display(), error = %e, "TLS reload failed; keeping the previous configuration");
-                        loaded.0 = now;
-                    }
+        if let (Some(crl), Some(now)) = (&self.crl, now)
+            && now != loaded.stamp
+        {
+            let file = crl.path.display();
+            match (crl.rebuild)().and_then(|config| Ok((config, crl_serials(&crl.ca, &crl.path)?)))
+            {
+                Ok((config, crl_serials)) => {
+                    tracing::info!(%file, "TLS configuration reloaded");
+                    *loaded = Loaded {
+                        stamp: now,
+                        config: Arc::new(config),
+                        crl_serials,
+                    };
+                }
+                Err(e) => {
+                    tracing::error!(%file, error = %e, "TLS reload failed; keeping the previous configuration");
+                    loaded.stamp = now;
                 }
             }
         }
-        loaded.1.clone()
+        loaded
     }
+
+    /// The configuration for the next handshake.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.refreshed().config.clone()
+    }
+
+    /// Whether the certificate with this serial (as [`serial_of`] gives it)
+    /// is revoked now, by the CA's CRL or the registry: a connection's
+    /// certificate passed the handshake, but may have been revoked since.
+    /// A CRL file changed less than a second ago may not be read yet
+    /// (unless a handshake read it), to spare each request a `stat`.
+    pub fn revokes(&self, serial: &str) -> bool {
+        if self
+            .registry
+            .as_ref()
+            .is_some_and(|registry| registry.contains(serial))
+        {
+            return true;
+        }
+        let loaded = if self.time_to_look() {
+            self.refreshed()
+        } else {
+            self.loaded
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        loaded.crl_serials.contains(significant(serial))
+    }
+
+    /// Whether this request is the one to look at the CRL's file again.
+    fn time_to_look(&self) -> bool {
+        let every = u64::try_from(REQUEST_LOOKS_EVERY.as_millis()).unwrap_or(u64::MAX);
+        let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.looked_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= every
+            && self
+                .looked_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+/// A serial without its leading zero bytes: the DER encoding adds one to a
+/// serial whose first bit is set, and a CRL's writer may not have.
+fn significant(serial: &str) -> &str {
+    let mut rest = serial;
+    while rest.len() > 2 && rest.starts_with("00") {
+        rest = &rest[2..];
+    }
+    rest
+}
+
+/// The serials the CRL at `crl` (PEM; none when the file is absent)
+/// revokes, each CRL in it checked against the certificates of `ca`: one
+/// that no CA certificate signed is refused, not read.
+fn crl_serials(ca: &Path, crl: &Path) -> Result<HashSet<String>, TlsError> {
+    use x509_parser::prelude::{CertificateRevocationList, FromDer, X509Certificate};
+    let mut serials = HashSet::new();
+    if !crl.exists() {
+        return Ok(serials);
+    }
+    let invalid = |message: String| TlsError::Verifier(format!("{}: {message}", crl.display()));
+    let issuers = read_certs(ca)?;
+    let issuers = issuers
+        .iter()
+        .map(|der| X509Certificate::from_der(der).map(|(_, cert)| cert))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Verifier(format!("{}: {e}", ca.display())))?;
+    let lists = CertificateRevocationListDer::pem_file_iter(crl)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| invalid(e.to_string()))?;
+    for der in &lists {
+        let (_, list) =
+            CertificateRevocationList::from_der(der).map_err(|e| invalid(e.to_string()))?;
+        if !issuers
+            .iter()
+            .any(|ca| list.verify_signature(ca.public_key()).is_ok())
+        {
+            return Err(invalid(format!(
+                "a CRL not signed by the CA in {}",
+                ca.display()
+            )));
+        }
+        for revoked in list.iter_revoked_certificates() {
+            serials.insert(significant(&hex(revoked.raw_serial())).to_owned());
+        }
+    }
+    Ok(serials)
 }
 
 /// The admin listener's config: mutual TLS against the admin CA only,
