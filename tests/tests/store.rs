@@ -62,6 +62,7 @@ both_backends!(
     a_second_claim_of_an_exchange_id_keeps_the_first,
     appends_at_the_tail_adopt_what_other_writers_wrote,
     the_subject_index_finds_whole_exchanges_oldest_first,
+    two_indexers_at_once_index_each_entry_once,
     the_registry_version_advances_with_each_change_requests_are_decided_on,
     two_log_writers_on_one_store_keep_one_chain,
     an_exchange_opened_through_two_writers_at_once_is_logged_once,
@@ -985,11 +986,16 @@ async fn the_subject_index_finds_whole_exchanges_oldest_first(store: Arc<dyn Sto
             .collect()
     };
     // Exchange 1 is about An (its request); exchange 2 about An and Bình
-    // (its answer only); exchange 3 about Bình; their entries interleave.
+    // (its answer only); exchange 3 about Bình (its request names him
+    // twice); their entries interleave.
     let batch = [
         e.item(EntryKind::Request, id(1), vec![subjects(&["an"])]),
         e.item(EntryKind::Request, id(2), vec![]),
-        e.item(EntryKind::Request, id(3), vec![subjects(&["binh"])]),
+        e.item(
+            EntryKind::Request,
+            id(3),
+            vec![subjects(&["binh"]), subjects(&["binh"])],
+        ),
         e.item(EntryKind::Response, id(2), vec![subjects(&["an", "binh"])]),
         e.item(EntryKind::Response, id(1), vec![]),
     ];
@@ -1018,6 +1024,39 @@ async fn the_subject_index_finds_whole_exchanges_oldest_first(store: Arc<dyn Sto
         store.subject_records("nobody", 10).await.unwrap(),
         (vec![], false)
     );
+}
+
+/// Indexers on two hubs at once: each entry is indexed by one of them,
+/// and neither fails.
+async fn two_indexers_at_once_index_each_entry_once(store: Arc<dyn Store>) {
+    registry(store.as_ref()).await;
+    let mut e = Entries::new();
+    let batch: Vec<_> = (0..120)
+        .map(|n| {
+            e.item(
+                EntryKind::Request,
+                id(n),
+                vec![subjects(&["an", if n % 2 == 0 { "binh" } else { "chi" }])],
+            )
+        })
+        .collect();
+    store.append(&batch).await.unwrap();
+    let indexer = |store: Arc<dyn Store>| async move {
+        let mut covered = 0;
+        loop {
+            match store.index_subjects(7).await.unwrap() {
+                0 => return covered,
+                n => covered += n,
+            }
+        }
+    };
+    let (a, b) = tokio::join!(
+        tokio::spawn(indexer(store.clone())),
+        tokio::spawn(indexer(store.clone()))
+    );
+    assert_eq!(a.unwrap() + b.unwrap(), 120);
+    let (records, more) = store.subject_records("binh", 100).await.unwrap();
+    assert_eq!((records.len(), more), (60, false));
 }
 
 fn event_id(n: u32) -> ExchangeId {
