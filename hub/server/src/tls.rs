@@ -354,8 +354,9 @@ impl ServerTls {
     }
 }
 
-/// A serial without its leading zero bytes: the DER encoding adds one to a
-/// serial whose first bit is set, and a CRL's writer may not have.
+/// A serial without its leading zero bytes, so that serials compare as the
+/// numbers they are (DER puts a zero byte before one whose first bit is
+/// set; an encoder that got that wrong would otherwise go unrevoked).
 fn significant(serial: &str) -> &str {
     let mut rest = serial;
     while rest.len() > 2 && rest.starts_with("00") {
