@@ -10,8 +10,10 @@
 //! | `bodies.jsonl` | optional; per line `{"index": i, "body": "<base64>"}`, in entry order |
 //! | `checkpoints.jsonl` | per line `{"size": n, "note": "<signed note>"}`, by size |
 //! | `registry.json` | the registry at export: agencies (with their envelope-signing keys), services, grants |
+//! | `hub-key-handovers.json` | the hub key's rotations, each new key signed by the one it retired (`hub_core::handover`); absent in older bundles |
 //!
-//! [`verify`] checks every checkpoint signature against the pinned keys,
+//! [`verify`] follows the hand-overs from the pinned keys to the keys that
+//! came after them, then checks every checkpoint signature against those,
 //! that checkpoint sizes never decrease and no two disagree, that the tree
 //! recomputed from the entries has each checkpoint's root, every entry's
 //! canonical form, index, chain link, hub signature and key validity, and,
@@ -32,6 +34,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hub_core::body::{DataKey, SealedBody};
+use hub_core::handover::{self, HandoverError, KeyHandover};
 use hub_core::hash::Hash;
 use hub_core::jcs;
 use hub_core::jws::{self, Jwk, Jwks};
@@ -174,13 +177,15 @@ impl BundleWriter {
         Ok(())
     }
 
-    /// Write the checkpoints, agency keys and manifest, and flush.
+    /// Write the checkpoints, agency keys, the hub key's hand-overs and the
+    /// manifest, and flush.
     pub fn finish(
         mut self,
         origin: &str,
         exported_at: &str,
         checkpoints: &[BundleCheckpoint],
         registry: &RegistrySnapshot,
+        key_handovers: &[KeyHandover],
     ) -> Result<Manifest, BundleError> {
         self.entries
             .flush()
@@ -197,6 +202,9 @@ impl BundleWriter {
         out.flush().map_err(io(&path))?;
         let path = self.dir.join("registry.json");
         let text = serde_json::to_string_pretty(registry).map_err(|e| invalid(&path, e))?;
+        std::fs::write(&path, text).map_err(io(&path))?;
+        let path = self.dir.join(KEY_HANDOVERS);
+        let text = serde_json::to_string_pretty(key_handovers).map_err(|e| invalid(&path, e))?;
         std::fs::write(&path, text).map_err(io(&path))?;
         let manifest = Manifest {
             format: FORMAT.into(),
@@ -230,6 +238,26 @@ fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, Bun
     Ok(out)
 }
 
+/// The bundle file with the hub key's hand-overs.
+const KEY_HANDOVERS: &str = "hub-key-handovers.json";
+
+/// The hub keys the bundle in `dir` leads to from `pinned`: the pinned ones
+/// and every key handed over to from them (`hub_core::handover::follow`),
+/// with each hand-over's outcome. A bundle without the file (exported
+/// before hand-overs existed) has none.
+pub fn hub_keys(
+    dir: &Path,
+    pinned: &Jwks,
+) -> Result<(Jwks, Vec<Result<(), HandoverError>>), BundleError> {
+    let path = dir.join(KEY_HANDOVERS);
+    let handovers: Vec<KeyHandover> = if path.exists() {
+        read_json(&path)?
+    } else {
+        Vec::new()
+    };
+    Ok(handover::follow(pinned, &handovers))
+}
+
 /// The manifest of the bundle in `dir`.
 pub fn manifest(dir: &Path) -> Result<Manifest, BundleError> {
     let path = dir.join("manifest.json");
@@ -250,6 +278,7 @@ pub mod checks {
     pub const CHAIN: &str = "chain";
     pub const HUB_SIGNATURE: &str = "hub_signature";
     pub const KEY_VALIDITY: &str = "key_validity";
+    pub const KEY_HANDOVER: &str = "key_handover";
     pub const BODY_HASH: &str = "body_hash";
     pub const STORED_BODY: &str = "stored_body";
     pub const SENDER_SIGNATURE: &str = "sender_signature";
@@ -403,6 +432,16 @@ pub fn verify(
         origin: manifest.origin.clone(),
         ..Report::default()
     };
+    // From here on, "pinned" is what the pinned keys vouch for.
+    let (trusted, handovers) = hub_keys(dir, pinned)?;
+    for outcome in handovers {
+        report.record(
+            checks::KEY_HANDOVER,
+            None,
+            outcome.map_err(|e| e.to_string()),
+        );
+    }
+    let pinned = &trusted;
     let mut verifiers = checkpoint_verifiers(&manifest.origin, pinned);
     verifiers.extend(options.witnesses.iter().cloned());
     let mut latest_cosigners: (u64, Vec<String>) = (0, Vec::new());
@@ -962,7 +1001,8 @@ fn check_body(
 /// latest checkpoint, checked. Returns (checkpoint size, [(index, proof)]).
 pub fn prove(dir: &Path, pinned: &Jwks, exchange_id: &str) -> Result<ProofReport, BundleError> {
     let manifest = manifest(dir)?;
-    let verifiers = checkpoint_verifiers(&manifest.origin, pinned);
+    let (trusted, _) = hub_keys(dir, pinned)?;
+    let verifiers = checkpoint_verifiers(&manifest.origin, &trusted);
     let raw: Vec<BundleCheckpoint> = read_lines(&dir.join("checkpoints.jsonl"))?;
     let last = raw
         .last()

@@ -113,6 +113,7 @@ pub fn write_bundle(
         "2026-11-22T00:00:00.000Z",
         &checkpoints,
         &crate::RegistrySnapshot::default(),
+        &[],
     )?;
     Ok(Jwks {
         keys: vec![key.public_jwk()],

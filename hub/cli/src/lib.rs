@@ -86,10 +86,12 @@ pub enum Command {
     /// Witnesses: register them (admin), or run one (cosign the hub's checkpoints).
     #[command(subcommand)]
     Witness(WitnessCmd),
-    /// Retire the hub's signing key and make a new one. Run it with every
-    /// hub process stopped, then start them: they sign with the new key and
+    /// Retire the hub's signing key and make a new one, which the old key
+    /// signs over to (`pki/hub-key-handovers.json`). Run it with every hub
+    /// process stopped, then start them: they sign with the new key and
     /// publish the retired one (with `valid_until`) beside it, so that what
-    /// it signed still verifies. Auditors and witnesses re-pin the new key set.
+    /// it signed still verifies, and the hand-over, so that a key set pinned
+    /// before leads to the new key (audit bundles carry it too).
     RotateHubKey,
     /// Run a reference adapter as its own process, consuming its queue on
     /// RabbitMQ (`amqp_url`), until Ctrl-C or SIGTERM.
@@ -429,9 +431,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (old, new) =
                 hub_server::pki::rotate_hub_key(&pki, time::OffsetDateTime::now_utc())?;
             println!(
-                "hub signing key {old} retired (kept in {}); new key {new}. Restart every hub \
-                 process, then give auditors and witnesses the new /.well-known/jwks.json.",
-                pki.hub_retired_keys().display()
+                "hub signing key {old} retired (kept in {}); new key {new}, handed over to in {}. \
+                 Copy the pki folder to every hub host and restart every hub process.",
+                pki.hub_retired_keys().display(),
+                pki.hub_key_handovers().display()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -676,7 +679,15 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                     .collect(),
             };
             let now = hub_core::timefmt::rfc3339_millis(time::OffsetDateTime::now_utc());
-            let manifest = writer.finish(&config.log_origin, &now, &checkpoints, &registry)?;
+            let handovers =
+                hub_server::pki::read_hub_key_handovers(&PkiPaths::new(&config.data_dir))?;
+            let manifest = writer.finish(
+                &config.log_origin,
+                &now,
+                &checkpoints,
+                &registry,
+                &handovers,
+            )?;
             println!(
                 "exported {} entries and {} checkpoints to {}{}",
                 manifest.entries,

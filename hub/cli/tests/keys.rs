@@ -30,6 +30,18 @@ fn tax_verify(data: &std::path::Path, api: &str, case: &str) -> std::process::Ou
     )
 }
 
+/// The (passed, failed) counts of `check` in `hub audit verify`'s table.
+fn row(report: &str, check: &str) -> Vec<u64> {
+    report
+        .lines()
+        .find(|l| l.starts_with(check))
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .map(|n| n.parse::<u64>().unwrap())
+        .collect()
+}
+
 #[test]
 fn rotated_keys_sign_from_now_on_and_retired_ones_still_verify() {
     let dir = tempfile::tempdir().unwrap();
@@ -87,6 +99,18 @@ fn rotated_keys_sign_from_now_on_and_retired_ones_still_verify() {
     assert_eq!(keys.len(), 2);
     assert!(keys[0]["valid_from"].is_string() && keys[1]["valid_until"].is_string());
     assert_eq!(keys[0]["valid_from"], keys[1]["valid_until"]);
+    // The hub serves the hand-over: the retired key signed the new one.
+    let ca = std::fs::read(pki.dir.join("ca.crt")).unwrap();
+    let public = hub_client::HubClient::new(&served.public, &ca, None).unwrap();
+    let (status, handovers) = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(public.get_json("/.well-known/hub-key-handovers.json"))
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(handovers.as_array().unwrap().len(), 1, "{handovers}");
+    assert_eq!(handovers[0]["retires"], keys[1]["kid"]);
+    assert_eq!(handovers[0]["key"]["kid"], keys[0]["kid"]);
+    assert_eq!(handovers[0]["key"]["valid_from"], keys[0]["valid_from"]);
     stop(served);
 
     // Offline, with the new key set pinned: the whole log verifies - entries
@@ -113,23 +137,38 @@ fn rotated_keys_sign_from_now_on_and_retired_ones_still_verify() {
     let verify = verify_with(&pinned, true);
     assert!(verify.status.success(), "{}", text(&verify));
     let report = text(&verify);
-    let row = |check: &str| {
-        report
-            .lines()
-            .find(|l| l.starts_with(check))
-            .unwrap_or_default()
-            .split_whitespace()
-            .skip(1)
-            .map(|n| n.parse::<u64>().unwrap())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(row("sender_signature"), [3, 0], "{report}");
-    // The old pinned key alone does not vouch for what the new key signed.
+    assert_eq!(row(&report, "sender_signature"), [3, 0], "{report}");
+    assert_eq!(row(&report, "key_handover"), [1, 0], "{report}");
+
+    // A key set pinned before the rotation (the old key, no end date) leads
+    // to the new key through the hand-over the bundle carries.
     let old_pinned = data.join("old-pinned.json");
     std::fs::write(&old_pinned, old_jwks).unwrap();
     let verify = verify_with(&old_pinned, false);
+    assert!(verify.status.success(), "{}", text(&verify));
+    assert_eq!(row(&text(&verify), "key_handover"), [1, 0]);
+    // Without the hand-over, the old key does not vouch for what the new
+    // key signed; nor with one whose new key's start was moved after the
+    // old key signed it.
+    let handovers_path = bundle.join("hub-key-handovers.json");
+    let handovers_text = std::fs::read_to_string(&handovers_path).unwrap();
+    std::fs::write(&handovers_path, "[]").unwrap();
+    let verify = verify_with(&old_pinned, false);
     assert!(!verify.status.success());
     assert!(text(&verify).contains("FAILED entry"), "{}", text(&verify));
+    let mut moved: serde_json::Value = serde_json::from_str(&handovers_text).unwrap();
+    moved[0]["key"]["valid_from"] = serde_json::json!("2000-01-01T00:00:00.000Z");
+    std::fs::write(&handovers_path, moved.to_string()).unwrap();
+    let verify = verify_with(&old_pinned, false);
+    assert!(!verify.status.success());
+    assert_eq!(row(&text(&verify), "key_handover"), [0, 1]);
+    assert!(
+        text(&verify).contains("key_handover: the hand-over to")
+            && text(&verify).contains("FAILED entry"),
+        "{}",
+        text(&verify)
+    );
+    std::fs::write(&handovers_path, handovers_text).unwrap();
 
     // A retired agency key's signature dated after its retirement fails:
     // narrow the tax office's retired key to before its first request.

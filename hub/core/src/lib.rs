@@ -5,6 +5,7 @@
 //! - [`body`]: salted body commitments and AES-256-GCM encryption at rest
 //! - [`jcs`]: RFC 8785 canonical JSON
 //! - [`jws`]: detached JWS with unencoded payload (RFC 7515 + RFC 7797), Ed25519 and P-256
+//! - [`handover`]: the hub key's rotations, each new key signed by the one it retires
 //! - [`envelope`]: the exchange envelope as a typed value
 //! - [`fields`]: field-level grants: which parts of a response a consumer receives
 //! - [`decide`]: the pipeline's decisions as pure steps (shared with replay)
@@ -21,6 +22,7 @@ pub mod body;
 pub mod decide;
 pub mod envelope;
 pub mod fields;
+pub mod handover;
 pub mod hash;
 pub mod ids;
 pub mod jcs;

@@ -383,6 +383,8 @@ pub async fn start_with_adapters(
     hub.provider_queue_max = config.provider_queue_max;
     // The current key and the retired ones, whose signatures still verify.
     hub.jwks = crate::pki::hub_jwks(&init.pki, &hub_key).context("reading the retired hub keys")?;
+    hub.key_handovers = crate::pki::read_hub_key_handovers(&init.pki)
+        .context("reading the hub key's hand-overs")?;
     let remote = !config.amqp_url.is_empty();
     if remote {
         hub.remote = Some(Remote {

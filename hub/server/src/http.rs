@@ -222,6 +222,7 @@ pub fn public_routes() -> Router<AppState> {
         .route("/readyz", get(health))
         .route("/livez", get(live))
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/.well-known/hub-key-handovers.json", get(key_handovers))
         .route("/v1/schemas", get(schema_list))
         .route("/v1/schemas/{*id}", get(schema_get))
         .route("/v1/log/checkpoint", get(checkpoint))
@@ -458,6 +459,10 @@ async fn live() -> Response {
 
 async fn jwks(State(s): State<AppState>) -> Response {
     Json(&s.hub.jwks).into_response()
+}
+
+async fn key_handovers(State(s): State<AppState>) -> Response {
+    Json(&s.hub.key_handovers).into_response()
 }
 
 async fn schema_list(State(s): State<AppState>) -> Response {

@@ -112,6 +112,8 @@ pub struct Hub {
     pub clock: Arc<dyn Clock>,
     pub random: Arc<dyn Random>,
     pub jwks: Jwks,
+    /// The hub key's hand-overs, oldest first (`hub_core::handover`).
+    pub key_handovers: Vec<hub_core::handover::KeyHandover>,
     /// Seals bodies at rest and keys the idempotency hashes.
     pub data_key: Arc<DataKey>,
     /// The checkpoint key's name (the log origin) and public key.
@@ -259,6 +261,7 @@ impl Hub {
             jwks: Jwks {
                 keys: vec![hub_key.public_jwk()],
             },
+            key_handovers: Vec::new(),
             data_key,
             note_verifier,
             query_timeout,

@@ -15,6 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
+use hub_core::handover::KeyHandover;
 use hub_core::ids::Member;
 use hub_core::jws::{Jwks, SecretKeyBytes, SigningKey};
 use rcgen::{
@@ -97,6 +98,13 @@ impl PkiPaths {
     /// still verifies.
     pub fn hub_retired_keys(&self) -> PathBuf {
         self.dir.join("hub-retired-jwks.json")
+    }
+    /// The hub key's hand-overs, oldest first (a JSON array of
+    /// `hub_core::handover::KeyHandover`): each rotation's new key signed
+    /// by the key it retired, so that a key set pinned before a rotation
+    /// still leads to the keys after it.
+    pub fn hub_key_handovers(&self) -> PathBuf {
+        self.dir.join("hub-key-handovers.json")
     }
     /// The data key that seals bodies at rest (32 bytes, base64).
     pub fn data_key(&self) -> PathBuf {
@@ -526,29 +534,58 @@ pub fn hub_jwks(paths: &PkiPaths, current: &SigningKey) -> Result<Jwks, PkiError
     Ok(Jwks { keys })
 }
 
-/// Retire the hub's signing key at `now` and make a new one: the old
-/// private key is overwritten (nothing signs with it again), its public
-/// key joins [`PkiPaths::hub_retired_keys`] with `valid_until = now`.
-/// Every hub process sharing the log must be restarted with the new key
-/// file. Returns (retired kid, new kid).
+fn pretty_json<T: serde::Serialize>(path: PathBuf, value: &T) -> Result<String, PkiError> {
+    serde_json::to_string_pretty(value).map_err(|e| PkiError::Invalid {
+        path,
+        message: e.to_string(),
+    })
+}
+
+/// The hub key's hand-overs, oldest first (none before the first rotation).
+pub fn read_hub_key_handovers(paths: &PkiPaths) -> Result<Vec<KeyHandover>, PkiError> {
+    let path = paths.hub_key_handovers();
+    match fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| PkiError::Invalid {
+            path: path.clone(),
+            message: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io(&path)(e)),
+    }
+}
+
+/// Retire the hub's signing key at `now` and make a new one: the old key
+/// signs its hand-over to the new one ([`PkiPaths::hub_key_handovers`]),
+/// then the old private key is overwritten (nothing signs with it again)
+/// and its public key joins [`PkiPaths::hub_retired_keys`] with
+/// `valid_until = now`. Every hub process sharing the log must be
+/// restarted with the new key file. Returns (retired kid, new kid).
 pub fn rotate_hub_key(paths: &PkiPaths, now: OffsetDateTime) -> Result<(String, String), PkiError> {
     let current = read_signing_key(&paths.hub_signing_key())?;
     let mut retired_set = read_retired_hub_keys(paths)?;
+    let mut handovers = read_hub_key_handovers(paths)?;
     let mut retired = hub_jwks(paths, &current)?
         .keys
         .into_iter()
         .next()
         .unwrap_or_else(|| current.public_jwk());
-    retired.valid_until = Some(hub_core::timefmt::rfc3339_millis(now));
+    let at = hub_core::timefmt::rfc3339_millis(now);
+    retired.valid_until = Some(at.clone());
     let old_kid = retired.kid.clone();
     retired_set.keys.push(retired);
-    let text = serde_json::to_string_pretty(&retired_set).map_err(|e| PkiError::Invalid {
-        path: paths.hub_retired_keys(),
+    let rng = ring::rand::SystemRandom::new();
+    let key_path = paths.hub_signing_key();
+    let (new, secret) = SigningKey::generate(&rng).map_err(|e| PkiError::Invalid {
+        path: key_path.clone(),
         message: e.to_string(),
     })?;
-    // The retired public key is saved before the private key is replaced:
-    // a crash in between leaves the old key current, never unverifiable.
-    write_public(&paths.hub_retired_keys(), text.as_bytes())?;
-    let new = generate_signing_key(&paths.hub_signing_key())?;
+    handovers.push(KeyHandover::sign(&current, &new, &at));
+    let retired_text = pretty_json(paths.hub_retired_keys(), &retired_set)?;
+    let handovers_text = pretty_json(paths.hub_key_handovers(), &handovers)?;
+    // The public files are saved before the private key is replaced: a
+    // crash in between leaves the old key current, never unverifiable.
+    write_public(&paths.hub_retired_keys(), retired_text.as_bytes())?;
+    write_public(&paths.hub_key_handovers(), handovers_text.as_bytes())?;
+    write_private(&key_path, pkcs8_pem(secret.expose()).as_bytes())?;
     Ok((old_kid, new.kid().to_owned()))
 }
