@@ -153,6 +153,8 @@ pub enum WitnessCmd {
         #[arg(long)]
         state: PathBuf,
         /// The log's checkpoint verifier key, pinned (GET /v1/log/verifier).
+        /// After a rotation of the hub's key the witness follows the hub's
+        /// hand-overs from it and cosigns only under the latest key.
         #[arg(long)]
         log_key: String,
     },
@@ -490,10 +492,11 @@ async fn witness(
             state,
             log_key,
         } => {
-            let log =
+            let pinned =
                 note::Verifier::parse(&log_key).map_err(|e| anyhow::anyhow!("--log-key: {e}"))?;
             let key = read_signing_key(&key)?;
             let (client, _) = client_for(config, &agent)?;
+            let log = current_log_key(&client, &pinned).await?;
             let (status, body) = client
                 .send(hub_client::Method::GET, "/v1/log/checkpoint", None)
                 .await?;
@@ -501,10 +504,24 @@ async fn witness(
                 bail!("the hub has no checkpoint (HTTP {status})");
             }
             let text = String::from_utf8(body.to_vec()).context("the checkpoint is not UTF-8")?;
-            let opened = note::open(&text, std::slice::from_ref(&log))
-                .map_err(|e| anyhow::anyhow!("checkpoint: {e}"))?;
+            let unsigned = || {
+                anyhow::anyhow!(
+                    "the checkpoint is not signed by the log's current key {}{}",
+                    log.to_vkey(),
+                    if log == pinned {
+                        " (the pinned one)"
+                    } else {
+                        " (handed over to from the pinned one; a checkpoint signed before the \
+                         rotation is not cosigned, wait for the next)"
+                    }
+                )
+            };
+            let opened = note::open(&text, std::slice::from_ref(&log)).map_err(|e| match e {
+                note::NoteError::NoKnownSignature => unsigned(),
+                e => anyhow::anyhow!("checkpoint: {e}"),
+            })?;
             if opened.signed_by.is_empty() {
-                bail!("the checkpoint is not signed by the pinned log key");
+                return Err(unsigned());
             }
             let cp =
                 note::Checkpoint::parse_body(&opened.body).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -591,6 +608,34 @@ async fn witness(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The log's checkpoint key now: where the hub key's hand-overs lead from
+/// the `pinned` one (`hub_core::handover`), so that a witness goes on
+/// across rotations without being re-pinned. Only that key: a retired key
+/// signs no checkpoint the witness cosigns.
+async fn current_log_key(
+    client: &hub_client::HubClient,
+    pinned: &hub_core::note::Verifier,
+) -> anyhow::Result<hub_core::note::Verifier> {
+    use hub_core::handover::{KeyHandover, latest};
+    let (status, list) = client
+        .get_json("/.well-known/hub-key-handovers.json")
+        .await?;
+    if !status.is_success() {
+        bail!("the hub's key hand-overs are unavailable (HTTP {status}): {list}");
+    }
+    let handovers: Vec<KeyHandover> =
+        serde_json::from_value(list).context("the hub's key hand-overs")?;
+    let current = latest(&hub_core::jws::Jwk::ed25519(&pinned.public_key), &handovers);
+    let public: [u8; 32] = base64::Engine::decode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        &current.x,
+    )
+    .ok()
+    .and_then(|x| x.try_into().ok())
+    .ok_or_else(|| anyhow::anyhow!("the hub key {} is not an Ed25519 key", current.kid))?;
+    hub_core::note::Verifier::new(&pinned.name, public).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn read_jwks(path: &Path) -> anyhow::Result<hub_core::jws::Jwks> {

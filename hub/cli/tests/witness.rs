@@ -54,7 +54,9 @@ fn cosign(data: &Path, api: &str, log_key: &str, min_size: u64) -> String {
             ],
         );
         let t = text(&out);
-        if !out.status.success() && t.contains("has no checkpoint") && Instant::now() < deadline {
+        let not_yet = t.contains("has no checkpoint")
+            || t.contains("a checkpoint signed before the rotation");
+        if !out.status.success() && not_yet && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(150));
             continue;
         }
@@ -128,6 +130,47 @@ fn a_witness_cosigns_consistent_checkpoints_and_auditors_require_it() {
         .block_on(public.send(hub_client::Method::GET, "/v1/log/checkpoint", None))
         .unwrap();
     assert!(String::from_utf8_lossy(&body).contains("\u{2014} witness.invalid/w1 "));
+    stop(served);
+
+    // The hub's key is rotated. The witness, still pinned to the old log
+    // key, follows the hand-over and cosigns the new key's checkpoints
+    // (not the last one the old key signed: it waits for the next).
+    let rotate = hub(data, &["rotate-hub-key"]);
+    assert!(rotate.status.success(), "{}", text(&rotate));
+    let served = serve(data);
+    let api = served.api.clone();
+    lookup(data, &api, "001085012345");
+    let cosigned = cosign(data, &api, &log_key, 9);
+    assert!(cosigned.contains("at size 9"), "{cosigned}");
+    let public = hub_client::HubClient::new(&served.public, &ca, None).unwrap();
+    let (_, body) = rt
+        .block_on(public.send(hub_client::Method::GET, "/v1/log/verifier", None))
+        .unwrap();
+    let new_log_key = String::from_utf8(body.to_vec()).unwrap().trim().to_owned();
+    assert_ne!(new_log_key, log_key);
+    let (_, body) = rt
+        .block_on(public.send(hub_client::Method::GET, "/v1/log/checkpoint", None))
+        .unwrap();
+    let checkpoint = String::from_utf8_lossy(&body).into_owned();
+    assert!(
+        checkpoint.contains("\u{2014} witness.invalid/w1 "),
+        "{checkpoint}"
+    );
+    let new_key_id = new_log_key.split('+').nth(1).unwrap();
+    assert!(
+        checkpoint.lines().any(|l| l.starts_with("\u{2014} ") && {
+            // A note signature line: the key name, then base64(key id || signature).
+            let sig = l.rsplit(' ').next().unwrap();
+            let raw =
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, sig).unwrap();
+            raw[..4]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                == new_key_id
+        }),
+        "{checkpoint}"
+    );
     stop(served);
 
     let bundle = data.join("bundle");

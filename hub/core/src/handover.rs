@@ -14,6 +14,8 @@
 //! stolen can hand over to its thief too; after a compromise, pin the new
 //! key set out of band, as before.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -47,8 +49,10 @@ pub enum HandoverError {
     KidNotThumbprint(String),
     #[error("the retiring key {0:?} is neither pinned nor handed over to before")]
     UnknownRetiringKey(String),
-    #[error("the retiring key {kid:?} was no longer valid at {at}")]
-    RetiredBefore { kid: String, at: String },
+    #[error("the retiring key {kid:?} was not valid at {at}")]
+    NotValidAt { kid: String, at: String },
+    #[error("the key {kid:?} was handed over to {to:?} already")]
+    HandedOverBefore { kid: String, to: String },
     #[error("signed by {signed_by:?}, not by the key it retires {retires:?}")]
     WrongSigner { signed_by: String, retires: String },
     #[error("the hand-over to {kid:?} retires the key {retires:?}: {source}")]
@@ -94,8 +98,38 @@ impl KeyHandover {
 /// followed adds nothing, so whatever only its key signed stays unverified.
 pub fn follow(pinned: &Jwks, handovers: &[KeyHandover]) -> (Jwks, Vec<Result<(), HandoverError>>) {
     let mut keys = pinned.clone();
-    let outcomes = handovers.iter().map(|h| follow_one(&mut keys, h)).collect();
+    // A key hands over once: a second successor would fork the chain.
+    let mut successors: BTreeMap<String, String> = BTreeMap::new();
+    let outcomes = handovers
+        .iter()
+        .map(|h| {
+            if let Some(to) = successors.get(&h.retires)
+                && *to != h.key.kid
+            {
+                return Err(HandoverError::HandedOverBefore {
+                    kid: h.retires.clone(),
+                    to: to.clone(),
+                });
+            }
+            follow_one(&mut keys, h)?;
+            successors.insert(h.retires.clone(), h.key.kid.clone());
+            Ok(())
+        })
+        .collect();
     (keys, outcomes)
+}
+
+/// The key at the end of the chain that `pinned` starts: the one no
+/// hand-over it reaches has retired (`pinned` itself if none has).
+pub fn latest(pinned: &Jwk, handovers: &[KeyHandover]) -> Jwk {
+    let mut start = pinned.clone();
+    start.valid_until = None;
+    let (keys, _) = follow(&Jwks { keys: vec![start] }, handovers);
+    keys.keys
+        .into_iter()
+        .rev()
+        .find(|k| k.valid_until.is_none())
+        .unwrap_or_else(|| pinned.clone())
 }
 
 fn follow_one(keys: &mut Jwks, handover: &KeyHandover) -> Result<(), HandoverError> {
@@ -116,7 +150,7 @@ fn follow_one(keys: &mut Jwks, handover: &KeyHandover) -> Result<(), HandoverErr
     if bound(&retiring.valid_until).is_some_and(|until| from > until)
         || bound(&retiring.valid_from).is_some_and(|since| from < since)
     {
-        return Err(HandoverError::RetiredBefore {
+        return Err(HandoverError::NotValidAt {
             kid: handover.retires.clone(),
             at: from_text,
         });
@@ -242,17 +276,44 @@ mod tests {
     }
 
     #[test]
+    fn the_latest_key_is_the_end_of_the_chain_and_a_key_hands_over_once() {
+        let (a, b, c, d) = (key(1), key(2), key(3), key(4));
+        let chain = [KeyHandover::sign(&a, &b, T1), KeyHandover::sign(&b, &c, T2)];
+        assert_eq!(latest(&a.public_jwk(), &chain).kid, c.kid());
+        assert_eq!(latest(&b.public_jwk(), &chain).kid, c.kid());
+        assert_eq!(latest(&c.public_jwk(), &chain).kid, c.kid());
+        assert_eq!(latest(&a.public_jwk(), &[]).kid, a.kid());
+        // A second successor of a, even at the same moment, is refused.
+        let forked = [KeyHandover::sign(&a, &b, T1), KeyHandover::sign(&a, &d, T1)];
+        let (keys, outcomes) = follow(&pinned(&a), &forked);
+        assert!(
+            matches!(outcomes[1], Err(HandoverError::HandedOverBefore { .. })),
+            "{outcomes:?}"
+        );
+        assert!(keys.find(d.kid()).is_none());
+        assert_eq!(latest(&a.public_jwk(), &forked).kid, b.kid());
+    }
+
+    #[test]
     fn a_retired_key_cannot_hand_over_after_its_retirement_nor_a_key_without_a_start() {
         let (a, b, c) = (key(1), key(2), key(3));
-        // a retired at T1 (to b); a hand-over by a dated T2 is refused.
-        let chain = [KeyHandover::sign(&a, &b, T1), KeyHandover::sign(&a, &c, T2)];
-        let (keys, outcomes) = follow(&pinned(&a), &chain);
-        assert!(outcomes[0].is_ok());
+        // a, pinned as retired at T1: a hand-over by a dated T2 is refused.
+        let mut retired = pinned(&a);
+        retired.keys[0].valid_until = Some(T1.to_owned());
+        let (keys, outcomes) = follow(&retired, &[KeyHandover::sign(&a, &c, T2)]);
         assert!(
-            matches!(outcomes[1], Err(HandoverError::RetiredBefore { .. })),
+            matches!(outcomes[0], Err(HandoverError::NotValidAt { .. })),
             "{outcomes:?}"
         );
         assert!(keys.find(c.kid()).is_none());
+        // Nor can b hand over before it started.
+        let mut early = pinned(&b);
+        early.keys[0].valid_from = Some(T2.to_owned());
+        let (_, outcomes) = follow(&early, &[KeyHandover::sign(&b, &c, T1)]);
+        assert!(
+            matches!(outcomes[0], Err(HandoverError::NotValidAt { .. })),
+            "{outcomes:?}"
+        );
         let mut undated = KeyHandover::sign(&a, &b, T1);
         undated.key.valid_from = None;
         assert!(matches!(

@@ -72,6 +72,25 @@ impl Jwk {
         Ok(b64url(&sha256(&bytes)))
     }
 
+    /// The JWK of an Ed25519 public key, its thumbprint as `kid`, with no
+    /// validity period.
+    pub fn ed25519(public_key: &[u8]) -> Self {
+        let mut jwk = Jwk {
+            kty: "OKP".into(),
+            crv: "Ed25519".into(),
+            x: b64url(public_key),
+            y: None,
+            kid: String::new(),
+            alg: Some("EdDSA".into()),
+            use_: Some("sig".into()),
+            valid_from: None,
+            valid_until: None,
+        };
+        // The thumbprint of an OKP key with base64url members cannot fail.
+        jwk.kid = jwk.thumbprint().unwrap_or_default();
+        jwk
+    }
+
     /// Parse a JWK from JSON text and check that its `kid` is its thumbprint.
     pub fn parse(text: &str) -> Result<Self, JwsError> {
         let jwk: Jwk = serde_json::from_str(text).map_err(|_| JwsError::InvalidKey("not a JWK"))?;
@@ -189,19 +208,7 @@ impl SigningKey {
     }
 
     fn from_pair(pair: Ed25519KeyPair) -> Self {
-        let mut jwk = Jwk {
-            kty: "OKP".into(),
-            crv: "Ed25519".into(),
-            x: b64url(pair.public_key().as_ref()),
-            y: None,
-            kid: String::new(),
-            alg: Some("EdDSA".into()),
-            use_: Some("sig".into()),
-            valid_from: None,
-            valid_until: None,
-        };
-        // The thumbprint of a well-formed OKP key cannot fail.
-        jwk.kid = jwk.thumbprint().unwrap_or_default();
+        let jwk = Jwk::ed25519(pair.public_key().as_ref());
         Self { pair, jwk }
     }
 
