@@ -104,6 +104,17 @@ pub async fn init(
                 store::postgres::redact(&config.database_url())
             )
         })?;
+    match crate::pki::finish_interrupted_rotation(&pki)
+        .context("finishing an interrupted rotation of the hub key")?
+    {
+        crate::pki::InterruptedRotation::None => {}
+        crate::pki::InterruptedRotation::Finished { kid } => {
+            warn!(%kid, "finished a rotation of the hub key that had stopped after its hand-over");
+        }
+        crate::pki::InterruptedRotation::Undone => {
+            warn!("undid a rotation of the hub key that had stopped before its hand-over");
+        }
+    }
     let hub_key =
         read_signing_key(&pki.hub_signing_key()).context("reading the hub signing key")?;
     let data_key = Arc::new(read_data_key(&pki.data_key()).context("reading the data key")?);

@@ -93,6 +93,11 @@ impl PkiPaths {
     pub fn hub_signing_key(&self) -> PathBuf {
         self.dir.join("hub-signing.key")
     }
+    /// The new signing key of a rotation under way: renamed to
+    /// [`PkiPaths::hub_signing_key`] as the rotation's last step.
+    pub fn hub_signing_key_next(&self) -> PathBuf {
+        self.dir.join("hub-signing.key.next")
+    }
     /// The hub's retired signing keys (public JWKs with `valid_until`), a
     /// JWKS: published beside the current key so that what they signed
     /// still verifies.
@@ -152,7 +157,8 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
         .mode(0o600)
         .open(path)
         .map_err(io(path))?;
-    f.write_all(contents).map_err(io(path))
+    f.write_all(contents).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
 }
 
 fn write_public(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
@@ -554,13 +560,73 @@ pub fn read_hub_key_handovers(paths: &PkiPaths) -> Result<Vec<KeyHandover>, PkiE
     }
 }
 
+/// Replace `path` with `contents` all at once (a file beside it, synced,
+/// then renamed over it): a crash leaves the old file or the new one.
+fn replace_file(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(contents).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// What [`finish_interrupted_rotation`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterruptedRotation {
+    /// No rotation was under way.
+    None,
+    /// Its hand-over was written: the new key was put in place.
+    Finished { kid: String },
+    /// It stopped before its hand-over: the new key was deleted and the
+    /// current key stays current.
+    Undone,
+}
+
+/// Finish or undo a rotation that stopped before its last step. The
+/// hand-over is the rotation's commit point: once written, the new key
+/// ([`PkiPaths::hub_signing_key_next`]) is put in place; before, it is
+/// deleted and the current key taken out of the retired keys again.
+pub fn finish_interrupted_rotation(paths: &PkiPaths) -> Result<InterruptedRotation, PkiError> {
+    let next_path = paths.hub_signing_key_next();
+    if !next_path.exists() {
+        return Ok(InterruptedRotation::None);
+    }
+    let next = read_signing_key(&next_path)?;
+    let handed_over = read_hub_key_handovers(paths)?
+        .last()
+        .is_some_and(|h| h.key.kid == next.kid());
+    if handed_over {
+        fs::rename(&next_path, paths.hub_signing_key()).map_err(io(&next_path))?;
+        return Ok(InterruptedRotation::Finished {
+            kid: next.kid().to_owned(),
+        });
+    }
+    let current = read_signing_key(&paths.hub_signing_key())?;
+    let mut retired = read_retired_hub_keys(paths)?;
+    let before = retired.keys.len();
+    retired.keys.retain(|k| k.kid != current.kid());
+    if retired.keys.len() != before {
+        let text = pretty_json(paths.hub_retired_keys(), &retired)?;
+        replace_file(&paths.hub_retired_keys(), text.as_bytes())?;
+    }
+    fs::remove_file(&next_path).map_err(io(&next_path))?;
+    Ok(InterruptedRotation::Undone)
+}
+
 /// Retire the hub's signing key at `now` and make a new one: the old key
 /// signs its hand-over to the new one ([`PkiPaths::hub_key_handovers`]),
-/// then the old private key is overwritten (nothing signs with it again)
-/// and its public key joins [`PkiPaths::hub_retired_keys`] with
-/// `valid_until = now`. Every hub process sharing the log must be
-/// restarted with the new key file. Returns (retired kid, new kid).
+/// its public key joins [`PkiPaths::hub_retired_keys`] with `valid_until =
+/// now`, and the new key replaces the old private key (nothing signs with
+/// that again). Every hub process sharing the log must be restarted with
+/// the new key file. Returns (retired kid, new kid).
+///
+/// Each step leaves the files whole; a crash between steps is finished or
+/// undone by [`finish_interrupted_rotation`], which every start and the
+/// next rotation run first.
 pub fn rotate_hub_key(paths: &PkiPaths, now: OffsetDateTime) -> Result<(String, String), PkiError> {
+    finish_interrupted_rotation(paths)?;
     let current = read_signing_key(&paths.hub_signing_key())?;
     let mut retired_set = read_retired_hub_keys(paths)?;
     let mut handovers = read_hub_key_handovers(paths)?;
@@ -574,18 +640,107 @@ pub fn rotate_hub_key(paths: &PkiPaths, now: OffsetDateTime) -> Result<(String, 
     let old_kid = retired.kid.clone();
     retired_set.keys.push(retired);
     let rng = ring::rand::SystemRandom::new();
-    let key_path = paths.hub_signing_key();
+    let next_path = paths.hub_signing_key_next();
     let (new, secret) = SigningKey::generate(&rng).map_err(|e| PkiError::Invalid {
-        path: key_path.clone(),
+        path: next_path.clone(),
         message: e.to_string(),
     })?;
     handovers.push(KeyHandover::sign(&current, &new, &at));
     let retired_text = pretty_json(paths.hub_retired_keys(), &retired_set)?;
     let handovers_text = pretty_json(paths.hub_key_handovers(), &handovers)?;
-    // The public files are saved before the private key is replaced: a
-    // crash in between leaves the old key current, never unverifiable.
-    write_public(&paths.hub_retired_keys(), retired_text.as_bytes())?;
-    write_public(&paths.hub_key_handovers(), handovers_text.as_bytes())?;
-    write_private(&key_path, pkcs8_pem(secret.expose()).as_bytes())?;
+    write_private(&next_path, pkcs8_pem(secret.expose()).as_bytes())?;
+    replace_file(&paths.hub_retired_keys(), retired_text.as_bytes())?;
+    // The commit point: from here on the rotation is finished, not undone.
+    replace_file(&paths.hub_key_handovers(), handovers_text.as_bytes())?;
+    fs::rename(&next_path, paths.hub_signing_key()).map_err(io(&next_path))?;
     Ok((old_kid, new.kid().to_owned()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn dev_pki() -> (tempfile::TempDir, PkiPaths) {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = PkiPaths::new(dir.path());
+        ensure_dev_pki(&paths, OffsetDateTime::now_utc()).unwrap();
+        (dir, paths)
+    }
+
+    fn kid(path: &Path) -> String {
+        read_signing_key(path).unwrap().kid().to_owned()
+    }
+
+    #[test]
+    fn a_rotation_hands_over_from_the_old_key_to_the_new_one() {
+        let (_dir, paths) = dev_pki();
+        let old = kid(&paths.hub_signing_key());
+        let at = OffsetDateTime::now_utc();
+        let (retired, new) = rotate_hub_key(&paths, at).unwrap();
+        assert_eq!(
+            (retired.as_str(), kid(&paths.hub_signing_key())),
+            (old.as_str(), new.clone())
+        );
+        assert!(!paths.hub_signing_key_next().exists());
+        let handovers = read_hub_key_handovers(&paths).unwrap();
+        assert_eq!(handovers.len(), 1);
+        let pinned = Jwks {
+            keys: vec![read_retired_hub_keys(&paths).unwrap().keys[0].clone()],
+        };
+        let (keys, outcomes) = hub_core::handover::follow(&pinned, &handovers);
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        assert!(keys.find(&new).is_some());
+        assert_eq!(
+            finish_interrupted_rotation(&paths).unwrap(),
+            InterruptedRotation::None
+        );
+    }
+
+    #[test]
+    fn a_rotation_stopped_before_its_handover_is_undone() {
+        let (_dir, paths) = dev_pki();
+        let old = kid(&paths.hub_signing_key());
+        // The state a crash leaves after the new key and the retired list
+        // were written, before the hand-over.
+        generate_signing_key(&paths.hub_signing_key_next()).unwrap();
+        let current = read_signing_key(&paths.hub_signing_key()).unwrap();
+        let mut retired = current.public_jwk();
+        retired.valid_until = Some("2026-12-03T00:00:00.000Z".into());
+        let text = serde_json::to_string(&Jwks {
+            keys: vec![retired],
+        })
+        .unwrap();
+        fs::write(paths.hub_retired_keys(), text).unwrap();
+
+        assert_eq!(
+            finish_interrupted_rotation(&paths).unwrap(),
+            InterruptedRotation::Undone
+        );
+        assert_eq!(kid(&paths.hub_signing_key()), old);
+        assert!(!paths.hub_signing_key_next().exists());
+        assert!(read_retired_hub_keys(&paths).unwrap().keys.is_empty());
+        assert!(read_hub_key_handovers(&paths).unwrap().is_empty());
+        // The next rotation starts from a clean state.
+        let (retired, _) = rotate_hub_key(&paths, OffsetDateTime::now_utc()).unwrap();
+        assert_eq!(retired, old);
+        assert_eq!(read_retired_hub_keys(&paths).unwrap().keys.len(), 1);
+    }
+
+    #[test]
+    fn a_rotation_stopped_after_its_handover_is_finished() {
+        let (_dir, paths) = dev_pki();
+        let old_key = fs::read(paths.hub_signing_key()).unwrap();
+        let (_, new) = rotate_hub_key(&paths, OffsetDateTime::now_utc()).unwrap();
+        // The state a crash leaves after the hand-over, before the rename.
+        fs::rename(paths.hub_signing_key(), paths.hub_signing_key_next()).unwrap();
+        fs::write(paths.hub_signing_key(), old_key).unwrap();
+
+        assert_eq!(
+            finish_interrupted_rotation(&paths).unwrap(),
+            InterruptedRotation::Finished { kid: new.clone() }
+        );
+        assert_eq!(kid(&paths.hub_signing_key()), new);
+        assert!(!paths.hub_signing_key_next().exists());
+    }
 }
