@@ -271,3 +271,141 @@ async fn only_administrators_certificates_open_the_admin_listener() {
         .unwrap();
     assert_eq!(status, StatusCode::OK);
 }
+
+/// The value of `series` (name and labels exactly) in a Prometheus
+/// exposition, if it is there.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
+/// The admin listener serves the hub's figures to Prometheus: requests by
+/// listener, route and status with their durations, log entries by kind,
+/// the log and the inboxes - to administrators only.
+#[tokio::test]
+async fn an_administrator_scrapes_the_hubs_figures() {
+    let hub = TestHub::start().await;
+    let (status, answer) = hub.send(citizen_lookup("001085012345")).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (status, refused) = hub.send(citizen_lookup("12")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    hub.publish_registered_event().await;
+    let (status, _) = hub
+        .client(TAX)
+        .get_json("/v1/exchanges/0190b3a2-7c1e-7000-8000-000000000000")
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let scrape = || async {
+        let (status, body) = hub
+            .operator()
+            .send(hub_client::Method::GET, "/metrics", None)
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        String::from_utf8(body.to_vec()).unwrap()
+    };
+    let text = scrape().await;
+    let value =
+        |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+    let api = r#"listener="api",route="/v1/exchanges""#;
+    assert_eq!(
+        value(&format!("hub_http_requests_total{{{api},status=\"200\"}}")),
+        1.0
+    );
+    assert_eq!(
+        value(&format!("hub_http_requests_total{{{api},status=\"422\"}}")),
+        1.0
+    );
+    assert_eq!(
+        value(&format!("hub_http_requests_total{{{api},status=\"202\"}}")),
+        1.0
+    );
+    // The route is the pattern, not the path: one series for every id.
+    assert_eq!(
+        value(r#"hub_http_requests_total{listener="api",route="/v1/exchanges/{id}",status="404"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(&format!("hub_http_request_duration_seconds_count{{{api}}}")),
+        3.0
+    );
+    assert_eq!(
+        value(&format!(
+            "hub_http_request_duration_seconds_bucket{{{api},le=\"+Inf\"}}"
+        )),
+        3.0
+    );
+    assert_eq!(value("hub_database_up"), 1.0);
+    assert!(
+        !text.contains("hub_broker_up"),
+        "embedded: no broker\n{text}"
+    );
+    // Entries by kind, as the log holds them (this hub wrote them all).
+    let records = hub.log_records().await;
+    for kind in ["request", "response", "refusal", "event"] {
+        let logged = records.iter().filter(|r| r["kind"] == kind).count();
+        assert!(logged > 0, "no {kind} entry");
+        #[allow(clippy::cast_precision_loss)]
+        let logged = logged as f64;
+        assert_eq!(
+            value(&format!(
+                "hub_log_entries_appended_total{{kind=\"{kind}\"}}"
+            )),
+            logged,
+            "{kind}"
+        );
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let size = records.len() as f64;
+    assert_eq!(value("hub_log_size"), size);
+    // Both subscribers have the event waiting; once one has it, its inbox
+    // is empty and the other's is not.
+    let inbox =
+        |text: &str, m: &str| sample(text, &format!("hub_inbox_messages{{recipient=\"{m}\"}}"));
+    assert_eq!(inbox(&text, TAX), Some(1.0), "{text}");
+    assert_eq!(inbox(&text, SOCIAL_INSURANCE), Some(1.0), "{text}");
+    let tax = hub.client(TAX);
+    let (status, leased) = tax.get_json("/v1/inbox?max=10").await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{leased}");
+    let ids: Vec<Value> = leased["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["record"]["exchange_id"].clone())
+        .collect();
+    assert_eq!(ids.len(), 1, "{leased}");
+    let (status, acked) = tax
+        .post_json("/v1/inbox/ack", &json!({"exchange_ids": ids}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{acked}");
+    let text = scrape().await;
+    assert_eq!(inbox(&text, TAX), None, "{text}");
+    assert_eq!(inbox(&text, SOCIAL_INSURANCE), Some(1.0), "{text}");
+    // The scrape itself is counted, on the admin listener.
+    assert!(
+        text.contains(
+            r#"hub_http_requests_total{listener="admin",route="/metrics",status="200"} 1"#
+        ),
+        "{text}"
+    );
+
+    // Not for agencies: the API listener has no such route, and an agency's
+    // certificate does not open the admin listener.
+    let (status, _) = tax.get_json("/metrics").await.unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let pki = &hub.running().pki;
+    let tax_member: hub_core::ids::Member = TAX.parse().unwrap();
+    let agency_at_admin = admin_client(
+        &hub,
+        &pki.agency_cert(&tax_member),
+        &pki.agency_key(&tax_member),
+    );
+    let answer = agency_at_admin
+        .send(hub_client::Method::GET, "/metrics", None)
+        .await;
+    assert!(!matches!(answer, Ok((StatusCode::OK, _))), "{answer:?}");
+}

@@ -83,6 +83,16 @@ async fn a_stopped_database_gets_503_at_once_and_the_hub_recovers_by_itself() {
     let (status, ready) = hub.public_client().get_json("/readyz").await.unwrap();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(ready["database"], "unavailable");
+    // The metrics say so too, and still answer.
+    let (status, metrics) = hub
+        .operator()
+        .send(hub_client::Method::GET, "/metrics", None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(metrics.contains("\nhub_database_up 0\n"), "{metrics}");
+    assert!(!metrics.contains("hub_inbox_messages"), "{metrics}");
 
     pg_ctl(&version, "start");
     drop(restart);

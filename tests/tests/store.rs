@@ -963,6 +963,20 @@ async fn the_outbox_keeps_dispatched_messages_until_confirmed(store: Arc<dyn Sto
         .map(|r| r.exchange_id)
         .collect();
     assert_eq!(left, vec![id(2), id(3)]);
+    // What waits, as the metrics report it: outbox rows by instance, and
+    // the provider's inbox empty (dispatched messages never enter it).
+    let backlog = store.backlog().await.unwrap();
+    assert_eq!(
+        backlog.outbox,
+        vec![("a".to_owned(), 2), ("b".to_owned(), 1)]
+    );
+    assert!(backlog.inboxes.is_empty(), "{backlog:?}");
+    let queued = e.item(EntryKind::Request, id(5), vec![open(5), enqueue(0)]);
+    store.append(&[queued]).await.unwrap();
+    assert_eq!(
+        store.backlog().await.unwrap().inboxes,
+        vec![(PROVIDER.to_owned(), 1)]
+    );
 }
 
 fn subjects(list: &[&str]) -> Effect {

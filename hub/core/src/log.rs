@@ -53,6 +53,17 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [EntryKind; 7] = [
+        Self::Request,
+        Self::Response,
+        Self::Event,
+        Self::Refusal,
+        Self::Receipt,
+        Self::Failure,
+        Self::Admin,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Request => "request",

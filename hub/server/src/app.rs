@@ -510,6 +510,10 @@ pub async fn start_with_adapters(
             .layer(axum::middleware::from_fn_with_state(
                 api_tls,
                 crate::identity::refuse_revoked,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                (hub.metrics.clone(), "api"),
+                crate::metrics::count_requests,
             )),
         config.timeouts(),
         shutdown_rx.clone(),
@@ -522,6 +526,10 @@ pub async fn start_with_adapters(
             .layer(axum::middleware::from_fn_with_state(
                 admin_tls,
                 crate::identity::refuse_revoked,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                (hub.metrics.clone(), "admin"),
+                crate::metrics::count_requests,
             )),
         config.timeouts(),
         shutdown_rx.clone(),
@@ -529,7 +537,12 @@ pub async fn start_with_adapters(
     tasks.spawn(serve::serve_tls(
         public,
         public_tls,
-        public_routes().with_state(state),
+        public_routes()
+            .with_state(state)
+            .layer(axum::middleware::from_fn_with_state(
+                (hub.metrics.clone(), "public"),
+                crate::metrics::count_requests,
+            )),
         config.timeouts(),
         shutdown_rx,
     ));

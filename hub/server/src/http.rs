@@ -252,9 +252,60 @@ pub fn api_routes() -> Router<AppState> {
         .route("/tlog/{*path}", get(tlog_tile))
 }
 
-/// The admin listener's routes: health and keys, and registry changes.
+/// The admin listener's routes: health and keys, registry changes, and
+/// the figures for Prometheus.
 pub fn admin_routes() -> Router<AppState> {
-    public_routes().route("/admin/v1/changes", post(admin_change))
+    public_routes()
+        .route("/admin/v1/changes", post(admin_change))
+        .route("/metrics", get(metrics))
+}
+
+/// The figures of `crate::metrics`: this process's counters, and gauges
+/// read now. A database that does not answer is reported, not an error:
+/// a scrape is how an operator learns that.
+#[instrument(skip_all)]
+async fn metrics(State(s): State<AppState>) -> Response {
+    let hub = &s.hub;
+    let (database_up, checkpoint_size, backlog) = match hub.store.ping().await {
+        Ok(()) => {
+            let checkpoint = hub.store.latest_checkpoint().await;
+            let backlog = hub.store.backlog().await;
+            if let Err(e) = checkpoint
+                .as_ref()
+                .map(|_| ())
+                .and(backlog.as_ref().map(|_| ()))
+            {
+                error!(error = %e, "metrics: reading the store failed");
+            }
+            (
+                true,
+                checkpoint.ok().flatten().map(|c| c.size),
+                backlog.ok(),
+            )
+        }
+        Err(e) => {
+            error!(error = %e, "metrics: database unavailable");
+            (false, None, None)
+        }
+    };
+    let (outbox, inboxes) = backlog.map(|b| (b.outbox, b.inboxes)).unzip();
+    let gauges = crate::metrics::Gauges {
+        database_up,
+        broker_up: hub.remote.as_ref().map(|r| r.broker.is_up()),
+        log_size: hub.log.head().size,
+        appended: hub.log.appended_by_kind(),
+        checkpoint_size,
+        outbox,
+        inboxes,
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        hub.metrics.render(&gauges),
+    )
+        .into_response()
 }
 
 /// Make one registry change as the administrator the certificate names;

@@ -12,6 +12,7 @@
 //! - [`broker`]: delivery to adapter processes over RabbitMQ (outbox relay, answers)
 //! - [`log_writer`]: the log's single writer with group commit and the Merkle tree
 //! - [`transparency`]: signed checkpoints and proofs
+//! - [`metrics`]: figures for Prometheus (`GET /metrics` on the admin listener)
 //! - [`pki`], [`tls`], [`identity`]: certificates, keys and who is calling
 //! - [`config`], [`clock`]: configuration, time and randomness
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod http;
 pub mod identity;
 pub mod limits;
 pub mod log_writer;
+pub mod metrics;
 pub mod pipeline;
 pub mod pki;
 pub mod queue;

@@ -22,12 +22,13 @@
 //! checkpoint (a truncated or rewritten log).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hub_core::body::{DataKey, NONCE_LEN};
 use hub_core::hash::Hash;
 use hub_core::ids::ExchangeId;
 use hub_core::jws::SigningKey;
-use hub_core::log::{EntryDraft, Placed, place, seal_batch};
+use hub_core::log::{EntryDraft, EntryKind, Placed, place, seal_batch};
 use hub_core::merkle::Frontier;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, instrument, warn};
@@ -98,6 +99,8 @@ pub struct TreeHead {
 pub struct LogWriter {
     tx: mpsc::Sender<Job>,
     head: watch::Receiver<TreeHead>,
+    /// Entries appended through this process, by [`EntryKind::ALL`]'s order.
+    appended: Arc<[AtomicU64; EntryKind::ALL.len()]>,
 }
 
 /// How many leaf hashes to read at a time when rebuilding the tree.
@@ -166,7 +169,20 @@ impl LogWriter {
         let (landed_tx, landed) = mpsc::unbounded_channel();
         tokio::spawn(commit_all(work, state, landed_tx, store, keys));
         tokio::spawn(run(rx, commits, landed, start, clock, batch_max.max(1)));
-        Ok(Self { tx, head })
+        Ok(Self {
+            tx,
+            head,
+            appended: Arc::default(),
+        })
+    }
+
+    /// How many entries of each kind were appended through this process.
+    pub fn appended_by_kind(&self) -> Vec<(&'static str, u64)> {
+        EntryKind::ALL
+            .iter()
+            .zip(self.appended.iter())
+            .map(|(kind, n)| (kind.as_str(), n.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// The committed tree's head now.
@@ -195,6 +211,7 @@ impl LogWriter {
         effects: Vec<Effect>,
     ) -> Result<AppendItem, AppendError> {
         let (reply, rx) = oneshot::channel();
+        let kind = draft.kind;
         self.tx
             .send(Job::Append(Box::new(Pending {
                 draft,
@@ -205,7 +222,15 @@ impl LogWriter {
             })))
             .await
             .map_err(|_| AppendError::Stopped)?;
-        rx.await.map_err(|_| AppendError::Stopped)?
+        let item = rx.await.map_err(|_| AppendError::Stopped)??;
+        if let Some(n) = EntryKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .and_then(|i| self.appended.get(i))
+        {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(item)
     }
 
     /// Bring the tree head up to what the store holds, including other

@@ -132,6 +132,8 @@ pub struct Hub {
     /// Client certificates administrators revoked, for the API listener's
     /// handshakes (reloaded from the registry; see `crate::tls`).
     pub revoked_certificates: Arc<crate::tls::RevokedCertificates>,
+    /// This process's request counters (`crate::metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The registry facts requests are decided on.
     registry: RegistryCache,
     pending: Mutex<HashMap<Member, usize>>,
@@ -269,6 +271,7 @@ impl Hub {
             local: HashMap::new(),
             provider_queue_max: usize::MAX,
             revoked_certificates: Arc::default(),
+            metrics: Arc::default(),
             registry: RegistryCache::default(),
             pending: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),

@@ -494,6 +494,28 @@ pub struct Delivery {
     pub attempts: u32,
 }
 
+/// What waits in the store ([`Store::backlog`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Unpublished outbox rows by hub instance.
+    pub outbox: Vec<(String, u64)>,
+    /// Inbox messages by recipient, leased or not.
+    pub inboxes: Vec<(String, u64)>,
+}
+
+/// The backlog's two counts, the same SQL on both backends.
+pub(crate) const OUTBOX_BY_INSTANCE: &str =
+    "SELECT instance, count(*) FROM outbox GROUP BY instance ORDER BY instance";
+pub(crate) const INBOX_BY_RECIPIENT: &str =
+    "SELECT recipient, count(*) FROM deliveries GROUP BY recipient ORDER BY recipient";
+
+/// Counts as read, made unsigned.
+pub(crate) fn counts(rows: Vec<(String, i64)>) -> Vec<(String, u64)> {
+    rows.into_iter()
+        .map(|(name, n)| (name, u64::try_from(n).unwrap_or(0)))
+        .collect()
+}
+
 /// A message waiting in the outbox for the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxRow {
@@ -918,6 +940,9 @@ pub trait Store: Send + Sync {
 
     /// Up to `max` of `instance`'s outbox rows, oldest first.
     async fn outbox(&self, instance: &str, max: u32) -> Result<Vec<OutboxRow>, StoreError>;
+    /// What waits: unpublished outbox rows by hub instance, and inbox
+    /// messages by recipient (for `crate::metrics`).
+    async fn backlog(&self) -> Result<Backlog, StoreError>;
     /// Delete outbox rows the broker confirmed.
     async fn remove_outbox(&self, seqs: &[i64]) -> Result<(), StoreError>;
 }

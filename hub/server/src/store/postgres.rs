@@ -21,7 +21,10 @@ use super::{
     StoreError, StoredCheckpoint, StoredEntry, StoredMessage, Subscription, Tail, fields_of_column,
     json_text, keep_exchanges,
 };
-use super::{Effect, Presumed, Presumption, corrupt, member, registry_changes, to_i64, to_u64};
+use super::{
+    Backlog, Effect, INBOX_BY_RECIPIENT, OUTBOX_BY_INSTANCE, Presumed, Presumption, corrupt,
+    counts, member, registry_changes, to_i64, to_u64,
+};
 
 /// The PostgreSQL store.
 #[derive(Debug, Clone)]
@@ -1040,6 +1043,21 @@ impl Store for PgStore {
             .await
             .map_err(db)?;
         Ok(r.rows_affected() > 0)
+    }
+
+    async fn backlog(&self) -> Result<Backlog, StoreError> {
+        let outbox = sqlx::query_as(OUTBOX_BY_INSTANCE)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        let inboxes = sqlx::query_as(INBOX_BY_RECIPIENT)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(Backlog {
+            outbox: counts(outbox),
+            inboxes: counts(inboxes),
+        })
     }
 
     async fn outbox(&self, instance: &str, max: u32) -> Result<Vec<OutboxRow>, StoreError> {

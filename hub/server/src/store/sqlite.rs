@@ -22,7 +22,9 @@ use super::{
     StoredCheckpoint, StoredEntry, StoredMessage, Subscription, Tail, fields_of_column, json_text,
     keep_exchanges,
 };
-use super::{corrupt, member, to_i64, to_u64};
+use super::{
+    Backlog, INBOX_BY_RECIPIENT, OUTBOX_BY_INSTANCE, corrupt, counts, member, to_i64, to_u64,
+};
 
 /// Inbox rows with their messages, `WHERE` the given clause: the sealed
 /// copy a row holds, else (an event's) the record and sealed body of the
@@ -917,6 +919,21 @@ impl Store for SqliteStore {
             .await
             .map_err(db)?;
         Ok(r.rows_affected() > 0)
+    }
+
+    async fn backlog(&self) -> Result<Backlog, StoreError> {
+        let outbox = sqlx::query_as(OUTBOX_BY_INSTANCE)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        let inboxes = sqlx::query_as(INBOX_BY_RECIPIENT)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(Backlog {
+            outbox: counts(outbox),
+            inboxes: counts(inboxes),
+        })
     }
 
     async fn outbox(&self, instance: &str, max: u32) -> Result<Vec<OutboxRow>, StoreError> {
