@@ -268,15 +268,12 @@ async fn metrics(State(s): State<AppState>) -> Response {
     let hub = &s.hub;
     let (database_up, checkpoint_size, backlog) = match hub.store.ping().await {
         Ok(()) => {
-            let checkpoint = hub.store.latest_checkpoint().await;
-            let backlog = hub.store.backlog().await;
-            if let Err(e) = checkpoint
-                .as_ref()
-                .map(|_| ())
-                .and(backlog.as_ref().map(|_| ()))
-            {
-                error!(error = %e, "metrics: reading the store failed");
-            }
+            let checkpoint = hub.store.latest_checkpoint().await.map_err(|e| {
+                error!(error = %e, "metrics: reading the latest checkpoint failed");
+            });
+            let backlog = hub.store.backlog().await.map_err(|e| {
+                error!(error = %e, "metrics: reading the backlog failed");
+            });
             (
                 true,
                 checkpoint.ok().flatten().map(|c| c.size),
