@@ -134,6 +134,18 @@ impl TestHub {
         .unwrap()
     }
 
+    /// The hub's figures for Prometheus (`GET /metrics` on the admin
+    /// listener, as the dev administrator), checked to be served.
+    pub async fn metrics(&self) -> String {
+        let (status, body) = self
+            .operator()
+            .send(hub_client::Method::GET, "/metrics", None)
+            .await
+            .unwrap();
+        assert_eq!(status, http::StatusCode::OK);
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
     /// A client of the public listener, without a client certificate.
     pub fn public_client(&self) -> HubClient {
         HubClient::new(

@@ -298,16 +298,7 @@ async fn an_administrator_scrapes_the_hubs_figures() {
         .unwrap();
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    let scrape = || async {
-        let (status, body) = hub
-            .operator()
-            .send(hub_client::Method::GET, "/metrics", None)
-            .await
-            .unwrap();
-        assert_eq!(status, StatusCode::OK);
-        String::from_utf8(body.to_vec()).unwrap()
-    };
-    let text = scrape().await;
+    let text = hub.metrics().await;
     let value =
         |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
     let api = r#"listener="api",route="/v1/exchanges""#;
@@ -382,7 +373,7 @@ async fn an_administrator_scrapes_the_hubs_figures() {
         .await
         .unwrap();
     assert_eq!(status, StatusCode::OK, "{acked}");
-    let text = scrape().await;
+    let text = hub.metrics().await;
     assert_eq!(inbox(&text, TAX), None, "{text}");
     assert_eq!(inbox(&text, SOCIAL_INSURANCE), Some(1.0), "{text}");
     // The scrape itself is counted, on the admin listener.

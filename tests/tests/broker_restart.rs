@@ -132,13 +132,7 @@ async fn a_broker_restart_costs_a_pause_never_a_message() {
     })
     .await;
     assert!(ready.is_some(), "the hub never reported ready again");
-    let (status, metrics) = hub
-        .operator()
-        .send(hub_client::Method::GET, "/metrics", None)
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK);
-    let metrics = String::from_utf8_lossy(&metrics);
+    let metrics = hub.metrics().await;
     assert!(metrics.contains("\nhub_broker_up 1\n"), "{metrics}");
     assert!(metrics.contains("\nhub_database_up 1\n"), "{metrics}");
 

@@ -84,13 +84,7 @@ async fn a_stopped_database_gets_503_at_once_and_the_hub_recovers_by_itself() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(ready["database"], "unavailable");
     // The metrics say so too, and still answer.
-    let (status, metrics) = hub
-        .operator()
-        .send(hub_client::Method::GET, "/metrics", None)
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK);
-    let metrics = String::from_utf8_lossy(&metrics);
+    let metrics = hub.metrics().await;
     assert!(metrics.contains("\nhub_database_up 0\n"), "{metrics}");
     assert!(!metrics.contains("hub_inbox_messages"), "{metrics}");
 
