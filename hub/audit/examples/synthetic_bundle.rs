@@ -1,4 +1,5 @@
-//! Write a synthetic bundle for benchmarking `hub audit verify`:
+//! Write a synthetic bundle for benchmarking `hub audit verify` (events,
+//! each followed by its two subscribers' receipts):
 //!
 //! ```sh
 //! cargo run --release -p hub-audit --example synthetic_bundle -- /tmp/bundle 1000000

@@ -20,6 +20,7 @@
 //! where bodies are present, every body hash, agency signature and schema.
 #![forbid(unsafe_code)]
 
+pub mod references;
 pub mod registry;
 pub mod replay;
 pub mod synthetic;
@@ -31,6 +32,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use crate::references::{Link, References};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hub_core::body::{DataKey, SealedBody};
@@ -283,6 +285,7 @@ pub mod checks {
     pub const STORED_BODY: &str = "stored_body";
     pub const SENDER_SIGNATURE: &str = "sender_signature";
     pub const SCHEMA: &str = "schema";
+    pub const REFERENCE: &str = "reference";
     pub const CHECKPOINT_SIGNATURE: &str = "checkpoint_signature";
     pub const CHECKPOINT_ORDER: &str = "checkpoint_order";
     pub const FORK: &str = "fork";
@@ -549,6 +552,7 @@ pub fn verify(
     // Every perfect subtree's root: the checkpoint roots and the consistency
     // proofs between checkpoints come from it in O(log^2 n) each.
     let mut tree = Tree::new();
+    let mut references = References::new();
     let mut prev: Hash = [0; 32];
     let mut expected: u64 = 0;
     loop {
@@ -617,6 +621,13 @@ pub fn verify(
                     Err("prev is not the previous entry's leaf hash".into())
                 },
             );
+            if depth == Depth::Full {
+                report.record(
+                    checks::REFERENCE,
+                    Some(index),
+                    references.check(index, c.link.as_ref()),
+                );
+            }
             tree.push(c.leaf);
             prev = c.leaf;
             expected += 1;
@@ -718,7 +729,8 @@ pub enum Depth {
     /// every checkpoint, and the checkpoints' signatures.
     Integrity,
     /// Also every record's canonical form, hub signature and key validity,
-    /// and every body's hash, agency signature and schema.
+    /// every body's hash, agency signature and schema, and what each entry
+    /// answers or acknowledges ([`references`]).
     Full,
 }
 
@@ -730,6 +742,8 @@ struct Checked {
     prev: Option<String>,
     time: Option<String>,
     leaf: Hash,
+    /// What the reference check reads (a full check only).
+    link: Option<Link>,
     outcomes: Vec<Outcome>,
 }
 
@@ -798,6 +812,7 @@ fn check_entry(line: &str, body: Option<&BodyLine>, ctx: &Ctx<'_>) -> Checked {
                 prev: Some(h.prev),
                 time: Some(h.time),
                 leaf,
+                link: None,
                 outcomes: Vec::new(),
             },
             Err(e) => Checked {
@@ -805,6 +820,7 @@ fn check_entry(line: &str, body: Option<&BodyLine>, ctx: &Ctx<'_>) -> Checked {
                 prev: None,
                 time: None,
                 leaf,
+                link: None,
                 outcomes: vec![(checks::CANONICAL_FORM, Err(format!("not a record: {e}")))],
             },
         };
@@ -819,6 +835,7 @@ fn check_entry(line: &str, body: Option<&BodyLine>, ctx: &Ctx<'_>) -> Checked {
                 prev: None,
                 time: None,
                 leaf,
+                link: None,
                 outcomes,
             };
         }
@@ -864,6 +881,7 @@ fn check_entry(line: &str, body: Option<&BodyLine>, ctx: &Ctx<'_>) -> Checked {
         prev: value["prev"].as_str().map(str::to_owned),
         time: value["time"].as_str().map(str::to_owned),
         leaf,
+        link: Link::deserialize(&value).ok(),
         outcomes,
     }
 }

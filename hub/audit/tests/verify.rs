@@ -88,7 +88,7 @@ fn an_untouched_bundle_verifies() {
 fn a_changed_byte_is_pinpointed() {
     let (dir, _, pinned) = fresh();
     let mut l = lines(dir.path(), "entries.jsonl");
-    l[17] = l[17].replace("\"tax\"", "\"tay\"");
+    l[17] = l[17].replacen("\"000.00.00.G", "\"000.00.00.H", 1);
     write_lines(dir.path(), "entries.jsonl", &l);
     let report = run(dir.path(), &pinned);
     assert_eq!(failed(&report, checks::HUB_SIGNATURE), [Some(17)]);
@@ -247,8 +247,9 @@ fn prove_checks_an_exchanges_inclusion() {
     let id = hub_audit::synthetic::exchange_id(12).to_string();
     let proof = hub_audit::prove(dir.path(), &pinned, &id).unwrap();
     assert_eq!(proof.size, 40);
-    assert_eq!(proof.proofs.len(), 1);
-    assert_eq!(proof.proofs[0].index, 12);
+    // The event and its two receipts.
+    let indexes: Vec<u64> = proof.proofs.iter().map(|p| p.index).collect();
+    assert_eq!(indexes, [12, 13, 14]);
     assert!(
         hub_audit::prove(
             dir.path(),
@@ -263,7 +264,7 @@ fn prove_checks_an_exchanges_inclusion() {
 fn integrity_only_still_catches_a_changed_byte_without_checking_signatures() {
     let (dir, _, pinned) = fresh();
     let mut l = lines(dir.path(), "entries.jsonl");
-    l[17] = l[17].replace("\"tax\"", "\"tay\"");
+    l[17] = l[17].replacen("\"000.00.00.G", "\"000.00.00.H", 1);
     write_lines(dir.path(), "entries.jsonl", &l);
     let report = verify(
         dir.path(),
@@ -346,4 +347,51 @@ fn a_seal_moved_to_another_record_of_its_batch_is_caught() {
         vec![Some(3), Some(5)]
     );
     assert_eq!(report.findings.len(), 2, "{:?}", report.findings);
+}
+
+/// A log the hub signed whole, whose entries contradict each other: only
+/// reading them against each other shows it.
+#[test]
+fn receipts_that_do_not_match_what_was_delivered_are_caught() {
+    use hub_core::log::{EntryDraft, EntryKind};
+    let dir = tempfile::tempdir().unwrap();
+    let key = key();
+    let mut entries: Vec<(EntryDraft, serde_json::Value)> =
+        hub_audit::synthetic::events_acknowledged(9)
+            .unwrap()
+            .collect();
+    // Entry 9: tax acknowledges event 3 again (already in entry 4).
+    let again = entries[4].clone();
+    entries.push(again);
+    // Entry 10: the publisher "acknowledges" its own event 6.
+    let (mut own, body) = entries[7].clone();
+    own.sender = hub_audit::synthetic::PUBLISHER.parse().unwrap();
+    entries.push((own, body));
+    // Entry 11: a receipt of exchange 0 that names event 3.
+    let (mut crossed, body) = entries[1].clone();
+    crossed.refers_to = Some(3);
+    entries.push((crossed, body));
+    assert_eq!(entries[11].0.kind, EntryKind::Receipt);
+    let pinned =
+        hub_audit::synthetic::write_log(dir.path(), ORIGIN, &key, &data_key(), entries, 5, &|_| {})
+            .unwrap();
+    let report = run(dir.path(), &pinned);
+    let details: Vec<String> = report.findings.iter().map(ToString::to_string).collect();
+    let tax = hub_audit::synthetic::SUBSCRIBERS[0];
+    let publisher = hub_audit::synthetic::PUBLISHER;
+    assert_eq!(
+        details,
+        [
+            format!("entry 9: reference: {tax} acknowledged entry 3 already, in entry 4"),
+            format!(
+                "entry 10: reference: acknowledged by {publisher}, to whom entry 6 was not delivered"
+            ),
+            format!(
+                "entry 11: reference: refers to entry 3 of exchange {}, not of its own exchange {}",
+                hub_audit::synthetic::exchange_id(3),
+                hub_audit::synthetic::exchange_id(0)
+            ),
+        ]
+    );
+    assert_eq!(report.checks[checks::REFERENCE].passed, 9);
 }

@@ -195,6 +195,18 @@ fn the_readme_walkthrough_works_with_the_real_binary() {
     let verify = hub(data, &["audit", "verify", bundle_s, "--jwks", pinned_s]);
     assert!(verify.status.success(), "{}", text(&verify));
     assert!(text(&verify).contains("OK:"), "{}", text(&verify));
+    // Every answer and receipt of the walkthrough (its query, the event's
+    // two receipts) names an entry it may: the table's `reference` row.
+    let reference: Vec<String> = text(&verify)
+        .lines()
+        .find(|l| l.starts_with("reference "))
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    assert!(
+        matches!(&reference[..], [_, passed, failed] if passed != "0" && failed == "0"),
+        "{}",
+        text(&verify)
+    );
     assert!(
         text(&verify).contains("the bodies are sealed"),
         "{}",

@@ -626,12 +626,14 @@ fn audit(settings: &Settings, logs: &Path, bar: &ProgressBar) -> anyhow::Result<
         pinned_jwks: dir.join("pinned-jwks.json"),
         data_key: dir.join("data.key"),
     };
-    let complete = keys.pinned_jwks.exists()
-        && hub_audit::manifest(dir).is_ok_and(|m| m.entries == settings.audit_entries);
-    if !complete {
+    if !hub_audit::synthetic::is_reusable(dir, settings.audit_entries) {
         if dir.exists() {
-            std::fs::remove_dir_all(dir)
-                .with_context(|| format!("removing the incomplete bundle {}", dir.display()))?;
+            std::fs::remove_dir_all(dir).with_context(|| {
+                format!(
+                    "removing the incomplete or outdated bundle {}",
+                    dir.display()
+                )
+            })?;
         }
         let entries = settings.audit_entries;
         hub_audit::synthetic::write_keyed_bundle(
