@@ -34,31 +34,45 @@ pub struct Link {
     pub refers_to: Option<u64>,
 }
 
-/// What is kept of every entry checked so far: later entries may name it.
-#[derive(Debug, Clone, Copy)]
-struct Slot {
+/// A request or event that later entries may still answer or acknowledge.
+#[derive(Debug, Clone)]
+struct Target {
     exchange: ExchangeId,
-    /// `None`: an entry nothing may name (or one whose record did not read).
-    kind: Option<EntryKind>,
-    /// Whom the entry went to: an index into [`References::parties`].
+    kind: EntryKind,
+    /// Whom it went to: an index into [`References::parties`].
     parties: u32,
+    /// Those of them that acknowledged it so far, as member indexes.
+    acknowledged: Vec<u32>,
 }
 
-/// The entries checked so far, as much as later references need.
+/// What an entry is to the entries after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// Nothing may name it (or its record did not read).
+    Inert,
+    /// A request or event in [`References::open`].
+    Open,
+    /// A request answered already.
+    Answered,
+    /// An event every recipient acknowledged already.
+    Acknowledged,
+}
+
+/// The entries checked so far, as much as later references need: what is
+/// still open in full, what is finished as one byte per entry, so that a
+/// long log costs little beyond its unfinished exchanges.
 #[derive(Debug, Default)]
 pub struct References {
     /// One per entry, by index.
-    slots: Vec<Slot>,
+    standing: Vec<Standing>,
+    /// The requests and events still open, by index.
+    open: HashMap<u64, Target>,
     /// Every distinct set of recipients, each member as an index into
     /// `members` (most entries go to one of a few sets).
     parties: Vec<Vec<u32>>,
     party_ids: HashMap<Vec<u32>, u32>,
     members: Vec<Member>,
     member_ids: HashMap<Member, u32>,
-    /// The request's index -> the entry that answered it.
-    answers: HashMap<u64, u64>,
-    /// (message index, recipient) -> the receipt.
-    receipts: HashMap<(u64, u32), u64>,
 }
 
 impl References {
@@ -74,7 +88,7 @@ impl References {
             Some(link) => self.check_link(index, link),
             None => Err("the record's kind, exchange_id, sender or refers_to do not read".into()),
         };
-        let slot = match link {
+        let standing = match link {
             Some(l) if matches!(l.kind, EntryKind::Request | EntryKind::Event) => {
                 let to: Vec<u32> = l
                     .receiver
@@ -82,30 +96,24 @@ impl References {
                     .chain(&l.recipients)
                     .map(|m| self.member_id(m))
                     .collect();
-                Slot {
+                let target = Target {
                     exchange: l.exchange_id,
-                    kind: Some(l.kind),
+                    kind: l.kind,
                     parties: self.party_id(to),
-                }
+                    acknowledged: Vec::new(),
+                };
+                self.open.insert(index, target);
+                Standing::Open
             }
-            Some(l) => Slot {
-                exchange: l.exchange_id,
-                kind: None,
-                parties: 0,
-            },
-            None => Slot {
-                exchange: ExchangeId::from_parts(0, [0; 10]),
-                kind: None,
-                parties: 0,
-            },
+            _ => Standing::Inert,
         };
-        self.slots.push(slot);
+        self.standing.push(standing);
         result
     }
 
     fn check_link(&mut self, index: u64, link: &Link) -> Result<(), String> {
         let kind = link.kind.as_str();
-        let Some(target) = link.refers_to else {
+        let Some(t) = link.refers_to else {
             return match link.kind {
                 EntryKind::Response | EntryKind::Receipt => Err(format!(
                     "a {kind} must name the entry it {} (refers_to)",
@@ -119,68 +127,98 @@ impl References {
             EntryKind::Response | EntryKind::Failure | EntryKind::Receipt
         ) {
             return Err(format!(
-                "a {kind} refers to no other entry, but this one names entry {target}"
+                "a {kind} refers to no other entry, but this one names entry {t}"
             ));
         }
-        let slot = match usize::try_from(target).ok().and_then(|t| self.slots.get(t)) {
-            Some(slot) if target < index => *slot,
-            _ => {
+        let standing = usize::try_from(t)
+            .ok()
+            .and_then(|i| self.standing.get(i))
+            .filter(|_| t < index);
+        match standing {
+            None => {
                 return Err(format!(
-                    "refers to entry {target}, which does not come before it"
+                    "refers to entry {t}, which does not come before it"
                 ));
             }
+            Some(Standing::Inert) => {
+                return Err(format!(
+                    "refers to entry {t}, which is neither a request nor an event"
+                ));
+            }
+            Some(Standing::Answered) => {
+                return Err(format!("request {t} was answered already"));
+            }
+            Some(Standing::Acknowledged) => {
+                return Err(format!(
+                    "every recipient of entry {t} acknowledged it already"
+                ));
+            }
+            Some(Standing::Open) => {}
+        }
+        let Some(target) = self.open.get(&t) else {
+            return Err(format!("entry {t} is open but not kept (a verifier bug)"));
         };
-        let Some(target_kind) = slot.kind else {
+        if target.exchange != link.exchange_id {
             return Err(format!(
-                "refers to entry {target}, which is neither a request nor an event"
-            ));
-        };
-        if slot.exchange != link.exchange_id {
-            return Err(format!(
-                "refers to entry {target} of exchange {}, not of its own exchange {}",
-                slot.exchange, link.exchange_id
+                "refers to entry {t} of exchange {}, not of its own exchange {}",
+                target.exchange, link.exchange_id
             ));
         }
-        let sender = self.member_ids.get(&link.sender).copied();
-        let delivered = sender.filter(|s| {
-            self.parties
-                .get(slot.parties as usize)
-                .is_some_and(|p| p.contains(s))
-        });
-        if link.kind == EntryKind::Receipt {
-            let Some(recipient) = delivered else {
+        let parties = self
+            .parties
+            .get(target.parties as usize)
+            .map_or(&[][..], Vec::as_slice);
+        let sender = self
+            .member_ids
+            .get(&link.sender)
+            .copied()
+            .filter(|s| parties.contains(s));
+        let finished = if link.kind == EntryKind::Receipt {
+            let Some(recipient) = sender else {
                 return Err(format!(
-                    "acknowledged by {}, to whom entry {target} was not delivered",
+                    "acknowledged by {}, to whom entry {t} was not delivered",
                     link.sender
                 ));
             };
-            return match self.receipts.insert((target, recipient), index) {
-                Some(first) => Err(format!(
-                    "{} acknowledged entry {target} already, in entry {first}",
-                    link.sender
-                )),
-                None => Ok(()),
-            };
+            if target.acknowledged.contains(&recipient) {
+                return Err(format!("{} acknowledged entry {t} already", link.sender));
+            }
+            let all = target.acknowledged.len() + 1 == parties.len();
+            // A request is finished by its answer, not by receipts.
+            (all && target.kind == EntryKind::Event).then_some(Standing::Acknowledged)
+        } else {
+            if target.kind != EntryKind::Request {
+                return Err(format!(
+                    "answers entry {t}, an {}: only a request is answered",
+                    target.kind.as_str()
+                ));
+            }
+            if sender.is_none() {
+                return Err(format!(
+                    "answered by {}, but request {t} went to {}",
+                    link.sender,
+                    self.names(target.parties)
+                ));
+            }
+            Some(Standing::Answered)
+        };
+        match finished {
+            Some(standing) => {
+                self.open.remove(&t);
+                if let Some(slot) = usize::try_from(t)
+                    .ok()
+                    .and_then(|i| self.standing.get_mut(i))
+                {
+                    *slot = standing;
+                }
+            }
+            None => {
+                if let (Some(target), Some(recipient)) = (self.open.get_mut(&t), sender) {
+                    target.acknowledged.push(recipient);
+                }
+            }
         }
-        if target_kind != EntryKind::Request {
-            return Err(format!(
-                "answers entry {target}, an {}: only a request is answered",
-                target_kind.as_str()
-            ));
-        }
-        if delivered.is_none() {
-            return Err(format!(
-                "answered by {}, but request {target} went to {}",
-                link.sender,
-                self.names(slot.parties)
-            ));
-        }
-        match self.answers.insert(target, index) {
-            Some(first) => Err(format!(
-                "request {target} was answered already, by entry {first}"
-            )),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     fn member_id(&mut self, member: &Member) -> u32 {
@@ -219,6 +257,11 @@ impl References {
         } else {
             names.join(", ")
         }
+    }
+
+    /// How many requests and events are kept in full (still open).
+    pub fn open(&self) -> usize {
+        self.open.len()
     }
 }
 
@@ -298,6 +341,7 @@ mod tests {
         for (i, l) in entries.iter().enumerate() {
             assert_eq!(refs.check(3 + i as u64, Some(l)), Ok(()), "{l:?}");
         }
+        assert_eq!(refs.open(), 0, "everything answered and acknowledged");
     }
 
     #[test]
@@ -308,10 +352,7 @@ mod tests {
             Ok(())
         );
         let second = refs.check(4, Some(&answer(EntryKind::Failure, 1, PROVIDER, 0)));
-        assert_eq!(
-            second,
-            Err("request 0 was answered already, by entry 3".into())
-        );
+        assert_eq!(second, Err("request 0 was answered already".into()));
     }
 
     #[test]
@@ -321,7 +362,16 @@ mod tests {
         assert_eq!(refs.check(3, Some(&receipt)), Ok(()));
         assert_eq!(
             refs.check(4, Some(&receipt)),
-            Err(format!("{TAX} acknowledged entry 1 already, in entry 3"))
+            Err(format!("{TAX} acknowledged entry 1 already"))
+        );
+        // Once every recipient has it, the event is let go of, and a
+        // further receipt is still refused.
+        let other = answer(EntryKind::Receipt, 2, INSURANCE, 1);
+        assert_eq!(refs.check(5, Some(&other)), Ok(()));
+        assert_eq!(refs.open(), 1, "only the request is still open");
+        assert_eq!(
+            refs.check(6, Some(&other)),
+            Err("every recipient of entry 1 acknowledged it already".into())
         );
     }
 

@@ -353,45 +353,53 @@ fn a_seal_moved_to_another_record_of_its_batch_is_caught() {
 /// reading them against each other shows it.
 #[test]
 fn receipts_that_do_not_match_what_was_delivered_are_caught() {
+    use hub_audit::synthetic::{PUBLISHER, SUBSCRIBERS, exchange_id};
     use hub_core::log::{EntryDraft, EntryKind};
     let dir = tempfile::tempdir().unwrap();
     let key = key();
+    // Events at 0, 3, 6 (each acknowledged by both) and 9 (by nobody yet).
     let mut entries: Vec<(EntryDraft, serde_json::Value)> =
-        hub_audit::synthetic::events_acknowledged(9)
+        hub_audit::synthetic::events_acknowledged(10)
             .unwrap()
             .collect();
-    // Entry 9: tax acknowledges event 3 again (already in entry 4).
-    let again = entries[4].clone();
-    entries.push(again);
-    // Entry 10: the publisher "acknowledges" its own event 6.
-    let (mut own, body) = entries[7].clone();
-    own.sender = hub_audit::synthetic::PUBLISHER.parse().unwrap();
-    entries.push((own, body));
-    // Entry 11: a receipt of exchange 0 that names event 3.
-    let (mut crossed, body) = entries[1].clone();
-    crossed.refers_to = Some(3);
-    entries.push((crossed, body));
-    assert_eq!(entries[11].0.kind, EntryKind::Receipt);
+    let receipt = |sender: &str, exchange: u64, names: u64| {
+        let (mut draft, body) = entries[1].clone();
+        assert_eq!(draft.kind, EntryKind::Receipt);
+        draft.sender = sender.parse().unwrap();
+        draft.exchange_id = exchange_id(exchange);
+        draft.refers_to = Some(names);
+        (draft, body)
+    };
+    let tampered = [
+        receipt(SUBSCRIBERS[0], 9, 9), // 10: tax acknowledges event 9
+        receipt(SUBSCRIBERS[0], 9, 9), // 11: ... twice
+        receipt(PUBLISHER, 9, 9),      // 12: its publisher, never sent it
+        receipt(SUBSCRIBERS[1], 0, 9), // 13: a receipt of exchange 0 naming event 9
+        receipt(SUBSCRIBERS[1], 3, 3), // 14: event 3 was acknowledged by both
+    ];
+    entries.extend(tampered);
     let pinned =
         hub_audit::synthetic::write_log(dir.path(), ORIGIN, &key, &data_key(), entries, 5, &|_| {})
             .unwrap();
     let report = run(dir.path(), &pinned);
     let details: Vec<String> = report.findings.iter().map(ToString::to_string).collect();
-    let tax = hub_audit::synthetic::SUBSCRIBERS[0];
-    let publisher = hub_audit::synthetic::PUBLISHER;
     assert_eq!(
         details,
         [
-            format!("entry 9: reference: {tax} acknowledged entry 3 already, in entry 4"),
             format!(
-                "entry 10: reference: acknowledged by {publisher}, to whom entry 6 was not delivered"
+                "entry 11: reference: {} acknowledged entry 9 already",
+                SUBSCRIBERS[0]
             ),
             format!(
-                "entry 11: reference: refers to entry 3 of exchange {}, not of its own exchange {}",
-                hub_audit::synthetic::exchange_id(3),
-                hub_audit::synthetic::exchange_id(0)
+                "entry 12: reference: acknowledged by {PUBLISHER}, to whom entry 9 was not delivered"
             ),
+            format!(
+                "entry 13: reference: refers to entry 9 of exchange {}, not of its own exchange {}",
+                exchange_id(9),
+                exchange_id(0)
+            ),
+            "entry 14: reference: every recipient of entry 3 acknowledged it already".to_owned(),
         ]
     );
-    assert_eq!(report.checks[checks::REFERENCE].passed, 9);
+    assert_eq!(report.checks[checks::REFERENCE].passed, 11);
 }
