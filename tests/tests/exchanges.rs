@@ -616,3 +616,33 @@ async fn the_citizen_on_whose_behalf_an_agency_acts_is_logged_without_their_id()
     assert_eq!(subjects[0], subjects[1]);
     assert!(subjects[0].as_str().unwrap().len() >= 43);
 }
+
+#[tokio::test]
+async fn a_message_acknowledged_by_several_requests_at_once_gets_one_receipt() {
+    let hub = TestHub::start().await;
+    let ack = hub.publish_registered_event().await;
+    let exchange_id = ack["record"]["exchange_id"].clone();
+    let (_, inbox) = hub.client(TAX).get_json("/v1/inbox").await.unwrap();
+    assert_eq!(inbox["messages"].as_array().unwrap().len(), 1, "{inbox}");
+    // A client retrying its acknowledgement while the first is in flight.
+    let acks = (0..8).map(|_| {
+        let client = hub.client(TAX);
+        let body = json!({"exchange_ids": [exchange_id]});
+        async move { client.post_json("/v1/inbox/ack", &body).await.unwrap() }
+    });
+    let answers = futures_util::future::join_all(acks).await;
+    let mut receipts = 0;
+    for (status, answer) in &answers {
+        assert_eq!(*status, StatusCode::OK, "{answer}");
+        let given = answer["receipts"].as_array().unwrap().len();
+        let unknown = answer["unknown"].as_array().unwrap().len();
+        assert_eq!(given + unknown, 1, "{answer}");
+        receipts += given;
+    }
+    assert_eq!(
+        receipts, 1,
+        "one acknowledgement got the receipt: {answers:?}"
+    );
+    let logged: Vec<Value> = hub.kinds_logged_for(exchange_id.as_str().unwrap()).await;
+    assert_eq!(logged, ["event", "receipt"], "one receipt in the log");
+}

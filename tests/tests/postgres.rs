@@ -313,3 +313,58 @@ async fn a_database_outage_answers_503_at_once_and_the_hub_recovers_by_itself() 
     hub.stop().await;
     db.drop_now().await;
 }
+
+/// A subscriber that acknowledges its messages through both hubs at once
+/// (a retry through the load balancer while the first is in flight): one
+/// receipt per message, whichever hub logged it.
+#[tokio::test]
+async fn a_message_acknowledged_through_two_hubs_at_once_gets_one_receipt() {
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let hubs = Arc::new(two_hubs_on(&db).await);
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        let ack = hubs[0].publish_registered_event().await;
+        ids.push(ack["record"]["exchange_id"].clone());
+    }
+    let (status, inbox) = hubs[1].client(TAX).get_json("/v1/inbox").await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{inbox}");
+    assert_eq!(inbox["messages"].as_array().unwrap().len(), ids.len());
+    let mut tasks = tokio::task::JoinSet::new();
+    for id in &ids {
+        for h in [0, 1, 0, 1] {
+            let (hubs, body) = (hubs.clone(), json!({"exchange_ids": [id]}));
+            tasks.spawn(async move {
+                hubs[h]
+                    .client(TAX)
+                    .post_json("/v1/inbox/ack", &body)
+                    .await
+                    .unwrap()
+            });
+        }
+    }
+    let mut given = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (status, answer) = joined.unwrap();
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        given += answer["receipts"].as_array().unwrap().len();
+    }
+    assert_eq!(
+        given,
+        ids.len(),
+        "one acknowledgement of each got its receipt"
+    );
+    let records = hubs[0].log_records().await;
+    for id in &ids {
+        let receipts = records
+            .iter()
+            .filter(|r| r["kind"] == "receipt" && r["exchange_id"] == *id)
+            .count();
+        assert_eq!(receipts, 1, "{id}: one receipt in the log");
+    }
+    let [mut first, mut second] = Arc::into_inner(hubs).unwrap();
+    first.stop().await;
+    second.stop().await;
+    db.drop_now().await;
+}

@@ -14,9 +14,9 @@ use hub_core::jws::SigningKey;
 use hub_core::log::{EntryDraft, EntryKind, seal};
 use hub_e2e::services::PgDatabase;
 use hub_server::store::{
-    AgencyRecord, AppendItem, AtTail, Body, Delivery, Effect, ExchangeState, Grant, PoolSettings,
-    Presumed, Presumption, RegistryChange, ServiceRecord, Store, StoredCheckpoint, StoredMessage,
-    Subscription, message_of,
+    AgencyRecord, AppendItem, AtTail, Body, Claims, Delivery, Effect, ExchangeState, Grant,
+    PoolSettings, Presumed, Presumption, RegistryChange, ServiceRecord, Store, StoredCheckpoint,
+    StoredMessage, Subscription, message_of,
 };
 use time::macros::datetime;
 
@@ -68,6 +68,7 @@ both_backends!(
     an_exchange_opened_through_two_writers_at_once_is_logged_once,
     an_events_inbox_message_outlives_the_purge_of_replies_until_delivered,
     a_presumed_append_writes_only_where_the_log_ends,
+    a_message_is_acknowledged_once_whichever_writer_acknowledges_it,
     a_log_of_version_1_entries_goes_on_in_version_2,
 );
 
@@ -475,7 +476,10 @@ async fn appends_at_the_tail_adopt_what_other_writers_wrote(store: Arc<dyn Store
     let tail = store
         .append_at_tail(
             0,
-            &[id(1), id(2)],
+            &Claims {
+                opening: vec![id(1), id(2)],
+                ..Claims::default()
+            },
             Box::new(|tail: AtTail<'_>| {
                 // Exchange 1 was opened by the other writer; 2 is new.
                 assert_eq!(tail.opened, [id(1)]);
@@ -500,7 +504,7 @@ async fn appends_at_the_tail_adopt_what_other_writers_wrote(store: Arc<dyn Store
             store
                 .append_at_tail(
                     known,
-                    &[],
+                    &Claims::default(),
                     Box::new(move |tail: AtTail<'_>| {
                         w.next = tail.adopted.len() as u64;
                         w.prev = *tail.adopted.last().unwrap();
@@ -674,7 +678,7 @@ async fn version_at_the_tail(store: &dyn Store) -> u64 {
     store
         .append_at_tail(
             known,
-            &[],
+            &Claims::default(),
             Box::new(|tail: AtTail<'_>| {
                 seen = Some(tail.registry_version);
                 vec![]
@@ -1573,7 +1577,10 @@ async fn postgres_commits_do_not_scan_the_log_as_it_grows() {
     let write = async |n: usize, (at, batch): (u64, Vec<AppendItem>)| {
         if n.is_multiple_of(2) {
             let seal = Box::new(move |_: AtTail<'_>| batch);
-            store.append_at_tail(at, &[], seal).await.unwrap();
+            store
+                .append_at_tail(at, &Claims::default(), seal)
+                .await
+                .unwrap();
         } else {
             let at = Presumed {
                 size: at,
@@ -1812,4 +1819,75 @@ async fn postgres_a_presumed_append_behind_another_writers_commit_finds_the_log_
     store.pool().close().await;
     drop(store);
     db.drop_now().await;
+}
+
+async fn a_message_is_acknowledged_once_whichever_writer_acknowledges_it(store: Arc<dyn Store>) {
+    registry(store.as_ref()).await;
+    let version = store.registry_version().await.unwrap();
+    let provider = member(PROVIDER);
+    let acknowledge = || Effect::Acknowledge {
+        recipient: member(PROVIDER),
+    };
+    let mut e = Entries::new();
+    let requests = vec![
+        e.item(EntryKind::Request, id(1), vec![open(1), enqueue(0)]),
+        e.item(EntryKind::Request, id(2), vec![open(2), enqueue(0)]),
+    ];
+    store.append(&requests).await.unwrap();
+    let claims = |ids: &[u8]| Claims {
+        acknowledging: ids.iter().map(|n| (provider.clone(), id(*n))).collect(),
+        ..Claims::default()
+    };
+    // Under the lock the writer learns which messages are gone: 9 was
+    // never queued; 1 is, and its receipt removes it.
+    let mut gone = Vec::new();
+    store
+        .append_at_tail(
+            2,
+            &claims(&[1, 9]),
+            Box::new(|tail: AtTail<'_>| {
+                gone = tail.acknowledged.to_vec();
+                vec![e.item(EntryKind::Receipt, id(1), vec![acknowledge()])]
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(gone, [(provider.clone(), id(9))]);
+    assert!(!queued(store.as_ref(), id(1)).await);
+    let mut gone = Vec::new();
+    store
+        .append_at_tail(
+            3,
+            &claims(&[1, 2]),
+            Box::new(|tail: AtTail<'_>| {
+                gone = tail.acknowledged.to_vec();
+                vec![]
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(gone, [(provider.clone(), id(1))], "acknowledged by now");
+
+    // A receipt sealed ahead for a message acknowledged meanwhile comes
+    // back unwritten, though the log ends where it presumed; one for a
+    // message still queued is written and removes it.
+    let at = Presumed {
+        size: 3,
+        registry_version: version,
+    };
+    let tail = store.entries(2, 1).await.unwrap()[0].leaf_hash;
+    let mut w = Entries::after(3, tail);
+    let again = w.item(EntryKind::Receipt, id(1), vec![acknowledge()]);
+    assert!(matches!(
+        store.append_presumed(at, vec![again]).await.unwrap(),
+        Presumption::Moved(_)
+    ));
+    assert_eq!(store.entries(0, 10).await.unwrap().len(), 3);
+    let mut w = Entries::after(3, tail);
+    let first = w.item(EntryKind::Receipt, id(2), vec![acknowledge()]);
+    assert!(matches!(
+        store.append_presumed(at, vec![first]).await.unwrap(),
+        Presumption::Written(_)
+    ));
+    assert!(!queued(store.as_ref(), id(2)).await);
 }

@@ -21,12 +21,13 @@
 //! leaf hashes and refuses to run if they do not reproduce the last signed
 //! checkpoint (a truncated or rewritten log).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hub_core::body::{DataKey, NONCE_LEN};
 use hub_core::hash::Hash;
-use hub_core::ids::ExchangeId;
+use hub_core::ids::{ExchangeId, Member};
 use hub_core::jws::SigningKey;
 use hub_core::log::{EntryDraft, EntryKind, Placed, place, seal_batch};
 use hub_core::merkle::Frontier;
@@ -35,7 +36,7 @@ use tracing::{debug, error, info, instrument, warn};
 
 use crate::clock::{Clock, Random};
 use crate::store::{
-    AppendItem, AtTail, Body, Effect, Presumed, Presumption, Store, StoreError, message_of,
+    AppendItem, AtTail, Body, Claims, Effect, Presumed, Presumption, Store, StoreError, message_of,
 };
 
 type Reply = oneshot::Sender<Result<AppendItem, AppendError>>;
@@ -75,6 +76,11 @@ pub enum AppendError {
     /// through another hub meanwhile); its first outcome stands.
     #[error("exchange {0} is already in the log")]
     AlreadyOpen(ExchangeId),
+    /// The entry (a receipt) would acknowledge a message that is no longer
+    /// queued: acknowledged meanwhile, through this hub or another, and
+    /// that receipt stands.
+    #[error("the message of exchange {0} was acknowledged already")]
+    AlreadyAcknowledged(ExchangeId),
 }
 
 /// What the writer signs and seals with.
@@ -319,6 +325,8 @@ struct Work {
     /// The time the entries are sealed at: when the first was gathered.
     now: time::OffsetDateTime,
     pending: Vec<Pending>,
+    /// The messages `pending` acknowledges: one receipt each.
+    acknowledging: HashSet<(Member, ExchangeId)>,
     ahead: Option<(Position, Vec<Placed>)>,
 }
 
@@ -328,6 +336,7 @@ impl Default for Work {
             refreshes: Vec::new(),
             now: time::OffsetDateTime::UNIX_EPOCH,
             pending: Vec::new(),
+            acknowledging: HashSet::new(),
             ahead: None,
         }
     }
@@ -487,7 +496,16 @@ async fn run(
                 let from = next.pending.len();
                 for job in jobs.drain(..) {
                     match job {
-                        Job::Append(p) => next.pending.push(*p),
+                        // A second receipt for one message in one batch:
+                        // the store would see the message queued for both.
+                        Job::Append(p) => {
+                            if acknowledges(&p).is_none_or(|m| next.acknowledging.insert(m)) {
+                                next.pending.push(*p);
+                            } else {
+                                let id = p.draft.exchange_id;
+                                let _ = p.reply.send(Err(AppendError::AlreadyAcknowledged(id)));
+                            }
+                        }
                         Job::Refresh(done) => next.refreshes.push(done),
                     }
                 }
@@ -586,6 +604,14 @@ fn opens_exchange(p: &Pending) -> bool {
         .any(|e| matches!(e, Effect::OpenExchange { .. }))
 }
 
+/// The message the entry acknowledges (a receipt), as (recipient, exchange).
+fn acknowledges(p: &Pending) -> Option<(Member, ExchangeId)> {
+    p.effects.iter().find_map(|e| match e {
+        Effect::Acknowledge { recipient } => Some((recipient.clone(), p.draft.exchange_id)),
+        _ => None,
+    })
+}
+
 /// Seal the entries placed ahead for `pending`, as one batch.
 fn take_ahead(
     pending: Vec<Pending>,
@@ -641,11 +667,10 @@ async fn write_batch(
         }
         other => (pending, other),
     };
-    let opening: Vec<ExchangeId> = pending
-        .iter()
-        .filter(|p| opens_exchange(p))
-        .map(|p| p.draft.exchange_id)
-        .collect();
+    let mut claims = Claims::default();
+    for p in &pending {
+        claims.add(p.draft.exchange_id, &p.effects);
+    }
     let mut replies = Vec::new();
     let mut registry_after = None;
     let mut took_ahead = false;
@@ -662,13 +687,21 @@ async fn write_batch(
         // Two hubs can take one exchange id at once (a sender retrying
         // through the load balancer); the first in the log keeps it, and
         // the other's sender gets that first outcome, never a second entry.
-        let (pending, taken): (Vec<_>, Vec<_>) = pending
-            .into_iter()
-            .partition(|p| !(opens_exchange(p) && tail.opened.contains(&p.draft.exchange_id)));
+        // Likewise a message acknowledged twice at once gets one receipt.
+        let (pending, taken): (Vec<_>, Vec<_>) = pending.into_iter().partition(|p| {
+            let id = p.draft.exchange_id;
+            !(opens_exchange(p) && tail.opened.contains(&id))
+                && acknowledges(p).is_none_or(|m| !tail.acknowledged.contains(&m))
+        });
         let ahead = ahead.filter(|_| taken.is_empty());
         for p in taken {
             let id = p.draft.exchange_id;
-            let _ = p.reply.send(Err(AppendError::AlreadyOpen(id)));
+            let error = if opens_exchange(&p) && tail.opened.contains(&id) {
+                AppendError::AlreadyOpen(id)
+            } else {
+                AppendError::AlreadyAcknowledged(id)
+            };
+            let _ = p.reply.send(Err(error));
         }
         let changes_registry = pending
             .iter()
@@ -688,7 +721,7 @@ async fn write_batch(
     };
     let started = std::time::Instant::now();
     match store
-        .append_at_tail(known, &opening, Box::new(sealing))
+        .append_at_tail(known, &claims, Box::new(sealing))
         .await
     {
         Ok(tail) => {

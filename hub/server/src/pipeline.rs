@@ -1144,18 +1144,31 @@ impl Hub {
                 .map(|m| self.log_receipt(who, m)),
         )
         .await;
-        let receipts = outcomes.into_iter().collect::<Result<Vec<_>, _>>()?;
-        let unknown: Vec<String> = ids
+        let mut receipts = Vec::with_capacity(outcomes.len());
+        let mut unknown: Vec<String> = ids
             .iter()
             .filter(|id| !waiting.contains_key(id))
             .map(ToString::to_string)
             .collect();
+        for outcome in outcomes {
+            match outcome? {
+                Ok(receipt) => receipts.push(receipt),
+                // Acknowledged by a request that raced this one: its
+                // receipt stands, and this one is as if it came after.
+                Err(id) => unknown.push(id.to_string()),
+            }
+        }
         Ok(json!({"receipts": receipts, "unknown": unknown}))
     }
 
     /// Log `who`'s receipt of `message` and remove the message, in one
-    /// transaction; the receipt's record.
-    async fn log_receipt(&self, who: &Member, message: &Pending) -> Result<Value, Failure> {
+    /// transaction; the receipt's record, or `Err(id)` if the message was
+    /// acknowledged meanwhile.
+    async fn log_receipt(
+        &self,
+        who: &Member,
+        message: &Pending,
+    ) -> Result<Result<Value, ExchangeId>, Failure> {
         let id = message.exchange_id;
         let acknowledged = message.entry.clone();
         let body = json!({"acknowledged": id, "recipient": who.to_string()});
@@ -1168,15 +1181,16 @@ impl Hub {
         };
         let body = self.body(body);
         body.describe(&mut draft);
-        let dequeue = Effect::Dequeue {
+        let dequeue = Effect::Acknowledge {
             recipient: who.clone(),
         };
-        let item: AppendItem = self
-            .log
-            .append(draft, body, vec![dequeue])
-            .await
-            .map_err(append_failed)?;
-        Ok(serde_json::to_value(&item.sealed.record).unwrap_or(Value::Null))
+        match self.log.append(draft, body, vec![dequeue]).await {
+            Ok(item) => Ok(Ok(
+                serde_json::to_value(&item.sealed.record).unwrap_or(Value::Null)
+            )),
+            Err(AppendError::AlreadyAcknowledged(id)) => Ok(Err(id)),
+            Err(e) => Err(append_failed(e)),
+        }
     }
 }
 

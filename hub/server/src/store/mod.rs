@@ -8,6 +8,8 @@
 //! transaction: what the hub acknowledges is durable, and nothing is
 //! half-written.
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use hub_adapter_sdk::ServiceKind;
 use hub_core::body::{DataKey, SealedBody};
@@ -206,6 +208,11 @@ pub enum Effect {
     /// Remove `recipient`'s queued message of this entry's exchange (the
     /// request an answer settles), in the answer's transaction.
     Dequeue { recipient: Member },
+    /// Remove `recipient`'s queued message of this entry's exchange, which
+    /// must still be queued: the entry (a receipt) is written only if it
+    /// is, so that a message acknowledged twice at once - through one hub
+    /// or two - gets one receipt ([`Claims::acknowledging`]).
+    Acknowledge { recipient: Member },
     /// Put this entry's sealed message in the outbox for `instance`'s
     /// relay to publish to `recipient`'s broker queue.
     Dispatch { recipient: Member, instance: String },
@@ -537,6 +544,45 @@ pub struct AtTail<'a> {
     /// Those of the exchange ids the batch would open that the store
     /// already holds: opened through another hub since this one looked.
     pub opened: &'a [ExchangeId],
+    /// Those of the messages the batch would acknowledge that are no
+    /// longer queued: acknowledged since the hub read them.
+    pub acknowledged: &'a [(Member, ExchangeId)],
+}
+
+/// What a batch takes that another writer may have taken since the hub
+/// looked; the store tells, under the writers' lock, which of them are
+/// gone ([`AtTail`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claims {
+    /// The exchanges its entries open ([`Effect::OpenExchange`]).
+    pub opening: Vec<ExchangeId>,
+    /// The queued messages its receipts acknowledge
+    /// ([`Effect::Acknowledge`]), as (recipient, exchange).
+    pub acknowledging: Vec<(Member, ExchangeId)>,
+}
+
+impl Claims {
+    /// What an entry with `effects`, of exchange `id`, claims.
+    pub fn add(&mut self, id: ExchangeId, effects: &[Effect]) {
+        for e in effects {
+            match e {
+                Effect::OpenExchange { .. } => self.opening.push(id),
+                Effect::Acknowledge { recipient } => {
+                    self.acknowledging.push((recipient.clone(), id));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The claims of `items`.
+    pub fn of(items: &[AppendItem]) -> Self {
+        let mut claims = Self::default();
+        for i in items {
+            claims.add(i.sealed.record.statement.draft.exchange_id, &i.effects);
+        }
+        claims
+    }
 }
 
 /// Leaf hashes of rows `(idx, leaf_hash)` that must start at `from` without
@@ -568,11 +614,13 @@ where
 /// Parse a backend's tail read and let `seal` place the batch there;
 /// returns the adopted leaf hashes, what to write and where. The rows are
 /// `(idx, leaf_hash)` of the entries from `known` on, in order, then one
-/// with the registry `version` and one per id already `opened`, the other
+/// with the registry `version`, one per id already `opened`, and one per
+/// message of `claims` still queued (`queued_to`, `queued_id`), the other
 /// columns NULL. `db` maps the backend's errors.
 pub(crate) fn seal_at_tail<R>(
     known: u64,
     rows: &[R],
+    claims: &Claims,
     db: fn(sqlx::Error) -> StoreError,
     seal: SealAfter<'_>,
 ) -> Result<(Vec<Hash>, Vec<AppendItem>, Presumed), StoreError>
@@ -591,20 +639,33 @@ where
     let adopted = leaves(known, tail, db)?;
     let mut version = None;
     let mut opened = Vec::new();
+    let mut queued = HashSet::new();
     for r in rest {
         let v: Option<i64> = r.try_get("version").map_err(db)?;
         let id: Option<String> = r.try_get("opened").map_err(db)?;
-        match (v, id) {
-            (Some(v), _) => version = Some(to_u64(v)),
-            (None, Some(id)) => opened.push(ExchangeId::parse(&id).map_err(corrupt)?),
-            (None, None) => return Err(corrupt("an unexpected row at the log's tail")),
+        let to: Option<String> = r.try_get("queued_to").map_err(db)?;
+        let of: Option<String> = r.try_get("queued_id").map_err(db)?;
+        match (v, id, to, of) {
+            (Some(v), ..) => version = Some(to_u64(v)),
+            (None, Some(id), ..) => opened.push(ExchangeId::parse(&id).map_err(corrupt)?),
+            (None, None, Some(to), Some(of)) => {
+                queued.insert((to, of));
+            }
+            _ => return Err(corrupt("an unexpected row at the log's tail")),
         }
     }
+    let acknowledged: Vec<(Member, ExchangeId)> = claims
+        .acknowledging
+        .iter()
+        .filter(|(to, of)| !queued.contains(&(to.to_string(), of.to_string())))
+        .cloned()
+        .collect();
     let registry_version = version.ok_or_else(|| corrupt("the registry version is missing"))?;
     let written = seal(AtTail {
         adopted: &adopted,
         registry_version,
         opened: &opened,
+        acknowledged: &acknowledged,
     });
     let at = Presumed {
         size: known + adopted.len() as u64,
@@ -654,19 +715,6 @@ pub(crate) fn registry_changes(items: &[AppendItem]) -> impl Iterator<Item = &Re
         })
 }
 
-/// The exchange ids that `items` open.
-fn opened_by(items: &[AppendItem]) -> Vec<ExchangeId> {
-    items
-        .iter()
-        .filter(|i| {
-            i.effects
-                .iter()
-                .any(|e| matches!(e, Effect::OpenExchange { .. }))
-        })
-        .map(|i| i.sealed.record.statement.draft.exchange_id)
-        .collect()
-}
-
 /// [`Store::append_presumed`] through [`Store::append_at_tail`]: its lock
 /// and tail read, then the presumption checked against what it read.
 pub(crate) async fn append_presumed_at_tail<S: Store + ?Sized>(
@@ -674,15 +722,16 @@ pub(crate) async fn append_presumed_at_tail<S: Store + ?Sized>(
     at: Presumed,
     items: Vec<AppendItem>,
 ) -> Result<Presumption, StoreError> {
-    let opening = opened_by(&items);
+    let claims = Claims::of(&items);
     let mut moved = None;
     let tail = store
         .append_at_tail(
             at.size,
-            &opening,
+            &claims,
             Box::new(|tail: AtTail<'_>| {
                 if tail.adopted.is_empty()
                     && tail.opened.is_empty()
+                    && tail.acknowledged.is_empty()
                     && tail.registry_version == at.registry_version
                 {
                     items
@@ -813,7 +862,7 @@ pub trait Store: Send + Sync {
     async fn append(&self, items: &[AppendItem]) -> Result<(), StoreError> {
         let first = items.first().map_or(0, |i| i.sealed.record.statement.index);
         let tail = self
-            .append_at_tail(first, &[], Box::new(|_| items.to_vec()))
+            .append_at_tail(first, &Claims::default(), Box::new(|_| items.to_vec()))
             .await?;
         if tail.adopted.is_empty() {
             Ok(())
@@ -830,18 +879,20 @@ pub trait Store: Send + Sync {
     /// Append at the log's tail when several writers share the store: in
     /// one transaction, under a lock that serializes writers, read the
     /// leaf hashes of every entry from index `known` on (what other writers
-    /// appended), the registry version and which of `opening` are already
-    /// exchanges, let `seal` place the batch after them, and write it.
-    /// Returns those leaf hashes and the items written.
+    /// appended), the registry version, which of the exchanges `claims`
+    /// opens exist already and which of the messages it acknowledges are
+    /// no longer queued, let `seal` place the batch after them, and write
+    /// it. Returns those leaf hashes and the items written.
     async fn append_at_tail(
         &self,
         known: u64,
-        opening: &[ExchangeId],
+        claims: &Claims,
         seal: SealAfter<'_>,
     ) -> Result<Tail, StoreError>;
     /// Append `items`, sealed by the caller where it presumes the log
     /// ends, if the log still ends there, the registry is still at that
-    /// version and none of the exchanges they open exists; otherwise write
+    /// version, none of the exchanges they open exists and every message
+    /// they acknowledge is still queued; otherwise write
     /// nothing and hand them back. The same guarantees as
     /// [`Store::append_at_tail`], which the default goes through; a backend
     /// may check the presumption in the write itself, saving round trips.
@@ -984,6 +1035,9 @@ pub(crate) struct Batch {
     pub(crate) close: (Vec<String>, Vec<i64>),
     pub(crate) abandon: Vec<String>,
     pub(crate) dequeue: (Vec<String>, Vec<String>),
+    /// Of `dequeue`, the messages acknowledged ([`Effect::Acknowledge`]):
+    /// the batch holds only if each is still queued.
+    pub(crate) acknowledge: (Vec<String>, Vec<String>),
     /// Messages queued: recipient, exchange id, the sealed message (`None`
     /// when it is the reply of the exchange its entry opened and closed,
     /// an event's: the inbox row points at the entry instead of keeping a
@@ -1092,8 +1146,12 @@ impl Batch {
                         }
                     },
                     Effect::AbandonExchange => b.abandon.push(id.clone()),
-                    Effect::Dequeue { recipient } => {
+                    Effect::Dequeue { recipient } | Effect::Acknowledge { recipient } => {
                         let recipient = recipient.to_string();
+                        if matches!(effect, Effect::Acknowledge { .. }) {
+                            b.acknowledge.0.push(recipient.clone());
+                            b.acknowledge.1.push(id.clone());
+                        }
                         // Queued by this very batch: not inserted at all,
                         // since a backend may write both in one statement,
                         // where the delete would not see the insert.

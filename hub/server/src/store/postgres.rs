@@ -16,7 +16,7 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Arguments as _, PgPool, Row};
 
 use super::{
-    AgencyRecord, AppendItem, Batch, Delivery, ExchangeRow, ExchangeState, Facts, Grant,
+    AgencyRecord, AppendItem, Batch, Claims, Delivery, ExchangeRow, ExchangeState, Facts, Grant,
     Leadership, OutboxRow, PoolSettings, RegistryChange, Role, SealAfter, ServiceRecord, Store,
     StoreError, StoredCheckpoint, StoredEntry, StoredMessage, Subscription, Tail, fields_of_column,
     json_text, keep_exchanges,
@@ -80,8 +80,9 @@ impl PgStore {
     /// Insert a batch's rows - entries, bodies, opened exchanges, queued
     /// and outbox messages - and close the exchanges it answers (none
     /// opened in the batch: see [`Batch::of`]), in one statement, if the
-    /// log still ends where `at` presumes and none of the exchanges
-    /// `unopened` exists; returns whether it did (if not, nothing is
+    /// log still ends where `at` presumes, none of the exchanges
+    /// `unopened` exists and every message `queued` (recipients, exchange
+    /// ids) still does; returns whether it did (if not, nothing is
     /// written). The statement takes the writers' lock itself, so that one
     /// round trip can be a whole group commit; its check reads the snapshot
     /// taken before the lock, and an entry committed by another writer
@@ -92,6 +93,7 @@ impl PgStore {
         b: &Batch,
         at: Presumed,
         unopened: &[String],
+        queued: &(Vec<String>, Vec<String>),
     ) -> Result<bool, sqlx::Error> {
         // Every insert in one statement, one round trip: under load each
         // round trip waits for both processes to be scheduled, and a group
@@ -103,12 +105,15 @@ impl PgStore {
         // the exchanges' index only in a plan made for the batch's values
         // (see `persistent` below).
         let mut arguments = PgArguments::default();
-        arguments.reserve(31, b.size_hint());
+        arguments.reserve(33, b.size_hint());
         let holds: bool = sqlx::query_scalar_with(
             "WITH presumed AS (
                 SELECT (SELECT COALESCE(max(idx) + 1, 0) FROM log_entries) = $24
                    AND (SELECT version FROM registry_version FOR SHARE) = $25
                    AND NOT EXISTS (SELECT 1 FROM exchanges WHERE exchange_id = ANY($27::text[]))
+                   AND NOT EXISTS (SELECT 1 FROM UNNEST($32::text[], $33::text[]) AS u(recipient, id)
+                       WHERE NOT EXISTS (SELECT 1 FROM deliveries d
+                           WHERE d.recipient = u.recipient AND d.exchange_id = u.id))
                    AS holds
                 FROM (SELECT pg_advisory_xact_lock($26)) AS writers),
              entries AS (
@@ -177,6 +182,8 @@ impl PgStore {
         .bind(&b.close.1)
         .bind(&b.dequeue.0)
         .bind(&b.dequeue.1)
+        .bind(&queued.0)
+        .bind(&queued.1)
         // Planned afresh at each commit, with the batch's values: kept
         // prepared, PostgreSQL may settle on a generic plan costed on the
         // first, near-empty tables, which scans `exchanges` at every commit
@@ -615,7 +622,7 @@ impl Store for PgStore {
     async fn append_at_tail(
         &self,
         known: u64,
-        opening: &[ExchangeId],
+        claims: &Claims,
         seal: SealAfter<'_>,
     ) -> Result<Tail, StoreError> {
         // Writers of every hub queue here; the lock ends with the
@@ -635,26 +642,42 @@ impl Store for PgStore {
             )))
             .await
             .map_err(db)?;
-        // The tail, the registry version and the exchanges among
-        // `opening` that exist already: one round trip.
-        let opening: Vec<String> = opening.iter().map(ToString::to_string).collect();
+        // The tail, the registry version, the exchanges `claims` opens
+        // that exist already and the messages it acknowledges that are
+        // still queued: one round trip.
+        let opening: Vec<String> = claims.opening.iter().map(ToString::to_string).collect();
+        let (to, of): (Vec<String>, Vec<String>) = claims
+            .acknowledging
+            .iter()
+            .map(|(to, of)| (to.to_string(), of.to_string()))
+            .unzip();
         let rows = sqlx::query(
-            "SELECT idx, leaf_hash, NULL::bigint AS version, NULL::text AS opened FROM log_entries WHERE idx >= $1
-             UNION ALL SELECT NULL, NULL, version, NULL FROM registry_version
-             UNION ALL SELECT NULL, NULL, NULL, exchange_id FROM exchanges WHERE exchange_id = ANY($2)
+            "SELECT idx, leaf_hash, NULL::bigint AS version, NULL::text AS opened,
+                    NULL::text AS queued_to, NULL::text AS queued_id FROM log_entries WHERE idx >= $1
+             UNION ALL SELECT NULL, NULL, version, NULL, NULL, NULL FROM registry_version
+             UNION ALL SELECT NULL, NULL, NULL, exchange_id, NULL, NULL FROM exchanges WHERE exchange_id = ANY($2)
+             UNION ALL SELECT NULL, NULL, NULL, NULL, d.recipient, d.exchange_id
+                 FROM deliveries d JOIN UNNEST($3::text[], $4::text[]) AS u(recipient, id)
+                 ON d.recipient = u.recipient AND d.exchange_id = u.id
              ORDER BY idx NULLS LAST",
         )
         .bind(to_i64(known))
         .bind(&opening)
+        .bind(&to)
+        .bind(&of)
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
-        let (adopted, written, at) = super::seal_at_tail(known, &rows, db, seal)?;
+        let (adopted, written, at) = super::seal_at_tail(known, &rows, claims, db, seal)?;
         if !written.is_empty() {
             let b = Batch::of(&written)?;
             // Under the lock, the tail just read is still the tail; which
-            // exchanges were open, `seal` was told.
-            if !Self::insert_rows(&mut tx, &b, at, &[]).await.map_err(db)? {
+            // exchanges were open and which messages gone, `seal` was told.
+            let none = (Vec::new(), Vec::new());
+            if !Self::insert_rows(&mut tx, &b, at, &[], &none)
+                .await
+                .map_err(db)?
+            {
                 return Err(corrupt("the log's tail moved under the writers' lock"));
             }
             Self::apply_changes(&mut tx, &b, &written).await?;
@@ -680,7 +703,7 @@ impl Store for PgStore {
         }
         let b = Batch::of(&items)?;
         let mut conn = self.pool.acquire().await.map_err(db)?;
-        match Self::insert_rows(&mut conn, &b, at, &b.open.id).await {
+        match Self::insert_rows(&mut conn, &b, at, &b.open.id, &b.acknowledge).await {
             Ok(true) => Ok(Presumption::Written(items)),
             Ok(false) => Ok(Presumption::Moved(items)),
             Err(e) if moved(&e) => Ok(Presumption::Moved(items)),

@@ -17,7 +17,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::{
-    AgencyRecord, AppendItem, Batch, Delivery, ExchangeRow, ExchangeState, Facts, Grant,
+    AgencyRecord, AppendItem, Batch, Claims, Delivery, ExchangeRow, ExchangeState, Facts, Grant,
     Leadership, OutboxRow, RegistryChange, Role, SealAfter, ServiceRecord, Store, StoreError,
     StoredCheckpoint, StoredEntry, StoredMessage, Subscription, Tail, fields_of_column, json_text,
     keep_exchanges,
@@ -566,30 +566,44 @@ impl Store for SqliteStore {
     async fn append_at_tail(
         &self,
         known: u64,
-        opening: &[ExchangeId],
+        claims: &Claims,
         seal: SealAfter<'_>,
     ) -> Result<Tail, StoreError> {
         // IMMEDIATE takes the write lock first, so that the tail read below
         // stays the tail until commit even with another process on the file.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
-        // The tail, the registry version and the exchanges among
-        // `opening` that exist already: one round trip.
-        let opening =
-            serde_json::to_string(&opening.iter().map(ToString::to_string).collect::<Vec<_>>())
-                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        // The tail, the registry version, the exchanges `claims` opens
+        // that exist already and the messages it acknowledges that are
+        // still queued: one round trip.
+        let json = |v: serde_json::Value| {
+            serde_json::to_string(&v).map_err(|e| StoreError::Invalid(e.to_string()))
+        };
+        let opening = json(claims.opening.iter().map(ToString::to_string).collect())?;
+        let acknowledging = json(
+            claims
+                .acknowledging
+                .iter()
+                .map(|(to, of)| serde_json::json!([to.to_string(), of.to_string()]))
+                .collect(),
+        )?;
         let rows = sqlx::query(
-            "SELECT idx, leaf_hash, NULL AS version, NULL AS opened FROM log_entries WHERE idx >= ?
-             UNION ALL SELECT NULL, NULL, version, NULL FROM registry_version
-             UNION ALL SELECT NULL, NULL, NULL, exchange_id FROM exchanges
+            "SELECT idx, leaf_hash, NULL AS version, NULL AS opened, NULL AS queued_to, NULL AS queued_id
+                 FROM log_entries WHERE idx >= ?
+             UNION ALL SELECT NULL, NULL, version, NULL, NULL, NULL FROM registry_version
+             UNION ALL SELECT NULL, NULL, NULL, exchange_id, NULL, NULL FROM exchanges
                  WHERE exchange_id IN (SELECT value FROM json_each(?))
+             UNION ALL SELECT NULL, NULL, NULL, NULL, d.recipient, d.exchange_id
+                 FROM deliveries d JOIN json_each(?) u
+                 ON d.recipient = u.value ->> 0 AND d.exchange_id = u.value ->> 1
              ORDER BY idx NULLS LAST",
         )
         .bind(to_i64(known))
         .bind(opening)
+        .bind(acknowledging)
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
-        let (adopted, written, _) = super::seal_at_tail(known, &rows, db, seal)?;
+        let (adopted, written, _) = super::seal_at_tail(known, &rows, claims, db, seal)?;
         Self::insert(&mut tx, &written).await?;
         tx.commit().await.map_err(db)?;
         Ok(Tail { adopted, written })
