@@ -182,7 +182,7 @@ pub enum AuditCmd {
         /// Also write the full report as JSON here.
         #[arg(long)]
         report: Option<PathBuf>,
-        /// Check the log's integrity only (hashes, tree, checkpoints), not every signature and body.
+        /// Check the log's integrity only (hashes, tree, checkpoints), not every signature, body and reference.
         #[arg(long)]
         integrity_only: bool,
         /// A witness whose cosignatures count (cosignature verifier key); repeatable.
