@@ -69,6 +69,7 @@ both_backends!(
     an_events_inbox_message_outlives_the_purge_of_replies_until_delivered,
     a_presumed_append_writes_only_where_the_log_ends,
     a_message_is_acknowledged_once_whichever_writer_acknowledges_it,
+    answers_and_receipts_racing_through_two_writers_are_written_once,
     a_log_of_version_1_entries_goes_on_in_version_2,
 );
 
@@ -1890,4 +1891,70 @@ async fn a_message_is_acknowledged_once_whichever_writer_acknowledges_it(store: 
         Presumption::Written(_)
     ));
     assert!(!queued(store.as_ref(), id(2)).await);
+}
+
+/// Answers to one request, and receipts of one queued message, racing
+/// through two writers (two hubs): one of each is written, the others are
+/// told it was taken, whichever writer took it.
+async fn answers_and_receipts_racing_through_two_writers_are_written_once(store: Arc<dyn Store>) {
+    use hub_server::log_writer::AppendError;
+
+    registry(store.as_ref()).await;
+    let ([a, b], _, data) = two_log_writers(&store).await;
+    const N: u32 = 12;
+    // Requests 0..N queued for the provider: even ones to be answered,
+    // odd ones to be acknowledged.
+    for n in 0..N {
+        let (draft, body) = unsealed(u64::from(n), EntryKind::Request, event_id(n), &data);
+        a.append(draft, body, vec![open(u64::from(n)), enqueue(0)])
+            .await
+            .unwrap();
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..N {
+        for attempt in 0..4u64 {
+            let writer = if attempt % 2 == 0 {
+                a.clone()
+            } else {
+                b.clone()
+            };
+            let kind = if n % 2 == 0 {
+                EntryKind::Response
+            } else {
+                EntryKind::Receipt
+            };
+            let (draft, body) =
+                unsealed(100 + u64::from(n) * 4 + attempt, kind, event_id(n), &data);
+            let settle = if n % 2 == 0 {
+                vec![
+                    Effect::CloseExchange,
+                    Effect::Dequeue {
+                        recipient: member(PROVIDER),
+                    },
+                ]
+            } else {
+                vec![Effect::Acknowledge {
+                    recipient: member(PROVIDER),
+                }]
+            };
+            tasks.spawn(async move { (n, writer.append(draft, body, settle).await) });
+        }
+    }
+    let mut written = vec![0; N as usize];
+    while let Some(joined) = tasks.join_next().await {
+        match joined.unwrap() {
+            (n, Ok(_)) => written[n as usize] += 1,
+            (n, Err(AppendError::AlreadyAnswered(id))) if n % 2 == 0 => assert_eq!(id, event_id(n)),
+            (n, Err(AppendError::AlreadyAcknowledged(id))) if n % 2 == 1 => {
+                assert_eq!(id, event_id(n));
+            }
+            (n, Err(e)) => panic!("exchange {n}: {e}"),
+        }
+    }
+    assert_eq!(written, vec![1; N as usize], "one answer or receipt each");
+    let entries = store.entries(0, 1000).await.unwrap();
+    assert_eq!(entries.len(), 2 * N as usize, "nothing else was logged");
+    for n in 0..N {
+        assert!(!queued(store.as_ref(), event_id(n)).await);
+    }
 }

@@ -81,6 +81,11 @@ pub enum AppendError {
     /// that receipt stands.
     #[error("the message of exchange {0} was acknowledged already")]
     AlreadyAcknowledged(ExchangeId),
+    /// The entry (an answer) would settle an exchange that is no longer
+    /// pending: answered meanwhile, through this hub or another, and that
+    /// answer stands.
+    #[error("exchange {0} was answered already")]
+    AlreadyAnswered(ExchangeId),
 }
 
 /// What the writer signs and seals with.
@@ -325,8 +330,8 @@ struct Work {
     /// The time the entries are sealed at: when the first was gathered.
     now: time::OffsetDateTime,
     pending: Vec<Pending>,
-    /// The messages `pending` acknowledges: one receipt each.
-    acknowledging: HashSet<(Member, ExchangeId)>,
+    /// What `pending` takes that one entry only may ([`Exclusive`]).
+    taken: HashSet<Exclusive>,
     ahead: Option<(Position, Vec<Placed>)>,
 }
 
@@ -336,7 +341,7 @@ impl Default for Work {
             refreshes: Vec::new(),
             now: time::OffsetDateTime::UNIX_EPOCH,
             pending: Vec::new(),
-            acknowledging: HashSet::new(),
+            taken: HashSet::new(),
             ahead: None,
         }
     }
@@ -496,16 +501,18 @@ async fn run(
                 let from = next.pending.len();
                 for job in jobs.drain(..) {
                     match job {
-                        // A second receipt for one message in one batch:
-                        // the store would see the message queued for both.
-                        Job::Append(p) => {
-                            if acknowledges(&p).is_none_or(|m| next.acknowledging.insert(m)) {
-                                next.pending.push(*p);
-                            } else {
-                                let id = p.draft.exchange_id;
-                                let _ = p.reply.send(Err(AppendError::AlreadyAcknowledged(id)));
+                        // A second receipt for one message, or answer to one
+                        // request, in one batch: the store would tell both
+                        // that the message is queued, the request pending.
+                        Job::Append(p) => match exclusive(&p) {
+                            Some(x) if next.taken.contains(&x) => {
+                                let _ = p.reply.send(Err(x.taken()));
                             }
-                        }
+                            x => {
+                                next.taken.extend(x);
+                                next.pending.push(*p);
+                            }
+                        },
                         Job::Refresh(done) => next.refreshes.push(done),
                     }
                 }
@@ -604,10 +611,42 @@ fn opens_exchange(p: &Pending) -> bool {
         .any(|e| matches!(e, Effect::OpenExchange { .. }))
 }
 
-/// The message the entry acknowledges (a receipt), as (recipient, exchange).
-fn acknowledges(p: &Pending) -> Option<(Member, ExchangeId)> {
+/// What an entry takes that only one entry may.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Exclusive {
+    /// A receipt: the queued message of (recipient, exchange).
+    Receipt(Member, ExchangeId),
+    /// An answer: the pending exchange it settles.
+    Answer(ExchangeId),
+}
+
+impl Exclusive {
+    /// The error of an entry that finds it taken.
+    fn taken(&self) -> AppendError {
+        match self {
+            Self::Receipt(_, id) => AppendError::AlreadyAcknowledged(*id),
+            Self::Answer(id) => AppendError::AlreadyAnswered(*id),
+        }
+    }
+
+    /// Whether the store found it taken already.
+    fn gone(&self, tail: &AtTail<'_>) -> bool {
+        match self {
+            Self::Receipt(m, id) => tail.acknowledged.iter().any(|(to, of)| to == m && of == id),
+            Self::Answer(id) => tail.settled.contains(id),
+        }
+    }
+}
+
+/// What the entry takes that only one entry may: the message a receipt
+/// acknowledges, or the exchange (opened before) that an answer settles.
+fn exclusive(p: &Pending) -> Option<Exclusive> {
+    let id = p.draft.exchange_id;
     p.effects.iter().find_map(|e| match e {
-        Effect::Acknowledge { recipient } => Some((recipient.clone(), p.draft.exchange_id)),
+        Effect::Acknowledge { recipient } => Some(Exclusive::Receipt(recipient.clone(), id)),
+        Effect::CloseExchange | Effect::AbandonExchange if !opens_exchange(p) => {
+            Some(Exclusive::Answer(id))
+        }
         _ => None,
     })
 }
@@ -667,10 +706,11 @@ async fn write_batch(
         }
         other => (pending, other),
     };
-    let mut claims = Claims::default();
-    for p in &pending {
-        claims.add(p.draft.exchange_id, &p.effects);
-    }
+    let claims = Claims::of(
+        pending
+            .iter()
+            .map(|p| (p.draft.exchange_id, &p.effects[..])),
+    );
     let mut replies = Vec::new();
     let mut registry_after = None;
     let mut took_ahead = false;
@@ -687,22 +727,28 @@ async fn write_batch(
         // Two hubs can take one exchange id at once (a sender retrying
         // through the load balancer); the first in the log keeps it, and
         // the other's sender gets that first outcome, never a second entry.
-        // Likewise a message acknowledged twice at once gets one receipt.
-        let (pending, taken): (Vec<_>, Vec<_>) = pending.into_iter().partition(|p| {
+        // Likewise a message acknowledged twice at once gets one receipt,
+        // and a request answered twice at once one answer.
+        let refusal = |p: &Pending| {
             let id = p.draft.exchange_id;
-            !(opens_exchange(p) && tail.opened.contains(&id))
-                && acknowledges(p).is_none_or(|m| !tail.acknowledged.contains(&m))
-        });
-        let ahead = ahead.filter(|_| taken.is_empty());
-        for p in taken {
-            let id = p.draft.exchange_id;
-            let error = if opens_exchange(&p) && tail.opened.contains(&id) {
-                AppendError::AlreadyOpen(id)
-            } else {
-                AppendError::AlreadyAcknowledged(id)
-            };
-            let _ = p.reply.send(Err(error));
+            if opens_exchange(p) && tail.opened.contains(&id) {
+                return Some(AppendError::AlreadyOpen(id));
+            }
+            exclusive(p).filter(|x| x.gone(&tail)).map(|x| x.taken())
+        };
+        let mut kept = Vec::with_capacity(pending.len());
+        let mut refused = false;
+        for p in pending {
+            match refusal(&p) {
+                Some(error) => {
+                    refused = true;
+                    let _ = p.reply.send(Err(error));
+                }
+                None => kept.push(p),
+            }
         }
+        let pending = kept;
+        let ahead = ahead.filter(|_| !refused);
         let changes_registry = pending
             .iter()
             .any(|p| p.effects.iter().any(|e| matches!(e, Effect::Registry(_))));

@@ -1047,11 +1047,17 @@ impl Hub {
         }
         let body = self.body(body);
         body.describe(&mut draft);
-        let item = self
-            .log
-            .append(draft, body, effects)
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let item = match self.log.append(draft, body, effects).await {
+            Ok(item) => item,
+            // Answered meanwhile (a redelivery raced the first answer,
+            // perhaps through another hub): that first answer stands, and
+            // a caller still waiting here gets it.
+            Err(AppendError::AlreadyAnswered(_)) => {
+                self.settled(id).await?;
+                return Ok(());
+            }
+            Err(e) => return Err(StoreError::Unavailable(e.to_string())),
+        };
         let completion = match failure {
             None => Ok(item.message()),
             Some(error) => Err(Failure {

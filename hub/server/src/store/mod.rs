@@ -547,6 +547,9 @@ pub struct AtTail<'a> {
     /// Those of the messages the batch would acknowledge that are no
     /// longer queued: acknowledged since the hub read them.
     pub acknowledged: &'a [(Member, ExchangeId)],
+    /// Those of the exchanges the batch would answer that are no longer
+    /// pending: answered (or abandoned) since the hub looked.
+    pub settled: &'a [ExchangeId],
 }
 
 /// What a batch takes that another writer may have taken since the hub
@@ -559,29 +562,43 @@ pub struct Claims {
     /// The queued messages its receipts acknowledge
     /// ([`Effect::Acknowledge`]), as (recipient, exchange).
     pub acknowledging: Vec<(Member, ExchangeId)>,
+    /// The exchanges its answers settle ([`Effect::CloseExchange`] or
+    /// [`Effect::AbandonExchange`] of an exchange opened before the
+    /// batch): each must still be pending, so that a request is answered
+    /// once however many answers to it race.
+    pub answering: Vec<ExchangeId>,
 }
 
 impl Claims {
-    /// What an entry with `effects`, of exchange `id`, claims.
-    pub fn add(&mut self, id: ExchangeId, effects: &[Effect]) {
-        for e in effects {
-            match e {
-                Effect::OpenExchange { .. } => self.opening.push(id),
-                Effect::Acknowledge { recipient } => {
-                    self.acknowledging.push((recipient.clone(), id));
+    /// What `entries`, each an exchange id and the entry's effects, claim.
+    pub fn of<'a>(entries: impl IntoIterator<Item = (ExchangeId, &'a [Effect])>) -> Self {
+        let mut claims = Self::default();
+        for (id, effects) in entries {
+            for e in effects {
+                match e {
+                    Effect::OpenExchange { .. } => claims.opening.push(id),
+                    Effect::CloseExchange | Effect::AbandonExchange => claims.answering.push(id),
+                    Effect::Acknowledge { recipient } => {
+                        claims.acknowledging.push((recipient.clone(), id));
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
         }
+        // An exchange opened by the batch itself (an event, or a request
+        // and its answer) is not pending before it.
+        let opening = &claims.opening;
+        claims.answering.retain(|id| !opening.contains(id));
+        claims
     }
 
     /// The claims of `items`.
-    pub fn of(items: &[AppendItem]) -> Self {
-        let mut claims = Self::default();
-        for i in items {
-            claims.add(i.sealed.record.statement.draft.exchange_id, &i.effects);
-        }
-        claims
+    pub fn of_items(items: &[AppendItem]) -> Self {
+        Self::of(
+            items
+                .iter()
+                .map(|i| (i.sealed.record.statement.draft.exchange_id, &i.effects[..])),
+        )
     }
 }
 
@@ -614,9 +631,10 @@ where
 /// Parse a backend's tail read and let `seal` place the batch there;
 /// returns the adopted leaf hashes, what to write and where. The rows are
 /// `(idx, leaf_hash)` of the entries from `known` on, in order, then one
-/// with the registry `version`, one per id already `opened`, and one per
-/// message of `claims` still queued (`queued_to`, `queued_id`), the other
-/// columns NULL. `db` maps the backend's errors.
+/// with the registry `version`, one per id already `opened`, one per
+/// message of `claims` still queued (`queued_to`, `queued_id`) and one per
+/// exchange it answers that is still `pending`, the other columns NULL.
+/// `db` maps the backend's errors.
 pub(crate) fn seal_at_tail<R>(
     known: u64,
     rows: &[R],
@@ -640,20 +658,31 @@ where
     let mut version = None;
     let mut opened = Vec::new();
     let mut queued = HashSet::new();
+    let mut pending = HashSet::new();
     for r in rest {
         let v: Option<i64> = r.try_get("version").map_err(db)?;
         let id: Option<String> = r.try_get("opened").map_err(db)?;
         let to: Option<String> = r.try_get("queued_to").map_err(db)?;
         let of: Option<String> = r.try_get("queued_id").map_err(db)?;
-        match (v, id, to, of) {
+        let open: Option<String> = r.try_get("pending").map_err(db)?;
+        match (v, id, to, of, open) {
             (Some(v), ..) => version = Some(to_u64(v)),
             (None, Some(id), ..) => opened.push(ExchangeId::parse(&id).map_err(corrupt)?),
-            (None, None, Some(to), Some(of)) => {
+            (None, None, Some(to), Some(of), _) => {
                 queued.insert((to, of));
+            }
+            (None, None, None, None, Some(open)) => {
+                pending.insert(open);
             }
             _ => return Err(corrupt("an unexpected row at the log's tail")),
         }
     }
+    let settled: Vec<ExchangeId> = claims
+        .answering
+        .iter()
+        .filter(|id| !pending.contains(&id.to_string()))
+        .copied()
+        .collect();
     let acknowledged: Vec<(Member, ExchangeId)> = claims
         .acknowledging
         .iter()
@@ -666,6 +695,7 @@ where
         registry_version,
         opened: &opened,
         acknowledged: &acknowledged,
+        settled: &settled,
     });
     let at = Presumed {
         size: known + adopted.len() as u64,
@@ -722,7 +752,7 @@ pub(crate) async fn append_presumed_at_tail<S: Store + ?Sized>(
     at: Presumed,
     items: Vec<AppendItem>,
 ) -> Result<Presumption, StoreError> {
-    let claims = Claims::of(&items);
+    let claims = Claims::of_items(&items);
     let mut moved = None;
     let tail = store
         .append_at_tail(
@@ -732,6 +762,7 @@ pub(crate) async fn append_presumed_at_tail<S: Store + ?Sized>(
                 if tail.adopted.is_empty()
                     && tail.opened.is_empty()
                     && tail.acknowledged.is_empty()
+                    && tail.settled.is_empty()
                     && tail.registry_version == at.registry_version
                 {
                     items
@@ -880,9 +911,10 @@ pub trait Store: Send + Sync {
     /// one transaction, under a lock that serializes writers, read the
     /// leaf hashes of every entry from index `known` on (what other writers
     /// appended), the registry version, which of the exchanges `claims`
-    /// opens exist already and which of the messages it acknowledges are
-    /// no longer queued, let `seal` place the batch after them, and write
-    /// it. Returns those leaf hashes and the items written.
+    /// opens exist already, which it answers are no longer pending and
+    /// which of the messages it acknowledges are no longer queued, let
+    /// `seal` place the batch after them, and write it. Returns those leaf
+    /// hashes and the items written.
     async fn append_at_tail(
         &self,
         known: u64,
@@ -891,8 +923,9 @@ pub trait Store: Send + Sync {
     ) -> Result<Tail, StoreError>;
     /// Append `items`, sealed by the caller where it presumes the log
     /// ends, if the log still ends there, the registry is still at that
-    /// version, none of the exchanges they open exists and every message
-    /// they acknowledge is still queued; otherwise write
+    /// version, none of the exchanges they open exists, every exchange
+    /// they answer is still pending and every message they acknowledge is
+    /// still queued; otherwise write
     /// nothing and hand them back. The same guarantees as
     /// [`Store::append_at_tail`], which the default goes through; a backend
     /// may check the presumption in the write itself, saving round trips.

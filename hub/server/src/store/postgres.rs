@@ -81,8 +81,9 @@ impl PgStore {
     /// and outbox messages - and close the exchanges it answers (none
     /// opened in the batch: see [`Batch::of`]), in one statement, if the
     /// log still ends where `at` presumes, none of the exchanges
-    /// `unopened` exists and every message `queued` (recipients, exchange
-    /// ids) still does; returns whether it did (if not, nothing is
+    /// `unopened` exists, every exchange `pending` is still pending and
+    /// every message `queued` (recipients, exchange ids) is still queued;
+    /// returns whether it did (if not, nothing is
     /// written). The statement takes the writers' lock itself, so that one
     /// round trip can be a whole group commit; its check reads the snapshot
     /// taken before the lock, and an entry committed by another writer
@@ -93,6 +94,7 @@ impl PgStore {
         b: &Batch,
         at: Presumed,
         unopened: &[String],
+        pending: &[String],
         queued: &(Vec<String>, Vec<String>),
     ) -> Result<bool, sqlx::Error> {
         // Every insert in one statement, one round trip: under load each
@@ -105,12 +107,15 @@ impl PgStore {
         // the exchanges' index only in a plan made for the batch's values
         // (see `persistent` below).
         let mut arguments = PgArguments::default();
-        arguments.reserve(33, b.size_hint());
+        arguments.reserve(34, b.size_hint());
         let holds: bool = sqlx::query_scalar_with(
             "WITH presumed AS (
                 SELECT (SELECT COALESCE(max(idx) + 1, 0) FROM log_entries) = $24
                    AND (SELECT version FROM registry_version FOR SHARE) = $25
                    AND NOT EXISTS (SELECT 1 FROM exchanges WHERE exchange_id = ANY($27::text[]))
+                   AND NOT EXISTS (SELECT 1 FROM UNNEST($34::text[]) AS u(id)
+                       WHERE NOT EXISTS (SELECT 1 FROM exchanges e
+                           WHERE e.exchange_id = u.id AND e.state = 'pending'))
                    AND NOT EXISTS (SELECT 1 FROM UNNEST($32::text[], $33::text[]) AS u(recipient, id)
                        WHERE NOT EXISTS (SELECT 1 FROM deliveries d
                            WHERE d.recipient = u.recipient AND d.exchange_id = u.id))
@@ -184,6 +189,7 @@ impl PgStore {
         .bind(&b.dequeue.1)
         .bind(&queued.0)
         .bind(&queued.1)
+        .bind(pending)
         // Planned afresh at each commit, with the batch's values: kept
         // prepared, PostgreSQL may settle on a generic plan costed on the
         // first, near-empty tables, which scans `exchanges` at every commit
@@ -643,9 +649,11 @@ impl Store for PgStore {
             .await
             .map_err(db)?;
         // The tail, the registry version, the exchanges `claims` opens
-        // that exist already and the messages it acknowledges that are
-        // still queued: one round trip.
+        // that exist already, the messages it acknowledges that are still
+        // queued and the exchanges it answers that are still pending: one
+        // round trip.
         let opening: Vec<String> = claims.opening.iter().map(ToString::to_string).collect();
+        let answering: Vec<String> = claims.answering.iter().map(ToString::to_string).collect();
         let (to, of): (Vec<String>, Vec<String>) = claims
             .acknowledging
             .iter()
@@ -653,18 +661,23 @@ impl Store for PgStore {
             .unzip();
         let rows = sqlx::query(
             "SELECT idx, leaf_hash, NULL::bigint AS version, NULL::text AS opened,
-                    NULL::text AS queued_to, NULL::text AS queued_id FROM log_entries WHERE idx >= $1
-             UNION ALL SELECT NULL, NULL, version, NULL, NULL, NULL FROM registry_version
-             UNION ALL SELECT NULL, NULL, NULL, exchange_id, NULL, NULL FROM exchanges WHERE exchange_id = ANY($2)
-             UNION ALL SELECT NULL, NULL, NULL, NULL, d.recipient, d.exchange_id
+                    NULL::text AS queued_to, NULL::text AS queued_id, NULL::text AS pending
+                 FROM log_entries WHERE idx >= $1
+             UNION ALL SELECT NULL, NULL, version, NULL, NULL, NULL, NULL FROM registry_version
+             UNION ALL SELECT NULL, NULL, NULL, exchange_id, NULL, NULL, NULL FROM exchanges
+                 WHERE exchange_id = ANY($2)
+             UNION ALL SELECT NULL, NULL, NULL, NULL, d.recipient, d.exchange_id, NULL
                  FROM deliveries d JOIN UNNEST($3::text[], $4::text[]) AS u(recipient, id)
                  ON d.recipient = u.recipient AND d.exchange_id = u.id
+             UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, exchange_id FROM exchanges
+                 WHERE exchange_id = ANY($5) AND state = 'pending'
              ORDER BY idx NULLS LAST",
         )
         .bind(to_i64(known))
         .bind(&opening)
         .bind(&to)
         .bind(&of)
+        .bind(&answering)
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
@@ -674,7 +687,7 @@ impl Store for PgStore {
             // Under the lock, the tail just read is still the tail; which
             // exchanges were open and which messages gone, `seal` was told.
             let none = (Vec::new(), Vec::new());
-            if !Self::insert_rows(&mut tx, &b, at, &[], &none)
+            if !Self::insert_rows(&mut tx, &b, at, &[], &[], &none)
                 .await
                 .map_err(db)?
             {
@@ -703,7 +716,7 @@ impl Store for PgStore {
         }
         let b = Batch::of(&items)?;
         let mut conn = self.pool.acquire().await.map_err(db)?;
-        match Self::insert_rows(&mut conn, &b, at, &b.open.id, &b.acknowledge).await {
+        match Self::insert_rows(&mut conn, &b, at, &b.open.id, &b.close.0, &b.acknowledge).await {
             Ok(true) => Ok(Presumption::Written(items)),
             Ok(false) => Ok(Presumption::Moved(items)),
             Err(e) if moved(&e) => Ok(Presumption::Moved(items)),

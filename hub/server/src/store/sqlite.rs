@@ -573,12 +573,14 @@ impl Store for SqliteStore {
         // stays the tail until commit even with another process on the file.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
         // The tail, the registry version, the exchanges `claims` opens
-        // that exist already and the messages it acknowledges that are
-        // still queued: one round trip.
+        // that exist already, the messages it acknowledges that are still
+        // queued and the exchanges it answers that are still pending: one
+        // round trip.
         let json = |v: serde_json::Value| {
             serde_json::to_string(&v).map_err(|e| StoreError::Invalid(e.to_string()))
         };
         let opening = json(claims.opening.iter().map(ToString::to_string).collect())?;
+        let answering = json(claims.answering.iter().map(ToString::to_string).collect())?;
         let acknowledging = json(
             claims
                 .acknowledging
@@ -587,19 +589,23 @@ impl Store for SqliteStore {
                 .collect(),
         )?;
         let rows = sqlx::query(
-            "SELECT idx, leaf_hash, NULL AS version, NULL AS opened, NULL AS queued_to, NULL AS queued_id
+            "SELECT idx, leaf_hash, NULL AS version, NULL AS opened, NULL AS queued_to,
+                    NULL AS queued_id, NULL AS pending
                  FROM log_entries WHERE idx >= ?
-             UNION ALL SELECT NULL, NULL, version, NULL, NULL, NULL FROM registry_version
-             UNION ALL SELECT NULL, NULL, NULL, exchange_id, NULL, NULL FROM exchanges
+             UNION ALL SELECT NULL, NULL, version, NULL, NULL, NULL, NULL FROM registry_version
+             UNION ALL SELECT NULL, NULL, NULL, exchange_id, NULL, NULL, NULL FROM exchanges
                  WHERE exchange_id IN (SELECT value FROM json_each(?))
-             UNION ALL SELECT NULL, NULL, NULL, NULL, d.recipient, d.exchange_id
+             UNION ALL SELECT NULL, NULL, NULL, NULL, d.recipient, d.exchange_id, NULL
                  FROM deliveries d JOIN json_each(?) u
                  ON d.recipient = u.value ->> 0 AND d.exchange_id = u.value ->> 1
+             UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, exchange_id FROM exchanges
+                 WHERE exchange_id IN (SELECT value FROM json_each(?)) AND state = 'pending'
              ORDER BY idx NULLS LAST",
         )
         .bind(to_i64(known))
         .bind(opening)
         .bind(acknowledging)
+        .bind(answering)
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
