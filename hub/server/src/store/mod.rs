@@ -587,7 +587,7 @@ impl Claims {
         }
         // An exchange opened by the batch itself (an event, or a request
         // and its answer) is not pending before it.
-        let opening = &claims.opening;
+        let opening: HashSet<ExchangeId> = claims.opening.iter().copied().collect();
         claims.answering.retain(|id| !opening.contains(id));
         claims
     }
@@ -925,10 +925,10 @@ pub trait Store: Send + Sync {
     /// ends, if the log still ends there, the registry is still at that
     /// version, none of the exchanges they open exists, every exchange
     /// they answer is still pending and every message they acknowledge is
-    /// still queued; otherwise write
-    /// nothing and hand them back. The same guarantees as
-    /// [`Store::append_at_tail`], which the default goes through; a backend
-    /// may check the presumption in the write itself, saving round trips.
+    /// still queued; otherwise write nothing and hand them back. The same
+    /// guarantees as [`Store::append_at_tail`], which the default goes
+    /// through; a backend may check the presumption in the write itself,
+    /// saving round trips.
     async fn append_presumed(
         &self,
         at: Presumed,
