@@ -63,6 +63,15 @@ pub const LOG_WRITER_LOCK: i64 = 0x6875_622d_6c6f_6721;
 fn moved(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505")
         && matches!(d.constraint(), Some("log_entries_pkey" | "log_bodies_pkey")))
+        || taken(e)
+}
+
+/// Whether a batch's statement found something it claims taken: an
+/// exchange it answers no longer pending, or a message it acknowledges no
+/// longer queued ([`PgStore::insert_rows`] divides by zero then, so that
+/// the whole statement is undone).
+fn taken(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("22012"))
 }
 
 /// A role held by a session-level advisory lock on its own connection.
@@ -80,22 +89,23 @@ impl PgStore {
     /// Insert a batch's rows - entries, bodies, opened exchanges, queued
     /// and outbox messages - and close the exchanges it answers (none
     /// opened in the batch: see [`Batch::of`]), in one statement, if the
-    /// log still ends where `at` presumes, none of the exchanges
-    /// `unopened` exists, every exchange `pending` is still pending and
-    /// every message `queued` (recipients, exchange ids) is still queued;
-    /// returns whether it did (if not, nothing is
+    /// log still ends where `at` presumes and none of the exchanges
+    /// `unopened` exists; returns whether it did (if not, nothing is
     /// written). The statement takes the writers' lock itself, so that one
     /// round trip can be a whole group commit; its check reads the snapshot
     /// taken before the lock, and an entry committed by another writer
     /// while it waited shows instead as a unique violation on the entries'
-    /// index (see [`moved`]).
+    /// index (see [`moved`]). With `claims`, every exchange it answers
+    /// must be pending and every message it acknowledges queued: the
+    /// statement counts what its update and delete found, and fails if that
+    /// falls short (see [`taken`]), undoing all of it - cheaper than looking
+    /// them up first.
     async fn insert_rows(
         conn: &mut sqlx::PgConnection,
         b: &Batch,
         at: Presumed,
         unopened: &[String],
-        pending: &[String],
-        queued: &(Vec<String>, Vec<String>),
+        claims: bool,
     ) -> Result<bool, sqlx::Error> {
         // Every insert in one statement, one round trip: under load each
         // round trip waits for both processes to be scheduled, and a group
@@ -113,12 +123,6 @@ impl PgStore {
                 SELECT (SELECT COALESCE(max(idx) + 1, 0) FROM log_entries) = $24
                    AND (SELECT version FROM registry_version FOR SHARE) = $25
                    AND NOT EXISTS (SELECT 1 FROM exchanges WHERE exchange_id = ANY($27::text[]))
-                   AND NOT EXISTS (SELECT 1 FROM UNNEST($34::text[]) AS u(id)
-                       WHERE NOT EXISTS (SELECT 1 FROM exchanges e
-                           WHERE e.exchange_id = u.id AND e.state = 'pending'))
-                   AND NOT EXISTS (SELECT 1 FROM UNNEST($32::text[], $33::text[]) AS u(recipient, id)
-                       WHERE NOT EXISTS (SELECT 1 FROM deliveries d
-                           WHERE d.recipient = u.recipient AND d.exchange_id = u.id))
                    AS holds
                 FROM (SELECT pg_advisory_xact_lock($26)) AS writers),
              entries AS (
@@ -148,12 +152,22 @@ impl PgStore {
                 UPDATE exchanges SET state = 'done',
                     reply_idx = ($29::bigint[])[array_position($28::text[], exchange_id)]
                 WHERE exchange_id = ANY($28::text[]) AND state = 'pending'
-                  AND (SELECT holds FROM presumed)),
+                  AND (SELECT holds FROM presumed)
+                RETURNING 1),
              dequeued AS (
                 DELETE FROM deliveries d USING UNNEST($30::text[], $31::text[]) AS u(recipient, id)
                 WHERE d.recipient = u.recipient AND d.exchange_id = u.id
-                  AND (SELECT holds FROM presumed))
-             SELECT holds FROM presumed",
+                  AND (SELECT holds FROM presumed)
+                RETURNING d.recipient, d.exchange_id)
+             SELECT CASE WHEN $34 AND holds AND (
+                    (SELECT count(*) FROM closed) <> cardinality($28::text[])
+                    OR (SELECT count(*) FROM dequeued q
+                        JOIN UNNEST($32::text[], $33::text[]) AS a(recipient, id)
+                        ON q.recipient = a.recipient AND q.exchange_id = a.id)
+                       <> cardinality($32::text[]))
+                 THEN 1 / (random() * 0)::int = 0
+                 ELSE holds END
+             FROM presumed",
             arguments,
         )
         .bind(&b.idx)
@@ -187,9 +201,9 @@ impl PgStore {
         .bind(&b.close.1)
         .bind(&b.dequeue.0)
         .bind(&b.dequeue.1)
-        .bind(&queued.0)
-        .bind(&queued.1)
-        .bind(pending)
+        .bind(&b.acknowledge.0)
+        .bind(&b.acknowledge.1)
+        .bind(claims)
         // Planned afresh at each commit, with the batch's values: kept
         // prepared, PostgreSQL may settle on a generic plan costed on the
         // first, near-empty tables, which scans `exchanges` at every commit
@@ -685,9 +699,9 @@ impl Store for PgStore {
         if !written.is_empty() {
             let b = Batch::of(&written)?;
             // Under the lock, the tail just read is still the tail; which
-            // exchanges were open and which messages gone, `seal` was told.
-            let none = (Vec::new(), Vec::new());
-            if !Self::insert_rows(&mut tx, &b, at, &[], &[], &none)
+            // exchanges were open or settled and which messages gone,
+            // `seal` was told.
+            if !Self::insert_rows(&mut tx, &b, at, &[], false)
                 .await
                 .map_err(db)?
             {
@@ -716,7 +730,7 @@ impl Store for PgStore {
         }
         let b = Batch::of(&items)?;
         let mut conn = self.pool.acquire().await.map_err(db)?;
-        match Self::insert_rows(&mut conn, &b, at, &b.open.id, &b.close.0, &b.acknowledge).await {
+        match Self::insert_rows(&mut conn, &b, at, &b.open.id, true).await {
             Ok(true) => Ok(Presumption::Written(items)),
             Ok(false) => Ok(Presumption::Moved(items)),
             Err(e) if moved(&e) => Ok(Presumption::Moved(items)),
