@@ -203,40 +203,39 @@ impl Gauges {
             let _ = writeln!(out, "hub_checkpoint_size {size}");
         }
         if let Some(outbox) = &self.outbox {
-            help(
+            labelled_gauge(
                 out,
-                "hub_outbox_unsent",
-                "gauge",
+                ("hub_outbox_unsent", "instance"),
                 "Outbox rows the broker has not confirmed yet, by hub instance.",
+                outbox,
             );
-            for (instance, n) in outbox {
-                let _ = writeln!(
-                    out,
-                    "hub_outbox_unsent{{instance=\"{}\"}} {n}",
-                    escape(instance)
-                );
-            }
         }
         if let Some(inboxes) = &self.inboxes {
-            help(
+            labelled_gauge(
                 out,
-                "hub_inbox_messages",
-                "gauge",
+                ("hub_inbox_messages", "recipient"),
                 "Messages waiting in a recipient's inbox (leased or not).",
+                inboxes,
             );
-            for (recipient, n) in inboxes {
-                let _ = writeln!(
-                    out,
-                    "hub_inbox_messages{{recipient=\"{}\"}} {n}",
-                    escape(recipient)
-                );
-            }
         }
     }
 }
 
 fn help(out: &mut String, name: &str, kind: &str, text: &str) {
     let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
+}
+
+/// A gauge with one line per `(label value, count)` row.
+fn labelled_gauge<'a>(
+    out: &mut String,
+    (name, label): (&str, &str),
+    text: &str,
+    rows: impl IntoIterator<Item = &'a (String, u64)>,
+) {
+    help(out, name, "gauge", text);
+    for (value, n) in rows {
+        let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {n}", escape(value));
+    }
 }
 
 /// A label value as the format wants it: backslash, quote and newline escaped.
