@@ -923,3 +923,32 @@ async fn every_hostile_request_gets_its_exact_refusal_and_nothing_is_accepted() 
     }
     assert_eq!(records[records.len() - 2]["kind"], "request");
 }
+
+/// A body too large is answered `413` even when it is several times the
+/// limit: the hub reads it to its end (up to 8 MiB past the limit) before
+/// answering, so the client's write does not fail before it reads the
+/// answer, and the connection stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_several_times_too_large_still_gets_its_413() {
+    let hub = TestHub::start().await;
+    let mut conn = hub
+        .client(ONE_STOP)
+        .connect(hub_client::HttpVersion::Http1)
+        .await
+        .unwrap();
+    for size in [2_000_000, 6_000_000] {
+        let body = with_raw_payload(&format!(r#"{{"personal_id":"{}"}}"#, "1".repeat(size)));
+        let (status, _, bytes) = conn
+            .send_full(Method::POST, "/v1/exchanges", Some((JSON, body)))
+            .await
+            .unwrap();
+        let reply: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(status.as_u16(), 413, "{size}: {reply}");
+        assert_eq!(reply["code"], "payload_too_large");
+    }
+    let (status, _, _) = conn
+        .send_full(Method::POST, "/v1/exchanges", Some((JSON, valid_body())))
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 200, "the same connection still serves");
+}

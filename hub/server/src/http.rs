@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use hub_core::envelope::ErrorBody;
 use hub_core::ids::ExchangeId;
 use serde::Deserialize;
@@ -578,16 +578,48 @@ async fn read_json_body(
     if !is_json {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let collected = tokio::time::timeout(within, Limited::new(body, limit).collect())
+    let read = tokio::time::timeout(within, read_at_most(body, limit))
         .await
         .map_err(|_| ApiError::RequestTimeout)?;
-    match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge { limit }),
+    match read {
+        Ok(Some(bytes)) => Ok(bytes),
+        Ok(None) => Err(ApiError::PayloadTooLarge { limit }),
         Err(e) => Err(ApiError::BadRequest(format!(
             "could not read the body: {e}"
         ))),
     }
+}
+
+/// How much of a body past its limit is still read, and dropped: a server
+/// that stops reading makes the client's write fail before the client has
+/// read the `413`, so a body somewhat too large is read to its end first
+/// (within the body timeout); past this, the connection is given up.
+const TOO_LARGE_READ: usize = 8 * 1024 * 1024;
+
+/// The body if it holds at most `limit` bytes, `None` if it holds more.
+async fn read_at_most(mut body: Body, limit: usize) -> Result<Option<bytes::Bytes>, axum::Error> {
+    let mut chunks: Vec<bytes::Bytes> = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len());
+        if seen <= limit {
+            chunks.push(data);
+        } else if seen > limit.saturating_add(TOO_LARGE_READ) {
+            return Ok(None);
+        } else {
+            chunks.clear();
+        }
+    }
+    if seen > limit {
+        return Ok(None);
+    }
+    Ok(Some(match chunks.len() {
+        1 => chunks.swap_remove(0),
+        _ => chunks.concat().into(),
+    }))
 }
 
 #[instrument(skip_all)]
