@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use hub_core::body::{DataKey, NONCE_LEN};
 use hub_core::hash::Hash;
-use hub_core::ids::{ExchangeId, Member};
+use hub_core::ids::ExchangeId;
 use hub_core::jws::SigningKey;
 use hub_core::log::{EntryDraft, EntryKind, Placed, place, seal_batch};
 use hub_core::merkle::Frontier;
@@ -36,7 +36,8 @@ use tracing::{debug, error, info, instrument, warn};
 
 use crate::clock::{Clock, Random};
 use crate::store::{
-    AppendItem, AtTail, Body, Claims, Effect, Presumed, Presumption, Store, StoreError, message_of,
+    AppendItem, AtTail, Body, Claim, Claims, Effect, Presumed, Presumption, Store, StoreError,
+    message_of,
 };
 
 type Reply = oneshot::Sender<Result<AppendItem, AppendError>>;
@@ -330,8 +331,8 @@ struct Work {
     /// The time the entries are sealed at: when the first was gathered.
     now: time::OffsetDateTime,
     pending: Vec<Pending>,
-    /// What `pending` takes that one entry only may ([`Exclusive`]).
-    taken: HashSet<Exclusive>,
+    /// What `pending` takes that one entry only may.
+    taken: HashSet<Claim>,
     ahead: Option<(Position, Vec<Placed>)>,
 }
 
@@ -504,9 +505,9 @@ async fn run(
                         // A second receipt for one message, or answer to one
                         // request, in one batch: the store would tell both
                         // that the message is queued, the request pending.
-                        Job::Append(p) => match exclusive(&p) {
+                        Job::Append(p) => match Claim::of(p.draft.exchange_id, &p.effects) {
                             Some(x) if next.taken.contains(&x) => {
-                                let _ = p.reply.send(Err(x.taken()));
+                                let _ = p.reply.send(Err(taken(&x)));
                             }
                             x => {
                                 next.taken.extend(x);
@@ -611,44 +612,20 @@ fn opens_exchange(p: &Pending) -> bool {
         .any(|e| matches!(e, Effect::OpenExchange { .. }))
 }
 
-/// What an entry takes that only one entry may.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Exclusive {
-    /// A receipt: the queued message of (recipient, exchange).
-    Receipt(Member, ExchangeId),
-    /// An answer: the pending exchange it settles.
-    Answer(ExchangeId),
-}
-
-impl Exclusive {
-    /// The error of an entry that finds it taken.
-    fn taken(&self) -> AppendError {
-        match self {
-            Self::Receipt(_, id) => AppendError::AlreadyAcknowledged(*id),
-            Self::Answer(id) => AppendError::AlreadyAnswered(*id),
-        }
-    }
-
-    /// Whether the store found it taken already.
-    fn gone(&self, tail: &AtTail<'_>) -> bool {
-        match self {
-            Self::Receipt(m, id) => tail.acknowledged.iter().any(|(to, of)| to == m && of == id),
-            Self::Answer(id) => tail.settled.contains(id),
-        }
+/// The error of an entry whose claim was taken.
+fn taken(claim: &Claim) -> AppendError {
+    match claim {
+        Claim::Receipt(_, id) => AppendError::AlreadyAcknowledged(*id),
+        Claim::Answer(id) => AppendError::AlreadyAnswered(*id),
     }
 }
 
-/// What the entry takes that only one entry may: the message a receipt
-/// acknowledges, or the exchange (opened before) that an answer settles.
-fn exclusive(p: &Pending) -> Option<Exclusive> {
-    let id = p.draft.exchange_id;
-    p.effects.iter().find_map(|e| match e {
-        Effect::Acknowledge { recipient } => Some(Exclusive::Receipt(recipient.clone(), id)),
-        Effect::CloseExchange | Effect::AbandonExchange if !opens_exchange(p) => {
-            Some(Exclusive::Answer(id))
-        }
-        _ => None,
-    })
+/// Whether the store found `claim` taken already.
+fn gone(claim: &Claim, tail: &AtTail<'_>) -> bool {
+    match claim {
+        Claim::Receipt(m, id) => tail.acknowledged.iter().any(|(to, of)| to == m && of == id),
+        Claim::Answer(id) => tail.settled.contains(id),
+    }
 }
 
 /// Seal the entries placed ahead for `pending`, as one batch.
@@ -734,7 +711,9 @@ async fn write_batch(
             if opens_exchange(p) && tail.opened.contains(&id) {
                 return Some(AppendError::AlreadyOpen(id));
             }
-            exclusive(p).filter(|x| x.gone(&tail)).map(|x| x.taken())
+            Claim::of(id, &p.effects)
+                .filter(|c| gone(c, &tail))
+                .map(|c| taken(&c))
         };
         let mut kept = Vec::with_capacity(pending.len());
         let mut refused = false;

@@ -569,20 +569,46 @@ pub struct Claims {
     pub answering: Vec<ExchangeId>,
 }
 
+/// What one entry takes that only one entry may.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Claim {
+    /// A receipt: the queued message of (recipient, exchange).
+    Receipt(Member, ExchangeId),
+    /// An answer: the pending exchange it settles.
+    Answer(ExchangeId),
+}
+
+impl Claim {
+    /// The claim of an entry of exchange `id` with `effects`: the message
+    /// a receipt acknowledges, or the exchange (opened before the entry)
+    /// that an answer closes or abandons.
+    pub fn of(id: ExchangeId, effects: &[Effect]) -> Option<Self> {
+        let opens = effects
+            .iter()
+            .any(|e| matches!(e, Effect::OpenExchange { .. }));
+        effects.iter().find_map(|e| match e {
+            Effect::Acknowledge { recipient } => Some(Self::Receipt(recipient.clone(), id)),
+            Effect::CloseExchange | Effect::AbandonExchange if !opens => Some(Self::Answer(id)),
+            _ => None,
+        })
+    }
+}
+
 impl Claims {
     /// What `entries`, each an exchange id and the entry's effects, claim.
     pub fn of<'a>(entries: impl IntoIterator<Item = (ExchangeId, &'a [Effect])>) -> Self {
         let mut claims = Self::default();
         for (id, effects) in entries {
-            for e in effects {
-                match e {
-                    Effect::OpenExchange { .. } => claims.opening.push(id),
-                    Effect::CloseExchange | Effect::AbandonExchange => claims.answering.push(id),
-                    Effect::Acknowledge { recipient } => {
-                        claims.acknowledging.push((recipient.clone(), id));
-                    }
-                    _ => {}
-                }
+            if effects
+                .iter()
+                .any(|e| matches!(e, Effect::OpenExchange { .. }))
+            {
+                claims.opening.push(id);
+            }
+            match Claim::of(id, effects) {
+                Some(Claim::Receipt(to, of)) => claims.acknowledging.push((to, of)),
+                Some(Claim::Answer(of)) => claims.answering.push(of),
+                None => {}
             }
         }
         // An exchange opened by the batch itself (an event, or a request
