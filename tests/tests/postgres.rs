@@ -314,6 +314,48 @@ async fn a_database_outage_answers_503_at_once_and_the_hub_recovers_by_itself() 
     db.drop_now().await;
 }
 
+/// A message leased through one hub and acknowledged through the other:
+/// the first hub, which remembers what it leased, gives no second receipt
+/// when the subscriber acknowledges it there too.
+#[tokio::test]
+async fn a_message_leased_here_and_acknowledged_elsewhere_is_not_acknowledged_again() {
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let [mut first, mut second] = two_hubs_on(&db).await;
+    let ack = first.publish_registered_event().await;
+    let id = ack["record"]["exchange_id"].clone();
+    let (status, inbox) = first.client(TAX).get_json("/v1/inbox").await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{inbox}");
+    assert_eq!(inbox["messages"].as_array().unwrap().len(), 1, "{inbox}");
+    let body = json!({"exchange_ids": [id]});
+    let (status, there) = second
+        .client(TAX)
+        .post_json("/v1/inbox/ack", &body)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{there}");
+    assert_eq!(there["receipts"].as_array().unwrap().len(), 1, "{there}");
+    let (status, here) = first
+        .client(TAX)
+        .post_json("/v1/inbox/ack", &body)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{here}");
+    assert_eq!(here["receipts"], json!([]), "{here}");
+    assert_eq!(here["unknown"], json!([id]), "{here}");
+    let receipts = first
+        .log_records()
+        .await
+        .iter()
+        .filter(|r| r["kind"] == "receipt" && r["exchange_id"] == id)
+        .count();
+    assert_eq!(receipts, 1, "one receipt in the log");
+    first.stop().await;
+    second.stop().await;
+    db.drop_now().await;
+}
+
 /// A subscriber that acknowledges its messages through both hubs at once
 /// (a retry through the load balancer while the first is in flight): one
 /// receipt per message, whichever hub logged it.

@@ -1159,8 +1159,9 @@ impl Hub {
         for outcome in outcomes {
             match outcome? {
                 Ok(receipt) => receipts.push(receipt),
-                // Acknowledged by a request that raced this one: its
-                // receipt stands, and this one is as if it came after.
+                // Acknowledged by a request that raced this one (or,
+                // leased here, through another hub): its receipt stands,
+                // and this one is as if it came after.
                 Err(id) => unknown.push(id.to_string()),
             }
         }
