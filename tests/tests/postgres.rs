@@ -329,19 +329,18 @@ async fn a_message_leased_here_and_acknowledged_elsewhere_is_not_acknowledged_ag
     assert_eq!(status, StatusCode::OK, "{inbox}");
     assert_eq!(inbox["messages"].as_array().unwrap().len(), 1, "{inbox}");
     let body = json!({"exchange_ids": [id]});
-    let (status, there) = second
-        .client(TAX)
-        .post_json("/v1/inbox/ack", &body)
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK, "{there}");
+    let acknowledge = async |hub: &TestHub| {
+        let (status, answer) = hub
+            .client(TAX)
+            .post_json("/v1/inbox/ack", &body)
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        answer
+    };
+    let there = acknowledge(&second).await;
     assert_eq!(there["receipts"].as_array().unwrap().len(), 1, "{there}");
-    let (status, here) = first
-        .client(TAX)
-        .post_json("/v1/inbox/ack", &body)
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK, "{here}");
+    let here = acknowledge(&first).await;
     assert_eq!(here["receipts"], json!([]), "{here}");
     assert_eq!(here["unknown"], json!([id]), "{here}");
     let receipts = first
