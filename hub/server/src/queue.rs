@@ -17,7 +17,7 @@ use hub_core::ids::{ExchangeId, Member, ServiceName};
 use crate::clock::Clock;
 use hub_core::body::DataKey;
 
-use crate::store::{Delivery, Store, StoreError};
+use crate::store::{Delivery, Store, StoreError, StoredMessage};
 
 /// A message for a recipient: `{"record", "body", "body_salt"}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,9 +73,9 @@ pub struct EmbeddedQueue {
     leased: Mutex<Leased>,
 }
 
-/// What a receipt names of each message this hub leased and has not seen
-/// acknowledged, by recipient: an acknowledgement of those needs no read
-/// from the store (on PostgreSQL that read was a sixth of the database's
+/// What a receipt names of each event message this hub leased and has not
+/// seen acknowledged, by recipient: an acknowledgement of those needs no
+/// read from the store (on PostgreSQL that read was a sixth of the database's
 /// time per delivered event). What an entry is never changes, so a stale
 /// memo cannot name the wrong one, and whether the message still waits is
 /// settled where the receipt commits. Bounded: when full it is emptied,
@@ -143,17 +143,12 @@ impl EmbeddedQueue {
         }
     }
 
-    fn open(&self, d: Delivery) -> Result<(Message, Option<MessageEntry>), StoreError> {
-        let text = d.message.open(&self.data_key, d.exchange_id)?;
-        let entry = d.message.record_in(&text);
-        Ok((
-            Message {
-                text,
-                exchange_id: d.exchange_id,
-                attempts: d.attempts,
-            },
-            entry,
-        ))
+    fn open(&self, d: Delivery) -> Result<Message, StoreError> {
+        Ok(Message {
+            text: d.message.open(&self.data_key, d.exchange_id)?,
+            exchange_id: d.exchange_id,
+            attempts: d.attempts,
+        })
     }
 
     fn leased(&self) -> std::sync::MutexGuard<'_, Leased> {
@@ -175,9 +170,16 @@ impl Queue for EmbeddedQueue {
         let mut messages = Vec::with_capacity(leased.len());
         let mut entries = Vec::with_capacity(leased.len());
         for delivery in leased {
-            let (message, entry) = self.open(delivery)?;
-            entries.push((message.exchange_id, entry));
-            messages.push(message);
+            // An event's message (its row points at the entry): only an
+            // acknowledgement removes it. A queued request is removed by
+            // its answer, and so never looked up here again.
+            if let StoredMessage::Entry { .. } = delivery.message {
+                let entry = delivery
+                    .message
+                    .record_as(&self.data_key, delivery.exchange_id)?;
+                entries.push((delivery.exchange_id, entry));
+            }
+            messages.push(self.open(delivery)?);
         }
         self.leased().remember(recipient, entries);
         Ok(messages)

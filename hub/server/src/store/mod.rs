@@ -414,25 +414,16 @@ impl StoredMessage {
         key: &DataKey,
         id: ExchangeId,
     ) -> Result<Option<T>, StoreError> {
-        Ok(match self {
-            Self::Entry { .. } => self.record_in(""),
-            Self::Sealed(_) => self.record_in(&self.open(key, id)?),
-        })
-    }
-
-    /// As [`Self::record_as`], given the message's text already opened
-    /// (`opened`; a sealed message's record is read from it).
-    pub fn record_in<T: serde::de::DeserializeOwned>(&self, opened: &str) -> Option<T> {
         #[derive(serde::Deserialize)]
         struct Message<T> {
             record: T,
         }
-        match self {
+        Ok(match self {
             Self::Entry { record, .. } => serde_json::from_str(record).ok(),
-            Self::Sealed(_) => serde_json::from_str::<Message<T>>(opened)
+            Self::Sealed(_) => serde_json::from_str::<Message<T>>(&self.open(key, id)?)
                 .ok()
                 .map(|m| m.record),
-        }
+        })
     }
 
     /// From a row's columns: the sealed message, else the record and the
