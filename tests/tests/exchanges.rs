@@ -155,6 +155,8 @@ async fn an_event_reaches_every_subscriber_and_receipts_are_logged() {
     assert_eq!(receipt["version"], ack["record"]["version"]);
     assert!(receipt["service"].is_string(), "{receipt}");
     hub_core::log::verify_record_signature(receipt, &jwks).unwrap();
+    let logged = hub.record_at(receipt["index"].as_u64().unwrap()).await;
+    assert_eq!(*receipt, logged, "the receipt as logged");
     let again = hub
         .client(TAX)
         .post_json("/v1/inbox/ack", &json!({"exchange_ids": [exchange_id]}))

@@ -701,5 +701,5 @@ async fn ack(
         ));
     }
     let answer = s.hub.acknowledge(&who, &req.exchange_ids).await?;
-    Ok(Json(answer).into_response())
+    Ok(json_text(StatusCode::OK, answer))
 }

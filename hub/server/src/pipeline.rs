@@ -1130,7 +1130,9 @@ impl Hub {
     /// signed receipt in the transaction that removes the message from
     /// the queue.
     #[instrument(skip(self, ids))]
-    pub async fn acknowledge(&self, who: &Member, ids: &[ExchangeId]) -> Result<Value, Failure> {
+    /// `{"receipts": [...], "unknown": [...]}`, each receipt its record as
+    /// logged (canonical JSON).
+    pub async fn acknowledge(&self, who: &Member, ids: &[ExchangeId]) -> Result<String, Failure> {
         // An id named twice is acknowledged once.
         let mut seen = HashSet::new();
         let ids: Vec<ExchangeId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
@@ -1151,10 +1153,11 @@ impl Hub {
         )
         .await;
         let mut receipts = Vec::with_capacity(outcomes.len());
+        // A hyphenated UUID needs no escaping as a JSON string.
         let mut unknown: Vec<String> = ids
             .iter()
             .filter(|id| !waiting.contains_key(id))
-            .map(ToString::to_string)
+            .map(|id| format!("\"{id}\""))
             .collect();
         for outcome in outcomes {
             match outcome? {
@@ -1162,20 +1165,24 @@ impl Hub {
                 // Acknowledged by a request that raced this one (or,
                 // leased here, through another hub): its receipt stands,
                 // and this one is as if it came after.
-                Err(id) => unknown.push(id.to_string()),
+                Err(id) => unknown.push(format!("\"{id}\"")),
             }
         }
-        Ok(json!({"receipts": receipts, "unknown": unknown}))
+        Ok(format!(
+            "{{\"receipts\":[{}],\"unknown\":[{}]}}",
+            receipts.join(","),
+            unknown.join(",")
+        ))
     }
 
     /// Log `who`'s receipt of `message` and remove the message, in one
-    /// transaction; the receipt's record, or `Err(id)` if the message was
-    /// acknowledged meanwhile.
+    /// transaction; the receipt's record as logged, or `Err(id)` if the
+    /// message was acknowledged meanwhile.
     async fn log_receipt(
         &self,
         who: &Member,
         message: &Pending,
-    ) -> Result<Result<Value, ExchangeId>, Failure> {
+    ) -> Result<Result<String, ExchangeId>, Failure> {
         let id = message.exchange_id;
         let acknowledged = message.entry.clone();
         let body = json!({"acknowledged": id, "recipient": who.to_string()});
@@ -1192,9 +1199,7 @@ impl Hub {
             recipient: who.clone(),
         };
         match self.log.append(draft, body, vec![dequeue]).await {
-            Ok(item) => Ok(Ok(
-                serde_json::to_value(&item.sealed.record).unwrap_or(Value::Null)
-            )),
+            Ok(item) => Ok(Ok(item.record_text())),
             Err(AppendError::AlreadyAcknowledged(id)) => Ok(Err(id)),
             Err(e) => Err(append_failed(e)),
         }

@@ -318,6 +318,11 @@ impl AppendItem {
     pub fn message(&self) -> String {
         canonical_text(message_of(&self.sealed, &self.body))
     }
+
+    /// The entry's record as logged: its canonical JSON.
+    pub fn record_text(self) -> String {
+        canonical_text(self.sealed.canonical)
+    }
 }
 
 /// Bytes the hub wrote as canonical JSON, as text. They are UTF-8, so the
