@@ -1128,10 +1128,9 @@ impl Hub {
 
     /// Acknowledge inbox messages; each acknowledgment is logged as a
     /// signed receipt in the transaction that removes the message from
-    /// the queue.
+    /// the queue: `{"receipts": [...], "unknown": [...]}`, each receipt
+    /// its record as logged (canonical JSON).
     #[instrument(skip(self, ids))]
-    /// `{"receipts": [...], "unknown": [...]}`, each receipt its record as
-    /// logged (canonical JSON).
     pub async fn acknowledge(&self, who: &Member, ids: &[ExchangeId]) -> Result<String, Failure> {
         // An id named twice is acknowledged once.
         let mut seen = HashSet::new();
