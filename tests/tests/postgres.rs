@@ -141,6 +141,22 @@ async fn two_hubs_on(db: &PgDatabase) -> [TestHub; 2] {
     [first, second]
 }
 
+/// Stop both hubs, then drop their database.
+async fn stop_both(hubs: [TestHub; 2], db: PgDatabase) {
+    for mut hub in hubs {
+        hub.stop().await;
+    }
+    db.drop_now().await;
+}
+
+/// How many receipts `records` hold for exchange `id`.
+fn receipts_for(records: &[serde_json::Value], id: &serde_json::Value) -> usize {
+    records
+        .iter()
+        .filter(|r| r["kind"] == "receipt" && r["exchange_id"] == *id)
+        .count()
+}
+
 /// Hubs decide on registry facts they keep in memory: a change made
 /// through one hub is in force on another from its very next request, and
 /// each decision lands after the change it was made on.
@@ -149,7 +165,7 @@ async fn a_registry_change_through_one_hub_is_in_force_on_another_at_once() {
     let Some(db) = PgDatabase::create().await else {
         return;
     };
-    let [mut first, mut second] = two_hubs_on(&db).await;
+    let [first, second] = two_hubs_on(&db).await;
     let (status, reply) = second.send(lookup()).await;
     assert_eq!(status, StatusCode::OK, "{reply}");
 
@@ -175,9 +191,7 @@ async fn a_registry_change_through_one_hub_is_in_force_on_another_at_once() {
     let (status, reply) = second.send(lookup()).await;
     assert_eq!(status, StatusCode::OK, "{reply}");
     assert!(reply["record"]["index"].as_u64() > resumed["record"]["index"].as_u64());
-    first.stop().await;
-    second.stop().await;
-    db.drop_now().await;
+    stop_both([first, second], db).await;
 }
 
 /// A sender that retries through the other hub before the first answered:
@@ -257,10 +271,7 @@ async fn an_exchange_sent_through_two_hubs_at_once_is_logged_once() {
     }
     let kinds = hubs[0].kinds_logged_for(&id).await;
     assert_eq!(kinds, [json!("request"), json!("response")]);
-    let [mut first, mut second] = Arc::into_inner(hubs).unwrap();
-    first.stop().await;
-    second.stop().await;
-    db.drop_now().await;
+    stop_both(Arc::into_inner(hubs).unwrap(), db).await;
 }
 
 #[tokio::test]
@@ -322,7 +333,7 @@ async fn a_message_leased_here_and_acknowledged_elsewhere_is_not_acknowledged_ag
     let Some(db) = PgDatabase::create().await else {
         return;
     };
-    let [mut first, mut second] = two_hubs_on(&db).await;
+    let [first, second] = two_hubs_on(&db).await;
     let ack = first.publish_registered_event().await;
     let id = ack["record"]["exchange_id"].clone();
     let (status, inbox) = first.client(TAX).get_json("/v1/inbox").await.unwrap();
@@ -343,16 +354,9 @@ async fn a_message_leased_here_and_acknowledged_elsewhere_is_not_acknowledged_ag
     let here = acknowledge(&first).await;
     assert_eq!(here["receipts"], json!([]), "{here}");
     assert_eq!(here["unknown"], json!([id]), "{here}");
-    let receipts = first
-        .log_records()
-        .await
-        .iter()
-        .filter(|r| r["kind"] == "receipt" && r["exchange_id"] == id)
-        .count();
-    assert_eq!(receipts, 1, "one receipt in the log");
-    first.stop().await;
-    second.stop().await;
-    db.drop_now().await;
+    let records = first.log_records().await;
+    assert_eq!(receipts_for(&records, &id), 1, "one receipt in the log");
+    stop_both([first, second], db).await;
 }
 
 /// A subscriber that acknowledges its messages through both hubs at once
@@ -398,14 +402,11 @@ async fn a_message_acknowledged_through_two_hubs_at_once_gets_one_receipt() {
     );
     let records = hubs[0].log_records().await;
     for id in &ids {
-        let receipts = records
-            .iter()
-            .filter(|r| r["kind"] == "receipt" && r["exchange_id"] == *id)
-            .count();
-        assert_eq!(receipts, 1, "{id}: one receipt in the log");
+        assert_eq!(
+            receipts_for(&records, id),
+            1,
+            "{id}: one receipt in the log"
+        );
     }
-    let [mut first, mut second] = Arc::into_inner(hubs).unwrap();
-    first.stop().await;
-    second.stop().await;
-    db.drop_now().await;
+    stop_both(Arc::into_inner(hubs).unwrap(), db).await;
 }
