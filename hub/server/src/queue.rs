@@ -76,10 +76,11 @@ pub struct EmbeddedQueue {
 /// What a receipt names of each event message this hub leased and has not
 /// seen acknowledged, by recipient: an acknowledgement of those needs no
 /// read from the store (on PostgreSQL that read was a fifth of the
-/// database's time per delivered event). What an entry is never changes, so a stale
-/// memo cannot name the wrong one, and whether the message still waits is
-/// settled where the receipt commits. Bounded: when full it is emptied,
-/// and acknowledgements read from the store again until it fills.
+/// database's time per delivered event). What an entry is never changes,
+/// so a stale memo cannot name the wrong one, and whether the message
+/// still waits is settled where the receipt commits. Bounded: when full it
+/// is emptied, and acknowledgements read from the store again until it
+/// fills.
 #[derive(Default)]
 struct Leased {
     by_recipient: HashMap<Member, HashMap<ExchangeId, Option<MessageEntry>>>,
