@@ -349,11 +349,12 @@ pub fn seal_batch(placed: Vec<Placed>, key: &SigningKey) -> Result<Vec<Sealed>, 
     }
     let root = tree.root_at(size).unwrap_or_else(merkle::empty_root);
     let signature = key.sign_detached(&batch_statement(first, size, &root));
+    // The tree holds exactly these leaves, so there is a path for each.
+    let mut paths = tree.inclusion_proofs(size).unwrap_or_default().into_iter();
     placed
         .into_iter()
-        .zip(0..)
-        .map(|(p, at)| {
-            let path = tree.inclusion_proof(at, size).unwrap_or_default();
+        .map(|p| {
+            let path = paths.next().unwrap_or_default();
             let seal = BatchSeal {
                 first,
                 size,

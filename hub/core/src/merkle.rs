@@ -171,6 +171,42 @@ impl Tree {
         (i < n && size <= self.size()).then(|| path(i, 0, n, &|lo, hi| self.range_root(lo, hi)))
     }
 
+    /// Every leaf's inclusion proof in the tree of `size`, in leaf order.
+    /// A proof's only hashes not already in the levels are the roots of
+    /// ranges ending at `size` (the tree's right edge), the same few for
+    /// every leaf: they are computed once here, not once per proof.
+    pub fn inclusion_proofs(&self, size: u64) -> Option<Vec<Vec<Hash>>> {
+        let n = usize::try_from(size)
+            .ok()
+            .filter(|n| *n as u64 <= self.size())?;
+        // The ranges lo..n the recursion reaches, outermost first.
+        let mut edge = Vec::new();
+        let mut lo = 0;
+        while n - lo > 1 {
+            edge.push(lo);
+            lo += usize::try_from(split((n - lo) as u64)).unwrap_or(0);
+        }
+        // Their roots, innermost first: each is its perfect left half
+        // joined to the next range's root.
+        let mut roots: Vec<(usize, Hash)> = Vec::with_capacity(edge.len());
+        let mut right = (n > 0).then(|| self.range_root(lo, n));
+        for &lo in edge.iter().rev() {
+            let k = usize::try_from(split((n - lo) as u64)).unwrap_or(0);
+            let joined = right.map(|r| node_hash(&self.range_root(lo, lo + k), &r));
+            if let Some(root) = joined {
+                roots.push((lo, root));
+            }
+            right = joined;
+        }
+        let range_root = |lo: usize, hi: usize| {
+            roots
+                .iter()
+                .find(|(at, _)| hi == n && *at == lo)
+                .map_or_else(|| self.range_root(lo, hi), |(_, root)| *root)
+        };
+        Some((0..n).map(|i| path(i, 0, n, &range_root)).collect())
+    }
+
     /// The consistency proof from size `old` to size `new`.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Option<Vec<Hash>> {
         let (m, n) = (usize::try_from(old).ok()?, usize::try_from(new).ok()?);
@@ -461,6 +497,27 @@ mod tests {
             }
         }
         assert_eq!(tree.root_at(301), None);
+    }
+
+    #[test]
+    fn proofs_made_together_are_the_proofs_made_one_by_one() {
+        let all = leaves(140);
+        let mut tree = Tree::new();
+        for leaf in &all {
+            tree.push(*leaf);
+        }
+        for n in 0..=all.len() {
+            let together = tree.inclusion_proofs(n as u64).unwrap();
+            assert_eq!(together.len(), n);
+            for (i, proof) in together.iter().enumerate() {
+                assert_eq!(
+                    Some(proof),
+                    inclusion_proof(&all[..n], i as u64).as_ref(),
+                    "leaf {i} of {n}"
+                );
+            }
+        }
+        assert_eq!(tree.inclusion_proofs(141), None);
     }
 
     #[test]
