@@ -8,6 +8,8 @@
 
 use serde_json::{Map, Number, Value};
 
+mod ser;
+
 /// Why a value has no canonical form.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JcsError {
@@ -75,10 +77,40 @@ pub fn insert_member(canonical: &[u8], slot: usize, name: &str, canonical_value:
     out
 }
 
-/// The canonical bytes of any serializable value.
-pub fn canonicalize_serialize<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, JcsError> {
-    let v = serde_json::to_value(value).map_err(|e| JcsError::NotJson(e.to_string()))?;
-    canonicalize(&v)
+/// The canonical bytes of any serializable value: those of
+/// `canonicalize(&serde_json::to_value(value)?)`, written without building
+/// the `Value` (except that a non-finite float, or an object naming a
+/// member twice, is refused where `to_value` would change it).
+pub fn canonicalize_serialize<T: serde::Serialize + ?Sized>(
+    value: &T,
+) -> Result<Vec<u8>, JcsError> {
+    let mut out = Vec::with_capacity(256);
+    value
+        .serialize(ser::Canonical {
+            out: &mut out,
+            slot: None,
+        })
+        .map_err(|e| e.0)?;
+    Ok(out)
+}
+
+/// [`canonicalize_with_slot`] for any serializable value that is an object.
+pub fn canonicalize_serialize_with_slot<T: serde::Serialize + ?Sized>(
+    value: &T,
+    name: &str,
+) -> Result<(Vec<u8>, usize), JcsError> {
+    let mut out = Vec::with_capacity(512);
+    let mut slot = None;
+    value
+        .serialize(ser::Canonical {
+            out: &mut out,
+            slot: Some((name, &mut slot)),
+        })
+        .map_err(|e| e.0)?;
+    match (slot, out.first()) {
+        (Some(slot), Some(b'{')) => Ok((out, slot)),
+        _ => Err(JcsError::NotAnObject("the value")),
+    }
 }
 
 fn write_value(value: &Value, out: &mut Vec<u8>) -> Result<(), JcsError> {
@@ -146,14 +178,17 @@ fn write_number(n: &Number, out: &mut Vec<u8>) -> Result<(), JcsError> {
         if u > MAX_SAFE {
             return Err(JcsError::UnsafeInteger(n.to_string()));
         }
-        out.extend_from_slice(u.to_string().as_bytes());
+        out.extend_from_slice(itoa(u, &mut [0; 20]));
         return Ok(());
     }
     if let Some(i) = n.as_i64() {
         if i.unsigned_abs() > MAX_SAFE {
             return Err(JcsError::UnsafeInteger(n.to_string()));
         }
-        out.extend_from_slice(i.to_string().as_bytes());
+        if i < 0 {
+            out.push(b'-');
+        }
+        out.extend_from_slice(itoa(i.unsigned_abs(), &mut [0; 20]));
         return Ok(());
     }
     let f = n
@@ -177,6 +212,20 @@ fn write_number(n: &Number, out: &mut Vec<u8>) -> Result<(), JcsError> {
     let mut buf = ryu_js::Buffer::new();
     out.extend_from_slice(buf.format_finite(f).as_bytes());
     Ok(())
+}
+
+/// The decimal digits of `n`, written at the end of `buf` (no allocation:
+/// the log writes several integers per entry).
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
 }
 
 fn write_string(s: &str, out: &mut Vec<u8>) {
@@ -229,6 +278,146 @@ mod tests {
             Err(JcsError::NotJson(why)) => assert!(why.contains("key must be a string"), "{why}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// What the serializer writes, and where it puts a member, against
+    /// canonicalising `serde_json::to_value` of the same thing.
+    fn serialized_as_value<T: serde::Serialize>(value: &T) {
+        let via_value = canonicalize(&serde_json::to_value(value).unwrap()).unwrap();
+        assert_eq!(
+            String::from_utf8(canonicalize_serialize(value).unwrap()).unwrap(),
+            String::from_utf8(via_value).unwrap()
+        );
+        if let Value::Object(map) = serde_json::to_value(value).unwrap() {
+            for name in ["", "a", "hub_seal", "m", "\u{1f600}", "\u{ffff}"] {
+                assert_eq!(
+                    canonicalize_serialize_with_slot(value, name).unwrap(),
+                    canonicalize_with_slot(&map, name).unwrap(),
+                    "slot of {name:?}"
+                );
+            }
+        }
+    }
+
+    #[derive(serde::Serialize)]
+    enum Shape {
+        Unit,
+        Newtype(u8),
+        Tuple(i8, &'static str),
+        Struct { z: bool, a: Option<f64> },
+    }
+
+    #[derive(serde::Serialize)]
+    struct Unsorted<'a> {
+        zeta: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        skipped: Option<u8>,
+        alpha: &'a str,
+        #[serde(rename = "\u{fb01}")]
+        ligature: char,
+        #[serde(rename = "\u{1f600}")]
+        smiley: (),
+        shapes: Vec<Shape>,
+        #[serde(with = "serde_bytes_as_seq")]
+        bytes: &'a [u8],
+        #[serde(flatten)]
+        extra: std::collections::BTreeMap<String, Value>,
+        nested: Option<Box<Unsorted<'a>>>,
+    }
+
+    mod serde_bytes_as_seq {
+        pub fn serialize<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(b)
+        }
+    }
+
+    #[test]
+    fn the_serializer_writes_what_canonicalising_the_value_writes() {
+        let inner = Unsorted {
+            zeta: 1 << 53,
+            skipped: None,
+            alpha: "quote \" backslash \\ control \u{1} \u{7f} tab\t \u{e9}",
+            ligature: '\u{fb01}',
+            smiley: (),
+            shapes: vec![
+                Shape::Unit,
+                Shape::Newtype(7),
+                Shape::Tuple(-3, "t"),
+                Shape::Struct {
+                    z: true,
+                    a: Some(-0.0),
+                },
+            ],
+            bytes: &[0, 255],
+            extra: [
+                ("b".to_owned(), json!({"y": [1.5e-7, 1e21], "x": {}})),
+                ("\u{e9}".to_owned(), json!(null)),
+            ]
+            .into(),
+            nested: None,
+        };
+        let outer = Unsorted {
+            skipped: Some(2),
+            nested: Some(Box::new(inner)),
+            extra: std::collections::BTreeMap::new(),
+            shapes: vec![Shape::Struct { z: false, a: None }],
+            ..Unsorted {
+                zeta: 0,
+                skipped: None,
+                alpha: "",
+                ligature: 'x',
+                smiley: (),
+                shapes: vec![],
+                bytes: &[],
+                extra: Default::default(),
+                nested: None,
+            }
+        };
+        serialized_as_value(&outer);
+        serialized_as_value(&json!({"a": [true, false, null, -1, 2.5, "s"], "": {}}));
+        serialized_as_value(&Shape::Struct {
+            z: true,
+            a: Some(1.0),
+        });
+        serialized_as_value(&Shape::Newtype(1));
+        serialized_as_value(&std::collections::BTreeMap::from([
+            (3u8, "three"),
+            (10, "ten"),
+        ]));
+    }
+
+    #[test]
+    fn the_serializer_refuses_what_to_value_would_change() {
+        assert!(matches!(
+            canonicalize_serialize(&f64::NAN),
+            Err(JcsError::NotFinite(_))
+        ));
+        assert!(matches!(
+            canonicalize_serialize(&[(1u64 << 53) + 1]),
+            Err(JcsError::UnsafeInteger(_))
+        ));
+        assert!(matches!(
+            canonicalize_serialize(&u128::MAX),
+            Err(JcsError::UnsafeInteger(_))
+        ));
+        #[derive(serde::Serialize)]
+        struct Twice {
+            a: u8,
+            #[serde(flatten)]
+            more: std::collections::BTreeMap<&'static str, u8>,
+        }
+        let twice = Twice {
+            a: 1,
+            more: [("a", 2)].into(),
+        };
+        assert_eq!(
+            canonicalize_serialize(&twice),
+            Err(JcsError::NotJson("an object names a member twice".into()))
+        );
+        assert_eq!(
+            canonicalize_serialize_with_slot(&[1], "a"),
+            Err(JcsError::NotAnObject("the value"))
+        );
     }
 
     /// `canonicalize_with_slot` + `insert_member` against canonicalising
@@ -284,6 +473,11 @@ mod tests {
         assert!(matches!(canonicalize(&v), Err(JcsError::UnsafeInteger(_))));
         let v: Value = serde_json::from_str("9007199254740992").unwrap();
         assert_eq!(canonicalize(&v).unwrap(), b"9007199254740992");
+        let v = json!([0, -1, 7, 10, -9_007_199_254_740_992_i64, 1_234_567_890_u64]);
+        assert_eq!(
+            canonicalize(&v).unwrap(),
+            b"[0,-1,7,10,-9007199254740992,1234567890]"
+        );
     }
 
     #[test]

@@ -313,13 +313,9 @@ pub fn place(
         time: rfc3339_millis(time),
         draft,
     };
-    let value = serde_json::to_value(&statement).map_err(|e| JcsError::NotJson(e.to_string()))?;
-    let Value::Object(members) = &value else {
-        return Err(JcsError::NotAnObject("the statement"));
-    };
     // The seal goes into these canonical bytes where RFC 8785's order puts
     // it, rather than canonicalising the record again.
-    let (canonical, slot) = jcs::canonicalize_with_slot(members, SEAL_MEMBER)?;
+    let (canonical, slot) = jcs::canonicalize_serialize_with_slot(&statement, SEAL_MEMBER)?;
     let leaf_hash = leaf_hash(&canonical);
     Ok(Placed {
         statement,

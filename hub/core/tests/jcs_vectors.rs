@@ -1,5 +1,6 @@
 //! Every RFC 8785 vector in `../shared/vectors/jcs/`: `input/X.json`
-//! canonicalizes to exactly the bytes of `output/X.json`.
+//! canonicalizes to exactly the bytes of `output/X.json`, from a parsed
+//! `Value` and through the canonical serializer alike.
 
 #![allow(clippy::unwrap_used)]
 
@@ -22,6 +23,12 @@ fn every_rfc8785_vector_canonicalizes_exactly() {
             String::from_utf8_lossy(&got),
             String::from_utf8_lossy(&expected),
             "vector {name:?}"
+        );
+        let serialized = hub_core::jcs::canonicalize_serialize(&value).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&serialized),
+            String::from_utf8_lossy(&expected),
+            "vector {name:?}, serialized"
         );
         let hex_path = dir.join("outhex").join(name).with_extension("txt");
         if let Ok(hex) = std::fs::read_to_string(hex_path) {
