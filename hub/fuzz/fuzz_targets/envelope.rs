@@ -1,7 +1,7 @@
 //! A request body as the exchange endpoint parses it: strict JSON, the
 //! JSON limits, the request wrapper, RFC 8785, the envelope schema, the
-//! typed envelope. Never a panic; and whatever parses canonicalizes to a
-//! fixed point.
+//! typed envelope. Never a panic; whatever parses canonicalizes to a
+//! fixed point, and the canonical serializer writes the same bytes.
 #![no_main]
 
 use std::sync::LazyLock;
@@ -19,6 +19,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(value) = jcs::parse_strict(data)
         && let Ok(canonical) = jcs::canonicalize(&value)
     {
+        assert_eq!(
+            jcs::canonicalize_serialize(&value).expect("serializes as it canonicalizes"),
+            canonical
+        );
         let again = jcs::parse_strict(&canonical).expect("canonical JSON parses");
         assert_eq!(jcs::canonicalize(&again).expect("canonicalizes"), canonical);
     }
