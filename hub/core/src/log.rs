@@ -315,7 +315,7 @@ pub fn place(
     };
     // The seal goes into these canonical bytes where RFC 8785's order puts
     // it, rather than canonicalising the record again.
-    let (canonical, slot) = jcs::canonicalize_serialize_with_slot(&statement, SEAL_MEMBER)?;
+    let (canonical, slot) = jcs::canonicalize_with_slot(&statement, SEAL_MEMBER)?;
     let leaf_hash = leaf_hash(&canonical);
     Ok(Placed {
         statement,

@@ -1,5 +1,5 @@
 //! A `serde` serializer that writes RFC 8785 canonical JSON directly, for
-//! [`super::canonicalize_serialize`] and [`super::canonicalize_serialize_with_slot`].
+//! [`super::canonicalize_serialize`] and [`super::canonicalize_with_slot`].
 //!
 //! It writes what canonicalising `serde_json::to_value(x)` would write,
 //! without building that tree of `Value`s first (on the log's append path
