@@ -1,6 +1,7 @@
 //! RFC 9162 inclusion and consistency proofs: arbitrary proofs never panic
 //! the verifiers, and the proofs the hub makes for a tree built from the
-//! input always verify.
+//! input always verify (an inclusion proof made alone or with the rest of
+//! its batch alike).
 #![no_main]
 
 use hub_core::merkle::{self, Tree};
@@ -40,6 +41,12 @@ fuzz_target!(|data: &[u8]| {
     let proof = tree.inclusion_proof(index, n).expect("an inclusion proof");
     merkle::verify_inclusion(index, n, &leaf, &proof, &root_n)
         .expect("its own inclusion proof verifies");
+    let together = tree.inclusion_proofs(n).expect("every inclusion proof");
+    assert_eq!(
+        together.get(index as usize),
+        Some(&proof),
+        "made together, the same proof"
+    );
     let root_old = tree.root_at(old).expect("an old root");
     let proof = tree.consistency_proof(old, n).expect("a consistency proof");
     merkle::verify_consistency(old, n, &root_old, &root_n, &proof)
