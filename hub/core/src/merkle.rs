@@ -179,24 +179,23 @@ impl Tree {
         let n = usize::try_from(size)
             .ok()
             .filter(|n| *n as u64 <= self.size())?;
-        // The ranges lo..n the recursion reaches, outermost first.
+        // The ranges lo..n the recursion reaches, outermost first, each
+        // split into a perfect left half lo..lo + k and the next range.
         let mut edge = Vec::new();
         let mut lo = 0;
         while n - lo > 1 {
-            edge.push(lo);
-            lo += usize::try_from(split((n - lo) as u64)).unwrap_or(0);
-        }
-        // Their roots, innermost first: each is its perfect left half
-        // joined to the next range's root.
-        let mut roots: Vec<(usize, Hash)> = Vec::with_capacity(edge.len());
-        let mut right = (n > 0).then(|| self.range_root(lo, n));
-        for &lo in edge.iter().rev() {
             let k = usize::try_from(split((n - lo) as u64)).unwrap_or(0);
-            let joined = right.map(|r| node_hash(&self.range_root(lo, lo + k), &r));
-            if let Some(root) = joined {
-                roots.push((lo, root));
+            edge.push((lo, k));
+            lo += k;
+        }
+        // Their roots, innermost first (the innermost range is one leaf).
+        let mut roots: Vec<(usize, Hash)> = Vec::with_capacity(edge.len());
+        if n > 0 {
+            let mut right = self.range_root(lo, n);
+            for &(lo, k) in edge.iter().rev() {
+                right = node_hash(&self.range_root(lo, lo + k), &right);
+                roots.push((lo, right));
             }
-            right = joined;
         }
         let range_root = |lo: usize, hi: usize| {
             roots
