@@ -120,17 +120,28 @@ fn write_value(value: &Value, out: &mut Vec<u8>) -> Result<(), JcsError> {
 }
 
 fn write_object(map: &Map<String, Value>, out: &mut Vec<u8>) -> Result<(), JcsError> {
-    // RFC 8785 orders members by their names' UTF-16 code units. For ASCII
-    // names that is byte order, the order the map usually iterates in
-    // already: then there is nothing to collect and sort.
-    let ascii_in_order =
-        map.keys().all(|k| k.is_ascii()) && map.keys().zip(map.keys().skip(1)).all(|(a, b)| a < b);
-    if ascii_in_order {
+    // The map iterates in byte order, RFC 8785's for ASCII names: then
+    // there is nothing to collect and sort.
+    let in_order = map
+        .keys()
+        .zip(map.keys().skip(1))
+        .all(|(a, b)| utf16_order(a, b).is_lt());
+    if in_order {
         return write_members(map.iter(), out);
     }
     let mut members: Vec<(&String, &Value)> = map.iter().collect();
-    members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+    members.sort_by(|a, b| utf16_order(a.0, b.0));
     write_members(members.into_iter(), out)
+}
+
+/// RFC 8785's order of member names: by their UTF-16 code units, which
+/// for ASCII names is byte order.
+fn utf16_order(a: &str, b: &str) -> std::cmp::Ordering {
+    if a.is_ascii() && b.is_ascii() {
+        a.cmp(b)
+    } else {
+        a.encode_utf16().cmp(b.encode_utf16())
+    }
 }
 
 fn write_members<'a>(

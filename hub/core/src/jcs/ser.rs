@@ -17,7 +17,7 @@ use std::ops::Range;
 use serde::ser::{self, Serialize};
 use serde_json::Number;
 
-use super::{JcsError, write_number, write_string};
+use super::{JcsError, utf16_order, write_number, write_string};
 
 /// `serde`'s error type wraps the canonicaliser's.
 #[derive(Debug)]
@@ -34,16 +34,6 @@ impl std::error::Error for Error {}
 impl ser::Error for Error {
     fn custom<T: std::fmt::Display>(msg: T) -> Self {
         Self(JcsError::NotJson(msg.to_string()))
-    }
-}
-
-/// RFC 8785's order of member names: by UTF-16 code units, which for
-/// ASCII is byte order.
-fn utf16_order(a: &str, b: &str) -> std::cmp::Ordering {
-    if a.is_ascii() && b.is_ascii() {
-        a.cmp(b)
-    } else {
-        a.encode_utf16().cmp(b.encode_utf16())
     }
 }
 
@@ -174,15 +164,13 @@ impl<'a> Object<'a> {
     }
 
     fn close(mut self) -> Result<(), Error> {
-        // Struct fields and `BTreeMap` keys usually arrive in byte order,
-        // which for ASCII names is RFC 8785's: then nothing is sorted.
-        let ascii = self.members.iter().all(|(k, _)| k.is_ascii());
-        if !ascii {
+        // `BTreeMap` keys, and some structs' fields, arrive in order
+        // already: then nothing is sorted.
+        let in_order = |w: &[(Cow<'static, str>, Range<usize>)]| utf16_order(&w[0].0, &w[1].0);
+        if !self.members.windows(2).all(|w| in_order(w).is_lt()) {
             self.members.sort_by(|a, b| utf16_order(&a.0, &b.0));
-        } else if !self.members.windows(2).all(|w| w[0].0 < w[1].0) {
-            self.members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         }
-        if self.members.windows(2).any(|w| w[0].0 == w[1].0) {
+        if self.members.windows(2).any(|w| in_order(w).is_eq()) {
             return Err(not_json("an object names a member twice"));
         }
         let out = self.out;
