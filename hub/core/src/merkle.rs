@@ -435,6 +435,14 @@ mod tests {
             .collect()
     }
 
+    fn tree_of(leaves: &[Hash]) -> Tree {
+        let mut tree = Tree::new();
+        for leaf in leaves {
+            tree.push(*leaf);
+        }
+        tree
+    }
+
     #[test]
     fn frontier_matches_the_recursive_root() {
         let all = leaves(130);
@@ -476,10 +484,7 @@ mod tests {
     #[test]
     fn the_level_cache_gives_the_same_roots_and_proofs() {
         let all = leaves(300);
-        let mut tree = Tree::new();
-        for leaf in &all {
-            tree.push(*leaf);
-        }
+        let tree = tree_of(&all);
         for n in [1usize, 2, 3, 7, 8, 100, 256, 257, 300] {
             assert_eq!(tree.root_at(n as u64), Some(root(&all[..n])), "root at {n}");
             for i in [0, n / 2, n - 1] {
@@ -501,10 +506,7 @@ mod tests {
     #[test]
     fn proofs_made_together_are_the_proofs_made_one_by_one() {
         let all = leaves(140);
-        let mut tree = Tree::new();
-        for leaf in &all {
-            tree.push(*leaf);
-        }
+        let tree = tree_of(&all);
         for n in 0..=all.len() {
             let together = tree.inclusion_proofs(n as u64).unwrap();
             assert_eq!(together.len(), n);
