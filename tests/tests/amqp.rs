@@ -398,3 +398,127 @@ async fn a_broker_that_accepts_but_never_answers_does_not_hang_the_hub() {
     worker_task.await.unwrap();
     setup.finish("hub-d").await;
 }
+
+#[tokio::test]
+async fn answers_sent_together_in_one_message_are_each_logged_once() {
+    let Some(setup) = start("hub-e").await else {
+        return;
+    };
+    let topology = Topology::new(setup.ns.prefix.clone());
+    let provider: Member = POPULATION_REGISTRY.parse().unwrap();
+    let keys = worker(&setup.hub, &setup.ns, &setup.ns.url).hub_keys;
+    let hub = Arc::new(setup.hub);
+    // Two queries wait for their provider; this test answers as it would.
+    let mut sending = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let hub = hub.clone();
+        sending.spawn(async move { hub.send(lookup()).await });
+    }
+    let conn = lapin::Connection::connect(&setup.ns.url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    topology.declare_common(&ch).await.unwrap();
+    topology.declare_provider(&ch, &provider).await.unwrap();
+    let seals = hub_core::log::SealVerifier::new();
+    let mut requests = Vec::new();
+    while requests.len() < 2 {
+        let got = ch
+            .basic_get(
+                topology.provider_queue(&provider).into(),
+                lapin::options::BasicGetOptions::default(),
+            )
+            .await
+            .unwrap();
+        let Some(message) = got else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let checked = hub_adapter_sdk::amqp::check_request(&message.data, &keys, &seals).unwrap();
+        let reply_to = message.properties.reply_to().clone().unwrap();
+        assert_eq!(reply_to.as_str(), topology.reply_queue("hub-e"));
+        requests.push((checked.request.exchange_id, message));
+    }
+    let replies: Vec<Vec<u8>> = requests
+        .iter()
+        .map(|(id, _)| {
+            serde_json::to_vec(&hub_adapter_sdk::amqp::Reply {
+                exchange_id: *id,
+                provider: provider.clone(),
+                outcome: hub_adapter_sdk::amqp::ReplyOutcome::Payload(json!({"found": false})),
+            })
+            .unwrap()
+        })
+        .collect();
+    let bodies: Vec<&[u8]> = replies.iter().map(Vec::as_slice).collect();
+    let message = hub_adapter_sdk::amqp::replies_message(&bodies);
+    assert_eq!(message.first(), Some(&b'['), "two answers make an array");
+    let publish = || async {
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                topology.reply_queue("hub-e").into(),
+                lapin::options::BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &message,
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack() && confirm.take_message().is_none());
+    };
+    publish().await;
+    for (_, request) in &requests {
+        request
+            .ack(lapin::options::BasicAckOptions::default())
+            .await
+            .unwrap();
+    }
+    let mut answered = Vec::new();
+    while let Some(done) = sending.join_next().await {
+        let (status, reply) = done.unwrap();
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        assert_eq!(reply["body"], json!({"found": false}));
+        answered.push(reply["record"]["exchange_id"].clone());
+    }
+    // The same message again (a redelivery): each answer is found logged
+    // and dropped, and the message is acknowledged, not dead-lettered.
+    publish().await;
+    let reply_queue = topology.reply_queue("hub-e");
+    let ready = || async {
+        ch.queue_declare(
+            reply_queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .message_count()
+    };
+    let taken = eventually(|| async { (ready().await == 0).then_some(()) }).await;
+    assert!(taken.is_some(), "the hub took the second copy");
+    let mut hub = Arc::into_inner(hub).unwrap();
+    for id in &answered {
+        assert_eq!(entries_of(&hub, id, "response").await, 1, "{id}");
+    }
+    // Stopped, the hub would have put back a message it had not settled.
+    hub.stop().await;
+    assert_eq!(ready().await, 0, "acknowledged");
+    let (letters, _) = hub_server::broker::dead_letters(&setup.ns.url, &topology, None)
+        .await
+        .unwrap();
+    assert!(letters.is_empty(), "not dead-lettered: {letters:?}");
+
+    let _ = conn.close(200, "done".into()).await;
+    Setup { hub, ..setup }.finish("hub-e").await;
+}

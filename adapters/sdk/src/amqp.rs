@@ -11,7 +11,11 @@
 //! publish the answer (confirmed) -> ack the request.
 //!
 //! A request is acknowledged only after its answer is confirmed by the
-//! broker, so a crashed adapter's request is redelivered; a redelivered
+//! broker, so a crashed adapter's request is redelivered. Answers ready
+//! while the broker is still confirming earlier ones go to their reply
+//! queue together, as one message holding a JSON array of answers
+//! ([`replies_message`]): RabbitMQ's cost is per message, not per byte. A
+//! redelivered
 //! request already answered is answered again from memory, not handled
 //! twice. Requests that cannot be read or fail to be answered are retried
 //! with back-off until the queue's delivery limit, then dead-lettered.
@@ -34,11 +38,11 @@ use lapin::options::{
     BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::{Adapter, AdapterRequest};
@@ -225,6 +229,38 @@ pub enum ReplyOutcome {
     Error(String),
 }
 
+/// The body of an answer message holding `replies` (each a serialized
+/// [`Reply`]): the reply itself if there is one, else a JSON array of them.
+pub fn replies_message(replies: &[&[u8]]) -> Vec<u8> {
+    if let [one] = replies {
+        return one.to_vec();
+    }
+    let mut body = Vec::with_capacity(replies.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
+    body.push(b'[');
+    for (i, reply) in replies.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(reply);
+    }
+    body.push(b']');
+    body
+}
+
+/// The answers an answer message holds: one [`Reply`], or a non-empty
+/// JSON array of them.
+pub fn parse_replies(data: &[u8]) -> Result<Vec<Reply>, serde_json::Error> {
+    let many = data.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    if !many {
+        return serde_json::from_slice(data).map(|one| vec![one]);
+    }
+    let replies: Vec<Reply> = serde_json::from_slice(data)?;
+    if replies.is_empty() {
+        return Err(serde::de::Error::custom("an empty array of answers"));
+    }
+    Ok(replies)
+}
+
 /// The request carried by a message the hub published, checked.
 #[derive(Debug)]
 pub struct CheckedRequest {
@@ -385,20 +421,20 @@ async fn consume(
         .await?;
     info!(%provider, "consuming requests");
     let mut handling = tokio::task::JoinSet::new();
+    let (replies, outgoing) = mpsc::channel(usize::from(config.prefetch.max(1)));
+    handling.spawn(publish_replies(ch.clone(), outgoing));
     loop {
         tokio::select! {
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    let (adapter, ch, answered, hub) =
-                        (adapter.clone(), ch.clone(), answered.clone(), hub.clone());
+                    let (adapter, replies, answered, hub) =
+                        (adapter.clone(), replies.clone(), answered.clone(), hub.clone());
                     handling.spawn(async move {
-                        handle(adapter.as_ref(), &ch, delivery, &answered, &hub).await
+                        handle(adapter.as_ref(), &replies, delivery, &answered, &hub).await
                     });
                 }
                 Some(Err(e)) => return Err(e),
-                None => return Err(lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
-                    lapin::ConnectionState::Closed,
-                ))),
+                None => return Err(connection_lost()),
             },
             Some(done) = handling.join_next() => {
                 if let Ok(Err(e)) = done {
@@ -446,7 +482,7 @@ pub async fn retry_later(delivery: &Delivery) -> lapin::Result<()> {
 
 async fn handle(
     adapter: &dyn Adapter,
-    ch: &Channel,
+    replies: &mpsc::Sender<Outgoing>,
     delivery: Delivery,
     answered: &Mutex<Answered>,
     hub: &HubKeys,
@@ -490,31 +526,103 @@ async fn handle(
             bytes
         }
     };
-    let publishing = ch
-        .basic_publish(
-            "".into(),
-            reply_to,
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            &reply,
-            BasicProperties::default()
-                .with_message_id(id.to_string().into())
-                .with_correlation_id(id.to_string().into())
-                .with_content_type("application/json".into())
-                .with_delivery_mode(2),
-        )
-        .await?;
-    let confirm = tokio::time::timeout(BROKER_TIMEOUT, publishing)
-        .await
-        .map_err(|_| timed_out())??;
-    if confirm.is_ack() && confirm.take_message().is_none() {
-        delivery.ack(BasicAckOptions::default()).await.map(|_| ())
-    } else {
-        warn!(exchange = %id, "the answer was not accepted by the broker; retrying");
-        retry_later(&delivery).await
+    let (taken, confirmed) = oneshot::channel();
+    let answer = Outgoing {
+        reply_to,
+        id,
+        reply,
+        taken,
+    };
+    if replies.send(answer).await.is_err() {
+        return Err(connection_lost());
     }
+    match confirmed.await {
+        Ok(true) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+        Ok(false) => {
+            warn!(exchange = %id, "the answer was not accepted by the broker; retrying");
+            retry_later(&delivery).await
+        }
+        // The publisher stopped: the connection failed, and the request
+        // comes back once it is re-established.
+        Err(_) => Err(connection_lost()),
+    }
+}
+
+fn connection_lost() -> lapin::Error {
+    lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+        lapin::ConnectionState::Closed,
+    ))
+}
+
+/// An answer on its way to the broker, and who to tell whether the broker
+/// took it.
+struct Outgoing {
+    reply_to: ShortString,
+    id: ExchangeId,
+    reply: Vec<u8>,
+    taken: oneshot::Sender<bool>,
+}
+
+/// Publish the answers handed over on `outgoing`, each round's answers to
+/// one reply queue as one message, and wait for the broker's confirms
+/// before the next round: what becomes ready meanwhile makes the next
+/// round. Ends when every sender is gone, or with the first broker error.
+async fn publish_replies(ch: Channel, mut outgoing: mpsc::Receiver<Outgoing>) -> lapin::Result<()> {
+    let mut round = Vec::new();
+    while outgoing.recv_many(&mut round, 1024).await > 0 {
+        let mut confirms = Vec::new();
+        for (reply_to, answers) in by_reply_queue(std::mem::take(&mut round)) {
+            let bodies: Vec<&[u8]> = answers.iter().map(|a| a.reply.as_slice()).collect();
+            // One answer keeps its exchange id as correlation id; a message
+            // of several is named by its first (the ids are in the body).
+            let first = answers[0].id.to_string();
+            let mut properties = BasicProperties::default()
+                .with_message_id(first.as_str().into())
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2);
+            if answers.len() == 1 {
+                properties = properties.with_correlation_id(first.into());
+            }
+            let publishing = ch
+                .basic_publish(
+                    "".into(),
+                    reply_to,
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &replies_message(&bodies),
+                    properties,
+                )
+                .await?;
+            confirms.push((publishing, answers));
+        }
+        for (publishing, answers) in confirms {
+            let confirm = tokio::time::timeout(BROKER_TIMEOUT, publishing)
+                .await
+                .map_err(|_| timed_out())??;
+            let taken = confirm.is_ack() && confirm.take_message().is_none();
+            for answer in answers {
+                let _ = answer.taken.send(taken);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `round` grouped by reply queue, each group in the order it came.
+fn by_reply_queue(round: Vec<Outgoing>) -> Vec<(ShortString, Vec<Outgoing>)> {
+    let mut groups: Vec<(ShortString, Vec<Outgoing>)> = Vec::new();
+    for answer in round {
+        match groups
+            .iter_mut()
+            .find(|(queue, _)| *queue == answer.reply_to)
+        {
+            Some((_, group)) => group.push(answer),
+            None => groups.push((answer.reply_to.clone(), vec![answer])),
+        }
+    }
+    groups
 }
 
 async fn reject(delivery: &Delivery) -> lapin::Result<()> {
@@ -624,6 +732,79 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<Reply>(&bad).is_err(), "{bad}");
         }
+    }
+
+    fn reply(n: u128, outcome: ReplyOutcome) -> Reply {
+        Reply {
+            exchange_id: ExchangeId::parse(&format!("01930f1e-0000-7000-8000-{n:012}")).unwrap(),
+            provider: serde_json::from_str(json_member()).unwrap(),
+            outcome,
+        }
+    }
+
+    #[test]
+    fn answers_sent_together_read_back_as_sent() {
+        let sent = [
+            reply(1, ReplyOutcome::Payload(serde_json::json!({"found": true}))),
+            reply(2, ReplyOutcome::Error("registry down".into())),
+            reply(3, ReplyOutcome::Payload(serde_json::json!([1, "]"]))),
+        ];
+        let bytes: Vec<Vec<u8>> = sent
+            .iter()
+            .map(|r| serde_json::to_vec(r).unwrap())
+            .collect();
+        let bodies: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+        for n in 1..=sent.len() {
+            let message = replies_message(&bodies[..n]);
+            assert_eq!(parse_replies(&message).unwrap(), sent[..n], "{n} answers");
+        }
+        // One answer travels as itself, as adapters not using this SDK send it.
+        assert_eq!(replies_message(&bodies[..1]), bytes[0]);
+        assert_eq!(replies_message(&bodies[..2]).first(), Some(&b'['));
+        let spaced = format!(" \n[{}]", String::from_utf8(bytes[1].clone()).unwrap());
+        assert_eq!(parse_replies(spaced.as_bytes()).unwrap(), sent[1..2]);
+    }
+
+    #[test]
+    fn a_message_of_answers_is_refused_whole_when_any_is_unreadable() {
+        let good = serde_json::to_string(&reply(1, ReplyOutcome::Error("x".into()))).unwrap();
+        for bad in [
+            "[]".to_owned(),
+            format!("[{good},{{}}]"),
+            format!("[{good},{good}"),
+            format!("{good},{good}"),
+            "".to_owned(),
+        ] {
+            assert!(parse_replies(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_round_is_grouped_by_reply_queue_in_arrival_order() {
+        let answer = |queue: &str, n: u128| Outgoing {
+            reply_to: queue.into(),
+            id: reply(n, ReplyOutcome::Error(String::new())).exchange_id,
+            reply: Vec::new(),
+            taken: oneshot::channel().0,
+        };
+        let groups = by_reply_queue(vec![
+            answer("hub.replies.a", 1),
+            answer("hub.replies.b", 2),
+            answer("hub.replies.a", 3),
+            answer("hub.replies.a", 4),
+        ]);
+        let seen: Vec<(String, Vec<ExchangeId>)> = groups
+            .iter()
+            .map(|(q, g)| (q.to_string(), g.iter().map(|a| a.id).collect()))
+            .collect();
+        let id = |n| reply(n, ReplyOutcome::Error(String::new())).exchange_id;
+        assert_eq!(
+            seen,
+            [
+                ("hub.replies.a".to_owned(), vec![id(1), id(3), id(4)]),
+                ("hub.replies.b".to_owned(), vec![id(2)]),
+            ]
+        );
     }
 
     fn json_member() -> &'static str {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use hub_adapter_sdk::ServiceKind;
-use hub_adapter_sdk::amqp::{Reply, ReplyOutcome, Topology, retry_later};
+use hub_adapter_sdk::amqp::{ReplyOutcome, Topology, parse_replies, retry_later};
 use hub_core::body::DataKey;
 use hub_core::ids::Member;
 use lapin::message::Delivery;
@@ -340,10 +340,13 @@ async fn consume_replies(
     }
 }
 
-/// Log one answer, then acknowledge it; answers that can never be logged
-/// are dead-lettered, answers that cannot be logged now come back later.
+/// Log the answers a message holds (one, or an array of them, logged
+/// together so that they share group commits), then acknowledge it.
+/// Answers that can never be logged are dead-lettered with their message;
+/// if any cannot be logged now, the whole message comes back later (the
+/// answers logged meanwhile are then found settled, and dropped).
 async fn take_reply(hub: &Hub, delivery: Delivery) -> lapin::Result<()> {
-    let reply: Reply = match serde_json::from_slice(&delivery.data) {
+    let replies = match parse_replies(&delivery.data) {
         Ok(r) => r,
         Err(e) => {
             warn!(error = %e, "an unreadable answer; dead-lettering it");
@@ -353,27 +356,42 @@ async fn take_reply(hub: &Hub, delivery: Delivery) -> lapin::Result<()> {
                 .map(|_| ());
         }
     };
-    let answer = match reply.outcome {
-        ReplyOutcome::Payload(v) => Ok(v),
-        ReplyOutcome::Error(e) => Err(e),
-    };
-    match hub
-        .complete_remote(&reply.provider, reply.exchange_id, answer)
-        .await
-    {
-        Ok(()) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
-        Err(RemoteAnswerError::Storage(e)) => {
-            warn!(error = %e, exchange = %reply.exchange_id, "cannot log an answer now; it will come back");
-            retry_later(&delivery).await
+    let outcomes = futures_util::future::join_all(replies.into_iter().map(|reply| async move {
+        let answer = match reply.outcome {
+            ReplyOutcome::Payload(v) => Ok(v),
+            ReplyOutcome::Error(e) => Err(e),
+        };
+        let outcome = hub
+            .complete_remote(&reply.provider, reply.exchange_id, answer)
+            .await;
+        (reply.exchange_id, outcome)
+    }))
+    .await;
+    let mut later = false;
+    let mut never = false;
+    for (id, outcome) in outcomes {
+        match outcome {
+            Ok(()) => {}
+            Err(RemoteAnswerError::Storage(e)) => {
+                warn!(error = %e, exchange = %id, "cannot log an answer now; it will come back");
+                later = true;
+            }
+            Err(RemoteAnswerError::Busy) => later = true,
+            Err(e) => {
+                warn!(error = %e, exchange = %id, "an answer that cannot be logged; dead-lettering its message");
+                never = true;
+            }
         }
-        Err(RemoteAnswerError::Busy) => retry_later(&delivery).await,
-        Err(e) => {
-            warn!(error = %e, exchange = %reply.exchange_id, "an answer that cannot be logged; dead-lettering it");
-            delivery
-                .reject(BasicRejectOptions { requeue: false })
-                .await
-                .map(|_| ())
-        }
+    }
+    if later {
+        retry_later(&delivery).await
+    } else if never {
+        delivery
+            .reject(BasicRejectOptions { requeue: false })
+            .await
+            .map(|_| ())
+    } else {
+        delivery.ack(BasicAckOptions::default()).await.map(|_| ())
     }
 }
 
