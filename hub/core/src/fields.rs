@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -30,11 +31,23 @@ pub enum FieldError {
 }
 
 /// A JSON pointer to a field of a response, e.g. `/citizen/full_name`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct FieldPointer {
+/// Shared, not copied, when cloned: every entry draft of a minimised
+/// exchange carries its grant's pointers, and drafts are cloned on the
+/// way to the log.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct FieldPointer(Arc<Pointer>);
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Pointer {
     text: String,
     segments: Vec<String>,
+}
+
+impl Serialize for FieldPointer {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0.text)
+    }
 }
 
 impl FieldPointer {
@@ -63,25 +76,25 @@ impl FieldPointer {
                 Ok(out)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
+        Ok(Self(Arc::new(Pointer {
             text: text.to_owned(),
             segments,
-        })
+        })))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.text
+        &self.0.text
     }
 
     /// The unescaped property names, outermost first.
     pub fn segments(&self) -> &[String] {
-        &self.segments
+        &self.0.segments
     }
 }
 
 impl fmt::Display for FieldPointer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
+        f.write_str(self.as_str())
     }
 }
 
@@ -89,12 +102,6 @@ impl TryFrom<String> for FieldPointer {
     type Error = FieldError;
     fn try_from(s: String) -> Result<Self, FieldError> {
         Self::parse(&s)
-    }
-}
-
-impl From<FieldPointer> for String {
-    fn from(p: FieldPointer) -> String {
-        p.text
     }
 }
 
@@ -106,20 +113,20 @@ impl std::str::FromStr for FieldPointer {
 }
 
 /// The fields a grant releases: a non-empty set of pointers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "Vec<FieldPointer>", into = "Vec<FieldPointer>")]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Vec<FieldPointer>")]
 pub struct FieldSet(BTreeSet<FieldPointer>);
+
+impl Serialize for FieldSet {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(&self.0)
+    }
+}
 
 impl TryFrom<Vec<FieldPointer>> for FieldSet {
     type Error = FieldError;
     fn try_from(fields: Vec<FieldPointer>) -> Result<Self, FieldError> {
         Self::new(fields)
-    }
-}
-
-impl From<FieldSet> for Vec<FieldPointer> {
-    fn from(set: FieldSet) -> Self {
-        set.0.into_iter().collect()
     }
 }
 
@@ -290,9 +297,12 @@ mod tests {
 
     #[test]
     fn a_field_set_round_trips_through_serde_and_refuses_bad_pointers() {
-        let s = set("/b,/a");
+        let s = set("/b,/a,/x~1y~0z");
         let text = serde_json::to_string(&s).unwrap();
-        assert_eq!(text, r#"["/a","/b"]"#);
+        assert_eq!(text, r#"["/a","/b","/x~1y~0z"]"#);
+        let pointer = s.iter().last().unwrap();
+        assert_eq!(pointer.segments(), ["x/y~z"]);
+        assert_eq!(serde_json::to_value(pointer).unwrap(), "/x~1y~0z");
         assert_eq!(serde_json::from_str::<FieldSet>(&text).unwrap(), s);
         assert!(serde_json::from_str::<FieldSet>(r#"["a"]"#).is_err());
         assert!(serde_json::from_str::<FieldSet>("[]").is_err());
