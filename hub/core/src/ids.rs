@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +26,8 @@ fn err(kind: &'static str, value: &str, reason: &'static str) -> IdError {
     }
 }
 
+/// Text identifiers are cloned into every draft, record and map key that
+/// names them: shared (`Arc<str>`), a clone costs no allocation.
 macro_rules! string_newtype {
     ($name:ident) => {
         impl fmt::Display for $name {
@@ -51,7 +54,13 @@ macro_rules! string_newtype {
         }
         impl From<$name> for String {
             fn from(v: $name) -> String {
-                v.0
+                v.0.as_ref().to_owned()
+            }
+        }
+        // As the text itself: neither cloned nor copied to be written.
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
             }
         }
         impl $name {
@@ -69,9 +78,9 @@ fn all(s: &str, f: impl Fn(u8) -> bool) -> bool {
 
 /// An agency code in the Decision 20/2020/QĐ-TTg shape: four dotted levels,
 /// e.g. `000.00.00.H29`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct AgencyCode(String);
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct AgencyCode(Arc<str>);
 string_newtype!(AgencyCode);
 
 impl AgencyCode {
@@ -88,7 +97,7 @@ impl AgencyCode {
             && parts[3].as_bytes()[0].is_ascii_uppercase()
             && all(&parts[3][1..], |b| b.is_ascii_digit());
         if ok {
-            Ok(Self(s.to_owned()))
+            Ok(Self(s.into()))
         } else {
             Err(err(
                 "agency code",
@@ -100,9 +109,9 @@ impl AgencyCode {
 }
 
 /// A subsystem of an agency: lowercase letters, digits and dashes, 1 to 50.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Subsystem(String);
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Subsystem(Arc<str>);
 string_newtype!(Subsystem);
 
 impl Subsystem {
@@ -113,7 +122,7 @@ impl Subsystem {
                 b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
             });
         if ok {
-            Ok(Self(s.to_owned()))
+            Ok(Self(s.into()))
         } else {
             Err(err(
                 "subsystem",
@@ -158,15 +167,15 @@ pub enum Sex {
 }
 
 /// A 12-digit personal identification number (số định danh cá nhân).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct PersonalId(String);
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct PersonalId(Arc<str>);
 string_newtype!(PersonalId);
 
 impl PersonalId {
     pub fn parse(s: &str) -> Result<Self, IdError> {
         if s.len() == 12 && all(s, |b| b.is_ascii_digit()) {
-            Ok(Self(s.to_owned()))
+            Ok(Self(s.into()))
         } else {
             Err(err("personal ID", s, "expected 12 digits"))
         }
@@ -196,9 +205,9 @@ impl PersonalId {
 
 /// An enterprise code, which is also the tax code: 10 digits whose 10th is a
 /// check digit, optionally followed by `-NNN` for a branch.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct TaxCode(String);
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct TaxCode(Arc<str>);
 string_newtype!(TaxCode);
 
 /// Weights of digits 1-9 in the tax-code check digit.
@@ -214,7 +223,7 @@ impl TaxCode {
         let main_ok = main.len() == 10 && all(main, |b| b.is_ascii_digit());
         let branch_ok = branch.is_none_or(|b| b.len() == 3 && all(b, |c| c.is_ascii_digit()));
         if main_ok && branch_ok {
-            Ok(Self(s.to_owned()))
+            Ok(Self(s.into()))
         } else {
             Err(err("tax code", s, "expected 10 digits, optionally -NNN"))
         }
@@ -240,9 +249,9 @@ impl TaxCode {
 }
 
 /// A service name such as `citizen.lookup`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ServiceName(String);
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ServiceName(Arc<str>);
 string_newtype!(ServiceName);
 
 impl ServiceName {
@@ -255,7 +264,7 @@ impl ServiceName {
                 })
         };
         if s.len() <= 64 && s.contains('.') && s.split('.').all(seg_ok) {
-            Ok(Self(s.to_owned()))
+            Ok(Self(s.into()))
         } else {
             Err(err(
                 "service",
@@ -267,9 +276,9 @@ impl ServiceName {
 }
 
 /// A purpose-of-use code (the code list is in `schemas/common/v1.json`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct PurposeCode(String);
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct PurposeCode(Arc<str>);
 string_newtype!(PurposeCode);
 
 impl PurposeCode {
@@ -280,7 +289,7 @@ impl PurposeCode {
                 b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'
             });
         if ok {
-            Ok(Self(s.to_owned()))
+            Ok(Self(s.into()))
         } else {
             Err(err(
                 "purpose",
@@ -292,9 +301,9 @@ impl PurposeCode {
 }
 
 /// The case (dossier) reference of the procedure an exchange serves.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct CaseRef(String);
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct CaseRef(Arc<str>);
 string_newtype!(CaseRef);
 
 impl CaseRef {
@@ -302,7 +311,7 @@ impl CaseRef {
         let ok = (1..=64).contains(&s.len())
             && all(s, |b| b.is_ascii_alphanumeric() || b"._/-".contains(&b));
         if ok {
-            Ok(Self(s.to_owned()))
+            Ok(Self(s.into()))
         } else {
             Err(err(
                 "case reference",
@@ -314,9 +323,16 @@ impl CaseRef {
 }
 
 /// An exchange id: a UUIDv7, so ids sort by creation time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
 pub struct ExchangeId(uuid::Uuid);
+
+impl Serialize for ExchangeId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        serializer.serialize_str(self.0.hyphenated().encode_lower(&mut text))
+    }
+}
 
 impl ExchangeId {
     pub fn parse(s: &str) -> Result<Self, IdError> {
@@ -414,5 +430,37 @@ mod tests {
         let s = id.to_string();
         assert_eq!(ExchangeId::parse(&s).unwrap(), id);
         assert!(ExchangeId::parse("6ba7b810-9dad-41d1-80b4-00c04fd430c8").is_err());
+    }
+
+    #[test]
+    fn identifiers_serialize_as_their_text_and_read_back() {
+        fn round_trip<T>(text: &str)
+        where
+            T: serde::Serialize
+                + serde::de::DeserializeOwned
+                + fmt::Display
+                + PartialEq
+                + fmt::Debug,
+        {
+            let json = serde_json::to_string(&serde_json::Value::String(text.to_owned())).unwrap();
+            let value: T = serde_json::from_str(&json).unwrap();
+            assert_eq!(value.to_string(), text);
+            assert_eq!(serde_json::to_string(&value).unwrap(), json);
+            assert_eq!(serde_json::from_str::<T>(&json).unwrap(), value);
+        }
+        round_trip::<AgencyCode>("000.00.00.H29");
+        round_trip::<Subsystem>("population-registry");
+        round_trip::<PersonalId>("001085012345");
+        round_trip::<ServiceName>("citizen.lookup");
+        round_trip::<ExchangeId>("01930f1e-a2b4-7c3d-8e5f-000000000001");
+        let member: Member = "000.00.00.G01/population-registry".parse().unwrap();
+        assert_eq!(
+            serde_json::to_value(&member).unwrap(),
+            serde_json::json!({"agency": "000.00.00.G01", "subsystem": "population-registry"})
+        );
+        assert!(serde_json::from_str::<Subsystem>("\"Not Valid\"").is_err());
+        assert!(
+            serde_json::from_str::<ExchangeId>("\"01930F1E-A2B4-7C3D-8E5F-00000000000\"").is_err()
+        );
     }
 }
