@@ -105,6 +105,7 @@ async fn the_queues_rows_are_reclaimed_once_delivered() {
         .unwrap();
     assert_eq!(status, StatusCode::OK);
 
+    let last_seen = std::sync::Mutex::new(Vec::new());
     let reclaimed = eventually(|| async {
         let mut conn = PgConnection::connect(&db.url).await.unwrap();
         let rows: Vec<(String, i64, bool)> = sqlx::query_as(
@@ -115,6 +116,7 @@ async fn the_queues_rows_are_reclaimed_once_delivered() {
         .await
         .unwrap();
         let _ = conn.close().await;
+        *last_seen.lock().unwrap() = rows.clone();
         (rows.len() == 2
             && rows
                 .iter()
@@ -124,7 +126,8 @@ async fn the_queues_rows_are_reclaimed_once_delivered() {
     .await;
     assert!(
         reclaimed.is_some(),
-        "deliveries and outbox were never vacuumed"
+        "deliveries and outbox were never vacuumed: (table, dead rows, vacuumed) {:?}",
+        last_seen.lock().unwrap()
     );
     hub.stop().await;
     db.drop_now().await;

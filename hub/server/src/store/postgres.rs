@@ -112,10 +112,8 @@ impl PgStore {
         // commit's time is mostly round trips. No two of these touch the
         // same row (they would not see each other's changes): a message a
         // batch both queues and removes is never inserted (`Batch::of`);
-        // the deletes of `apply_changes` may, so they stay apart. `max(idx)` reads the
-        // end of the log's index under any plan; the `= ANY` lookups use
-        // the exchanges' index only in a plan made for the batch's values
-        // (see `persistent` below).
+        // the deletes of `apply_changes` may, so they stay apart. Prepared
+        // once per connection, on one generic plan (see `open`).
         let mut arguments = PgArguments::default();
         arguments.reserve(34, b.size_hint());
         let holds: bool = sqlx::query_scalar_with(
@@ -204,11 +202,6 @@ impl PgStore {
         .bind(&b.acknowledge.0)
         .bind(&b.acknowledge.1)
         .bind(claims)
-        // Planned afresh at each commit, with the batch's values: kept
-        // prepared, PostgreSQL may settle on a generic plan costed on the
-        // first, near-empty tables, which scans `exchanges` at every commit
-        // as it grows (`postgres_commits_do_not_scan_the_log_as_it_grows`).
-        .persistent(false)
         .fetch_one(conn)
         .await?;
         Ok(holds)
@@ -245,9 +238,26 @@ impl PgStore {
         // the read itself took 0.2 ms); a larger misestimate would cross
         // `jit_above_cost` the same way. Sent with the connection's start-up
         // message: no round trip.
+        //
+        // Every statement is prepared once per connection and runs on one
+        // generic plan: planning the group commit afresh took ~17 % of
+        // PostgreSQL's time per query under load (docs/performance.md). A
+        // generic plan is made at a statement's first run, perhaps on empty
+        // tables, where reading a whole table costs least, and is kept as
+        // the tables grow; with sequential scans priced out the planner
+        // takes the indexes that stay right as they do (range and `= ANY`
+        // lookups, nested loops over the batch's arrays) -
+        // `postgres_commits_do_not_scan_the_log_as_it_grows` and
+        // `postgres_a_lease_reads_what_it_hands_out_not_the_backlog` count
+        // the rows read. A table with no fitting index is still scanned.
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Invalid(format!("{}: {e}", redact(url))))?
-            .options([("max_parallel_workers_per_gather", "0"), ("jit", "off")]);
+            .options([
+                ("max_parallel_workers_per_gather", "0"),
+                ("jit", "off"),
+                ("enable_seqscan", "off"),
+                ("plan_cache_mode", "force_generic_plan"),
+            ]);
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections.max(1))
             // No ping before each use: under load a round trip costs as
@@ -647,18 +657,10 @@ impl Store for PgStore {
     ) -> Result<Tail, StoreError> {
         // Writers of every hub queue here; the lock ends with the
         // transaction, and is taken in the same round trip as it begins.
-        // So is the planner setting: this transaction's statements are
-        // prepared once per connection, and PostgreSQL may switch a
-        // prepared statement to one generic plan if that costs no more
-        // than its first five custom plans. Costed while the log was
-        // small, such a plan scans whole tables - the tail read's
-        // `idx >= $1`, the join of the closes with `exchanges` - at every
-        // commit until the table is next analysed, while the log grows.
         let mut tx = self
             .pool
             .begin_with(sqlx::AssertSqlSafe(format!(
-                "BEGIN; SELECT pg_advisory_xact_lock({LOG_WRITER_LOCK}); \
-                 SET LOCAL plan_cache_mode = force_custom_plan"
+                "BEGIN; SELECT pg_advisory_xact_lock({LOG_WRITER_LOCK})"
             )))
             .await
             .map_err(db)?;
