@@ -15,9 +15,8 @@
 //! while the broker is still confirming earlier ones go to their reply
 //! queue together, as one message holding a JSON array of answers
 //! ([`replies_message`]): RabbitMQ's cost is per message, not per byte. A
-//! redelivered
-//! request already answered is answered again from memory, not handled
-//! twice. Requests that cannot be read or fail to be answered are retried
+//! redelivered request already answered is answered again from memory,
+//! not handled twice. Requests that cannot be read or fail to be answered are retried
 //! with back-off until the queue's delivery limit, then dead-lettered.
 //!
 //! The topology ([`Topology`]) is declared idempotently by the hub and by
