@@ -1557,10 +1557,10 @@ async fn postgres_commits_do_not_scan_the_log_as_it_grows() {
     const EVENTS: u32 = 1_000_000;
     let mut commit = |size: u32| {
         let answered = previous.clone();
-        let answered_events = previous.clone();
         previous = opened..opened + size;
         opened += size;
         let mut batch: Vec<AppendItem> = answered
+            .clone()
             .map(|n| {
                 entries.item(
                     EntryKind::Response,
@@ -1569,7 +1569,7 @@ async fn postgres_commits_do_not_scan_the_log_as_it_grows() {
                 )
             })
             .collect();
-        batch.extend(answered_events.clone().map(|n| {
+        batch.extend(answered.map(|n| {
             let acknowledge = Effect::Acknowledge {
                 recipient: member(PROVIDER),
             };
