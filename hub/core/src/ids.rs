@@ -52,11 +52,6 @@ macro_rules! string_newtype {
                 Self::parse(&s)
             }
         }
-        impl From<$name> for String {
-            fn from(v: $name) -> String {
-                v.0.as_ref().to_owned()
-            }
-        }
         // As the text itself: neither cloned nor copied to be written.
         impl Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -376,12 +371,6 @@ impl TryFrom<String> for ExchangeId {
     type Error = IdError;
     fn try_from(s: String) -> Result<Self, IdError> {
         Self::parse(&s)
-    }
-}
-
-impl From<ExchangeId> for String {
-    fn from(v: ExchangeId) -> String {
-        v.to_string()
     }
 }
 
