@@ -23,8 +23,8 @@ use hub_core::body::DataKey;
 use hub_core::ids::Member;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
-    ConfirmSelectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -52,6 +52,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a publish may wait for its confirm: past it the connection is
 /// treated as lost (a broker that blocks publishers, a half-open socket).
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopping hub keeps logging the answers it had already been
+/// handed; what is left then goes back to the queue unacknowledged.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// This hub instance's connection to the broker, made on demand.
 pub struct Broker {
@@ -310,10 +313,11 @@ async fn consume_replies(
     let (conn, _) = broker.channel(hub.store.as_ref()).await?;
     let ch = conn.create_channel().await?;
     ch.basic_qos(256, BasicQosOptions::default()).await?;
+    let tag = format!("hub {}", broker.instance);
     let mut consumer = ch
         .basic_consume(
             broker.topology.reply_queue(&broker.instance).into(),
-            format!("hub {}", broker.instance).into(),
+            tag.as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -335,9 +339,37 @@ async fn consume_replies(
                     return Err(e.into());
                 }
             }
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.changed() => break,
         }
     }
+    // Stopping: the broker has handed over answers whose senders may be
+    // waiting; log and acknowledge those rather than hand them back.
+    let drain = async {
+        ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await?;
+        // Deliveries already on their way arrive before the stream ends.
+        while let Some(delivery) = consumer.next().await {
+            let hub = hub.clone();
+            let delivery = delivery?;
+            handling.spawn(async move { take_reply(&hub, delivery).await });
+        }
+        while let Some(done) = handling.join_next().await {
+            if let Ok(Err(e)) = done {
+                return Err(e);
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(DRAIN_TIMEOUT, drain).await {
+        Ok(Ok(())) => info!("reply consumer: stopped with every answer taken settled"),
+        Ok(Err(e)) => {
+            warn!(error = %e, "reply consumer: stopped; unsettled answers go back to the queue")
+        }
+        Err(_) => {
+            warn!("reply consumer: answers still unsettled at the deadline go back to the queue")
+        }
+    }
+    Ok(())
 }
 
 /// Log the answers a message holds (one, or an array of them, logged
