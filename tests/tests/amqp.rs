@@ -69,6 +69,22 @@ impl Adapter for Counting {
     }
 }
 
+/// How many messages wait in `queue` (not counting those delivered and
+/// not yet acknowledged).
+async fn ready_in(ch: &lapin::Channel, queue: &str) -> u32 {
+    ch.queue_declare(
+        queue.into(),
+        lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .unwrap()
+    .message_count()
+}
+
 struct Setup {
     db: PgDatabase,
     ns: AmqpNamespace,
@@ -308,10 +324,20 @@ async fn a_forged_request_is_dead_lettered_visible_and_re_drivable() {
     let letters = eventually(|| async { Some(list().await.unwrap().0).filter(|l| !l.is_empty()) })
         .await
         .unwrap_or_default();
-    assert_eq!(letters.len(), 1, "{letters:?}");
+    let waiting = ready_in(&ch, &topology.provider_queue(&provider)).await;
+    assert_eq!(
+        letters.len(),
+        1,
+        "{letters:?}; {waiting} still in the queue"
+    );
     assert_eq!(letters[0].message_id.as_deref(), Some("forged-1"));
-    assert_eq!(letters[0].reason, "rejected");
+    assert_eq!(letters[0].reason, "refused");
+    assert!(
+        letters[0].because.contains("signature"),
+        "says why: {letters:?}"
+    );
     assert_eq!(letters[0].queue, topology.provider_queue(&provider));
+    assert_eq!(letters[0].exchange, topology.exchange());
     assert!(adapter.finished.lock().unwrap().is_empty(), "never handled");
     // Listing leaves them there; re-driving sends them back to their queue
     // (where this one is refused again).
@@ -330,6 +356,62 @@ async fn a_forged_request_is_dead_lettered_visible_and_re_drivable() {
     let _ = stop.send(true);
     worker.await.unwrap();
     setup.finish("hub-c").await;
+}
+
+#[tokio::test]
+async fn an_unreadable_answer_is_dead_lettered_saying_why() {
+    let Some(setup) = start("hub-f").await else {
+        return;
+    };
+    let topology = Topology::new(setup.ns.prefix.clone());
+    let conn = lapin::Connection::connect(&setup.ns.url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let reply_queue = topology.reply_queue("hub-f");
+    ch.basic_publish(
+        "".into(),
+        reply_queue.as_str().into(),
+        lapin::options::BasicPublishOptions::default(),
+        b"[]",
+        lapin::BasicProperties::default().with_message_id("empty-1".into()),
+    )
+    .await
+    .unwrap();
+
+    let list = || hub_server::broker::dead_letters(&setup.ns.url, &topology, None);
+    let letters = eventually(|| async { Some(list().await.unwrap().0).filter(|l| !l.is_empty()) })
+        .await
+        .unwrap_or_default();
+    let waiting = ready_in(&ch, &reply_queue).await;
+    assert_eq!(
+        letters.len(),
+        1,
+        "{letters:?}; {waiting} still in the queue"
+    );
+    let letter = &letters[0];
+    assert_eq!(letter.message_id.as_deref(), Some("empty-1"));
+    assert_eq!(letter.reason, "refused");
+    assert!(
+        letter.because.starts_with("an unreadable answer"),
+        "{letter:?}"
+    );
+    assert_eq!(letter.queue, reply_queue);
+    // Re-driven, it goes back to the reply queue through the default
+    // exchange, and is refused again.
+    let (_, redriven) =
+        hub_server::broker::dead_letters(&setup.ns.url, &topology, Some(&["empty-1".into()]))
+            .await
+            .unwrap();
+    assert_eq!(redriven, 1);
+    let back = eventually(|| async { Some(list().await.unwrap().0).filter(|l| !l.is_empty()) })
+        .await
+        .unwrap_or_default();
+    assert_eq!(back.len(), 1, "refused again after the re-drive: {back:?}");
+    assert_eq!(back[0].queue, reply_queue);
+
+    let _ = conn.close(200, "done".into()).await;
+    setup.finish("hub-f").await;
 }
 
 #[tokio::test]
@@ -492,19 +574,7 @@ async fn answers_sent_together_in_one_message_are_each_logged_once() {
     // and dropped, and the message is acknowledged, not dead-lettered.
     publish().await;
     let reply_queue = topology.reply_queue("hub-e");
-    let ready = || async {
-        ch.queue_declare(
-            reply_queue.as_str().into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .message_count()
-    };
+    let ready = || ready_in(&ch, &reply_queue);
     let taken = eventually(|| async { (ready().await == 0).then_some(()) }).await;
     assert!(taken.is_some(), "the hub took the second copy");
     let mut hub = Arc::into_inner(hub).unwrap();

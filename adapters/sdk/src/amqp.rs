@@ -16,8 +16,10 @@
 //! queue together, as one message holding a JSON array of answers
 //! ([`replies_message`]): RabbitMQ's cost is per message, not per byte. A
 //! redelivered request already answered is answered again from memory,
-//! not handled twice. Requests that cannot be read or fail to be answered are retried
-//! with back-off until the queue's delivery limit, then dead-lettered.
+//! not handled twice. Requests that fail verification are dead-lettered at
+//! once, saying why ([`Refuser`]); those whose answer cannot be sent are
+//! retried with back-off until the queue's delivery limit, then
+//! dead-lettered by the broker.
 //!
 //! The topology ([`Topology`]) is declared idempotently by the hub and by
 //! every adapter, so either may start first.
@@ -422,14 +424,25 @@ async fn consume(
     let mut handling = tokio::task::JoinSet::new();
     let (replies, outgoing) = mpsc::channel(usize::from(config.prefetch.max(1)));
     handling.spawn(publish_replies(ch.clone(), outgoing));
+    let refusals = Arc::new(Refuser::new(
+        ch.clone(),
+        config.topology.clone(),
+        config.topology.provider_queue(&provider),
+    ));
     loop {
         tokio::select! {
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    let (adapter, replies, answered, hub) =
-                        (adapter.clone(), replies.clone(), answered.clone(), hub.clone());
+                    let (adapter, replies, answered, hub, refusals) = (
+                        adapter.clone(),
+                        replies.clone(),
+                        answered.clone(),
+                        hub.clone(),
+                        refusals.clone(),
+                    );
                     handling.spawn(async move {
-                        handle(adapter.as_ref(), &replies, delivery, &answered, &hub).await
+                        let to = Handling { replies: &replies, answered: &answered, hub: &hub, refusals: &refusals };
+                        handle(adapter.as_ref(), &to, delivery).await
                     });
                 }
                 Some(Err(e)) => return Err(e),
@@ -479,27 +492,36 @@ pub async fn retry_later(delivery: &Delivery) -> lapin::Result<()> {
         .map(|_| ())
 }
 
-async fn handle(
-    adapter: &dyn Adapter,
-    replies: &mpsc::Sender<Outgoing>,
-    delivery: Delivery,
-    answered: &Mutex<Answered>,
-    hub: &HubKeys,
-) -> lapin::Result<()> {
+/// What handling a request uses besides the adapter.
+struct Handling<'a> {
+    replies: &'a mpsc::Sender<Outgoing>,
+    answered: &'a Mutex<Answered>,
+    hub: &'a HubKeys,
+    refusals: &'a Refuser,
+}
+
+async fn handle(adapter: &dyn Adapter, to: &Handling<'_>, delivery: Delivery) -> lapin::Result<()> {
+    let Handling {
+        replies,
+        answered,
+        hub,
+        refusals,
+    } = to;
     let checked = match check_request(&delivery.data, &hub.keys, &hub.seals) {
         Ok(c) if c.receiver.as_ref() == Some(adapter.provider()) => c,
         Ok(c) => {
-            warn!(receiver = ?c.receiver, "a request for another provider; dead-lettering it");
-            return reject(&delivery).await;
+            let because = match c.receiver {
+                Some(r) => format!("a request for {r}, not this provider"),
+                None => "a request naming no receiver".to_owned(),
+            };
+            return refusals.refuse(&delivery, &because).await;
         }
-        Err(e) => {
-            warn!(error = %e, "an unusable request; dead-lettering it");
-            return reject(&delivery).await;
-        }
+        Err(e) => return refusals.refuse(&delivery, &e.to_string()).await,
     };
     let Some(reply_to) = delivery.properties.reply_to().clone() else {
-        warn!("a request without reply_to; dead-lettering it");
-        return reject(&delivery).await;
+        return refusals
+            .refuse(&delivery, "a request without reply_to")
+            .await;
     };
     let id = checked.request.exchange_id;
     let cached = answered.lock().await.get(&id);
@@ -624,11 +646,75 @@ fn by_reply_queue(round: Vec<Outgoing>) -> Vec<(ShortString, Vec<Outgoing>)> {
     groups
 }
 
-async fn reject(delivery: &Delivery) -> lapin::Result<()> {
-    delivery
-        .reject(BasicRejectOptions { requeue: false })
-        .await
+/// Header of a refused message naming the queue it was taken from.
+pub const REFUSED_QUEUE: &str = "x-refused-queue";
+/// Header of a refused message: why it will never be handled.
+pub const REFUSED_BECAUSE: &str = "x-refused-because";
+/// Headers of a refused message naming the exchange and routing key it
+/// was published with: where a re-drive sends it back to.
+pub const REFUSED_EXCHANGE: &str = "x-refused-exchange";
+pub const REFUSED_ROUTING_KEY: &str = "x-refused-routing-key";
+
+/// Dead-letters the messages of one queue that its consumer will never
+/// handle: it publishes a copy to the dead-letter exchange, saying where
+/// the message came from and why, and acknowledges the original once the
+/// broker has confirmed the copy. Done here rather than by `basic.reject`,
+/// whose dead-lettering runs inside the broker where a failure goes
+/// unseen; if the copy is not taken, the message is rejected and the
+/// broker's own (at-least-once) dead-lettering is left to move it.
+pub struct Refuser {
+    ch: Channel,
+    topology: Topology,
+    queue: String,
+}
+
+impl Refuser {
+    /// `ch` (in confirm mode) is the channel `queue` is consumed on.
+    pub fn new(ch: Channel, topology: Topology, queue: String) -> Self {
+        Self {
+            ch,
+            topology,
+            queue,
+        }
+    }
+
+    pub async fn refuse(&self, delivery: &Delivery, because: &str) -> lapin::Result<()> {
+        warn!(queue = %self.queue, because, "a message that will never be handled; dead-lettering it");
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        let text = |s: &str| AMQPValue::LongString(s.into());
+        headers.insert(REFUSED_QUEUE.into(), text(&self.queue));
+        headers.insert(REFUSED_BECAUSE.into(), text(because));
+        headers.insert(REFUSED_EXCHANGE.into(), text(delivery.exchange.as_str()));
+        headers.insert(
+            REFUSED_ROUTING_KEY.into(),
+            text(delivery.routing_key.as_str()),
+        );
+        let publishing = self
+            .ch
+            .basic_publish(
+                self.topology.dead_letter_exchange().into(),
+                delivery.routing_key.clone(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &delivery.data,
+                delivery.properties.clone().with_headers(headers),
+            )
+            .await?;
+        let confirm = tokio::time::timeout(BROKER_TIMEOUT, publishing)
+            .await
+            .map_err(|_| timed_out())??;
+        if confirm.is_ack() && confirm.take_message().is_none() {
+            delivery.ack(BasicAckOptions::default()).await
+        } else {
+            warn!(queue = %self.queue, "the dead-letter queue did not take a refused message; rejecting it");
+            delivery
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+        }
         .map(|_| ())
+    }
 }
 
 /// Why an adapter process cannot start.

@@ -948,6 +948,9 @@ async fn dead_letters(config: &Config, cmd: DeadLettersCmd) -> anyhow::Result<Ex
             l.routing_key,
             l.bytes
         );
+        if !l.because.is_empty() {
+            println!("    because: {}", l.because);
+        }
     }
     println!("{} dead letter(s)", letters.len());
     if redrive.is_some() {

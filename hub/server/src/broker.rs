@@ -18,13 +18,16 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use hub_adapter_sdk::ServiceKind;
-use hub_adapter_sdk::amqp::{ReplyOutcome, Topology, parse_replies, retry_later};
+use hub_adapter_sdk::amqp::{
+    REFUSED_BECAUSE, REFUSED_EXCHANGE, REFUSED_QUEUE, REFUSED_ROUTING_KEY, Refuser, ReplyOutcome,
+    Topology, parse_replies, retry_later,
+};
 use hub_core::body::DataKey;
 use hub_core::ids::Member;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -312,8 +315,15 @@ async fn consume_replies(
 ) -> Result<(), BrokerError> {
     let (conn, _) = broker.channel(hub.store.as_ref()).await?;
     let ch = conn.create_channel().await?;
+    // Confirms for the answers it dead-letters itself.
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
     ch.basic_qos(256, BasicQosOptions::default()).await?;
     let tag = format!("hub {}", broker.instance);
+    let refusals = Arc::new(Refuser::new(
+        ch.clone(),
+        broker.topology.clone(),
+        broker.topology.reply_queue(&broker.instance),
+    ));
     let mut consumer = ch
         .basic_consume(
             broker.topology.reply_queue(&broker.instance).into(),
@@ -328,8 +338,8 @@ async fn consume_replies(
         tokio::select! {
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    let hub = hub.clone();
-                    handling.spawn(async move { take_reply(&hub, delivery).await });
+                    let (hub, refusals) = (hub.clone(), refusals.clone());
+                    handling.spawn(async move { take_reply(&hub, &refusals, delivery).await });
                 }
                 Some(Err(e)) => return Err(e.into()),
                 None => return Ok(()),
@@ -349,9 +359,9 @@ async fn consume_replies(
             .await?;
         // Deliveries already on their way arrive before the stream ends.
         while let Some(delivery) = consumer.next().await {
-            let hub = hub.clone();
+            let (hub, refusals) = (hub.clone(), refusals.clone());
             let delivery = delivery?;
-            handling.spawn(async move { take_reply(&hub, delivery).await });
+            handling.spawn(async move { take_reply(&hub, &refusals, delivery).await });
         }
         while let Some(done) = handling.join_next().await {
             if let Ok(Err(e)) = done {
@@ -377,15 +387,12 @@ async fn consume_replies(
 /// Answers that can never be logged are dead-lettered with their message;
 /// if any cannot be logged now, the whole message comes back later (the
 /// answers logged meanwhile are then found settled, and dropped).
-async fn take_reply(hub: &Hub, delivery: Delivery) -> lapin::Result<()> {
+async fn take_reply(hub: &Hub, refusals: &Refuser, delivery: Delivery) -> lapin::Result<()> {
     let replies = match parse_replies(&delivery.data) {
         Ok(r) => r,
         Err(e) => {
-            warn!(error = %e, "an unreadable answer; dead-lettering it");
-            return delivery
-                .reject(BasicRejectOptions { requeue: false })
-                .await
-                .map(|_| ());
+            let because = format!("an unreadable answer: {e}");
+            return refusals.refuse(&delivery, &because).await;
         }
     };
     let outcomes = futures_util::future::join_all(replies.into_iter().map(|reply| async move {
@@ -400,7 +407,7 @@ async fn take_reply(hub: &Hub, delivery: Delivery) -> lapin::Result<()> {
     }))
     .await;
     let mut later = false;
-    let mut never = false;
+    let mut never = Vec::new();
     for (id, outcome) in outcomes {
         match outcome {
             Ok(()) => {}
@@ -409,19 +416,13 @@ async fn take_reply(hub: &Hub, delivery: Delivery) -> lapin::Result<()> {
                 later = true;
             }
             Err(RemoteAnswerError::Busy) => later = true,
-            Err(e) => {
-                warn!(error = %e, exchange = %id, "an answer that cannot be logged; dead-lettering its message");
-                never = true;
-            }
+            Err(e) => never.push(format!("the answer for {id} cannot be logged: {e}")),
         }
     }
     if later {
         retry_later(&delivery).await
-    } else if never {
-        delivery
-            .reject(BasicRejectOptions { requeue: false })
-            .await
-            .map(|_| ())
+    } else if !never.is_empty() {
+        refusals.refuse(&delivery, &never.join("; ")).await
     } else {
         delivery.ack(BasicAckOptions::default()).await.map(|_| ())
     }
@@ -431,10 +432,13 @@ async fn take_reply(hub: &Hub, delivery: Delivery) -> lapin::Result<()> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
     pub message_id: Option<String>,
-    /// The queue it died in, why (`rejected`, `delivery_limit`, ...), and
-    /// where it had been published: what re-driving sends it back to.
+    /// The queue it died in, why (`refused` by its consumer, or the
+    /// broker's `rejected`, `delivery_limit`, ...), and where it had been
+    /// published: what re-driving sends it back to.
     pub queue: String,
     pub reason: String,
+    /// For a refused message, its consumer's words; empty otherwise.
+    pub because: String,
     pub exchange: String,
     pub routing_key: String,
     pub bytes: usize,
@@ -450,12 +454,30 @@ fn text(v: &AMQPValue) -> String {
 }
 
 fn dead_letter(delivery: &Delivery) -> DeadLetter {
-    // The first x-death entry is where the message last died.
-    let death = delivery
+    let headers = delivery.properties.headers().as_ref().map(|h| h.inner());
+    let header = |name: &str| headers.and_then(|h| h.get(name)).map(text);
+    let message_id = delivery
         .properties
-        .headers()
+        .message_id()
         .as_ref()
-        .and_then(|h| h.inner().get("x-death").cloned())
+        .map(|m| m.as_str().to_owned());
+    let bytes = delivery.data.len();
+    // Refused by its consumer, which said why in headers of its own.
+    if let Some(queue) = header(REFUSED_QUEUE) {
+        return DeadLetter {
+            message_id,
+            queue,
+            reason: "refused".to_owned(),
+            because: header(REFUSED_BECAUSE).unwrap_or_default(),
+            exchange: header(REFUSED_EXCHANGE).unwrap_or_default(),
+            routing_key: header(REFUSED_ROUTING_KEY).unwrap_or_default(),
+            bytes,
+        };
+    }
+    // Dead-lettered by the broker: the first x-death entry is where the
+    // message last died.
+    let death = headers
+        .and_then(|h| h.get("x-death").cloned())
         .and_then(|v| match v {
             AMQPValue::FieldArray(a) => a.as_slice().first().cloned(),
             _ => None,
@@ -465,16 +487,13 @@ fn dead_letter(delivery: &Delivery) -> DeadLetter {
         _ => String::new(),
     };
     DeadLetter {
-        message_id: delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|m| m.as_str().to_owned()),
+        message_id,
         queue: field("queue"),
         reason: field("reason"),
+        because: String::new(),
         exchange: field("exchange"),
         routing_key: field("routing-keys"),
-        bytes: delivery.data.len(),
+        bytes,
     }
 }
 
