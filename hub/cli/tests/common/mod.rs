@@ -37,11 +37,25 @@ pub struct Served {
 
 impl Drop for Served {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+        kill(&mut self.child);
     }
+}
+
+/// Another process of the hub's (an adapter); killed when dropped, so that
+/// a failing test leaves nothing running.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        kill(&mut self.0);
+    }
+}
+
+fn kill(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
 }
 
 /// Start `hub serve` on free ports and wait for it to print its API address.
