@@ -19,22 +19,33 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 
 /// The population adapter, counting the requests it finished per exchange,
-/// and optionally hanging on the first one (a process about to die).
+/// and optionally hanging on the first one (a process about to die) or
+/// pausing on each (a slow registry).
 struct Counting {
     inner: adapter_population::PopulationAdapter,
     finished: Mutex<HashMap<ExchangeId, u32>>,
     hang: bool,
+    pause: Duration,
     received: Notify,
 }
 
 impl Counting {
     fn new(hang: bool) -> Arc<Self> {
+        Self::with(hang, Duration::ZERO)
+    }
+
+    fn pausing(pause: Duration) -> Arc<Self> {
+        Self::with(false, pause)
+    }
+
+    fn with(hang: bool, pause: Duration) -> Arc<Self> {
         Arc::new(Self {
             inner: adapter_population::PopulationAdapter::new(
                 adapter_population::Registry::synthetic(1, 20),
             ),
             finished: Mutex::new(HashMap::new()),
             hang,
+            pause,
             received: Notify::new(),
         })
     }
@@ -57,6 +68,7 @@ impl Adapter for Counting {
             if self.hang {
                 std::future::pending::<()>().await;
             }
+            tokio::time::sleep(self.pause).await;
             let answer = self.inner.handle(request).await;
             *self
                 .finished
@@ -283,6 +295,37 @@ async fn a_request_whose_adapter_dies_is_redelivered_and_answered_once() {
     let _ = stop.send(true);
     healthy_task.await.unwrap();
     setup.finish("hub-b").await;
+}
+
+#[tokio::test]
+async fn a_stopping_adapter_answers_the_requests_it_took() {
+    let Some(setup) = start("hub-g").await else {
+        return;
+    };
+    let adapter = Counting::pausing(Duration::from_millis(500));
+    let (worker_task, stop) = spawn_worker(
+        adapter.clone(),
+        worker(&setup.hub, &setup.ns, &setup.ns.url),
+    );
+    let hub = Arc::new(setup.hub);
+    let sending = {
+        let hub = hub.clone();
+        tokio::spawn(async move { hub.send(lookup()).await })
+    };
+    adapter.received.notified().await;
+    // Stopped while its handler is still at work; no other worker runs, so
+    // only this one can answer.
+    let _ = stop.send(true);
+    worker_task.await.unwrap();
+    let (status, reply) = sending.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let id = reply["record"]["exchange_id"].clone();
+    let exchange = ExchangeId::parse(id.as_str().unwrap()).unwrap();
+    assert_eq!(adapter.finished(exchange), 1);
+    assert_eq!(entries_of(&hub, &id, "response").await, 1);
+
+    let hub = Arc::into_inner(hub).unwrap();
+    Setup { hub, ..setup }.finish("hub-g").await;
 }
 
 #[tokio::test]

@@ -35,9 +35,9 @@ use hub_core::jws::Jwks;
 use hub_core::log::SealVerifier;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -52,6 +52,8 @@ use crate::{Adapter, AdapterRequest};
 /// before the connection counts as lost (a connect attempt while the
 /// broker restarts can otherwise wait forever).
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopping worker keeps answering the requests it had taken.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn timed_out() -> lapin::Error {
     lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(
@@ -415,7 +417,7 @@ async fn consume(
     let mut consumer = ch
         .basic_consume(
             config.topology.provider_queue(&provider).into(),
-            format!("adapter {provider}").into(),
+            format!("adapter {provider}").as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -424,26 +426,24 @@ async fn consume(
     let mut handling = tokio::task::JoinSet::new();
     let (replies, outgoing) = mpsc::channel(usize::from(config.prefetch.max(1)));
     handling.spawn(publish_replies(ch.clone(), outgoing));
-    let refusals = Arc::new(Refuser::new(
-        ch.clone(),
-        config.topology.clone(),
-        config.topology.provider_queue(&provider),
-    ));
+    let to = Handling {
+        adapter: adapter.clone(),
+        replies,
+        answered: answered.clone(),
+        hub: hub.clone(),
+        refusals: Arc::new(Refuser::new(
+            ch.clone(),
+            config.topology.clone(),
+            config.topology.provider_queue(&provider),
+        )),
+    };
+    let tag = format!("adapter {provider}");
     loop {
         tokio::select! {
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    let (adapter, replies, answered, hub, refusals) = (
-                        adapter.clone(),
-                        replies.clone(),
-                        answered.clone(),
-                        hub.clone(),
-                        refusals.clone(),
-                    );
-                    handling.spawn(async move {
-                        let to = Handling { replies: &replies, answered: &answered, hub: &hub, refusals: &refusals };
-                        handle(adapter.as_ref(), &to, delivery).await
-                    });
+                    let to = to.clone();
+                    handling.spawn(async move { handle(&to, delivery).await });
                 }
                 Some(Err(e)) => return Err(e),
                 None => return Err(connection_lost()),
@@ -453,13 +453,40 @@ async fn consume(
                     return Err(e);
                 }
             }
-            _ = shutdown.changed() => {
-                // Unacknowledged requests go back to the queue on close.
-                let _ = conn.close(200, "adapter stopping".into()).await;
-                return Ok(());
-            }
+            _ = shutdown.changed() => break,
         }
     }
+    // Stopping: finish the requests already taken (answered and
+    // acknowledged), so that no other instance handles them again; what is
+    // left at the deadline goes back to the queue when the connection closes.
+    let drain = async {
+        ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await?;
+        // Deliveries already on their way arrive before the stream ends.
+        while let Some(delivery) = consumer.next().await {
+            let (to, delivery) = (to.clone(), delivery?);
+            handling.spawn(async move { handle(&to, delivery).await });
+        }
+        // The publisher ends once the last handler has handed over its answer.
+        drop(to);
+        while let Some(done) = handling.join_next().await {
+            if let Ok(Err(e)) = done {
+                return Err(e);
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(DRAIN_TIMEOUT, drain).await {
+        Ok(Ok(())) => info!(%provider, "stopped with every request taken answered"),
+        Ok(Err(e)) => {
+            warn!(%provider, error = %e, "stopping; unanswered requests go back to the queue")
+        }
+        Err(_) => {
+            warn!(%provider, "requests still unanswered at the deadline go back to the queue")
+        }
+    }
+    let _ = conn.close(200, "adapter stopping".into()).await;
+    Ok(())
 }
 
 /// The number of times the broker has delivered this message before.
@@ -492,16 +519,19 @@ pub async fn retry_later(delivery: &Delivery) -> lapin::Result<()> {
         .map(|_| ())
 }
 
-/// What handling a request uses besides the adapter.
-struct Handling<'a> {
-    replies: &'a mpsc::Sender<Outgoing>,
-    answered: &'a Mutex<Answered>,
-    hub: &'a HubKeys,
-    refusals: &'a Refuser,
+/// What handling a request uses: one per connection, cloned per request.
+#[derive(Clone)]
+struct Handling {
+    adapter: Arc<dyn Adapter>,
+    replies: mpsc::Sender<Outgoing>,
+    answered: Arc<Mutex<Answered>>,
+    hub: Arc<HubKeys>,
+    refusals: Arc<Refuser>,
 }
 
-async fn handle(adapter: &dyn Adapter, to: &Handling<'_>, delivery: Delivery) -> lapin::Result<()> {
+async fn handle(to: &Handling, delivery: Delivery) -> lapin::Result<()> {
     let Handling {
+        adapter,
         replies,
         answered,
         hub,
