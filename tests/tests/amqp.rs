@@ -344,24 +344,32 @@ async fn a_forged_request_is_dead_lettered_visible_and_re_drivable() {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     let provider: Member = POPULATION_REGISTRY.parse().unwrap();
     topology.declare_common(&ch).await.unwrap();
     topology.declare_provider(&ch, &provider).await.unwrap();
     let forged = json!({"record": {"exchange_id": "01930f1e-0000-7000-8000-000000000001"},
                         "body": {}, "body_salt": "AAAA"});
-    ch.basic_publish(
-        topology.exchange().into(),
-        Topology::routing_key(&provider).into(),
-        lapin::options::BasicPublishOptions::default(),
-        forged.to_string().as_bytes(),
-        lapin::BasicProperties::default()
-            .with_message_id("forged-1".into())
-            .with_reply_to(topology.reply_queue("hub-c").into()),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    let confirm = ch
+        .basic_publish(
+            topology.exchange().into(),
+            Topology::routing_key(&provider).into(),
+            lapin::options::BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            forged.to_string().as_bytes(),
+            lapin::BasicProperties::default()
+                .with_message_id("forged-1".into())
+                .with_reply_to(topology.reply_queue("hub-c").into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack() && confirm.take_message().is_none());
 
     let list = || hub_server::broker::dead_letters(&setup.ns.url, &topology, None);
     let letters = eventually(|| async { Some(list().await.unwrap().0).filter(|l| !l.is_empty()) })
@@ -411,16 +419,30 @@ async fn an_unreadable_answer_is_dead_lettered_saying_why() {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    // The hub declares its reply queue once it connects, which may be
+    // after it started listening.
+    topology.declare_common(&ch).await.unwrap();
+    topology.declare_replies(&ch, "hub-f").await.unwrap();
     let reply_queue = topology.reply_queue("hub-f");
-    ch.basic_publish(
-        "".into(),
-        reply_queue.as_str().into(),
-        lapin::options::BasicPublishOptions::default(),
-        b"[]",
-        lapin::BasicProperties::default().with_message_id("empty-1".into()),
-    )
-    .await
-    .unwrap();
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            reply_queue.as_str().into(),
+            lapin::options::BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"[]",
+            lapin::BasicProperties::default().with_message_id("empty-1".into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack() && confirm.take_message().is_none());
 
     let list = || hub_server::broker::dead_letters(&setup.ns.url, &topology, None);
     let letters = eventually(|| async { Some(list().await.unwrap().0).filter(|l| !l.is_empty()) })
