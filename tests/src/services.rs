@@ -105,6 +105,21 @@ impl AmqpNamespace {
         })
     }
 
+    /// A confirming channel of a broker client that is not the hub, with
+    /// the common topology declared.
+    pub async fn client_channel(&self) -> (lapin::Connection, lapin::Channel) {
+        let topology = hub_adapter_sdk::amqp::Topology::new(self.prefix.clone());
+        let conn = lapin::Connection::connect(&self.url, lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        topology.declare_common(&ch).await.unwrap();
+        (conn, ch)
+    }
+
     /// Delete the exchanges and the queues of `providers` and of the hub
     /// `instances` under this prefix.
     pub async fn delete_now(self, providers: &[&str], instances: &[&str]) {
@@ -134,4 +149,39 @@ impl AmqpNamespace {
         }
         let _ = conn.close(200, "done".into()).await;
     }
+}
+
+/// Publish `body` (mandatory) on a confirming channel until the broker
+/// takes it, as every publisher of the hub's does: RabbitMQ may refuse
+/// (nack) a publish to a quorum queue that another connection is declaring
+/// at that moment.
+pub async fn publish_taken(
+    ch: &lapin::Channel,
+    (exchange, routing_key): (&str, &str),
+    body: &[u8],
+    properties: lapin::BasicProperties,
+) {
+    let publish = || async {
+        let confirm = ch
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                lapin::options::BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                properties.clone(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let acked = confirm.is_ack();
+        let returned = confirm.take_message().map(|m| (m.reply_code, m.reply_text));
+        assert_eq!(returned, None, "unroutable");
+        acked.then_some(())
+    };
+    let taken = crate::eventually(publish).await;
+    assert!(taken.is_some(), "the broker kept refusing the message");
 }

@@ -13,8 +13,9 @@ use hub_adapter_sdk::amqp::{Topology, WorkerConfig};
 use hub_adapter_sdk::{Adapter, AdapterRequest, HandlerFuture, ServiceSpec};
 use hub_core::ids::{ExchangeId, Member};
 use hub_e2e::relay::Relay;
-use hub_e2e::services::{AmqpNamespace, PgDatabase};
+use hub_e2e::services::{AmqpNamespace, PgDatabase, publish_taken};
 use hub_e2e::*;
+use hub_server::broker::DeadLetter;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 
@@ -95,6 +96,23 @@ async fn ready_in(ch: &lapin::Channel, queue: &str) -> u32 {
     .await
     .unwrap()
     .message_count()
+}
+
+/// The dead letters, once there are any (none if none came in time).
+async fn dead_letters_once_any(ns: &AmqpNamespace, topology: &Topology) -> Vec<DeadLetter> {
+    let list = || hub_server::broker::dead_letters(&ns.url, topology, None);
+    eventually(|| async { Some(list().await.unwrap().0).filter(|l| !l.is_empty()) })
+        .await
+        .unwrap_or_default()
+}
+
+/// Re-drive the letter `id`; the letters once it is dead again.
+async fn redrive(ns: &AmqpNamespace, topology: &Topology, id: &str) -> Vec<DeadLetter> {
+    let (_, redriven) = hub_server::broker::dead_letters(&ns.url, topology, Some(&[id.into()]))
+        .await
+        .unwrap();
+    assert_eq!(redriven, 1);
+    dead_letters_once_any(ns, topology).await
 }
 
 struct Setup {
@@ -340,41 +358,22 @@ async fn a_forged_request_is_dead_lettered_visible_and_re_drivable() {
     );
     let topology = Topology::new(setup.ns.prefix.clone());
     // Someone with broker access but not the hub's key publishes a request.
-    let conn = lapin::Connection::connect(&setup.ns.url, lapin::ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let (conn, ch) = setup.ns.client_channel().await;
     let provider: Member = POPULATION_REGISTRY.parse().unwrap();
-    topology.declare_common(&ch).await.unwrap();
     topology.declare_provider(&ch, &provider).await.unwrap();
     let forged = json!({"record": {"exchange_id": "01930f1e-0000-7000-8000-000000000001"},
                         "body": {}, "body_salt": "AAAA"});
-    let confirm = ch
-        .basic_publish(
-            topology.exchange().into(),
-            Topology::routing_key(&provider).into(),
-            lapin::options::BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            forged.to_string().as_bytes(),
-            lapin::BasicProperties::default()
-                .with_message_id("forged-1".into())
-                .with_reply_to(topology.reply_queue("hub-c").into()),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(confirm.is_ack() && confirm.take_message().is_none());
+    publish_taken(
+        &ch,
+        (&topology.exchange(), &Topology::routing_key(&provider)),
+        forged.to_string().as_bytes(),
+        lapin::BasicProperties::default()
+            .with_message_id("forged-1".into())
+            .with_reply_to(topology.reply_queue("hub-c").into()),
+    )
+    .await;
 
-    let list = || hub_server::broker::dead_letters(&setup.ns.url, &topology, None);
-    let letters = eventually(|| async { Some(list().await.unwrap().0).filter(|l| !l.is_empty()) })
-        .await
-        .unwrap_or_default();
+    let letters = dead_letters_once_any(&setup.ns, &topology).await;
     let waiting = ready_in(&ch, &topology.provider_queue(&provider)).await;
     assert_eq!(
         letters.len(),
@@ -392,15 +391,11 @@ async fn a_forged_request_is_dead_lettered_visible_and_re_drivable() {
     assert!(adapter.finished.lock().unwrap().is_empty(), "never handled");
     // Listing leaves them there; re-driving sends them back to their queue
     // (where this one is refused again).
-    assert_eq!(list().await.unwrap().0.len(), 1);
-    let (_, redriven) =
-        hub_server::broker::dead_letters(&setup.ns.url, &topology, Some(&["forged-1".into()]))
-            .await
-            .unwrap();
-    assert_eq!(redriven, 1);
-    let back = eventually(|| async { Some(list().await.unwrap().0).filter(|l| !l.is_empty()) })
+    let listed = hub_server::broker::dead_letters(&setup.ns.url, &topology, None)
         .await
-        .unwrap_or_default();
+        .unwrap();
+    assert_eq!(listed.0.len(), 1);
+    let back = redrive(&setup.ns, &topology, "forged-1").await;
     assert_eq!(back.len(), 1, "refused again after the re-drive: {back:?}");
 
     let _ = conn.close(200, "done".into()).await;
@@ -415,39 +410,20 @@ async fn an_unreadable_answer_is_dead_lettered_saying_why() {
         return;
     };
     let topology = Topology::new(setup.ns.prefix.clone());
-    let conn = lapin::Connection::connect(&setup.ns.url, lapin::ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let (conn, ch) = setup.ns.client_channel().await;
     // The hub declares its reply queue once it connects, which may be
     // after it started listening.
-    topology.declare_common(&ch).await.unwrap();
     topology.declare_replies(&ch, "hub-f").await.unwrap();
     let reply_queue = topology.reply_queue("hub-f");
-    let confirm = ch
-        .basic_publish(
-            "".into(),
-            reply_queue.as_str().into(),
-            lapin::options::BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            b"[]",
-            lapin::BasicProperties::default().with_message_id("empty-1".into()),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(confirm.is_ack() && confirm.take_message().is_none());
+    publish_taken(
+        &ch,
+        ("", &reply_queue),
+        b"[]",
+        lapin::BasicProperties::default().with_message_id("empty-1".into()),
+    )
+    .await;
 
-    let list = || hub_server::broker::dead_letters(&setup.ns.url, &topology, None);
-    let letters = eventually(|| async { Some(list().await.unwrap().0).filter(|l| !l.is_empty()) })
-        .await
-        .unwrap_or_default();
+    let letters = dead_letters_once_any(&setup.ns, &topology).await;
     let waiting = ready_in(&ch, &reply_queue).await;
     assert_eq!(
         letters.len(),
@@ -464,14 +440,7 @@ async fn an_unreadable_answer_is_dead_lettered_saying_why() {
     assert_eq!(letter.queue, reply_queue);
     // Re-driven, it goes back to the reply queue through the default
     // exchange, and is refused again.
-    let (_, redriven) =
-        hub_server::broker::dead_letters(&setup.ns.url, &topology, Some(&["empty-1".into()]))
-            .await
-            .unwrap();
-    assert_eq!(redriven, 1);
-    let back = eventually(|| async { Some(list().await.unwrap().0).filter(|l| !l.is_empty()) })
-        .await
-        .unwrap_or_default();
+    let back = redrive(&setup.ns, &topology, "empty-1").await;
     assert_eq!(back.len(), 1, "refused again after the re-drive: {back:?}");
     assert_eq!(back[0].queue, reply_queue);
 
@@ -561,14 +530,7 @@ async fn answers_sent_together_in_one_message_are_each_logged_once() {
         let hub = hub.clone();
         sending.spawn(async move { hub.send(lookup()).await });
     }
-    let conn = lapin::Connection::connect(&setup.ns.url, lapin::ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    topology.declare_common(&ch).await.unwrap();
+    let (conn, ch) = setup.ns.client_channel().await;
     topology.declare_provider(&ch, &provider).await.unwrap();
     let seals = hub_core::log::SealVerifier::new();
     let mut requests = Vec::new();
@@ -603,23 +565,14 @@ async fn answers_sent_together_in_one_message_are_each_logged_once() {
     let bodies: Vec<&[u8]> = replies.iter().map(Vec::as_slice).collect();
     let message = hub_adapter_sdk::amqp::replies_message(&bodies);
     assert_eq!(message.first(), Some(&b'['), "two answers make an array");
-    let publish = || async {
-        let confirm = ch
-            .basic_publish(
-                "".into(),
-                topology.reply_queue("hub-e").into(),
-                lapin::options::BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &message,
-                lapin::BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(confirm.is_ack() && confirm.take_message().is_none());
+    let reply_queue = topology.reply_queue("hub-e");
+    let publish = || {
+        publish_taken(
+            &ch,
+            ("", &reply_queue),
+            &message,
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
     };
     publish().await;
     for (_, request) in &requests {
@@ -638,7 +591,6 @@ async fn answers_sent_together_in_one_message_are_each_logged_once() {
     // The same message again (a redelivery): each answer is found logged
     // and dropped, and the message is acknowledged, not dead-lettered.
     publish().await;
-    let reply_queue = topology.reply_queue("hub-e");
     let ready = || ready_in(&ch, &reply_queue);
     let taken = eventually(|| async { (ready().await == 0).then_some(()) }).await;
     assert!(taken.is_some(), "the hub took the second copy");

@@ -161,22 +161,18 @@ async fn two_hubs_keep_one_log_through_a_killed_hub() {
     // A request forged by someone with broker access but not the hub's key:
     // the adapter process dead-letters it, and the CLI shows and re-drives it.
     let topology = hub_adapter_sdk::amqp::Topology::new(ns.prefix.clone());
-    let conn = lapin::Connection::connect(&ns.url, lapin::ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
+    let (conn, ch) = ns.client_channel().await;
     let population: Member = "000.00.00.G01/population-registry".parse().unwrap();
-    ch.basic_publish(
-        topology.exchange().into(),
-        hub_adapter_sdk::amqp::Topology::routing_key(&population).into(),
-        lapin::options::BasicPublishOptions::default(),
+    hub_e2e::services::publish_taken(
+        &ch,
+        (
+            &topology.exchange(),
+            &hub_adapter_sdk::amqp::Topology::routing_key(&population),
+        ),
         b"{\"record\": {}}",
         lapin::BasicProperties::default().with_message_id("forged-request".into()),
     )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    .await;
     let _ = conn.close(200, "done".into()).await;
     let dead_letters = |args: &[&str]| {
         Command::new(HUB)
