@@ -24,8 +24,9 @@
 //! The topology ([`Topology`]) is declared idempotently by the hub and by
 //! every adapter, so either may start first.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -43,7 +44,8 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::{Adapter, AdapterRequest};
@@ -426,6 +428,8 @@ async fn consume(
     let mut handling = tokio::task::JoinSet::new();
     let (replies, outgoing) = mpsc::channel(usize::from(config.prefetch.max(1)));
     handling.spawn(publish_replies(ch.clone(), outgoing));
+    let acks = Acks::new(ch.clone());
+    handling.spawn(acks.clone().run());
     let to = Handling {
         adapter: adapter.clone(),
         replies,
@@ -436,6 +440,7 @@ async fn consume(
             config.topology.clone(),
             config.topology.provider_queue(&provider),
         )),
+        acks: acks.clone(),
     };
     let tag = format!("adapter {provider}");
     loop {
@@ -443,7 +448,7 @@ async fn consume(
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     let to = to.clone();
-                    handling.spawn(async move { handle(&to, delivery).await });
+                    handling.spawn(async move { handle_and_settle(&to, delivery).await });
                 }
                 Some(Err(e)) => return Err(e),
                 None => return Err(connection_lost()),
@@ -465,10 +470,17 @@ async fn consume(
         // Deliveries already on their way arrive before the stream ends.
         while let Some(delivery) = consumer.next().await {
             let (to, delivery) = (to.clone(), delivery?);
-            handling.spawn(async move { handle(&to, delivery).await });
+            handling.spawn(async move { handle_and_settle(&to, delivery).await });
         }
-        // The publisher ends once the last handler has handed over its answer.
+        // The publisher ends once the last handler has handed over its
+        // answer; then only the acknowledgements are left to send.
         drop(to);
+        while handling.len() > 1 {
+            if let Some(Ok(Err(e))) = handling.join_next().await {
+                return Err(e);
+            }
+        }
+        acks.close();
         while let Some(done) = handling.join_next().await {
             if let Ok(Err(e)) = done {
                 return Err(e);
@@ -505,9 +517,145 @@ fn earlier_deliveries(delivery: &Delivery) -> i64 {
         .unwrap_or(0)
 }
 
+/// How long a delivery done behind one still open waits to be
+/// acknowledged with it before it is acknowledged alone.
+const ACK_DELAY: Duration = Duration::from_millis(20);
+
+/// What became of a delivery its consumer is done with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// To be acknowledged, by [`Acks`].
+    Ack,
+    /// Already settled otherwise (rejected, put back, dead-lettered).
+    Settled,
+}
+
+/// Acknowledges a channel's deliveries with as few `basic.ack` frames as
+/// it can. RabbitMQ logs each ack frame on a quorum queue as a command of
+/// its own, about a third of what a message costs the broker
+/// (docs/performance.md), and one ack with `multiple` set settles every
+/// delivery up to its tag. So deliveries are registered as they arrive,
+/// marked when their consumer is done, and the run of done ones from the
+/// oldest open delivery is acknowledged in one frame. One done behind a
+/// delivery still open waits at most [`ACK_DELAY`], then is acknowledged
+/// alone, so that a slow delivery does not hold the others' prefetch slots.
+pub struct Acks {
+    ch: Channel,
+    open: std::sync::Mutex<OpenDeliveries>,
+    wake: Notify,
+    closed: AtomicBool,
+}
+
+/// A channel's deliveries not yet acknowledged, by tag, with the time each
+/// was done, if it is.
+#[derive(Debug, Default)]
+struct OpenDeliveries(BTreeMap<u64, Option<Instant>>);
+
+impl OpenDeliveries {
+    /// The tag to acknowledge with `multiple`, those to acknowledge alone,
+    /// and when to look again for deliveries waiting behind an open one.
+    fn take_ready(&mut self, now: Instant) -> (Option<u64>, Vec<u64>, Option<Instant>) {
+        let open = &mut self.0;
+        let mut upto = None;
+        while let Some((&tag, Some(_))) = open.first_key_value() {
+            upto = Some(tag);
+            open.pop_first();
+        }
+        let mut alone = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (&tag, done) in open.iter() {
+            if let Some(at) = done {
+                let due = *at + ACK_DELAY;
+                if due <= now {
+                    alone.push(tag);
+                } else {
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                }
+            }
+        }
+        for tag in &alone {
+            open.remove(tag);
+        }
+        (upto, alone, next)
+    }
+}
+
+impl Acks {
+    pub fn new(ch: Channel) -> Arc<Self> {
+        Arc::new(Self {
+            ch,
+            open: std::sync::Mutex::new(OpenDeliveries::default()),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn open(&self) -> std::sync::MutexGuard<'_, OpenDeliveries> {
+        // The map stays consistent whatever panicked while holding it.
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A delivery arrived; call in the order they arrive.
+    pub fn arrived(&self, tag: u64) {
+        self.open().0.insert(tag, None);
+    }
+
+    /// Its consumer is done with the delivery `tag`.
+    pub fn settle(&self, tag: u64, settle: Settle) {
+        {
+            let open = &mut self.open().0;
+            match settle {
+                Settle::Ack => {
+                    open.insert(tag, Some(Instant::now()));
+                }
+                Settle::Settled => {
+                    open.remove(&tag);
+                }
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Acknowledge what is done and stop once nothing is open.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Send the acknowledgements until [`Acks::close`] and nothing open,
+    /// or the first broker error.
+    pub async fn run(self: Arc<Self>) -> lapin::Result<()> {
+        loop {
+            let (upto, alone, next) = self.open().take_ready(Instant::now());
+            if let Some(tag) = upto {
+                self.ch
+                    .basic_ack(tag, BasicAckOptions { multiple: true })
+                    .await?;
+            }
+            for tag in alone {
+                self.ch.basic_ack(tag, BasicAckOptions::default()).await?;
+            }
+            if self.closed.load(Ordering::Acquire) && self.open().0.is_empty() {
+                return Ok(());
+            }
+            match next {
+                Some(at) => {
+                    let _ = tokio::time::timeout_at(at, self.wake.notified()).await;
+                }
+                None => self.wake.notified().await,
+            }
+            // Let the consumers done at about the same time mark theirs,
+            // so that one frame acknowledges them all.
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 /// Put a message back after a pause that grows with its deliveries; past
 /// the queue's delivery limit the broker dead-letters it.
-pub async fn retry_later(delivery: &Delivery) -> lapin::Result<()> {
+pub async fn retry_later(delivery: &Delivery) -> lapin::Result<Settle> {
     let n = u32::try_from(earlier_deliveries(delivery).clamp(0, 6)).unwrap_or(6);
     tokio::time::sleep(Duration::from_millis(100 * 2u64.pow(n))).await;
     delivery
@@ -516,7 +664,7 @@ pub async fn retry_later(delivery: &Delivery) -> lapin::Result<()> {
             ..BasicNackOptions::default()
         })
         .await
-        .map(|_| ())
+        .map(|_| Settle::Settled)
 }
 
 /// What handling a request uses: one per connection, cloned per request.
@@ -527,15 +675,25 @@ struct Handling {
     answered: Arc<Mutex<Answered>>,
     hub: Arc<HubKeys>,
     refusals: Arc<Refuser>,
+    acks: Arc<Acks>,
 }
 
-async fn handle(to: &Handling, delivery: Delivery) -> lapin::Result<()> {
+async fn handle_and_settle(to: &Handling, delivery: Delivery) -> lapin::Result<()> {
+    let tag = delivery.delivery_tag;
+    to.acks.arrived(tag);
+    let settle = handle(to, delivery).await?;
+    to.acks.settle(tag, settle);
+    Ok(())
+}
+
+async fn handle(to: &Handling, delivery: Delivery) -> lapin::Result<Settle> {
     let Handling {
         adapter,
         replies,
         answered,
         hub,
         refusals,
+        acks: _,
     } = to;
     let checked = match check_request(&delivery.data, &hub.keys, &hub.seals) {
         Ok(c) if c.receiver.as_ref() == Some(adapter.provider()) => c,
@@ -588,7 +746,7 @@ async fn handle(to: &Handling, delivery: Delivery) -> lapin::Result<()> {
         return Err(connection_lost());
     }
     match confirmed.await {
-        Ok(true) => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+        Ok(true) => Ok(Settle::Ack),
         Ok(false) => {
             warn!(exchange = %id, "the answer was not accepted by the broker; retrying");
             retry_later(&delivery).await
@@ -708,7 +866,7 @@ impl Refuser {
         }
     }
 
-    pub async fn refuse(&self, delivery: &Delivery, because: &str) -> lapin::Result<()> {
+    pub async fn refuse(&self, delivery: &Delivery, because: &str) -> lapin::Result<Settle> {
         warn!(queue = %self.queue, because, "a message that will never be handled; dead-lettering it");
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         let text = |s: &str| AMQPValue::LongString(s.into());
@@ -743,7 +901,7 @@ impl Refuser {
                 .reject(BasicRejectOptions { requeue: false })
                 .await
         }
-        .map(|_| ())
+        .map(|_| Settle::Settled)
     }
 }
 
@@ -822,6 +980,45 @@ pub async fn main_with(adapter: Arc<dyn Adapter>) -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn open(done: &[(u64, Option<u64>)], start: Instant) -> OpenDeliveries {
+        OpenDeliveries(
+            done.iter()
+                .map(|&(tag, at)| (tag, at.map(|ms| start + Duration::from_millis(ms))))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn deliveries_done_in_order_are_acknowledged_by_one_frame() {
+        let t = Instant::now();
+        let mut open = open(&[(1, Some(0)), (2, Some(0)), (3, Some(1))], t);
+        assert_eq!(open.take_ready(t), (Some(3), vec![], None));
+        assert!(open.0.is_empty());
+    }
+
+    #[test]
+    fn a_delivery_done_behind_an_open_one_waits_then_goes_alone() {
+        let t = Instant::now();
+        let mut open = open(&[(1, Some(0)), (2, None), (3, Some(5)), (4, None)], t);
+        let due = t + Duration::from_millis(5) + ACK_DELAY;
+        assert_eq!(open.take_ready(t), (Some(1), vec![], Some(due)));
+        assert_eq!(open.take_ready(due), (None, vec![3], None));
+        // What is still open is left alone; once it is done, it goes.
+        assert_eq!(open.0.keys().copied().collect::<Vec<_>>(), [2, 4]);
+        open.0.insert(2, Some(due));
+        open.0.insert(4, Some(due));
+        assert_eq!(open.take_ready(due), (Some(4), vec![], None));
+    }
+
+    #[test]
+    fn a_delivery_settled_otherwise_no_longer_holds_the_others() {
+        let t = Instant::now();
+        let mut open = open(&[(1, None), (2, Some(0)), (3, Some(0))], t);
+        assert_eq!(open.take_ready(t).0, None);
+        open.0.remove(&1);
+        assert_eq!(open.take_ready(t), (Some(3), vec![], None));
+    }
 
     #[test]
     fn replies_are_strict_json() {

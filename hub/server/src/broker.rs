@@ -19,8 +19,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use hub_adapter_sdk::ServiceKind;
 use hub_adapter_sdk::amqp::{
-    REFUSED_BECAUSE, REFUSED_EXCHANGE, REFUSED_QUEUE, REFUSED_ROUTING_KEY, Refuser, ReplyOutcome,
-    Topology, parse_replies, retry_later,
+    Acks, REFUSED_BECAUSE, REFUSED_EXCHANGE, REFUSED_QUEUE, REFUSED_ROUTING_KEY, Refuser,
+    ReplyOutcome, Settle, Topology, parse_replies, retry_later,
 };
 use hub_core::body::DataKey;
 use hub_core::ids::Member;
@@ -334,12 +334,23 @@ async fn consume_replies(
         .await?;
     *used = Some(conn);
     let mut handling = tokio::task::JoinSet::new();
+    let acks = Acks::new(ch.clone());
+    handling.spawn(acks.clone().run());
+    let take = |delivery: Delivery| {
+        let (hub, refusals, acks) = (hub.clone(), refusals.clone(), acks.clone());
+        let tag = delivery.delivery_tag;
+        acks.arrived(tag);
+        async move {
+            let settle = take_reply(&hub, &refusals, delivery).await?;
+            acks.settle(tag, settle);
+            Ok(())
+        }
+    };
     loop {
         tokio::select! {
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    let (hub, refusals) = (hub.clone(), refusals.clone());
-                    handling.spawn(async move { take_reply(&hub, &refusals, delivery).await });
+                    handling.spawn(take(delivery));
                 }
                 Some(Err(e)) => return Err(e.into()),
                 None => return Ok(()),
@@ -359,10 +370,15 @@ async fn consume_replies(
             .await?;
         // Deliveries already on their way arrive before the stream ends.
         while let Some(delivery) = consumer.next().await {
-            let (hub, refusals) = (hub.clone(), refusals.clone());
-            let delivery = delivery?;
-            handling.spawn(async move { take_reply(&hub, &refusals, delivery).await });
+            handling.spawn(take(delivery?));
         }
+        // Then only the acknowledgements are left to send.
+        while handling.len() > 1 {
+            if let Some(Ok(Err(e))) = handling.join_next().await {
+                return Err(e);
+            }
+        }
+        acks.close();
         while let Some(done) = handling.join_next().await {
             if let Ok(Err(e)) = done {
                 return Err(e);
@@ -383,11 +399,11 @@ async fn consume_replies(
 }
 
 /// Log the answers a message holds (one, or an array of them, logged
-/// together so that they share group commits), then acknowledge it.
+/// together so that they share group commits), then have it acknowledged.
 /// Answers that can never be logged are dead-lettered with their message;
 /// if any cannot be logged now, the whole message comes back later (the
 /// answers logged meanwhile are then found settled, and dropped).
-async fn take_reply(hub: &Hub, refusals: &Refuser, delivery: Delivery) -> lapin::Result<()> {
+async fn take_reply(hub: &Hub, refusals: &Refuser, delivery: Delivery) -> lapin::Result<Settle> {
     let replies = match parse_replies(&delivery.data) {
         Ok(r) => r,
         Err(e) => {
@@ -424,7 +440,7 @@ async fn take_reply(hub: &Hub, refusals: &Refuser, delivery: Delivery) -> lapin:
     } else if !never.is_empty() {
         refusals.refuse(&delivery, &never.join("; ")).await
     } else {
-        delivery.ack(BasicAckOptions::default()).await.map(|_| ())
+        Ok(Settle::Ack)
     }
 }
 
