@@ -931,21 +931,25 @@ impl WorkerConfig {
             name: "HUB_JWKS_FILE",
             message: format!("{jwks_file}: {e}"),
         })?;
-        let prefetch = match std::env::var("ADAPTER_PREFETCH") {
-            Ok(v) => v.parse().map_err(|e| StartError::Invalid {
-                name: "ADAPTER_PREFETCH",
-                message: format!("{v:?}: {e}"),
-            })?,
-            Err(_) => 64,
-        };
         Ok(Self {
             amqp_url,
             topology: Topology::new(
                 std::env::var("HUB_AMQP_PREFIX").unwrap_or_else(|_| "hub".into()),
             ),
             hub_keys,
-            prefetch,
+            prefetch: Self::prefetch_from_env()?,
         })
+    }
+
+    /// `ADAPTER_PREFETCH`: requests handled at once (default 64).
+    pub fn prefetch_from_env() -> Result<u16, StartError> {
+        match std::env::var("ADAPTER_PREFETCH") {
+            Ok(v) => v.parse().map_err(|e| StartError::Invalid {
+                name: "ADAPTER_PREFETCH",
+                message: format!("{v:?}: {e}"),
+            }),
+            Err(_) => Ok(64),
+        }
     }
 }
 

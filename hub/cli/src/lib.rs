@@ -911,7 +911,7 @@ async fn run_adapter(config: &Config, registry: ReferenceRegistry) -> anyhow::Re
         topology: hub_adapter_sdk::amqp::Topology::new(config.amqp_prefix.clone()),
         hub_keys: serde_json::from_str(&jwks)
             .with_context(|| format!("{} is not a JWK set", jwks_file.display()))?,
-        prefetch: 64,
+        prefetch: hub_adapter_sdk::amqp::WorkerConfig::prefetch_from_env()?,
     };
     println!("adapter {} consuming its queue", adapter.provider());
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -244,8 +244,9 @@ pub fn markdown(r: &Results) -> String {
             if let Some(first) = r.production.queries.first() {
                 let _ = writeln!(
                     out,
-                    "{} kept-alive connections: an exchange here waits on PostgreSQL's group commits and, for a query, on two broker hops, so it takes more in flight than scenario 1 to keep the machine busy.\n",
-                    first.report.connections
+                    "{} kept-alive connections: an exchange here waits on PostgreSQL's group commits and, for a query, on two broker hops, so it takes more in flight than scenario 1 to keep the machine busy. The adapter (`hub adapter population`) handles up to {} requests at once (`ADAPTER_PREFETCH`; its synthetic registry answers from memory).\n",
+                    first.report.connections,
+                    super::ADAPTER_PREFETCH
                 );
             }
             let _ = writeln!(out, "Queries:\n");
