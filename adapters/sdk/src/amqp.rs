@@ -447,8 +447,7 @@ async fn consume(
         tokio::select! {
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    let to = to.clone();
-                    handling.spawn(async move { handle_and_settle(&to, delivery).await });
+                    handling.spawn(handle_and_settle(to.clone(), delivery));
                 }
                 Some(Err(e)) => return Err(e),
                 None => return Err(connection_lost()),
@@ -469,8 +468,7 @@ async fn consume(
             .await?;
         // Deliveries already on their way arrive before the stream ends.
         while let Some(delivery) = consumer.next().await {
-            let (to, delivery) = (to.clone(), delivery?);
-            handling.spawn(async move { handle_and_settle(&to, delivery).await });
+            handling.spawn(handle_and_settle(to.clone(), delivery?));
         }
         // The publisher ends once the last handler has handed over its
         // answer; then only the acknowledgements are left to send.
@@ -597,7 +595,9 @@ impl Acks {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A delivery arrived; call in the order they arrive.
+    /// A delivery arrived. Call it as each arrives, before handing it on:
+    /// one `multiple` acknowledgement of a later delivery would also
+    /// acknowledge every earlier tag not registered yet.
     pub fn arrived(&self, tag: u64) {
         self.open().0.insert(tag, None);
     }
@@ -678,12 +678,20 @@ struct Handling {
     acks: Arc<Acks>,
 }
 
-async fn handle_and_settle(to: &Handling, delivery: Delivery) -> lapin::Result<()> {
+/// Register `delivery` with the acknowledgements at once - in arrival
+/// order, before any later one can be acknowledged with `multiple` - and
+/// return the handling to run.
+fn handle_and_settle(
+    to: Handling,
+    delivery: Delivery,
+) -> impl Future<Output = lapin::Result<()>> + Send + 'static {
     let tag = delivery.delivery_tag;
     to.acks.arrived(tag);
-    let settle = handle(to, delivery).await?;
-    to.acks.settle(tag, settle);
-    Ok(())
+    async move {
+        let settle = handle(&to, delivery).await?;
+        to.acks.settle(tag, settle);
+        Ok(())
+    }
 }
 
 async fn handle(to: &Handling, delivery: Delivery) -> lapin::Result<Settle> {
