@@ -471,20 +471,9 @@ async fn consume(
             handling.spawn(handle_and_settle(to.clone(), delivery?));
         }
         // The publisher ends once the last handler has handed over its
-        // answer; then only the acknowledgements are left to send.
+        // answer.
         drop(to);
-        while handling.len() > 1 {
-            if let Some(Ok(Err(e))) = handling.join_next().await {
-                return Err(e);
-            }
-        }
-        acks.close();
-        while let Some(done) = handling.join_next().await {
-            if let Ok(Err(e)) = done {
-                return Err(e);
-            }
-        }
-        Ok(())
+        acks.finish(&mut handling).await
     };
     match tokio::time::timeout(DRAIN_TIMEOUT, drain).await {
         Ok(Ok(())) => info!(%provider, "stopped with every request taken answered"),
@@ -622,6 +611,26 @@ impl Acks {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.wake.notify_one();
+    }
+
+    /// Wait for the tasks of `handling` - the consumer's, and this one's
+    /// [`Acks::run`] - then for the acknowledgements of what they did.
+    pub async fn finish(
+        &self,
+        handling: &mut tokio::task::JoinSet<lapin::Result<()>>,
+    ) -> lapin::Result<()> {
+        while handling.len() > 1 {
+            if let Some(Ok(Err(e))) = handling.join_next().await {
+                return Err(e);
+            }
+        }
+        self.close();
+        while let Some(done) = handling.join_next().await {
+            if let Ok(Err(e)) = done {
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Send the acknowledgements until [`Acks::close`] and nothing open,

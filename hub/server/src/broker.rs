@@ -372,19 +372,7 @@ async fn consume_replies(
         while let Some(delivery) = consumer.next().await {
             handling.spawn(take(delivery?));
         }
-        // Then only the acknowledgements are left to send.
-        while handling.len() > 1 {
-            if let Some(Ok(Err(e))) = handling.join_next().await {
-                return Err(e);
-            }
-        }
-        acks.close();
-        while let Some(done) = handling.join_next().await {
-            if let Ok(Err(e)) = done {
-                return Err(e);
-            }
-        }
-        Ok(())
+        acks.finish(&mut handling).await
     };
     match tokio::time::timeout(DRAIN_TIMEOUT, drain).await {
         Ok(Ok(())) => info!("reply consumer: stopped with every answer taken settled"),
