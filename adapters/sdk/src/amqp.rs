@@ -416,10 +416,12 @@ async fn consume(
     config.topology.declare_provider(&ch, &provider).await?;
     ch.basic_qos(config.prefetch.max(1), BasicQosOptions::default())
         .await?;
+    let queue = config.topology.provider_queue(&provider);
+    let tag = format!("adapter {provider}");
     let mut consumer = ch
         .basic_consume(
-            config.topology.provider_queue(&provider).into(),
-            format!("adapter {provider}").as_str().into(),
+            queue.as_str().into(),
+            tag.as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -435,14 +437,9 @@ async fn consume(
         replies,
         answered: answered.clone(),
         hub: hub.clone(),
-        refusals: Arc::new(Refuser::new(
-            ch.clone(),
-            config.topology.clone(),
-            config.topology.provider_queue(&provider),
-        )),
+        refusals: Arc::new(Refuser::new(ch.clone(), config.topology.clone(), queue)),
         acks: acks.clone(),
     };
-    let tag = format!("adapter {provider}");
     loop {
         tokio::select! {
             next = consumer.next() => match next {

@@ -319,20 +319,17 @@ async fn consume_replies(
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     ch.basic_qos(256, BasicQosOptions::default()).await?;
     let tag = format!("hub {}", broker.instance);
-    let refusals = Arc::new(Refuser::new(
-        ch.clone(),
-        broker.topology.clone(),
-        broker.topology.reply_queue(&broker.instance),
-    ));
+    let queue = broker.topology.reply_queue(&broker.instance);
     let mut consumer = ch
         .basic_consume(
-            broker.topology.reply_queue(&broker.instance).into(),
+            queue.as_str().into(),
             tag.as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await?;
     *used = Some(conn);
+    let refusals = Arc::new(Refuser::new(ch.clone(), broker.topology.clone(), queue));
     let mut handling = tokio::task::JoinSet::new();
     let acks = Acks::new(ch.clone());
     handling.spawn(acks.clone().run());
