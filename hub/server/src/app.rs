@@ -616,9 +616,11 @@ async fn reload_revocations(
 const QUEUE_VACUUM_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Vacuum the queues ([`Store::vacuum_queues`]) every
-/// [`QUEUE_VACUUM_INTERVAL`] in which the log grew, until shutdown.
+/// [`QUEUE_VACUUM_INTERVAL`] in which the log grew or the last vacuum left
+/// dead rows behind, until shutdown.
 async fn vacuum_queues(store: Arc<dyn Store>, log: LogWriter, mut shutdown: watch::Receiver<bool>) {
     let mut vacuumed_at = log.head().size;
+    let mut dead_left = false;
     let mut failing = false;
     loop {
         tokio::select! {
@@ -626,12 +628,13 @@ async fn vacuum_queues(store: Arc<dyn Store>, log: LogWriter, mut shutdown: watc
             _ = shutdown.changed() => break,
         }
         let size = log.head().size;
-        if size == vacuumed_at {
+        if size == vacuumed_at && !dead_left {
             continue;
         }
         match store.vacuum_queues().await {
-            Ok(()) => {
+            Ok(left) => {
                 vacuumed_at = size;
+                dead_left = left;
                 failing = false;
             }
             // Once per outage: the database's unavailability shows elsewhere.

@@ -844,9 +844,12 @@ pub trait Store: Send + Sync {
     /// and outbox row is inserted, updated and deleted within seconds, and
     /// until a `VACUUM` their dead versions stay in the indexes that every
     /// lease scans; autovacuum looks at most once a minute (and may be
-    /// off). SQLite reuses freed pages by itself: nothing to do there.
-    async fn vacuum_queues(&self) -> Result<(), StoreError> {
-        Ok(())
+    /// off). Whether dead rows are left that this vacuum could not reclaim
+    /// (a snapshot older than their removal still sees them), so that the
+    /// caller tries again. SQLite reuses freed pages by itself: nothing to
+    /// do there.
+    async fn vacuum_queues(&self) -> Result<bool, StoreError> {
+        Ok(false)
     }
 
     /// Apply `changes` in one transaction; the rows they touched.

@@ -387,13 +387,21 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn vacuum_queues(&self) -> Result<(), StoreError> {
+    async fn vacuum_queues(&self) -> Result<bool, StoreError> {
         // SKIP_LOCKED: another hub on this database vacuuming them is as good.
         sqlx::raw_sql("VACUUM (SKIP_LOCKED) deliveries, outbox")
             .execute(&self.pool)
             .await
             .map_err(db)?;
-        Ok(())
+        // VACUUM records what it had to leave as the tables' dead rows.
+        let left: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(sum(n_dead_tup), 0)::bigint FROM pg_stat_user_tables
+             WHERE relname IN ('deliveries', 'outbox') AND schemaname = current_schema()",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(left > 0)
     }
 
     async fn apply_changes(&self, changes: &[RegistryChange]) -> Result<u64, StoreError> {
