@@ -438,13 +438,18 @@ async fn consume(
         answered: answered.clone(),
         hub: hub.clone(),
         refusals: Arc::new(Refuser::new(ch.clone(), config.topology.clone(), queue)),
-        acks: acks.clone(),
+    };
+    let take = {
+        let acks = acks.clone();
+        move |delivery: Delivery| {
+            acks.settle_after(delivery.delivery_tag, handle(to.clone(), delivery))
+        }
     };
     loop {
         tokio::select! {
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    handling.spawn(handle_and_settle(to.clone(), delivery));
+                    handling.spawn(take(delivery));
                 }
                 Some(Err(e)) => return Err(e),
                 None => return Err(connection_lost()),
@@ -465,11 +470,11 @@ async fn consume(
             .await?;
         // Deliveries already on their way arrive before the stream ends.
         while let Some(delivery) = consumer.next().await {
-            handling.spawn(handle_and_settle(to.clone(), delivery?));
+            handling.spawn(take(delivery?));
         }
         // The publisher ends once the last handler has handed over its
         // answer.
-        drop(to);
+        drop(take);
         acks.finish(&mut handling).await
     };
     match tokio::time::timeout(DRAIN_TIMEOUT, drain).await {
@@ -581,15 +586,30 @@ impl Acks {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A delivery arrived. Call it as each arrives, before handing it on:
-    /// one `multiple` acknowledgement of a later delivery would also
-    /// acknowledge every earlier tag not registered yet.
-    pub fn arrived(&self, tag: u64) {
+    /// Register the delivery `tag` at once, and return `handling` made to
+    /// settle it as it says when done. Call it as each delivery arrives,
+    /// before spawning what it returns: one `multiple` acknowledgement of a
+    /// later delivery would also acknowledge every earlier tag not
+    /// registered yet.
+    pub fn settle_after<F>(
+        self: &Arc<Self>,
+        tag: u64,
+        handling: F,
+    ) -> impl Future<Output = lapin::Result<()>> + Send + use<F>
+    where
+        F: Future<Output = lapin::Result<Settle>> + Send + 'static,
+    {
         self.open().0.insert(tag, None);
+        let acks = self.clone();
+        async move {
+            let settle = handling.await?;
+            acks.settle(tag, settle);
+            Ok(())
+        }
     }
 
     /// Its consumer is done with the delivery `tag`.
-    pub fn settle(&self, tag: u64, settle: Settle) {
+    fn settle(&self, tag: u64, settle: Settle) {
         {
             let open = &mut self.open().0;
             match settle {
@@ -681,34 +701,16 @@ struct Handling {
     answered: Arc<Mutex<Answered>>,
     hub: Arc<HubKeys>,
     refusals: Arc<Refuser>,
-    acks: Arc<Acks>,
 }
 
-/// Register `delivery` with the acknowledgements at once - in arrival
-/// order, before any later one can be acknowledged with `multiple` - and
-/// return the handling to run.
-fn handle_and_settle(
-    to: Handling,
-    delivery: Delivery,
-) -> impl Future<Output = lapin::Result<()>> + Send + 'static {
-    let tag = delivery.delivery_tag;
-    to.acks.arrived(tag);
-    async move {
-        let settle = handle(&to, delivery).await?;
-        to.acks.settle(tag, settle);
-        Ok(())
-    }
-}
-
-async fn handle(to: &Handling, delivery: Delivery) -> lapin::Result<Settle> {
+async fn handle(to: Handling, delivery: Delivery) -> lapin::Result<Settle> {
     let Handling {
         adapter,
         replies,
         answered,
         hub,
         refusals,
-        acks: _,
-    } = to;
+    } = &to;
     let checked = match check_request(&delivery.data, &hub.keys, &hub.seals) {
         Ok(c) if c.receiver.as_ref() == Some(adapter.provider()) => c,
         Ok(c) => {

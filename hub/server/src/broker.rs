@@ -334,14 +334,12 @@ async fn consume_replies(
     let acks = Acks::new(ch.clone());
     handling.spawn(acks.clone().run());
     let take = |delivery: Delivery| {
-        let (hub, refusals, acks) = (hub.clone(), refusals.clone(), acks.clone());
+        let (hub, refusals) = (hub.clone(), refusals.clone());
         let tag = delivery.delivery_tag;
-        acks.arrived(tag);
-        async move {
-            let settle = take_reply(&hub, &refusals, delivery).await?;
-            acks.settle(tag, settle);
-            Ok(())
-        }
+        acks.settle_after(
+            tag,
+            async move { take_reply(&hub, &refusals, delivery).await },
+        )
     };
     loop {
         tokio::select! {
