@@ -465,18 +465,9 @@ async fn consume(
     // Stopping: finish the requests already taken (answered and
     // acknowledged), so that no other instance handles them again; what is
     // left at the deadline goes back to the queue when the connection closes.
-    let drain = async {
-        ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await?;
-        // Deliveries already on their way arrive before the stream ends.
-        while let Some(delivery) = consumer.next().await {
-            handling.spawn(take(delivery?));
-        }
-        // The publisher ends once the last handler has handed over its
-        // answer.
-        drop(take);
-        acks.finish(&mut handling).await
-    };
+    // (The publisher ends once `take`, holding its sender, is dropped and
+    // the last handler has handed over its answer.)
+    let drain = acks.cancel_and_finish(&ch, &tag, &mut consumer, &mut handling, take);
     match tokio::time::timeout(DRAIN_TIMEOUT, drain).await {
         Ok(Ok(())) => info!(%provider, "stopped with every request taken answered"),
         Ok(Err(e)) => {
@@ -628,6 +619,31 @@ impl Acks {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.wake.notify_one();
+    }
+
+    /// Stop the consumer `tag` on the channel, hand what the broker had
+    /// already sent to `take` (as the consumer's loop did), then wait for
+    /// it all to be settled ([`Acks::finish`]). `take` is dropped before
+    /// that wait.
+    pub async fn cancel_and_finish<F>(
+        &self,
+        ch: &Channel,
+        tag: &str,
+        consumer: &mut lapin::Consumer,
+        handling: &mut tokio::task::JoinSet<lapin::Result<()>>,
+        mut take: impl FnMut(Delivery) -> F,
+    ) -> lapin::Result<()>
+    where
+        F: Future<Output = lapin::Result<()>> + Send + 'static,
+    {
+        ch.basic_cancel(tag.into(), BasicCancelOptions::default())
+            .await?;
+        // Deliveries already on their way arrive before the stream ends.
+        while let Some(delivery) = consumer.next().await {
+            handling.spawn(take(delivery?));
+        }
+        drop(take);
+        self.finish(handling).await
     }
 
     /// Wait for the tasks of `handling` - the consumer's, and this one's

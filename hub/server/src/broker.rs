@@ -26,7 +26,7 @@ use hub_core::body::DataKey;
 use hub_core::ids::Member;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
@@ -360,15 +360,7 @@ async fn consume_replies(
     }
     // Stopping: the broker has handed over answers whose senders may be
     // waiting; log and acknowledge those rather than hand them back.
-    let drain = async {
-        ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await?;
-        // Deliveries already on their way arrive before the stream ends.
-        while let Some(delivery) = consumer.next().await {
-            handling.spawn(take(delivery?));
-        }
-        acks.finish(&mut handling).await
-    };
+    let drain = acks.cancel_and_finish(&ch, &tag, &mut consumer, &mut handling, take);
     match tokio::time::timeout(DRAIN_TIMEOUT, drain).await {
         Ok(Ok(())) => info!("reply consumer: stopped with every answer taken settled"),
         Ok(Err(e)) => {
