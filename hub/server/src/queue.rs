@@ -12,12 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hub_core::ids::{ExchangeId, Member, ServiceName};
+use hub_core::ids::{ExchangeId, Member};
 
 use crate::clock::Clock;
 use hub_core::body::DataKey;
 
-use crate::store::{Delivery, Store, StoreError, StoredMessage};
+pub use crate::store::MessageEntry;
+use crate::store::{Delivery, Store, StoreError};
 
 /// A message for a recipient: `{"record", "body", "body_salt"}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,14 +35,6 @@ pub struct Pending {
     pub exchange_id: ExchangeId,
     /// The entry the message carries; `None` if its record does not read.
     pub entry: Option<MessageEntry>,
-}
-
-/// What a receipt names of the entry a message carries.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub struct MessageEntry {
-    pub index: u64,
-    pub service: Option<ServiceName>,
-    pub version: Option<u32>,
 }
 
 /// A recipient's messages.
@@ -175,13 +168,20 @@ impl Queue for EmbeddedQueue {
             // An event's message (its row points at the entry): only an
             // acknowledgement removes it. A queued request is removed by
             // its answer, and so never looked up here again.
-            if let StoredMessage::Entry { .. } = delivery.message {
-                let entry = delivery
-                    .message
-                    .record_as(&self.data_key, delivery.exchange_id)?;
-                entries.push((delivery.exchange_id, entry));
+            match delivery
+                .message
+                .open_entry(&self.data_key, delivery.exchange_id)?
+            {
+                Some((text, entry)) => {
+                    entries.push((delivery.exchange_id, Some(entry)));
+                    messages.push(Message {
+                        text,
+                        exchange_id: delivery.exchange_id,
+                        attempts: delivery.attempts,
+                    });
+                }
+                None => messages.push(self.open(delivery)?),
             }
-            messages.push(self.open(delivery)?);
         }
         self.leased().remember(recipient, entries);
         Ok(messages)

@@ -375,6 +375,25 @@ struct Commitment {
     body_hash: String,
 }
 
+/// What a receipt names of the entry a message carries.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct MessageEntry {
+    pub index: u64,
+    pub service: Option<ServiceName>,
+    pub version: Option<u32>,
+}
+
+/// An entry's record as a lease reads it: what opening the body needs and
+/// what a receipt names, in one pass over the record. (Not a flattened
+/// [`MessageEntry`]: serde would copy every other member aside.)
+#[derive(serde::Deserialize)]
+struct LeasedRecord {
+    body_hash: String,
+    index: u64,
+    service: Option<ServiceName>,
+    version: Option<u32>,
+}
+
 impl StoredMessage {
     /// The message's text, opened with the data key (exchange `id`'s).
     pub fn open(&self, key: &DataKey, id: ExchangeId) -> Result<String, StoreError> {
@@ -388,27 +407,33 @@ impl StoredMessage {
                     ))
                 }),
             Self::Entry { record, body } => {
-                // Bodies a queued message or a kept reply points at are
-                // not purged (`Store::purge`): missing, the store is broken.
-                let body = body.as_ref().ok_or_else(|| {
-                    corrupt(format!(
-                        "the body of {id}'s message was purged (or not read: `Store::deliveries`)"
-                    ))
-                })?;
                 let commitment: Commitment = serde_json::from_str(record)
                     .map_err(|e| corrupt(format!("the record of {id}'s message: {e}")))?;
-                let (salt, plain) = key.open(body, &commitment.body_hash).ok_or_else(|| {
-                    corrupt(format!(
-                        "the body of {id}'s message does not open with the data key"
-                    ))
-                })?;
-                Ok(canonical_text(message_bytes(
-                    record.as_bytes(),
-                    &plain,
-                    &salt,
-                )))
+                open_entry_body(record, body.as_ref(), &commitment.body_hash, key, id)
             }
         }
+    }
+
+    /// The text of a message that points at its entry ([`Self::Entry`]) and
+    /// what a receipt names of that entry, the record read once; `None` for
+    /// a message sealed on its own.
+    pub fn open_entry(
+        &self,
+        key: &DataKey,
+        id: ExchangeId,
+    ) -> Result<Option<(String, MessageEntry)>, StoreError> {
+        let Self::Entry { record, body } = self else {
+            return Ok(None);
+        };
+        let read: LeasedRecord = serde_json::from_str(record)
+            .map_err(|e| corrupt(format!("the record of {id}'s message: {e}")))?;
+        let text = open_entry_body(record, body.as_ref(), &read.body_hash, key, id)?;
+        let entry = MessageEntry {
+            index: read.index,
+            service: read.service,
+            version: read.version,
+        };
+        Ok(Some((text, entry)))
     }
 
     /// The record of the message's entry, read as a `T`; `None` if it does
@@ -459,6 +484,34 @@ impl StoredMessage {
         };
         Ok(Some(Self::Entry { record, body }))
     }
+}
+
+/// The text of the message of the entry `record` whose body commits to
+/// `body_hash`.
+fn open_entry_body(
+    record: &str,
+    body: Option<&SealedBody>,
+    body_hash: &str,
+    key: &DataKey,
+    id: ExchangeId,
+) -> Result<String, StoreError> {
+    // Bodies a queued message or a kept reply points at are not purged
+    // (`Store::purge`): missing, the store is broken.
+    let body = body.ok_or_else(|| {
+        corrupt(format!(
+            "the body of {id}'s message was purged (or not read: `Store::deliveries`)"
+        ))
+    })?;
+    let (salt, plain) = key.open(body, body_hash).ok_or_else(|| {
+        corrupt(format!(
+            "the body of {id}'s message does not open with the data key"
+        ))
+    })?;
+    Ok(canonical_text(message_bytes(
+        record.as_bytes(),
+        &plain,
+        &salt,
+    )))
 }
 
 /// The state of an accepted exchange id.
