@@ -38,11 +38,12 @@ pub fn unavailable<T>(service: &str, why: impl std::fmt::Display) -> Option<T> {
 }
 
 /// A fresh, empty PostgreSQL database for one test; dropped by
-/// [`PgDatabase::drop_now`] (a test that panics leaves it behind for
-/// `.ci/run` to sweep: every name starts with `hubtest_`).
+/// [`PgDatabase::drop_now`], or when the value is dropped without it (a
+/// test that panics), so that a failing test leaves nothing behind.
 pub struct PgDatabase {
     pub url: String,
     name: String,
+    dropped: bool,
 }
 
 impl PgDatabase {
@@ -65,33 +66,69 @@ impl PgDatabase {
         Some(Self {
             url: format!("{base}/{name}"),
             name,
+            dropped: false,
         })
     }
 
     /// Drop the database (connections to it are ended).
-    pub async fn drop_now(self) {
-        if let Ok(mut conn) = PgConnection::connect(&postgres_url()).await {
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            )))
-            .execute(&mut conn)
-            .await;
-            let _ = conn.close().await;
+    pub async fn drop_now(mut self) {
+        drop_database(self.name.clone()).await;
+        self.dropped = true;
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        if !self.dropped {
+            let name = self.name.clone();
+            on_a_runtime_of_its_own(async move { drop_database(name).await });
         }
     }
 }
 
+async fn drop_database(name: String) {
+    if let Ok(mut conn) = PgConnection::connect(&postgres_url()).await {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await;
+        let _ = conn.close().await;
+    }
+}
+
+/// Run `work` to the end from a `Drop`: on a thread and a runtime of its
+/// own, since a test's runtime may be unwinding a panic or may be a
+/// current-thread runtime that this very drop is blocking.
+fn on_a_runtime_of_its_own(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            runtime.block_on(work);
+        }
+    })
+    .join();
+}
+
 /// A fresh namespace (exchange and queue prefix) on the RabbitMQ broker
-/// for one test; [`AmqpNamespace::delete_now`] removes what the test made.
+/// for one test. [`AmqpNamespace::delete_now`] removes what the test made
+/// (its exchanges, the dead-letter queue and the queues of the providers
+/// and hub instances named at creation), as does dropping it without that
+/// (a test that panics): quorum queues left behind keep their data on disk.
 pub struct AmqpNamespace {
     pub url: String,
     pub prefix: String,
+    queues: Vec<String>,
+    exchanges: Vec<String>,
+    deleted: bool,
 }
 
 impl AmqpNamespace {
-    /// `None` (skipped) if there is no broker and `CI` is not set.
-    pub async fn create() -> Option<Self> {
+    /// A namespace whose queues will be those of `providers` and of the hub
+    /// `instances`; `None` (skipped) if there is no broker and `CI` is not set.
+    pub async fn create(providers: &[&str], instances: &[&str]) -> Option<Self> {
         let url = amqp_url();
         match lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await {
             Ok(conn) => {
@@ -99,9 +136,20 @@ impl AmqpNamespace {
             }
             Err(e) => return unavailable("RabbitMQ", e),
         }
+        let prefix = format!("hubtest-{}", uuid::Uuid::now_v7().simple());
+        let topology = hub_adapter_sdk::amqp::Topology::new(prefix.clone());
+        let mut queues: Vec<String> = providers
+            .iter()
+            .map(|p| topology.provider_queue(&p.parse().expect("a provider's member id")))
+            .collect();
+        queues.extend(instances.iter().map(|i| topology.reply_queue(i)));
+        queues.push(topology.dead_letter_queue());
         Some(Self {
             url,
-            prefix: format!("hubtest-{}", uuid::Uuid::now_v7().simple()),
+            exchanges: vec![topology.exchange(), topology.dead_letter_exchange()],
+            prefix,
+            queues,
+            deleted: false,
         })
     }
 
@@ -120,35 +168,49 @@ impl AmqpNamespace {
         (conn, ch)
     }
 
-    /// Delete the exchanges and the queues of `providers` and of the hub
-    /// `instances` under this prefix.
-    pub async fn delete_now(self, providers: &[&str], instances: &[&str]) {
-        let topology = hub_adapter_sdk::amqp::Topology::new(self.prefix.clone());
-        let Ok(conn) =
-            lapin::Connection::connect(&self.url, lapin::ConnectionProperties::default()).await
-        else {
-            return;
-        };
-        if let Ok(ch) = conn.create_channel().await {
-            let mut queues: Vec<String> = providers
-                .iter()
-                .map(|p| topology.provider_queue(&p.parse().unwrap()))
-                .collect();
-            queues.extend(instances.iter().map(|i| topology.reply_queue(i)));
-            queues.push(topology.dead_letter_queue());
-            for q in queues {
-                let _ = ch
-                    .queue_delete(q.into(), lapin::options::QueueDeleteOptions::default())
-                    .await;
-            }
-            for x in [topology.exchange(), topology.dead_letter_exchange()] {
-                let _ = ch
-                    .exchange_delete(x.into(), lapin::options::ExchangeDeleteOptions::default())
-                    .await;
-            }
-        }
-        let _ = conn.close(200, "done".into()).await;
+    /// Delete the namespace's queues and exchanges.
+    pub async fn delete_now(mut self) {
+        delete_namespace(
+            self.url.clone(),
+            std::mem::take(&mut self.queues),
+            std::mem::take(&mut self.exchanges),
+        )
+        .await;
+        self.deleted = true;
     }
+}
+
+impl Drop for AmqpNamespace {
+    fn drop(&mut self) {
+        if !self.deleted {
+            let work = delete_namespace(
+                self.url.clone(),
+                std::mem::take(&mut self.queues),
+                std::mem::take(&mut self.exchanges),
+            );
+            on_a_runtime_of_its_own(work);
+        }
+    }
+}
+
+async fn delete_namespace(url: String, queues: Vec<String>, exchanges: Vec<String>) {
+    let Ok(conn) = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await
+    else {
+        return;
+    };
+    if let Ok(ch) = conn.create_channel().await {
+        for q in queues {
+            let _ = ch
+                .queue_delete(q.into(), lapin::options::QueueDeleteOptions::default())
+                .await;
+        }
+        for x in exchanges {
+            let _ = ch
+                .exchange_delete(x.into(), lapin::options::ExchangeDeleteOptions::default())
+                .await;
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
 }
 
 /// Publish `body` (mandatory) on a confirming channel until the broker

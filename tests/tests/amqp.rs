@@ -121,8 +121,15 @@ struct Setup {
     hub: TestHub,
 }
 
+/// The providers whose queues a test's hub declares.
+const PROVIDERS: [&str; 3] = [
+    POPULATION_REGISTRY,
+    "000.00.00.G13/land-registry",
+    ENTERPRISE_REGISTRY,
+];
+
 async fn start(instance: &str) -> Option<Setup> {
-    let ns = AmqpNamespace::create().await?;
+    let ns = AmqpNamespace::create(&PROVIDERS, &[instance]).await?;
     let db = PgDatabase::create().await?;
     let (url, amqp, prefix, instance) = (
         db.url.clone(),
@@ -152,19 +159,10 @@ fn worker(hub: &TestHub, ns: &AmqpNamespace, amqp_url: &str) -> WorkerConfig {
 }
 
 impl Setup {
-    async fn finish(mut self, instance: &str) {
+    async fn finish(mut self) {
         self.hub.stop().await;
         self.db.drop_now().await;
-        self.ns
-            .delete_now(
-                &[
-                    POPULATION_REGISTRY,
-                    "000.00.00.G13/land-registry",
-                    ENTERPRISE_REGISTRY,
-                ],
-                &[instance],
-            )
-            .await;
+        self.ns.delete_now().await;
     }
 }
 
@@ -257,7 +255,7 @@ async fn queries_are_answered_by_an_adapter_process_over_rabbitmq() {
         hub: Arc::into_inner(hub).unwrap(),
         ..setup
     };
-    setup.finish("hub-a").await;
+    setup.finish().await;
 }
 
 #[tokio::test]
@@ -312,7 +310,7 @@ async fn a_request_whose_adapter_dies_is_redelivered_and_answered_once() {
 
     let _ = stop.send(true);
     healthy_task.await.unwrap();
-    setup.finish("hub-b").await;
+    setup.finish().await;
 }
 
 #[tokio::test]
@@ -343,7 +341,7 @@ async fn a_stopping_adapter_answers_the_requests_it_took() {
     assert_eq!(entries_of(&hub, &id, "response").await, 1);
 
     let hub = Arc::into_inner(hub).unwrap();
-    Setup { hub, ..setup }.finish("hub-g").await;
+    Setup { hub, ..setup }.finish().await;
 }
 
 #[tokio::test]
@@ -401,7 +399,7 @@ async fn a_forged_request_is_dead_lettered_visible_and_re_drivable() {
     let _ = conn.close(200, "done".into()).await;
     let _ = stop.send(true);
     worker.await.unwrap();
-    setup.finish("hub-c").await;
+    setup.finish().await;
 }
 
 #[tokio::test]
@@ -445,12 +443,12 @@ async fn an_unreadable_answer_is_dead_lettered_saying_why() {
     assert_eq!(back[0].queue, reply_queue);
 
     let _ = conn.close(200, "done".into()).await;
-    setup.finish("hub-f").await;
+    setup.finish().await;
 }
 
 #[tokio::test]
 async fn a_broker_that_accepts_but_never_answers_does_not_hang_the_hub() {
-    let Some(ns) = AmqpNamespace::create().await else {
+    let Some(ns) = AmqpNamespace::create(&PROVIDERS, &["hub-d"]).await else {
         return;
     };
     let Some(db) = PgDatabase::create().await else {
@@ -512,7 +510,7 @@ async fn a_broker_that_accepts_but_never_answers_does_not_hang_the_hub() {
     }
     let _ = stop.send(true);
     worker_task.await.unwrap();
-    setup.finish("hub-d").await;
+    setup.finish().await;
 }
 
 #[tokio::test]
@@ -607,5 +605,5 @@ async fn answers_sent_together_in_one_message_are_each_logged_once() {
     assert!(letters.is_empty(), "not dead-lettered: {letters:?}");
 
     let _ = conn.close(200, "done".into()).await;
-    Setup { hub, ..setup }.finish("hub-e").await;
+    Setup { hub, ..setup }.finish().await;
 }

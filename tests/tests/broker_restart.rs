@@ -37,7 +37,12 @@ fn lookup(id: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_restart_costs_a_pause_never_a_message() {
-    let Some(ns) = AmqpNamespace::create().await else {
+    let providers = [
+        POPULATION_REGISTRY,
+        "000.00.00.G13/land-registry",
+        ENTERPRISE_REGISTRY,
+    ];
+    let Some(ns) = AmqpNamespace::create(&providers, &["restart"]).await else {
         return;
     };
     if Command::new("rabbitmqctl").arg("status").output().is_err() {
@@ -141,13 +146,5 @@ async fn a_broker_restart_costs_a_pause_never_a_message() {
     let mut hub = Arc::into_inner(hub).unwrap();
     hub.stop().await;
     db.drop_now().await;
-    ns.delete_now(
-        &[
-            POPULATION_REGISTRY,
-            "000.00.00.G13/land-registry",
-            ENTERPRISE_REGISTRY,
-        ],
-        &["restart"],
-    )
-    .await;
+    ns.delete_now().await;
 }

@@ -53,7 +53,12 @@ fn request(id: &str, n: usize) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hubs_keep_one_log_through_a_killed_hub() {
-    let Some(ns) = AmqpNamespace::create().await else {
+    let providers = [
+        "000.00.00.G01/population-registry",
+        "000.00.00.G13/land-registry",
+        "000.00.00.G09/enterprise-registry",
+    ];
+    let Some(ns) = AmqpNamespace::create(&providers, &["a", "b"]).await else {
         return;
     };
     let Some(db) = PgDatabase::create().await else {
@@ -260,13 +265,5 @@ async fn two_hubs_keep_one_log_through_a_killed_hub() {
     assert!(verify.status.success(), "{}", text(&verify));
 
     db.drop_now().await;
-    ns.delete_now(
-        &[
-            "000.00.00.G01/population-registry",
-            "000.00.00.G13/land-registry",
-            "000.00.00.G09/enterprise-registry",
-        ],
-        &["a", "b"],
-    )
-    .await;
+    ns.delete_now().await;
 }

@@ -529,7 +529,13 @@ async fn production(
             ..Production::default()
         });
     };
-    let Some(ns) = AmqpNamespace::create().await else {
+    // The hub declares a queue for every provider in its registry.
+    let providers = [
+        adapter_population::PROVIDER,
+        "000.00.00.G13/land-registry",
+        adapter_enterprise::PROVIDER,
+    ];
+    let Some(ns) = AmqpNamespace::create(&providers, &["hub-1"]).await else {
         db.drop_now().await;
         bar.inc(2 * rounds);
         return Ok(Production {
@@ -539,16 +545,7 @@ async fn production(
     };
     let outcome = production_with(settings, logs, bar, &db.url, &ns).await;
     db.drop_now().await;
-    // The hub declares a queue for every provider in its registry.
-    ns.delete_now(
-        &[
-            adapter_population::PROVIDER,
-            "000.00.00.G13/land-registry",
-            adapter_enterprise::PROVIDER,
-        ],
-        &["hub-1"],
-    )
-    .await;
+    ns.delete_now().await;
     outcome
 }
 
