@@ -76,7 +76,7 @@ pub struct EmbeddedQueue {
 /// fills.
 #[derive(Default)]
 struct Leased {
-    by_recipient: HashMap<Member, HashMap<ExchangeId, Option<MessageEntry>>>,
+    by_recipient: HashMap<Member, HashMap<ExchangeId, MessageEntry>>,
 }
 
 /// Most messages [`Leased`] remembers (a few MB).
@@ -88,7 +88,7 @@ impl Leased {
         self.by_recipient.values().map(HashMap::len).sum()
     }
 
-    fn remember(&mut self, recipient: &Member, messages: Vec<(ExchangeId, Option<MessageEntry>)>) {
+    fn remember(&mut self, recipient: &Member, messages: Vec<(ExchangeId, MessageEntry)>) {
         if self.len().saturating_add(messages.len()) > LEASED_MEMO_MAX {
             // Leased and never acknowledged, mostly (a subscriber gone).
             self.by_recipient.clear();
@@ -110,7 +110,7 @@ impl Leased {
             match of_recipient.remove(id) {
                 Some(entry) => known.push(Pending {
                     exchange_id: *id,
-                    entry,
+                    entry: Some(entry),
                 }),
                 None => rest.push(*id),
             }
@@ -173,7 +173,7 @@ impl Queue for EmbeddedQueue {
                 .open_entry(&self.data_key, delivery.exchange_id)?
             {
                 Some((text, entry)) => {
-                    entries.push((delivery.exchange_id, Some(entry)));
+                    entries.push((delivery.exchange_id, entry));
                     messages.push(Message {
                         text,
                         exchange_id: delivery.exchange_id,
@@ -218,12 +218,12 @@ mod tests {
         ExchangeId::from_parts(1, [n; 10])
     }
 
-    fn entry(index: u64) -> Option<MessageEntry> {
-        Some(MessageEntry {
+    fn entry(index: u64) -> MessageEntry {
+        MessageEntry {
             index,
             service: None,
             version: None,
-        })
+        }
     }
 
     #[test]
@@ -240,7 +240,7 @@ mod tests {
             known,
             [Pending {
                 exchange_id: id(1),
-                entry: entry(7)
+                entry: Some(entry(7))
             }]
         );
         assert_eq!(rest, [id(3)], "never leased here: read from the store");
@@ -256,7 +256,12 @@ mod tests {
         let mut leased = Leased::default();
         let many = |from: u32| {
             (from..from + 1000)
-                .map(|n| (ExchangeId::from_parts(u64::from(n), [0; 10]), None))
+                .map(|n| {
+                    (
+                        ExchangeId::from_parts(u64::from(n), [0; 10]),
+                        entry(u64::from(n)),
+                    )
+                })
                 .collect::<Vec<_>>()
         };
         let mut from = 0;
