@@ -2001,3 +2001,106 @@ async fn answers_and_receipts_racing_through_two_writers_are_written_once(store:
         assert!(!queued(store.as_ref(), event_id(n)).await);
     }
 }
+
+/// PostgreSQL plans each of the hub's statements once per connection, for
+/// any values (`plan_cache_mode = force_generic_plan`, see
+/// `PgStore::open`), and on a log whose statistics may be stale. Looking
+/// up an exchange's request, and a data subject's exchanges, must still
+/// go to the rows by index, not read the log from its start: counted by
+/// PostgreSQL's own statistics of the rows read from `log_entries`.
+#[tokio::test]
+async fn a_long_log_is_looked_up_by_index_not_read_through_on_postgres() {
+    const EXCHANGES: u32 = 1_500;
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let exchange = |n: u32| {
+        let mut random = [0u8; 10];
+        random[..4].copy_from_slice(&n.to_be_bytes());
+        ExchangeId::from_parts(1_790_000_000_000 + u64::from(n), random)
+    };
+    let store = hub_server::store::open(&db.url, PoolSettings::default())
+        .await
+        .unwrap();
+    let mut e = Entries::new();
+    for first in (0..EXCHANGES).step_by(250) {
+        let batch: Vec<AppendItem> = (first..first + 250)
+            .flat_map(|n| {
+                let subject = format!("subject-{}", n % 100);
+                [
+                    e.item(EntryKind::Request, exchange(n), vec![subjects(&[&subject])]),
+                    e.item(EntryKind::Response, exchange(n), vec![]),
+                ]
+            })
+            .collect();
+        store.append(&batch).await.unwrap();
+    }
+    // All but the last 500 entries indexed: lookups read the rest as the
+    // index's unindexed tail.
+    let indexed = EXCHANGES * 2 - 500;
+    assert_eq!(
+        store.index_subjects(indexed).await.unwrap(),
+        u64::from(indexed)
+    );
+    drop(store);
+    let before = rows_read_from_the_log(&db).await;
+
+    let store = hub_server::store::open(&db.url, PoolSettings::default())
+        .await
+        .unwrap();
+    for n in [3, 700, EXCHANGES - 1] {
+        let request = store.request_of(exchange(n)).await.unwrap().unwrap();
+        assert!(request.contains(&exchange(n).to_string()), "{request}");
+    }
+    for subject in ["subject-7", "subject-99"] {
+        let (records, more) = store.subject_records(subject, 5).await.unwrap();
+        assert!(more, "{subject} touched 15 exchanges");
+        assert_eq!(records.len(), 10, "{subject}: 5 exchanges, 2 entries each");
+    }
+    drop(store);
+    let read = rows_read_from_the_log(&db).await - before;
+    // Each subject's lookup reads the unindexed tail (500 entries) and its
+    // own hits; together the five lookups stay below one whole scan.
+    assert!(
+        read < i64::from(EXCHANGES) * 2,
+        "looking up 3 requests and 2 subjects read {read} rows of a {}-entry log",
+        EXCHANGES * 2
+    );
+    db.drop_now().await;
+}
+
+/// PostgreSQL's count of the rows read from `log_entries`, by sequential
+/// scans and through indexes, once every other connection to `db` has gone
+/// (a backend hands in its statistics when it exits).
+async fn rows_read_from_the_log(db: &PgDatabase) -> i64 {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut waited = 0;
+    loop {
+        let others: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if others == 0 {
+            break;
+        }
+        waited += 1;
+        assert!(waited < 300, "the store's connections did not close");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let scans: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0) FROM pg_stat_user_tables WHERE relname = 'log_entries'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let _ = conn.close().await;
+    scans
+}

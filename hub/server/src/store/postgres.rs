@@ -797,13 +797,20 @@ impl Store for PgStore {
     }
 
     async fn request_of(&self, id: ExchangeId) -> Result<Option<String>, StoreError> {
-        sqlx::query_scalar(
-            "SELECT record FROM log_entries WHERE exchange_id = $1 AND kind = 'request' ORDER BY idx LIMIT 1",
+        // The first by index, picked here: with `ORDER BY idx LIMIT 1` the
+        // generic plan walked the primary key from the log's start and
+        // filtered, a scan as long as the log is old.
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT idx, record FROM log_entries WHERE exchange_id = $1 AND kind = 'request'",
         )
         .bind(id.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await
-        .map_err(db)
+        .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .min_by_key(|(idx, _)| *idx)
+            .map(|(_, record)| record))
     }
 
     async fn index_subjects(&self, limit: u32) -> Result<u64, StoreError> {
@@ -855,17 +862,26 @@ impl Store for PgStore {
         limit: u32,
     ) -> Result<(Vec<String>, bool), StoreError> {
         // One more exchange than asked for says whether there are more.
+        // Written for the generic plan (see `open`), which cannot know
+        // the values: each step hands the next an array (`= ANY(ARRAY(...))`),
+        // looked up by index, and the unindexed tail is a range bounded on
+        // both sides, which the planner takes for a short one (`idx >=`
+        // alone it takes for a third of the table). Joined as sets, with
+        // the tail open-ended, the plan scanned the whole log twice.
         let rows = sqlx::query(
-            "WITH touched AS (
+            "WITH hits AS (
+                SELECT s.idx FROM subjects s WHERE s.subject = $1
+                UNION
+                SELECT t.idx FROM log_entries t, jsonb_array_elements_text(t.subjects::jsonb) j
+                WHERE t.idx BETWEEN (SELECT indexed_up_to FROM subject_index_state)
+                                AND (SELECT max(idx) FROM log_entries)
+                  AND t.subjects IS NOT NULL AND j = $1),
+             touched AS (
                 SELECT e.exchange_id, MIN(e.idx) AS first FROM log_entries e
-                WHERE e.idx IN (
-                    SELECT s.idx FROM subjects s WHERE s.subject = $1
-                    UNION
-                    SELECT t.idx FROM log_entries t, jsonb_array_elements_text(t.subjects::jsonb) j
-                    WHERE t.idx >= (SELECT indexed_up_to FROM subject_index_state)
-                      AND t.subjects IS NOT NULL AND j = $1)
+                WHERE e.idx = ANY(ARRAY(SELECT idx FROM hits))
                 GROUP BY e.exchange_id ORDER BY first LIMIT $2)
-             SELECT e.record FROM log_entries e JOIN touched t ON t.exchange_id = e.exchange_id
+             SELECT e.record FROM log_entries e
+             WHERE e.exchange_id = ANY(ARRAY(SELECT exchange_id FROM touched))
              ORDER BY e.idx",
         )
         .bind(subject)
