@@ -2069,6 +2069,58 @@ async fn a_long_log_is_looked_up_by_index_not_read_through_on_postgres() {
     db.drop_now().await;
 }
 
+/// The hourly purge of expired bodies reads what expired since the last
+/// one, not the whole log: on PostgreSQL, counted as above.
+#[tokio::test]
+async fn a_purge_reads_what_expired_since_the_last_not_the_log_on_postgres() {
+    const ENTRIES: u32 = 3_000;
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let store = hub_server::store::open(&db.url, PoolSettings::default())
+        .await
+        .unwrap();
+    // Entry n is written on day n (`Entries::item`).
+    let day = |n: i64| {
+        hub_core::timefmt::rfc3339_millis(datetime!(2026-11-01 00:00 UTC) + time::Duration::days(n))
+    };
+    let mut e = Entries::new();
+    for first in (0..ENTRIES).step_by(500) {
+        let batch: Vec<AppendItem> = (first..first + 500)
+            .map(|n| {
+                let mut random = [0u8; 10];
+                random[..4].copy_from_slice(&n.to_be_bytes());
+                let id = ExchangeId::from_parts(1_790_000_000_000 + u64::from(n), random);
+                e.item(EntryKind::Request, id, vec![])
+            })
+            .collect();
+        store.append(&batch).await.unwrap();
+    }
+    assert_eq!(store.purge(&day(2_900), 0).await.unwrap(), (2_900, 0));
+    drop(store);
+    let before = rows_read_from_the_log(&db).await;
+
+    let store = hub_server::store::open(&db.url, PoolSettings::default())
+        .await
+        .unwrap();
+    assert_eq!(store.purge(&day(2_950), 0).await.unwrap(), (50, 0));
+    let kept: Vec<bool> = store
+        .entries(2_949, 2)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.body.is_some())
+        .collect();
+    assert_eq!(kept, [false, true]);
+    drop(store);
+    let read = rows_read_from_the_log(&db).await - before;
+    assert!(
+        read < i64::from(ENTRIES) / 3,
+        "a purge of 50 bodies read {read} rows of a {ENTRIES}-entry log"
+    );
+    db.drop_now().await;
+}
+
 /// PostgreSQL's count of the rows read from `log_entries`, by sequential
 /// scans and through indexes, once every other connection to `db` has gone
 /// (a backend hands in its statistics when it exits).

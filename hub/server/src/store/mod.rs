@@ -574,6 +574,32 @@ pub(crate) const OUTBOX_BY_INSTANCE: &str =
 pub(crate) const INBOX_BY_RECIPIENT: &str =
     "SELECT recipient, count(*) FROM deliveries GROUP BY recipient ORDER BY recipient";
 
+/// How many bodies a purge reads at a time ([`purge_bodies`]).
+pub(crate) const PURGE_CHUNK: u32 = 1_000;
+
+/// One chunk of a purge, as a backend read it: of the `PURGE_CHUNK` oldest
+/// bodies from some index on, their indexes in order and whether each
+/// one's entry was written before the cutoff.
+pub(crate) type BodyChunk = Vec<(i64, bool)>;
+
+/// Where a purge goes after reading `chunk`: the expired bodies to delete
+/// and the index to read on from, or `None` to stop. A purge deletes
+/// expired bodies oldest first, a chunk at a time, and stops at the first
+/// chunk without one: entries are written in time order (give or take the
+/// clocks of the hubs that wrote them, which a later purge makes up for),
+/// so the bodies past it are newer still. So it reads the bodies that
+/// expired since the last purge, plus those kept because their exchange
+/// still has messages queued, never the whole log.
+pub(crate) fn expired_in(chunk: &BodyChunk) -> Option<(Vec<i64>, i64)> {
+    let &(last, _) = chunk.last()?;
+    let expired: Vec<i64> = chunk
+        .iter()
+        .filter(|(_, expired)| *expired)
+        .map(|(idx, _)| *idx)
+        .collect();
+    (!expired.is_empty()).then_some((expired, last + 1))
+}
+
 /// Counts as read, made unsigned.
 pub(crate) fn counts(rows: Vec<(String, i64)>) -> Vec<(String, u64)> {
     rows.into_iter()

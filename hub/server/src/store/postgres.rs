@@ -22,8 +22,8 @@ use super::{
     json_text, keep_exchanges,
 };
 use super::{
-    Backlog, Effect, INBOX_BY_RECIPIENT, OUTBOX_BY_INSTANCE, Presumed, Presumption, corrupt,
-    counts, member, registry_changes, to_i64, to_u64,
+    Backlog, BodyChunk, Effect, INBOX_BY_RECIPIENT, OUTBOX_BY_INSTANCE, PURGE_CHUNK, Presumed,
+    Presumption, corrupt, counts, expired_in, member, registry_changes, to_i64, to_u64,
 };
 
 /// The PostgreSQL store.
@@ -86,6 +86,41 @@ impl Leadership for Session {
 }
 
 impl PgStore {
+    /// The purge's chunk of bodies from index `from` ([`expired_in`]):
+    /// each one's index and whether its entry was written before `before`.
+    async fn body_chunk(&self, before: &str, from: i64) -> Result<BodyChunk, StoreError> {
+        // ARRAY(): the chunk in the primary key's order, whatever the
+        // generic plan guesses of `idx >= $2`.
+        let rows: BodyChunk = sqlx::query_as(
+            "SELECT b.idx, (e.record::json ->> 'time') < $1
+             FROM log_bodies b JOIN log_entries e ON e.idx = b.idx
+             WHERE b.idx = ANY(ARRAY(SELECT idx FROM log_bodies WHERE idx >= $2
+                                     ORDER BY idx LIMIT $3))
+             ORDER BY b.idx",
+        )
+        .bind(before)
+        .bind(from)
+        .bind(i64::from(PURGE_CHUNK))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(rows)
+    }
+
+    /// Delete the `expired` bodies whose exchange has no message queued.
+    async fn delete_bodies(&self, expired: Vec<i64>) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM log_bodies b USING log_entries e
+             WHERE b.idx = ANY($1) AND e.idx = b.idx
+             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.exchange_id = e.exchange_id)",
+        )
+        .bind(expired)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected())
+    }
+
     /// Insert a batch's rows - entries, bodies, opened exchanges, queued
     /// and outbox messages - and close the exchanges it answers (none
     /// opened in the batch: see [`Batch::of`]), in one statement, if the
@@ -908,15 +943,12 @@ impl Store for PgStore {
     }
 
     async fn purge(&self, before: &str, before_millis: u64) -> Result<(u64, u64), StoreError> {
-        let bodies = sqlx::query(
-            "DELETE FROM log_bodies b USING log_entries e
-             WHERE b.idx = e.idx AND (e.record::jsonb ->> 'time') < $1
-             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.exchange_id = e.exchange_id)",
-        )
-        .bind(before)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
+        let mut bodies = 0;
+        let mut from = 0;
+        while let Some((expired, next)) = expired_in(&self.body_chunk(before, from).await?) {
+            bodies += self.delete_bodies(expired).await?;
+            from = next;
+        }
         // A reply stays while its exchange still has messages queued: an
         // event's reply is also its inbox messages.
         let replies = sqlx::query(
@@ -927,7 +959,7 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await
             .map_err(db)?;
-        Ok((bodies.rows_affected(), replies.rows_affected()))
+        Ok((bodies, replies.rows_affected()))
     }
 
     async fn add_checkpoint(&self, c: &StoredCheckpoint) -> Result<(), StoreError> {

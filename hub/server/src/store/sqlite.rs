@@ -23,7 +23,8 @@ use super::{
     keep_exchanges,
 };
 use super::{
-    Backlog, INBOX_BY_RECIPIENT, OUTBOX_BY_INSTANCE, corrupt, counts, member, to_i64, to_u64,
+    Backlog, BodyChunk, INBOX_BY_RECIPIENT, OUTBOX_BY_INSTANCE, PURGE_CHUNK, corrupt, counts,
+    expired_in, member, to_i64, to_u64,
 };
 
 /// Inbox rows with their messages, `WHERE` the given clause: the sealed
@@ -70,6 +71,37 @@ impl Leadership for Always {
 }
 
 impl SqliteStore {
+    /// The purge's chunk of bodies from index `from` ([`expired_in`]):
+    /// each one's index and whether its entry was written before `before`.
+    async fn body_chunk(&self, before: &str, from: i64) -> Result<BodyChunk, StoreError> {
+        let rows: BodyChunk = sqlx::query_as(
+            "SELECT b.idx, json_extract(e.record, '$.time') < ?1
+             FROM log_bodies b JOIN log_entries e ON e.idx = b.idx
+             WHERE b.idx >= ?2 ORDER BY b.idx LIMIT ?3",
+        )
+        .bind(before)
+        .bind(from)
+        .bind(i64::from(PURGE_CHUNK))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(rows)
+    }
+
+    /// Delete the `expired` bodies whose exchange has no message queued.
+    async fn delete_bodies(&self, expired: Vec<i64>) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM log_bodies WHERE idx IN (SELECT value FROM json_each(?1))
+             AND NOT EXISTS (SELECT 1 FROM log_entries e, deliveries d
+                             WHERE e.idx = log_bodies.idx AND d.exchange_id = e.exchange_id)",
+        )
+        .bind(json_text(&expired)?)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected())
+    }
+
     /// Insert entries, bodies and effects in the open transaction.
     async fn insert(
         tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
@@ -736,15 +768,12 @@ impl Store for SqliteStore {
     }
 
     async fn purge(&self, before: &str, before_millis: u64) -> Result<(u64, u64), StoreError> {
-        let bodies = sqlx::query(
-            "DELETE FROM log_bodies WHERE idx IN
-               (SELECT idx FROM log_entries e WHERE json_extract(record, '$.time') < ?
-                AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.exchange_id = e.exchange_id))",
-        )
-        .bind(before)
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
+        let mut bodies = 0;
+        let mut from = 0;
+        while let Some((expired, next)) = expired_in(&self.body_chunk(before, from).await?) {
+            bodies += self.delete_bodies(expired).await?;
+            from = next;
+        }
         // As on PostgreSQL: a reply stays while its exchange still has
         // messages queued.
         let replies = sqlx::query(
@@ -755,7 +784,7 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await
         .map_err(db)?;
-        Ok((bodies.rows_affected(), replies.rows_affected()))
+        Ok((bodies, replies.rows_affected()))
     }
 
     async fn add_checkpoint(&self, c: &StoredCheckpoint) -> Result<(), StoreError> {
