@@ -429,11 +429,69 @@ async fn the_log_is_served_as_tlog_tiles() {
     assert_eq!(a, b);
 }
 
+/// Proofs in the tree of `cp` for entries on both sides of the first
+/// 256-leaf subtree, and from a size inside it: each verifies against the
+/// signed roots.
+async fn proofs_across_the_first_subtree_verify(
+    hub: &TestHub,
+    early: &Checkpoint,
+    cp: &Checkpoint,
+) {
+    let leaves = hub
+        .running()
+        .hub
+        .store
+        .leaf_hashes(0, cp.size)
+        .await
+        .unwrap();
+    for index in [0, 100, 255, 256, cp.size - 1] {
+        let (status, proof) = hub
+            .client(TAX)
+            .get_json(&format!(
+                "/v1/log/proof/inclusion?index={index}&size={}",
+                cp.size
+            ))
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK, "{proof}");
+        let leaf = &leaves[usize::try_from(index).unwrap()];
+        assert_eq!(proof["leaf_hash"], STANDARD.encode(leaf));
+        verify_inclusion(index, cp.size, leaf, &hashes(&proof["proof"]), &cp.root).unwrap();
+    }
+    let (status, proof) = hub
+        .client(TAX)
+        .get_json(&format!(
+            "/v1/log/proof/consistency?from={}&to={}",
+            early.size, cp.size
+        ))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{proof}");
+    verify_consistency(
+        early.size,
+        cp.size,
+        &early.root,
+        &cp.root,
+        &hashes(&proof["proof"]),
+    )
+    .unwrap();
+}
+
 #[tokio::test]
 async fn a_level_one_tile_holds_the_root_of_each_256_leaves() {
-    let hub = start().await;
+    let mut hub = start().await;
+    for _ in 0..20 {
+        hub.send(envelope(
+            ONE_STOP,
+            "citizen.lookup",
+            "public_service",
+            json!({"personal_id": "001085012345"}),
+        ))
+        .await;
+    }
+    let early = checkpoint_covering(&hub, 40).await;
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..130 {
+    for _ in 0..140 {
         let client = hub.client(ONE_STOP);
         let env = envelope(
             ONE_STOP,
@@ -452,7 +510,7 @@ async fn a_level_one_tile_holds_the_root_of_each_256_leaves() {
     while let Some(status) = tasks.join_next().await {
         assert_eq!(status.unwrap(), StatusCode::OK);
     }
-    checkpoint_covering(&hub, 260).await;
+    checkpoint_covering(&hub, 300).await;
     let (status, tile) = hub
         .client(TAX)
         .send(http::Method::GET, "/tlog/tile/1/000.p/1", None)
@@ -471,4 +529,17 @@ async fn a_level_one_tile_holds_the_root_of_each_256_leaves() {
         StatusCode::NOT_FOUND,
         "only one complete subtree of 256 so far"
     );
+
+    // Proofs come from the subtree roots the log writer keeps; a restarted
+    // hub keeps them again from the stored leaves.
+    let cp = checkpoint_covering(&hub, 300).await;
+    proofs_across_the_first_subtree_verify(&hub, &early, &cp).await;
+    hub.stop().await;
+    let hub = TestHub::start_with(
+        hub.dir.clone(),
+        |c| c.checkpoint_interval_ms = 50,
+        Options::default(),
+    )
+    .await;
+    proofs_across_the_first_subtree_verify(&hub, &early, &cp).await;
 }

@@ -8,6 +8,9 @@
 //! exactly: a proof must be consumed exactly, and an older size larger than
 //! a newer one is refused.
 
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
+
 use crate::hash::{Hash, sha256};
 
 /// `SHA-256(0x01 || left || right)`.
@@ -400,6 +403,12 @@ impl Frontier {
 
     /// Append one leaf hash.
     pub fn push(&mut self, leaf: Hash) {
+        self.push_keeping(leaf, &mut SubtreeRoots::default());
+    }
+
+    /// Append one leaf hash, and keep in `roots` the subtree roots this
+    /// completes.
+    pub fn push_keeping(&mut self, leaf: Hash, roots: &mut SubtreeRoots) {
         let mut node = (0u32, leaf);
         while let Some(&(height, left)) = self.nodes.last() {
             if height != node.0 {
@@ -407,6 +416,7 @@ impl Frontier {
             }
             self.nodes.pop();
             node = (height + 1, node_hash(&left, &node.1));
+            roots.keep(node.0, node.1);
         }
         self.nodes.push(node);
         self.size += 1;
@@ -422,6 +432,163 @@ impl Frontier {
             acc = node_hash(left, &acc);
         }
         acc
+    }
+}
+
+/// The levels of complete subtrees [`SubtreeRoots`] keeps: of 256^1,
+/// 256^2 and 256^3 leaves (the hashes of tlog-tiles levels 1 to 3).
+pub const KEPT_LEVELS: u8 = 3;
+
+/// Leaves per block: the smallest subtree whose root is kept.
+const BLOCK: u64 = TILE_WIDTH;
+
+/// The roots of the log's complete subtrees of 256^L leaves for L = 1 to
+/// [`KEPT_LEVELS`], in order, kept as [`Frontier::push_keeping`] forms
+/// them: 1/256th of the leaves' hashes and a little more. With them, a
+/// proof or a tile needs no leaves but those of the (at most three)
+/// 256-leaf blocks that [`inclusion_blocks`] or [`consistency_blocks`]
+/// name, so serving it does not read the log from its start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubtreeRoots {
+    levels: [Vec<Hash>; KEPT_LEVELS as usize],
+}
+
+/// Leaf hashes of 256-leaf blocks, by block number (leaf index / 256); the
+/// last block of a tree may be shorter.
+pub type Blocks = BTreeMap<u64, Vec<Hash>>;
+
+impl SubtreeRoots {
+    fn keep(&mut self, height: u32, root: Hash) {
+        if height.is_multiple_of(8)
+            && let Some(level) = usize::try_from(height / 8)
+                .ok()
+                .and_then(|l| l.checked_sub(1))
+                .and_then(|l| self.levels.get_mut(l))
+        {
+            level.push(root);
+        }
+    }
+
+    /// The kept roots of `level` (1 to [`KEPT_LEVELS`]): the `j`th covers
+    /// leaves `j·256^level .. (j+1)·256^level`.
+    pub fn level(&self, level: u8) -> &[Hash] {
+        usize::from(level)
+            .checked_sub(1)
+            .and_then(|l| self.levels.get(l))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The root of the perfect subtree of `2^height` leaves from leaf
+    /// `first` (a multiple of `2^height`), from the kept roots or, below
+    /// 256 leaves, from `blocks`; `None` if what it needs is missing.
+    pub fn subtree_root(&self, first: u64, height: u32, blocks: &Blocks) -> Option<Hash> {
+        if height >= 8 {
+            let level = (height / 8).min(u32::from(KEPT_LEVELS));
+            let from = usize::try_from(first >> (8 * level)).ok()?;
+            let count = 1usize.checked_shl(height - 8 * level)?;
+            let roots = self.levels.get(usize::try_from(level).ok()? - 1)?;
+            return roots.get(from..from.checked_add(count)?).map(root);
+        }
+        let leaves = blocks.get(&(first / BLOCK))?;
+        let from = usize::try_from(first % BLOCK).ok()?;
+        leaves.get(from..from + (1usize << height)).map(root)
+    }
+
+    /// The root of leaves `lo..hi` as RFC 9162's MTH splits them: a fold of
+    /// the perfect subtrees that make them up.
+    fn range_root(&self, lo: u64, hi: u64, blocks: &Blocks) -> Option<Hash> {
+        let mut parts = perfect_subtrees(lo, hi).into_iter().rev();
+        let (first, height) = parts.next()?;
+        let mut acc = self.subtree_root(first, height, blocks)?;
+        for (first, height) in parts {
+            acc = node_hash(&self.subtree_root(first, height, blocks)?, &acc);
+        }
+        Some(acc)
+    }
+
+    /// Run a proof builder over these roots and `blocks`: `None` if it
+    /// needed what they lack.
+    fn prove(
+        &self,
+        blocks: &Blocks,
+        build: impl FnOnce(RangeRoot<'_>) -> Vec<Hash>,
+    ) -> Option<Vec<Hash>> {
+        let missing = Cell::new(false);
+        let proof = build(&|lo, hi| {
+            self.range_root(lo as u64, hi as u64, blocks)
+                .unwrap_or_else(|| {
+                    missing.set(true);
+                    [0; 32]
+                })
+        });
+        (!missing.get()).then_some(proof)
+    }
+
+    /// The inclusion proof of leaf `index` in the tree of `size` (RFC 9162
+    /// 2.1.3.1), given the leaves of [`inclusion_blocks`]`(index, size)`.
+    pub fn inclusion_proof(&self, index: u64, size: u64, blocks: &Blocks) -> Option<Vec<Hash>> {
+        let (i, n) = (usize::try_from(index).ok()?, usize::try_from(size).ok()?);
+        if i >= n {
+            return None;
+        }
+        self.prove(blocks, |range_root| path(i, 0, n, range_root))
+    }
+
+    /// The consistency proof from size `old` to size `new` (RFC 9162
+    /// 2.1.4.1), given the leaves of [`consistency_blocks`]`(old, new)`.
+    pub fn consistency_proof(&self, old: u64, new: u64, blocks: &Blocks) -> Option<Vec<Hash>> {
+        let (m, n) = (usize::try_from(old).ok()?, usize::try_from(new).ok()?);
+        if m == 0 || m > n {
+            return None;
+        }
+        self.prove(blocks, |range_root| subproof(m, 0, n, true, range_root))
+    }
+}
+
+/// The perfect subtrees `(first leaf, height)` that make up leaves `lo..hi`
+/// as MTH splits them, largest first.
+fn perfect_subtrees(mut lo: u64, hi: u64) -> Vec<(u64, u32)> {
+    let mut parts = Vec::new();
+    while lo < hi {
+        let n = hi - lo;
+        let k = if n.is_power_of_two() { n } else { split(n) };
+        parts.push((lo, k.trailing_zeros()));
+        lo += k;
+    }
+    parts
+}
+
+/// The blocks whose leaves the ranges a proof builder asks for need.
+fn blocks_of(build: impl FnOnce(RangeRoot<'_>) -> Vec<Hash>) -> BTreeSet<u64> {
+    let blocks = RefCell::new(BTreeSet::new());
+    build(&|lo, hi| {
+        for (first, height) in perfect_subtrees(lo as u64, hi as u64) {
+            if height < 8 {
+                blocks.borrow_mut().insert(first / BLOCK);
+            }
+        }
+        [0; 32]
+    });
+    blocks.into_inner()
+}
+
+/// The 256-leaf blocks whose leaves the inclusion proof of `index` in the
+/// tree of `size` needs besides [`SubtreeRoots`]: at most two.
+pub fn inclusion_blocks(index: u64, size: u64) -> BTreeSet<u64> {
+    match (usize::try_from(index), usize::try_from(size)) {
+        (Ok(i), Ok(n)) if i < n => blocks_of(|range_root| path(i, 0, n, range_root)),
+        _ => BTreeSet::new(),
+    }
+}
+
+/// The 256-leaf blocks whose leaves the consistency proof from `old` to
+/// `new` needs besides [`SubtreeRoots`]: at most three.
+pub fn consistency_blocks(old: u64, new: u64) -> BTreeSet<u64> {
+    match (usize::try_from(old), usize::try_from(new)) {
+        (Ok(m), Ok(n)) if m > 0 && m <= n => {
+            blocks_of(|range_root| subproof(m, 0, n, true, range_root))
+        }
+        _ => BTreeSet::new(),
     }
 }
 
@@ -441,6 +608,88 @@ mod tests {
             tree.push(*leaf);
         }
         tree
+    }
+
+    /// The kept roots of `leaves` and every block of them.
+    fn kept(leaves: &[Hash]) -> (SubtreeRoots, Blocks) {
+        let mut roots = SubtreeRoots::default();
+        let mut f = Frontier::new();
+        for leaf in leaves {
+            f.push_keeping(*leaf, &mut roots);
+        }
+        let blocks = leaves
+            .chunks(BLOCK as usize)
+            .enumerate()
+            .map(|(b, chunk)| (b as u64, chunk.to_vec()))
+            .collect();
+        (roots, blocks)
+    }
+
+    /// Only the blocks `wanted` of `all`.
+    fn only(all: &Blocks, wanted: &BTreeSet<u64>) -> Blocks {
+        wanted
+            .iter()
+            .filter_map(|b| all.get(b).map(|l| (*b, l.clone())))
+            .collect()
+    }
+
+    #[test]
+    fn proofs_from_kept_roots_and_named_blocks_are_the_proofs_from_all_leaves() {
+        let all = leaves(1_300);
+        let (roots, blocks) = kept(&all);
+        assert_eq!(roots.level(1).len(), 5);
+        assert_eq!(roots.level(1)[2], root(&all[512..768]));
+        assert!(roots.level(2).is_empty());
+        for size in [1, 2, 255, 256, 257, 511, 512, 513, 769, 1_024, 1_299, 1_300] {
+            let leaves = &all[..size];
+            for index in (0..size).step_by(37).chain([size - 1]) {
+                let wanted = inclusion_blocks(index as u64, size as u64);
+                assert!(wanted.len() <= 2, "{wanted:?}");
+                assert_eq!(
+                    roots.inclusion_proof(index as u64, size as u64, &only(&blocks, &wanted)),
+                    inclusion_proof(leaves, index as u64),
+                    "inclusion of {index} in {size}"
+                );
+            }
+            for old in (1..=size).step_by(41).chain([size]) {
+                let wanted = consistency_blocks(old as u64, size as u64);
+                assert!(wanted.len() <= 3, "{wanted:?}");
+                assert_eq!(
+                    roots.consistency_proof(old as u64, size as u64, &only(&blocks, &wanted)),
+                    consistency_proof(leaves, old as u64),
+                    "consistency from {old} to {size}"
+                );
+            }
+        }
+        // A block left out is missed, not guessed.
+        assert_eq!(roots.inclusion_proof(3, 1_300, &Blocks::new()), None);
+    }
+
+    #[test]
+    fn roots_of_the_second_level_serve_large_subtrees() {
+        let all = leaves(66_000);
+        let (roots, blocks) = kept(&all);
+        assert_eq!(roots.level(1).len(), 257);
+        assert_eq!(roots.level(2), [root(&all[..65_536])]);
+        let tree = tree_of(&all);
+        for (index, size) in [
+            (3, 66_000),
+            (65_535, 65_537),
+            (65_999, 66_000),
+            (40_000, 65_536),
+        ] {
+            let wanted = inclusion_blocks(index, size);
+            assert_eq!(
+                roots.inclusion_proof(index, size, &only(&blocks, &wanted)),
+                tree.inclusion_proof(index, size),
+                "inclusion of {index} in {size}"
+            );
+        }
+        let wanted = consistency_blocks(65_000, 66_000);
+        assert_eq!(
+            roots.consistency_proof(65_000, 66_000, &only(&blocks, &wanted)),
+            tree.consistency_proof(65_000, 66_000)
+        );
     }
 
     #[test]

@@ -17,20 +17,23 @@
 //!
 //! The writer also keeps the Merkle tree's right edge ([`Frontier`]) and
 //! publishes the tree head after every commit, so checkpoints only ever
-//! sign committed entries. At start it rebuilds the frontier from the stored
+//! sign committed entries. Beside it, it keeps the roots of the tree's
+//! complete subtrees of 256, 65,536 and 16,777,216 leaves
+//! ([`SubtreeRoots`]), from which the transparency API serves proofs and
+//! tiles without reading the log from its start. At start it rebuilds the frontier from the stored
 //! leaf hashes and refuses to run if they do not reproduce the last signed
 //! checkpoint (a truncated or rewritten log).
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use hub_core::body::{DataKey, NONCE_LEN};
 use hub_core::hash::Hash;
 use hub_core::ids::ExchangeId;
 use hub_core::jws::SigningKey;
 use hub_core::log::{EntryDraft, EntryKind, Placed, place, seal_batch};
-use hub_core::merkle::Frontier;
+use hub_core::merkle::{Frontier, SubtreeRoots};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, instrument, warn};
 
@@ -111,6 +114,8 @@ pub struct TreeHead {
 pub struct LogWriter {
     tx: mpsc::Sender<Job>,
     head: watch::Receiver<TreeHead>,
+    /// The committed tree's kept subtree roots, at least as far as `head`.
+    roots: Arc<RwLock<SubtreeRoots>>,
     /// Entries appended through this process, by [`EntryKind::ALL`]'s order.
     appended: Arc<[AtomicU64; EntryKind::ALL.len()]>,
 }
@@ -120,9 +125,10 @@ const REBUILD_CHUNK: u64 = 50_000;
 
 /// Rebuild the tree from the stored leaves and check it against the last
 /// signed checkpoint.
-async fn rebuild(store: &dyn Store) -> Result<(Frontier, Hash), StoreError> {
+async fn rebuild(store: &dyn Store) -> Result<(Frontier, SubtreeRoots, Hash), StoreError> {
     let checkpoint = store.latest_checkpoint().await?;
     let mut frontier = Frontier::new();
+    let mut roots = SubtreeRoots::default();
     let mut last = [0u8; 32];
     loop {
         let from = frontier.size();
@@ -140,7 +146,7 @@ async fn rebuild(store: &dyn Store) -> Result<(Frontier, Hash), StoreError> {
             break;
         }
         for leaf in &chunk {
-            frontier.push(*leaf);
+            frontier.push_keeping(*leaf, &mut roots);
         }
         last = chunk[chunk.len() - 1];
     }
@@ -153,7 +159,7 @@ async fn rebuild(store: &dyn Store) -> Result<(Frontier, Hash), StoreError> {
             cp.size
         )));
     }
-    Ok((frontier, last))
+    Ok((frontier, roots, last))
 }
 
 impl LogWriter {
@@ -164,7 +170,8 @@ impl LogWriter {
         clock: Arc<dyn Clock>,
         batch_max: usize,
     ) -> Result<Self, StoreError> {
-        let (frontier, prev) = rebuild(store.as_ref()).await?;
+        let (frontier, roots, prev) = rebuild(store.as_ref()).await?;
+        let roots = Arc::new(RwLock::new(roots));
         info!(size = frontier.size(), "log tree rebuilt");
         let (head_tx, head) = watch::channel(TreeHead {
             size: frontier.size(),
@@ -173,6 +180,7 @@ impl LogWriter {
         let (tx, rx) = mpsc::channel(batch_max.max(1) * 4);
         let state = WriterState {
             frontier,
+            roots: Arc::clone(&roots),
             prev,
             head: head_tx,
         };
@@ -184,8 +192,16 @@ impl LogWriter {
         Ok(Self {
             tx,
             head,
+            roots,
             appended: Arc::default(),
         })
+    }
+
+    /// `read` of the committed tree's kept subtree roots (at least as far
+    /// as [`LogWriter::head`]), under the lock the writer takes to add to
+    /// them: keep it short.
+    pub fn with_subtree_roots<T>(&self, read: impl FnOnce(&SubtreeRoots) -> T) -> T {
+        read(&self.roots.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// How many entries of each kind were appended through this process.
@@ -257,6 +273,7 @@ impl LogWriter {
 
 struct WriterState {
     frontier: Frontier,
+    roots: Arc<RwLock<SubtreeRoots>>,
     /// The last entry's leaf hash.
     prev: Hash,
     head: watch::Sender<TreeHead>,
@@ -266,8 +283,9 @@ impl WriterState {
     fn adopt(&mut self, leaves: &[Hash]) {
         if let Some(last) = leaves.last() {
             self.prev = *last;
+            let mut roots = self.roots.write().unwrap_or_else(PoisonError::into_inner);
             for leaf in leaves {
-                self.frontier.push(*leaf);
+                self.frontier.push_keeping(*leaf, &mut roots);
             }
         }
     }

@@ -5,6 +5,7 @@
 //! is append-only, so any two checkpoints the hub signs are consistent; at
 //! start the writer refuses a log that does not reproduce the last one.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -203,16 +204,36 @@ impl Hub {
         Ok(size)
     }
 
-    async fn leaves(&self, size: u64) -> Result<Vec<Hash>, LogQueryError> {
-        let leaves = self.store.leaf_hashes(0, size).await?;
-        if leaves.len() as u64 != size {
-            return Err(StoreError::Corrupt(format!(
-                "expected {size} leaves, read {}",
-                leaves.len()
-            ))
-            .into());
+    /// The leaves of `blocks` (256-leaf blocks by number) in the tree of
+    /// `size`: what a proof needs besides the writer's kept subtree roots.
+    async fn blocks(
+        &self,
+        blocks: BTreeSet<u64>,
+        size: u64,
+    ) -> Result<merkle::Blocks, LogQueryError> {
+        let mut read = merkle::Blocks::new();
+        for block in blocks {
+            let from = block * merkle::TILE_WIDTH;
+            let to = size.min(from + merkle::TILE_WIDTH);
+            let leaves = self.store.leaf_hashes(from, to).await?;
+            if leaves.len() as u64 != to - from {
+                return Err(StoreError::Corrupt(format!(
+                    "expected leaves {from}..{to}, read {}",
+                    leaves.len()
+                ))
+                .into());
+            }
+            read.insert(block, leaves);
         }
-        Ok(leaves)
+        Ok(read)
+    }
+
+    /// A proof's hashes, or the error of a tree the writer does not cover.
+    fn proven(proof: Option<Vec<Hash>>) -> Result<Vec<Hash>, LogQueryError> {
+        proof.ok_or_else(|| {
+            StoreError::Invalid("a proof needed subtree roots the log writer does not hold".into())
+                .into()
+        })
     }
 
     /// The inclusion proof of entry `index` in the tree of `size` (default:
@@ -241,27 +262,28 @@ impl Hub {
         size: u64,
         indexes: Vec<u64>,
     ) -> Result<Vec<InclusionProof>, LogQueryError> {
-        let leaves = self.leaves(size).await?;
-        tokio::task::spawn_blocking(move || {
-            indexes
-                .into_iter()
-                .map(|index| {
-                    let i = usize::try_from(index).unwrap_or(usize::MAX);
-                    let proof = merkle::inclusion_proof(&leaves, index).unwrap_or_default();
-                    InclusionProof {
-                        index,
-                        size,
-                        leaf_hash: leaves
-                            .get(i)
-                            .map(|l| STANDARD.encode(l))
-                            .unwrap_or_default(),
-                        proof: b64(&proof),
-                    }
+        let wanted = indexes
+            .iter()
+            .flat_map(|index| merkle::inclusion_blocks(*index, size))
+            .collect();
+        let blocks = self.blocks(wanted, size).await?;
+        indexes
+            .into_iter()
+            .map(|index| {
+                let proof = self
+                    .log
+                    .with_subtree_roots(|roots| roots.inclusion_proof(index, size, &blocks));
+                let leaf_hash = blocks
+                    .get(&(index / merkle::TILE_WIDTH))
+                    .and_then(|b| b.get(usize::try_from(index % merkle::TILE_WIDTH).ok()?));
+                Ok(InclusionProof {
+                    index,
+                    size,
+                    leaf_hash: leaf_hash.map(|l| STANDARD.encode(l)).unwrap_or_default(),
+                    proof: b64(&Self::proven(proof)?),
                 })
-                .collect()
-        })
-        .await
-        .map_err(|e| StoreError::Invalid(e.to_string()).into())
+            })
+            .collect()
     }
 
     /// Inclusion proofs of every entry of one exchange.
@@ -298,16 +320,16 @@ impl Hub {
                 "need 0 < from <= to, got from={from} to={to}"
             )));
         }
-        let leaves = self.leaves(to).await?;
-        let proof = tokio::task::spawn_blocking(move || {
-            merkle::consistency_proof(&leaves, from).unwrap_or_default()
-        })
-        .await
-        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let blocks = self
+            .blocks(merkle::consistency_blocks(from, to), to)
+            .await?;
+        let proof = self
+            .log
+            .with_subtree_roots(|roots| roots.consistency_proof(from, to, &blocks));
         Ok(ConsistencyProof {
             from,
             to,
-            proof: b64(&proof),
+            proof: b64(&Self::proven(proof)?),
         })
     }
 
@@ -409,26 +431,19 @@ impl Hub {
                     .and_then(|n| first.checked_add(n))
                     .filter(|end| *end <= size)
                     .ok_or_else(not_yet)?;
-                // Each hash is folded from its leaves a chunk at a time, so a
-                // high-level tile never holds more than one chunk in memory.
-                const CHUNK: u64 = 1 << 16;
-                let mut out = Vec::with_capacity(usize::try_from(want).unwrap_or(0) * 32);
-                let mut start = first;
-                while start < end {
-                    let mut frontier = merkle::Frontier::new();
-                    let stop = start + span;
-                    let mut from = start;
-                    while from < stop {
-                        let to = stop.min(from + CHUNK);
-                        for leaf in self.store.leaf_hashes(from, to).await? {
-                            frontier.push(leaf);
-                        }
-                        from = to;
-                    }
-                    out.extend_from_slice(&frontier.root());
-                    start = stop;
+                // Level 0 is the leaves themselves; above it each hash is
+                // the root of a complete subtree, folded from the kept roots.
+                if level == 0 {
+                    return Ok(self.store.leaf_hashes(first, end).await?.concat());
                 }
-                Ok(out)
+                let height = 8 * u32::from(level);
+                let none = merkle::Blocks::new();
+                let hashes: Option<Vec<Hash>> = self.log.with_subtree_roots(|roots| {
+                    (0..want)
+                        .map(|j| roots.subtree_root(first + j * span, height, &none))
+                        .collect()
+                });
+                Ok(Self::proven(hashes)?.concat())
             }
             TileRequest::Entries { index, width } => {
                 let first = index.checked_mul(merkle::TILE_WIDTH).ok_or_else(not_yet)?;
