@@ -2005,9 +2005,10 @@ async fn answers_and_receipts_racing_through_two_writers_are_written_once(store:
 /// PostgreSQL plans each of the hub's statements once per connection, for
 /// any values (`plan_cache_mode = force_generic_plan`, see
 /// `PgStore::open`), and on a log whose statistics may be stale. Looking
-/// up an exchange's request, and a data subject's exchanges, must still
-/// go to the rows by index, not read the log from its start: counted by
-/// PostgreSQL's own statistics of the rows read from `log_entries`.
+/// up an exchange's request or a data subject's exchanges, and reading
+/// entries with their bodies, must still go to the rows by index, not read
+/// the log from its start: counted by PostgreSQL's own statistics of the
+/// rows read.
 #[tokio::test]
 async fn a_long_log_is_looked_up_by_index_not_read_through_on_postgres() {
     const EXCHANGES: u32 = 1_500;
@@ -2043,7 +2044,7 @@ async fn a_long_log_is_looked_up_by_index_not_read_through_on_postgres() {
         u64::from(indexed)
     );
     drop(store);
-    let before = rows_read_from_the_log(&db).await;
+    let before = rows_read_from(&db, "log_entries").await;
 
     let store = hub_server::store::open(&db.url, PoolSettings::default())
         .await
@@ -2058,7 +2059,7 @@ async fn a_long_log_is_looked_up_by_index_not_read_through_on_postgres() {
         assert_eq!(records.len(), 10, "{subject}: 5 exchanges, 2 entries each");
     }
     drop(store);
-    let read = rows_read_from_the_log(&db).await - before;
+    let read = rows_read_from(&db, "log_entries").await - before;
     // Each subject's lookup reads the unindexed tail (500 entries) and its
     // own hits; together the five lookups stay below one whole scan.
     assert!(
@@ -2066,6 +2067,22 @@ async fn a_long_log_is_looked_up_by_index_not_read_through_on_postgres() {
         "looking up 3 requests and 2 subjects read {read} rows of a {}-entry log",
         EXCHANGES * 2
     );
+
+    // The last ten entries with their bodies.
+    let before = rows_read_from(&db, "log_bodies").await;
+    let store = hub_server::store::open(&db.url, PoolSettings::default())
+        .await
+        .unwrap();
+    let last = store
+        .entries(u64::from(EXCHANGES) * 2 - 10, 10)
+        .await
+        .unwrap();
+    assert_eq!(last.len(), 10);
+    assert!(last.iter().all(|e| e.body.is_some()));
+    drop(store);
+    let read = rows_read_from(&db, "log_bodies").await - before;
+    assert!(read < 100, "reading the last 10 entries read {read} bodies");
+
     db.drop_now().await;
 }
 
@@ -2098,7 +2115,7 @@ async fn a_purge_reads_what_expired_since_the_last_not_the_log_on_postgres() {
     }
     assert_eq!(store.purge(&day(2_900), 0).await.unwrap(), (2_900, 0));
     drop(store);
-    let before = rows_read_from_the_log(&db).await;
+    let before = rows_read_from(&db, "log_entries").await;
 
     let store = hub_server::store::open(&db.url, PoolSettings::default())
         .await
@@ -2113,7 +2130,7 @@ async fn a_purge_reads_what_expired_since_the_last_not_the_log_on_postgres() {
         .collect();
     assert_eq!(kept, [false, true]);
     drop(store);
-    let read = rows_read_from_the_log(&db).await - before;
+    let read = rows_read_from(&db, "log_entries").await - before;
     assert!(
         read < i64::from(ENTRIES) / 3,
         "a purge of 50 bodies read {read} rows of a {ENTRIES}-entry log"
@@ -2121,10 +2138,10 @@ async fn a_purge_reads_what_expired_since_the_last_not_the_log_on_postgres() {
     db.drop_now().await;
 }
 
-/// PostgreSQL's count of the rows read from `log_entries`, by sequential
-/// scans and through indexes, once every other connection to `db` has gone
-/// (a backend hands in its statistics when it exits).
-async fn rows_read_from_the_log(db: &PgDatabase) -> i64 {
+/// PostgreSQL's count of the rows read from `table`, by sequential scans
+/// and through indexes, once every other connection to `db` has gone (a
+/// backend hands in its statistics when it exits).
+async fn rows_read_from(db: &PgDatabase, table: &str) -> i64 {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
     let mut waited = 0;
@@ -2148,8 +2165,9 @@ async fn rows_read_from_the_log(db: &PgDatabase) -> i64 {
         .await
         .unwrap();
     let scans: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0) FROM pg_stat_user_tables WHERE relname = 'log_entries'",
+        "SELECT COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0) FROM pg_stat_user_tables WHERE relname = $1",
     )
+    .bind(table)
     .fetch_one(&mut conn)
     .await
     .unwrap();
