@@ -877,6 +877,12 @@ async fn checkpoints_witnesses_and_cosignatures(store: Arc<dyn Store>) {
         store.latest_checkpoint().await.unwrap().unwrap().note,
         "note 5"
     );
+    let three = store.checkpoint_of_size(3).await.unwrap().unwrap();
+    assert_eq!(
+        (three.size, three.root, three.note.as_str()),
+        (3, [3; 32], "note 3")
+    );
+    assert!(store.checkpoint_of_size(4).await.unwrap().is_none());
 
     store.add_witness("w1", "w1+00000000+AAAA").await.unwrap();
     store.add_witness("w1", "w1+11111111+BBBB").await.unwrap();

@@ -171,10 +171,8 @@ impl Hub {
             note::Verifier::parse(&vkey).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let cp = self
             .store
-            .checkpoints()
+            .checkpoint_of_size(size)
             .await?
-            .into_iter()
-            .find(|c| c.size == size)
             .ok_or_else(|| LogQueryError::NotFound(format!("no checkpoint of size {size}")))?;
         let opened = note::open(&format!("{}{line}", cp.note), &[verifier]).map_err(|e| {
             LogQueryError::BadRequest(format!("the cosignature does not verify: {e}"))

@@ -1089,6 +1089,8 @@ pub trait Store: Send + Sync {
     async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError>;
     /// The checkpoint of the largest size, if any.
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError>;
+    /// The checkpoint of tree size `size`, if one was signed.
+    async fn checkpoint_of_size(&self, size: u64) -> Result<Option<StoredCheckpoint>, StoreError>;
 
     /// Register (or replace) a witness's verifier key.
     async fn add_witness(&self, name: &str, vkey: &str) -> Result<(), StoreError> {

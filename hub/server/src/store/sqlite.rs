@@ -818,6 +818,17 @@ impl Store for SqliteStore {
             .transpose()
     }
 
+    async fn checkpoint_of_size(&self, size: u64) -> Result<Option<StoredCheckpoint>, StoreError> {
+        sqlx::query("SELECT size, root, note FROM checkpoints WHERE size = ?")
+            .bind(to_i64(size))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .as_ref()
+            .map(Self::checkpoint_row)
+            .transpose()
+    }
+
     async fn witnesses(&self) -> Result<Vec<(String, String)>, StoreError> {
         let rows = sqlx::query("SELECT name, vkey FROM witnesses ORDER BY name")
             .fetch_all(&self.pool)
