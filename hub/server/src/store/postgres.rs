@@ -86,6 +86,24 @@ impl Leadership for Session {
 }
 
 impl PgStore {
+    /// The checkpoint of tree size `size`, or the latest.
+    async fn checkpoint_at(
+        &self,
+        size: Option<u64>,
+    ) -> Result<Option<StoredCheckpoint>, StoreError> {
+        sqlx::query(
+            "SELECT size, root, note FROM checkpoints
+             WHERE size = COALESCE($1, (SELECT max(size) FROM checkpoints))",
+        )
+        .bind(size.map(to_i64))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(Self::checkpoint_row)
+        .transpose()
+    }
+
     /// The purge's chunk of bodies from index `from` ([`expired_in`]):
     /// each one's index and whether its entry was written before `before`.
     async fn body_chunk(&self, before: &str, from: i64) -> Result<BodyChunk, StoreError> {
@@ -988,24 +1006,11 @@ impl Store for PgStore {
     }
 
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
-        sqlx::query("SELECT size, root, note FROM checkpoints ORDER BY size DESC LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?
-            .as_ref()
-            .map(Self::checkpoint_row)
-            .transpose()
+        self.checkpoint_at(None).await
     }
 
     async fn checkpoint_of_size(&self, size: u64) -> Result<Option<StoredCheckpoint>, StoreError> {
-        sqlx::query("SELECT size, root, note FROM checkpoints WHERE size = $1")
-            .bind(to_i64(size))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?
-            .as_ref()
-            .map(Self::checkpoint_row)
-            .transpose()
+        self.checkpoint_at(Some(size)).await
     }
 
     async fn witnesses(&self) -> Result<Vec<(String, String)>, StoreError> {
