@@ -736,12 +736,10 @@ impl Store for PgStore {
             .iter()
             .map(|(to, of)| (to.to_string(), of.to_string()))
             .unzip();
-        // The tail bounded on both sides: the generic plan takes `idx >= $1`
-        // alone for a third of the log and scans all of it, under the lock.
         let rows = sqlx::query(
             "SELECT idx, leaf_hash, NULL::bigint AS version, NULL::text AS opened,
                     NULL::text AS queued_to, NULL::text AS queued_id, NULL::text AS pending
-                 FROM log_entries WHERE idx BETWEEN $1 AND (SELECT max(idx) FROM log_entries)
+                 FROM log_entries WHERE idx >= $1
              UNION ALL SELECT NULL, NULL, version, NULL, NULL, NULL, NULL FROM registry_version
              UNION ALL SELECT NULL, NULL, NULL, exchange_id, NULL, NULL, NULL FROM exchanges
                  WHERE exchange_id = ANY($2)
