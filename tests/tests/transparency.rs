@@ -59,6 +59,28 @@ async fn checkpoint_covering(hub: &TestHub, size: u64) -> Checkpoint {
     }
 }
 
+/// The hub's consistency proof from `old` to `new` verifies against both
+/// signed roots.
+async fn assert_consistent(hub: &TestHub, old: &Checkpoint, new: &Checkpoint) {
+    let (status, proof) = hub
+        .client(TAX)
+        .get_json(&format!(
+            "/v1/log/proof/consistency?from={}&to={}",
+            old.size, new.size
+        ))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{proof}");
+    verify_consistency(
+        old.size,
+        new.size,
+        &old.root,
+        &new.root,
+        &hashes(&proof["proof"]),
+    )
+    .unwrap();
+}
+
 fn hashes(v: &Value) -> Vec<Vec<u8>> {
     v.as_array()
         .unwrap()
@@ -153,23 +175,7 @@ async fn successive_checkpoints_are_consistent_across_a_restart() {
             json!({"personal_id": "001085012345", "full_name": "Nguyễn Văn An", "birth_date": "1985-03-12"}))).await;
     }
     let second = checkpoint_covering(&hub, first.size + 10).await;
-    let (status, proof) = hub
-        .client(TAX)
-        .get_json(&format!(
-            "/v1/log/proof/consistency?from={}&to={}",
-            first.size, second.size
-        ))
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK, "{proof}");
-    verify_consistency(
-        first.size,
-        second.size,
-        &first.root,
-        &second.root,
-        &hashes(&proof["proof"]),
-    )
-    .unwrap();
+    assert_consistent(&hub, &first, &second).await;
 
     // The entries an auditor downloads reproduce the signed root.
     let (_, entries) = hub
@@ -458,23 +464,7 @@ async fn proofs_across_the_first_subtree_verify(
         assert_eq!(proof["leaf_hash"], STANDARD.encode(leaf));
         verify_inclusion(index, cp.size, leaf, &hashes(&proof["proof"]), &cp.root).unwrap();
     }
-    let (status, proof) = hub
-        .client(TAX)
-        .get_json(&format!(
-            "/v1/log/proof/consistency?from={}&to={}",
-            early.size, cp.size
-        ))
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK, "{proof}");
-    verify_consistency(
-        early.size,
-        cp.size,
-        &early.root,
-        &cp.root,
-        &hashes(&proof["proof"]),
-    )
-    .unwrap();
+    assert_consistent(hub, early, cp).await;
 }
 
 #[tokio::test]

@@ -574,7 +574,7 @@ pub(crate) const OUTBOX_BY_INSTANCE: &str =
 pub(crate) const INBOX_BY_RECIPIENT: &str =
     "SELECT recipient, count(*) FROM deliveries GROUP BY recipient ORDER BY recipient";
 
-/// How many bodies a purge reads at a time ([`purge_bodies`]).
+/// How many bodies a purge reads at a time ([`expired_in`]).
 pub(crate) const PURGE_CHUNK: u32 = 1_000;
 
 /// One chunk of a purge, as a backend read it: of the `PURGE_CHUNK` oldest
