@@ -132,7 +132,7 @@ async fn a_citizen_learns_who_saw_their_data_and_the_question_is_logged() {
     let hub = TestHub::start().await;
     let an = "001085012345";
     // Three agencies touch An's data in three ways; another citizen's lookup does not count.
-    let (status, _) = hub.send(citizen_lookup(an)).await;
+    let (status, first_lookup) = hub.send(citizen_lookup(an)).await;
     assert_eq!(status, StatusCode::OK);
     let (status, _) = hub
         .send(envelope(
@@ -223,6 +223,25 @@ async fn a_citizen_learns_who_saw_their_data_and_the_question_is_logged() {
     assert_eq!(again.len(), 4);
     assert_eq!(again[3]["service"], "subject.access_history");
     assert_eq!(again[3]["agency"]["subsystem"], "citizen-portal");
+
+    // From a given point on: `after` the first exchange's first entry (its
+    // request, which its answer refers to), the first access is left out.
+    let (status, later) = hub
+        .send(envelope(
+            hub_server::pki::CITIZEN_PORTAL,
+            "subject.access_history",
+            "data_subject_request",
+            json!({"personal_id": an, "after": first_lookup["record"]["refers_to"]}),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{later}");
+    let later = later["body"]["accesses"].as_array().unwrap();
+    assert_eq!(
+        later.len(),
+        4,
+        "the second lookup and on, the two questions"
+    );
+    assert_eq!(later[0]["agency"]["subsystem"], "social-insurance");
 
     // Someone nobody asked about has an empty history.
     let (_, empty) = access_history(&hub, "001199000001").await;

@@ -1030,25 +1030,40 @@ async fn the_subject_index_finds_whole_exchanges_oldest_first(store: Arc<dyn Sto
     assert_eq!(store.index_subjects(100).await.unwrap(), 0);
     store.append(&batch[3..]).await.unwrap();
 
-    let (records, more) = store.subject_records("an", 10).await.unwrap();
-    assert!(!more);
+    let (records, next) = store.subject_records("an", 10, None).await.unwrap();
+    assert_eq!(next, None);
     // Every entry of both exchanges, in log order.
     assert_eq!(
         exchange_of(&records),
         [id(1), id(2), id(2), id(1)].map(|i| i.to_string())
     );
-    let (records, more) = store.subject_records("an", 1).await.unwrap();
-    assert!(more);
-    assert_eq!(exchange_of(&records), [id(1), id(1)].map(|i| i.to_string()));
-    let (records, _) = store.subject_records("binh", 10).await.unwrap();
+    let (records, _) = store.subject_records("binh", 10, None).await.unwrap();
     assert_eq!(
         exchange_of(&records),
         [id(2), id(3), id(2)].map(|i| i.to_string())
     );
     assert_eq!(
-        store.subject_records("nobody", 10).await.unwrap(),
-        (vec![], false)
+        store.subject_records("nobody", 10, None).await.unwrap(),
+        (vec![], None)
     );
+
+    // A page at a time: `next` is the first entry index of the page's last
+    // exchange, and the next page starts after it.
+    let (records, next) = store.subject_records("an", 1, None).await.unwrap();
+    assert_eq!(exchange_of(&records), [id(1), id(1)].map(|i| i.to_string()));
+    assert_eq!(next, Some(0));
+    let (records, next) = store.subject_records("an", 1, next).await.unwrap();
+    assert_eq!(exchange_of(&records), [id(2), id(2)].map(|i| i.to_string()));
+    assert_eq!(next, None);
+    // Exchanges come in the order they began, not in the order they first
+    // touched the person: exchange 2 began (entry 1) before exchange 3
+    // (entry 2), though it touched Bình only with its answer (entry 3).
+    let (records, next) = store.subject_records("binh", 1, None).await.unwrap();
+    assert_eq!(exchange_of(&records), [id(2), id(2)].map(|i| i.to_string()));
+    assert_eq!(next, Some(1));
+    let (records, next) = store.subject_records("binh", 1, next).await.unwrap();
+    assert_eq!(exchange_of(&records), [id(3)].map(|i| i.to_string()));
+    assert_eq!(next, None);
 }
 
 /// Indexers on two hubs at once: each entry is indexed by one of them,
@@ -1080,8 +1095,8 @@ async fn two_indexers_at_once_index_each_entry_once(store: Arc<dyn Store>) {
         tokio::spawn(indexer(store.clone()))
     );
     assert_eq!(a.unwrap() + b.unwrap(), 120);
-    let (records, more) = store.subject_records("binh", 100).await.unwrap();
-    assert_eq!((records.len(), more), (60, false));
+    let (records, next) = store.subject_records("binh", 100, None).await.unwrap();
+    assert_eq!((records.len(), next), (60, None));
 }
 
 fn event_id(n: u32) -> ExchangeId {
@@ -2060,8 +2075,8 @@ async fn a_long_log_is_looked_up_by_index_not_read_through_on_postgres() {
         assert!(request.contains(&exchange(n).to_string()), "{request}");
     }
     for subject in ["subject-7", "subject-99"] {
-        let (records, more) = store.subject_records(subject, 5).await.unwrap();
-        assert!(more, "{subject} touched 15 exchanges");
+        let (records, next) = store.subject_records(subject, 5, None).await.unwrap();
+        assert!(next.is_some(), "{subject} touched 15 exchanges");
         assert_eq!(records.len(), 10, "{subject}: 5 exchanges, 2 entries each");
     }
     drop(store);

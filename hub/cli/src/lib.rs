@@ -328,6 +328,9 @@ pub struct AccessHistoryArgs {
     /// The case reference of the citizen's request.
     #[arg(long = "case")]
     pub case_ref: String,
+    /// The next page: the `--after` an earlier answer printed.
+    #[arg(long)]
+    pub after: Option<u64>,
     /// Print the hub's signed reply as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -1349,7 +1352,10 @@ async fn access_history(config: &Config, args: AccessHistoryArgs) -> anyhow::Res
         "version": 1,
         "purpose": "data_subject_request",
         "case_ref": args.case_ref,
-        "payload": {"personal_id": args.personal_id},
+        "payload": match args.after {
+            Some(after) => json!({"personal_id": args.personal_id, "after": after}),
+            None => json!({"personal_id": args.personal_id}),
+        },
     });
     let Some(reply) = exchange(config, &args.agent, envelope).await? else {
         return Ok(ExitCode::FAILURE);
@@ -1406,10 +1412,9 @@ async fn access_history(config: &Config, args: AccessHistoryArgs) -> anyhow::Res
             }
         );
     }
-    let more = if reply["body"]["truncated"] == true {
-        " (the oldest; more exist)"
-    } else {
-        ""
+    let more = match reply["body"]["next"].as_u64() {
+        Some(next) => format!(" (more exist: ask again with --after {next})"),
+        None => String::new(),
     };
     eprintln!("{} accesses{more}", accesses.len());
     Ok(ExitCode::SUCCESS)

@@ -33,7 +33,8 @@ pub const SERVICE: &str = "subject.access_history";
 pub const HUB_MEMBER: &str = "000.00.00.H00/hub";
 
 /// At most this many exchanges in one answer (the oldest first); the
-/// answer says `truncated` when there are more.
+/// answer says `truncated` when there are more, and `next`: the `after`
+/// that asks for the page that follows.
 pub const MAX_ACCESSES: u32 = 1000;
 
 /// The hub's member.
@@ -63,10 +64,11 @@ impl AccessHistory {
     async fn answer(&self, request: &AdapterRequest) -> Result<Value, AdapterError> {
         // The hub validated the payload against the request schema.
         let personal_id = request.payload["personal_id"].as_str().unwrap_or_default();
+        let after = request.payload["after"].as_u64();
         let subject = subject_of(&self.data_key, personal_id);
-        let (records, truncated) = self
+        let (records, next) = self
             .store
-            .subject_records(&subject, MAX_ACCESSES)
+            .subject_records(&subject, MAX_ACCESSES, after)
             .await
             .map_err(|e| AdapterError::Unavailable(e.to_string()))?;
         let records: Vec<Value> = records
@@ -74,10 +76,14 @@ impl AccessHistory {
             .filter_map(|r| serde_json::from_str(r).ok())
             .collect();
         let current = request.exchange_id.to_string();
-        Ok(json!({
+        let mut answer = json!({
             "accesses": accesses(&records, &current),
-            "truncated": truncated,
-        }))
+            "truncated": next.is_some(),
+        });
+        if let Some(next) = next {
+            answer["next"] = json!(next);
+        }
+        Ok(answer)
     }
 }
 

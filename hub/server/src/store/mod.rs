@@ -132,31 +132,28 @@ pub fn key_replacement(
     writes
 }
 
-/// The records of the first `limit` exchanges of `records` (in log
-/// order), and whether there were more.
-pub(crate) fn keep_exchanges(records: Vec<String>, limit: u32) -> (Vec<String>, bool) {
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let mut seen = std::collections::HashSet::new();
-    let mut more = false;
-    let kept = records
+/// A page of [`Store::subject_records`] from `rows` (each entry's record
+/// and its exchange's first entry index, in log order, of at most one
+/// exchange more than `limit`): the records of the `limit` exchanges that
+/// begin first, and the first entry index of the last of them if there
+/// were more.
+pub(crate) fn page_of_exchanges(
+    rows: Vec<(String, i64)>,
+    limit: u32,
+) -> (Vec<String>, Option<u64>) {
+    let mut firsts: Vec<i64> = rows.iter().map(|(_, first)| *first).collect();
+    firsts.sort_unstable();
+    firsts.dedup();
+    let limit = usize::try_from(limit.max(1)).unwrap_or(usize::MAX);
+    let Some(&last) = firsts.get(limit - 1).filter(|_| firsts.len() > limit) else {
+        return (rows.into_iter().map(|(record, _)| record).collect(), None);
+    };
+    let kept = rows
         .into_iter()
-        .filter(|record| {
-            let id = serde_json::from_str::<serde_json::Value>(record)
-                .ok()
-                .and_then(|v| v["exchange_id"].as_str().map(str::to_owned))
-                .unwrap_or_default();
-            if seen.contains(&id) {
-                return true;
-            }
-            if seen.len() < limit {
-                seen.insert(id);
-                return true;
-            }
-            more = true;
-            false
-        })
+        .filter(|(_, first)| *first <= last)
+        .map(|(record, _)| record)
         .collect();
-    (kept, more)
+    (kept, Some(to_u64(last)))
 }
 
 /// A value as the JSON text a column keeps.
@@ -1062,12 +1059,16 @@ pub trait Store: Send + Sync {
 
     /// The records of every entry of the exchanges that touched `subject`
     /// (the index, and the entries past its end), in log order: at most
-    /// `limit` exchanges, the oldest first; `true` when more exist.
+    /// `limit` exchanges, the oldest first (by their first entry), of
+    /// those whose first entry comes after index `after`; and, when more
+    /// exist, the first entry index of the last exchange returned - the
+    /// `after` of the next page.
     async fn subject_records(
         &self,
         subject: &str,
         limit: u32,
-    ) -> Result<(Vec<String>, bool), StoreError>;
+        after: Option<u64>,
+    ) -> Result<(Vec<String>, Option<u64>), StoreError>;
 
     /// The leaf hashes of entries `from..to`, in order.
     async fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError>;

@@ -19,7 +19,7 @@ use super::{
     AgencyRecord, AppendItem, Batch, Claims, Delivery, ExchangeRow, ExchangeState, Facts, Grant,
     Leadership, OutboxRow, PoolSettings, RegistryChange, Role, SealAfter, ServiceRecord, Store,
     StoreError, StoredCheckpoint, StoredEntry, StoredMessage, Subscription, Tail, fields_of_column,
-    json_text, keep_exchanges,
+    json_text, page_of_exchanges,
 };
 use super::{
     Backlog, BodyChunk, Effect, INBOX_BY_RECIPIENT, OUTBOX_BY_INSTANCE, PURGE_CHUNK, Presumed,
@@ -915,15 +915,16 @@ impl Store for PgStore {
         &self,
         subject: &str,
         limit: u32,
-    ) -> Result<(Vec<String>, bool), StoreError> {
+        after: Option<u64>,
+    ) -> Result<(Vec<String>, Option<u64>), StoreError> {
         // One more exchange than asked for says whether there are more.
         // Written for the generic plan (see `open`), which cannot know
         // the values: each step hands the next an array (`= ANY(ARRAY(...))`),
         // looked up by index, and the unindexed tail is a range bounded on
         // both sides, which the planner takes for a short one (`idx >=`
         // alone it takes for a third of the table). Joined as sets, with
-        // the tail open-ended, the plan scanned the whole log twice.
-        let rows = sqlx::query(
+        // the tail open-ended, the plan read the whole log twice.
+        let rows: Vec<(String, i64)> = sqlx::query_as(
             "WITH hits AS (
                 SELECT s.idx FROM subjects s WHERE s.subject = $1
                 UNION
@@ -931,24 +932,25 @@ impl Store for PgStore {
                 WHERE t.idx BETWEEN (SELECT indexed_up_to FROM subject_index_state)
                                 AND (SELECT max(idx) FROM log_entries)
                   AND t.subjects IS NOT NULL AND j = $1),
+             hit_exchanges AS (
+                SELECT DISTINCT e.exchange_id FROM log_entries e
+                WHERE e.idx = ANY(ARRAY(SELECT idx FROM hits))),
              touched AS (
                 SELECT e.exchange_id, MIN(e.idx) AS first FROM log_entries e
-                WHERE e.idx = ANY(ARRAY(SELECT idx FROM hits))
-                GROUP BY e.exchange_id ORDER BY first LIMIT $2)
-             SELECT e.record FROM log_entries e
+                WHERE e.exchange_id = ANY(ARRAY(SELECT exchange_id FROM hit_exchanges))
+                GROUP BY e.exchange_id HAVING MIN(e.idx) > $3
+                ORDER BY first LIMIT $2)
+             SELECT e.record, t.first FROM log_entries e JOIN touched t ON t.exchange_id = e.exchange_id
              WHERE e.exchange_id = ANY(ARRAY(SELECT exchange_id FROM touched))
              ORDER BY e.idx",
         )
         .bind(subject)
-        .bind(i64::from(limit) + 1)
+        .bind(i64::from(limit.max(1)) + 1)
+        .bind(after.map_or(-1, to_i64))
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        let records = rows
-            .iter()
-            .map(|r| r.try_get::<String, _>("record").map_err(db))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(keep_exchanges(records, limit))
+        Ok(page_of_exchanges(rows, limit.max(1)))
     }
 
     async fn indexes_of_exchange(&self, id: ExchangeId) -> Result<Vec<u64>, StoreError> {

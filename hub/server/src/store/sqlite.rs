@@ -20,7 +20,7 @@ use super::{
     AgencyRecord, AppendItem, Batch, Claims, Delivery, ExchangeRow, ExchangeState, Facts, Grant,
     Leadership, OutboxRow, RegistryChange, Role, SealAfter, ServiceRecord, Store, StoreError,
     StoredCheckpoint, StoredEntry, StoredMessage, Subscription, Tail, fields_of_column, json_text,
-    keep_exchanges,
+    page_of_exchanges,
 };
 use super::{
     Backlog, BodyChunk, INBOX_BY_RECIPIENT, OUTBOX_BY_INSTANCE, PURGE_CHUNK, corrupt, counts,
@@ -747,31 +747,31 @@ impl Store for SqliteStore {
         &self,
         subject: &str,
         limit: u32,
-    ) -> Result<(Vec<String>, bool), StoreError> {
+        after: Option<u64>,
+    ) -> Result<(Vec<String>, Option<u64>), StoreError> {
         // One more exchange than asked for says whether there are more.
-        let rows = sqlx::query(
+        let rows: Vec<(String, i64)> = sqlx::query_as(
             "WITH touched AS (
                 SELECT e.exchange_id, MIN(e.idx) AS first FROM log_entries e
-                WHERE e.idx IN (
-                    SELECT s.idx FROM subjects s WHERE s.subject = ?1
-                    UNION
-                    SELECT t.idx FROM log_entries t, json_each(t.subjects) j
-                    WHERE t.idx >= (SELECT indexed_up_to FROM subject_index_state)
-                      AND t.subjects IS NOT NULL AND j.value = ?1)
-                GROUP BY e.exchange_id ORDER BY first LIMIT ?2)
-             SELECT e.record FROM log_entries e JOIN touched t ON t.exchange_id = e.exchange_id
+                WHERE e.exchange_id IN (
+                    SELECT h.exchange_id FROM log_entries h WHERE h.idx IN (
+                        SELECT s.idx FROM subjects s WHERE s.subject = ?1
+                        UNION
+                        SELECT t.idx FROM log_entries t, json_each(t.subjects) j
+                        WHERE t.idx >= (SELECT indexed_up_to FROM subject_index_state)
+                          AND t.subjects IS NOT NULL AND j.value = ?1))
+                GROUP BY e.exchange_id HAVING MIN(e.idx) > ?3
+                ORDER BY first LIMIT ?2)
+             SELECT e.record, t.first FROM log_entries e JOIN touched t ON t.exchange_id = e.exchange_id
              ORDER BY e.idx",
         )
         .bind(subject)
-        .bind(i64::from(limit) + 1)
+        .bind(i64::from(limit.max(1)) + 1)
+        .bind(after.map_or(-1, to_i64))
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        let records = rows
-            .iter()
-            .map(|r| r.try_get::<String, _>("record").map_err(db))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(keep_exchanges(records, limit))
+        Ok(page_of_exchanges(rows, limit.max(1)))
     }
 
     async fn indexes_of_exchange(&self, id: ExchangeId) -> Result<Vec<u64>, StoreError> {
