@@ -14,12 +14,26 @@ use hub_e2e::*;
 use serde_json::{Value, json};
 
 async fn start() -> TestHub {
-    TestHub::start_with(
-        Arc::new(tempfile::tempdir().unwrap()),
-        |c| c.checkpoint_interval_ms = 50,
-        Options::default(),
-    )
-    .await
+    start_in(Arc::new(tempfile::tempdir().unwrap())).await
+}
+
+/// A hub on `dir` (a fresh one, or a stopped hub's to restart it) that
+/// signs a checkpoint every 50 ms.
+async fn start_in(dir: Arc<tempfile::TempDir>) -> TestHub {
+    TestHub::start_with(dir, |c| c.checkpoint_interval_ms = 50, Options::default()).await
+}
+
+/// `n` lookups of `personal_id` by the one-stop office, one after another.
+async fn lookups(hub: &TestHub, n: usize, personal_id: &str) {
+    for _ in 0..n {
+        hub.send(envelope(
+            ONE_STOP,
+            "citizen.lookup",
+            "public_service",
+            json!({"personal_id": personal_id}),
+        ))
+        .await;
+    }
 }
 
 /// The checkpoint verifier an auditor derives from the pinned JWKS alone.
@@ -152,24 +166,11 @@ async fn a_sender_proves_its_answer_is_in_the_signed_log() {
 #[tokio::test]
 async fn successive_checkpoints_are_consistent_across_a_restart() {
     let mut hub = start().await;
-    for _ in 0..3 {
-        hub.send(envelope(
-            ONE_STOP,
-            "citizen.lookup",
-            "public_service",
-            json!({"personal_id": "079192000123"}),
-        ))
-        .await;
-    }
+    lookups(&hub, 3, "079192000123").await;
     let first = checkpoint_covering(&hub, 6).await;
     hub.stop().await;
 
-    let hub = TestHub::start_with(
-        hub.dir.clone(),
-        |c| c.checkpoint_interval_ms = 50,
-        Options::default(),
-    )
-    .await;
+    let hub = start_in(hub.dir.clone()).await;
     for _ in 0..5 {
         hub.send(envelope(BANK, "citizen.verify", "kyc",
             json!({"personal_id": "001085012345", "full_name": "Nguyễn Văn An", "birth_date": "1985-03-12"}))).await;
@@ -470,15 +471,7 @@ async fn proofs_across_the_first_subtree_verify(
 #[tokio::test]
 async fn a_level_one_tile_holds_the_root_of_each_256_leaves() {
     let mut hub = start().await;
-    for _ in 0..20 {
-        hub.send(envelope(
-            ONE_STOP,
-            "citizen.lookup",
-            "public_service",
-            json!({"personal_id": "001085012345"}),
-        ))
-        .await;
-    }
+    lookups(&hub, 20, "001085012345").await;
     let early = checkpoint_covering(&hub, 40).await;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..140 {
@@ -525,11 +518,6 @@ async fn a_level_one_tile_holds_the_root_of_each_256_leaves() {
     let cp = checkpoint_covering(&hub, 300).await;
     proofs_across_the_first_subtree_verify(&hub, &early, &cp).await;
     hub.stop().await;
-    let hub = TestHub::start_with(
-        hub.dir.clone(),
-        |c| c.checkpoint_interval_ms = 50,
-        Options::default(),
-    )
-    .await;
+    let hub = start_in(hub.dir.clone()).await;
     proofs_across_the_first_subtree_verify(&hub, &early, &cp).await;
 }
