@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hub_adapter_sdk::ServiceKind;
 use hub_core::body::{DataKey, commitment};
 use hub_core::fields::FieldSet;
@@ -71,6 +73,8 @@ both_backends!(
     a_message_is_acknowledged_once_whichever_writer_acknowledges_it,
     answers_and_receipts_racing_through_two_writers_are_written_once,
     a_log_of_version_1_entries_goes_on_in_version_2,
+    kept_block_roots_are_read_in_runs_and_never_replaced,
+    a_log_writer_keeps_the_root_of_each_block_it_completes,
 );
 
 fn member(s: &str) -> Member {
@@ -1132,6 +1136,118 @@ async fn two_log_writers(
     ([a, b], signing, data)
 }
 
+async fn kept_block_roots_are_read_in_runs_and_never_replaced(store: Arc<dyn Store>) {
+    let (a, b, c, d) = ([1; 32], [2; 32], [3; 32], [4; 32]);
+    assert_eq!(store.block_roots(0, 10).await.unwrap(), Vec::<Hash>::new());
+    store.keep_block_roots(0, &[a, b]).await.unwrap();
+    store.keep_block_roots(3, &[d]).await.unwrap();
+    store.keep_block_roots(1, &[c]).await.unwrap();
+    assert_eq!(
+        store.block_roots(0, 10).await.unwrap(),
+        [a, b],
+        "up to the gap"
+    );
+    assert_eq!(
+        store.block_roots(0, 1).await.unwrap(),
+        [a],
+        "at most the limit"
+    );
+    assert_eq!(store.block_roots(3, 10).await.unwrap(), [d]);
+    assert_eq!(store.block_roots(2, 10).await.unwrap(), Vec::<Hash>::new());
+    // More than one statement's worth.
+    let many: Vec<Hash> = (0..2_500u32)
+        .map(|n| {
+            let mut h = [0; 32];
+            h[..4].copy_from_slice(&n.to_be_bytes());
+            h
+        })
+        .collect();
+    store.keep_block_roots(10, &many).await.unwrap();
+    assert_eq!(store.block_roots(10, 5_000).await.unwrap(), many);
+}
+
+/// A log writer on `store`, as a hub runs it, with batches of up to 8.
+async fn log_writer(store: &Arc<dyn Store>) -> hub_server::log_writer::LogWriter {
+    use hub_server::clock::{SystemClock, SystemRandom};
+    use hub_server::log_writer::{LogWriter, WriterKeys};
+
+    let keys = Arc::new(WriterKeys {
+        signing: Arc::new(
+            SigningKey::generate(&ring::rand::SystemRandom::new())
+                .unwrap()
+                .0,
+        ),
+        data: Arc::new(DataKey::from_bytes(&[7; 32])),
+        random: Arc::new(SystemRandom::default()),
+    });
+    LogWriter::start(store.clone(), keys, Arc::new(SystemClock), 8)
+        .await
+        .unwrap()
+}
+
+async fn a_log_writer_keeps_the_root_of_each_block_it_completes(store: Arc<dyn Store>) {
+    // 700 entries written without kept block roots (as by an older hub),
+    // and a checkpoint of the first 600.
+    let mut e = Entries::new();
+    for first in (0..700u32).step_by(100) {
+        let batch: Vec<AppendItem> = (first..first + 100)
+            .map(|n| e.item(EntryKind::Event, event_id(n), vec![]))
+            .collect();
+        store.append(&batch).await.unwrap();
+    }
+    let leaves = store.leaf_hashes(0, 700).await.unwrap();
+    store
+        .add_checkpoint(&StoredCheckpoint {
+            size: 600,
+            root: hub_core::merkle::root(&leaves[..600]),
+            note: "checkpoint\n".into(),
+        })
+        .await
+        .unwrap();
+    let block_roots = |leaves: &[Hash]| -> Vec<Hash> {
+        leaves
+            .chunks_exact(256)
+            .map(hub_core::merkle::root)
+            .collect()
+    };
+
+    // A start reads the leaves, and keeps the roots of the blocks they fill.
+    let writer = log_writer(&store).await;
+    assert_eq!(
+        store.block_roots(0, 100).await.unwrap(),
+        block_roots(&leaves)
+    );
+    // Appends that complete blocks keep their roots too (each commit's
+    // before the next commit: these appends wait for one another).
+    let data = DataKey::from_bytes(&[7; 32]);
+    for n in 700..1_030u32 {
+        let (draft, body) = unsealed(u64::from(n), EntryKind::Event, event_id(n), &data);
+        writer.append(draft, body, vec![]).await.unwrap();
+    }
+    let leaves = store.leaf_hashes(0, 1_030).await.unwrap();
+    assert_eq!(leaves.len(), 1_030);
+    let head = writer.head();
+    assert_eq!(head.root, hub_core::merkle::root(&leaves));
+    assert_eq!(
+        store.block_roots(0, 100).await.unwrap(),
+        block_roots(&leaves),
+        "blocks 0 to 3 kept"
+    );
+    drop(writer);
+
+    // A restart folds the kept roots up to the checkpoint and reads the
+    // leaves after it: the same tree.
+    let writer = log_writer(&store).await;
+    assert_eq!(writer.head(), head);
+    let (draft, body) = unsealed(1_030, EntryKind::Event, event_id(1_030), &data);
+    let item = writer.append(draft, body, vec![]).await.unwrap();
+    assert_eq!(item.sealed.record.statement.index, 1_030);
+    assert_eq!(
+        item.sealed.record.statement.prev,
+        URL_SAFE_NO_PAD.encode(leaves[1_029])
+    );
+}
+
 async fn two_log_writers_on_one_store_keep_one_chain(store: Arc<dyn Store>) {
     use hub_server::log_writer::AppendError;
 
@@ -2104,6 +2220,53 @@ async fn a_long_log_is_looked_up_by_index_not_read_through_on_postgres() {
     let read = rows_read_from(&db, "log_bodies").await - before;
     assert!(read < 100, "reading the last 10 entries read {read} bodies");
 
+    db.drop_now().await;
+}
+
+/// A hub starting on a long log folds the kept roots of its 256-leaf
+/// blocks up to the last checkpoint and reads only the leaves after them:
+/// on PostgreSQL, counted as above.
+#[tokio::test]
+async fn a_start_reads_the_leaves_after_the_kept_blocks_not_the_log_on_postgres() {
+    const ENTRIES: u32 = 3_000;
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let store = hub_server::store::open(&db.url, PoolSettings::default())
+        .await
+        .unwrap();
+    let mut e = Entries::new();
+    for first in (0..ENTRIES).step_by(500) {
+        let batch: Vec<AppendItem> = (first..first + 500)
+            .map(|n| e.item(EntryKind::Event, event_id(n), vec![]))
+            .collect();
+        store.append(&batch).await.unwrap();
+    }
+    let leaves = store.leaf_hashes(0, u64::from(ENTRIES)).await.unwrap();
+    store
+        .add_checkpoint(&StoredCheckpoint {
+            size: 2_900,
+            root: hub_core::merkle::root(&leaves[..2_900]),
+            note: "checkpoint\n".into(),
+        })
+        .await
+        .unwrap();
+    // The first start reads every leaf and keeps the blocks' roots.
+    let head = log_writer(&store).await.head();
+    drop(store);
+    let before = rows_read_from(&db, "log_entries").await;
+
+    let store = hub_server::store::open(&db.url, PoolSettings::default())
+        .await
+        .unwrap();
+    assert_eq!(log_writer(&store).await.head(), head);
+    drop(store);
+    let read = rows_read_from(&db, "log_entries").await - before;
+    // 11 blocks end at 2,816: 84 leaves to the checkpoint, 100 after it.
+    assert!(
+        read < 512,
+        "a start read {read} rows of a {ENTRIES}-entry log with its blocks kept"
+    );
     db.drop_now().await;
 }
 

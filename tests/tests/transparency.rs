@@ -235,18 +235,18 @@ async fn the_published_verifier_key_is_the_pinned_one_and_bad_questions_get_400(
 }
 
 /// Tamper with the stored log the way someone with the database file could.
-async fn tamper(dir: &std::path::Path, sql: &'static str) {
+async fn tamper(dir: &std::path::Path, sql: &str) {
     let url = format!("sqlite:{}", dir.join("hub.db").display());
     let pool = sqlx::sqlite::SqlitePoolOptions::new()
         .max_connections(1)
         .connect(&url)
         .await
         .unwrap();
-    sqlx::query("DROP TRIGGER log_entries_append_only_update")
+    sqlx::query("DROP TRIGGER IF EXISTS log_entries_append_only_update")
         .execute(&pool)
         .await
         .unwrap();
-    sqlx::query("DROP TRIGGER log_entries_append_only_delete")
+    sqlx::query("DROP TRIGGER IF EXISTS log_entries_append_only_delete")
         .execute(&pool)
         .await
         .unwrap();
@@ -254,7 +254,10 @@ async fn tamper(dir: &std::path::Path, sql: &'static str) {
         .execute(&pool)
         .await
         .unwrap();
-    sqlx::query(sql).execute(&pool).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&pool)
+        .await
+        .unwrap();
     pool.close().await;
 }
 
@@ -292,6 +295,48 @@ async fn a_truncated_or_rewritten_log_is_refused_at_start() {
         .await
         .expect_err("a tampered log must not start");
         assert!(format!("{err:#}").contains(expected), "{err:#}");
+    }
+}
+
+/// A hub that crashed, or one of several, starts on a log that goes on
+/// past the last checkpoint; the stored tree must still reproduce that
+/// checkpoint, whether it comes from the leaves or from the kept roots of
+/// 256-leaf blocks.
+#[tokio::test]
+async fn a_rewrite_before_the_last_checkpoint_is_refused_with_entries_after_it() {
+    for case in ["a leaf after the last kept block", "a kept block's root"] {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let mut hub = start_in(dir.clone()).await;
+        lookups(&hub, 130, "001085012345").await;
+        let size = checkpoint_covering(&hub, 260).await.size;
+        hub.stop().await;
+        // Entries after the checkpoint, whose own checkpoints are then
+        // taken away, as if the hub had stopped before signing them.
+        let mut hub = start_in(dir.clone()).await;
+        lookups(&hub, 2, "001085012345").await;
+        hub.stop().await;
+        tamper(dir.path(), "DROP TRIGGER checkpoints_append_only_delete").await;
+        tamper(
+            dir.path(),
+            &format!("DELETE FROM checkpoints WHERE size > {size}"),
+        )
+        .await;
+        let rewrite = match case {
+            "a leaf after the last kept block" => format!(
+                "UPDATE log_entries SET leaf_hash = zeroblob(32) WHERE idx = {}",
+                size - 1
+            ),
+            _ => "UPDATE log_blocks SET root = zeroblob(32) WHERE block = 0".into(),
+        };
+        tamper(dir.path(), &rewrite).await;
+        let err = hub_server::start(
+            test_config(&dir),
+            Arc::new(hub_server::clock::SystemClock),
+            Arc::new(hub_server::clock::SystemRandom::default()),
+        )
+        .await
+        .expect_err("a rewritten log must not start");
+        assert!(format!("{err:#}").contains("rewritten"), "{case}: {err:#}");
     }
 }
 

@@ -381,6 +381,11 @@ pub fn tile_span(level: u8) -> Option<u64> {
     TILE_WIDTH.checked_pow(u32::from(level))
 }
 
+/// A block pushed where the tree does not end at a block boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a tree of {0} leaves does not end at a 256-leaf block boundary")]
+pub struct Unaligned(pub u64);
+
 /// The right edge of the tree: the roots of its maximal perfect subtrees,
 /// largest first. Appending a leaf costs O(log n) hashes at most, and the
 /// root is folded from at most log n nodes.
@@ -409,7 +414,24 @@ impl Frontier {
     /// Append one leaf hash, and keep in `roots` the subtree roots this
     /// completes.
     pub fn push_keeping(&mut self, leaf: Hash, roots: &mut SubtreeRoots) {
-        let mut node = (0u32, leaf);
+        self.push_node(0, leaf, roots);
+    }
+
+    /// Append a whole 256-leaf block by its root (what
+    /// [`SubtreeRoots::level`]`(1)` keeps), as if its leaves had been
+    /// pushed one by one, and keep in `roots` what it completes (the block
+    /// itself included). The tree must end at a block boundary.
+    pub fn push_block(&mut self, root: Hash, roots: &mut SubtreeRoots) -> Result<(), Unaligned> {
+        if !self.size.is_multiple_of(BLOCK) {
+            return Err(Unaligned(self.size));
+        }
+        roots.keep(8, root);
+        self.push_node(8, root, roots);
+        Ok(())
+    }
+
+    fn push_node(&mut self, height: u32, hash: Hash, roots: &mut SubtreeRoots) {
+        let mut node = (height, hash);
         while let Some(&(height, left)) = self.nodes.last() {
             if height != node.0 {
                 break;
@@ -419,7 +441,7 @@ impl Frontier {
             roots.keep(node.0, node.1);
         }
         self.nodes.push(node);
-        self.size += 1;
+        self.size += 1 << height;
     }
 
     /// The root of the tree so far.
@@ -689,6 +711,32 @@ mod tests {
         assert_eq!(
             roots.consistency_proof(65_000, 66_000, &only(&blocks, &wanted)),
             tree.consistency_proof(65_000, 66_000)
+        );
+    }
+
+    #[test]
+    fn blocks_pushed_by_their_roots_leave_the_tree_their_leaves_would() {
+        let all = leaves(66_000);
+        let (by_leaf, _) = kept(&all);
+        let mut by_leaf_frontier = Frontier::new();
+        all.iter().for_each(|l| by_leaf_frontier.push(*l));
+        let mut frontier = Frontier::new();
+        let mut roots = SubtreeRoots::default();
+        for block in by_leaf.level(1) {
+            frontier.push_block(*block, &mut roots).unwrap();
+        }
+        for leaf in &all[by_leaf.level(1).len() * 256..] {
+            frontier.push_keeping(*leaf, &mut roots);
+        }
+        assert_eq!(frontier, by_leaf_frontier);
+        assert_eq!(roots, by_leaf);
+        assert_eq!(
+            frontier.push_block([7; 32], &mut roots),
+            Err(Unaligned(66_000))
+        );
+        assert_eq!(
+            frontier, by_leaf_frontier,
+            "a refused block changes nothing"
         );
     }
 

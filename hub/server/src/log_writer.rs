@@ -33,7 +33,7 @@ use hub_core::hash::Hash;
 use hub_core::ids::ExchangeId;
 use hub_core::jws::SigningKey;
 use hub_core::log::{EntryDraft, EntryKind, Placed, place, seal_batch};
-use hub_core::merkle::{Frontier, SubtreeRoots};
+use hub_core::merkle::{Frontier, SubtreeRoots, TILE_WIDTH};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, instrument, warn};
 
@@ -120,46 +120,106 @@ pub struct LogWriter {
     appended: Arc<[AtomicU64; EntryKind::ALL.len()]>,
 }
 
-/// How many leaf hashes to read at a time when rebuilding the tree.
-const REBUILD_CHUNK: u64 = 50_000;
+/// How many leaf hashes to read at a time when rebuilding the tree: whole
+/// blocks, so that a rebuild reading leaves stays at block boundaries.
+const REBUILD_CHUNK: u64 = 200 * TILE_WIDTH;
+/// How many block roots to read at a time when rebuilding the tree.
+const REBUILD_BLOCKS: u64 = 50_000;
 
-/// Rebuild the tree from the stored leaves and check it against the last
-/// signed checkpoint.
-async fn rebuild(store: &dyn Store) -> Result<(Frontier, SubtreeRoots, Hash), StoreError> {
+/// The tree as a rebuild grows it.
+#[derive(Default)]
+struct Rebuilt {
+    frontier: Frontier,
+    roots: SubtreeRoots,
+    /// The last leaf hash read, if the last thing read was a leaf.
+    last: Option<Hash>,
+    /// The first block whose root was not read from the store.
+    first_unread_block: Option<u64>,
+}
+
+impl Rebuilt {
+    /// Grow the tree to `to` leaves, or to the end of the log: up to `to`
+    /// from the kept block roots where there are some, else (and beyond)
+    /// from the leaf hashes.
+    async fn grow(&mut self, store: &dyn Store, to: Option<u64>) -> Result<(), StoreError> {
+        loop {
+            let size = self.frontier.size();
+            if to == Some(size) {
+                return Ok(());
+            }
+            if let Some(to) = to
+                && size.is_multiple_of(TILE_WIDTH)
+            {
+                let whole = ((to - size) / TILE_WIDTH).min(REBUILD_BLOCKS);
+                if whole > 0 {
+                    let blocks = store.block_roots(size / TILE_WIDTH, whole).await?;
+                    if !blocks.is_empty() {
+                        for block in blocks {
+                            self.frontier
+                                .push_block(block, &mut self.roots)
+                                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                        }
+                        self.last = None;
+                        continue;
+                    }
+                }
+            }
+            self.first_unread_block.get_or_insert(size / TILE_WIDTH);
+            let mut end = size + REBUILD_CHUNK - size % TILE_WIDTH;
+            if let Some(to) = to {
+                end = end.min(to);
+            }
+            let leaves = store.leaf_hashes(size, end).await?;
+            let Some(last) = leaves.last() else {
+                return Ok(());
+            };
+            self.last = Some(*last);
+            for leaf in &leaves {
+                self.frontier.push_keeping(*leaf, &mut self.roots);
+            }
+        }
+    }
+}
+
+/// Rebuild the tree and check it against the last signed checkpoint: up
+/// to that checkpoint from the kept roots of 256-leaf blocks (leaves only
+/// where a block's root is missing, and for the checkpoint's last partial
+/// block), after it from the leaf hashes. Returns the tree, the last leaf
+/// hash and how many blocks' roots the store is known to keep.
+async fn rebuild(store: &dyn Store) -> Result<(Frontier, SubtreeRoots, Hash, u64), StoreError> {
     let checkpoint = store.latest_checkpoint().await?;
-    let mut frontier = Frontier::new();
-    let mut roots = SubtreeRoots::default();
-    let mut last = [0u8; 32];
-    loop {
-        let from = frontier.size();
-        if let Some(cp) = &checkpoint
-            && cp.size == from
-            && cp.root != frontier.root()
-        {
+    let mut tree = Rebuilt::default();
+    if let Some(cp) = &checkpoint {
+        tree.grow(store, Some(cp.size)).await?;
+        if tree.frontier.size() < cp.size {
+            return Err(StoreError::Corrupt(format!(
+                "the log has {} entries but a checkpoint of size {} was signed: the log was truncated",
+                tree.frontier.size(),
+                cp.size
+            )));
+        }
+        if tree.frontier.root() != cp.root {
             return Err(StoreError::Corrupt(format!(
                 "the stored leaves do not reproduce the signed checkpoint of size {}: the log was rewritten",
                 cp.size
             )));
         }
-        let chunk = store.leaf_hashes(from, from + REBUILD_CHUNK).await?;
-        if chunk.is_empty() {
-            break;
-        }
-        for leaf in &chunk {
-            frontier.push_keeping(*leaf, &mut roots);
-        }
-        last = chunk[chunk.len() - 1];
     }
-    if let Some(cp) = &checkpoint
-        && cp.size > frontier.size()
-    {
-        return Err(StoreError::Corrupt(format!(
-            "the log has {} entries but a checkpoint of size {} was signed: the log was truncated",
-            frontier.size(),
-            cp.size
-        )));
-    }
-    Ok((frontier, roots, last))
+    tree.grow(store, None).await?;
+    let size = tree.frontier.size();
+    let last = match tree.last {
+        Some(last) => last,
+        None if size == 0 => [0u8; 32],
+        // The log ends where a kept block does.
+        None => store
+            .leaf_hashes(size - 1, size)
+            .await?
+            .first()
+            .copied()
+            .ok_or_else(|| StoreError::Corrupt(format!("the log has no entry {}", size - 1)))?,
+    };
+    let kept = tree.first_unread_block.unwrap_or(size / TILE_WIDTH);
+    Ok((tree.frontier, tree.roots, last, kept))
 }
 
 impl LogWriter {
@@ -170,7 +230,7 @@ impl LogWriter {
         clock: Arc<dyn Clock>,
         batch_max: usize,
     ) -> Result<Self, StoreError> {
-        let (frontier, roots, prev) = rebuild(store.as_ref()).await?;
+        let (frontier, roots, prev, blocks_kept) = rebuild(store.as_ref()).await?;
         let roots = Arc::new(RwLock::new(roots));
         info!(size = frontier.size(), "log tree rebuilt");
         let (head_tx, head) = watch::channel(TreeHead {
@@ -178,12 +238,14 @@ impl LogWriter {
             root: frontier.root(),
         });
         let (tx, rx) = mpsc::channel(batch_max.max(1) * 4);
-        let state = WriterState {
+        let mut state = WriterState {
             frontier,
             roots: Arc::clone(&roots),
             prev,
             head: head_tx,
+            blocks_kept,
         };
+        state.keep_blocks(store.as_ref()).await;
         let start = state.position(None);
         let (commits, work) = mpsc::unbounded_channel();
         let (landed_tx, landed) = mpsc::unbounded_channel();
@@ -277,9 +339,36 @@ struct WriterState {
     /// The last entry's leaf hash.
     prev: Hash,
     head: watch::Sender<TreeHead>,
+    /// How many of the tree's first blocks have their roots in the store.
+    blocks_kept: u64,
 }
 
 impl WriterState {
+    /// Keep in the store the roots of the blocks completed since the last
+    /// call, for the next start to read instead of their leaves. Every
+    /// hub keeps them, the first one's stay; one that fails is tried again
+    /// after the next commit.
+    async fn keep_blocks(&mut self, store: &dyn Store) {
+        let new: Vec<Hash> = {
+            let roots = self.roots.read().unwrap_or_else(PoisonError::into_inner);
+            usize::try_from(self.blocks_kept)
+                .ok()
+                .and_then(|kept| roots.level(1).get(kept..))
+                .map(<[Hash]>::to_vec)
+                .unwrap_or_default()
+        };
+        if new.is_empty() {
+            return;
+        }
+        match store.keep_block_roots(self.blocks_kept, &new).await {
+            Ok(()) => self.blocks_kept += new.len() as u64,
+            Err(e) => warn!(
+                error = %e,
+                "cannot keep the log's block roots; a start reads those blocks' leaves until they are kept"
+            ),
+        }
+    }
+
     fn adopt(&mut self, leaves: &[Hash]) {
         if let Some(last) = leaves.last() {
             self.prev = *last;
@@ -580,6 +669,7 @@ async fn commit_all(
             at: state.position(registry),
             as_expected,
         });
+        state.keep_blocks(store.as_ref()).await;
     }
 }
 

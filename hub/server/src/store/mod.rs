@@ -735,6 +735,35 @@ where
     Ok(out)
 }
 
+/// The run of block roots from block `first` in `rows` (`block`, `root`,
+/// ordered by block), up to the first block missing.
+pub(crate) fn block_run<R: sqlx::Row>(
+    first: u64,
+    rows: &[R],
+    db: fn(sqlx::Error) -> StoreError,
+) -> Result<Vec<Hash>, StoreError>
+where
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    i64: sqlx::Type<R::Database> + for<'r> sqlx::Decode<'r, R::Database>,
+    Vec<u8>: sqlx::Type<R::Database> + for<'r> sqlx::Decode<'r, R::Database>,
+{
+    let mut out = Vec::with_capacity(rows.len());
+    for (expected, r) in (first..).zip(rows) {
+        if to_u64(r.try_get("block").map_err(db)?) != expected {
+            break;
+        }
+        let root: Vec<u8> = r.try_get("root").map_err(db)?;
+        out.push(
+            root.try_into()
+                .map_err(|_| corrupt("a block root is not 32 bytes"))?,
+        );
+    }
+    Ok(out)
+}
+
+/// How many block roots one statement keeps at most.
+pub(crate) const BLOCK_ROOTS_PER_STATEMENT: usize = 1_000;
+
 /// Parse a backend's tail read and let `seal` place the batch there;
 /// returns the adopted leaf hashes, what to write and where. The rows are
 /// `(idx, leaf_hash)` of the entries from `known` on, in order, then one
@@ -1072,6 +1101,13 @@ pub trait Store: Send + Sync {
 
     /// The leaf hashes of entries `from..to`, in order.
     async fn leaf_hashes(&self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError>;
+    /// The kept roots of the log's 256-leaf blocks `first..first + limit`
+    /// (block `b` holds leaves `256b..256b + 256`), in order, up to the
+    /// first block not kept.
+    async fn block_roots(&self, first: u64, limit: u64) -> Result<Vec<Hash>, StoreError>;
+    /// Keep the roots of blocks `first..first + roots.len()`; a block kept
+    /// already stays as it is.
+    async fn keep_block_roots(&self, first: u64, roots: &[Hash]) -> Result<(), StoreError>;
     /// The canonical record of an exchange's request entry, if one was logged.
     async fn request_of(&self, id: ExchangeId) -> Result<Option<String>, StoreError>;
     /// The indexes of every entry of one exchange.

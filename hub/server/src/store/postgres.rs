@@ -851,6 +851,35 @@ impl Store for PgStore {
         super::leaves(from, &rows, db)
     }
 
+    async fn block_roots(&self, first: u64, limit: u64) -> Result<Vec<Hash>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT block, root FROM log_blocks WHERE block >= $1 AND block < $2 ORDER BY block",
+        )
+        .bind(to_i64(first))
+        .bind(to_i64(first.saturating_add(limit)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        super::block_run(first, &rows, db)
+    }
+
+    async fn keep_block_roots(&self, first: u64, roots: &[Hash]) -> Result<(), StoreError> {
+        for (n, chunk) in roots.chunks(super::BLOCK_ROOTS_PER_STATEMENT).enumerate() {
+            let from = first + (n * super::BLOCK_ROOTS_PER_STATEMENT) as u64;
+            let blocks: Vec<i64> = (from..).take(chunk.len()).map(to_i64).collect();
+            let hashes: Vec<&[u8]> = chunk.iter().map(|h| &h[..]).collect();
+            sqlx::query(
+                "INSERT INTO log_blocks (block, root) SELECT * FROM UNNEST($1::bigint[], $2::bytea[]) ON CONFLICT (block) DO NOTHING",
+            )
+            .bind(blocks)
+            .bind(hashes)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        }
+        Ok(())
+    }
+
     async fn request_of(&self, id: ExchangeId) -> Result<Option<String>, StoreError> {
         // The first by index, picked here: with `ORDER BY idx LIMIT 1` the
         // generic plan walked the primary key from the log's start and

@@ -697,6 +697,31 @@ impl Store for SqliteStore {
         super::leaves(from, &rows, db)
     }
 
+    async fn block_roots(&self, first: u64, limit: u64) -> Result<Vec<Hash>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT block, root FROM log_blocks WHERE block >= ? AND block < ? ORDER BY block",
+        )
+        .bind(to_i64(first))
+        .bind(to_i64(first.saturating_add(limit)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        super::block_run(first, &rows, db)
+    }
+
+    async fn keep_block_roots(&self, first: u64, roots: &[Hash]) -> Result<(), StoreError> {
+        for (n, chunk) in roots.chunks(super::BLOCK_ROOTS_PER_STATEMENT).enumerate() {
+            let from = first + (n * super::BLOCK_ROOTS_PER_STATEMENT) as u64;
+            let mut insert =
+                sqlx::QueryBuilder::new("INSERT OR IGNORE INTO log_blocks (block, root) ");
+            insert.push_values((from..).zip(chunk), |mut row, (block, root)| {
+                row.push_bind(to_i64(block)).push_bind(&root[..]);
+            });
+            insert.build().execute(&self.pool).await.map_err(db)?;
+        }
+        Ok(())
+    }
+
     async fn request_of(&self, id: ExchangeId) -> Result<Option<String>, StoreError> {
         sqlx::query_scalar(
             "SELECT record FROM log_entries WHERE exchange_id = ? AND kind = 'request' ORDER BY idx LIMIT 1",
