@@ -242,14 +242,19 @@ async fn tamper(dir: &std::path::Path, sql: &str) {
         .connect(&url)
         .await
         .unwrap();
-    sqlx::query("DROP TRIGGER IF EXISTS log_entries_append_only_update")
+    for trigger in [
+        "log_entries_append_only_update",
+        "log_entries_append_only_delete",
+        "log_blocks_append_only_update",
+        "checkpoints_append_only_delete",
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP TRIGGER IF EXISTS {trigger}"
+        )))
         .execute(&pool)
         .await
         .unwrap();
-    sqlx::query("DROP TRIGGER IF EXISTS log_entries_append_only_delete")
-        .execute(&pool)
-        .await
-        .unwrap();
+    }
     sqlx::query("PRAGMA foreign_keys = OFF")
         .execute(&pool)
         .await
@@ -315,7 +320,6 @@ async fn a_rewrite_before_the_last_checkpoint_is_refused_with_entries_after_it()
         let mut hub = start_in(dir.clone()).await;
         lookups(&hub, 2, "001085012345").await;
         hub.stop().await;
-        tamper(dir.path(), "DROP TRIGGER checkpoints_append_only_delete").await;
         tamper(
             dir.path(),
             &format!("DELETE FROM checkpoints WHERE size > {size}"),

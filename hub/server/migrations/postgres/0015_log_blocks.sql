@@ -6,3 +6,8 @@ CREATE TABLE log_blocks (
     block BIGINT PRIMARY KEY,
     root BYTEA NOT NULL CHECK (length(root) = 32)
 );
+
+CREATE TRIGGER log_blocks_append_only BEFORE UPDATE OR DELETE ON log_blocks
+    FOR EACH ROW EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER log_blocks_no_truncate BEFORE TRUNCATE ON log_blocks
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();

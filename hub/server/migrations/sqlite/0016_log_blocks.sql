@@ -6,3 +6,8 @@ CREATE TABLE log_blocks (
     block INTEGER PRIMARY KEY,
     root BLOB NOT NULL CHECK (length(root) = 32)
 );
+
+CREATE TRIGGER log_blocks_append_only_update BEFORE UPDATE ON log_blocks
+BEGIN SELECT RAISE(ABORT, 'the log''s block roots are append-only'); END;
+CREATE TRIGGER log_blocks_append_only_delete BEFORE DELETE ON log_blocks
+BEGIN SELECT RAISE(ABORT, 'the log''s block roots are append-only'); END;
