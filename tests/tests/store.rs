@@ -869,14 +869,15 @@ async fn checkpoints_witnesses_and_cosignatures(store: Arc<dyn Store>) {
             .is_err(),
         "a checkpoint is never replaced"
     );
-    let sizes: Vec<_> = store
-        .checkpoints()
-        .await
-        .unwrap()
-        .iter()
-        .map(|c| c.size)
-        .collect();
-    assert_eq!(sizes, vec![1, 3, 5]);
+    let sizes = |page: Vec<hub_server::store::CosignedCheckpoint>| -> Vec<u64> {
+        page.iter().map(|c| c.checkpoint.size).collect()
+    };
+    assert_eq!(
+        sizes(store.checkpoints_from(0, 100).await.unwrap()),
+        [1, 3, 5]
+    );
+    assert_eq!(sizes(store.checkpoints_from(2, 1).await.unwrap()), [3]);
+    assert!(store.checkpoints_from(6, 100).await.unwrap().is_empty());
     assert_eq!(
         store.latest_checkpoint().await.unwrap().unwrap().note,
         "note 5"
@@ -906,6 +907,21 @@ async fn checkpoints_witnesses_and_cosignatures(store: Arc<dyn Store>) {
         vec!["— w0", "— w1 new"]
     );
     assert!(store.cosignatures(3).await.unwrap().is_empty());
+    let cosigned: Vec<(u64, Vec<String>)> = store
+        .checkpoints_from(1, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.checkpoint.size, c.cosignatures))
+        .collect();
+    assert_eq!(
+        cosigned,
+        [
+            (1, vec![]),
+            (3, vec![]),
+            (5, vec!["— w0".to_owned(), "— w1 new".to_owned()])
+        ]
+    );
     assert!(
         store.add_cosignature(4, "w0", "— w0").await.is_err(),
         "no checkpoint of size 4"

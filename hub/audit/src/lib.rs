@@ -123,6 +123,7 @@ pub struct BundleWriter {
     dir: PathBuf,
     entries: BufWriter<File>,
     bodies: Option<BufWriter<File>>,
+    checkpoints: BufWriter<File>,
     count: u64,
 }
 
@@ -156,9 +157,17 @@ impl BundleWriter {
             } else {
                 None
             },
+            checkpoints: create(&dir.join("checkpoints.jsonl"))?,
             dir: dir.to_owned(),
             count: 0,
         })
+    }
+
+    /// Append the next checkpoint (by size) with its cosignature lines.
+    pub fn push_checkpoint(&mut self, checkpoint: &BundleCheckpoint) -> Result<(), BundleError> {
+        let path = self.dir.join("checkpoints.jsonl");
+        let line = serde_json::to_string(checkpoint).map_err(|e| invalid(&path, e))?;
+        writeln!(self.checkpoints, "{line}").map_err(io(&path))
     }
 
     /// Append the next entry (its canonical record) and, if kept, its body.
@@ -179,13 +188,12 @@ impl BundleWriter {
         Ok(())
     }
 
-    /// Write the checkpoints, agency keys, the hub key's hand-overs and the
-    /// manifest, and flush.
+    /// Write the agency keys, the hub key's hand-overs and the manifest,
+    /// and flush.
     pub fn finish(
         mut self,
         origin: &str,
         exported_at: &str,
-        checkpoints: &[BundleCheckpoint],
         registry: &RegistrySnapshot,
         key_handovers: &[KeyHandover],
     ) -> Result<Manifest, BundleError> {
@@ -195,13 +203,9 @@ impl BundleWriter {
         if let Some(b) = self.bodies.as_mut() {
             b.flush().map_err(io(&self.dir.join("bodies.jsonl")))?;
         }
-        let path = self.dir.join("checkpoints.jsonl");
-        let mut out = create(&path)?;
-        for c in checkpoints {
-            let line = serde_json::to_string(c).map_err(|e| invalid(&path, e))?;
-            writeln!(out, "{line}").map_err(io(&path))?;
-        }
-        out.flush().map_err(io(&path))?;
+        self.checkpoints
+            .flush()
+            .map_err(io(&self.dir.join("checkpoints.jsonl")))?;
         let path = self.dir.join("registry.json");
         let text = serde_json::to_string_pretty(registry).map_err(|e| invalid(&path, e))?;
         std::fs::write(&path, text).map_err(io(&path))?;

@@ -142,7 +142,6 @@ pub fn write_log(
     let mut frontier = Frontier::new();
     let mut prev = [0u8; 32];
     let mut batch = Vec::with_capacity(GROUP_COMMIT);
-    let mut checkpoints = Vec::new();
     let t0 = OffsetDateTime::now_utc();
     let mut entries = entries.into_iter().peekable();
     let mut i = 0u64;
@@ -173,7 +172,7 @@ pub fn write_log(
         }
         i += 1;
         if i.is_multiple_of(checkpoint_every.max(1)) || last {
-            checkpoints.push(checkpoint(origin, key, i, frontier.root())?);
+            writer.push_checkpoint(&checkpoint(origin, key, i, frontier.root())?)?;
         }
         if i.is_multiple_of(10_000) {
             progress(i);
@@ -182,7 +181,6 @@ pub fn write_log(
     writer.finish(
         origin,
         "2026-11-22T00:00:00.000Z",
-        &checkpoints,
         &crate::RegistrySnapshot::default(),
         &[],
     )?;

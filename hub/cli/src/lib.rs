@@ -671,19 +671,30 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 bar.set_position(next);
             }
             bar.finish_and_clear();
-            let mut checkpoints = Vec::new();
-            for c in store
-                .checkpoints()
-                .await?
-                .into_iter()
-                .filter(|c| c.size <= end)
-            {
-                let mut note = c.note;
-                for line in store.cosignatures(c.size).await? {
-                    note.push_str(&line);
+            let bar = indicatif::ProgressBar::new_spinner().with_message("exporting checkpoints");
+            let mut checkpoints = 0u64;
+            let mut from = 0;
+            'pages: loop {
+                let page = store.checkpoints_from(from, 10_000).await?;
+                let Some(last) = page.last() else { break };
+                from = last.checkpoint.size + 1;
+                for c in page {
+                    if c.checkpoint.size > end {
+                        break 'pages;
+                    }
+                    let mut note = c.checkpoint.note;
+                    for line in c.cosignatures {
+                        note.push_str(&line);
+                    }
+                    writer.push_checkpoint(&hub_audit::BundleCheckpoint {
+                        size: c.checkpoint.size,
+                        note,
+                    })?;
+                    checkpoints += 1;
                 }
-                checkpoints.push(hub_audit::BundleCheckpoint { size: c.size, note });
+                bar.set_position(checkpoints);
             }
+            bar.finish_and_clear();
             let retired = store.retired_agency_keys().await?;
             let registry = hub_audit::RegistrySnapshot {
                 agencies: store
@@ -729,17 +740,11 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             let now = hub_core::timefmt::rfc3339_millis(time::OffsetDateTime::now_utc());
             let handovers =
                 hub_server::pki::read_hub_key_handovers(&PkiPaths::new(&config.data_dir))?;
-            let manifest = writer.finish(
-                &config.log_origin,
-                &now,
-                &checkpoints,
-                &registry,
-                &handovers,
-            )?;
+            let manifest = writer.finish(&config.log_origin, &now, &registry, &handovers)?;
             println!(
                 "exported {} entries and {} checkpoints to {}{}",
                 manifest.entries,
-                checkpoints.len(),
+                checkpoints,
                 out.display(),
                 if manifest.bodies {
                     ""

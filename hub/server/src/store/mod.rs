@@ -548,6 +548,43 @@ pub struct StoredCheckpoint {
     pub note: String,
 }
 
+/// A checkpoint with the cosignature lines witnesses added to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CosignedCheckpoint {
+    pub checkpoint: StoredCheckpoint,
+    pub cosignatures: Vec<String>,
+}
+
+/// Pair `checkpoints` (by size) with `lines` (`(size, line)`, by size),
+/// as a backend read them.
+pub(crate) fn cosigned(
+    checkpoints: Vec<StoredCheckpoint>,
+    lines: Vec<(i64, String)>,
+) -> Vec<CosignedCheckpoint> {
+    let mut lines = lines.into_iter().peekable();
+    checkpoints
+        .into_iter()
+        .map(|checkpoint| {
+            let mut cosignatures = Vec::new();
+            while let Some((size, _)) = lines.peek() {
+                let size = to_u64(*size);
+                if size > checkpoint.size {
+                    break;
+                }
+                if let Some((_, line)) = lines.next()
+                    && size == checkpoint.size
+                {
+                    cosignatures.push(line);
+                }
+            }
+            CosignedCheckpoint {
+                checkpoint,
+                cosignatures,
+            }
+        })
+        .collect()
+}
+
 /// A message leased from the queue, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
@@ -1122,8 +1159,13 @@ pub trait Store: Send + Sync {
 
     /// Store a signed checkpoint.
     async fn add_checkpoint(&self, checkpoint: &StoredCheckpoint) -> Result<(), StoreError>;
-    /// Every checkpoint, by size.
-    async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError>;
+    /// At most `limit` checkpoints of size `size` or more, smallest
+    /// first, each with its witnesses' cosignature lines (by witness).
+    async fn checkpoints_from(
+        &self,
+        size: u64,
+        limit: u32,
+    ) -> Result<Vec<CosignedCheckpoint>, StoreError>;
     /// The checkpoint of the largest size, if any.
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError>;
     /// The checkpoint of tree size `size`, if one was signed.

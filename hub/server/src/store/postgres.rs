@@ -16,10 +16,10 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{Arguments as _, PgPool, Row};
 
 use super::{
-    AgencyRecord, AppendItem, Batch, Claims, Delivery, ExchangeRow, ExchangeState, Facts, Grant,
-    Leadership, OutboxRow, PoolSettings, RegistryChange, Role, SealAfter, ServiceRecord, Store,
-    StoreError, StoredCheckpoint, StoredEntry, StoredMessage, Subscription, Tail, fields_of_column,
-    json_text, page_of_exchanges,
+    AgencyRecord, AppendItem, Batch, Claims, CosignedCheckpoint, Delivery, ExchangeRow,
+    ExchangeState, Facts, Grant, Leadership, OutboxRow, PoolSettings, RegistryChange, Role,
+    SealAfter, ServiceRecord, Store, StoreError, StoredCheckpoint, StoredEntry, StoredMessage,
+    Subscription, Tail, fields_of_column, json_text, page_of_exchanges,
 };
 use super::{
     Backlog, BodyChunk, Effect, INBOX_BY_RECIPIENT, OUTBOX_BY_INSTANCE, PURGE_CHUNK, Presumed,
@@ -1024,14 +1024,34 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
-        sqlx::query("SELECT size, root, note FROM checkpoints ORDER BY size")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?
-            .iter()
-            .map(Self::checkpoint_row)
-            .collect()
+    async fn checkpoints_from(
+        &self,
+        size: u64,
+        limit: u32,
+    ) -> Result<Vec<CosignedCheckpoint>, StoreError> {
+        let checkpoints = sqlx::query(
+            "SELECT size, root, note FROM checkpoints WHERE size >= $1 ORDER BY size LIMIT $2",
+        )
+        .bind(to_i64(size))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(Self::checkpoint_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        let (Some(first), Some(last)) = (checkpoints.first(), checkpoints.last()) else {
+            return Ok(Vec::new());
+        };
+        let lines: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT size, line FROM cosignatures WHERE size >= $1 AND size <= $2 ORDER BY size, witness",
+        )
+        .bind(to_i64(first.size))
+        .bind(to_i64(last.size))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(super::cosigned(checkpoints, lines))
     }
 
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {

@@ -17,10 +17,10 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::{
-    AgencyRecord, AppendItem, Batch, Claims, Delivery, ExchangeRow, ExchangeState, Facts, Grant,
-    Leadership, OutboxRow, RegistryChange, Role, SealAfter, ServiceRecord, Store, StoreError,
-    StoredCheckpoint, StoredEntry, StoredMessage, Subscription, Tail, fields_of_column, json_text,
-    page_of_exchanges,
+    AgencyRecord, AppendItem, Batch, Claims, CosignedCheckpoint, Delivery, ExchangeRow,
+    ExchangeState, Facts, Grant, Leadership, OutboxRow, RegistryChange, Role, SealAfter,
+    ServiceRecord, Store, StoreError, StoredCheckpoint, StoredEntry, StoredMessage, Subscription,
+    Tail, fields_of_column, json_text, page_of_exchanges,
 };
 use super::{
     Backlog, BodyChunk, INBOX_BY_RECIPIENT, OUTBOX_BY_INSTANCE, PURGE_CHUNK, corrupt, counts,
@@ -841,14 +841,34 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
-        sqlx::query("SELECT size, root, note FROM checkpoints ORDER BY size")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?
-            .iter()
-            .map(Self::checkpoint_row)
-            .collect()
+    async fn checkpoints_from(
+        &self,
+        size: u64,
+        limit: u32,
+    ) -> Result<Vec<CosignedCheckpoint>, StoreError> {
+        let checkpoints = sqlx::query(
+            "SELECT size, root, note FROM checkpoints WHERE size >= ? ORDER BY size LIMIT ?",
+        )
+        .bind(to_i64(size))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(Self::checkpoint_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        let (Some(first), Some(last)) = (checkpoints.first(), checkpoints.last()) else {
+            return Ok(Vec::new());
+        };
+        let lines: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT size, line FROM cosignatures WHERE size >= ? AND size <= ? ORDER BY size, witness",
+        )
+        .bind(to_i64(first.size))
+        .bind(to_i64(last.size))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(super::cosigned(checkpoints, lines))
     }
 
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
