@@ -244,6 +244,7 @@ impl LogWriter {
             prev,
             head: head_tx,
             blocks_kept,
+            blocks_tried: 0,
         };
         state.keep_blocks(store.as_ref()).await;
         let start = state.position(None);
@@ -341,25 +342,29 @@ struct WriterState {
     head: watch::Sender<TreeHead>,
     /// How many of the tree's first blocks have their roots in the store.
     blocks_kept: u64,
+    /// How many blocks the tree had at the last attempt to keep them.
+    blocks_tried: usize,
 }
 
 impl WriterState {
     /// Keep in the store the roots of the blocks completed since the last
     /// call, for the next start to read instead of their leaves. Every
-    /// hub keeps them, the first one's stay; one that fails is tried again
-    /// after the next commit.
+    /// hub keeps them, the first one's stay; those that fail are tried
+    /// again with the next block completed.
     async fn keep_blocks(&mut self, store: &dyn Store) {
         let new: Vec<Hash> = {
             let roots = self.roots.read().unwrap_or_else(PoisonError::into_inner);
+            let blocks = roots.level(1);
+            if blocks.len() <= self.blocks_tried {
+                return;
+            }
+            self.blocks_tried = blocks.len();
             usize::try_from(self.blocks_kept)
                 .ok()
-                .and_then(|kept| roots.level(1).get(kept..))
+                .and_then(|kept| blocks.get(kept..))
                 .map(<[Hash]>::to_vec)
                 .unwrap_or_default()
         };
-        if new.is_empty() {
-            return;
-        }
         match store.keep_block_roots(self.blocks_kept, &new).await {
             Ok(()) => self.blocks_kept += new.len() as u64,
             Err(e) => warn!(
