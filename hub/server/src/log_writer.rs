@@ -20,9 +20,12 @@
 //! sign committed entries. Beside it, it keeps the roots of the tree's
 //! complete subtrees of 256, 65,536 and 16,777,216 leaves
 //! ([`SubtreeRoots`]), from which the transparency API serves proofs and
-//! tiles without reading the log from its start. At start it rebuilds the frontier from the stored
-//! leaf hashes and refuses to run if they do not reproduce the last signed
-//! checkpoint (a truncated or rewritten log).
+//! tiles without reading the log from its start, and stores the root of
+//! each 256-leaf block as it completes. At start it rebuilds the tree up to
+//! the last signed checkpoint from those block roots (and leaf hashes
+//! where they are missing), refuses to run if that does not reproduce the
+//! checkpoint (a truncated or rewritten log), and reads the leaf hashes
+//! after it.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
