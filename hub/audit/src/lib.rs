@@ -375,20 +375,22 @@ pub fn checkpoint_verifiers(origin: &str, pinned: &Jwks) -> Vec<Verifier> {
         .collect()
 }
 
-/// The pinned key whose note signature is on `note`, if any.
-fn signer_of<'a>(note: &str, origin: &str, pinned: &'a Jwks) -> Option<&'a Jwk> {
-    pinned.keys.iter().find(|jwk| {
-        checkpoint_verifiers(
-            origin,
-            &Jwks {
-                keys: vec![(*jwk).clone()],
-            },
-        )
-        .first()
-        .is_some_and(|v| {
-            note::open(note, std::slice::from_ref(v)).is_ok_and(|o| !o.signed_by.is_empty())
+/// The pinned keys, in order, with the id their note signatures carry.
+fn note_key_ids<'a>(origin: &str, pinned: &'a Jwks) -> Vec<([u8; 4], &'a Jwk)> {
+    pinned
+        .keys
+        .iter()
+        .flat_map(|jwk| {
+            checkpoint_verifiers(
+                origin,
+                &Jwks {
+                    keys: vec![jwk.clone()],
+                },
+            )
+            .into_iter()
+            .map(move |v| (v.key_id, jwk))
         })
-    })
+        .collect()
 }
 
 fn within_validity(jwk: &Jwk, time: &str) -> Result<(), String> {
@@ -459,39 +461,29 @@ pub fn verify(
 
     // Checkpoints: signatures, order, forks.
     let raw: Vec<BundleCheckpoint> = read_lines(&dir.join("checkpoints.jsonl"))?;
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    // The signatures on every core (one Ed25519 verification or more per
+    // checkpoint, and a hub may sign one a second); the rest in order.
+    let opened = par_map(&raw, threads, |_, c| {
+        open_checkpoint(c, &verifiers, &manifest.origin)
+    })
+    .map_err(|e| invalid(dir, e))?;
+    let pinned_ids = note_key_ids(&manifest.origin, pinned);
     let mut checkpoints: BTreeMap<u64, Hash> = BTreeMap::new();
     let mut last_size = 0;
-    for c in &raw {
+    for (c, opened) in raw.iter().zip(opened) {
         report.checkpoints += 1;
-        let opened = note::open(&c.note, &verifiers)
-            .map_err(|e| e.to_string())
-            .and_then(|o| {
-                if o.signed_by.is_empty() {
-                    return Err("no signature by the log's pinned key".to_owned());
-                }
-                let cp = Checkpoint::parse_body(&o.body).map_err(|e| e.to_string())?;
-                if cp.origin != manifest.origin {
-                    Err(format!(
-                        "origin {:?} is not the log's {:?}",
-                        cp.origin, manifest.origin
-                    ))
-                } else if cp.size != c.size {
-                    Err(format!(
-                        "the note says size {} but is filed under {}",
-                        cp.size, c.size
-                    ))
-                } else {
-                    if cp.size >= latest_cosigners.0 {
-                        latest_cosigners =
-                            (cp.size, o.cosigned_by.into_iter().map(|(n, _)| n).collect());
-                    }
-                    Ok(cp)
-                }
-            });
-        let cp = match opened {
-            Ok(cp) => {
+        let (cp, signers) = match opened {
+            Ok(OpenedCheckpoint {
+                checkpoint: cp,
+                cosigners,
+                signers,
+            }) => {
                 report.record(checks::CHECKPOINT_SIGNATURE, None, Ok(()));
-                cp
+                if cp.size >= latest_cosigners.0 {
+                    latest_cosigners = (cp.size, cosigners);
+                }
+                (cp, signers)
             }
             Err(e) => {
                 report.record(
@@ -523,7 +515,8 @@ pub fn verify(
             ),
             _ => {
                 checkpoints.insert(cp.size, cp.root);
-                if let Some(jwk) = signer_of(&c.note, &manifest.origin, pinned) {
+                // The first pinned key whose signature is on it.
+                if let Some((_, jwk)) = pinned_ids.iter().find(|(id, _)| signers.contains(id)) {
                     checkpoint_keys.insert(cp.size, jwk);
                 }
                 report.record(checks::FORK, None, Ok(()));
@@ -541,7 +534,6 @@ pub fn verify(
         catalog: &catalog,
         depth,
     };
-    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let entries_path = dir.join("entries.jsonl");
     let file = File::open(&entries_path).map_err(io(&entries_path))?;
     let mut lines = BufReader::new(file).lines();
@@ -769,34 +761,71 @@ struct Head {
     time: String,
 }
 
-fn check_batch(
-    lines: &[String],
-    bodies: &[Option<BodyLine>],
-    ctx: &Ctx<'_>,
-    threads: usize,
-) -> Result<Vec<Checked>, String> {
-    if threads <= 1 || lines.len() < 256 {
-        return Ok(lines
-            .iter()
-            .zip(bodies)
-            .map(|(l, b)| check_entry(l, b.as_ref(), ctx))
-            .collect());
+/// A checkpoint whose note verified.
+struct OpenedCheckpoint {
+    checkpoint: Checkpoint,
+    /// The witnesses that cosigned it.
+    cosigners: Vec<String>,
+    /// The ids of the log keys that signed it.
+    signers: Vec<[u8; 4]>,
+}
+
+/// Open a checkpoint's note with the log's and the witnesses' keys.
+fn open_checkpoint(
+    c: &BundleCheckpoint,
+    verifiers: &[Verifier],
+    origin: &str,
+) -> Result<OpenedCheckpoint, String> {
+    let o = note::open(&c.note, verifiers).map_err(|e| e.to_string())?;
+    if o.signed_by.is_empty() {
+        return Err("no signature by the log's pinned key".to_owned());
     }
-    let chunk = lines.len().div_ceil(threads);
+    let cp = Checkpoint::parse_body(&o.body).map_err(|e| e.to_string())?;
+    if cp.origin != origin {
+        return Err(format!(
+            "origin {:?} is not the log's {origin:?}",
+            cp.origin
+        ));
+    }
+    if cp.size != c.size {
+        return Err(format!(
+            "the note says size {} but is filed under {}",
+            cp.size, c.size
+        ));
+    }
+    Ok(OpenedCheckpoint {
+        checkpoint: cp,
+        cosigners: o.cosigned_by.into_iter().map(|(n, _)| n).collect(),
+        signers: o.signed_by.into_iter().map(|(_, id)| id).collect(),
+    })
+}
+
+/// `f` of each item (with its position), in order, on up to `threads`
+/// threads.
+fn par_map<T: Sync, U: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(usize, &T) -> U + Sync,
+) -> Result<Vec<U>, String> {
+    if threads <= 1 || items.len() < 256 {
+        return Ok(items.iter().enumerate().map(|(i, t)| f(i, t)).collect());
+    }
+    let chunk = items.len().div_ceil(threads);
+    let f = &f;
     std::thread::scope(|scope| {
-        let handles: Vec<_> = lines
+        let handles: Vec<_> = items
             .chunks(chunk)
-            .zip(bodies.chunks(chunk))
-            .map(|(ls, bs)| {
+            .enumerate()
+            .map(|(n, part)| {
                 scope.spawn(move || {
-                    ls.iter()
-                        .zip(bs)
-                        .map(|(l, b)| check_entry(l, b.as_ref(), ctx))
+                    part.iter()
+                        .enumerate()
+                        .map(|(i, t)| f(n * chunk + i, t))
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
-        let mut out = Vec::with_capacity(lines.len());
+        let mut out = Vec::with_capacity(items.len());
         for h in handles {
             out.extend(
                 h.join()
@@ -804,6 +833,17 @@ fn check_batch(
             );
         }
         Ok(out)
+    })
+}
+
+fn check_batch(
+    lines: &[String],
+    bodies: &[Option<BodyLine>],
+    ctx: &Ctx<'_>,
+    threads: usize,
+) -> Result<Vec<Checked>, String> {
+    par_map(lines, threads, |i, l| {
+        check_entry(l, bodies.get(i).and_then(Option::as_ref), ctx)
     })
 }
 

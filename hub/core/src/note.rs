@@ -258,8 +258,8 @@ pub fn cosign(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Opened {
     pub body: String,
-    /// Names of the known note keys whose signatures verified.
-    pub signed_by: Vec<String>,
+    /// Names and key ids of the known note keys whose signatures verified.
+    pub signed_by: Vec<(String, [u8; 4])>,
     /// Names and timestamps of the known witnesses whose cosignatures verified.
     pub cosigned_by: Vec<(String, u64)>,
 }
@@ -303,7 +303,7 @@ pub fn open(note: &str, known: &[Verifier]) -> Result<Opened, NoteError> {
                 UnparsedPublicKey::new(&ED25519, v.public_key)
                     .verify(body.as_bytes(), sig)
                     .map_err(|_| bad())?;
-                signed_by.push(name.to_owned());
+                signed_by.push((name.to_owned(), v.key_id));
             }
             KeyKind::Cosignature => {
                 let (ts, sig) = sig.split_at_checked(8).ok_or_else(bad)?;
@@ -373,7 +373,10 @@ mod tests {
                     \n\
                     \u{2014} PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n";
         let opened = open(note, &[v]).unwrap();
-        assert_eq!(opened.signed_by, ["PeterNeumann"]);
+        assert_eq!(
+            opened.signed_by,
+            [("PeterNeumann".to_owned(), [0xc7, 0x4f, 0x20, 0xa3])]
+        );
     }
 
     #[test]
@@ -399,7 +402,10 @@ mod tests {
         let witness = cosigner_for("witness.invalid/w1", &witness_key).unwrap();
         assert_eq!(Verifier::parse(&witness.to_vkey()).unwrap(), witness);
         let opened = open(&cosigned, &[log.clone(), witness.clone()]).unwrap();
-        assert_eq!(opened.signed_by, ["example.invalid/log"]);
+        assert_eq!(
+            opened.signed_by,
+            [("example.invalid/log".to_owned(), log.key_id)]
+        );
         assert_eq!(
             opened.cosigned_by,
             [("witness.invalid/w1".to_owned(), 1_700_000_000)]
