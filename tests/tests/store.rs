@@ -1123,6 +1123,17 @@ fn event_id(n: u32) -> ExchangeId {
     ExchangeId::from_parts(1_790_000_000_000 + u64::from(n), [9; 10])
 }
 
+/// Append events `0..count` (`event_id`), `per_batch` at a time, straight
+/// to the store (no log writer, so no block roots kept).
+async fn append_events(store: &dyn Store, e: &mut Entries, count: u32, per_batch: u32) {
+    for first in (0..count).step_by(per_batch as usize) {
+        let batch: Vec<AppendItem> = (first..(first + per_batch).min(count))
+            .map(|n| e.item(EntryKind::Event, event_id(n), vec![]))
+            .collect();
+        store.append(&batch).await.unwrap();
+    }
+}
+
 /// Two log writers on `store`, as two hubs would run them, with batches of
 /// up to 8; their signing and data keys.
 async fn two_log_writers(
@@ -1204,13 +1215,7 @@ async fn log_writer(store: &Arc<dyn Store>) -> hub_server::log_writer::LogWriter
 async fn a_log_writer_keeps_the_root_of_each_block_it_completes(store: Arc<dyn Store>) {
     // 700 entries written without kept block roots (as by an older hub),
     // and a checkpoint of the first 600.
-    let mut e = Entries::new();
-    for first in (0..700u32).step_by(100) {
-        let batch: Vec<AppendItem> = (first..first + 100)
-            .map(|n| e.item(EntryKind::Event, event_id(n), vec![]))
-            .collect();
-        store.append(&batch).await.unwrap();
-    }
+    append_events(store.as_ref(), &mut Entries::new(), 700, 100).await;
     let leaves = store.leaf_hashes(0, 700).await.unwrap();
     store
         .add_checkpoint(&StoredCheckpoint {
@@ -2251,13 +2256,7 @@ async fn a_start_reads_the_leaves_after_the_kept_blocks_not_the_log_on_postgres(
     let store = hub_server::store::open(&db.url, PoolSettings::default())
         .await
         .unwrap();
-    let mut e = Entries::new();
-    for first in (0..ENTRIES).step_by(500) {
-        let batch: Vec<AppendItem> = (first..first + 500)
-            .map(|n| e.item(EntryKind::Event, event_id(n), vec![]))
-            .collect();
-        store.append(&batch).await.unwrap();
-    }
+    append_events(store.as_ref(), &mut Entries::new(), ENTRIES, 500).await;
     let leaves = store.leaf_hashes(0, u64::from(ENTRIES)).await.unwrap();
     store
         .add_checkpoint(&StoredCheckpoint {
@@ -2301,18 +2300,7 @@ async fn a_purge_reads_what_expired_since_the_last_not_the_log_on_postgres() {
     let day = |n: i64| {
         hub_core::timefmt::rfc3339_millis(datetime!(2026-11-01 00:00 UTC) + time::Duration::days(n))
     };
-    let mut e = Entries::new();
-    for first in (0..ENTRIES).step_by(500) {
-        let batch: Vec<AppendItem> = (first..first + 500)
-            .map(|n| {
-                let mut random = [0u8; 10];
-                random[..4].copy_from_slice(&n.to_be_bytes());
-                let id = ExchangeId::from_parts(1_790_000_000_000 + u64::from(n), random);
-                e.item(EntryKind::Request, id, vec![])
-            })
-            .collect();
-        store.append(&batch).await.unwrap();
-    }
+    append_events(store.as_ref(), &mut Entries::new(), ENTRIES, 500).await;
     assert_eq!(store.purge(&day(2_900), 0).await.unwrap(), (2_900, 0));
     drop(store);
     let before = rows_read_from(&db, "log_entries").await;

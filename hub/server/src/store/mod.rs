@@ -758,18 +758,14 @@ where
     i64: sqlx::Type<R::Database> + for<'r> sqlx::Decode<'r, R::Database>,
     Vec<u8>: sqlx::Type<R::Database> + for<'r> sqlx::Decode<'r, R::Database>,
 {
-    let mut out = Vec::with_capacity(rows.len());
-    for (expected, r) in (from..).zip(rows) {
-        if to_u64(r.try_get("idx").map_err(db)?) != expected {
-            return Err(corrupt(format!("the log has a gap at index {expected}")));
-        }
-        let leaf: Vec<u8> = r.try_get("leaf_hash").map_err(db)?;
-        out.push(
-            leaf.try_into()
-                .map_err(|_| corrupt("a leaf hash is not 32 bytes"))?,
-        );
+    let run = hash_run(from, rows, ["idx", "leaf_hash"], db)?;
+    if run.len() < rows.len() {
+        return Err(corrupt(format!(
+            "the log has a gap at index {}",
+            from + run.len() as u64
+        )));
     }
-    Ok(out)
+    Ok(run)
 }
 
 /// The run of block roots from block `first` in `rows` (`block`, `root`,
@@ -784,15 +780,32 @@ where
     i64: sqlx::Type<R::Database> + for<'r> sqlx::Decode<'r, R::Database>,
     Vec<u8>: sqlx::Type<R::Database> + for<'r> sqlx::Decode<'r, R::Database>,
 {
+    hash_run(first, rows, ["block", "root"], db)
+}
+
+/// The hashes of rows `[position, hash]` (ordered by position) from
+/// position `first` on, up to the first position missing.
+fn hash_run<R: sqlx::Row>(
+    first: u64,
+    rows: &[R],
+    [position, hash]: [&str; 2],
+    db: fn(sqlx::Error) -> StoreError,
+) -> Result<Vec<Hash>, StoreError>
+where
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    i64: sqlx::Type<R::Database> + for<'r> sqlx::Decode<'r, R::Database>,
+    Vec<u8>: sqlx::Type<R::Database> + for<'r> sqlx::Decode<'r, R::Database>,
+{
     let mut out = Vec::with_capacity(rows.len());
     for (expected, r) in (first..).zip(rows) {
-        if to_u64(r.try_get("block").map_err(db)?) != expected {
+        if to_u64(r.try_get(position).map_err(db)?) != expected {
             break;
         }
-        let root: Vec<u8> = r.try_get("root").map_err(db)?;
+        let bytes: Vec<u8> = r.try_get(hash).map_err(db)?;
         out.push(
-            root.try_into()
-                .map_err(|_| corrupt("a block root is not 32 bytes"))?,
+            bytes
+                .try_into()
+                .map_err(|_| corrupt(format!("a {hash} is not 32 bytes")))?,
         );
     }
     Ok(out)
