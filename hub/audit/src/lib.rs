@@ -41,7 +41,7 @@ use hub_core::hash::Hash;
 use hub_core::jcs;
 use hub_core::jws::{self, Jwk, Jwks};
 use hub_core::log::{BatchSeal, SEAL_MEMBER, SealVerifier, canonical_record_leaf_hash};
-use hub_core::merkle::{self, Tree};
+use hub_core::merkle::{self, Blocks, Frontier, SubtreeRoots, TILE_WIDTH};
 use hub_core::note::{self, Checkpoint, Verifier};
 use hub_core::schema::Catalog;
 use hub_core::timefmt::parse_rfc3339;
@@ -545,9 +545,7 @@ pub fn verify(
         None
     };
     let mut pending_body: Option<BodyLine> = None;
-    // Every perfect subtree's root: the checkpoint roots and the consistency
-    // proofs between checkpoints come from it in O(log^2 n) each.
-    let mut tree = Tree::new();
+    let mut tree = CheckpointedTree::default();
     let mut references = References::new();
     let mut prev: Hash = [0; 32];
     let mut expected: u64 = 0;
@@ -638,17 +636,11 @@ pub fn verify(
                 );
             }
             if let Some(root) = checkpoints.get(&expected) {
-                report.record(
-                    checks::CHECKPOINT_ROOT,
-                    Some(index),
-                    if tree.root_at(expected) == Some(*root) {
-                        Ok(())
-                    } else {
-                        Err(format!(
-                            "the entries do not give the signed root of the checkpoint of size {expected}"
-                        ))
-                    },
-                );
+                let (root, consistency) = tree.checkpoint(root);
+                report.record(checks::CHECKPOINT_ROOT, Some(index), root);
+                if let Some(consistency) = consistency {
+                    report.record(checks::CHECKPOINT_CONSISTENCY, None, consistency);
+                }
             }
         }
         progress(expected, manifest.entries);
@@ -665,24 +657,6 @@ pub fn verify(
                 manifest.entries
             )),
         );
-    }
-    // A consistency proof between every pair of consecutive checkpoints,
-    // built from the entries and checked against the two signed roots.
-    let signed: Vec<(u64, Hash)> = checkpoints
-        .iter()
-        .map(|(s, r)| (*s, *r))
-        .filter(|(s, _)| *s > 0 && *s <= expected)
-        .collect();
-    for pair in signed.windows(2) {
-        let ((a, root_a), (b, root_b)) = (pair[0], pair[1]);
-        let result = tree
-            .consistency_proof(a, b)
-            .ok_or_else(|| format!("no consistency proof from {a} to {b}"))
-            .and_then(|proof| {
-                merkle::verify_consistency(a, b, &root_a, &root_b, &proof)
-                    .map_err(|e| format!("checkpoints of sizes {a} and {b}: {e}"))
-            });
-        report.record(checks::CHECKPOINT_CONSISTENCY, None, result);
     }
     if options.quorum > 0 {
         let (size, cosigners) = &latest_cosigners;
@@ -759,6 +733,62 @@ struct Head {
     index: u64,
     prev: String,
     time: String,
+}
+
+/// The log's tree as the entries build it, keeping what the checks at
+/// each checkpoint need and no more: the right edge, the roots of complete
+/// 256-leaf blocks and up (`SubtreeRoots`, 1/256th of the leaves), and the
+/// leaves of at most two blocks - the one where the previous checkpoint
+/// ends and the current one, the only ones `merkle::consistency_blocks`
+/// names for consecutive checkpoints.
+#[derive(Default)]
+struct CheckpointedTree {
+    frontier: Frontier,
+    roots: SubtreeRoots,
+    blocks: Blocks,
+    /// The last checkpoint passed: its size and signed root.
+    last: Option<(u64, Hash)>,
+}
+
+impl CheckpointedTree {
+    fn push(&mut self, leaf: Hash) {
+        let size = self.frontier.size();
+        if size > 0 && size.is_multiple_of(TILE_WIDTH) {
+            let done = size / TILE_WIDTH - 1;
+            if self.last.map(|(a, _)| a / TILE_WIDTH) != Some(done) {
+                self.blocks.remove(&done);
+            }
+        }
+        self.blocks.entry(size / TILE_WIDTH).or_default().push(leaf);
+        self.frontier.push_keeping(leaf, &mut self.roots);
+    }
+
+    /// A checkpoint signed `root` for the tree so far: whether the entries
+    /// give that root, and (after the first checkpoint) whether an RFC 9162
+    /// consistency proof from the previous checkpoint, built from the
+    /// entries, verifies against both signed roots.
+    fn checkpoint(&mut self, root: &Hash) -> (Result<(), String>, Option<Result<(), String>>) {
+        let size = self.frontier.size();
+        let matches = if self.frontier.root() == *root {
+            Ok(())
+        } else {
+            Err(format!(
+                "the entries do not give the signed root of the checkpoint of size {size}"
+            ))
+        };
+        let consistency = self.last.map(|(a, root_a)| {
+            self.roots
+                .consistency_proof(a, size, &self.blocks)
+                .ok_or_else(|| format!("no consistency proof from {a} to {size}"))
+                .and_then(|proof| {
+                    merkle::verify_consistency(a, size, &root_a, root, &proof)
+                        .map_err(|e| format!("checkpoints of sizes {a} and {size}: {e}"))
+                })
+        });
+        self.last = Some((size, *root));
+        self.blocks.retain(|block, _| *block >= size / TILE_WIDTH);
+        (matches, consistency)
+    }
 }
 
 /// A checkpoint whose note verified.

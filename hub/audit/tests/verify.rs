@@ -141,6 +141,59 @@ fn a_truncated_log_is_caught_by_its_checkpoints() {
     assert!(report.findings.iter().any(|f| f.detail.contains("size 40")));
 }
 
+/// Consistency between consecutive checkpoints across 256-entry blocks
+/// (the verifier keeps only the roots of complete blocks and the leaves
+/// of two), at cadences that end checkpoints inside blocks, on their
+/// boundaries and several blocks apart; a validly signed checkpoint with
+/// another root fails with the proofs on either side of it.
+#[test]
+fn consecutive_checkpoints_are_consistent_across_blocks() {
+    const ENTRIES: u64 = 1_100;
+    let key = key();
+    for every in [7, 128, 256, 300, 1_100] {
+        let dir = tempfile::tempdir().unwrap();
+        let pinned = hub_audit::synthetic::write_bundle(
+            dir.path(),
+            ORIGIN,
+            &key,
+            &data_key(),
+            ENTRIES,
+            every,
+            &|_| {},
+        )
+        .unwrap();
+        let report = run(dir.path(), &pinned);
+        assert!(report.ok(), "every {every}: {:?}", report.findings);
+        let checkpoints = report.checkpoints;
+        assert_eq!(checkpoints, ENTRIES.div_ceil(every), "every {every}");
+        let consistent = |report: &Report| {
+            report
+                .checks
+                .get(checks::CHECKPOINT_CONSISTENCY)
+                .map_or(0, |c| c.passed)
+        };
+        assert_eq!(consistent(&report), checkpoints - 1, "every {every}");
+        if checkpoints < 3 {
+            continue;
+        }
+        let mut wrong = lines(dir.path(), "checkpoints.jsonl");
+        wrong[1] = serde_json::to_string(&checkpoint(&key, 2 * every, [7; 32])).unwrap();
+        write_lines(dir.path(), "checkpoints.jsonl", &wrong);
+        let report = run(dir.path(), &pinned);
+        assert_eq!(
+            failed(&report, checks::CHECKPOINT_ROOT),
+            [Some(2 * every - 1)],
+            "every {every}"
+        );
+        assert_eq!(
+            failed(&report, checks::CHECKPOINT_CONSISTENCY),
+            [None, None],
+            "every {every}: the proofs into and out of the wrong root"
+        );
+        assert_eq!(consistent(&report), checkpoints - 3, "every {every}");
+    }
+}
+
 #[test]
 fn forged_replaced_and_forked_checkpoints_are_caught() {
     let (dir, key, pinned) = fresh();

@@ -425,8 +425,8 @@ impl Frontier {
         if !self.size.is_multiple_of(BLOCK) {
             return Err(Unaligned(self.size));
         }
-        roots.keep(8, root);
-        self.push_node(8, root, roots);
+        roots.keep(BLOCK_HEIGHT, root);
+        self.push_node(BLOCK_HEIGHT, root, roots);
         Ok(())
     }
 
@@ -457,22 +457,23 @@ impl Frontier {
     }
 }
 
-/// The levels of complete subtrees [`SubtreeRoots`] keeps: of 256^1,
-/// 256^2 and 256^3 leaves (the hashes of tlog-tiles levels 1 to 3).
-pub const KEPT_LEVELS: u8 = 3;
-
 /// Leaves per block: the smallest subtree whose root is kept.
 const BLOCK: u64 = TILE_WIDTH;
+/// The height of a block's subtree.
+const BLOCK_HEIGHT: u32 = 8;
 
-/// The roots of the log's complete subtrees of 256^L leaves for L = 1 to
-/// [`KEPT_LEVELS`], in order, kept as [`Frontier::push_keeping`] forms
-/// them: 1/256th of the leaves' hashes and a little more. With them, a
-/// proof or a tile needs no leaves but those of the (at most three)
-/// 256-leaf blocks that [`inclusion_blocks`] or [`consistency_blocks`]
-/// name, so serving it does not read the log from its start.
+/// The roots of the log's complete subtrees of 256 leaves and every larger
+/// power of two, in order, kept as [`Frontier::push_keeping`] forms them:
+/// 1/128th of the leaves' hashes. With them, any perfect subtree of 256
+/// leaves or more is one lookup, and a proof or a tile needs no leaves but
+/// those of the (at most three) 256-leaf blocks that [`inclusion_blocks`]
+/// or [`consistency_blocks`] name, so serving or checking it does not read
+/// the log from its start.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SubtreeRoots {
-    levels: [Vec<Hash>; KEPT_LEVELS as usize],
+    /// `by_height[i][j]`: the root of the `j`th complete subtree of height
+    /// `BLOCK_HEIGHT + i` (leaves `j·2^h .. (j+1)·2^h`).
+    by_height: Vec<Vec<Hash>>,
 }
 
 /// Leaf hashes of 256-leaf blocks, by block number (leaf index / 256); the
@@ -481,22 +482,26 @@ pub type Blocks = BTreeMap<u64, Vec<Hash>>;
 
 impl SubtreeRoots {
     fn keep(&mut self, height: u32, root: Hash) {
-        if height.is_multiple_of(8)
-            && let Some(level) = usize::try_from(height / 8)
-                .ok()
-                .and_then(|l| l.checked_sub(1))
-                .and_then(|l| self.levels.get_mut(l))
-        {
-            level.push(root);
+        let Some(i) = height
+            .checked_sub(BLOCK_HEIGHT)
+            .and_then(|i| usize::try_from(i).ok())
+        else {
+            return;
+        };
+        if self.by_height.len() <= i {
+            self.by_height.resize_with(i + 1, Vec::new);
+        }
+        if let Some(roots) = self.by_height.get_mut(i) {
+            roots.push(root);
         }
     }
 
-    /// The kept roots of `level` (1 to [`KEPT_LEVELS`]): the `j`th covers
-    /// leaves `j·256^level .. (j+1)·256^level`.
+    /// The kept roots of tlog-tiles level `level` (1 and up): the `j`th
+    /// covers leaves `j·256^level .. (j+1)·256^level`.
     pub fn level(&self, level: u8) -> &[Hash] {
         usize::from(level)
             .checked_sub(1)
-            .and_then(|l| self.levels.get(l))
+            .and_then(|l| self.by_height.get(l * 8))
             .map_or(&[], Vec::as_slice)
     }
 
@@ -504,12 +509,13 @@ impl SubtreeRoots {
     /// `first` (a multiple of `2^height`), from the kept roots or, below
     /// 256 leaves, from `blocks`; `None` if what it needs is missing.
     pub fn subtree_root(&self, first: u64, height: u32, blocks: &Blocks) -> Option<Hash> {
-        if height >= 8 {
-            let level = (height / 8).min(u32::from(KEPT_LEVELS));
-            let from = usize::try_from(first >> (8 * level)).ok()?;
-            let count = 1usize.checked_shl(height - 8 * level)?;
-            let roots = self.levels.get(usize::try_from(level).ok()? - 1)?;
-            return roots.get(from..from.checked_add(count)?).map(root);
+        if height >= BLOCK_HEIGHT {
+            let roots = self
+                .by_height
+                .get(usize::try_from(height - BLOCK_HEIGHT).ok()?)?;
+            return roots
+                .get(usize::try_from(first.checked_shr(height)?).ok()?)
+                .copied();
         }
         let leaves = blocks.get(&(first / BLOCK))?;
         let from = usize::try_from(first % BLOCK).ok()?;
@@ -585,7 +591,7 @@ fn blocks_of(build: impl FnOnce(RangeRoot<'_>) -> Vec<Hash>) -> BTreeSet<u64> {
     let blocks = RefCell::new(BTreeSet::new());
     build(&|lo, hi| {
         for (first, height) in perfect_subtrees(lo as u64, hi as u64) {
-            if height < 8 {
+            if height < BLOCK_HEIGHT {
                 blocks.borrow_mut().insert(first / BLOCK);
             }
         }

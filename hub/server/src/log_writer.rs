@@ -18,8 +18,7 @@
 //! The writer also keeps the Merkle tree's right edge ([`Frontier`]) and
 //! publishes the tree head after every commit, so checkpoints only ever
 //! sign committed entries. Beside it, it keeps the roots of the tree's
-//! complete subtrees of 256, 65,536 and 16,777,216 leaves
-//! ([`SubtreeRoots`]), from which the transparency API serves proofs and
+//! complete subtrees of 256 leaves and more ([`SubtreeRoots`]), from which the transparency API serves proofs and
 //! tiles without reading the log from its start, and stores the root of
 //! each 256-leaf block as it completes. At start it rebuilds the tree up to
 //! the last signed checkpoint from those block roots (and leaf hashes
