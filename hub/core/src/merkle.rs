@@ -746,6 +746,26 @@ mod tests {
         );
     }
 
+    /// What `hub audit verify` relies on to hold only two blocks' leaves:
+    /// a consistency proof needs those of the block where the old tree
+    /// ends and of the block holding the new tree's last leaf, no other.
+    #[test]
+    fn a_consistency_proof_needs_only_the_blocks_at_both_ends() {
+        let pairs = (1..=600u64)
+            .flat_map(|new| (1..=new).map(move |old| (old, new)))
+            .chain([(1, 70_000), (65_535, 65_537), (300, 66_000), (257, 600_000)]);
+        for (old, new) in pairs {
+            let allowed = [old / BLOCK, (new - 1) / BLOCK];
+            assert!(
+                consistency_blocks(old, new)
+                    .iter()
+                    .all(|b| allowed.contains(b)),
+                "{old} -> {new}: {:?}",
+                consistency_blocks(old, new)
+            );
+        }
+    }
+
     #[test]
     fn frontier_matches_the_recursive_root() {
         let all = leaves(130);
