@@ -361,7 +361,18 @@ impl Answered {
 
 /// Consume `adapter`'s queue until `shutdown` turns true, reconnecting
 /// (with back-off) whenever the broker goes away.
-pub async fn run(
+pub async fn run(adapter: Arc<dyn Adapter>, config: WorkerConfig, shutdown: watch::Receiver<bool>) {
+    // A task of its own: awaited where it is called (often `main`, on a
+    // thread that is not one of the runtime's workers), each delivery
+    // would wake that thread first and a worker second.
+    if let Err(e) = tokio::spawn(consume_until_stopped(adapter, config, shutdown)).await
+        && e.is_panic()
+    {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn consume_until_stopped(
     adapter: Arc<dyn Adapter>,
     config: WorkerConfig,
     mut shutdown: watch::Receiver<bool>,
