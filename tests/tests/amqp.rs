@@ -26,6 +26,8 @@ struct Counting {
     inner: adapter_population::PopulationAdapter,
     finished: Mutex<HashMap<ExchangeId, u32>>,
     hang: bool,
+    /// Hang on this exchange only (a request that brings its adapter down).
+    hang_on: Option<ExchangeId>,
     pause: Duration,
     received: Notify,
 }
@@ -46,9 +48,16 @@ impl Counting {
             ),
             finished: Mutex::new(HashMap::new()),
             hang,
+            hang_on: None,
             pause,
             received: Notify::new(),
         })
+    }
+
+    fn hanging_on(id: ExchangeId) -> Arc<Self> {
+        let mut counting = Arc::into_inner(Self::new(false)).unwrap();
+        counting.hang_on = Some(id);
+        Arc::new(counting)
     }
 
     fn finished(&self, id: ExchangeId) -> u32 {
@@ -66,7 +75,7 @@ impl Adapter for Counting {
     fn handle<'a>(&'a self, request: &'a AdapterRequest) -> HandlerFuture<'a> {
         Box::pin(async move {
             self.received.notify_one();
-            if self.hang {
+            if self.hang || self.hang_on == Some(request.exchange_id) {
                 std::future::pending::<()>().await;
             }
             tokio::time::sleep(self.pause).await;
@@ -186,6 +195,104 @@ async fn entries_of(hub: &TestHub, id: &Value, kind: &str) -> usize {
         .iter()
         .filter(|r| r["exchange_id"] == *id && r["kind"] == kind)
         .count()
+}
+
+/// Take (unacknowledged) the messages of `queue` until they hold `n`
+/// requests: their exchange ids and bytes, in order, and the messages.
+async fn take_requests(
+    ch: &lapin::Channel,
+    queue: &str,
+    n: usize,
+    keys: &hub_core::jws::Jwks,
+) -> (
+    Vec<ExchangeId>,
+    Vec<Vec<u8>>,
+    Vec<lapin::message::BasicGetMessage>,
+) {
+    let seals = hub_core::log::SealVerifier::new();
+    let (mut ids, mut requests, mut messages) = (Vec::new(), Vec::new(), Vec::new());
+    while requests.len() < n {
+        let got = ch
+            .basic_get(queue.into(), lapin::options::BasicGetOptions::default())
+            .await
+            .unwrap();
+        let Some(message) = got else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        for part in hub_adapter_sdk::amqp::message_parts(&message.data).unwrap() {
+            let checked = hub_adapter_sdk::amqp::check_request(part, keys, &seals).unwrap();
+            ids.push(checked.request.exchange_id);
+            requests.push(part.to_vec());
+        }
+        messages.push(message);
+    }
+    (ids, requests, messages)
+}
+
+/// Requests waiting for the population registry, sent through `hub` by
+/// `n` senders, taken from the broker: the senders, the requests' ids and
+/// bytes, and the hub's reply queue.
+async fn waiting_requests(
+    setup_ns: &AmqpNamespace,
+    hub: &Arc<TestHub>,
+    instance: &str,
+    n: usize,
+) -> (
+    tokio::task::JoinSet<(StatusCode, Value)>,
+    Vec<ExchangeId>,
+    Vec<Vec<u8>>,
+) {
+    let topology = Topology::new(setup_ns.prefix.clone());
+    let provider: Member = POPULATION_REGISTRY.parse().unwrap();
+    let keys = worker(hub, setup_ns, &setup_ns.url).hub_keys;
+    let mut sending = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let hub = hub.clone();
+        sending.spawn(async move { hub.send(lookup()).await });
+    }
+    let (conn, ch) = setup_ns.client_channel().await;
+    topology.declare_provider(&ch, &provider).await.unwrap();
+    let (ids, requests, messages) =
+        take_requests(&ch, &topology.provider_queue(&provider), n, &keys).await;
+    for message in messages {
+        assert_eq!(
+            message.properties.reply_to().as_ref().map(|q| q.as_str()),
+            Some(topology.reply_queue(instance).as_str())
+        );
+        message
+            .ack(lapin::options::BasicAckOptions::default())
+            .await
+            .unwrap();
+    }
+    let _ = conn.close(200, "done".into()).await;
+    (sending, ids, requests)
+}
+
+/// Publish `requests` as one message to the population registry's queue,
+/// as the hub's relay does.
+async fn publish_requests(ns: &AmqpNamespace, instance: &str, requests: &[&[u8]]) {
+    let topology = Topology::new(ns.prefix.clone());
+    let provider: Member = POPULATION_REGISTRY.parse().unwrap();
+    let (conn, ch) = ns.client_channel().await;
+    publish_taken(
+        &ch,
+        (&topology.exchange(), &Topology::routing_key(&provider)),
+        &hub_adapter_sdk::amqp::array_message(requests),
+        lapin::BasicProperties::default()
+            .with_message_id("several".into())
+            .with_delivery_mode(2)
+            .with_reply_to(topology.reply_queue(instance).into()),
+    )
+    .await;
+    let _ = conn.close(200, "done".into()).await;
+}
+
+/// A request the hub did not sign, naming `id`.
+fn forged_request(id: &str) -> Vec<u8> {
+    json!({"record": {"exchange_id": id}, "body": {}, "body_salt": "AAAA"})
+        .to_string()
+        .into_bytes()
 }
 
 #[tokio::test]
@@ -530,25 +637,13 @@ async fn answers_sent_together_in_one_message_are_each_logged_once() {
     }
     let (conn, ch) = setup.ns.client_channel().await;
     topology.declare_provider(&ch, &provider).await.unwrap();
-    let seals = hub_core::log::SealVerifier::new();
-    let mut requests = Vec::new();
-    while requests.len() < 2 {
-        let got = ch
-            .basic_get(
-                topology.provider_queue(&provider).into(),
-                lapin::options::BasicGetOptions::default(),
-            )
-            .await
-            .unwrap();
-        let Some(message) = got else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let checked = hub_adapter_sdk::amqp::check_request(&message.data, &keys, &seals).unwrap();
+    let (ids, _, messages) =
+        take_requests(&ch, &topology.provider_queue(&provider), 2, &keys).await;
+    for message in &messages {
         let reply_to = message.properties.reply_to().clone().unwrap();
         assert_eq!(reply_to.as_str(), topology.reply_queue("hub-e"));
-        requests.push((checked.request.exchange_id, message));
     }
+    let requests: Vec<(ExchangeId, ())> = ids.into_iter().map(|id| (id, ())).collect();
     let replies: Vec<Vec<u8>> = requests
         .iter()
         .map(|(id, _)| {
@@ -561,7 +656,7 @@ async fn answers_sent_together_in_one_message_are_each_logged_once() {
         })
         .collect();
     let bodies: Vec<&[u8]> = replies.iter().map(Vec::as_slice).collect();
-    let message = hub_adapter_sdk::amqp::replies_message(&bodies);
+    let message = hub_adapter_sdk::amqp::array_message(&bodies);
     assert_eq!(message.first(), Some(&b'['), "two answers make an array");
     let reply_queue = topology.reply_queue("hub-e");
     let publish = || {
@@ -573,8 +668,8 @@ async fn answers_sent_together_in_one_message_are_each_logged_once() {
         )
     };
     publish().await;
-    for (_, request) in &requests {
-        request
+    for message in &messages {
+        message
             .ack(lapin::options::BasicAckOptions::default())
             .await
             .unwrap();
@@ -605,5 +700,119 @@ async fn answers_sent_together_in_one_message_are_each_logged_once() {
     assert!(letters.is_empty(), "not dead-lettered: {letters:?}");
 
     let _ = conn.close(200, "done".into()).await;
+    Setup { hub, ..setup }.finish().await;
+}
+
+#[tokio::test]
+async fn requests_sent_together_are_answered_and_a_forged_one_dead_lettered_alone() {
+    let Some(setup) = start("hub-h").await else {
+        return;
+    };
+    let hub = Arc::new(setup.hub);
+    let (mut sending, ids, requests) = waiting_requests(&setup.ns, &hub, "hub-h", 2).await;
+    // A message of three: two the hub sent, one it did not, in between.
+    let forged = forged_request("01930f1e-0000-7000-8000-000000000002");
+    publish_requests(&setup.ns, "hub-h", &[&requests[0], &forged, &requests[1]]).await;
+    let adapter = Counting::new(false);
+    let (worker_task, stop) = spawn_worker(adapter.clone(), worker(&hub, &setup.ns, &setup.ns.url));
+    while let Some(done) = sending.join_next().await {
+        let (status, reply) = done.unwrap();
+        assert_eq!(status, StatusCode::OK, "{reply}");
+    }
+    for id in &ids {
+        assert_eq!(adapter.finished(*id), 1, "{id}");
+    }
+    let topology = Topology::new(setup.ns.prefix.clone());
+    let letters = dead_letters_once_any(&setup.ns, &topology).await;
+    assert_eq!(letters.len(), 1, "the forged request alone: {letters:?}");
+    assert_eq!(
+        letters[0].message_id.as_deref(),
+        Some("01930f1e-0000-7000-8000-000000000002"),
+        "named by its own exchange id"
+    );
+    assert!(letters[0].because.contains("signature"), "{letters:?}");
+    let (conn, ch) = setup.ns.client_channel().await;
+    let provider: Member = POPULATION_REGISTRY.parse().unwrap();
+    assert_eq!(ready_in(&ch, &topology.provider_queue(&provider)).await, 0);
+    let _ = conn.close(200, "done".into()).await;
+
+    let _ = stop.send(true);
+    worker_task.await.unwrap();
+    let hub = Arc::into_inner(hub).unwrap();
+    Setup { hub, ..setup }.finish().await;
+}
+
+#[tokio::test]
+async fn requests_sent_together_that_come_back_go_on_one_by_one() {
+    let Some(setup) = start("hub-i").await else {
+        return;
+    };
+    let broker_addr = setup
+        .ns
+        .url
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let hub = Arc::new(setup.hub);
+    let (mut sending, ids, requests) = waiting_requests(&setup.ns, &hub, "hub-i", 3).await;
+    let parts: Vec<&[u8]> = requests.iter().map(Vec::as_slice).collect();
+    let poison = ids[2];
+    // Two adapters in turn take the message and go down: the first while
+    // handling all three requests, the second (on the message coming back)
+    // while handling the third only.
+    let mut dead = Vec::new();
+    for adapter in [Counting::new(true), Counting::hanging_on(poison)] {
+        let relay = Relay::start(broker_addr.parse().unwrap()).await;
+        let through_relay = setup.ns.url.replace(&broker_addr, &relay.addr.to_string());
+        let (task, _stop) = spawn_worker(adapter.clone(), worker(&hub, &setup.ns, &through_relay));
+        if dead.is_empty() {
+            publish_requests(&setup.ns, "hub-i", &parts).await;
+            tokio::time::timeout(Duration::from_secs(10), adapter.received.notified())
+                .await
+                .expect("the first adapter received the message");
+        } else {
+            // The first two are answered by the second adapter.
+            for _ in 0..2 {
+                let (status, reply) = sending.join_next().await.unwrap().unwrap();
+                assert_eq!(status, StatusCode::OK, "{reply}");
+            }
+        }
+        relay.cut();
+        task.abort();
+        dead.push(adapter);
+    }
+    for id in &ids[..2] {
+        assert_eq!(dead[0].finished(*id), 0, "{id}");
+        assert_eq!(dead[1].finished(*id), 1, "{id}");
+        let id = json!(id.to_string());
+        assert_eq!(entries_of(&hub, &id, "response").await, 1, "{id}");
+    }
+    // What comes back now is the third request alone, under its own id.
+    let topology = Topology::new(setup.ns.prefix.clone());
+    let provider: Member = POPULATION_REGISTRY.parse().unwrap();
+    let (conn, ch) = setup.ns.client_channel().await;
+    let keys = worker(&hub, &setup.ns, &setup.ns.url).hub_keys;
+    let (back, bytes, messages) =
+        take_requests(&ch, &topology.provider_queue(&provider), 1, &keys).await;
+    assert_eq!(back, [poison]);
+    assert_eq!(bytes, [requests[2].clone()]);
+    let id = poison.to_string();
+    assert_eq!(
+        messages[0]
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str()),
+        Some(id.as_str())
+    );
+    assert_eq!(ready_in(&ch, &topology.provider_queue(&provider)).await, 0);
+    let _ = conn.close(200, "done".into()).await;
+
+    sending.shutdown().await;
+    let hub = Arc::into_inner(hub).unwrap();
     Setup { hub, ..setup }.finish().await;
 }

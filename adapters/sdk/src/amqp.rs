@@ -3,7 +3,9 @@
 //! The hub publishes each request for a provider to a durable quorum queue
 //! of that provider, with the hub's signed record, the request body and its
 //! salt, the exchange id as message id and correlation id, and the queue
-//! the answer goes to as `reply_to`. [`run`] is the loop an integrator
+//! the answer goes to as `reply_to`; the requests one round of its outbox
+//! holds for a provider travel together, as one message holding a JSON
+//! array of them ([`array_message`]). [`run`] is the loop an integrator
 //! needs around their handler:
 //!
 //! connect -> consume the provider queue -> verify the hub's signature and
@@ -14,12 +16,15 @@
 //! broker, so a crashed adapter's request is redelivered. Answers ready
 //! while the broker is still confirming earlier ones go to their reply
 //! queue together, as one message holding a JSON array of answers
-//! ([`replies_message`]): RabbitMQ's cost is per message, not per byte. A
+//! ([`array_message`]): RabbitMQ's cost is per message, not per byte. A
 //! redelivered request already answered is answered again from memory,
 //! not handled twice. Requests that fail verification are dead-lettered at
 //! once, saying why ([`Refuser`]); those whose answer cannot be sent are
 //! retried with back-off until the queue's delivery limit, then
-//! dead-lettered by the broker.
+//! dead-lettered by the broker. A message of several requests that comes
+//! back (an adapter went down handling it) is split: each request goes back
+//! to the queue alone ([`Refuser::send_back_alone`]), so that one that keeps
+//! failing is dead-lettered alone.
 //!
 //! The topology ([`Topology`]) is declared idempotently by the hub and by
 //! every adapter, so either may start first.
@@ -234,36 +239,48 @@ pub enum ReplyOutcome {
     Error(String),
 }
 
-/// The body of an answer message holding `replies` (each a serialized
-/// [`Reply`]): the reply itself if there is one, else a JSON array of them.
-pub fn replies_message(replies: &[&[u8]]) -> Vec<u8> {
-    if let [one] = replies {
+/// The body of a message holding `parts` (each a serialized request
+/// message or [`Reply`]): the part itself if there is one, else a JSON
+/// array of them. RabbitMQ's cost is per message, not per byte, so the hub
+/// sends the requests one round of its outbox has for a provider, and an
+/// adapter the answers one round has for a hub, together.
+pub fn array_message(parts: &[&[u8]]) -> Vec<u8> {
+    if let [one] = parts {
         return one.to_vec();
     }
-    let mut body = Vec::with_capacity(replies.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
+    let mut body = Vec::with_capacity(parts.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
     body.push(b'[');
-    for (i, reply) in replies.iter().enumerate() {
+    for (i, part) in parts.iter().enumerate() {
         if i > 0 {
             body.push(b',');
         }
-        body.extend_from_slice(reply);
+        body.extend_from_slice(part);
     }
     body.push(b']');
     body
 }
 
+/// The parts of a message made by [`array_message`], as they were sent:
+/// the message itself, or the elements of a non-empty JSON array.
+pub fn message_parts(data: &[u8]) -> Result<Vec<&[u8]>, serde_json::Error> {
+    let many = data.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    if !many {
+        return Ok(vec![data]);
+    }
+    let parts: Vec<&serde_json::value::RawValue> = serde_json::from_slice(data)?;
+    if parts.is_empty() {
+        return Err(serde::de::Error::custom("an empty array"));
+    }
+    Ok(parts.into_iter().map(|p| p.get().as_bytes()).collect())
+}
+
 /// The answers an answer message holds: one [`Reply`], or a non-empty
 /// JSON array of them.
 pub fn parse_replies(data: &[u8]) -> Result<Vec<Reply>, serde_json::Error> {
-    let many = data.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
-    if !many {
-        return serde_json::from_slice(data).map(|one| vec![one]);
-    }
-    let replies: Vec<Reply> = serde_json::from_slice(data)?;
-    if replies.is_empty() {
-        return Err(serde::de::Error::custom("an empty array of answers"));
-    }
-    Ok(replies)
+    message_parts(data)?
+        .into_iter()
+        .map(serde_json::from_slice)
+        .collect()
 }
 
 /// The request carried by a message the hub published, checked.
@@ -365,10 +382,21 @@ pub async fn run(adapter: Arc<dyn Adapter>, config: WorkerConfig, shutdown: watc
     // A task of its own: awaited where it is called (often `main`, on a
     // thread that is not one of the runtime's workers), each delivery
     // would wake that thread first and a worker second.
-    if let Err(e) = tokio::spawn(consume_until_stopped(adapter, config, shutdown)).await
+    let task = tokio::spawn(consume_until_stopped(adapter, config, shutdown));
+    // Dropping this future (aborting its task) stops the loop too.
+    let _stop_with_caller = AbortOnDrop(task.abort_handle());
+    if let Err(e) = task.await
         && e.is_panic()
     {
         std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -730,29 +758,85 @@ struct Handling {
     refusals: Arc<Refuser>,
 }
 
+/// What became of one request of a message.
+enum RequestOutcome {
+    /// Answered, and the broker took the answer.
+    Done,
+    /// Never to be handled (it does not verify, or is not for this
+    /// provider): to be dead-lettered, saying why.
+    Refused(String),
+    /// Not answered now: to be tried again later.
+    Later,
+}
+
 async fn handle(to: Handling, delivery: Delivery) -> lapin::Result<Settle> {
+    let parts = match message_parts(&delivery.data) {
+        Ok(parts) => parts,
+        Err(e) => {
+            let because = MessageRejected::NotJson(e.to_string()).to_string();
+            return to.refusals.refuse(&delivery, &because).await;
+        }
+    };
+    if let [one] = parts[..] {
+        return match answer(&to, &delivery, one).await? {
+            RequestOutcome::Done => Ok(Settle::Ack),
+            RequestOutcome::Refused(because) => to.refusals.refuse(&delivery, &because).await,
+            RequestOutcome::Later => retry_later(&delivery).await,
+        };
+    }
+    // Several requests in a message that comes back (an adapter stopped
+    // while handling it, perhaps because of one of them): each goes on as
+    // a message of its own, so that one that keeps failing is retried and
+    // dead-lettered alone.
+    if delivery.redelivered || earlier_deliveries(&delivery) > 0 {
+        return to.refusals.send_back_alone(&delivery, &parts).await;
+    }
+    let outcomes =
+        futures_util::future::join_all(parts.iter().map(|part| answer(&to, &delivery, part))).await;
+    let mut alone = Vec::new();
+    for (part, outcome) in parts.iter().zip(outcomes) {
+        match outcome? {
+            RequestOutcome::Done => {}
+            RequestOutcome::Refused(because) => {
+                if !to.refusals.dead_letter(&delivery, part, &because).await? {
+                    alone.push(*part);
+                }
+            }
+            RequestOutcome::Later => alone.push(*part),
+        }
+    }
+    if alone.is_empty() {
+        Ok(Settle::Ack)
+    } else {
+        to.refusals.send_back_alone(&delivery, &alone).await
+    }
+}
+
+/// Check one request message of `delivery`, have it handled (or answer it
+/// again from memory) and its answer published; `Err` when the connection
+/// failed.
+async fn answer(to: &Handling, delivery: &Delivery, data: &[u8]) -> lapin::Result<RequestOutcome> {
     let Handling {
         adapter,
         replies,
         answered,
         hub,
-        refusals,
-    } = &to;
-    let checked = match check_request(&delivery.data, &hub.keys, &hub.seals) {
+        refusals: _,
+    } = to;
+    let checked = match check_request(data, &hub.keys, &hub.seals) {
         Ok(c) if c.receiver.as_ref() == Some(adapter.provider()) => c,
         Ok(c) => {
-            let because = match c.receiver {
+            return Ok(RequestOutcome::Refused(match c.receiver {
                 Some(r) => format!("a request for {r}, not this provider"),
                 None => "a request naming no receiver".to_owned(),
-            };
-            return refusals.refuse(&delivery, &because).await;
+            }));
         }
-        Err(e) => return refusals.refuse(&delivery, &e.to_string()).await,
+        Err(e) => return Ok(RequestOutcome::Refused(e.to_string())),
     };
     let Some(reply_to) = delivery.properties.reply_to().clone() else {
-        return refusals
-            .refuse(&delivery, "a request without reply_to")
-            .await;
+        return Ok(RequestOutcome::Refused(
+            "a request without reply_to".to_owned(),
+        ));
     };
     let id = checked.request.exchange_id;
     let cached = answered.lock().await.get(&id);
@@ -772,7 +856,7 @@ async fn handle(to: Handling, delivery: Delivery) -> lapin::Result<Settle> {
                 outcome,
             };
             let Ok(bytes) = serde_json::to_vec(&reply) else {
-                return retry_later(&delivery).await;
+                return Ok(RequestOutcome::Later);
             };
             answered.lock().await.insert(id, bytes.clone());
             bytes
@@ -789,10 +873,10 @@ async fn handle(to: Handling, delivery: Delivery) -> lapin::Result<Settle> {
         return Err(connection_lost());
     }
     match confirmed.await {
-        Ok(true) => Ok(Settle::Ack),
+        Ok(true) => Ok(RequestOutcome::Done),
         Ok(false) => {
             warn!(exchange = %id, "the answer was not accepted by the broker; retrying");
-            retry_later(&delivery).await
+            Ok(RequestOutcome::Later)
         }
         // The publisher stopped: the connection failed, and the request
         // comes back once it is re-established.
@@ -843,7 +927,7 @@ async fn publish_replies(ch: Channel, mut outgoing: mpsc::Receiver<Outgoing>) ->
                         mandatory: true,
                         ..BasicPublishOptions::default()
                     },
-                    &replies_message(&bodies),
+                    &array_message(&bodies),
                     properties,
                 )
                 .await?;
@@ -909,7 +993,28 @@ impl Refuser {
         }
     }
 
+    /// Dead-letter `delivery` and acknowledge it.
     pub async fn refuse(&self, delivery: &Delivery, because: &str) -> lapin::Result<Settle> {
+        if self.dead_letter(delivery, &delivery.data, because).await? {
+            delivery.ack(BasicAckOptions::default()).await
+        } else {
+            warn!(queue = %self.queue, "the dead-letter queue did not take a refused message; rejecting it");
+            delivery
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+        }
+        .map(|_| Settle::Settled)
+    }
+
+    /// Publish `data` (all of `delivery`'s body, or one request of it) to
+    /// the dead-letter exchange with `delivery`'s properties, saying why;
+    /// whether the broker took it.
+    pub async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        data: &[u8],
+        because: &str,
+    ) -> lapin::Result<bool> {
         warn!(queue = %self.queue, because, "a message that will never be handled; dead-lettering it");
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         let text = |s: &str| AMQPValue::LongString(s.into());
@@ -920,6 +1025,15 @@ impl Refuser {
             REFUSED_ROUTING_KEY.into(),
             text(delivery.routing_key.as_str()),
         );
+        let mut properties = delivery.properties.clone().with_headers(headers);
+        if data.len() != delivery.data.len() {
+            // One request of several: named by its own exchange id.
+            if let Some(id) = request_exchange_id(data) {
+                properties = properties
+                    .with_message_id(id.as_str().into())
+                    .with_correlation_id(id.into());
+            }
+        }
         let publishing = self
             .ch
             .basic_publish(
@@ -929,23 +1043,87 @@ impl Refuser {
                     mandatory: true,
                     ..BasicPublishOptions::default()
                 },
-                &delivery.data,
-                delivery.properties.clone().with_headers(headers),
+                data,
+                properties,
             )
             .await?;
         let confirm = tokio::time::timeout(BROKER_TIMEOUT, publishing)
             .await
             .map_err(|_| timed_out())??;
-        if confirm.is_ack() && confirm.take_message().is_none() {
-            delivery.ack(BasicAckOptions::default()).await
-        } else {
-            warn!(queue = %self.queue, "the dead-letter queue did not take a refused message; rejecting it");
-            delivery
-                .reject(BasicRejectOptions { requeue: false })
-                .await
-        }
-        .map(|_| Settle::Settled)
+        Ok(confirm.is_ack() && confirm.take_message().is_none())
     }
+
+    /// Publish each of `requests` (request messages of `delivery`) back to
+    /// where `delivery` came from as a message of its own, then
+    /// acknowledge `delivery`. If the broker does not take them all,
+    /// `delivery` is put back whole, to come back later (the requests
+    /// answered meanwhile are then answered again from memory).
+    pub async fn send_back_alone(
+        &self,
+        delivery: &Delivery,
+        requests: &[&[u8]],
+    ) -> lapin::Result<Settle> {
+        info!(queue = %self.queue, requests = requests.len(), "requests of one message go back to the queue one by one");
+        let mut confirms = Vec::with_capacity(requests.len());
+        for request in requests {
+            let mut properties = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2);
+            if let Some(reply_to) = delivery.properties.reply_to() {
+                properties = properties.with_reply_to(reply_to.clone());
+            }
+            if let Some(id) = request_exchange_id(request) {
+                properties = properties
+                    .with_message_id(id.as_str().into())
+                    .with_correlation_id(id.into());
+            }
+            let publishing = self
+                .ch
+                .basic_publish(
+                    delivery.exchange.clone(),
+                    delivery.routing_key.clone(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    request,
+                    properties,
+                )
+                .await?;
+            confirms.push(publishing);
+        }
+        let mut taken = true;
+        for publishing in confirms {
+            let confirm = tokio::time::timeout(BROKER_TIMEOUT, publishing)
+                .await
+                .map_err(|_| timed_out())??;
+            taken &= confirm.is_ack() && confirm.take_message().is_none();
+        }
+        if taken {
+            delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .map(|_| Settle::Settled)
+        } else {
+            warn!(queue = %self.queue, "the broker did not take the requests sent back one by one; the message comes back whole");
+            retry_later(delivery).await
+        }
+    }
+}
+
+/// The exchange id a request message names, read without checking it.
+fn request_exchange_id(request: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Named {
+        record: Record,
+    }
+    #[derive(Deserialize)]
+    struct Record {
+        exchange_id: String,
+    }
+    serde_json::from_slice::<Named>(request)
+        .ok()
+        .map(|n| n.record.exchange_id)
 }
 
 /// Why an adapter process cannot start.
@@ -1114,14 +1292,34 @@ mod tests {
             .collect();
         let bodies: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
         for n in 1..=sent.len() {
-            let message = replies_message(&bodies[..n]);
+            let message = array_message(&bodies[..n]);
             assert_eq!(parse_replies(&message).unwrap(), sent[..n], "{n} answers");
         }
         // One answer travels as itself, as adapters not using this SDK send it.
-        assert_eq!(replies_message(&bodies[..1]), bytes[0]);
-        assert_eq!(replies_message(&bodies[..2]).first(), Some(&b'['));
+        assert_eq!(array_message(&bodies[..1]), bytes[0]);
+        assert_eq!(array_message(&bodies[..2]).first(), Some(&b'['));
         let spaced = format!(" \n[{}]", String::from_utf8(bytes[1].clone()).unwrap());
         assert_eq!(parse_replies(spaced.as_bytes()).unwrap(), sent[1..2]);
+    }
+
+    #[test]
+    fn the_parts_of_a_message_are_read_back_byte_for_byte() {
+        let parts: [&[u8]; 3] = [
+            br#"{"record": {"exchange_id": "a"}, "body": [1, 2.50]}"#,
+            br#"{"b":"]"}"#,
+            b"{ }",
+        ];
+        for n in 1..=parts.len() {
+            let message = array_message(&parts[..n]);
+            assert_eq!(message_parts(&message).unwrap(), parts[..n], "{n} parts");
+        }
+        assert_eq!(
+            request_exchange_id(parts[0]).as_deref(),
+            Some("a"),
+            "named without being checked"
+        );
+        assert_eq!(request_exchange_id(parts[1]), None);
+        assert!(message_parts(b" []").is_err(), "an empty array");
     }
 
     #[test]

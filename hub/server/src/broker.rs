@@ -3,8 +3,9 @@
 //! Chosen at start-up by `amqp_url`. Requests for providers enter the
 //! outbox table in the same transaction as their log entry
 //! ([`crate::store::Effect::Dispatch`]); the relay publishes them with
-//! publisher confirms, many in flight at once, `mandatory` set, and deletes
-//! a row only when the broker has confirmed it (an unroutable return counts
+//! publisher confirms, many in flight at once, `mandatory` set (the rows of
+//! one round for one provider as one message: `by_recipient`), and
+//! deletes a row only when the broker has confirmed it (an unroutable return counts
 //! as a failure). Answers come back on this hub instance's durable reply
 //! queue and are acknowledged only after they are durably logged.
 //!
@@ -20,7 +21,7 @@ use futures_util::StreamExt;
 use hub_adapter_sdk::ServiceKind;
 use hub_adapter_sdk::amqp::{
     Acks, REFUSED_BECAUSE, REFUSED_EXCHANGE, REFUSED_QUEUE, REFUSED_ROUTING_KEY, Refuser,
-    ReplyOutcome, Settle, Topology, parse_replies, retry_later,
+    ReplyOutcome, Settle, Topology, array_message, parse_replies, retry_later,
 };
 use hub_core::body::DataKey;
 use hub_core::ids::Member;
@@ -222,50 +223,60 @@ async fn relay_once(hub: &Hub, broker: &Broker) -> Result<usize, BrokerError> {
         return Ok(0);
     }
     let (_conn, ch) = broker.channel(hub.store.as_ref()).await?;
-    let mut in_flight = Vec::with_capacity(rows.len());
     let mut sent = Vec::with_capacity(rows.len());
+    let mut opened = Vec::with_capacity(rows.len());
     for row in &rows {
-        let Some(text) = open(&hub.data_key, row) else {
-            warn!(exchange = %row.exchange_id, "an outbox row does not open with the data key; dropping it");
-            sent.push(row.seq);
-            continue;
-        };
-        let id = row.exchange_id.to_string();
+        match open(&hub.data_key, row) {
+            Some(text) => opened.push((row, text)),
+            None => {
+                warn!(exchange = %row.exchange_id, "an outbox row does not open with the data key; dropping it");
+                sent.push(row.seq);
+            }
+        }
+    }
+    let mut in_flight = Vec::new();
+    for requests in by_recipient(opened) {
+        let (first, _) = requests[0];
+        let texts: Vec<&[u8]> = requests.iter().map(|(_, t)| t.as_bytes()).collect();
+        // One request keeps its exchange id as correlation id; a message
+        // of several is named by its first (the ids are in the body).
+        let id = first.exchange_id.to_string();
+        let mut properties = BasicProperties::default()
+            .with_message_id(id.as_str().into())
+            .with_reply_to(broker.topology.reply_queue(&broker.instance).into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        if requests.len() == 1 {
+            properties = properties.with_correlation_id(id.into());
+        }
         let confirm = ch
             .basic_publish(
                 broker.topology.exchange().into(),
-                Topology::routing_key(&row.recipient).into(),
+                Topology::routing_key(&first.recipient).into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()
                 },
-                text.as_bytes(),
-                BasicProperties::default()
-                    .with_message_id(id.as_str().into())
-                    .with_correlation_id(id.into())
-                    .with_reply_to(broker.topology.reply_queue(&broker.instance).into())
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2),
+                &array_message(&texts),
+                properties,
             )
             .await?;
-        in_flight.push((row, confirm));
+        in_flight.push((requests, confirm));
     }
     let mut failed = 0usize;
-    for (row, confirm) in in_flight {
+    for (requests, confirm) in in_flight {
         let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
             .await
             .map_err(|_| BrokerError::TimedOut(CONFIRM_TIMEOUT))??;
         if confirmation.is_ack() && confirmation.take_message().is_none() {
-            sent.push(row.seq);
+            sent.extend(requests.iter().map(|(row, _)| row.seq));
         } else {
             // Unroutable (no queue for this provider yet) or refused: the
-            // row stays; declaring the queue lets the next round route it.
-            failed += 1;
-            warn!(exchange = %row.exchange_id, recipient = %row.recipient, "the broker did not take a request; it stays in the outbox");
-            broker
-                .topology
-                .declare_provider(&ch, &row.recipient)
-                .await?;
+            // rows stay; declaring the queue lets the next round route them.
+            failed += requests.len();
+            let recipient = &requests[0].0.recipient;
+            warn!(requests = requests.len(), %recipient, "the broker did not take a message of requests; they stay in the outbox");
+            broker.topology.declare_provider(&ch, recipient).await?;
         }
     }
     hub.store.remove_outbox(&sent).await?;
@@ -273,6 +284,45 @@ async fn relay_once(hub: &Hub, broker: &Broker) -> Result<usize, BrokerError> {
         return Err(BrokerError::NotTaken(failed));
     }
     Ok(sent.len())
+}
+
+/// The most requests one message carries, and about the most bytes: the
+/// adapter handles a message's requests together and acknowledges it once
+/// they are all answered, so a large one holds up its first answers.
+const REQUESTS_PER_MESSAGE: usize = 64;
+const BYTES_PER_MESSAGE: usize = 256 * 1024;
+
+/// `requests` grouped into messages: by recipient, in outbox order, at
+/// most [`REQUESTS_PER_MESSAGE`] and about [`BYTES_PER_MESSAGE`] each.
+fn by_recipient<T: AsRef<str>>(requests: Vec<(&OutboxRow, T)>) -> Vec<Vec<(&OutboxRow, T)>> {
+    let mut open: Vec<(Vec<(&OutboxRow, T)>, usize)> = Vec::new();
+    let mut full = Vec::new();
+    for (row, text) in requests {
+        let len = text.as_ref().len();
+        let at = open
+            .iter()
+            .position(|(group, _)| group[0].0.recipient == row.recipient);
+        let at = match at {
+            Some(i) if open[i].1 + len <= BYTES_PER_MESSAGE => i,
+            Some(i) => {
+                full.push(open.swap_remove(i).0);
+                open.push((Vec::new(), 0));
+                open.len() - 1
+            }
+            None => {
+                open.push((Vec::new(), 0));
+                open.len() - 1
+            }
+        };
+        let (group, bytes) = &mut open[at];
+        group.push((row, text));
+        *bytes += len;
+        if group.len() == REQUESTS_PER_MESSAGE {
+            full.push(open.swap_remove(at).0);
+        }
+    }
+    full.extend(open.into_iter().map(|(group, _)| group));
+    full
 }
 
 fn open(key: &DataKey, row: &OutboxRow) -> Option<String> {
@@ -559,4 +609,87 @@ pub async fn dead_letters(
     let _ = ch.close(200, "done".into()).await;
     let _ = conn.close(200, "done".into()).await;
     Ok((seen, redriven))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use hub_core::ids::ExchangeId;
+
+    fn row(seq: i64, recipient: &str) -> OutboxRow {
+        OutboxRow {
+            seq,
+            recipient: recipient.parse().unwrap(),
+            exchange_id: ExchangeId::from_parts(1, [0; 10]),
+            sealed: Vec::new(),
+        }
+    }
+
+    fn seqs(groups: &[Vec<(&OutboxRow, String)>]) -> Vec<Vec<i64>> {
+        groups
+            .iter()
+            .map(|g| g.iter().map(|(r, _)| r.seq).collect())
+            .collect()
+    }
+
+    #[test]
+    fn requests_go_together_by_recipient_in_outbox_order_up_to_the_limits() {
+        let population = "000.00.00.G01/population-registry";
+        let land = "000.00.00.G13/land-registry";
+        let rows: Vec<OutboxRow> = (0..150)
+            .map(|i| row(i, if i % 50 == 7 { land } else { population }))
+            .collect();
+        let groups = by_recipient(rows.iter().map(|r| (r, "{}".to_owned())).collect());
+        let got = seqs(&groups);
+        for group in &groups {
+            assert!(group.len() <= REQUESTS_PER_MESSAGE);
+            assert!(
+                group
+                    .iter()
+                    .all(|(r, _)| r.recipient == group[0].0.recipient)
+            );
+        }
+        let mut all: Vec<i64> = got.iter().flatten().copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..150).collect::<Vec<_>>(), "each row once");
+        let land_rows: Vec<i64> = got
+            .iter()
+            .zip(&groups)
+            .filter(|(_, g)| g[0].0.recipient.to_string() == land)
+            .flat_map(|(s, _)| s.clone())
+            .collect();
+        assert_eq!(land_rows, [7, 57, 107], "one message, in order");
+        let population_groups: Vec<&Vec<i64>> = got
+            .iter()
+            .zip(&groups)
+            .filter(|(_, g)| g[0].0.recipient.to_string() == population)
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(
+            population_groups
+                .iter()
+                .map(|g| g.len())
+                .collect::<Vec<_>>(),
+            [64, 64, 19]
+        );
+        assert!(
+            population_groups.iter().flat_map(|g| g.iter()).is_sorted(),
+            "in outbox order: {population_groups:?}"
+        );
+
+        // About the byte limit: two of 100 KiB fit a message, three do not;
+        // one larger than the limit travels alone.
+        let big = "x".repeat(100 * 1024);
+        let huge = "x".repeat(BYTES_PER_MESSAGE + 1);
+        let rows: Vec<OutboxRow> = (0..6).map(|i| row(i, population)).collect();
+        let texts = [&big, &big, &big, &huge, &big, &big];
+        let groups = by_recipient(
+            rows.iter()
+                .zip(texts)
+                .map(|(r, t)| (r, t.clone()))
+                .collect(),
+        );
+        assert_eq!(seqs(&groups), [vec![0, 1], vec![2], vec![3], vec![4, 5]]);
+    }
 }
