@@ -798,7 +798,11 @@ async fn handle(to: Handling, delivery: Delivery) -> lapin::Result<Settle> {
         match outcome? {
             RequestOutcome::Done => {}
             RequestOutcome::Refused(because) => {
-                if !to.refusals.dead_letter(&delivery, part, &because).await? {
+                if !to
+                    .refusals
+                    .dead_letter(&delivery, Some(part), &because)
+                    .await?
+                {
                     alone.push(*part);
                 }
             }
@@ -995,7 +999,7 @@ impl Refuser {
 
     /// Dead-letter `delivery` and acknowledge it.
     pub async fn refuse(&self, delivery: &Delivery, because: &str) -> lapin::Result<Settle> {
-        if self.dead_letter(delivery, &delivery.data, because).await? {
+        if self.dead_letter(delivery, None, because).await? {
             delivery.ack(BasicAckOptions::default()).await
         } else {
             warn!(queue = %self.queue, "the dead-letter queue did not take a refused message; rejecting it");
@@ -1006,13 +1010,13 @@ impl Refuser {
         .map(|_| Settle::Settled)
     }
 
-    /// Publish `data` (all of `delivery`'s body, or one request of it) to
-    /// the dead-letter exchange with `delivery`'s properties, saying why;
-    /// whether the broker took it.
+    /// Publish `delivery` to the dead-letter exchange with its properties,
+    /// saying why - or only `request`, one of the requests it holds, named
+    /// by its own exchange id; whether the broker took it.
     pub async fn dead_letter(
         &self,
         delivery: &Delivery,
-        data: &[u8],
+        request: Option<&[u8]>,
         because: &str,
     ) -> lapin::Result<bool> {
         warn!(queue = %self.queue, because, "a message that will never be handled; dead-lettering it");
@@ -1026,14 +1030,12 @@ impl Refuser {
             text(delivery.routing_key.as_str()),
         );
         let mut properties = delivery.properties.clone().with_headers(headers);
-        if data.len() != delivery.data.len() {
-            // One request of several: named by its own exchange id.
-            if let Some(id) = request_exchange_id(data) {
-                properties = properties
-                    .with_message_id(id.as_str().into())
-                    .with_correlation_id(id.into());
-            }
+        if let Some(id) = request.and_then(request_exchange_id) {
+            properties = properties
+                .with_message_id(id.as_str().into())
+                .with_correlation_id(id.into());
         }
+        let data = request.unwrap_or(&delivery.data);
         let publishing = self
             .ch
             .basic_publish(
