@@ -188,6 +188,16 @@ fn lookup() -> serde_json::Value {
     citizen_lookup("001085012345")
 }
 
+/// The broker's `host:port` in `ns`'s URL (where a test's relay points).
+fn broker_addr(ns: &AmqpNamespace) -> String {
+    ns.url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned()
+}
+
 /// The log's entries of one kind for one exchange.
 async fn entries_of(hub: &TestHub, id: &Value, kind: &str) -> usize {
     hub.log_records()
@@ -370,16 +380,7 @@ async fn a_request_whose_adapter_dies_is_redelivered_and_answered_once() {
     let Some(setup) = start("hub-b").await else {
         return;
     };
-    let broker_addr = setup
-        .ns
-        .url
-        .split('@')
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let broker_addr = broker_addr(&setup.ns);
     let relay = Relay::start(broker_addr.parse().unwrap()).await;
     let through_relay = setup.ns.url.replace(&broker_addr, &relay.addr.to_string());
     let dying = Counting::new(true);
@@ -561,15 +562,7 @@ async fn a_broker_that_accepts_but_never_answers_does_not_hang_the_hub() {
     let Some(db) = PgDatabase::create().await else {
         return;
     };
-    let broker_addr = ns
-        .url
-        .split('@')
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let broker_addr = broker_addr(&ns);
     let relay = Relay::start(broker_addr.parse().unwrap()).await;
     relay.stall();
     let (url, amqp, prefix) = (
@@ -747,16 +740,7 @@ async fn requests_sent_together_that_come_back_go_on_one_by_one() {
     let Some(setup) = start("hub-i").await else {
         return;
     };
-    let broker_addr = setup
-        .ns
-        .url
-        .split('@')
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let broker_addr = broker_addr(&setup.ns);
     let hub = Arc::new(setup.hub);
     let (mut sending, ids, requests) = waiting_requests(&setup.ns, &hub, "hub-i", 3).await;
     let parts: Vec<&[u8]> = requests.iter().map(Vec::as_slice).collect();
