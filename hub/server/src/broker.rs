@@ -3,10 +3,10 @@
 //! Chosen at start-up by `amqp_url`. Requests for providers enter the
 //! outbox table in the same transaction as their log entry
 //! ([`crate::store::Effect::Dispatch`]); the relay publishes them with
-//! publisher confirms, many in flight at once, `mandatory` set (the rows of
-//! one round for one provider as one message: `by_recipient`), and
-//! deletes a row only when the broker has confirmed it (an unroutable return counts
-//! as a failure). Answers come back on this hub instance's durable reply
+//! publisher confirms, many in flight at once, `mandatory` set (the rows
+//! of one round for one provider as one message: `by_recipient`), and
+//! deletes a row only when the broker has confirmed it (an unroutable
+//! return counts as a failure). Answers come back on this hub instance's durable reply
 //! queue and are acknowledged only after they are durably logged.
 //!
 //! When the broker goes away both loops reconnect with back-off; nothing is
@@ -286,9 +286,9 @@ async fn relay_once(hub: &Hub, broker: &Broker) -> Result<usize, BrokerError> {
     Ok(sent.len())
 }
 
-/// The most requests one message carries, and about the most bytes: the
-/// adapter handles a message's requests together and acknowledges it once
-/// they are all answered, so a large one holds up its first answers.
+/// The most requests one message carries, and about the most bytes: a
+/// message stays unacknowledged until its slowest request is answered, and
+/// comes back whole if its adapter goes down.
 const REQUESTS_PER_MESSAGE: usize = 64;
 const BYTES_PER_MESSAGE: usize = 256 * 1024;
 
