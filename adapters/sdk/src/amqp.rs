@@ -340,7 +340,8 @@ pub struct WorkerConfig {
     pub topology: Topology,
     /// The hub's published keys (its `/.well-known/jwks.json`).
     pub hub_keys: Jwks,
-    /// Requests handled at once.
+    /// Messages taken at once (the channel's prefetch), and the most
+    /// calls to the handler at once.
     pub prefetch: u16,
 }
 
@@ -477,6 +478,9 @@ async fn consume(
         answered: answered.clone(),
         hub: hub.clone(),
         refusals: Arc::new(Refuser::new(ch.clone(), config.topology.clone(), queue)),
+        calls: Arc::new(tokio::sync::Semaphore::new(usize::from(
+            config.prefetch.max(1),
+        ))),
     };
     let take = {
         let acks = acks.clone();
@@ -756,6 +760,9 @@ struct Handling {
     answered: Arc<Mutex<Answered>>,
     hub: Arc<HubKeys>,
     refusals: Arc<Refuser>,
+    /// Permits for calls to the handler: `prefetch` of them, however many
+    /// requests the messages taken hold.
+    calls: Arc<tokio::sync::Semaphore>,
 }
 
 /// What became of one request of a message.
@@ -826,6 +833,7 @@ async fn answer(to: &Handling, delivery: &Delivery, data: &[u8]) -> lapin::Resul
         answered,
         hub,
         refusals: _,
+        calls,
     } = to;
     let checked = match check_request(data, &hub.keys, &hub.seals) {
         Ok(c) if c.receiver.as_ref() == Some(adapter.provider()) => c,
@@ -850,6 +858,8 @@ async fn answer(to: &Handling, delivery: &Delivery, data: &[u8]) -> lapin::Resul
             reply
         }
         None => {
+            // The semaphore is never closed.
+            let _call = calls.acquire().await.map_err(|_| connection_lost())?;
             let outcome = match adapter.handle(&checked.request).await {
                 Ok(payload) => ReplyOutcome::Payload(payload),
                 Err(e) => ReplyOutcome::Error(e.to_string()),
@@ -1164,7 +1174,8 @@ impl WorkerConfig {
         })
     }
 
-    /// `ADAPTER_PREFETCH`: requests handled at once (default 64).
+    /// `ADAPTER_PREFETCH`: messages taken, and handler calls, at once
+    /// (default 64).
     pub fn prefetch_from_env() -> Result<u16, StartError> {
         match std::env::var("ADAPTER_PREFETCH") {
             Ok(v) => v.parse().map_err(|e| StartError::Invalid {
