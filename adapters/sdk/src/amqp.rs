@@ -274,6 +274,38 @@ pub fn message_parts(data: &[u8]) -> Result<Vec<&[u8]>, serde_json::Error> {
     Ok(parts.into_iter().map(|p| p.get().as_bytes()).collect())
 }
 
+/// The properties of a message made by [`array_message`] whose first part
+/// is exchange `first`'s: persistent JSON named by that exchange id, which
+/// is also the correlation id of a message of one part (a message of
+/// several is correlated by the ids in its body).
+pub fn array_properties(first: &ExchangeId, parts: usize) -> BasicProperties {
+    let id = first.to_string();
+    let properties = BasicProperties::default()
+        .with_message_id(id.as_str().into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2);
+    if parts == 1 {
+        properties.with_correlation_id(id.into())
+    } else {
+        properties
+    }
+}
+
+/// Whether the broker took a `mandatory` publish it confirmed:
+/// acknowledged, and not returned as unroutable.
+pub fn taken(confirmation: lapin::Confirmation) -> bool {
+    confirmation.is_ack() && confirmation.take_message().is_none()
+}
+
+/// Wait for the broker's confirm of `publishing`, at most
+/// [`BROKER_TIMEOUT`]: whether it took the message ([`taken`]).
+async fn confirmed(publishing: lapin::PublisherConfirm) -> lapin::Result<bool> {
+    let confirmation = tokio::time::timeout(BROKER_TIMEOUT, publishing)
+        .await
+        .map_err(|_| timed_out())??;
+    Ok(taken(confirmation))
+}
+
 /// The answers an answer message holds: one [`Reply`], or a non-empty
 /// JSON array of them.
 pub fn parse_replies(data: &[u8]) -> Result<Vec<Reply>, serde_json::Error> {
@@ -923,16 +955,7 @@ async fn publish_replies(ch: Channel, mut outgoing: mpsc::Receiver<Outgoing>) ->
         let mut confirms = Vec::new();
         for (reply_to, answers) in by_reply_queue(std::mem::take(&mut round)) {
             let bodies: Vec<&[u8]> = answers.iter().map(|a| a.reply.as_slice()).collect();
-            // One answer keeps its exchange id as correlation id; a message
-            // of several is named by its first (the ids are in the body).
-            let first = answers[0].id.to_string();
-            let mut properties = BasicProperties::default()
-                .with_message_id(first.as_str().into())
-                .with_content_type("application/json".into())
-                .with_delivery_mode(2);
-            if answers.len() == 1 {
-                properties = properties.with_correlation_id(first.into());
-            }
+            let properties = array_properties(&answers[0].id, answers.len());
             let publishing = ch
                 .basic_publish(
                     "".into(),
@@ -948,10 +971,7 @@ async fn publish_replies(ch: Channel, mut outgoing: mpsc::Receiver<Outgoing>) ->
             confirms.push((publishing, answers));
         }
         for (publishing, answers) in confirms {
-            let confirm = tokio::time::timeout(BROKER_TIMEOUT, publishing)
-                .await
-                .map_err(|_| timed_out())??;
-            let taken = confirm.is_ack() && confirm.take_message().is_none();
+            let taken = confirmed(publishing).await?;
             for answer in answers {
                 let _ = answer.taken.send(taken);
             }
@@ -1059,10 +1079,7 @@ impl Refuser {
                 properties,
             )
             .await?;
-        let confirm = tokio::time::timeout(BROKER_TIMEOUT, publishing)
-            .await
-            .map_err(|_| timed_out())??;
-        Ok(confirm.is_ack() && confirm.take_message().is_none())
+        confirmed(publishing).await
     }
 
     /// Publish each of `requests` (request messages of `delivery`) back to
@@ -1104,14 +1121,11 @@ impl Refuser {
                 .await?;
             confirms.push(publishing);
         }
-        let mut taken = true;
+        let mut all_taken = true;
         for publishing in confirms {
-            let confirm = tokio::time::timeout(BROKER_TIMEOUT, publishing)
-                .await
-                .map_err(|_| timed_out())??;
-            taken &= confirm.is_ack() && confirm.take_message().is_none();
+            all_taken &= confirmed(publishing).await?;
         }
-        if taken {
+        if all_taken {
             delivery
                 .ack(BasicAckOptions::default())
                 .await

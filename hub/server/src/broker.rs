@@ -21,7 +21,8 @@ use futures_util::StreamExt;
 use hub_adapter_sdk::ServiceKind;
 use hub_adapter_sdk::amqp::{
     Acks, REFUSED_BECAUSE, REFUSED_EXCHANGE, REFUSED_QUEUE, REFUSED_ROUTING_KEY, Refuser,
-    ReplyOutcome, Settle, Topology, array_message, parse_replies, retry_later,
+    ReplyOutcome, Settle, Topology, array_message, array_properties, parse_replies, retry_later,
+    taken,
 };
 use hub_core::body::DataKey;
 use hub_core::ids::Member;
@@ -31,7 +32,7 @@ use lapin::options::{
     ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::{Mutex, Notify, watch};
 use tracing::{info, instrument, warn};
 
@@ -238,17 +239,8 @@ async fn relay_once(hub: &Hub, broker: &Broker) -> Result<usize, BrokerError> {
     for requests in by_recipient(opened) {
         let (first, _) = requests[0];
         let texts: Vec<&[u8]> = requests.iter().map(|(_, t)| t.as_bytes()).collect();
-        // One request keeps its exchange id as correlation id; a message
-        // of several is named by its first (the ids are in the body).
-        let id = first.exchange_id.to_string();
-        let mut properties = BasicProperties::default()
-            .with_message_id(id.as_str().into())
-            .with_reply_to(broker.topology.reply_queue(&broker.instance).into())
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2);
-        if requests.len() == 1 {
-            properties = properties.with_correlation_id(id.into());
-        }
+        let properties = array_properties(&first.exchange_id, requests.len())
+            .with_reply_to(broker.topology.reply_queue(&broker.instance).into());
         let confirm = ch
             .basic_publish(
                 broker.topology.exchange().into(),
@@ -268,7 +260,7 @@ async fn relay_once(hub: &Hub, broker: &Broker) -> Result<usize, BrokerError> {
         let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
             .await
             .map_err(|_| BrokerError::TimedOut(CONFIRM_TIMEOUT))??;
-        if confirmation.is_ack() && confirmation.take_message().is_none() {
+        if taken(confirmation) {
             sent.extend(requests.iter().map(|(row, _)| row.seq));
         } else {
             // Unroutable (no queue for this provider yet) or refused: the
@@ -599,7 +591,7 @@ pub async fn dead_letters(
                 )
                 .await?
                 .await?;
-            if confirm.is_ack() && confirm.take_message().is_none() {
+            if taken(confirm) {
                 delivery.ack(BasicAckOptions::default()).await?;
                 redriven += 1;
             }
