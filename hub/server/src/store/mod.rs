@@ -20,6 +20,7 @@ use hub_core::jws::Jwk;
 use hub_core::log::Sealed;
 
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 /// A storage failure. The message is for the log, never for a client.

@@ -7,23 +7,22 @@
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use hub_adapter_sdk::ServiceKind;
-use hub_core::body::SealedBody;
 use hub_core::hash::Hash;
 use hub_core::ids::{ExchangeId, Member, PurposeCode, ServiceName};
 use hub_core::jws::Jwk;
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions};
 use sqlx::{Arguments as _, PgPool, Row};
 
+use super::rows;
 use super::{
-    AgencyRecord, AppendItem, Batch, Claims, CosignedCheckpoint, Delivery, ExchangeRow,
-    ExchangeState, Facts, Grant, Leadership, OutboxRow, PoolSettings, RegistryChange, Role,
-    SealAfter, ServiceRecord, Store, StoreError, StoredCheckpoint, StoredEntry, StoredMessage,
-    Subscription, Tail, fields_of_column, json_text, page_of_exchanges,
+    AgencyRecord, AppendItem, Batch, Claims, CosignedCheckpoint, Delivery, ExchangeRow, Facts,
+    Grant, Leadership, OutboxRow, PoolSettings, RegistryChange, Role, SealAfter, ServiceRecord,
+    Store, StoreError, StoredCheckpoint, StoredEntry, Subscription, Tail, json_text,
+    page_of_exchanges,
 };
 use super::{
     Backlog, BodyChunk, Effect, INBOX_BY_RECIPIENT, OUTBOX_BY_INSTANCE, PURGE_CHUNK, Presumed,
-    Presumption, corrupt, counts, expired_in, member, registry_changes, to_i64, to_u64,
+    Presumption, corrupt, counts, expired_in, registry_changes, to_i64, to_u64,
 };
 
 /// The PostgreSQL store.
@@ -45,12 +44,6 @@ fn db(e: sqlx::Error) -> StoreError {
         }
         other => StoreError::Database(other.to_string()),
     }
-}
-
-fn hash(bytes: Vec<u8>, what: &str) -> Result<Hash, StoreError> {
-    bytes
-        .try_into()
-        .map_err(|_| corrupt(format!("{what} is not 32 bytes")))
 }
 
 /// The transaction-level advisory lock every hub's log writer takes for a
@@ -100,7 +93,7 @@ impl PgStore {
         .await
         .map_err(db)?
         .as_ref()
-        .map(Self::checkpoint_row)
+        .map(rows::checkpoint)
         .transpose()
     }
 
@@ -332,90 +325,6 @@ impl PgStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
-
-    fn agency_row(row: &PgRow) -> Result<AgencyRecord, StoreError> {
-        let jwk: Option<String> = row.try_get("signing_jwk").map_err(db)?;
-        Ok(AgencyRecord {
-            member: member(
-                row.try_get("agency").map_err(db)?,
-                row.try_get("subsystem").map_err(db)?,
-            )?,
-            name: row.try_get("name").map_err(db)?,
-            signing_key: jwk.map(|j| Jwk::parse(&j)).transpose().map_err(corrupt)?,
-            suspended: row.try_get("suspended").map_err(db)?,
-        })
-    }
-
-    fn service_row(row: &PgRow) -> Result<ServiceRecord, StoreError> {
-        let kind: String = row.try_get("kind").map_err(db)?;
-        let version: i64 = row.try_get("version").map_err(db)?;
-        Ok(ServiceRecord {
-            name: ServiceName::parse(&row.try_get::<String, _>("name").map_err(db)?)
-                .map_err(corrupt)?,
-            version: u32::try_from(version).map_err(corrupt)?,
-            kind: ServiceKind::parse(&kind).ok_or_else(|| corrupt(kind))?,
-            provider: member(
-                row.try_get("provider_agency").map_err(db)?,
-                row.try_get("provider_subsystem").map_err(db)?,
-            )?,
-            request_schema: row.try_get("request_schema").map_err(db)?,
-            response_schema: row.try_get("response_schema").map_err(db)?,
-        })
-    }
-
-    fn entry_row(row: &PgRow) -> Result<StoredEntry, StoreError> {
-        let key_id: Option<String> = row.try_get("key_id").map_err(db)?;
-        let body = match key_id {
-            None => None,
-            Some(key_id) => {
-                let nonce: Vec<u8> = row.try_get("nonce").map_err(db)?;
-                Some(SealedBody {
-                    key_id,
-                    nonce: nonce
-                        .try_into()
-                        .map_err(|_| corrupt("a body nonce is not 12 bytes"))?,
-                    ciphertext: row.try_get("ciphertext").map_err(db)?,
-                })
-            }
-        };
-        Ok(StoredEntry {
-            index: to_u64(row.try_get("idx").map_err(db)?),
-            record: row.try_get("record").map_err(db)?,
-            leaf_hash: hash(row.try_get("leaf_hash").map_err(db)?, "a leaf hash")?,
-            body,
-        })
-    }
-
-    fn checkpoint_row(row: &PgRow) -> Result<StoredCheckpoint, StoreError> {
-        Ok(StoredCheckpoint {
-            size: to_u64(row.try_get("size").map_err(db)?),
-            root: hash(row.try_get("root").map_err(db)?, "a checkpoint root")?,
-            note: row.try_get("note").map_err(db)?,
-        })
-    }
-
-    /// A message from the columns `message` (sealed) or `record`,
-    /// `key_id`, `nonce` and `ciphertext` (the entry it points at).
-    fn stored_message(row: &PgRow) -> Result<Option<StoredMessage>, StoreError> {
-        StoredMessage::from_columns(
-            row.try_get("message").map_err(db)?,
-            row.try_get("record").map_err(db)?,
-            row.try_get("key_id").map_err(db)?,
-            row.try_get("nonce").map_err(db)?,
-            row.try_get("ciphertext").map_err(db)?,
-        )
-    }
-
-    fn delivery_row(row: &PgRow) -> Result<Delivery, StoreError> {
-        let id: String = row.try_get("exchange_id").map_err(db)?;
-        let attempts: i32 = row.try_get("attempts").map_err(db)?;
-        Ok(Delivery {
-            message: Self::stored_message(row)?
-                .ok_or_else(|| corrupt(format!("the queued message of {id} is gone")))?,
-            exchange_id: ExchangeId::parse(&id).map_err(corrupt)?,
-            attempts: u32::try_from(attempts).unwrap_or(0),
-        })
-    }
 }
 
 /// The URL without its password, for messages.
@@ -482,20 +391,12 @@ impl Store for PgStore {
     }
 
     async fn retired_agency_keys(&self) -> Result<Vec<(Member, Jwk)>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM retired_agency_keys ORDER BY agency, subsystem, kid")
+        sqlx::query("SELECT * FROM retired_agency_keys ORDER BY agency, subsystem, kid")
             .fetch_all(&self.pool)
             .await
-            .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    member(
-                        r.try_get("agency").map_err(db)?,
-                        r.try_get("subsystem").map_err(db)?,
-                    )?,
-                    Jwk::parse(&r.try_get::<String, _>("jwk").map_err(db)?).map_err(corrupt)?,
-                ))
-            })
+            .map_err(db)?
+            .iter()
+            .map(rows::retired_key)
             .collect()
     }
 
@@ -507,7 +408,7 @@ impl Store for PgStore {
             .await
             .map_err(db)?
             .as_ref()
-            .map(Self::agency_row)
+            .map(rows::agency)
             .transpose()
     }
 
@@ -517,7 +418,7 @@ impl Store for PgStore {
             .await
             .map_err(db)?
             .iter()
-            .map(Self::agency_row)
+            .map(rows::agency)
             .collect()
     }
 
@@ -554,7 +455,7 @@ impl Store for PgStore {
             .await
             .map_err(db)?
             .as_ref()
-            .map(Self::service_row)
+            .map(rows::service)
             .transpose()
     }
 
@@ -564,7 +465,7 @@ impl Store for PgStore {
             .await
             .map_err(db)?
             .iter()
-            .map(Self::service_row)
+            .map(rows::service)
             .collect()
     }
 
@@ -596,41 +497,7 @@ impl Store for PgStore {
         .fetch_one(&self.pool)
         .await
         .map_err(db)?;
-        let agency = match row.try_get::<Option<String>, _>("a_agency").map_err(db)? {
-            None => None,
-            Some(_) => {
-                let jwk: Option<String> = row.try_get("a_jwk").map_err(db)?;
-                Some(AgencyRecord {
-                    member: who.clone(),
-                    name: row.try_get("a_name").map_err(db)?,
-                    signing_key: jwk.map(|j| Jwk::parse(&j)).transpose().map_err(corrupt)?,
-                    suspended: row.try_get("a_suspended").map_err(db)?,
-                })
-            }
-        };
-        let service = match row.try_get::<Option<String>, _>("s_kind").map_err(db)? {
-            None => None,
-            Some(kind) => Some(ServiceRecord {
-                name: service.clone(),
-                version,
-                kind: ServiceKind::parse(&kind).ok_or_else(|| corrupt(kind))?,
-                provider: member(
-                    row.try_get("s_provider_agency").map_err(db)?,
-                    row.try_get("s_provider_subsystem").map_err(db)?,
-                )?,
-                request_schema: row.try_get("s_request_schema").map_err(db)?,
-                response_schema: row.try_get("s_response_schema").map_err(db)?,
-            }),
-        };
-        Ok(Facts {
-            agency,
-            service,
-            granted: row
-                .try_get::<Option<String>, _>("g_purpose")
-                .map_err(db)?
-                .is_some(),
-            fields: fields_of_column(row.try_get("g_fields").map_err(db)?)?,
-        })
+        rows::facts(&row, who, service, version)
     }
 
     async fn grants(&self) -> Result<Vec<Grant>, StoreError> {
@@ -640,21 +507,7 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                Ok(Grant {
-                    consumer: member(
-                        r.try_get("consumer_agency").map_err(db)?,
-                        r.try_get("consumer_subsystem").map_err(db)?,
-                    )?,
-                    service: ServiceName::parse(&r.try_get::<String, _>("service").map_err(db)?)
-                        .map_err(corrupt)?,
-                    purpose: PurposeCode::parse(&r.try_get::<String, _>("purpose").map_err(db)?)
-                        .map_err(corrupt)?,
-                    fields: fields_of_column(r.try_get("fields").map_err(db)?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::grant).collect()
     }
 
     async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
@@ -663,20 +516,7 @@ impl Store for PgStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                let version: i64 = r.try_get("version").map_err(db)?;
-                Ok(Subscription {
-                    subscriber: member(
-                        r.try_get("agency").map_err(db)?,
-                        r.try_get("subsystem").map_err(db)?,
-                    )?,
-                    service: ServiceName::parse(&r.try_get::<String, _>("service").map_err(db)?)
-                        .map_err(corrupt)?,
-                    version: u32::try_from(version).map_err(corrupt)?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::subscription).collect()
     }
 
     async fn subscribers(
@@ -693,12 +533,7 @@ impl Store for PgStore {
         .await
         .map_err(db)?;
         rows.iter()
-            .map(|r| {
-                member(
-                    r.try_get("agency").map_err(db)?,
-                    r.try_get("subsystem").map_err(db)?,
-                )
-            })
+            .map(|r| rows::member_in(r, "agency", "subsystem"))
             .collect()
     }
 
@@ -835,7 +670,7 @@ impl Store for PgStore {
         .await
         .map_err(db)?
         .iter()
-        .map(Self::entry_row)
+        .map(rows::entry)
         .collect()
     }
 
@@ -1038,7 +873,7 @@ impl Store for PgStore {
         .await
         .map_err(db)?
         .iter()
-        .map(Self::checkpoint_row)
+        .map(rows::checkpoint)
         .collect::<Result<Vec<_>, _>>()?;
         let (Some(first), Some(last)) = (checkpoints.first(), checkpoints.last()) else {
             return Ok(Vec::new());
@@ -1067,14 +902,7 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("name").map_err(db)?,
-                    r.try_get("vkey").map_err(db)?,
-                ))
-            })
-            .collect()
+        rows.iter().map(rows::witness).collect()
     }
 
     async fn add_cosignature(
@@ -1118,24 +946,7 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(db)?;
-        row.map(|r| {
-            let state: String = r.try_get("state").map_err(db)?;
-            let reply = Self::stored_message(&r)?;
-            Ok(ExchangeRow {
-                sender: r.try_get("sender").map_err(db)?,
-                request_hash: r.try_get("request_hash").map_err(db)?,
-                state: match (state.as_str(), reply) {
-                    ("done", Some(reply)) => ExchangeState::Done { reply },
-                    ("pending", _) => ExchangeState::Pending,
-                    _ => {
-                        return Err(corrupt(format!(
-                            "exchange {id} in state {state} without reply"
-                        )));
-                    }
-                },
-            })
-        })
-        .transpose()
+        row.map(|r| rows::exchange(&r, id)).transpose()
     }
 
     async fn lease(
@@ -1156,7 +967,7 @@ impl Store for PgStore {
                 WHERE seq = ANY(ARRAY(SELECT seq FROM deliveries WHERE recipient = $2 AND visible_at <= $3
                                       ORDER BY visible_at, seq LIMIT $4 FOR UPDATE SKIP LOCKED))
                 RETURNING exchange_id, attempts, seq, message)
-             SELECT d.exchange_id, d.attempts, d.seq, COALESCE(d.message, x.reply) AS message,
+             SELECT d.exchange_id, d.attempts::bigint AS attempts, d.seq, COALESCE(d.message, x.reply) AS message,
                     e.record, b.key_id, b.nonce, b.ciphertext
              FROM leased d
              LEFT JOIN exchanges x ON d.message IS NULL AND x.exchange_id = d.exchange_id
@@ -1172,12 +983,7 @@ impl Store for PgStore {
         .map_err(db)?;
         let mut leased = rows
             .iter()
-            .map(|r| {
-                Ok((
-                    r.try_get::<i64, _>("seq").map_err(db)?,
-                    Self::delivery_row(r)?,
-                ))
-            })
+            .map(|r| Ok((r.try_get::<i64, _>("seq").map_err(db)?, rows::delivery(r)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
         leased.sort_by_key(|(seq, _)| *seq);
         Ok(leased.into_iter().map(|(_, d)| d).collect())
@@ -1191,7 +997,7 @@ impl Store for PgStore {
         let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
         sqlx::query(
             // A receipt needs the record, not the body: its columns stay NULL.
-            "SELECT d.exchange_id, COALESCE(d.message, x.reply) AS message, d.attempts,
+            "SELECT d.exchange_id, COALESCE(d.message, x.reply) AS message, d.attempts::bigint AS attempts,
                     e.record, NULL::text AS key_id, NULL::bytea AS nonce, NULL::bytea AS ciphertext
              FROM deliveries d
              LEFT JOIN exchanges x ON d.message IS NULL AND x.exchange_id = d.exchange_id
@@ -1204,7 +1010,7 @@ impl Store for PgStore {
         .await
         .map_err(db)?
         .iter()
-        .map(Self::delivery_row)
+        .map(rows::delivery)
         .collect()
     }
 
@@ -1247,21 +1053,7 @@ impl Store for PgStore {
             .await
             .map_err(db)?
             .iter()
-            .map(|r| {
-                Ok(OutboxRow {
-                    seq: r.try_get("seq").map_err(db)?,
-                    recipient: r
-                        .try_get::<String, _>("recipient")
-                        .map_err(db)?
-                        .parse()
-                        .map_err(corrupt)?,
-                    exchange_id: ExchangeId::parse(
-                        &r.try_get::<String, _>("exchange_id").map_err(db)?,
-                    )
-                    .map_err(corrupt)?,
-                    sealed: r.try_get("message").map_err(db)?,
-                })
-            })
+            .map(rows::outbox)
             .collect()
     }
 

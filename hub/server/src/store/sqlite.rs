@@ -6,25 +6,21 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hub_adapter_sdk::ServiceKind;
-use hub_core::body::SealedBody;
 use hub_core::hash::Hash;
 use hub_core::ids::{ExchangeId, Member, PurposeCode, ServiceName};
 use hub_core::jws::Jwk;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
+use super::rows;
 use super::{
-    AgencyRecord, AppendItem, Batch, Claims, CosignedCheckpoint, Delivery, ExchangeRow,
-    ExchangeState, Facts, Grant, Leadership, OutboxRow, RegistryChange, Role, SealAfter,
-    ServiceRecord, Store, StoreError, StoredCheckpoint, StoredEntry, StoredMessage, Subscription,
-    Tail, fields_of_column, json_text, page_of_exchanges,
+    AgencyRecord, AppendItem, Batch, Claims, CosignedCheckpoint, Delivery, ExchangeRow, Facts,
+    Grant, Leadership, OutboxRow, RegistryChange, Role, SealAfter, ServiceRecord, Store,
+    StoreError, StoredCheckpoint, StoredEntry, Subscription, Tail, json_text, page_of_exchanges,
 };
 use super::{
-    Backlog, BodyChunk, INBOX_BY_RECIPIENT, OUTBOX_BY_INSTANCE, PURGE_CHUNK, corrupt, counts,
-    expired_in, member, to_i64, to_u64,
+    Backlog, BodyChunk, INBOX_BY_RECIPIENT, OUTBOX_BY_INSTANCE, PURGE_CHUNK, counts, expired_in,
+    to_i64, to_u64,
 };
 
 /// Inbox rows with their messages, `WHERE` the given clause: the sealed
@@ -85,7 +81,7 @@ impl SqliteStore {
         .await
         .map_err(db)?
         .as_ref()
-        .map(Self::checkpoint_row)
+        .map(rows::checkpoint)
         .transpose()
     }
 
@@ -256,98 +252,6 @@ impl SqliteStore {
             .map_err(|e| StoreError::Database(format!("migration: {e}")))?;
         Ok(Self { pool })
     }
-
-    fn agency_row(row: &SqliteRow) -> Result<AgencyRecord, StoreError> {
-        let jwk: Option<String> = row.try_get("signing_jwk").map_err(db)?;
-        Ok(AgencyRecord {
-            member: member(
-                row.try_get("agency").map_err(db)?,
-                row.try_get("subsystem").map_err(db)?,
-            )?,
-            name: row.try_get("name").map_err(db)?,
-            signing_key: jwk.map(|j| Jwk::parse(&j)).transpose().map_err(corrupt)?,
-            suspended: row.try_get("suspended").map_err(db)?,
-        })
-    }
-
-    fn service_row(row: &SqliteRow) -> Result<ServiceRecord, StoreError> {
-        let kind: String = row.try_get("kind").map_err(db)?;
-        let version: i64 = row.try_get("version").map_err(db)?;
-        Ok(ServiceRecord {
-            name: ServiceName::parse(&row.try_get::<String, _>("name").map_err(db)?)
-                .map_err(corrupt)?,
-            version: u32::try_from(version).map_err(corrupt)?,
-            kind: ServiceKind::parse(&kind).ok_or_else(|| corrupt(kind))?,
-            provider: member(
-                row.try_get("provider_agency").map_err(db)?,
-                row.try_get("provider_subsystem").map_err(db)?,
-            )?,
-            request_schema: row.try_get("request_schema").map_err(db)?,
-            response_schema: row.try_get("response_schema").map_err(db)?,
-        })
-    }
-
-    fn entry_row(row: &SqliteRow) -> Result<StoredEntry, StoreError> {
-        let leaf: Vec<u8> = row.try_get("leaf_hash").map_err(db)?;
-        let key_id: Option<String> = row.try_get("key_id").map_err(db)?;
-        let body = match key_id {
-            None => None,
-            Some(key_id) => {
-                let nonce: Vec<u8> = row.try_get("nonce").map_err(db)?;
-                Some(SealedBody {
-                    key_id,
-                    nonce: nonce
-                        .try_into()
-                        .map_err(|_| corrupt("a body nonce is not 12 bytes"))?,
-                    ciphertext: row.try_get("ciphertext").map_err(db)?,
-                })
-            }
-        };
-        Ok(StoredEntry {
-            index: to_u64(row.try_get("idx").map_err(db)?),
-            record: row.try_get("record").map_err(db)?,
-            leaf_hash: leaf
-                .try_into()
-                .map_err(|_| corrupt("leaf hash is not 32 bytes"))?,
-            body,
-        })
-    }
-
-    fn checkpoint_row(row: &SqliteRow) -> Result<StoredCheckpoint, StoreError> {
-        let root: Vec<u8> = row.try_get("root").map_err(db)?;
-        Ok(StoredCheckpoint {
-            size: to_u64(row.try_get("size").map_err(db)?),
-            root: root
-                .try_into()
-                .map_err(|_| corrupt("checkpoint root is not 32 bytes"))?,
-            note: row.try_get("note").map_err(db)?,
-        })
-    }
-
-    /// A message from a row's `message` column, else from the `record`,
-    /// `key_id`, `nonce` and `ciphertext` of the entry it points at.
-    fn stored_message(row: &SqliteRow) -> Result<Option<StoredMessage>, StoreError> {
-        StoredMessage::from_columns(
-            row.try_get("message").map_err(db)?,
-            row.try_get("record").map_err(db)?,
-            row.try_get("key_id").map_err(db)?,
-            row.try_get("nonce").map_err(db)?,
-            row.try_get("ciphertext").map_err(db)?,
-        )
-    }
-
-    /// A row of [`deliveries_where`].
-    fn delivery_row(row: &SqliteRow) -> Result<Delivery, StoreError> {
-        let id: String = row.try_get("exchange_id").map_err(db)?;
-        let attempts: i64 = row.try_get("attempts").map_err(db)?;
-        let message = Self::stored_message(row)?
-            .ok_or_else(|| corrupt(format!("the queued message of {id} is gone")))?;
-        Ok(Delivery {
-            exchange_id: ExchangeId::parse(&id).map_err(corrupt)?,
-            message,
-            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-        })
-    }
 }
 
 #[async_trait]
@@ -385,20 +289,12 @@ impl Store for SqliteStore {
     }
 
     async fn retired_agency_keys(&self) -> Result<Vec<(Member, Jwk)>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM retired_agency_keys ORDER BY agency, subsystem, kid")
+        sqlx::query("SELECT * FROM retired_agency_keys ORDER BY agency, subsystem, kid")
             .fetch_all(&self.pool)
             .await
-            .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    member(
-                        r.try_get("agency").map_err(db)?,
-                        r.try_get("subsystem").map_err(db)?,
-                    )?,
-                    Jwk::parse(&r.try_get::<String, _>("jwk").map_err(db)?).map_err(corrupt)?,
-                ))
-            })
+            .map_err(db)?
+            .iter()
+            .map(rows::retired_key)
             .collect()
     }
 
@@ -410,7 +306,7 @@ impl Store for SqliteStore {
             .await
             .map_err(db)?
             .as_ref()
-            .map(Self::agency_row)
+            .map(rows::agency)
             .transpose()
     }
 
@@ -420,7 +316,7 @@ impl Store for SqliteStore {
             .await
             .map_err(db)?
             .iter()
-            .map(Self::agency_row)
+            .map(rows::agency)
             .collect()
     }
 
@@ -457,7 +353,7 @@ impl Store for SqliteStore {
             .await
             .map_err(db)?
             .as_ref()
-            .map(Self::service_row)
+            .map(rows::service)
             .transpose()
     }
 
@@ -467,7 +363,7 @@ impl Store for SqliteStore {
             .await
             .map_err(db)?
             .iter()
-            .map(Self::service_row)
+            .map(rows::service)
             .collect()
     }
 
@@ -499,41 +395,7 @@ impl Store for SqliteStore {
         .fetch_one(&self.pool)
         .await
         .map_err(db)?;
-        let agency = match row.try_get::<Option<String>, _>("a_agency").map_err(db)? {
-            None => None,
-            Some(_) => {
-                let jwk: Option<String> = row.try_get("a_jwk").map_err(db)?;
-                Some(AgencyRecord {
-                    member: who.clone(),
-                    name: row.try_get("a_name").map_err(db)?,
-                    signing_key: jwk.map(|j| Jwk::parse(&j)).transpose().map_err(corrupt)?,
-                    suspended: row.try_get("a_suspended").map_err(db)?,
-                })
-            }
-        };
-        let service = match row.try_get::<Option<String>, _>("s_kind").map_err(db)? {
-            None => None,
-            Some(kind) => Some(ServiceRecord {
-                name: service.clone(),
-                version,
-                kind: ServiceKind::parse(&kind).ok_or_else(|| corrupt(kind))?,
-                provider: member(
-                    row.try_get("s_provider_agency").map_err(db)?,
-                    row.try_get("s_provider_subsystem").map_err(db)?,
-                )?,
-                request_schema: row.try_get("s_request_schema").map_err(db)?,
-                response_schema: row.try_get("s_response_schema").map_err(db)?,
-            }),
-        };
-        Ok(Facts {
-            agency,
-            service,
-            granted: row
-                .try_get::<Option<String>, _>("g_purpose")
-                .map_err(db)?
-                .is_some(),
-            fields: fields_of_column(row.try_get("g_fields").map_err(db)?)?,
-        })
+        rows::facts(&row, who, service, version)
     }
 
     async fn grants(&self) -> Result<Vec<Grant>, StoreError> {
@@ -543,21 +405,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                Ok(Grant {
-                    consumer: member(
-                        r.try_get("consumer_agency").map_err(db)?,
-                        r.try_get("consumer_subsystem").map_err(db)?,
-                    )?,
-                    service: ServiceName::parse(&r.try_get::<String, _>("service").map_err(db)?)
-                        .map_err(corrupt)?,
-                    purpose: PurposeCode::parse(&r.try_get::<String, _>("purpose").map_err(db)?)
-                        .map_err(corrupt)?,
-                    fields: fields_of_column(r.try_get("fields").map_err(db)?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::grant).collect()
     }
 
     async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
@@ -566,20 +414,7 @@ impl Store for SqliteStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                let version: i64 = r.try_get("version").map_err(db)?;
-                Ok(Subscription {
-                    subscriber: member(
-                        r.try_get("agency").map_err(db)?,
-                        r.try_get("subsystem").map_err(db)?,
-                    )?,
-                    service: ServiceName::parse(&r.try_get::<String, _>("service").map_err(db)?)
-                        .map_err(corrupt)?,
-                    version: u32::try_from(version).map_err(corrupt)?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::subscription).collect()
     }
 
     async fn subscribers(
@@ -596,12 +431,7 @@ impl Store for SqliteStore {
         .await
         .map_err(db)?;
         rows.iter()
-            .map(|r| {
-                member(
-                    r.try_get("agency").map_err(db)?,
-                    r.try_get("subsystem").map_err(db)?,
-                )
-            })
+            .map(|r| rows::member_in(r, "agency", "subsystem"))
             .collect()
     }
 
@@ -681,7 +511,7 @@ impl Store for SqliteStore {
         .await
         .map_err(db)?
         .iter()
-        .map(Self::entry_row)
+        .map(rows::entry)
         .collect()
     }
 
@@ -855,7 +685,7 @@ impl Store for SqliteStore {
         .await
         .map_err(db)?
         .iter()
-        .map(Self::checkpoint_row)
+        .map(rows::checkpoint)
         .collect::<Result<Vec<_>, _>>()?;
         let (Some(first), Some(last)) = (checkpoints.first(), checkpoints.last()) else {
             return Ok(Vec::new());
@@ -884,14 +714,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("name").map_err(db)?,
-                    r.try_get("vkey").map_err(db)?,
-                ))
-            })
-            .collect()
+        rows.iter().map(rows::witness).collect()
     }
 
     async fn add_cosignature(
@@ -935,24 +758,7 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(db)?;
-        row.map(|r| {
-            let state: String = r.try_get("state").map_err(db)?;
-            let reply = Self::stored_message(&r)?;
-            Ok(ExchangeRow {
-                sender: r.try_get("sender").map_err(db)?,
-                request_hash: r.try_get("request_hash").map_err(db)?,
-                state: match (state.as_str(), reply) {
-                    ("done", Some(reply)) => ExchangeState::Done { reply },
-                    ("pending", _) => ExchangeState::Pending,
-                    _ => {
-                        return Err(corrupt(format!(
-                            "exchange {id} in state {state} without reply"
-                        )));
-                    }
-                },
-            })
-        })
-        .transpose()
+        row.map(|r| rows::exchange(&r, id)).transpose()
     }
 
     async fn lease(
@@ -988,7 +794,7 @@ impl Store for SqliteStore {
         .await
         .map_err(db)?
         .iter()
-        .map(Self::delivery_row)
+        .map(rows::delivery)
         .collect()
     }
 
@@ -1013,7 +819,7 @@ impl Store for SqliteStore {
         .await
         .map_err(db)?
         .iter()
-        .map(Self::delivery_row)
+        .map(rows::delivery)
         .collect()
     }
 
@@ -1054,21 +860,7 @@ impl Store for SqliteStore {
             .await
             .map_err(db)?
             .iter()
-            .map(|r| {
-                Ok(OutboxRow {
-                    seq: r.try_get("seq").map_err(db)?,
-                    recipient: r
-                        .try_get::<String, _>("recipient")
-                        .map_err(db)?
-                        .parse()
-                        .map_err(corrupt)?,
-                    exchange_id: ExchangeId::parse(
-                        &r.try_get::<String, _>("exchange_id").map_err(db)?,
-                    )
-                    .map_err(corrupt)?,
-                    sealed: r.try_get("message").map_err(db)?,
-                })
-            })
+            .map(rows::outbox)
             .collect()
     }
 
