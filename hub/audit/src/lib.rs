@@ -231,17 +231,17 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
     serde_json::from_str(&text).map_err(|e| invalid(path, e))
 }
 
-fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, BundleError> {
+/// The last line of a JSON-lines file, read as a `T`; `None` if it is empty.
+fn last_line<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, BundleError> {
     let file = File::open(path).map_err(io(path))?;
-    let mut out = Vec::new();
+    let mut last = None;
     for (n, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(io(path))?;
-        out.push(
-            serde_json::from_str(&line)
-                .map_err(|e| invalid(path, format!("line {}: {e}", n + 1)))?,
-        );
+        last = Some((n, line.map_err(io(path))?));
     }
-    Ok(out)
+    last.map(|(n, line)| {
+        serde_json::from_str(&line).map_err(|e| invalid(path, format!("line {}: {e}", n + 1)))
+    })
+    .transpose()
 }
 
 /// The bundle file with the hub key's hand-overs.
@@ -453,76 +453,22 @@ pub fn verify(
     let pinned = &trusted;
     let mut verifiers = checkpoint_verifiers(&manifest.origin, pinned);
     verifiers.extend(options.witnesses.iter().cloned());
-    let mut latest_cosigners: (u64, Vec<String>) = (0, Vec::new());
-    let mut checkpoint_keys: BTreeMap<u64, &Jwk> = BTreeMap::new();
     let registry: RegistrySnapshot = read_json(&dir.join("registry.json"))?;
     let agency_keys = registry.agency_keys();
     let catalog = Catalog::builtin().map_err(|e| invalid(dir, e))?;
-
-    // Checkpoints: signatures, order, forks.
-    let raw: Vec<BundleCheckpoint> = read_lines(&dir.join("checkpoints.jsonl"))?;
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    // The signatures on every core (one Ed25519 verification or more per
-    // checkpoint, and a hub may sign one a second); the rest in order.
-    let opened = par_map(&raw, threads, |_, c| {
-        open_checkpoint(c, &verifiers, &manifest.origin)
-    })
-    .map_err(|e| invalid(dir, e))?;
+    // Checkpoints are read as the entries reach their sizes, a chunk at a
+    // time: a hub signs one a second, more than the entries in a quiet log.
     let pinned_ids = note_key_ids(&manifest.origin, pinned);
-    let mut checkpoints: BTreeMap<u64, Hash> = BTreeMap::new();
-    let mut last_size = 0;
-    for (c, opened) in raw.iter().zip(opened) {
-        report.checkpoints += 1;
-        let (cp, signers) = match opened {
-            Ok(OpenedCheckpoint {
-                checkpoint: cp,
-                cosigners,
-                signers,
-            }) => {
-                report.record(checks::CHECKPOINT_SIGNATURE, None, Ok(()));
-                if cp.size >= latest_cosigners.0 {
-                    latest_cosigners = (cp.size, cosigners);
-                }
-                (cp, signers)
-            }
-            Err(e) => {
-                report.record(
-                    checks::CHECKPOINT_SIGNATURE,
-                    None,
-                    Err(format!("checkpoint of size {}: {e}", c.size)),
-                );
-                continue;
-            }
-        };
-        let order = if cp.size < last_size {
-            Err(format!(
-                "checkpoint of size {} follows one of size {last_size}",
-                cp.size
-            ))
-        } else {
-            Ok(())
-        };
-        report.record(checks::CHECKPOINT_ORDER, None, order);
-        last_size = last_size.max(cp.size);
-        match checkpoints.get(&cp.size) {
-            Some(root) if *root != cp.root => report.record(
-                checks::FORK,
-                None,
-                Err(format!(
-                    "two signed checkpoints of size {} with different roots",
-                    cp.size
-                )),
-            ),
-            _ => {
-                checkpoints.insert(cp.size, cp.root);
-                // The first pinned key whose signature is on it.
-                if let Some((_, jwk)) = pinned_ids.iter().find(|(id, _)| signers.contains(id)) {
-                    checkpoint_keys.insert(cp.size, jwk);
-                }
-                report.record(checks::FORK, None, Ok(()));
-            }
-        }
-    }
+    let mut checkpoints = CheckpointStream::open(
+        &dir.join("checkpoints.jsonl"),
+        &verifiers,
+        &manifest.origin,
+        &pinned_ids,
+        threads,
+        CHECKPOINT_CHUNK,
+    )?;
+    let mut next_checkpoint = checkpoints.next(&mut report)?;
 
     // Entries, in batches: the independent checks of a batch run on every
     // core, then the order-dependent ones (sequence, chain, tree) in order.
@@ -625,29 +571,39 @@ pub fn verify(
             tree.push(c.leaf);
             prev = c.leaf;
             expected += 1;
-            // A checkpoint is signed after the last entry it covers: its key
-            // must have been valid then.
-            if let (Some(jwk), Some(time)) = (checkpoint_keys.get(&expected), c.time.as_deref()) {
-                report.record(
-                    checks::KEY_VALIDITY,
-                    Some(index),
-                    within_validity(jwk, time)
-                        .map_err(|e| format!("checkpoint of size {expected}: {e}")),
-                );
+            // Checkpoints of sizes the entries have passed came out of
+            // order (reported as such); they cannot be compared any more.
+            while next_checkpoint.as_ref().is_some_and(|c| c.size < expected) {
+                next_checkpoint = checkpoints.next(&mut report)?;
             }
-            if let Some(root) = checkpoints.get(&expected) {
-                let (root, consistency) = tree.checkpoint(root);
+            if let Some(signed) = next_checkpoint.take_if(|c| c.size == expected) {
+                // A checkpoint is signed after the last entry it covers: its
+                // key must have been valid then.
+                if let (Some(jwk), Some(time)) = (signed.key, c.time.as_deref()) {
+                    report.record(
+                        checks::KEY_VALIDITY,
+                        Some(index),
+                        within_validity(jwk, time)
+                            .map_err(|e| format!("checkpoint of size {expected}: {e}")),
+                    );
+                }
+                let (root, consistency) = tree.checkpoint(&signed.root);
                 report.record(checks::CHECKPOINT_ROOT, Some(index), root);
                 if let Some(consistency) = consistency {
                     report.record(checks::CHECKPOINT_CONSISTENCY, None, consistency);
                 }
+                next_checkpoint = checkpoints.next(&mut report)?;
             }
         }
         progress(expected, manifest.entries);
     }
+    // The checkpoints beyond the entries, through the checks that need
+    // only the checkpoints.
+    while next_checkpoint.is_some() {
+        next_checkpoint = checkpoints.next(&mut report)?;
+    }
     report.entries = expected;
-    report.entries_after_last_checkpoint =
-        expected.saturating_sub(checkpoints.keys().next_back().copied().unwrap_or(0));
+    report.entries_after_last_checkpoint = expected.saturating_sub(checkpoints.largest);
     if expected != manifest.entries {
         report.record(
             checks::TRUNCATED,
@@ -659,7 +615,7 @@ pub fn verify(
         );
     }
     if options.quorum > 0 {
-        let (size, cosigners) = &latest_cosigners;
+        let (size, cosigners) = &checkpoints.latest_cosigners;
         report.record(
             checks::WITNESS_QUORUM,
             None,
@@ -675,9 +631,8 @@ pub fn verify(
             },
         );
     }
-    if let Some((&size, _)) = checkpoints.iter().next_back()
-        && size > expected
-    {
+    if checkpoints.largest > expected {
+        let size = checkpoints.largest;
         report.record(
             checks::TRUNCATED,
             None,
@@ -788,6 +743,169 @@ impl CheckpointedTree {
         self.last = Some((size, *root));
         self.blocks.retain(|block, _| *block >= size / TILE_WIDTH);
         (matches, consistency)
+    }
+}
+
+/// Checkpoints read from the bundle per chunk, to bound memory (~30 MB of
+/// notes). Smaller chunks cost time: 4,096 made verifying a bundle with a
+/// checkpoint per entry ~10 % slower (docs/performance.md).
+const CHECKPOINT_CHUNK: usize = 65_536;
+
+/// A line of `checkpoints.jsonl`: the size it is filed under and its note,
+/// opened or why not.
+type CheckpointLine = (u64, Result<OpenedCheckpoint, String>);
+
+/// A checkpoint to compare with the entries when they reach its size.
+struct SignedCheckpoint<'a> {
+    size: u64,
+    root: Hash,
+    /// The first pinned key whose signature is on it.
+    key: Option<&'a Jwk>,
+}
+
+/// `checkpoints.jsonl` read in file order a chunk at a time, the chunk's
+/// signatures checked on every core, each checkpoint put through the
+/// checks that need only the checkpoints before it: signature, order and
+/// fork. In a bundle in order, two checkpoints of one size are neighbours.
+struct CheckpointStream<'a> {
+    path: PathBuf,
+    lines: std::iter::Enumerate<std::io::Lines<BufReader<File>>>,
+    opened: std::collections::VecDeque<CheckpointLine>,
+    verifiers: &'a [Verifier],
+    origin: &'a str,
+    pinned_ids: &'a [([u8; 4], &'a Jwk)],
+    threads: usize,
+    /// How many lines are read and opened at a time.
+    chunk: usize,
+    /// The largest size read so far, for the order check.
+    last_size: u64,
+    /// The last checkpoint handed on, for the fork check.
+    last: Option<(u64, Hash)>,
+    /// The largest size signed.
+    largest: u64,
+    /// The latest checkpoint's size and the witnesses that cosigned it.
+    latest_cosigners: (u64, Vec<String>),
+}
+
+impl<'a> CheckpointStream<'a> {
+    fn open(
+        path: &Path,
+        verifiers: &'a [Verifier],
+        origin: &'a str,
+        pinned_ids: &'a [([u8; 4], &'a Jwk)],
+        threads: usize,
+        chunk: usize,
+    ) -> Result<Self, BundleError> {
+        let file = File::open(path).map_err(io(path))?;
+        Ok(Self {
+            path: path.to_owned(),
+            lines: BufReader::new(file).lines().enumerate(),
+            opened: std::collections::VecDeque::new(),
+            verifiers,
+            origin,
+            pinned_ids,
+            threads,
+            chunk: chunk.max(1),
+            last_size: 0,
+            last: None,
+            largest: 0,
+            latest_cosigners: (0, Vec::new()),
+        })
+    }
+
+    /// The next checkpoint of a new size, in order and validly signed, its
+    /// checks and those of the checkpoints skipped on the way recorded.
+    fn next(&mut self, report: &mut Report) -> Result<Option<SignedCheckpoint<'a>>, BundleError> {
+        while let Some((filed_as, opened)) = self.read()? {
+            report.checkpoints += 1;
+            let OpenedCheckpoint {
+                checkpoint: cp,
+                cosigners,
+                signers,
+            } = match opened {
+                Ok(opened) => opened,
+                Err(e) => {
+                    report.record(
+                        checks::CHECKPOINT_SIGNATURE,
+                        None,
+                        Err(format!("checkpoint of size {filed_as}: {e}")),
+                    );
+                    continue;
+                }
+            };
+            report.record(checks::CHECKPOINT_SIGNATURE, None, Ok(()));
+            if cp.size >= self.latest_cosigners.0 {
+                self.latest_cosigners = (cp.size, cosigners);
+            }
+            self.largest = self.largest.max(cp.size);
+            let in_order = cp.size >= self.last_size;
+            report.record(
+                checks::CHECKPOINT_ORDER,
+                None,
+                if in_order {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "checkpoint of size {} follows one of size {}",
+                        cp.size, self.last_size
+                    ))
+                },
+            );
+            self.last_size = self.last_size.max(cp.size);
+            match self.last {
+                Some((size, root)) if size == cp.size => {
+                    report.record(
+                        checks::FORK,
+                        None,
+                        if root == cp.root {
+                            Ok(())
+                        } else {
+                            Err(format!(
+                                "two signed checkpoints of size {size} with different roots"
+                            ))
+                        },
+                    );
+                }
+                // Out of order: past what the entries can be compared with.
+                _ if !in_order => {}
+                _ => {
+                    report.record(checks::FORK, None, Ok(()));
+                    self.last = Some((cp.size, cp.root));
+                    let key = self
+                        .pinned_ids
+                        .iter()
+                        .find(|(id, _)| signers.contains(id))
+                        .map(|(_, jwk)| *jwk);
+                    return Ok(Some(SignedCheckpoint {
+                        size: cp.size,
+                        root: cp.root,
+                        key,
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The next line's size and opened note, reading the next chunk when
+    /// the last one is used up.
+    fn read(&mut self) -> Result<Option<CheckpointLine>, BundleError> {
+        if self.opened.is_empty() {
+            let mut chunk: Vec<BundleCheckpoint> = Vec::with_capacity(self.chunk);
+            for (n, line) in self.lines.by_ref().take(self.chunk) {
+                let line = line.map_err(io(&self.path))?;
+                chunk.push(
+                    serde_json::from_str(&line)
+                        .map_err(|e| invalid(&self.path, format!("line {}: {e}", n + 1)))?,
+                );
+            }
+            let opened = par_map(&chunk, self.threads, |_, c| {
+                open_checkpoint(c, self.verifiers, self.origin)
+            })
+            .map_err(|e| invalid(&self.path, e))?;
+            self.opened = chunk.iter().map(|c| c.size).zip(opened).collect();
+        }
+        Ok(self.opened.pop_front())
     }
 }
 
@@ -1095,34 +1213,47 @@ pub fn prove(dir: &Path, pinned: &Jwks, exchange_id: &str) -> Result<ProofReport
     let manifest = manifest(dir)?;
     let (trusted, _) = hub_keys(dir, pinned)?;
     let verifiers = checkpoint_verifiers(&manifest.origin, &trusted);
-    let raw: Vec<BundleCheckpoint> = read_lines(&dir.join("checkpoints.jsonl"))?;
-    let last = raw
-        .last()
+    let last: BundleCheckpoint = last_line(&dir.join("checkpoints.jsonl"))?
         .ok_or_else(|| invalid(dir, "the bundle has no checkpoint"))?;
     let opened = note::open(&last.note, &verifiers)
         .map_err(|e| invalid(dir, format!("latest checkpoint: {e}")))?;
     let cp = Checkpoint::parse_body(&opened.body).map_err(|e| invalid(dir, e))?;
     let path = dir.join("entries.jsonl");
     let file = File::open(&path).map_err(io(&path))?;
-    let mut leaves = Vec::new();
+    // The tree's kept subtree roots, and the leaves of the 256-leaf blocks
+    // that hold the exchange's entries and of the last one: what the
+    // proofs need (`merkle::inclusion_blocks`), whatever the log's size.
+    let mut tree = Frontier::new();
+    let mut roots = SubtreeRoots::default();
+    let mut blocks = Blocks::new();
     let mut indexes = Vec::new();
     for line in BufReader::new(file).lines() {
         let line = line.map_err(io(&path))?;
-        if leaves.len() as u64 == cp.size {
+        let index = tree.size();
+        if index == cp.size {
             break;
         }
-        if serde_json::from_str::<Value>(&line).is_ok_and(|v| v["exchange_id"] == exchange_id) {
-            indexes.push(leaves.len() as u64);
+        let block = index / TILE_WIDTH;
+        if index.is_multiple_of(TILE_WIDTH)
+            && let Some(done) = block.checked_sub(1)
+            && indexes.last().is_none_or(|i| i / TILE_WIDTH != done)
+        {
+            blocks.remove(&done);
         }
-        leaves.push(canonical_record_leaf_hash(&line));
+        if serde_json::from_str::<Value>(&line).is_ok_and(|v| v["exchange_id"] == exchange_id) {
+            indexes.push(index);
+        }
+        let leaf = canonical_record_leaf_hash(&line);
+        blocks.entry(block).or_default().push(leaf);
+        tree.push_keeping(leaf, &mut roots);
     }
-    if (leaves.len() as u64) < cp.size {
+    if tree.size() < cp.size {
         return Err(invalid(
             dir,
             format!(
                 "the checkpoint covers {} entries, the bundle has {}",
                 cp.size,
-                leaves.len()
+                tree.size()
             ),
         ));
     }
@@ -1137,8 +1268,14 @@ pub fn prove(dir: &Path, pinned: &Jwks, exchange_id: &str) -> Result<ProofReport
     }
     let mut proofs = Vec::new();
     for index in indexes {
-        let proof = merkle::inclusion_proof(&leaves, index).unwrap_or_default();
-        let leaf = leaves[usize::try_from(index).unwrap_or(0)];
+        let proof = roots
+            .inclusion_proof(index, cp.size, &blocks)
+            .unwrap_or_default();
+        let leaf = blocks
+            .get(&(index / TILE_WIDTH))
+            .and_then(|b| b.get(usize::try_from(index % TILE_WIDTH).ok()?))
+            .copied()
+            .unwrap_or_default();
         merkle::verify_inclusion(index, cp.size, &leaf, &proof, &cp.root)
             .map_err(|e| invalid(dir, format!("entry {index}: {e}")))?;
         proofs.push(EntryProof {
@@ -1172,4 +1309,78 @@ pub struct EntryProof {
     pub index: u64,
     pub leaf_hash: String,
     pub proof: Vec<String>,
+}
+
+#[cfg(test)]
+mod checkpoint_stream_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Every checkpoint handed on, and the report, reading `chunk` lines
+    /// at a time.
+    fn stream(dir: &Path, pinned: &Jwks, chunk: usize) -> (Vec<u64>, Report) {
+        let verifiers = checkpoint_verifiers(ORIGIN, pinned);
+        let ids = note_key_ids(ORIGIN, pinned);
+        let path = dir.join("checkpoints.jsonl");
+        let mut checkpoints =
+            CheckpointStream::open(&path, &verifiers, ORIGIN, &ids, 2, chunk).unwrap();
+        let mut report = Report::default();
+        let mut sizes = Vec::new();
+        while let Some(c) = checkpoints.next(&mut report).unwrap() {
+            assert!(c.key.is_some(), "signed by the pinned key");
+            sizes.push(c.size);
+        }
+        (sizes, report)
+    }
+
+    const ORIGIN: &str = "test.invalid/log";
+
+    #[test]
+    fn the_checks_do_not_depend_on_the_chunks_the_lines_are_read_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let rng = ring::rand::SystemRandom::new();
+        let key = hub_core::jws::SigningKey::generate(&rng).unwrap().0;
+        let data_key = DataKey::from_bytes(&[5; 32]);
+        let pinned =
+            synthetic::write_bundle(dir.path(), ORIGIN, &key, &data_key, 30, 1, &|_| {}).unwrap();
+        let path = dir.path().join("checkpoints.jsonl");
+        let mut lines: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        // Line i holds size i + 1. A second root for size 10, beside the
+        // first; sizes 20 and 21 swapped; one with a forged signature.
+        let fork = synthetic::checkpoint(ORIGIN, &key, 10, [9; 32]).unwrap();
+        lines.insert(10, serde_json::to_string(&fork).unwrap());
+        lines.swap(20, 21);
+        let stranger = hub_core::jws::SigningKey::generate(&rng).unwrap().0;
+        lines[26] =
+            serde_json::to_string(&synthetic::checkpoint(ORIGIN, &stranger, 26, [1; 32]).unwrap())
+                .unwrap();
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+
+        let (sizes, report) = stream(dir.path(), &pinned, CHECKPOINT_CHUNK);
+        let expected: Vec<u64> = (1..=30).filter(|s| *s != 20 && *s != 26).collect();
+        assert_eq!(
+            sizes, expected,
+            "the fork, the late one and the forged one are not handed on"
+        );
+        assert_eq!(report.checkpoints, 31);
+        let failed = |check: &str| report.findings.iter().filter(|f| f.check == check).count();
+        assert_eq!(failed(checks::FORK), 1);
+        assert_eq!(failed(checks::CHECKPOINT_ORDER), 1);
+        assert_eq!(failed(checks::CHECKPOINT_SIGNATURE), 1);
+        for chunk in [1, 2, 3, 10, 11, 29] {
+            let (other_sizes, other) = stream(dir.path(), &pinned, chunk);
+            assert_eq!(other_sizes, sizes, "chunks of {chunk}");
+            assert_eq!(other.checkpoints, report.checkpoints, "chunks of {chunk}");
+            assert_eq!(
+                format!("{:?}", other.findings),
+                format!("{:?}", report.findings),
+                "chunks of {chunk}"
+            );
+        }
+    }
 }

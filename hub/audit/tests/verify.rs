@@ -235,6 +235,54 @@ fn forged_replaced_and_forked_checkpoints_are_caught() {
 }
 
 #[test]
+fn a_bundle_with_a_checkpoint_per_entry_is_checked_at_every_one() {
+    // A quiet hub signs a checkpoint for nearly every entry.
+    let dir = tempfile::tempdir().unwrap();
+    let key = key();
+    let n = 300;
+    let pinned =
+        hub_audit::synthetic::write_bundle(dir.path(), ORIGIN, &key, &data_key(), n, 1, &|_| {})
+            .unwrap();
+    let report = run(dir.path(), &pinned);
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!(report.checkpoints, n);
+    assert_eq!(report.checks[checks::CHECKPOINT_ROOT].passed, n);
+    assert_eq!(report.checks[checks::CHECKPOINT_CONSISTENCY].passed, n - 1);
+    assert_eq!(report.entries_after_last_checkpoint, 0);
+    let original = lines(dir.path(), "checkpoints.jsonl");
+
+    // A second root for size 100, beside the first: a fork.
+    let mut fork = original.clone();
+    fork.insert(
+        100,
+        serde_json::to_string(&checkpoint(&key, 100, [9; 32])).unwrap(),
+    );
+    write_lines(dir.path(), "checkpoints.jsonl", &fork);
+    let report = run(dir.path(), &pinned);
+    assert_eq!(failed(&report, checks::FORK), [None]);
+    assert_eq!(report.checks[checks::CHECKPOINT_ROOT].passed, n);
+
+    // Two checkpoints swapped: the one that comes late is out of order
+    // and no longer compared; the rest are.
+    let mut swapped = original.clone();
+    swapped.swap(200, 201);
+    write_lines(dir.path(), "checkpoints.jsonl", &swapped);
+    let report = run(dir.path(), &pinned);
+    assert_eq!(failed(&report, checks::CHECKPOINT_ORDER), [None]);
+    assert!(failed(&report, checks::CHECKPOINT_ROOT).is_empty());
+    assert_eq!(report.checks[checks::CHECKPOINT_ROOT].passed, n - 1);
+
+    // The last entries gone: the checkpoints beyond them still count.
+    write_lines(dir.path(), "checkpoints.jsonl", &original);
+    let entries = lines(dir.path(), "entries.jsonl");
+    write_lines(dir.path(), "entries.jsonl", &entries[..290]);
+    let report = run(dir.path(), &pinned);
+    assert_eq!(report.checkpoints, n);
+    assert_eq!(report.checks[checks::CHECKPOINT_ROOT].passed, 290);
+    assert_eq!(failed(&report, checks::TRUNCATED), [None, None]);
+}
+
+#[test]
 fn unknown_and_expired_keys_are_refused() {
     let (dir, key, _) = fresh();
     let stranger = Jwks {
@@ -311,6 +359,48 @@ fn prove_checks_an_exchanges_inclusion() {
         )
         .is_err()
     );
+}
+
+#[test]
+fn prove_gives_valid_proofs_anywhere_in_a_log_of_several_blocks() {
+    // Four 256-entry blocks, the last one partial.
+    let dir = tempfile::tempdir().unwrap();
+    let key = key();
+    let pinned = hub_audit::synthetic::write_bundle(
+        dir.path(),
+        ORIGIN,
+        &key,
+        &data_key(),
+        1_000,
+        100,
+        &|_| {},
+    )
+    .unwrap();
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+    };
+    // The first exchange, one across the first two blocks, one inside a
+    // block, the last one.
+    for (event, indexes) in [
+        (0, [0, 1, 2]),
+        (255, [255, 256, 257]),
+        (600, [600, 601, 602]),
+        (996, [996, 997, 998]),
+    ] {
+        let id = hub_audit::synthetic::exchange_id(event).to_string();
+        let report = hub_audit::prove(dir.path(), &pinned, &id).unwrap();
+        assert_eq!(report.size, 1_000);
+        let root: [u8; 32] = b64(&report.root).try_into().unwrap();
+        let found: Vec<u64> = report.proofs.iter().map(|p| p.index).collect();
+        assert_eq!(found, indexes);
+        for p in &report.proofs {
+            let leaf: [u8; 32] = b64(&p.leaf_hash).try_into().unwrap();
+            let path: Vec<Vec<u8>> = p.proof.iter().map(|h| b64(h)).collect();
+            hub_core::merkle::verify_inclusion(p.index, report.size, &leaf, &path, &root)
+                .unwrap_or_else(|e| panic!("entry {}: {e}", p.index));
+        }
+    }
 }
 
 #[test]
