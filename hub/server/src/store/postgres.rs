@@ -501,22 +501,25 @@ impl Store for PgStore {
     }
 
     async fn grants(&self) -> Result<Vec<Grant>, StoreError> {
-        let rows = sqlx::query(
+        sqlx::query(
             "SELECT * FROM grants ORDER BY consumer_agency, consumer_subsystem, service, purpose",
         )
         .fetch_all(&self.pool)
         .await
-        .map_err(db)?;
-        rows.iter().map(rows::grant).collect()
+        .map_err(db)?
+        .iter()
+        .map(rows::grant)
+        .collect()
     }
 
     async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
-        let rows =
-            sqlx::query("SELECT * FROM subscriptions ORDER BY service, version, agency, subsystem")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db)?;
-        rows.iter().map(rows::subscription).collect()
+        sqlx::query("SELECT * FROM subscriptions ORDER BY service, version, agency, subsystem")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(rows::subscription)
+            .collect()
     }
 
     async fn subscribers(
@@ -524,17 +527,17 @@ impl Store for PgStore {
         service: &ServiceName,
         version: u32,
     ) -> Result<Vec<Member>, StoreError> {
-        let rows = sqlx::query(
+        sqlx::query(
             "SELECT agency, subsystem FROM subscriptions WHERE service = $1 AND version = $2 ORDER BY agency, subsystem",
         )
         .bind(service.as_str())
         .bind(i64::from(version))
         .fetch_all(&self.pool)
         .await
-        .map_err(db)?;
-        rows.iter()
-            .map(|r| rows::member_in(r, "agency", "subsystem"))
-            .collect()
+        .map_err(db)?
+        .iter()
+        .map(|r| rows::member_in(r, "agency", "subsystem"))
+        .collect()
     }
 
     async fn registry_version(&self) -> Result<u64, StoreError> {
@@ -818,12 +821,12 @@ impl Store for PgStore {
     }
 
     async fn indexes_of_exchange(&self, id: ExchangeId) -> Result<Vec<u64>, StoreError> {
-        let rows = sqlx::query("SELECT idx FROM log_entries WHERE exchange_id = $1 ORDER BY idx")
+        sqlx::query("SELECT idx FROM log_entries WHERE exchange_id = $1 ORDER BY idx")
             .bind(id.to_string())
             .fetch_all(&self.pool)
             .await
-            .map_err(db)?;
-        rows.iter()
+            .map_err(db)?
+            .iter()
             .map(|r| Ok(to_u64(r.try_get("idx").map_err(db)?)))
             .collect()
     }
@@ -898,11 +901,13 @@ impl Store for PgStore {
     }
 
     async fn witnesses(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = sqlx::query("SELECT name, vkey FROM witnesses ORDER BY name")
+        sqlx::query("SELECT name, vkey FROM witnesses ORDER BY name")
             .fetch_all(&self.pool)
             .await
-            .map_err(db)?;
-        rows.iter().map(rows::witness).collect()
+            .map_err(db)?
+            .iter()
+            .map(rows::witness)
+            .collect()
     }
 
     async fn add_cosignature(
@@ -925,12 +930,14 @@ impl Store for PgStore {
     }
 
     async fn cosignatures(&self, size: u64) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query("SELECT line FROM cosignatures WHERE size = $1 ORDER BY witness")
+        sqlx::query("SELECT line FROM cosignatures WHERE size = $1 ORDER BY witness")
             .bind(to_i64(size))
             .fetch_all(&self.pool)
             .await
-            .map_err(db)?;
-        rows.iter().map(|r| r.try_get("line").map_err(db)).collect()
+            .map_err(db)?
+            .iter()
+            .map(|r| r.try_get("line").map_err(db))
+            .collect()
     }
 
     async fn exchange(&self, id: ExchangeId) -> Result<Option<ExchangeRow>, StoreError> {
