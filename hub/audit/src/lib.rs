@@ -41,7 +41,7 @@ use hub_core::hash::Hash;
 use hub_core::jcs;
 use hub_core::jws::{self, Jwk, Jwks};
 use hub_core::log::{BatchSeal, SEAL_MEMBER, SealVerifier, canonical_record_leaf_hash};
-use hub_core::merkle::{self, Blocks, Frontier, SubtreeRoots, TILE_WIDTH};
+use hub_core::merkle::{self, BlockTrees, Frontier, SubtreeRoots, TILE_WIDTH};
 use hub_core::note::{self, Checkpoint, Verifier};
 use hub_core::schema::Catalog;
 use hub_core::timefmt::parse_rfc3339;
@@ -692,15 +692,16 @@ struct Head {
 
 /// The log's tree as the entries build it, keeping what the checks at
 /// each checkpoint need and no more: the right edge, the roots of complete
-/// 256-leaf blocks and up (`SubtreeRoots`, 1/256th of the leaves), and the
-/// leaves of at most two blocks - the one where the previous checkpoint
-/// ends and the current one, the only ones `merkle::consistency_blocks`
-/// names for consecutive checkpoints.
+/// 256-leaf blocks and up (`SubtreeRoots`, 1/256th of the leaves), and
+/// at most two blocks - the one where the previous checkpoint ends and the
+/// current one, the only ones `merkle::consistency_blocks` names for
+/// consecutive checkpoints - with their subtrees' roots, so that checkpoints
+/// a few entries apart do not hash a block's leaves again for each proof.
 #[derive(Default)]
 struct CheckpointedTree {
     frontier: Frontier,
     roots: SubtreeRoots,
-    blocks: Blocks,
+    blocks: BlockTrees,
     /// The last checkpoint passed: its size and signed root.
     last: Option<(u64, Hash)>,
 }
@@ -711,10 +712,10 @@ impl CheckpointedTree {
         if size > 0 && size.is_multiple_of(TILE_WIDTH) {
             let done = size / TILE_WIDTH - 1;
             if self.last.map(|(a, _)| a / TILE_WIDTH) != Some(done) {
-                self.blocks.remove(&done);
+                self.blocks.remove(done);
             }
         }
-        self.blocks.entry(size / TILE_WIDTH).or_default().push(leaf);
+        self.blocks.push(size, leaf);
         self.frontier.push_keeping(leaf, &mut self.roots);
     }
 
@@ -741,7 +742,7 @@ impl CheckpointedTree {
                 })
         });
         self.last = Some((size, *root));
-        self.blocks.retain(|block, _| *block >= size / TILE_WIDTH);
+        self.blocks.retain(|block| block >= size / TILE_WIDTH);
         (matches, consistency)
     }
 }
@@ -1225,7 +1226,7 @@ pub fn prove(dir: &Path, pinned: &Jwks, exchange_id: &str) -> Result<ProofReport
     // proofs need (`merkle::inclusion_blocks`), whatever the log's size.
     let mut tree = Frontier::new();
     let mut roots = SubtreeRoots::default();
-    let mut blocks = Blocks::new();
+    let mut blocks = BlockTrees::default();
     let mut indexes = Vec::new();
     for line in BufReader::new(file).lines() {
         let line = line.map_err(io(&path))?;
@@ -1238,13 +1239,13 @@ pub fn prove(dir: &Path, pinned: &Jwks, exchange_id: &str) -> Result<ProofReport
             && let Some(done) = block.checked_sub(1)
             && indexes.last().is_none_or(|i| i / TILE_WIDTH != done)
         {
-            blocks.remove(&done);
+            blocks.remove(done);
         }
         if serde_json::from_str::<Value>(&line).is_ok_and(|v| v["exchange_id"] == exchange_id) {
             indexes.push(index);
         }
         let leaf = canonical_record_leaf_hash(&line);
-        blocks.entry(block).or_default().push(leaf);
+        blocks.push(index, leaf);
         tree.push_keeping(leaf, &mut roots);
     }
     if tree.size() < cp.size {
@@ -1271,11 +1272,7 @@ pub fn prove(dir: &Path, pinned: &Jwks, exchange_id: &str) -> Result<ProofReport
         let proof = roots
             .inclusion_proof(index, cp.size, &blocks)
             .unwrap_or_default();
-        let leaf = blocks
-            .get(&(index / TILE_WIDTH))
-            .and_then(|b| b.get(usize::try_from(index % TILE_WIDTH).ok()?))
-            .copied()
-            .unwrap_or_default();
+        let leaf = blocks.leaf(index).unwrap_or_default();
         merkle::verify_inclusion(index, cp.size, &leaf, &proof, &cp.root)
             .map_err(|e| invalid(dir, format!("entry {index}: {e}")))?;
         proofs.push(EntryProof {

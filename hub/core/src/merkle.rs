@@ -480,6 +480,85 @@ pub struct SubtreeRoots {
 /// last block of a tree may be shorter.
 pub type Blocks = BTreeMap<u64, Vec<Hash>>;
 
+/// Where [`SubtreeRoots`] takes the roots of subtrees smaller than a block.
+pub trait BlockLeaves {
+    /// The root of the perfect subtree of `2^height` leaves (`height` below
+    /// 8) from leaf `first` (a multiple of `2^height`); `None` if its leaves
+    /// are not here.
+    fn sub_block_root(&self, first: u64, height: u32) -> Option<Hash>;
+}
+
+/// Hashed from the leaves at each call: a proof needs a block's leaves
+/// once.
+impl BlockLeaves for Blocks {
+    fn sub_block_root(&self, first: u64, height: u32) -> Option<Hash> {
+        let leaves = self.get(&(first / BLOCK))?;
+        let from = usize::try_from(first % BLOCK).ok()?;
+        leaves.get(from..from + (1usize << height)).map(root)
+    }
+}
+
+/// Blocks with every level of their subtrees, completed as leaves are
+/// pushed (one hash per leaf): a sub-block subtree's root is a lookup. For
+/// many proofs over the same blocks, as between consecutive checkpoints a
+/// few entries apart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockTrees {
+    /// By block number: `levels[h][j]`, the root of the `j`th perfect
+    /// subtree of `2^h` leaves in the block (`levels[0]`: the leaves).
+    blocks: BTreeMap<u64, Vec<Vec<Hash>>>,
+}
+
+impl BlockTrees {
+    /// Append leaf `index`, the next of its block.
+    pub fn push(&mut self, index: u64, leaf: Hash) {
+        let levels = self.blocks.entry(index / BLOCK).or_default();
+        let mut node = leaf;
+        for h in 0..=BLOCK_HEIGHT as usize {
+            if levels.len() <= h {
+                levels.push(Vec::new());
+            }
+            let Some(level) = levels.get_mut(h) else {
+                return;
+            };
+            level.push(node);
+            if level.len() % 2 == 1 || h == BLOCK_HEIGHT as usize {
+                return;
+            }
+            node = node_hash(&level[level.len() - 2], &node);
+        }
+    }
+
+    /// Leaf `index`, if its block is here.
+    pub fn leaf(&self, index: u64) -> Option<Hash> {
+        let levels = self.blocks.get(&(index / BLOCK))?;
+        levels
+            .first()?
+            .get(usize::try_from(index % BLOCK).ok()?)
+            .copied()
+    }
+
+    /// Forget block `block`.
+    pub fn remove(&mut self, block: u64) {
+        self.blocks.remove(&block);
+    }
+
+    /// Keep only the blocks `keep` says so of.
+    pub fn retain(&mut self, mut keep: impl FnMut(u64) -> bool) {
+        self.blocks.retain(|block, _| keep(*block));
+    }
+}
+
+impl BlockLeaves for BlockTrees {
+    fn sub_block_root(&self, first: u64, height: u32) -> Option<Hash> {
+        let levels = self.blocks.get(&(first / BLOCK))?;
+        let level = levels.get(usize::try_from(height).ok()?)?;
+        level
+            .get(usize::try_from((first % BLOCK) >> height).ok()?)
+            .copied()
+    }
+}
+
 impl SubtreeRoots {
     fn keep(&mut self, height: u32, root: Hash) {
         let Some(i) = height
@@ -508,7 +587,7 @@ impl SubtreeRoots {
     /// The root of the perfect subtree of `2^height` leaves from leaf
     /// `first` (a multiple of `2^height`), from the kept roots or, below
     /// 256 leaves, from `blocks`; `None` if what it needs is missing.
-    pub fn subtree_root(&self, first: u64, height: u32, blocks: &Blocks) -> Option<Hash> {
+    pub fn subtree_root(&self, first: u64, height: u32, blocks: &impl BlockLeaves) -> Option<Hash> {
         if height >= BLOCK_HEIGHT {
             let roots = self
                 .by_height
@@ -517,14 +596,12 @@ impl SubtreeRoots {
                 .get(usize::try_from(first.checked_shr(height)?).ok()?)
                 .copied();
         }
-        let leaves = blocks.get(&(first / BLOCK))?;
-        let from = usize::try_from(first % BLOCK).ok()?;
-        leaves.get(from..from + (1usize << height)).map(root)
+        blocks.sub_block_root(first, height)
     }
 
     /// The root of leaves `lo..hi` as RFC 9162's MTH splits them: a fold of
     /// the perfect subtrees that make them up.
-    fn range_root(&self, lo: u64, hi: u64, blocks: &Blocks) -> Option<Hash> {
+    fn range_root(&self, lo: u64, hi: u64, blocks: &impl BlockLeaves) -> Option<Hash> {
         let mut parts = perfect_subtrees(lo, hi).into_iter().rev();
         let (first, height) = parts.next()?;
         let mut acc = self.subtree_root(first, height, blocks)?;
@@ -538,7 +615,7 @@ impl SubtreeRoots {
     /// needed what they lack.
     fn prove(
         &self,
-        blocks: &Blocks,
+        blocks: &impl BlockLeaves,
         build: impl FnOnce(RangeRoot<'_>) -> Vec<Hash>,
     ) -> Option<Vec<Hash>> {
         let missing = Cell::new(false);
@@ -554,7 +631,12 @@ impl SubtreeRoots {
 
     /// The inclusion proof of leaf `index` in the tree of `size` (RFC 9162
     /// 2.1.3.1), given the leaves of [`inclusion_blocks`]`(index, size)`.
-    pub fn inclusion_proof(&self, index: u64, size: u64, blocks: &Blocks) -> Option<Vec<Hash>> {
+    pub fn inclusion_proof(
+        &self,
+        index: u64,
+        size: u64,
+        blocks: &impl BlockLeaves,
+    ) -> Option<Vec<Hash>> {
         let (i, n) = (usize::try_from(index).ok()?, usize::try_from(size).ok()?);
         if i >= n {
             return None;
@@ -564,7 +646,12 @@ impl SubtreeRoots {
 
     /// The consistency proof from size `old` to size `new` (RFC 9162
     /// 2.1.4.1), given the leaves of [`consistency_blocks`]`(old, new)`.
-    pub fn consistency_proof(&self, old: u64, new: u64, blocks: &Blocks) -> Option<Vec<Hash>> {
+    pub fn consistency_proof(
+        &self,
+        old: u64,
+        new: u64,
+        blocks: &impl BlockLeaves,
+    ) -> Option<Vec<Hash>> {
         let (m, n) = (usize::try_from(old).ok()?, usize::try_from(new).ok()?);
         if m == 0 || m > n {
             return None;
@@ -628,6 +715,51 @@ mod tests {
         (0..n)
             .map(|i| crate::log::leaf_hash(format!("entry {i}").as_bytes()))
             .collect()
+    }
+
+    #[test]
+    fn block_trees_give_the_sub_block_roots_and_proofs_the_leaves_give() {
+        // Two whole blocks and a partial one.
+        let all = leaves(600);
+        let mut frontier = Frontier::new();
+        let mut roots = SubtreeRoots::default();
+        let mut trees = BlockTrees::default();
+        let mut blocks = Blocks::new();
+        for (i, leaf) in all.iter().enumerate() {
+            frontier.push_keeping(*leaf, &mut roots);
+            trees.push(i as u64, *leaf);
+            blocks.entry(i as u64 / BLOCK).or_default().push(*leaf);
+        }
+        for height in 0..BLOCK_HEIGHT {
+            for first in (0..600u64).step_by(1 << height) {
+                assert_eq!(
+                    trees.sub_block_root(first, height),
+                    blocks.sub_block_root(first, height),
+                    "{first}, {height}"
+                );
+            }
+        }
+        assert_eq!(trees.leaf(599), Some(all[599]));
+        assert_eq!(trees.leaf(600), None);
+        for (old, new) in [(1, 600), (255, 256), (300, 301), (513, 599), (256, 600)] {
+            let proof = roots.consistency_proof(old, new, &trees);
+            assert!(proof.is_some(), "{old} -> {new}");
+            assert_eq!(proof, roots.consistency_proof(old, new, &blocks));
+            assert_eq!(
+                proof.as_deref(),
+                consistency_proof(&all[..new as usize], old).as_deref()
+            );
+        }
+        for index in [0, 255, 256, 511, 599] {
+            let proof = roots.inclusion_proof(index, 600, &trees);
+            assert_eq!(
+                proof.as_deref(),
+                inclusion_proof(&all, index).as_deref(),
+                "{index}"
+            );
+        }
+        trees.remove(1);
+        assert_eq!(trees.sub_block_root(256, 0), None);
     }
 
     fn tree_of(leaves: &[Hash]) -> Tree {
