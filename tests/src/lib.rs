@@ -41,6 +41,20 @@ pub struct TestHub {
     pub dir: Arc<TempDir>,
 }
 
+/// Send the hubs' warnings and errors (or what `RUST_LOG` asks for) to the
+/// test's captured output, so that a failing test shows the causes its
+/// hub logged - a 5xx body names none.
+fn show_hub_warnings_with_failures() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Only the first call in a test binary installs it.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .with_ansi(false)
+        .try_init();
+}
+
 /// The test configuration: port 0, a temporary data directory, small registries.
 pub fn test_config(dir: &TempDir) -> Config {
     Config {
@@ -70,6 +84,7 @@ impl TestHub {
         adjust: impl FnOnce(&mut Config),
         options: Options,
     ) -> Self {
+        show_hub_warnings_with_failures();
         let mut config = test_config(&dir);
         adjust(&mut config);
         let adapters = options
