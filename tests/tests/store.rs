@@ -1610,6 +1610,125 @@ async fn sqlite_reads_replies_stored_before_they_pointed_at_entries() {
     .await;
 }
 
+/// Subject index rows made before the index kept each row's exchange's
+/// first entry (PostgreSQL's migration 16, SQLite's 17) get it from the
+/// log when the hub starts on them, and page as new ones do. `make_old`
+/// turns the index back into its old form and forgets the migration.
+async fn subjects_indexed_before_the_first_entries_were_kept(
+    url: &str,
+    make_old: impl AsyncFnOnce(),
+) {
+    let store = hub_server::store::open(url, PoolSettings::default())
+        .await
+        .unwrap();
+    registry(store.as_ref()).await;
+    let mut e = Entries::new();
+    // As in `the_subject_index_finds_whole_exchanges_oldest_first`:
+    // exchange 2 touched Bình only with its answer, after exchange 3 began.
+    store
+        .append(&[
+            e.item(EntryKind::Request, id(1), vec![subjects(&["an"])]),
+            e.item(EntryKind::Request, id(2), vec![]),
+            e.item(EntryKind::Request, id(3), vec![subjects(&["binh"])]),
+            e.item(EntryKind::Response, id(2), vec![subjects(&["an", "binh"])]),
+            e.item(EntryKind::Response, id(1), vec![]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.index_subjects(100).await.unwrap(), 5);
+    drop(store);
+    make_old().await;
+
+    let store = hub_server::store::open(url, PoolSettings::default())
+        .await
+        .unwrap();
+    let pages = |subject: &'static str| {
+        let store = store.clone();
+        async move {
+            let mut pages = Vec::new();
+            let mut after = None;
+            loop {
+                let (records, next) = store.subject_records(subject, 1, after).await.unwrap();
+                let kinds: Vec<String> = records
+                    .iter()
+                    .map(|r| {
+                        let r: serde_json::Value = serde_json::from_str(r).unwrap();
+                        format!(
+                            "{} {}",
+                            r["exchange_id"].as_str().unwrap(),
+                            r["kind"].as_str().unwrap()
+                        )
+                    })
+                    .collect();
+                pages.push(kinds);
+                match next {
+                    Some(n) => after = Some(n),
+                    None => return pages,
+                }
+            }
+        }
+    };
+    let (one, two, three) = (id(1), id(2), id(3));
+    assert_eq!(
+        pages("binh").await,
+        [
+            vec![format!("{two} request"), format!("{two} response")],
+            vec![format!("{three} request")],
+        ]
+    );
+    assert_eq!(
+        pages("an").await,
+        [
+            vec![format!("{one} request"), format!("{one} response")],
+            vec![format!("{two} request"), format!("{two} response")],
+        ]
+    );
+}
+
+#[tokio::test]
+async fn sqlite_subjects_indexed_before_the_first_entries_were_kept_page_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("hub.db").display());
+    subjects_indexed_before_the_first_entries_were_kept(&url, async || {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE old_subjects (subject TEXT NOT NULL, idx INTEGER NOT NULL,
+                                        PRIMARY KEY (subject, idx));
+             INSERT INTO old_subjects SELECT subject, idx FROM subjects;
+             DROP TABLE subjects;
+             ALTER TABLE old_subjects RENAME TO subjects;
+             DELETE FROM _sqlx_migrations WHERE version = 17;",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_subjects_indexed_before_the_first_entries_were_kept_page_in_order() {
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    subjects_indexed_before_the_first_entries_were_kept(&db.url, async || {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        sqlx::raw_sql(
+            "ALTER TABLE subjects DROP CONSTRAINT subjects_pkey;
+             ALTER TABLE subjects DROP COLUMN exchange_first;
+             ALTER TABLE subjects ADD PRIMARY KEY (subject, idx);
+             DELETE FROM _sqlx_migrations WHERE version = 16;",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    })
+    .await;
+    db.drop_now().await;
+}
+
 /// Migration 15 rebuilds SQLite's inbox table so that an event's rows can
 /// point at its entry: rows queued before it (sealed copies) survive it,
 /// keep their order, and new ones queue behind them.
@@ -2241,6 +2360,87 @@ async fn a_long_log_is_looked_up_by_index_not_read_through_on_postgres() {
     let read = rows_read_from(&db, "log_bodies").await - before;
     assert!(read < 100, "reading the last 10 entries read {read} bodies");
 
+    db.drop_now().await;
+}
+
+/// A data subject's access history is read a page at a time: a page
+/// costs the rows of its own exchanges, not of every exchange that ever
+/// touched the person - on PostgreSQL, counted as above, for the first
+/// page and one from the middle, with some of the log past the index.
+#[tokio::test]
+async fn a_page_of_a_long_access_history_reads_the_page_not_the_history_on_postgres() {
+    const EXCHANGES: u32 = 2_000;
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let store = hub_server::store::open(&db.url, PoolSettings::default())
+        .await
+        .unwrap();
+    let mut e = Entries::new();
+    // Every exchange's request names "often"; every tenth one's answer
+    // (only) names "seldom" too.
+    for first in (0..EXCHANGES).step_by(500) {
+        let batch: Vec<AppendItem> = (first..first + 500)
+            .flat_map(|n| {
+                let answer = if n % 10 == 0 {
+                    vec![subjects(&["seldom"])]
+                } else {
+                    vec![]
+                };
+                [
+                    e.item(EntryKind::Request, event_id(n), vec![subjects(&["often"])]),
+                    e.item(EntryKind::Response, event_id(n), answer),
+                ]
+            })
+            .collect();
+        store.append(&batch).await.unwrap();
+    }
+    // All but the last 40 entries indexed.
+    store.index_subjects(EXCHANGES * 2 - 40).await.unwrap();
+    drop(store);
+    let before = rows_read_from(&db, "log_entries").await;
+
+    let store = hub_server::store::open(&db.url, PoolSettings::default())
+        .await
+        .unwrap();
+    let exchanges = |records: &[String]| -> Vec<String> {
+        let mut ids: Vec<String> = records
+            .iter()
+            .map(|r| {
+                serde_json::from_str::<serde_json::Value>(r).unwrap()["exchange_id"].to_string()
+            })
+            .collect();
+        ids.dedup();
+        ids
+    };
+    let (records, next) = store.subject_records("often", 5, None).await.unwrap();
+    assert_eq!(records.len(), 10, "5 exchanges, 2 entries each");
+    assert_eq!(next, Some(8), "the 5th exchange begins at entry 8");
+    let (records, next) = store
+        .subject_records("often", 5, Some(1_999))
+        .await
+        .unwrap();
+    assert_eq!(exchanges(&records).len(), 5);
+    assert_eq!(next, Some(2_008), "exchanges 1,000 to 1,004");
+    // Exchanges that touched "seldom" only with their answer, the last
+    // ones past the index: in the order they began.
+    let (records, next) = store
+        .subject_records("seldom", 3, Some(3_900))
+        .await
+        .unwrap();
+    assert_eq!(
+        exchanges(&records).len(),
+        3,
+        "exchanges 1,960, 1,970, 1,980"
+    );
+    assert_eq!(next, Some(3_960));
+    drop(store);
+    let read = rows_read_from(&db, "log_entries").await - before;
+    assert!(
+        read < 400,
+        "three pages of 5, 5 and 3 exchanges read {read} rows of a log whose \
+         subject touched {EXCHANGES} exchanges"
+    );
     db.drop_now().await;
 }
 

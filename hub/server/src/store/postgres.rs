@@ -756,10 +756,11 @@ impl Store for PgStore {
             // the mark this transaction holds locked and moves), so plain
             // inserts: `ON CONFLICT DO NOTHING` made each row ~40 % dearer.
             // DISTINCT keeps a subject listed twice in one entry from
-            // stopping the index for good.
+            // stopping the index for good. `MIN(f.idx + 0)`: see
+            // `subject_records`.
             sqlx::query(
-                "INSERT INTO subjects (subject, idx)
-                 SELECT DISTINCT j, e.idx
+                "INSERT INTO subjects (subject, exchange_first, idx)
+                 SELECT DISTINCT j, (SELECT MIN(f.idx + 0) FROM log_entries f WHERE f.exchange_id = e.exchange_id), e.idx
                  FROM log_entries e, jsonb_array_elements_text(e.subjects::jsonb) j
                  WHERE e.idx >= $1 AND e.idx < $2 AND e.subjects IS NOT NULL",
             )
@@ -785,28 +786,29 @@ impl Store for PgStore {
         after: Option<u64>,
     ) -> Result<(Vec<String>, Option<u64>), StoreError> {
         // One more exchange than asked for says whether there are more.
-        // Written for the generic plan (see `open`), which cannot know
-        // the values: each step hands the next an array (`= ANY(ARRAY(...))`),
-        // looked up by index, and the unindexed tail is a range bounded on
-        // both sides, which the planner takes for a short one (`idx >=`
-        // alone it takes for a third of the table). Joined as sets, with
-        // the tail open-ended, the plan read the whole log twice.
+        // The index is read in the order the exchanges began, from
+        // `after`, and only as far as the page goes; the unindexed tail
+        // (bounded on both sides, which the planner takes for a short
+        // range) adds its exchanges. Written for the generic plan (see
+        // `open`), which cannot know the values: each later step hands
+        // the next an array (`= ANY(ARRAY(...))`), looked up by index.
+        // `MIN(f.idx + 0)`: over `idx` itself the plan walks the whole
+        // log in key order for the first row of the exchange.
         let rows: Vec<(String, i64)> = sqlx::query_as(
-            "WITH hits AS (
-                SELECT s.idx FROM subjects s WHERE s.subject = $1
+            "WITH firsts AS (
+                (SELECT DISTINCT s.exchange_first AS first FROM subjects s
+                 WHERE s.subject = $1 AND s.exchange_first > $3
+                 ORDER BY s.exchange_first LIMIT $2)
                 UNION
-                SELECT t.idx FROM log_entries t, jsonb_array_elements_text(t.subjects::jsonb) j
+                SELECT (SELECT MIN(f.idx + 0) FROM log_entries f WHERE f.exchange_id = t.exchange_id)
+                FROM log_entries t, jsonb_array_elements_text(t.subjects::jsonb) j
                 WHERE t.idx BETWEEN (SELECT indexed_up_to FROM subject_index_state)
                                 AND (SELECT max(idx) FROM log_entries)
                   AND t.subjects IS NOT NULL AND j = $1),
-             hit_exchanges AS (
-                SELECT DISTINCT e.exchange_id FROM log_entries e
-                WHERE e.idx = ANY(ARRAY(SELECT idx FROM hits))),
+             page AS (SELECT first FROM firsts WHERE first > $3 ORDER BY first LIMIT $2),
              touched AS (
-                SELECT e.exchange_id, MIN(e.idx) AS first FROM log_entries e
-                WHERE e.exchange_id = ANY(ARRAY(SELECT exchange_id FROM hit_exchanges))
-                GROUP BY e.exchange_id HAVING MIN(e.idx) > $3
-                ORDER BY first LIMIT $2)
+                SELECT e.exchange_id, e.idx AS first FROM log_entries e
+                WHERE e.idx = ANY(ARRAY(SELECT first FROM page)))
              SELECT e.record, t.first FROM log_entries e JOIN touched t ON t.exchange_id = e.exchange_id
              WHERE e.exchange_id = ANY(ARRAY(SELECT exchange_id FROM touched))
              ORDER BY e.idx",

@@ -582,8 +582,9 @@ impl Store for SqliteStore {
         .map_err(db)?;
         if to > from {
             sqlx::query(
-                "INSERT OR IGNORE INTO subjects (subject, idx)
-                 SELECT j.value, e.idx FROM log_entries e, json_each(e.subjects) j
+                "INSERT OR IGNORE INTO subjects (subject, exchange_first, idx)
+                 SELECT j.value, (SELECT MIN(f.idx + 0) FROM log_entries f WHERE f.exchange_id = e.exchange_id), e.idx
+                 FROM log_entries e, json_each(e.subjects) j
                  WHERE e.idx >= ?1 AND e.idx < ?2 AND e.subjects IS NOT NULL",
             )
             .bind(from)
@@ -607,19 +608,26 @@ impl Store for SqliteStore {
         limit: u32,
         after: Option<u64>,
     ) -> Result<(Vec<String>, Option<u64>), StoreError> {
-        // One more exchange than asked for says whether there are more.
+        // One more exchange than asked for says whether there are more;
+        // as on PostgreSQL, the index is read in the order the exchanges
+        // began, from `after`, only as far as the page goes. `idx + 0`:
+        // the exchange's entries found by the exchange index, not by
+        // walking the log in key order.
         let rows: Vec<(String, i64)> = sqlx::query_as(
-            "WITH touched AS (
-                SELECT e.exchange_id, MIN(e.idx) AS first FROM log_entries e
-                WHERE e.exchange_id IN (
-                    SELECT h.exchange_id FROM log_entries h WHERE h.idx IN (
-                        SELECT s.idx FROM subjects s WHERE s.subject = ?1
-                        UNION
-                        SELECT t.idx FROM log_entries t, json_each(t.subjects) j
-                        WHERE t.idx >= (SELECT indexed_up_to FROM subject_index_state)
-                          AND t.subjects IS NOT NULL AND j.value = ?1))
-                GROUP BY e.exchange_id HAVING MIN(e.idx) > ?3
-                ORDER BY first LIMIT ?2)
+            "WITH firsts AS (
+                SELECT first FROM (
+                    SELECT DISTINCT s.exchange_first AS first FROM subjects s
+                    WHERE s.subject = ?1 AND s.exchange_first > ?3
+                    ORDER BY s.exchange_first LIMIT ?2)
+                UNION
+                SELECT (SELECT MIN(f.idx + 0) FROM log_entries f WHERE f.exchange_id = t.exchange_id)
+                FROM log_entries t, json_each(t.subjects) j
+                WHERE t.idx >= (SELECT indexed_up_to FROM subject_index_state)
+                  AND t.subjects IS NOT NULL AND j.value = ?1),
+             page AS (SELECT first FROM firsts WHERE first > ?3 ORDER BY first LIMIT ?2),
+             touched AS (
+                SELECT e.exchange_id, e.idx AS first FROM log_entries e
+                WHERE e.idx IN (SELECT first FROM page))
              SELECT e.record, t.first FROM log_entries e JOIN touched t ON t.exchange_id = e.exchange_id
              ORDER BY e.idx",
         )
