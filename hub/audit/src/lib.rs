@@ -57,19 +57,21 @@ const MAX_FINDINGS: usize = 1000;
 /// A bundle cannot be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("{path}: {source}")]
+    // `cause`, not `source`: the message names it already, and a source
+    // would be printed twice in an error chain (`{:#}`).
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
 
 pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
-    move |source| BundleError::Io {
+    move |cause| BundleError::Io {
         path: path.to_owned(),
-        source,
+        cause,
     }
 }
 

@@ -31,11 +31,10 @@ pub enum ClientError {
     File { path: String, message: String },
     #[error("TLS: {0}")]
     Tls(String),
-    #[error("connecting to {addr}: {source}")]
-    Connect {
-        addr: String,
-        source: std::io::Error,
-    },
+    // `cause`, not `source`: the message names it already, and a source
+    // would be printed twice in an error chain (`{:#}`).
+    #[error("connecting to {addr}: {cause}")]
+    Connect { addr: String, cause: std::io::Error },
     #[error("HTTP: {0}")]
     Http(String),
     #[error("the response is not JSON: {0}")]
@@ -236,9 +235,9 @@ impl HubClient {
         let addr = format!("{}:{}", self.host, self.port);
         let tcp = TcpStream::connect(&addr)
             .await
-            .map_err(|source| ClientError::Connect {
+            .map_err(|cause| ClientError::Connect {
                 addr: addr.clone(),
-                source,
+                cause,
             })?;
         let _ = tcp.set_nodelay(true);
         let name =

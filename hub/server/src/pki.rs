@@ -29,10 +29,12 @@ use time::{Duration, OffsetDateTime};
 /// A PKI operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("{path}: {source}")]
+    // `cause`, not `source`: the message names it already, and a source
+    // would be printed twice in an error chain (`{:#}`).
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
@@ -41,9 +43,9 @@ pub enum PkiError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
-    move |source| PkiError::Io {
+    move |cause| PkiError::Io {
         path: path.to_owned(),
-        source,
+        cause,
     }
 }
 
