@@ -1,6 +1,9 @@
 //! The hub's command line: serve, initialise, administer the registry of
-//! agencies, services, grants and subscriptions, and act as an agency
-//! (send an exchange, read an inbox) with that agency's dev certificate.
+//! agencies, services, grants and subscriptions, act as an agency (send an
+//! exchange, read an inbox, ask who saw a person's data) with that
+//! agency's dev certificate, run a reference adapter as its own process,
+//! re-drive dead letters, rotate the hub's key, run a witness, purge old
+//! bodies, and audit the log offline.
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
