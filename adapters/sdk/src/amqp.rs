@@ -592,7 +592,7 @@ pub enum Settle {
 /// delivery up to its tag. So deliveries are registered as they arrive,
 /// marked when their consumer is done, and the run of done ones from the
 /// oldest open delivery is acknowledged in one frame. One done behind a
-/// delivery still open waits at most [`ACK_DELAY`], then is acknowledged
+/// delivery still open waits at most 20 ms (`ACK_DELAY`), then is acknowledged
 /// alone, so that a slow delivery does not hold the others' prefetch slots.
 pub struct Acks {
     ch: Channel,

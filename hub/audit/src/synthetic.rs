@@ -123,7 +123,7 @@ pub fn write_bundle(
 
 /// Write a bundle of `entries` (each draft with its body) to `dir`: the
 /// bodies committed to and sealed with `data_key`, the entries sealed in
-/// batches of [`GROUP_COMMIT`] and signed with `key`, a checkpoint every
+/// batches of 100 (`GROUP_COMMIT`) and signed with `key`, a checkpoint every
 /// `checkpoint_every` entries and at the end; returns the keys to pin.
 pub fn write_log(
     dir: &Path,

@@ -306,7 +306,7 @@ pub struct AppendItem {
     /// [`AppendItem::message`] sealed with the data key (the exchange id as
     /// associated data), for the outbox and for inbox rows that cannot point
     /// at the entry; `None` when no effect needs it
-    /// ([`Effect::need_sealed_message`]).
+    /// (`Effect::need_sealed_message`).
     pub sealed_message: Option<Vec<u8>>,
 }
 
@@ -648,7 +648,8 @@ pub struct OutboxRow {
     pub seq: i64,
     pub recipient: Member,
     pub exchange_id: ExchangeId,
-    /// Sealed like [`Delivery::sealed`].
+    /// The message sealed with the data key, the exchange id as
+    /// associated data (as [`AppendItem::sealed_message`]).
     pub sealed: Vec<u8>,
 }
 
