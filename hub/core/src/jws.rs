@@ -170,6 +170,27 @@ impl fmt::Debug for SecretKeyBytes {
     }
 }
 
+/// The DER an Ed25519 PKCS#8 document begins with, up to the seed: in
+/// the RFC 8410 form (version 1, no public key) and in the version 2 form
+/// ring makes (the public key after the seed, `[1] IMPLICIT BIT STRING`).
+const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+const ED25519_PKCS8_V2_PREFIX: [u8; 16] = [
+    0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// The RFC 8410 (version 1) form of ring's version 2 Ed25519 document.
+fn pkcs8_v1_of(v2: &[u8]) -> Result<Vec<u8>, JwsError> {
+    let seed = v2
+        .strip_prefix(&ED25519_PKCS8_V2_PREFIX[..])
+        .and_then(|rest| rest.get(..32))
+        .ok_or(JwsError::InvalidKey(
+            "an unexpected PKCS#8 document from ring",
+        ))?;
+    Ok([&ED25519_PKCS8_V1_PREFIX[..], seed].concat())
+}
+
 /// An Ed25519 signing key with its key id.
 pub struct SigningKey {
     pair: Ed25519KeyPair,
@@ -185,12 +206,22 @@ impl fmt::Debug for SigningKey {
 }
 
 impl SigningKey {
-    /// A new Ed25519 key from `rng`; returns the key and its PKCS#8 bytes.
+    /// A new Ed25519 key from `rng`; returns the key and its PKCS#8 bytes
+    /// in the RFC 8410 form (version 1, the seed alone). ring makes a
+    /// version 2 document (with the public key), which OpenSSL 3.0 and
+    /// the JOSE libraries built on it refuse: a key the hub writes must
+    /// open in the integrator's tools too.
     pub fn generate(rng: &dyn SecureRandom) -> Result<(Self, SecretKeyBytes), JwsError> {
         let doc =
             Ed25519KeyPair::generate_pkcs8(rng).map_err(|_| JwsError::InvalidKey("generate"))?;
-        let secret = SecretKeyBytes(doc.as_ref().to_vec());
-        Ok((Self::from_pkcs8(&secret)?, secret))
+        let secret = SecretKeyBytes(pkcs8_v1_of(doc.as_ref())?);
+        let key = Self::from_pkcs8(&secret)?;
+        let made = Ed25519KeyPair::from_pkcs8(doc.as_ref())
+            .map_err(|_| JwsError::InvalidKey("generate"))?;
+        if key.public_key_bytes() != made.public_key().as_ref() {
+            return Err(JwsError::InvalidKey("generate"));
+        }
+        Ok((key, secret))
     }
 
     /// Load an Ed25519 key from PKCS#8 (v1 or v2).
@@ -388,6 +419,59 @@ mod tests {
             b64url(mac.as_ref()),
             "A5dxf2s96_n5FLueVuW1Z_vh161FwXZC4YLPff6dmDY"
         );
+    }
+
+    /// RFC 8410 section 10.3's example private key: the form OpenSSL
+    /// writes and reads.
+    const RFC8410_EXAMPLE: &str =
+        "MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC";
+
+    #[test]
+    fn generated_keys_are_written_in_the_rfc_8410_form() {
+        use base64::Engine as _;
+        let example = base64::engine::general_purpose::STANDARD
+            .decode(RFC8410_EXAMPLE)
+            .unwrap();
+        let rng = ring::rand::SystemRandom::new();
+        let (key, secret) = SigningKey::generate(&rng).unwrap();
+        let der = secret.expose();
+        assert_eq!(der.len(), example.len(), "the seed alone, no public key");
+        assert_eq!(
+            der[..16],
+            example[..16],
+            "version 1, Ed25519, a 32-byte seed"
+        );
+        let again = SigningKey::from_pkcs8(&secret).unwrap();
+        assert_eq!(again.kid(), key.kid());
+        assert_eq!(again.sign_detached(b"x"), key.sign_detached(b"x"));
+    }
+
+    #[test]
+    fn keys_in_either_pkcs8_form_load() {
+        use base64::Engine as _;
+        let example = base64::engine::general_purpose::STANDARD
+            .decode(RFC8410_EXAMPLE)
+            .unwrap();
+        let key = SigningKey::from_pkcs8(&SecretKeyBytes::new(example)).unwrap();
+        // RFC 8410 10.3 names the example's public key.
+        assert_eq!(
+            hex(&key.public_key_bytes()),
+            "19bf44096984cdfe8541bac167dc3b96c85086aa30b6b6cb0c5c38ad703166e1"
+        );
+        // A key file written before: ring's version 2 document.
+        let rng = ring::rand::SystemRandom::new();
+        let v2 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let made = Ed25519KeyPair::from_pkcs8(v2.as_ref()).unwrap();
+        let loaded = SigningKey::from_pkcs8(&SecretKeyBytes::new(v2.as_ref().to_vec())).unwrap();
+        assert_eq!(loaded.public_key_bytes(), made.public_key().as_ref());
+        assert_eq!(
+            pkcs8_v1_of(v2.as_ref()).unwrap()[..16],
+            ED25519_PKCS8_V1_PREFIX
+        );
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     #[test]
