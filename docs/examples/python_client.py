@@ -13,7 +13,9 @@ its own, sent twice to show idempotency); the tax office leasing its
 inbox and acknowledging the event. Every record the hub returns - reply,
 inbox message, receipt - is checked against the hub's published keys
 (the seal: the record's path to its batch root and the hub's signature
-over that root) and every body against the record's salted commitment.
+over that root) and every body against the record's salted commitment;
+then the event and its receipt are proved in a signed checkpoint, and
+that checkpoint consistent with the one before the client began.
 It exits non-zero at the first check that fails. The end-to-end test
 `tests/tests/foreign_client.rs` runs it against a real hub.
 """
@@ -86,14 +88,20 @@ class Hub:
         connection.close()
         return response.status, json.loads(text)
 
-    def keys(self):
-        """The hub's signing keys from the public listener, by kid."""
+    def public_get(self, path):
+        """A GET on the public listener (no client certificate): status, text."""
         host, port = self.public.rsplit(":", 1)
         connection = http.client.HTTPSConnection(host, int(port), context=self._context())
-        connection.request("GET", "/.well-known/jwks.json")
-        jwks = json.loads(connection.getresponse().read())
+        connection.request("GET", path)
+        response = connection.getresponse()
+        text = response.read().decode()
         connection.close()
-        return {k["kid"]: k for k in jwks["keys"]}
+        return response.status, text
+
+    def keys(self):
+        """The hub's signing keys from the public listener, by kid."""
+        _, text = self.public_get("/.well-known/jwks.json")
+        return {k["kid"]: k for k in json.loads(text)["keys"]}
 
 
 def sign_envelope(pki: str, member: str, envelope: dict) -> str:
@@ -148,11 +156,70 @@ def root_from_path(index: int, size: int, leaf: bytes, path: list) -> bytes:
     return r
 
 
+def verify_consistency(first: int, second: int, first_root: bytes, second_root: bytes, path: list) -> None:
+    """RFC 9162 section 2.1.4.2: the tree of `second` leaves extends that of `first`."""
+    if first > second:
+        raise ValueError("an older size larger than the newer")
+    if first == second:
+        if path or first_root != second_root:
+            raise ValueError("equal sizes, different roots or a proof")
+        return
+    if first == 0 or not path:
+        raise ValueError("nothing to prove from, or no proof")
+    if first & (first - 1) == 0:
+        path = [first_root] + path
+    fn, sn = first - 1, second - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            raise ValueError("consistency proof too long")
+        if fn & 1 or fn == sn:
+            fr = hashlib.sha256(b"\x01" + c + fr).digest()
+            sr = hashlib.sha256(b"\x01" + c + sr).digest()
+            if not fn & 1:
+                while not fn & 1 and fn != 0:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            sr = hashlib.sha256(b"\x01" + sr + c).digest()
+        fn >>= 1
+        sn >>= 1
+    if sn != 0 or fr != first_root or sr != second_root:
+        raise ValueError("the consistency proof does not hold")
+
+
+def verify_checkpoint(note: str, keys: dict):
+    """A C2SP signed note holding a tlog-checkpoint, signed by one of the
+    hub's keys (its note key derived from the JWKS): (origin, size, root)."""
+    body, _, signatures = note.partition("\n\n")
+    body += "\n"
+    origin, size, root = body.splitlines()[:3]
+    for line in signatures.splitlines():
+        dash, name, blob = line.split(" ")
+        if dash != "\u2014" or name != origin:
+            continue
+        blob = base64.b64decode(blob)
+        for key in keys.values():
+            public = unb64u(key["x"])
+            key_id = hashlib.sha256(origin.encode() + b"\n\x01" + public).digest()[:4]
+            if blob[:4] == key_id:
+                Ed25519PublicKey.from_public_bytes(public).verify(blob[4:], body.encode())
+                return origin, int(size), base64.b64decode(root)
+    raise ValueError("no signature by the hub's keys on the checkpoint")
+
+
+def leaf_hash(record: dict) -> bytes:
+    statement = {k: v for k, v in record.items() if k != "hub_seal"}
+    return hashlib.sha256(b"\x00" + jcs(statement).encode()).digest()
+
+
 def verify_record(record: dict, keys: dict, body=None, salt=None) -> None:
     """protocol.md, "Verifying the hub's seal", steps 2-5."""
-    statement = {k: v for k, v in record.items() if k != "hub_seal"}
     seal = record["hub_seal"]
-    leaf = hashlib.sha256(b"\x00" + jcs(statement).encode()).digest()
+    leaf = leaf_hash(record)
     first, size = seal["first"], seal["size"]
     if not first <= record["index"] < first + size:
         raise ValueError("the record is not in the batch its seal names")
@@ -178,6 +245,9 @@ def main() -> None:
     args = parser.parse_args()
     hub = Hub(args.pki, args.api, args.public)
     keys = hub.keys()
+    # The log as it stands before this client adds to it (404 while empty).
+    status, note = hub.public_get("/v1/log/checkpoint")
+    before = verify_checkpoint(note, keys) if status == 200 else None
 
     # A query, unsigned (the one-stop office registered no key).
     one_stop = "000.00.29.H29/one-stop"
@@ -246,6 +316,34 @@ def main() -> None:
     status, acks = hub.call(tax, "POST", "/v1/inbox/ack", {"exchange_ids": [event["id"]]})
     must(status == 200 and acks["unknown"] == [event["id"]], "a second acknowledgement is unknown")
     print(f"receipt of {event['id']} by {tax}: log index {receipt['index']}, seal verified")
+
+    # A checkpoint that covers the receipt (signed within a second or so),
+    # the event and receipt proved in it, and the log only grown since the
+    # checkpoint read at the start.
+    deadline = time.time() + 30
+    while True:
+        status, note = hub.public_get("/v1/log/checkpoint")
+        if status == 200:
+            origin, size, root = verify_checkpoint(note, keys)
+            if size > receipt["index"]:
+                break
+        must(time.time() < deadline, "a checkpoint covering the receipt within 30 s")
+        time.sleep(0.2)
+    for record in (published["record"], receipt):
+        status, proof = hub.call(tax if record is receipt else publisher, "GET",
+                                 f"/v1/log/proof/inclusion?index={record['index']}&size={size}")
+        must(status == 200, f"an inclusion proof: {status} {proof}")
+        must(base64.b64decode(proof["leaf_hash"]) == leaf_hash(record), "the proof is of this record")
+        path = [base64.b64decode(p) for p in proof["proof"]]
+        must(root_from_path(record["index"], size, leaf_hash(record), path) == root,
+             f"entry {record['index']} is in the checkpoint's tree")
+    if before is not None:
+        _, old_size, old_root = before
+        status, proof = hub.call(tax, "GET", f"/v1/log/proof/consistency?from={old_size}&to={size}")
+        must(status == 200, f"a consistency proof: {status} {proof}")
+        verify_consistency(old_size, size, old_root, root, [base64.b64decode(p) for p in proof["proof"]])
+    grown = f"; grew from size {before[1]} consistently" if before else ""
+    print(f"checkpoint {origin} size {size}: signature, both inclusion proofs verified{grown}")
 
 
 if __name__ == "__main__":

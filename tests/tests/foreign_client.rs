@@ -8,6 +8,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 
 use hub_e2e::*;
 
@@ -40,7 +41,24 @@ async fn a_python_client_written_from_the_protocol_doc_exchanges_and_verifies() 
             return;
         }
     };
-    let hub = TestHub::start().await;
+    let hub = TestHub::start_in(Arc::new(tempfile::tempdir().unwrap()), |c| {
+        c.checkpoint_interval_ms = 50;
+    })
+    .await;
+    // A log with a checkpoint already, for the client to prove that the
+    // log only grew from it.
+    let (status, reply) = hub.send(citizen_lookup("001085012345")).await;
+    assert_eq!(status, http::StatusCode::OK, "{reply}");
+    let signed = eventually(|| async {
+        let (status, _) = hub
+            .public_client()
+            .send(http::Method::GET, "/v1/log/checkpoint", None)
+            .await
+            .ok()?;
+        (status == http::StatusCode::OK).then_some(())
+    })
+    .await;
+    assert!(signed.is_some(), "a first checkpoint");
     let running = hub.running();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/python_client.py");
     let pki = running.pki.dir.clone();
@@ -60,6 +78,10 @@ async fn a_python_client_written_from_the_protocol_doc_exchanges_and_verifies() 
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
 
+    assert!(
+        stdout.contains("both inclusion proofs verified; grew from size"),
+        "{stdout}"
+    );
     // What it says it did is in the log: the query answered, the event
     // logged once (the retry too), and the tax office's receipt of it.
     let event_id = stdout
