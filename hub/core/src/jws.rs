@@ -209,8 +209,8 @@ impl SigningKey {
     /// A new Ed25519 key from `rng`; returns the key and its PKCS#8 bytes
     /// in the RFC 8410 form (version 1, the seed alone). ring makes a
     /// version 2 document (with the public key), which OpenSSL 3.0 and
-    /// the JOSE libraries built on it refuse: a key the hub writes must
-    /// open in the integrator's tools too.
+    /// Python's `cryptography` refuse: a key the hub writes must open in
+    /// the integrator's tools too.
     pub fn generate(rng: &dyn SecureRandom) -> Result<(Self, SecretKeyBytes), JwsError> {
         let doc =
             Ed25519KeyPair::generate_pkcs8(rng).map_err(|_| JwsError::InvalidKey("generate"))?;
