@@ -16,7 +16,6 @@ use clap::{Args, Parser, Subcommand};
 use hub_client::{HubClient, SealVerifier, sign_envelope, verify_reply};
 use hub_core::fields::FieldSet;
 use hub_core::ids::{ExchangeId, Member, PurposeCode, ServiceName};
-use hub_core::jws::Jwk;
 use hub_server::admin::AdminChange;
 use hub_server::clock::{SystemClock, SystemRandom};
 use hub_server::pki::{PkiPaths, issue_client_cert, read_signing_key};
@@ -248,9 +247,10 @@ pub enum AgencyCmd {
     /// Register (or, with --none, remove) the Ed25519/P-256 public JWK that must sign the member's envelopes.
     SetKey {
         member: Member,
-        /// A file holding the public JWK (its kid must be its RFC 7638 thumbprint).
-        #[arg(long, conflicts_with = "none")]
-        jwk: Option<PathBuf>,
+        /// A file holding the public key: a PEM public key (`openssl pkey
+        /// -pubout`), or a JWK whose kid is its RFC 7638 thumbprint.
+        #[arg(long = "public-key", alias = "jwk", conflicts_with = "none")]
+        public_key: Option<PathBuf>,
         #[arg(long)]
         none: bool,
     },
@@ -1088,18 +1088,15 @@ async fn agency(config: &Config, admin: &AdminTarget, cmd: AgencyCmd) -> anyhow:
                 println!("key:         {}", pki.agency_key(&member).display());
             }
         }
-        AgencyCmd::SetKey { member, jwk, none } => {
-            let key = match (jwk, none) {
-                (Some(path), false) => {
-                    let text = std::fs::read_to_string(&path)
-                        .with_context(|| path.display().to_string())?;
-                    Some(
-                        Jwk::parse(&text)
-                            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-                    )
-                }
+        AgencyCmd::SetKey {
+            member,
+            public_key,
+            none,
+        } => {
+            let key = match (public_key, none) {
+                (Some(path), false) => Some(hub_server::pki::read_public_jwk(&path)?),
                 (None, true) => None,
-                _ => bail!("give --jwk FILE or --none"),
+                _ => bail!("give --public-key FILE or --none"),
             };
             let kid = key.as_ref().map_or("removed".into(), |k| k.kid.clone());
             admin_change(

@@ -192,3 +192,69 @@ fn rotated_keys_sign_from_now_on_and_retired_ones_still_verify() {
         text(&verify)
     );
 }
+
+/// RFC 8410's example key pair (sections 10.1 and 10.3), in the forms
+/// OpenSSL writes: the private key as PKCS#8 version 1, the public key
+/// as a SubjectPublicKeyInfo.
+const RFC8410_PRIVATE: &str = "MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC";
+const RFC8410_PUBLIC: &str = "MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=";
+
+#[test]
+fn an_agency_registers_and_signs_with_a_key_made_by_openssl() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let pki = PkiPaths::new(data);
+    let tax: Member = TAX.parse().unwrap();
+    let served = serve(data);
+    // The tax office's key from OpenSSL: `openssl genpkey -algorithm
+    // ed25519` and `openssl pkey -pubout` write these two files.
+    std::fs::write(
+        pki.agency_signing_key(&tax),
+        hub_server::pki::pkcs8_pem(&b64(RFC8410_PRIVATE)),
+    )
+    .unwrap();
+    let public = data.join("tax.pub.pem");
+    std::fs::write(
+        &public,
+        format!("-----BEGIN PUBLIC KEY-----\n{RFC8410_PUBLIC}\n-----END PUBLIC KEY-----\n"),
+    )
+    .unwrap();
+    let set = admin(
+        data,
+        &served,
+        &[
+            "agency",
+            "set-key",
+            TAX,
+            "--public-key",
+            public.to_str().unwrap(),
+        ],
+    );
+    assert!(set.status.success(), "{}", text(&set));
+    let sent = tax_verify(data, &served.api, "T-OSSL-1");
+    assert!(sent.status.success(), "{}", text(&sent));
+    // The kid the hub checked is the RFC 7638 thumbprint of that key.
+    let kid = hub_core::jws::Jwk::ed25519(&b64(RFC8410_PUBLIC)[12..]).kid;
+    assert!(text(&set).contains(&kid), "{}", text(&set));
+    // Not a public key: said so, nothing registered.
+    let wrong = admin(
+        data,
+        &served,
+        &[
+            "agency",
+            "set-key",
+            TAX,
+            "--public-key",
+            pki.agency_signing_key(&tax).to_str().unwrap(),
+        ],
+    );
+    assert!(!wrong.status.success());
+    assert!(
+        text(&wrong).contains("neither a JWK nor a PEM public key"),
+        "{}",
+        text(&wrong)
+    );
+    stop(served);
+}

@@ -91,6 +91,41 @@ impl Jwk {
         jwk
     }
 
+    /// The JWK of a DER SubjectPublicKeyInfo (what `openssl pkey -pubout`
+    /// writes, PEM-decoded): an Ed25519 key or an uncompressed P-256 point,
+    /// its thumbprint as `kid`.
+    pub fn from_spki_der(der: &[u8]) -> Result<Self, JwsError> {
+        // Both are fixed DER: the algorithm identifier, then the key.
+        const ED25519: &[u8] = &[
+            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+        ];
+        const P256: &[u8] = &[
+            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
+            0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00, 0x04,
+        ];
+        if let Some(key) = der.strip_prefix(ED25519).filter(|k| k.len() == 32) {
+            return Ok(Self::ed25519(key));
+        }
+        let Some(point) = der.strip_prefix(P256).filter(|p| p.len() == 64) else {
+            return Err(JwsError::InvalidKey(
+                "not an Ed25519 or uncompressed P-256 public key (SubjectPublicKeyInfo)",
+            ));
+        };
+        let mut jwk = Jwk {
+            kty: "EC".into(),
+            crv: "P-256".into(),
+            x: b64url(&point[..32]),
+            y: Some(b64url(&point[32..])),
+            kid: String::new(),
+            alg: Some("ES256".into()),
+            use_: Some("sig".into()),
+            valid_from: None,
+            valid_until: None,
+        };
+        jwk.kid = jwk.thumbprint()?;
+        Ok(jwk)
+    }
+
     /// Parse a JWK from JSON text and check that its `kid` is its thumbprint.
     pub fn parse(text: &str) -> Result<Self, JwsError> {
         let jwk: Jwk = serde_json::from_str(text).map_err(|_| JwsError::InvalidKey("not a JWK"))?;
@@ -468,6 +503,63 @@ mod tests {
             pkcs8_v1_of(v2.as_ref()).unwrap()[..16],
             ED25519_PKCS8_V1_PREFIX
         );
+    }
+
+    /// Public keys OpenSSL wrote (`openssl pkey -pubout`), with the JWK
+    /// and RFC 7638 thumbprint Python's `cryptography` computed of each.
+    #[test]
+    fn public_keys_openssl_wrote_read_as_their_jwks() {
+        use base64::Engine as _;
+        let der = |b64: &str| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap()
+        };
+        let ed = Jwk::from_spki_der(&der(
+            "MCowBQYDK2VwAyEATaFRzU1ONss7znRwsUKj6xZJ+suu3T1VW6vb+2wnn/Y=",
+        ))
+        .unwrap();
+        assert_eq!(
+            (
+                ed.kty.as_str(),
+                ed.crv.as_str(),
+                ed.x.as_str(),
+                ed.y.as_deref()
+            ),
+            (
+                "OKP",
+                "Ed25519",
+                "TaFRzU1ONss7znRwsUKj6xZJ-suu3T1VW6vb-2wnn_Y",
+                None
+            )
+        );
+        assert_eq!(ed.kid, "8ybb0truoVark4xjU2zBoPGN40K772uS2tuorSy0BUE");
+        let ec = Jwk::from_spki_der(&der(
+            "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEdhwEfw3cmjCPZt7Ex96XfRSau+sOEBKOY12fWB8cOlpf1zYxL/zQC0ks5EStxmY0QcgMZm9dI63z9AXFgfjkug==",
+        ))
+        .unwrap();
+        assert_eq!(
+            (ec.kty.as_str(), ec.crv.as_str(), ec.x.as_str()),
+            ("EC", "P-256", "dhwEfw3cmjCPZt7Ex96XfRSau-sOEBKOY12fWB8cOlo")
+        );
+        assert_eq!(
+            ec.y.as_deref(),
+            Some("X9c2MS_80AtJLORErcZmNEHIDGZvXSOt8_QFxYH45Lo")
+        );
+        assert_eq!(ec.kid, "V_CyAAiID16hxbk_Nr2k8AWTjdV92yPhy1WKBvEpnNY");
+        // Both survive the registry's own check of a JWK.
+        for jwk in [&ed, &ec] {
+            assert_eq!(
+                &Jwk::parse(&serde_json::to_string(jwk).unwrap()).unwrap(),
+                jwk
+            );
+        }
+        // A private key, or a key of another kind, is not taken for one.
+        let private = der(RFC8410_EXAMPLE);
+        assert!(Jwk::from_spki_der(&private).is_err());
+        let mut short = der("MCowBQYDK2VwAyEATaFRzU1ONss7znRwsUKj6xZJ+suu3T1VW6vb+2wnn/Y=");
+        short.pop();
+        assert!(Jwk::from_spki_der(&short).is_err());
     }
 
     fn hex(bytes: &[u8]) -> String {

@@ -537,6 +537,9 @@ impl Hub {
                     index: item.sealed.record.statement.index,
                 }),
             },
+            // A registry change since the decision is no failure: the
+            // request is decided again (`DECISION_ATTEMPTS`).
+            Err(e @ AppendError::RegistryChanged { .. }) => append_failed(e),
             Err(e) => {
                 warn!(error = %e, "could not log a refusal");
                 append_failed(e)

@@ -17,13 +17,13 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use hub_core::handover::KeyHandover;
 use hub_core::ids::Member;
-use hub_core::jws::{Jwks, SecretKeyBytes, SigningKey};
+use hub_core::jws::{Jwk, Jwks, SecretKeyBytes, SigningKey};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, SubjectPublicKeyInfoDer};
 use time::{Duration, OffsetDateTime};
 
 /// A PKI operation failed.
@@ -199,6 +199,23 @@ pub fn read_signing_key(path: &Path) -> Result<SigningKey, PkiError> {
         path: path.to_owned(),
         message: e.to_string(),
     })
+}
+
+/// Read an agency's public key to register: a JWK (JSON, its `kid` the
+/// RFC 7638 thumbprint) or a PEM public key (`openssl pkey -pubout`).
+pub fn read_public_jwk(path: &Path) -> Result<Jwk, PkiError> {
+    let text = fs::read_to_string(path).map_err(io(path))?;
+    let invalid = |message: String| PkiError::Invalid {
+        path: path.to_owned(),
+        message,
+    };
+    if text.trim_start().starts_with('{') {
+        return Jwk::parse(&text).map_err(|e| invalid(e.to_string()));
+    }
+    let der = SubjectPublicKeyInfoDer::from_pem_slice(text.as_bytes()).map_err(|_| {
+        invalid("neither a JWK nor a PEM public key (-----BEGIN PUBLIC KEY-----)".into())
+    })?;
+    Jwk::from_spki_der(der.as_ref()).map_err(|e| invalid(e.to_string()))
 }
 
 /// Generate an Ed25519 signing key and write it as PKCS#8 PEM.
