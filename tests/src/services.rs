@@ -247,3 +247,29 @@ pub async fn publish_taken(
     let taken = crate::eventually(publish).await;
     assert!(taken.is_some(), "the broker kept refusing the message");
 }
+
+/// A Python interpreter for the examples in `docs/examples/`: the first
+/// of `python3` on PATH and Debian's `/usr/bin/python3` that imports every
+/// one of `modules` (`.ci/python` installs Debian's packages of them).
+/// Missing, it is reported as a missing service ([`unavailable`]).
+pub fn python_with(modules: &[&str]) -> Option<&'static str> {
+    let import = format!("import {}", modules.join(", "));
+    let mut why = Vec::new();
+    for python in ["python3", "/usr/bin/python3"] {
+        match std::process::Command::new(python)
+            .args(["-c", &import])
+            .output()
+        {
+            Ok(out) if out.status.success() => return Some(python),
+            Ok(out) => why.push(format!(
+                "{python}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => why.push(format!("{python}: {e}")),
+        }
+    }
+    unavailable(
+        &format!("python3 with {}", modules.join(" and ")),
+        why.join("; "),
+    )
+}

@@ -12,34 +12,10 @@ use std::sync::Arc;
 
 use hub_e2e::*;
 
-/// The first of `python3` on PATH and Debian's `/usr/bin/python3` that
-/// imports `cryptography`; why neither does, if not.
-fn python_with_cryptography() -> Result<&'static str, String> {
-    let mut why = Vec::new();
-    for python in ["python3", "/usr/bin/python3"] {
-        match Command::new(python)
-            .args(["-c", "import cryptography"])
-            .output()
-        {
-            Ok(out) if out.status.success() => return Ok(python),
-            Ok(out) => why.push(format!(
-                "{python}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )),
-            Err(e) => why.push(format!("{python}: {e}")),
-        }
-    }
-    Err(why.join("; "))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_client_written_from_the_protocol_doc_exchanges_and_verifies() {
-    let python = match python_with_cryptography() {
-        Ok(python) => python,
-        Err(why) => {
-            hub_e2e::services::unavailable::<()>("python3 with cryptography", why);
-            return;
-        }
+    let Some(python) = hub_e2e::services::python_with(&["cryptography"]) else {
+        return;
     };
     let hub = TestHub::start_in(Arc::new(tempfile::tempdir().unwrap()), |c| {
         c.checkpoint_interval_ms = 50;
