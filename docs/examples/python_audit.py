@@ -9,7 +9,8 @@ trusts only the pinned key set:
 
 It checks the log's integrity, as `hub audit verify --integrity-only`
 does: every record's place (`index`), its link to the one before
-(`prev`), its hub seal (or, for a version 1 record, its hub signature);
+(`prev`), its hub seal (version 2 records: those of hubs since batch
+seals; a bundle with older ones is for `hub audit verify`);
 every checkpoint's signature by a pinned key for the bundle's origin,
 that sizes never decrease and no size has two roots, and that the tree
 recomputed from the records has each checkpoint's root. It leaves to
@@ -99,26 +100,22 @@ def main() -> None:
                 fail("entry", n, "index", f"the record says {record.get('index')}")
             if record.get("prev") != b64u(prev):
                 fail("entry", n, "chain", "prev is not the leaf hash of the entry before")
+            leaf = leaf_hash(record)
             try:
-                if "hub_seal" in record:
-                    leaf = leaf_hash(record)
-                    seal = record["hub_seal"]
-                    first, size = seal["first"], seal["size"]
-                    if not first <= n < first + size:
-                        raise ValueError("the seal's batch does not hold this entry")
-                    path = [unb64u(p) for p in seal["path"]]
-                    root = root_from_path(n - first, size, leaf, path)
-                    batch = jcs({"first": first, "root": b64u(root), "size": size, "v": 2}).encode()
-                    if (batch, seal["signature"]) not in batches:  # each batch's signature once
-                        verify_detached(seal["signature"], batch, keys)
-                        batches.add((batch, seal["signature"]))
-                else:  # version 1: the hub signed exactly this record
-                    leaf = hashlib.sha256(b"\x00" + jcs(record).encode()).digest()
-                    statement = {k: v for k, v in record.items() if k != "hub_signature"}
-                    verify_detached(record["hub_signature"], jcs(statement).encode(), keys)
+                if "hub_seal" not in record:
+                    raise ValueError("no hub_seal (a version 1 record: use hub audit verify)")
+                seal = record["hub_seal"]
+                first, size = seal["first"], seal["size"]
+                if not first <= n < first + size:
+                    raise ValueError("the seal's batch does not hold this entry")
+                path = [unb64u(p) for p in seal["path"]]
+                root = root_from_path(n - first, size, leaf, path)
+                batch = jcs({"first": first, "root": b64u(root), "size": size, "v": 2}).encode()
+                if (batch, seal["signature"]) not in batches:  # each batch's signature once
+                    verify_detached(seal["signature"], batch, keys)
+                    batches.add((batch, seal["signature"]))
             except Exception as e:  # noqa: BLE001 - any failure to verify is a finding
                 fail("entry", n, "hub_signature", repr(e))
-                leaf = leaf_hash(record)
             tree.append(leaf)
             prev = leaf
             if tree.size in checkpoints and tree.root() != checkpoints[tree.size]:
