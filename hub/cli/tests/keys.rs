@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::{admin, export, hub, serve, stop, text};
 use hub_core::ids::Member;
 use hub_server::pki::{PkiPaths, generate_signing_key};
@@ -221,17 +223,20 @@ fn an_agency_registers_and_signs_with_a_key_made_by_openssl() {
         format!("-----BEGIN PUBLIC KEY-----\n{RFC8410_PUBLIC}\n-----END PUBLIC KEY-----\n"),
     )
     .unwrap();
-    let set = admin(
-        data,
-        &served,
-        &[
-            "agency",
-            "set-key",
-            TAX,
-            "--public-key",
-            public.to_str().unwrap(),
-        ],
-    );
+    let set_key = |file: &Path| {
+        admin(
+            data,
+            &served,
+            &[
+                "agency",
+                "set-key",
+                TAX,
+                "--public-key",
+                file.to_str().unwrap(),
+            ],
+        )
+    };
+    let set = set_key(&public);
     assert!(set.status.success(), "{}", text(&set));
     let sent = tax_verify(data, &served.api, "T-OSSL-1");
     assert!(sent.status.success(), "{}", text(&sent));
@@ -239,17 +244,7 @@ fn an_agency_registers_and_signs_with_a_key_made_by_openssl() {
     let kid = hub_core::jws::Jwk::ed25519(&b64(RFC8410_PUBLIC)[12..]).kid;
     assert!(text(&set).contains(&kid), "{}", text(&set));
     // Not a public key: said so, nothing registered.
-    let wrong = admin(
-        data,
-        &served,
-        &[
-            "agency",
-            "set-key",
-            TAX,
-            "--public-key",
-            pki.agency_signing_key(&tax).to_str().unwrap(),
-        ],
-    );
+    let wrong = set_key(&pki.agency_signing_key(&tax));
     assert!(!wrong.status.success());
     assert!(
         text(&wrong).contains("neither a JWK nor a PEM public key"),
