@@ -172,6 +172,8 @@ class Adapter:
             self.refuse_message(channel, method, properties, body,
                                 "neither a request nor a JSON array of requests")
             return
+        if several:
+            print(f"took {len(elements)} requests in one message", flush=True)
         redelivered = method.redelivered or (properties.headers or {}).get("x-delivery-count", 0) > 0
         if several and redelivered:
             # Perhaps one of them took an adapter down: each goes back alone.

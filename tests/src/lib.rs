@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod relay;
+pub mod requests;
 pub mod services;
 
 use std::sync::Arc;
@@ -175,6 +176,13 @@ impl TestHub {
     pub fn signing_key(&self, member: &str) -> SigningKey {
         let m: Member = member.parse().unwrap();
         read_signing_key(&self.running().pki.agency_signing_key(&m)).unwrap()
+    }
+
+    /// The hub's public keys, as adapter processes read them
+    /// (`<data_dir>/pki/hub-jwks.json`).
+    pub fn hub_keys(&self) -> hub_core::jws::Jwks {
+        let path = self.running().pki.dir.join("hub-jwks.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
     /// Every log entry's record, in order.

@@ -14,6 +14,7 @@ use hub_adapter_sdk::amqp::{Topology, WorkerConfig};
 use hub_adapter_sdk::{Adapter, AdapterRequest, HandlerFuture, ServiceSpec};
 use hub_core::ids::{ExchangeId, Member};
 use hub_e2e::relay::Relay;
+use hub_e2e::requests::{publish_requests, take_requests, waiting_requests};
 use hub_e2e::services::{AmqpNamespace, PgDatabase, publish_taken};
 use hub_e2e::*;
 use hub_server::broker::DeadLetter;
@@ -214,97 +215,6 @@ async fn entries_of(hub: &TestHub, id: &Value, kind: &str) -> usize {
         .iter()
         .filter(|r| r["exchange_id"] == *id && r["kind"] == kind)
         .count()
-}
-
-/// Take (unacknowledged) the messages of `queue` until they hold `n`
-/// requests: their exchange ids and bytes, in order, and the messages.
-async fn take_requests(
-    ch: &lapin::Channel,
-    queue: &str,
-    n: usize,
-    keys: &hub_core::jws::Jwks,
-) -> (
-    Vec<ExchangeId>,
-    Vec<Vec<u8>>,
-    Vec<lapin::message::BasicGetMessage>,
-) {
-    let seals = hub_core::log::SealVerifier::new();
-    let (mut ids, mut requests, mut messages) = (Vec::new(), Vec::new(), Vec::new());
-    while requests.len() < n {
-        let got = ch
-            .basic_get(queue.into(), lapin::options::BasicGetOptions::default())
-            .await
-            .unwrap();
-        let Some(message) = got else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        for part in hub_adapter_sdk::amqp::message_parts(&message.data).unwrap() {
-            let checked = hub_adapter_sdk::amqp::check_request(part, keys, &seals).unwrap();
-            ids.push(checked.request.exchange_id);
-            requests.push(part.to_vec());
-        }
-        messages.push(message);
-    }
-    (ids, requests, messages)
-}
-
-/// Requests waiting for the population registry, sent through `hub` by
-/// `n` senders, taken from the broker: the senders, the requests' ids and
-/// bytes, and the hub's reply queue.
-async fn waiting_requests(
-    setup_ns: &AmqpNamespace,
-    hub: &Arc<TestHub>,
-    instance: &str,
-    n: usize,
-) -> (
-    tokio::task::JoinSet<(StatusCode, Value)>,
-    Vec<ExchangeId>,
-    Vec<Vec<u8>>,
-) {
-    let topology = Topology::new(setup_ns.prefix.clone());
-    let provider: Member = POPULATION_REGISTRY.parse().unwrap();
-    let keys = worker(hub, setup_ns, &setup_ns.url).hub_keys;
-    let mut sending = tokio::task::JoinSet::new();
-    for _ in 0..n {
-        let hub = hub.clone();
-        sending.spawn(async move { hub.send(lookup()).await });
-    }
-    let (conn, ch) = setup_ns.client_channel().await;
-    topology.declare_provider(&ch, &provider).await.unwrap();
-    let (ids, requests, messages) =
-        take_requests(&ch, &topology.provider_queue(&provider), n, &keys).await;
-    for message in messages {
-        assert_eq!(
-            message.properties.reply_to().as_ref().map(|q| q.as_str()),
-            Some(topology.reply_queue(instance).as_str())
-        );
-        message
-            .ack(lapin::options::BasicAckOptions::default())
-            .await
-            .unwrap();
-    }
-    let _ = conn.close(200, "done".into()).await;
-    (sending, ids, requests)
-}
-
-/// Publish `requests` as one message to the population registry's queue,
-/// as the hub's relay does.
-async fn publish_requests(ns: &AmqpNamespace, instance: &str, requests: &[&[u8]]) {
-    let topology = Topology::new(ns.prefix.clone());
-    let provider: Member = POPULATION_REGISTRY.parse().unwrap();
-    let (conn, ch) = ns.client_channel().await;
-    publish_taken(
-        &ch,
-        (&topology.exchange(), &Topology::routing_key(&provider)),
-        &hub_adapter_sdk::amqp::array_message(requests),
-        lapin::BasicProperties::default()
-            .with_message_id("several".into())
-            .with_delivery_mode(2)
-            .with_reply_to(topology.reply_queue(instance).into()),
-    )
-    .await;
-    let _ = conn.close(200, "done".into()).await;
 }
 
 /// A request the hub did not sign, naming `id`.

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use http::StatusCode;
 use hub_adapter_sdk::amqp::Topology;
 use hub_core::ids::Member;
+use hub_e2e::requests::{publish_requests, waiting_requests};
 use hub_e2e::services::{AmqpNamespace, PgDatabase, publish_taken, python_with};
 use hub_e2e::*;
 use serde_json::json;
@@ -49,6 +50,15 @@ async fn a_python_adapter_written_from_the_protocol_doc_serves_the_hub_over_amqp
         c.instance = "hub-py".into();
     })
     .await;
+    // Two requests the hub sent while no adapter ran, taken from the queue
+    // and put back as one message of several, as the hub's relay sends
+    // what one outbox round holds for a provider.
+    let hub_shared = Arc::new(hub);
+    let (mut together, together_ids, requests) =
+        waiting_requests(&ns, &hub_shared, "hub-py", 2).await;
+    publish_requests(&ns, "hub-py", &[&requests[0], &requests[1]]).await;
+
+    let hub = &hub_shared;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/python_adapter.py");
     let output = hub.dir.path().join("adapter.out");
     let adapter = Running(
@@ -62,8 +72,11 @@ async fn a_python_adapter_written_from_the_protocol_doc_serves_the_hub_over_amqp
             .unwrap(),
     );
 
+    while let Some(done) = together.join_next().await {
+        let (status, reply) = done.unwrap();
+        assert_eq!(status, StatusCode::OK, "{reply}");
+    }
     // Queries at once: the hub may send some of them together, as an array.
-    let hub_shared = Arc::new(hub);
     let mut sending = tokio::task::JoinSet::new();
     for n in 0..8 {
         let hub = hub_shared.clone();
@@ -124,8 +137,10 @@ async fn a_python_adapter_written_from_the_protocol_doc_serves_the_hub_over_amqp
         said.contains(&format!("consuming {}", topology.provider_queue(&provider))),
         "{said}"
     );
+    assert!(said.contains("took 2 requests in one message"), "{said}");
     // Each answer was the Python adapter's (no other consumer runs).
-    for id in &answered {
+    let together_ids = together_ids.iter().map(ToString::to_string);
+    for id in answered.iter().cloned().chain(together_ids) {
         assert!(said.contains(&format!("answered {id}")), "{id}: {said}");
     }
 
