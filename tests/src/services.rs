@@ -273,3 +273,17 @@ pub fn python_with(modules: &[&str]) -> Option<&'static str> {
         why.join("; "),
     )
 }
+
+/// Point a test hub's configuration at `db` and the broker namespace
+/// `ns`, as hub instance `instance`.
+pub fn run_on(
+    config: &mut hub_server::config::Config,
+    db: &PgDatabase,
+    ns: &AmqpNamespace,
+    instance: &str,
+) {
+    config.database_url = db.url.clone();
+    config.amqp_url = ns.url.clone();
+    config.amqp_prefix = ns.prefix.clone();
+    config.instance = instance.to_owned();
+}

@@ -15,7 +15,7 @@ use hub_adapter_sdk::{Adapter, AdapterRequest, HandlerFuture, ServiceSpec};
 use hub_core::ids::{ExchangeId, Member};
 use hub_e2e::relay::Relay;
 use hub_e2e::requests::{publish_requests, take_requests, waiting_requests};
-use hub_e2e::services::{AmqpNamespace, PgDatabase, publish_taken};
+use hub_e2e::services::{AmqpNamespace, PgDatabase, publish_taken, run_on};
 use hub_e2e::*;
 use hub_server::broker::DeadLetter;
 use serde_json::{Value, json};
@@ -150,17 +150,8 @@ const PROVIDERS: [&str; 3] = [
 async fn start(instance: &str) -> Option<Setup> {
     let ns = AmqpNamespace::create(&PROVIDERS, &[instance]).await?;
     let db = PgDatabase::create().await?;
-    let (url, amqp, prefix, instance) = (
-        db.url.clone(),
-        ns.url.clone(),
-        ns.prefix.clone(),
-        instance.to_owned(),
-    );
     let hub = TestHub::start_in(Arc::new(tempfile::tempdir().unwrap()), |c| {
-        c.database_url = url;
-        c.amqp_url = amqp;
-        c.amqp_prefix = prefix;
-        c.instance = instance;
+        run_on(c, &db, &ns, instance);
     })
     .await;
     Some(Setup { db, ns, hub })
@@ -168,11 +159,10 @@ async fn start(instance: &str) -> Option<Setup> {
 
 /// An adapter worker's settings, as `WorkerConfig::from_env` reads them.
 fn worker(hub: &TestHub, ns: &AmqpNamespace, amqp_url: &str) -> WorkerConfig {
-    let jwks = std::fs::read_to_string(hub.running().pki.dir.join("hub-jwks.json")).unwrap();
     WorkerConfig {
         amqp_url: amqp_url.to_owned(),
         topology: Topology::new(ns.prefix.clone()),
-        hub_keys: serde_json::from_str(&jwks).unwrap(),
+        hub_keys: hub.hub_keys(),
         prefetch: 16,
     }
 }

@@ -53,16 +53,11 @@ async fn a_broker_restart_costs_a_pause_never_a_message() {
     let Some(db) = PgDatabase::create().await else {
         return;
     };
-    let (url, amqp, prefix) = (db.url.clone(), ns.url.clone(), ns.prefix.clone());
     let hub = TestHub::start_in(Arc::new(tempfile::tempdir().unwrap()), |c| {
-        c.database_url = url;
-        c.amqp_url = amqp;
-        c.amqp_prefix = prefix;
-        c.instance = "restart".into();
+        hub_e2e::services::run_on(c, &db, &ns, "restart");
         c.query_timeout_ms = 2_000;
     })
     .await;
-    let jwks = std::fs::read_to_string(hub.running().pki.dir.join("hub-jwks.json")).unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(hub_adapter_sdk::amqp::run(
         Arc::new(adapter_population::PopulationAdapter::new(
@@ -71,7 +66,7 @@ async fn a_broker_restart_costs_a_pause_never_a_message() {
         WorkerConfig {
             amqp_url: ns.url.clone(),
             topology: Topology::new(ns.prefix.clone()),
-            hub_keys: serde_json::from_str(&jwks).unwrap(),
+            hub_keys: hub.hub_keys(),
             prefetch: 16,
         },
         stopped,

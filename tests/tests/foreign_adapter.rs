@@ -17,7 +17,7 @@ use http::StatusCode;
 use hub_adapter_sdk::amqp::Topology;
 use hub_core::ids::Member;
 use hub_e2e::requests::{publish_requests, waiting_requests};
-use hub_e2e::services::{AmqpNamespace, PgDatabase, publish_taken, python_with};
+use hub_e2e::services::{AmqpNamespace, PgDatabase, publish_taken, python_with, run_on};
 use hub_e2e::*;
 use serde_json::json;
 
@@ -42,12 +42,8 @@ async fn a_python_adapter_written_from_the_protocol_doc_serves_the_hub_over_amqp
     let Some(db) = PgDatabase::create().await else {
         return;
     };
-    let (url, amqp, prefix) = (db.url.clone(), ns.url.clone(), ns.prefix.clone());
     let hub = TestHub::start_in(Arc::new(tempfile::tempdir().unwrap()), |c| {
-        c.database_url = url;
-        c.amqp_url = amqp;
-        c.amqp_prefix = prefix;
-        c.instance = "hub-py".into();
+        run_on(c, &db, &ns, "hub-py");
     })
     .await;
     // Two requests the hub sent while no adapter ran, taken from the queue
