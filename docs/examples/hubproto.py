@@ -57,6 +57,11 @@ def verify_detached(jws: str, payload: bytes, keys: dict) -> None:
     )
 
 
+def node(left: bytes, right: bytes) -> bytes:
+    """An RFC 9162 interior node's hash."""
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
 def root_from_path(index: int, size: int, leaf: bytes, path: list) -> bytes:
     """RFC 9162 section 2.1.3.2: every hash of the path used, no more."""
     if index >= size:
@@ -66,13 +71,13 @@ def root_from_path(index: int, size: int, leaf: bytes, path: list) -> bytes:
         if sn == 0:
             raise ValueError("inclusion path too long")
         if fn % 2 == 1 or fn == sn:
-            r = hashlib.sha256(b"\x01" + p + r).digest()
+            r = node(p, r)
             if fn % 2 == 0:
                 while fn % 2 == 0 and fn != 0:
                     fn >>= 1
                     sn >>= 1
         else:
-            r = hashlib.sha256(b"\x01" + r + p).digest()
+            r = node(r, p)
         fn >>= 1
         sn >>= 1
     if sn != 0:
@@ -101,14 +106,14 @@ def verify_consistency(first: int, second: int, first_root: bytes, second_root: 
         if sn == 0:
             raise ValueError("consistency proof too long")
         if fn & 1 or fn == sn:
-            fr = hashlib.sha256(b"\x01" + c + fr).digest()
-            sr = hashlib.sha256(b"\x01" + c + sr).digest()
+            fr = node(c, fr)
+            sr = node(c, sr)
             if not fn & 1:
                 while not fn & 1 and fn != 0:
                     fn >>= 1
                     sn >>= 1
         else:
-            sr = hashlib.sha256(b"\x01" + sr + c).digest()
+            sr = node(sr, c)
         fn >>= 1
         sn >>= 1
     if sn != 0 or fr != first_root or sr != second_root:

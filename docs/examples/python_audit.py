@@ -28,7 +28,7 @@ import json
 import os
 import sys
 
-from hubproto import b64u, jcs, leaf_hash, root_from_path, unb64u, verify_checkpoint, verify_detached
+from hubproto import b64u, jcs, leaf_hash, node, root_from_path, unb64u, verify_checkpoint, verify_detached
 
 
 class Tree:
@@ -43,14 +43,14 @@ class Tree:
         self.subtrees.append((1, leaf))
         while len(self.subtrees) > 1 and self.subtrees[-1][0] == self.subtrees[-2][0]:
             (n, right), (_, left) = self.subtrees.pop(), self.subtrees.pop()
-            self.subtrees.append((2 * n, hashlib.sha256(b"\x01" + left + right).digest()))
+            self.subtrees.append((2 * n, node(left, right)))
 
     def root(self) -> bytes:
         if not self.subtrees:
             return hashlib.sha256(b"").digest()
         root = self.subtrees[-1][1]
         for _, left in reversed(self.subtrees[:-1]):
-            root = hashlib.sha256(b"\x01" + left + root).digest()
+            root = node(left, root)
         return root
 
 

@@ -60,12 +60,16 @@ async fn a_python_client_written_from_the_protocol_doc_exchanges_and_verifies() 
     );
     // What it says it did is in the log: the query answered, the event
     // logged once (the retry too), and the tax office's receipt of it.
-    let event_id = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("event "))
-        .and_then(|l| l.split(':').next())
-        .expect("the client names its event")
-        .to_owned();
+    // The exchange id of the line "<what> <id>: ..." the client printed.
+    let id_of = |what: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(what)?.strip_prefix(' '))
+            .and_then(|l| l.split(':').next())
+            .unwrap_or_else(|| panic!("the client names its {what}: {stdout}"))
+            .to_owned()
+    };
+    let event_id = id_of("event");
     assert_eq!(
         hub.kinds_logged_for(&event_id).await,
         vec!["event", "receipt"],
@@ -77,12 +81,7 @@ async fn a_python_client_written_from_the_protocol_doc_exchanges_and_verifies() 
         .find(|r| r["exchange_id"] == event_id.as_str() && r["kind"] == "receipt")
         .unwrap();
     assert_eq!(receipt["sender"]["subsystem"], "tax");
-    let query_id = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("query "))
-        .and_then(|l| l.split(':').next())
-        .expect("the client names its query")
-        .to_owned();
+    let query_id = id_of("query");
     assert_eq!(
         hub.kinds_logged_for(&query_id).await,
         vec!["request", "response"]
