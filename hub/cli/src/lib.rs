@@ -244,7 +244,7 @@ pub enum AgencyCmd {
         #[arg(long)]
         serial: Option<String>,
     },
-    /// Register (or, with --none, remove) the Ed25519/P-256 public JWK that must sign the member's envelopes.
+    /// Register (or, with --none, remove) the Ed25519/P-256 public key that must sign the member's envelopes.
     SetKey {
         member: Member,
         /// A file holding the public key: a PEM public key (`openssl pkey
