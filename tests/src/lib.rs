@@ -26,6 +26,14 @@ pub const SOCIAL_INSURANCE: &str = "000.00.00.G22/social-insurance";
 pub const BANK: &str = "000.00.00.Z01/bank-ekyc";
 pub const ENTERPRISE_REGISTRY: &str = "000.00.00.G09/enterprise-registry";
 pub const POPULATION_REGISTRY: &str = "000.00.00.G01/population-registry";
+/// Every provider of the reference services: a hub on RabbitMQ declares a
+/// queue for each, so a test's broker namespace must list them all to
+/// delete them afterwards.
+pub const REFERENCE_PROVIDERS: [&str; 3] = [
+    POPULATION_REGISTRY,
+    "000.00.00.G13/land-registry",
+    ENTERPRISE_REGISTRY,
+];
 
 /// What a test may replace when it starts a hub.
 #[derive(Default)]

@@ -140,15 +140,8 @@ struct Setup {
     hub: TestHub,
 }
 
-/// The providers whose queues a test's hub declares.
-const PROVIDERS: [&str; 3] = [
-    POPULATION_REGISTRY,
-    "000.00.00.G13/land-registry",
-    ENTERPRISE_REGISTRY,
-];
-
 async fn start(instance: &str) -> Option<Setup> {
-    let ns = AmqpNamespace::create(&PROVIDERS, &[instance]).await?;
+    let ns = AmqpNamespace::create(&REFERENCE_PROVIDERS, &[instance]).await?;
     let db = PgDatabase::create().await?;
     let hub = TestHub::start_in(Arc::new(tempfile::tempdir().unwrap()), |c| {
         run_on(c, &db, &ns, instance);
@@ -465,7 +458,7 @@ async fn an_unreadable_answer_is_dead_lettered_saying_why() {
 
 #[tokio::test]
 async fn a_broker_that_accepts_but_never_answers_does_not_hang_the_hub() {
-    let Some(ns) = AmqpNamespace::create(&PROVIDERS, &["hub-d"]).await else {
+    let Some(ns) = AmqpNamespace::create(&REFERENCE_PROVIDERS, &["hub-d"]).await else {
         return;
     };
     let Some(db) = PgDatabase::create().await else {

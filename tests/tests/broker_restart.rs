@@ -37,12 +37,7 @@ fn lookup(id: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_restart_costs_a_pause_never_a_message() {
-    let providers = [
-        POPULATION_REGISTRY,
-        "000.00.00.G13/land-registry",
-        ENTERPRISE_REGISTRY,
-    ];
-    let Some(ns) = AmqpNamespace::create(&providers, &["restart"]).await else {
+    let Some(ns) = AmqpNamespace::create(&REFERENCE_PROVIDERS, &["restart"]).await else {
         return;
     };
     if Command::new("rabbitmqctl").arg("status").output().is_err() {

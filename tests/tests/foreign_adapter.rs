@@ -36,7 +36,7 @@ async fn a_python_adapter_written_from_the_protocol_doc_serves_the_hub_over_amqp
     let Some(python) = python_with(&["pika", "cryptography"]) else {
         return;
     };
-    let Some(ns) = AmqpNamespace::create(&[POPULATION_REGISTRY], &["hub-py"]).await else {
+    let Some(ns) = AmqpNamespace::create(&REFERENCE_PROVIDERS, &["hub-py"]).await else {
         return;
     };
     let Some(db) = PgDatabase::create().await else {
