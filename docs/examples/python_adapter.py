@@ -124,15 +124,9 @@ class Adapter:
             "x-refused-exchange": method.exchange,
             "x-refused-routing-key": method.routing_key,
         })
-        copy = pika.BasicProperties(
-            message_id=properties.message_id,
-            correlation_id=properties.correlation_id,
-            reply_to=properties.reply_to,
-            content_type=properties.content_type,
-            delivery_mode=2,
-            headers=headers,
-        )
-        self.channel.basic_publish(f"{self.prefix}.dead", method.routing_key, body, copy, mandatory=True)
+        # The message unchanged but for these headers.
+        properties.headers = headers
+        self.channel.basic_publish(f"{self.prefix}.dead", method.routing_key, body, properties, mandatory=True)
         print(f"dead-lettered {properties.message_id}: {because}", flush=True)
 
     def send_back(self, method, properties, element: dict) -> None:

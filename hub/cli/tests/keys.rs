@@ -200,6 +200,7 @@ fn rotated_keys_sign_from_now_on_and_retired_ones_still_verify() {
 /// as a SubjectPublicKeyInfo.
 const RFC8410_PRIVATE: &str = "MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC";
 const RFC8410_PUBLIC: &str = "MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=";
+const RFC8410_PUBLIC_RAW: &str = "19bf44096984cdfe8541bac167dc3b96c85086aa30b6b6cb0c5c38ad703166e1";
 
 #[test]
 fn an_agency_registers_and_signs_with_a_key_made_by_openssl() {
@@ -241,7 +242,11 @@ fn an_agency_registers_and_signs_with_a_key_made_by_openssl() {
     let sent = tax_verify(data, &served.api, "T-OSSL-1");
     assert!(sent.status.success(), "{}", text(&sent));
     // The kid the hub checked is the RFC 7638 thumbprint of that key.
-    let kid = hub_core::jws::Jwk::ed25519(&b64(RFC8410_PUBLIC)[12..]).kid;
+    // (The raw key as RFC 8410 section 10.1 prints it, not cut from the DER.)
+    let raw: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&RFC8410_PUBLIC_RAW[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let kid = hub_core::jws::Jwk::ed25519(&raw).kid;
     assert!(text(&set).contains(&kid), "{}", text(&set));
     // Not a public key: said so, nothing registered.
     let wrong = set_key(&pki.agency_signing_key(&tax));
