@@ -10,7 +10,10 @@ use std::time::Duration;
 use hub_adapter_sdk::{Adapter, AdapterRequest, HandlerFuture, ServiceSpec};
 use hub_client::{HttpVersion, Method};
 use hub_core::ids::Member;
-use hub_e2e::{ONE_STOP, Options, TAX, TestHub, citizen_lookup};
+use hub_e2e::{
+    ENTERPRISE_REGISTRY, ONE_STOP, Options, SOCIAL_INSURANCE, TAX, TestHub, citizen_lookup,
+    enterprise_registered, envelope, eventually,
+};
 use serde_json::Value;
 
 async fn get(hub: &TestHub, who: &str, path: &str) -> (http::StatusCode, http::HeaderMap, Value) {
@@ -198,4 +201,103 @@ async fn a_providers_full_queue_turns_queries_away_with_503_before_logging() {
     assert_eq!(hub.log_records().await.len(), logged + 4);
     let (status, body) = hub.send(citizen_lookup("001085012345")).await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// Lease and acknowledge everything in `who`'s inbox.
+async fn drain_inbox(hub: &TestHub, who: &str) {
+    let (status, inbox) = hub.client(who).get_json("/v1/inbox?max=100").await.unwrap();
+    assert_eq!(status, 200, "{inbox}");
+    let ids: Vec<Value> = inbox["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["record"]["exchange_id"].clone())
+        .collect();
+    let (status, acked) = hub
+        .client(who)
+        .post_json("/v1/inbox/ack", &serde_json::json!({ "exchange_ids": ids }))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{acked}");
+}
+
+#[tokio::test]
+async fn an_event_to_a_full_inbox_gets_503_before_logging_and_is_taken_once_it_drains() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let hub = TestHub::start_in(dir, |c| c.inbox_max = 2).await;
+    // Both subscribers (tax, social insurance) now hold two messages.
+    hub.publish_registered_event().await;
+    hub.publish_registered_event().await;
+
+    // The hub counts the inboxes every second, so what is published before
+    // the next count is still taken; from then on, events are turned away.
+    let event = || {
+        envelope(
+            ENTERPRISE_REGISTRY,
+            "enterprise.registered",
+            "registry_update",
+            enterprise_registered(),
+        )
+    };
+    let refusal = eventually(|| async {
+        let logged = hub.log_records().await.len();
+        let (status, body) = hub.send(event()).await;
+        if status == 202 {
+            return None;
+        }
+        assert_eq!(hub.log_records().await.len(), logged, "nothing was logged");
+        Some((status, body))
+    })
+    .await
+    .expect("an event to full inboxes is turned away");
+    assert_eq!(refusal.0, 503, "{}", refusal.1);
+    assert_eq!(refusal.1["code"], "inbox_full", "{}", refusal.1);
+    assert!(
+        refusal.1["message"].as_str().unwrap().contains(TAX),
+        "names the first full subscriber: {}",
+        refusal.1
+    );
+
+    let id = hub.running().hub.new_exchange_id().to_string();
+    let mut event = event();
+    event["id"] = serde_json::json!(id);
+    let (status, body) = hub.send(event.clone()).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(hub.kinds_logged_for(&id).await.is_empty());
+
+    // The tax office drains its inbox; social insurance's is still full.
+    drain_inbox(&hub, TAX).await;
+    let refusal = eventually(|| async {
+        let (status, body) = hub.send(event.clone()).await;
+        assert_eq!(status, 503, "{body}");
+        let message = body["message"].as_str().unwrap().to_owned();
+        message.contains(SOCIAL_INSURANCE).then_some(message)
+    })
+    .await
+    .expect("the refusal names the subscriber still full");
+    assert!(refusal.contains("the most it may (2)"), "{refusal}");
+
+    // Once both have fetched, the same event is taken, once, and delivered.
+    drain_inbox(&hub, SOCIAL_INSURANCE).await;
+    let accepted = eventually(|| async {
+        let (status, body) = hub.send(event.clone()).await;
+        (status == 202).then_some(body)
+    })
+    .await
+    .expect("published once the inboxes drained");
+    assert_eq!(accepted["record"]["exchange_id"], id.as_str());
+    assert_eq!(
+        hub.kinds_logged_for(&id).await,
+        [serde_json::json!("event")]
+    );
+    for who in [TAX, SOCIAL_INSURANCE] {
+        let (_, inbox) = hub.client(who).get_json("/v1/inbox").await.unwrap();
+        let ids: Vec<&Value> = inbox["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| &m["record"]["exchange_id"])
+            .collect();
+        assert_eq!(ids, [&serde_json::json!(id)], "{who}: {inbox}");
+    }
 }

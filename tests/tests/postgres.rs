@@ -166,12 +166,87 @@ async fn the_queues_rows_are_reclaimed_once_delivered() {
 /// Two hubs sharing `db` and one data directory (so one PKI and data key),
 /// as an installation runs them behind a load balancer.
 async fn two_hubs_on(db: &PgDatabase) -> [TestHub; 2] {
+    two_hubs_adjusted(db, |_| {}).await
+}
+
+/// Two hubs on `db`, each with its configuration adjusted by `adjust`.
+async fn two_hubs_adjusted(db: &PgDatabase, adjust: fn(&mut hub_server::Config)) -> [TestHub; 2] {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let url = db.url.clone();
-    let first = TestHub::start_in(dir.clone(), |c| c.database_url = url).await;
+    let first = TestHub::start_in(dir.clone(), |c| {
+        c.database_url = url;
+        adjust(c);
+    })
+    .await;
     let url = db.url.clone();
-    let second = TestHub::start_in(dir, |c| c.database_url = url).await;
+    let second = TestHub::start_in(dir, |c| {
+        c.database_url = url;
+        adjust(c);
+    })
+    .await;
     [first, second]
+}
+
+/// The inbox cap counts what every hub queued: events published through
+/// one hub fill a subscriber's inbox and the other hub turns the next one
+/// away; a subscriber that fetches through the first makes room on both.
+#[tokio::test]
+async fn an_inbox_filled_through_one_hub_is_full_on_the_other() {
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let [first, second] = two_hubs_adjusted(&db, |c| c.inbox_max = 2).await;
+    first.publish_registered_event().await;
+    first.publish_registered_event().await;
+    let event = || {
+        envelope(
+            ENTERPRISE_REGISTRY,
+            "enterprise.registered",
+            "registry_update",
+            enterprise_registered(),
+        )
+    };
+    // The second hub counts every second: what it takes before is queued too.
+    let refusal = eventually(|| async {
+        let (status, body) = second.send(event()).await;
+        (status != StatusCode::ACCEPTED).then_some((status, body))
+    })
+    .await
+    .expect("the second hub turns events away");
+    assert_eq!(refusal.0, StatusCode::SERVICE_UNAVAILABLE, "{}", refusal.1);
+    assert_eq!(refusal.1["code"], "inbox_full", "{}", refusal.1);
+
+    for who in [TAX, SOCIAL_INSURANCE] {
+        loop {
+            let (_, inbox) = first
+                .client(who)
+                .get_json("/v1/inbox?max=100")
+                .await
+                .unwrap();
+            let ids: Vec<_> = inbox["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["record"]["exchange_id"].clone())
+                .collect();
+            if ids.is_empty() {
+                break;
+            }
+            let (status, answer) = first
+                .client(who)
+                .post_json("/v1/inbox/ack", &json!({ "exchange_ids": ids }))
+                .await
+                .unwrap();
+            assert_eq!(status, StatusCode::OK, "{answer}");
+        }
+    }
+    eventually(|| async {
+        let (status, _) = second.send(event()).await;
+        (status == StatusCode::ACCEPTED).then_some(())
+    })
+    .await
+    .expect("the second hub takes events again once the inboxes are drained");
+    stop_both([first, second], db).await;
 }
 
 /// Stop both hubs, then drop their database.

@@ -57,6 +57,9 @@ pub struct Config {
     pub agency_max_in_flight: u32,
     /// How long a fetched inbox message stays invisible before it comes back.
     pub inbox_visibility_secs: u64,
+    /// Most messages a recipient's inbox holds; an event to a subscriber
+    /// whose inbox is full gets 503 before anything is logged.
+    pub inbox_max: u64,
     /// Most entries written in one group commit.
     pub log_batch_max: usize,
     /// The log's origin line in checkpoints (and the checkpoint key's name).
@@ -96,6 +99,7 @@ impl Default for Config {
             agency_burst: 40_000,
             agency_max_in_flight: 1024,
             inbox_visibility_secs: 30,
+            inbox_max: 1_000_000,
             log_batch_max: 512,
             log_origin: "hub.invalid/exchange-log".into(),
             checkpoint_interval_ms: 1000,

@@ -3,7 +3,7 @@
 //! HTTP layer (`crate::http`) maps them to statuses in one place.
 
 use hub_core::decide::Refusal;
-use hub_core::ids::{ExchangeId, ServiceName};
+use hub_core::ids::{ExchangeId, Member, ServiceName};
 use hub_core::schema::Violation;
 
 /// Why an exchange was refused or did not complete.
@@ -20,6 +20,15 @@ pub enum ExchangeError {
     ProviderUnavailable(ServiceName),
     #[error("the provider of {0} already has as many queries waiting as it may; retry later")]
     ProviderQueueFull(ServiceName),
+    /// A subscriber's inbox is at its cap (`crate::inbox_cap`); nothing was written.
+    #[error(
+        "the inbox of subscriber {recipient} holds {size} messages, the most it may ({max}); nothing was logged: publish again later, with the same exchange id"
+    )]
+    InboxFull {
+        recipient: Member,
+        size: u64,
+        max: u64,
+    },
     #[error("the provider of {0} did not answer in time; GET /v1/exchanges/<id> later")]
     ProviderTimeout(ServiceName),
     #[error("the provider of {service} answered with an invalid payload ({} violation(s))", violations.len())]
@@ -44,6 +53,7 @@ impl ExchangeError {
             Self::InProgress(_) => "exchange_in_progress",
             Self::ProviderUnavailable(_) => "provider_unavailable",
             Self::ProviderQueueFull(_) => "provider_queue_full",
+            Self::InboxFull { .. } => "inbox_full",
             Self::ProviderTimeout(_) => "provider_timeout",
             Self::ProviderInvalidResponse { .. } => "provider_invalid_response",
             Self::StorageUnavailable(_) => "storage_unavailable",

@@ -97,6 +97,7 @@ fn status_of(e: &ExchangeError) -> StatusCode {
         E::IdConflict(_) | E::InProgress(_) => StatusCode::CONFLICT,
         E::ProviderUnavailable(_)
         | E::ProviderQueueFull(_)
+        | E::InboxFull { .. }
         | E::StorageUnavailable(_)
         | E::RegistryChanged => StatusCode::SERVICE_UNAVAILABLE,
         E::ProviderTimeout(_) => StatusCode::GATEWAY_TIMEOUT,

@@ -9,6 +9,7 @@
 //! - [`serve`]: the TLS accept loop with identity from the client certificate
 //! - [`store`]: the storage trait and its SQLite and PostgreSQL backends
 //! - [`queue`]: the delivery trait and the embedded durable queue
+//! - [`inbox_cap`]: the cap on each recipient's inbox of events
 //! - [`broker`]: delivery to adapter processes over RabbitMQ (outbox relay, answers)
 //! - [`log_writer`]: the log's single writer with group commit and the Merkle tree
 //! - [`transparency`]: signed checkpoints and proofs
@@ -26,6 +27,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod identity;
+pub mod inbox_cap;
 pub mod limits;
 pub mod log_writer;
 pub mod metrics;
