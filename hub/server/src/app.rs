@@ -392,7 +392,7 @@ pub async fn start_with_adapters(
         Duration::from_millis(config.query_timeout_ms),
     );
     hub.provider_queue_max = config.provider_queue_max;
-    hub.inbox_cap = Arc::new(crate::inbox_cap::InboxCap::new(config.inbox_max));
+    hub.backlog = Arc::new(crate::backlog::BacklogCount::new(config.inbox_max));
     // The current key and the retired ones, whose signatures still verify.
     hub.jwks = crate::pki::hub_jwks(&init.pki, &hub_key).context("reading the retired hub keys")?;
     hub.key_handovers = crate::pki::read_hub_key_handovers(&init.pki)
@@ -486,9 +486,9 @@ pub async fn start_with_adapters(
             .context("reading the revoked certificates")?,
     );
     tasks.spawn(index_subjects(init.store.clone(), shutdown_rx.clone()));
-    tasks.spawn(crate::inbox_cap::count_inboxes(
+    tasks.spawn(crate::backlog::count_backlog(
         init.store.clone(),
-        hub.inbox_cap.clone(),
+        hub.backlog.clone(),
         shutdown_rx.clone(),
     ));
     tasks.spawn(vacuum_queues(

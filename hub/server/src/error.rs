@@ -20,7 +20,7 @@ pub enum ExchangeError {
     ProviderUnavailable(ServiceName),
     #[error("the provider of {0} already has as many queries waiting as it may; retry later")]
     ProviderQueueFull(ServiceName),
-    /// A subscriber's inbox is at its cap (`crate::inbox_cap`); nothing was written.
+    /// A subscriber's inbox is at its cap (`crate::backlog`); nothing was written.
     #[error(
         "the inbox of subscriber {recipient} holds {size} messages, the most it may ({max}); nothing was logged: publish again later, with the same exchange id"
     )]

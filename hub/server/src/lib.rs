@@ -9,7 +9,7 @@
 //! - [`serve`]: the TLS accept loop with identity from the client certificate
 //! - [`store`]: the storage trait and its SQLite and PostgreSQL backends
 //! - [`queue`]: the delivery trait and the embedded durable queue
-//! - [`inbox_cap`]: the cap on each recipient's inbox of events
+//! - [`backlog`]: the backlog's last count: the inbox cap and `/metrics`' gauges
 //! - [`broker`]: delivery to adapter processes over RabbitMQ (outbox relay, answers)
 //! - [`log_writer`]: the log's single writer with group commit and the Merkle tree
 //! - [`transparency`]: signed checkpoints and proofs
@@ -21,13 +21,13 @@
 pub mod access_history;
 pub mod admin;
 pub mod app;
+pub mod backlog;
 pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod identity;
-pub mod inbox_cap;
 pub mod limits;
 pub mod log_writer;
 pub mod metrics;

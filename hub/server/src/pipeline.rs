@@ -129,9 +129,9 @@ pub struct Hub {
     /// Most queries this hub waits on per provider at once; past it a query
     /// is turned away (503 `provider_queue_full`) before it is logged.
     pub provider_queue_max: usize,
-    /// The inboxes' last count and their cap: an event to a full one is
-    /// turned away (503 `inbox_full`) before it is logged.
-    pub inbox_cap: Arc<crate::inbox_cap::InboxCap>,
+    /// The backlog's last count and the inbox cap: an event to a full
+    /// inbox is turned away (503 `inbox_full`) before it is logged.
+    pub backlog: Arc<crate::backlog::BacklogCount>,
     /// Client certificates administrators revoked, for the API listener's
     /// handshakes (reloaded from the registry; see `crate::tls`).
     pub revoked_certificates: Arc<crate::tls::RevokedCertificates>,
@@ -273,7 +273,7 @@ impl Hub {
             remote: None,
             local: HashMap::new(),
             provider_queue_max: usize::MAX,
-            inbox_cap: Arc::new(crate::inbox_cap::InboxCap::new(u64::MAX)),
+            backlog: Arc::new(crate::backlog::BacklogCount::new(u64::MAX)),
             revoked_certificates: Arc::default(),
             metrics: Arc::default(),
             registry: RegistryCache::default(),
@@ -765,11 +765,11 @@ impl Hub {
             Err(first_reply) => return Ok(first_reply),
         };
         let subscribers = std::mem::take(&mut a.subscribers);
-        if let Some((recipient, size)) = self.inbox_cap.first_full(&subscribers) {
+        if let Some((recipient, size)) = self.backlog.first_full_inbox(&subscribers) {
             return Err(ExchangeError::InboxFull {
                 recipient: recipient.clone(),
                 size,
-                max: self.inbox_cap.max(),
+                max: self.backlog.inbox_max(),
             }
             .into());
         }
