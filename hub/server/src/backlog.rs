@@ -13,7 +13,7 @@
 //! instead, so the cap can be passed by what is published between two
 //! counts. Every hub of a shared database counts for itself, so the count
 //! includes what the others queued and removed. A count reads the whole
-//! backlog (~75 ms of PostgreSQL for a million waiting messages,
+//! backlog (~125 ms of PostgreSQL for a million waiting messages,
 //! docs/performance.md): a count that took long is followed by a longer
 //! pause, so that counting never takes more than a twentieth of the time.
 
