@@ -134,6 +134,12 @@ async fn a_change_that_makes_no_sense_is_refused_and_not_logged() {
             "invalid_change",
         ),
         (
+            json!({"op": "subscription_remove", "subscriber": member(BANK),
+                   "service": "enterprise.registered", "version": 1}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
             json!({"op": "drop_the_log"}),
             StatusCode::BAD_REQUEST,
             "bad_request",
@@ -152,6 +158,41 @@ async fn a_change_that_makes_no_sense_is_refused_and_not_logged() {
         );
     }
     assert_eq!(hub.log_records().await.len(), before);
+}
+
+/// A subscriber removed from an event service gets none of its later
+/// events (the others still do) and keeps what its inbox already holds:
+/// the remedy for a subscriber that stopped fetching and holds up its
+/// publishers at `inbox_max`.
+#[tokio::test]
+async fn a_removed_subscription_gets_no_more_events_and_keeps_what_it_has() {
+    let hub = TestHub::start().await;
+    let first = hub.publish_registered_event().await["record"]["exchange_id"].clone();
+    let (status, reply) = hub
+        .operator()
+        .post_json(
+            "/admin/v1/changes",
+            &json!({"op": "subscription_remove", "subscriber": member(TAX),
+                    "service": "enterprise.registered", "version": 1}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["record"]["kind"], "admin");
+    assert_eq!(reply["body"]["change"]["op"], "subscription_remove");
+    let second = hub.publish_registered_event().await["record"]["exchange_id"].clone();
+    let waiting = async |who: &str| -> Vec<Value> {
+        let (status, inbox) = hub.client(who).get_json("/v1/inbox").await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{inbox}");
+        inbox["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["record"]["exchange_id"].clone())
+            .collect()
+    };
+    assert_eq!(waiting(TAX).await, std::slice::from_ref(&first));
+    assert_eq!(waiting(SOCIAL_INSURANCE).await, [first, second]);
 }
 
 /// An administrator who leaves is shut out by the admin CA's CRL

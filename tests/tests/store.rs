@@ -723,7 +723,8 @@ async fn the_registry_version_advances_with_each_change_requests_are_decided_on(
     for change in [
         RegistryChange::AddGrant(grant.clone()),
         RegistryChange::UpsertAgency(suspended),
-        RegistryChange::AddSubscription(subscription),
+        RegistryChange::AddSubscription(subscription.clone()),
+        RegistryChange::RemoveSubscription(subscription.clone()),
         RegistryChange::RevokeGrant(grant),
     ] {
         store
@@ -733,6 +734,12 @@ async fn the_registry_version_advances_with_each_change_requests_are_decided_on(
         let now = version_at_the_tail(store.as_ref()).await;
         assert!(now > last, "{change:?} advanced the version");
         last = now;
+        let subscribed = store.subscriptions().await.unwrap().contains(&subscription);
+        assert_eq!(
+            subscribed,
+            matches!(change, RegistryChange::AddSubscription(_)),
+            "{change:?}"
+        );
     }
     // What requests are not decided on leaves it alone.
     store.add_witness("w", "w+00000000+AAAA").await.unwrap();

@@ -287,6 +287,14 @@ pub enum SubscriptionCmd {
         #[arg(long, default_value_t = 1)]
         version: u32,
     },
+    /// Deliver no more of the service's events to the subscriber (what its
+    /// inbox holds stays there, to be fetched).
+    Remove {
+        subscriber: Member,
+        service: ServiceName,
+        #[arg(long, default_value_t = 1)]
+        version: u32,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -1254,6 +1262,23 @@ async fn subscription(
             )
             .await?;
             println!("{subscriber} subscribed to {service} v{version}");
+        }
+        SubscriptionCmd::Remove {
+            subscriber,
+            service,
+            version,
+        } => {
+            admin_change(
+                config,
+                admin,
+                AdminChange::SubscriptionRemove {
+                    subscriber: subscriber.clone(),
+                    service: service.clone(),
+                    version,
+                },
+            )
+            .await?;
+            println!("{subscriber} no longer subscribed to {service} v{version}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -7,6 +7,8 @@ mod common;
 
 use common::{admin, export, hub, replay, serve, stop, text};
 
+const SOCIAL_INSURANCE: &str = "000.00.00.G22/social-insurance";
+
 /// The README's first command: the one-stop office looks a citizen up.
 fn one_stop_lookup(data: &std::path::Path, api: &str) -> std::process::Output {
     hub(
@@ -184,6 +186,32 @@ fn the_readme_walkthrough_works_with_the_real_binary() {
         let out = hub(data, listing);
         assert!(out.status.success(), "{listing:?}: {}", text(&out));
     }
+    // Social insurance stops receiving the enterprise registry's events
+    // (a logged change, which the audit below replays); a second removal
+    // says why it cannot be made.
+    let subscribed = |data| {
+        let list = hub(data, &["subscription", "list"]);
+        text(&list)
+            .lines()
+            .any(|l| l.starts_with(SOCIAL_INSURANCE) && l.contains("enterprise.registered v1"))
+    };
+    assert!(subscribed(data));
+    let remove = [
+        "subscription",
+        "remove",
+        SOCIAL_INSURANCE,
+        "enterprise.registered",
+    ];
+    let removed = admin(data, &served, &remove);
+    assert!(removed.status.success(), "{}", text(&removed));
+    assert!(!subscribed(data));
+    let again = admin(data, &served, &remove);
+    assert!(!again.status.success());
+    assert!(
+        text(&again).contains("is not subscribed"),
+        "{}",
+        text(&again)
+    );
     stop(served);
 
     // Stopping signed a last checkpoint; export, verify and prove offline.

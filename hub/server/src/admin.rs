@@ -81,6 +81,13 @@ pub enum AdminChange {
         service: ServiceName,
         version: u32,
     },
+    /// Deliver no more of `service` v`version`'s events to `subscriber`
+    /// (what its inbox holds stays there, to be fetched).
+    SubscriptionRemove {
+        subscriber: Member,
+        service: ServiceName,
+        version: u32,
+    },
 }
 
 /// Why a change was not made.
@@ -326,6 +333,26 @@ async fn registry_writes(
                 version: *version,
             });
             (vec![write], json!({}))
+        }
+        AdminChange::SubscriptionRemove {
+            subscriber,
+            service,
+            version,
+        } => {
+            let subscription = Subscription {
+                subscriber: subscriber.clone(),
+                service: service.clone(),
+                version: *version,
+            };
+            if !hub.store.subscriptions().await?.contains(&subscription) {
+                return Err(AdminError::NotFound(format!(
+                    "{subscriber} is not subscribed to {service} v{version}"
+                )));
+            }
+            (
+                vec![RegistryChange::RemoveSubscription(subscription)],
+                json!({}),
+            )
         }
     })
 }

@@ -265,6 +265,9 @@ pub enum RegistryChange {
     AddGrant(Grant),
     RevokeGrant(Grant),
     AddSubscription(Subscription),
+    /// Deliver no more of the service's events to the subscriber; what its
+    /// inbox holds stays there.
+    RemoveSubscription(Subscription),
     /// Register a witness (or replace its key): its cosignatures count.
     AddWitness {
         name: String,

@@ -1122,6 +1122,13 @@ fn change_query(change: &RegistryChange) -> Result<Query<'_>, StoreError> {
         .bind(s.subscriber.subsystem.as_str())
         .bind(s.service.as_str())
         .bind(i64::from(s.version)),
+        RegistryChange::RemoveSubscription(s) => sqlx::query(
+            "DELETE FROM subscriptions WHERE agency = $1 AND subsystem = $2 AND service = $3 AND version = $4",
+        )
+        .bind(s.subscriber.agency.as_str())
+        .bind(s.subscriber.subsystem.as_str())
+        .bind(s.service.as_str())
+        .bind(i64::from(s.version)),
         RegistryChange::AddWitness { name, vkey } => sqlx::query(
             "INSERT INTO witnesses (name, vkey) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET vkey = excluded.vkey",
         )

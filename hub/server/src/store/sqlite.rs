@@ -936,6 +936,13 @@ fn change_query(change: &RegistryChange) -> Result<Query<'_>, StoreError> {
         .bind(s.subscriber.subsystem.as_str())
         .bind(s.service.as_str())
         .bind(i64::from(s.version)),
+        RegistryChange::RemoveSubscription(s) => sqlx::query(
+            "DELETE FROM subscriptions WHERE agency = ? AND subsystem = ? AND service = ? AND version = ?",
+        )
+        .bind(s.subscriber.agency.as_str())
+        .bind(s.subscriber.subsystem.as_str())
+        .bind(s.service.as_str())
+        .bind(i64::from(s.version)),
         RegistryChange::AddWitness { name, vkey } => sqlx::query(
             "INSERT INTO witnesses (name, vkey) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET vkey = excluded.vkey",
         )
