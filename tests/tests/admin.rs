@@ -195,6 +195,52 @@ async fn a_removed_subscription_gets_no_more_events_and_keeps_what_it_has() {
     assert_eq!(waiting(SOCIAL_INSURANCE).await, [first, second]);
 }
 
+/// A subscriber whose grant for an event service is revoked gets none of
+/// its later events, as it could make no more queries of it; granted
+/// again, it receives them again.
+#[tokio::test]
+async fn a_revoked_grant_stops_a_subscribers_events() {
+    let hub = TestHub::start().await;
+    let grant = json!({"consumer": member(SOCIAL_INSURANCE), "service": "enterprise.registered",
+                       "purpose": "social_insurance"});
+    let change = |op: &str| {
+        let mut c = grant.clone();
+        c["op"] = json!(op);
+        c
+    };
+    let (status, reply) = hub
+        .operator()
+        .post_json("/admin/v1/changes", &change("grant_revoke"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let ungranted = hub.publish_registered_event().await;
+    assert_eq!(
+        ungranted["record"]["recipients"],
+        json!([member(TAX)]),
+        "{ungranted}"
+    );
+    let (status, reply) = hub
+        .operator()
+        .post_json("/admin/v1/changes", &change("grant_add"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let granted = hub.publish_registered_event().await;
+    let (_, inbox) = hub
+        .client(SOCIAL_INSURANCE)
+        .get_json("/v1/inbox")
+        .await
+        .unwrap();
+    let ids: Vec<&Value> = inbox["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["record"]["exchange_id"])
+        .collect();
+    assert_eq!(ids, [&granted["record"]["exchange_id"]], "{inbox}");
+}
+
 /// An administrator who leaves is shut out by the admin CA's CRL
 /// (`pki/admin-crl.pem`), from the next handshake - and the next request
 /// of a connection already open - without a restart; the other

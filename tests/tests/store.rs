@@ -219,11 +219,17 @@ async fn registry_round_trips(store: Arc<dyn Store>) {
     store.add_subscription(&sub).await.unwrap();
     store.add_subscription(&sub).await.unwrap();
     assert_eq!(store.subscriptions().await.unwrap(), vec![sub]);
+    // Its grant was revoked above: subscribed, but delivered nothing.
+    assert!(store.subscribers(&service, 1).await.unwrap().is_empty());
+    // A grant for the service, whatever its purpose, makes it a subscriber.
+    store.add_grant(&other_purpose).await.unwrap();
     assert_eq!(
         store.subscribers(&service, 1).await.unwrap(),
         vec![member(CONSUMER)]
     );
     assert!(store.subscribers(&service, 2).await.unwrap().is_empty());
+    store.revoke_grant(&other_purpose).await.unwrap();
+    assert!(store.subscribers(&service, 1).await.unwrap().is_empty());
 }
 
 /// Builds sealed entries the way the log writer does.

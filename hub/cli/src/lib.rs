@@ -1237,12 +1237,22 @@ async fn subscription(
     match cmd {
         SubscriptionCmd::List => {
             let store = open_store(config).await?;
+            let grants = store.grants().await?;
             for s in store.subscriptions().await? {
+                // Events go only to subscribers granted the service.
+                let granted = grants
+                    .iter()
+                    .any(|g| g.consumer == s.subscriber && g.service == s.service);
                 println!(
-                    "{:<40} {} v{}",
+                    "{:<40} {} v{}{}",
                     s.subscriber.to_string(),
                     s.service.as_str(),
-                    s.version
+                    s.version,
+                    if granted {
+                        ""
+                    } else {
+                        "  (no grant for it: receives nothing)"
+                    }
                 );
             }
         }

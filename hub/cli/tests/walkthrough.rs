@@ -196,6 +196,24 @@ fn the_readme_walkthrough_works_with_the_real_binary() {
             .any(|l| l.starts_with(SOCIAL_INSURANCE) && l.contains("enterprise.registered v1"))
     };
     assert!(subscribed(data));
+    // Without its grant it is still subscribed, and the list says it
+    // receives nothing.
+    let revoke = [
+        "grant",
+        "revoke",
+        SOCIAL_INSURANCE,
+        "enterprise.registered",
+        "social_insurance",
+    ];
+    let revoked = admin(data, &served, &revoke);
+    assert!(revoked.status.success(), "{}", text(&revoked));
+    let list = text(&hub(data, &["subscription", "list"]));
+    assert!(
+        list.lines().any(|l| l.starts_with(SOCIAL_INSURANCE)
+            && l.contains("enterprise.registered v1")
+            && l.ends_with("(no grant for it: receives nothing)")),
+        "{list}"
+    );
     let remove = [
         "subscription",
         "remove",

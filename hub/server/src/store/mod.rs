@@ -1076,6 +1076,9 @@ pub trait Store: Send + Sync {
             .map(|_| ())
     }
     async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError>;
+    /// Whom an event of `service` v`version` is delivered to: its
+    /// subscribers that still hold a grant for the service (for any
+    /// purpose), so that revoking one stops its events as it stops queries.
     async fn subscribers(
         &self,
         service: &ServiceName,

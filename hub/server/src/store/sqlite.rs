@@ -426,7 +426,10 @@ impl Store for SqliteStore {
         version: u32,
     ) -> Result<Vec<Member>, StoreError> {
         sqlx::query(
-            "SELECT agency, subsystem FROM subscriptions WHERE service = ? AND version = ? ORDER BY agency, subsystem",
+            "SELECT agency, subsystem FROM subscriptions s WHERE service = ? AND version = ?
+                 AND EXISTS (SELECT 1 FROM grants g WHERE g.consumer_agency = s.agency
+                     AND g.consumer_subsystem = s.subsystem AND g.service = s.service)
+                 ORDER BY agency, subsystem",
         )
         .bind(service.as_str())
         .bind(i64::from(version))
