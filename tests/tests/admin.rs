@@ -241,6 +241,65 @@ async fn a_revoked_grant_stops_a_subscribers_events() {
     assert_eq!(ids, [&granted["record"]["exchange_id"]], "{inbox}");
 }
 
+/// A suspended member is refused every request, not only exchanges: its
+/// inbox, acknowledgements, answers and the log are closed to it from its
+/// next request on (`403 member_suspended`); resumed, it finds its inbox as
+/// it was.
+#[tokio::test]
+async fn a_suspended_member_can_neither_fetch_its_inbox_nor_read_the_log() {
+    let hub = TestHub::start().await;
+    let event = hub.publish_registered_event().await;
+    let id = event["record"]["exchange_id"].clone();
+    let change = |op: &str| json!({"op": op, "member": member(TAX)});
+    let (status, reply) = hub
+        .operator()
+        .post_json("/admin/v1/changes", &change("agency_suspend"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let tax = hub.client(TAX);
+    let logged = hub.log_records().await.len();
+    for path in [
+        "/v1/inbox".to_owned(),
+        "/v1/whoami".to_owned(),
+        format!("/v1/exchanges/{}", id.as_str().unwrap()),
+        "/v1/log/entries?start=0&end=1".to_owned(),
+    ] {
+        let (status, body) = tax.get_json(&path).await.unwrap();
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+        assert_eq!(body["code"], "member_suspended", "{path}: {body}");
+    }
+    let (status, body) = tax
+        .post_json("/v1/inbox/ack", &json!({"exchange_ids": [id]}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(
+        hub.log_records().await.len(),
+        logged,
+        "nothing logged, no receipt"
+    );
+    // Others are served; the public routes stay open to everyone.
+    let (status, _) = hub
+        .client(SOCIAL_INSURANCE)
+        .get_json("/v1/inbox")
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = tax.get_json("/v1/schemas").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, reply) = hub
+        .operator()
+        .post_json("/admin/v1/changes", &change("agency_resume"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let (status, inbox) = tax.get_json("/v1/inbox").await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{inbox}");
+    assert_eq!(inbox["messages"][0]["record"]["exchange_id"], id, "{inbox}");
+}
+
 /// An administrator who leaves is shut out by the admin CA's CRL
 /// (`pki/admin-crl.pem`), from the next handshake - and the next request
 /// of a connection already open - without a restart; the other

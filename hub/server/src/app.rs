@@ -507,7 +507,7 @@ pub async fn start_with_adapters(
     tasks.spawn(serve::serve_tls(
         api,
         api_tls.clone(),
-        api_routes()
+        api_routes(state.clone())
             .with_state(state.clone())
             .layer(axum::middleware::from_fn_with_state(
                 crate::limits::AgencyLimits::new(config.agency_quota()),

@@ -236,12 +236,13 @@ async fn no_route(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("no route {}", uri.path()))
 }
 
-/// Everything, for the mTLS listener.
-pub fn api_routes() -> Router<AppState> {
-    public_routes()
+/// Everything, for the mTLS listener. A suspended member is refused every
+/// route but the public ones: an exchange by the pipeline (logged), the
+/// rest by [`refuse_suspended`].
+pub fn api_routes(state: AppState) -> Router<AppState> {
+    let members_only = Router::new()
         .route("/v1/whoami", get(whoami))
         .route("/v1/services", get(services))
-        .route("/v1/exchanges", post(post_exchange))
         .route("/v1/exchanges/{id}", get(get_exchange))
         .route("/v1/inbox", get(inbox))
         .route("/v1/inbox/ack", post(ack))
@@ -251,6 +252,38 @@ pub fn api_routes() -> Router<AppState> {
         .route("/v1/log/proof/consistency", get(consistency_proof))
         .route("/v1/log/cosignatures", post(add_cosignature))
         .route("/tlog/{*path}", get(tlog_tile))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            refuse_suspended,
+        ));
+    public_routes()
+        .route("/v1/exchanges", post(post_exchange))
+        .merge(members_only)
+}
+
+/// Refuse a suspended member's request (`403 member_suspended`, not
+/// logged: only exchanges are), reading its record afresh so that a
+/// suspension made through any hub holds from its next request on: its
+/// inbox, its answers and the log are closed to it as its exchanges are.
+async fn refuse_suspended(
+    State(s): State<AppState>,
+    id: Option<Extension<Identity>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    let Identity(who) = member(id)?;
+    let agency = s.hub.store.agency(&who).await.map_err(|e| {
+        ApiError::from(Failure::from(ExchangeError::StorageUnavailable(
+            e.to_string(),
+        )))
+    })?;
+    if agency.is_some_and(|a| a.suspended) {
+        return Err(Failure::from(ExchangeError::Refused(
+            hub_core::decide::Refusal::MemberSuspended(who),
+        ))
+        .into());
+    }
+    Ok(next.run(request).await)
 }
 
 /// The admin listener's routes: health and keys, registry changes, and
