@@ -267,7 +267,8 @@ fn receipts_for(records: &[serde_json::Value], id: &serde_json::Value) -> usize 
 
 /// Hubs decide on registry facts they keep in memory: a change made
 /// through one hub is in force on another from its very next request, and
-/// each decision lands after the change it was made on.
+/// each decision lands after the change it was made on. A suspension also
+/// closes the member's inbox on the other hub, within a second.
 #[tokio::test]
 async fn a_registry_change_through_one_hub_is_in_force_on_another_at_once() {
     let Some(db) = PgDatabase::create().await else {
@@ -289,6 +290,13 @@ async fn a_registry_change_through_one_hub_is_in_force_on_another_at_once() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
     assert_eq!(refused["code"], "member_suspended");
     assert!(refused["log_index"].as_u64() > suspended["record"]["index"].as_u64());
+    // Its other requests, which no log entry decides, within a second.
+    eventually(|| async {
+        let (status, _) = second.client(ONE_STOP).get_json("/v1/inbox").await.unwrap();
+        (status == StatusCode::FORBIDDEN).then_some(())
+    })
+    .await
+    .expect("the other hub refuses the suspended member's inbox");
 
     let (status, resumed) = first
         .operator()
@@ -299,6 +307,12 @@ async fn a_registry_change_through_one_hub_is_in_force_on_another_at_once() {
     let (status, reply) = second.send(lookup()).await;
     assert_eq!(status, StatusCode::OK, "{reply}");
     assert!(reply["record"]["index"].as_u64() > resumed["record"]["index"].as_u64());
+    eventually(|| async {
+        let (status, _) = second.client(ONE_STOP).get_json("/v1/inbox").await.unwrap();
+        (status == StatusCode::OK).then_some(())
+    })
+    .await
+    .expect("and serves it again once resumed");
     stop_both([first, second], db).await;
 }
 

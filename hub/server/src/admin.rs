@@ -136,8 +136,11 @@ pub async fn apply(hub: &Hub, admin: &str, change: AdminChange) -> Result<String
         .await
         .map_err(|e| AdminError::Storage(StoreError::Unavailable(e.to_string())))?;
     // This hub refuses it at once; the others within their next reload.
-    if let AdminChange::CertificateRevoke { serial, .. } = change {
-        hub.revoked_certificates.insert(serial);
+    match change {
+        AdminChange::CertificateRevoke { serial, .. } => hub.revoked_certificates.insert(serial),
+        AdminChange::AgencySuspend { member } => hub.suspended.set(&member, true),
+        AdminChange::AgencyResume { member } => hub.suspended.set(&member, false),
+        _ => {}
     }
     Ok(item)
 }

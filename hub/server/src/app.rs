@@ -485,6 +485,12 @@ pub async fn start_with_adapters(
             .await
             .context("reading the revoked certificates")?,
     );
+    hub.suspended.replace(suspended_members(
+        init.store
+            .agencies()
+            .await
+            .context("reading the agencies")?,
+    ));
     tasks.spawn(index_subjects(init.store.clone(), shutdown_rx.clone()));
     tasks.spawn(crate::backlog::count_backlog(
         init.store.clone(),
@@ -496,9 +502,10 @@ pub async fn start_with_adapters(
         hub.log.clone(),
         shutdown_rx.clone(),
     ));
-    tasks.spawn(reload_revocations(
+    tasks.spawn(reload_refusals(
         init.store.clone(),
         hub.revoked_certificates.clone(),
+        hub.suspended.clone(),
         shutdown_rx.clone(),
     ));
     let api_tls = tls::ServerTls::api(&init.pki, hub.revoked_certificates.clone())?;
@@ -595,11 +602,13 @@ async fn index_subjects(store: Arc<dyn Store>, mut shutdown: watch::Receiver<boo
     }
 }
 
-/// Reload the revoked certificates every second: a revocation made through
-/// another hub's admin listener holds here from the next handshake after.
-async fn reload_revocations(
+/// Reload the revoked certificates and the suspended members every second:
+/// a revocation or suspension made through another hub's admin listener
+/// holds here from the next handshake or request after.
+async fn reload_refusals(
     store: Arc<dyn Store>,
     revoked: Arc<tls::RevokedCertificates>,
+    suspended: Arc<crate::identity::SuspendedMembers>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -613,7 +622,20 @@ async fn reload_revocations(
                 warn!(error = %e, "could not reload the revoked certificates; keeping the last list")
             }
         }
+        match store.agencies().await {
+            Ok(agencies) => suspended.replace(suspended_members(agencies)),
+            Err(e) => {
+                warn!(error = %e, "could not reload the suspended members; keeping the last list")
+            }
+        }
     }
+}
+
+fn suspended_members(agencies: Vec<crate::store::AgencyRecord>) -> impl Iterator<Item = Member> {
+    agencies
+        .into_iter()
+        .filter(|a| a.suspended)
+        .map(|a| a.member)
 }
 
 /// How often the queues' removed rows are reclaimed while the log grows.

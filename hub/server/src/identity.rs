@@ -1,7 +1,8 @@
 //! The calling agency's identity, read once from its TLS client certificate
 //! and carried into handlers as a typed value.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -65,5 +66,36 @@ pub async fn refuse_revoked(
     match request.extensions().get::<CertSerial>() {
         Some(CertSerial(serial)) if tls.revokes(serial) => Err(ApiError::CertificateRevoked),
         _ => Ok(next.run(request).await),
+    }
+}
+
+/// The members an administrator suspended, for the routes that do not go
+/// through the pipeline (which decides on the registry itself): reloaded
+/// from the registry every second, and changed at once by a suspension
+/// made through this hub.
+#[derive(Debug, Default)]
+pub struct SuspendedMembers(RwLock<HashSet<Member>>);
+
+impl SuspendedMembers {
+    /// Replace the whole set (reloaded from the registry).
+    pub fn replace(&self, members: impl IntoIterator<Item = Member>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = members.into_iter().collect();
+    }
+
+    /// Suspend `member`, or lift its suspension.
+    pub fn set(&self, member: &Member, suspended: bool) {
+        let mut set = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if suspended {
+            set.insert(member.clone());
+        } else {
+            set.remove(member);
+        }
+    }
+
+    pub fn contains(&self, member: &Member) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(member)
     }
 }

@@ -135,6 +135,8 @@ pub struct Hub {
     /// Client certificates administrators revoked, for the API listener's
     /// handshakes (reloaded from the registry; see `crate::tls`).
     pub revoked_certificates: Arc<crate::tls::RevokedCertificates>,
+    /// Suspended members, for the routes outside the pipeline.
+    pub suspended: Arc<crate::identity::SuspendedMembers>,
     /// This process's request counters (`crate::metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The registry facts requests are decided on.
@@ -275,6 +277,7 @@ impl Hub {
             provider_queue_max: usize::MAX,
             backlog: Arc::new(crate::backlog::BacklogCount::new(u64::MAX)),
             revoked_certificates: Arc::default(),
+            suspended: Arc::default(),
             metrics: Arc::default(),
             registry: RegistryCache::default(),
             pending: Mutex::new(HashMap::new()),
