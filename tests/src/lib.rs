@@ -223,16 +223,41 @@ impl TestHub {
     /// Publish the enterprise registry's `enterprise.registered` event to
     /// its subscribers; the hub's `202` answer.
     pub async fn publish_registered_event(&self) -> Value {
-        let (status, ack) = self
-            .send(envelope(
-                ENTERPRISE_REGISTRY,
-                "enterprise.registered",
-                "registry_update",
-                enterprise_registered(),
-            ))
-            .await;
+        let (status, ack) = self.send(registered_event()).await;
         assert_eq!(status, http::StatusCode::ACCEPTED, "{ack}");
         ack
+    }
+
+    /// Lease up to 100 messages of `who`'s inbox: their exchange ids.
+    pub async fn inbox_ids(&self, who: &str) -> Vec<Value> {
+        let (status, inbox) = self
+            .client(who)
+            .get_json("/v1/inbox?max=100")
+            .await
+            .unwrap();
+        assert_eq!(status, http::StatusCode::OK, "{inbox}");
+        inbox["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["record"]["exchange_id"].clone())
+            .collect()
+    }
+
+    /// Lease and acknowledge everything in `who`'s inbox.
+    pub async fn drain_inbox(&self, who: &str) {
+        loop {
+            let ids = self.inbox_ids(who).await;
+            if ids.is_empty() {
+                return;
+            }
+            let (status, answer) = self
+                .client(who)
+                .post_json("/v1/inbox/ack", &json!({ "exchange_ids": ids }))
+                .await
+                .unwrap();
+            assert_eq!(status, http::StatusCode::OK, "{answer}");
+        }
     }
 
     pub async fn send(&self, envelope: Value) -> (http::StatusCode, Value) {
@@ -276,6 +301,16 @@ pub fn citizen_lookup(personal_id: &str) -> Value {
         "citizen.lookup",
         "public_service",
         json!({"personal_id": personal_id}),
+    )
+}
+
+/// The enterprise registry's `enterprise.registered` event, as it sends it.
+pub fn registered_event() -> Value {
+    envelope(
+        ENTERPRISE_REGISTRY,
+        "enterprise.registered",
+        "registry_update",
+        enterprise_registered(),
     )
 }
 

@@ -11,8 +11,7 @@ use hub_adapter_sdk::{Adapter, AdapterRequest, HandlerFuture, ServiceSpec};
 use hub_client::{HttpVersion, Method};
 use hub_core::ids::Member;
 use hub_e2e::{
-    ENTERPRISE_REGISTRY, ONE_STOP, Options, SOCIAL_INSURANCE, TAX, TestHub, citizen_lookup,
-    enterprise_registered, envelope, eventually,
+    ONE_STOP, Options, SOCIAL_INSURANCE, TAX, TestHub, citizen_lookup, eventually, registered_event,
 };
 use serde_json::Value;
 
@@ -203,24 +202,6 @@ async fn a_providers_full_queue_turns_queries_away_with_503_before_logging() {
     assert_eq!(status, 200, "{body}");
 }
 
-/// Lease and acknowledge everything in `who`'s inbox.
-async fn drain_inbox(hub: &TestHub, who: &str) {
-    let (status, inbox) = hub.client(who).get_json("/v1/inbox?max=100").await.unwrap();
-    assert_eq!(status, 200, "{inbox}");
-    let ids: Vec<Value> = inbox["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["record"]["exchange_id"].clone())
-        .collect();
-    let (status, acked) = hub
-        .client(who)
-        .post_json("/v1/inbox/ack", &serde_json::json!({ "exchange_ids": ids }))
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{acked}");
-}
-
 #[tokio::test]
 async fn an_event_to_a_full_inbox_gets_503_before_logging_and_is_taken_once_it_drains() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
@@ -231,17 +212,9 @@ async fn an_event_to_a_full_inbox_gets_503_before_logging_and_is_taken_once_it_d
 
     // The hub counts the inboxes every second, so what is published before
     // the next count is still taken; from then on, events are turned away.
-    let event = || {
-        envelope(
-            ENTERPRISE_REGISTRY,
-            "enterprise.registered",
-            "registry_update",
-            enterprise_registered(),
-        )
-    };
     let refusal = eventually(|| async {
         let logged = hub.log_records().await.len();
-        let (status, body) = hub.send(event()).await;
+        let (status, body) = hub.send(registered_event()).await;
         if status == 202 {
             return None;
         }
@@ -259,14 +232,14 @@ async fn an_event_to_a_full_inbox_gets_503_before_logging_and_is_taken_once_it_d
     );
 
     let id = hub.running().hub.new_exchange_id().to_string();
-    let mut event = event();
+    let mut event = registered_event();
     event["id"] = serde_json::json!(id);
     let (status, body) = hub.send(event.clone()).await;
     assert_eq!(status, 503, "{body}");
     assert!(hub.kinds_logged_for(&id).await.is_empty());
 
     // The tax office drains its inbox; social insurance's is still full.
-    drain_inbox(&hub, TAX).await;
+    hub.drain_inbox(TAX).await;
     let refusal = eventually(|| async {
         let (status, body) = hub.send(event.clone()).await;
         assert_eq!(status, 503, "{body}");
@@ -278,7 +251,7 @@ async fn an_event_to_a_full_inbox_gets_503_before_logging_and_is_taken_once_it_d
     assert!(refusal.contains("the most it may (2)"), "{refusal}");
 
     // Once both have fetched, the same event is taken, once, and delivered.
-    drain_inbox(&hub, SOCIAL_INSURANCE).await;
+    hub.drain_inbox(SOCIAL_INSURANCE).await;
     let accepted = eventually(|| async {
         let (status, body) = hub.send(event.clone()).await;
         (status == 202).then_some(body)
@@ -291,13 +264,6 @@ async fn an_event_to_a_full_inbox_gets_503_before_logging_and_is_taken_once_it_d
         [serde_json::json!("event")]
     );
     for who in [TAX, SOCIAL_INSURANCE] {
-        let (_, inbox) = hub.client(who).get_json("/v1/inbox").await.unwrap();
-        let ids: Vec<&Value> = inbox["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| &m["record"]["exchange_id"])
-            .collect();
-        assert_eq!(ids, [&serde_json::json!(id)], "{who}: {inbox}");
+        assert_eq!(hub.inbox_ids(who).await, [serde_json::json!(id)], "{who}");
     }
 }

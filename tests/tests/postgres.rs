@@ -198,17 +198,9 @@ async fn an_inbox_filled_through_one_hub_is_full_on_the_other() {
     let [first, second] = two_hubs_adjusted(&db, |c| c.inbox_max = 2).await;
     first.publish_registered_event().await;
     first.publish_registered_event().await;
-    let event = || {
-        envelope(
-            ENTERPRISE_REGISTRY,
-            "enterprise.registered",
-            "registry_update",
-            enterprise_registered(),
-        )
-    };
     // The second hub counts every second: what it takes before is queued too.
     let refusal = eventually(|| async {
-        let (status, body) = second.send(event()).await;
+        let (status, body) = second.send(registered_event()).await;
         (status != StatusCode::ACCEPTED).then_some((status, body))
     })
     .await
@@ -217,31 +209,10 @@ async fn an_inbox_filled_through_one_hub_is_full_on_the_other() {
     assert_eq!(refusal.1["code"], "inbox_full", "{}", refusal.1);
 
     for who in [TAX, SOCIAL_INSURANCE] {
-        loop {
-            let (_, inbox) = first
-                .client(who)
-                .get_json("/v1/inbox?max=100")
-                .await
-                .unwrap();
-            let ids: Vec<_> = inbox["messages"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m["record"]["exchange_id"].clone())
-                .collect();
-            if ids.is_empty() {
-                break;
-            }
-            let (status, answer) = first
-                .client(who)
-                .post_json("/v1/inbox/ack", &json!({ "exchange_ids": ids }))
-                .await
-                .unwrap();
-            assert_eq!(status, StatusCode::OK, "{answer}");
-        }
+        first.drain_inbox(who).await;
     }
     eventually(|| async {
-        let (status, _) = second.send(event()).await;
+        let (status, _) = second.send(registered_event()).await;
         (status == StatusCode::ACCEPTED).then_some(())
     })
     .await

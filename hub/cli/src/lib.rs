@@ -1261,34 +1261,28 @@ async fn subscription(
             service,
             version,
         } => {
-            admin_change(
-                config,
-                admin,
-                AdminChange::SubscriptionAdd {
-                    subscriber: subscriber.clone(),
-                    service: service.clone(),
-                    version,
-                },
-            )
-            .await?;
-            println!("{subscriber} subscribed to {service} v{version}");
+            let done = format!("{subscriber} subscribed to {service} v{version}");
+            let change = AdminChange::SubscriptionAdd {
+                subscriber,
+                service,
+                version,
+            };
+            admin_change(config, admin, change).await?;
+            println!("{done}");
         }
         SubscriptionCmd::Remove {
             subscriber,
             service,
             version,
         } => {
-            admin_change(
-                config,
-                admin,
-                AdminChange::SubscriptionRemove {
-                    subscriber: subscriber.clone(),
-                    service: service.clone(),
-                    version,
-                },
-            )
-            .await?;
-            println!("{subscriber} no longer subscribed to {service} v{version}");
+            let done = format!("{subscriber} no longer subscribed to {service} v{version}");
+            let change = AdminChange::SubscriptionRemove {
+                subscriber,
+                service,
+                version,
+            };
+            admin_change(config, admin, change).await?;
+            println!("{done}");
         }
     }
     Ok(ExitCode::SUCCESS)
