@@ -4,7 +4,9 @@
 //! Counters live in this process (requests per listener, route and status,
 //! with their durations; log entries this process appended, by kind); the
 //! gauges are read when scraped (the database and broker, the committed
-//! log, the latest checkpoint, the outbox and inbox backlogs). Several hubs
+//! log, the latest checkpoint), but for the outbox and inbox backlogs,
+//! which are the hub's last count of them (`crate::backlog`, taken about
+//! once a second for the inbox cap). Several hubs
 //! each report their own counters and the same shared gauges. Hand-written
 //! rather than a metrics crate: a handful of series, and the format is
 //! plain text.
@@ -153,9 +155,11 @@ pub struct Gauges {
     pub appended: Vec<(&'static str, u64)>,
     /// `None` before the first checkpoint or when the database is down.
     pub checkpoint_size: Option<u64>,
-    /// Unpublished outbox rows by hub instance; `None` when the database is down.
+    /// Unpublished outbox rows by hub instance, at the last count; `None`
+    /// when the database is down or the last count failed.
     pub outbox: Option<Vec<(String, u64)>>,
-    /// Messages waiting in each recipient's inbox; `None` when the database is down.
+    /// Messages waiting in each recipient's inbox, at the last count; `None`
+    /// when the database is down or the last count failed.
     pub inboxes: Option<Vec<(String, u64)>>,
 }
 
