@@ -144,6 +144,7 @@ class Adapter:
             ),
             mandatory=True,
         )
+        print(f"sent back {exchange_id} alone", flush=True)
 
     def on_message(self, channel, method, properties, body: bytes) -> None:
         try:

@@ -2,7 +2,8 @@
 //! over AMQP") alone - `docs/examples/python_adapter.py`, with `pika` -
 //! serves the population registry to a real hub on PostgreSQL and RabbitMQ:
 //! it declares the same topology (the broker refuses a queue declared with
-//! other arguments), answers queries sent one by one and together, and
+//! other arguments), answers queries sent one by one and together, sends
+//! the requests of a redelivered message of several back one by one, and
 //! dead-letters a forged request with the `x-refused-*` headers the hub's
 //! tools read. Needs `python3` with `pika` and `cryptography` (`.ci/python`
 //! installs Debian's); without them, PostgreSQL or RabbitMQ the test says
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use http::StatusCode;
 use hub_adapter_sdk::amqp::Topology;
 use hub_core::ids::Member;
-use hub_e2e::requests::{publish_requests, waiting_requests};
+use hub_e2e::requests::{publish_requests, take_requests, waiting_requests};
 use hub_e2e::services::{AmqpNamespace, PgDatabase, publish_taken, python_with, run_on};
 use hub_e2e::*;
 use serde_json::json;
@@ -46,13 +47,27 @@ async fn a_python_adapter_written_from_the_protocol_doc_serves_the_hub_over_amqp
         run_on(c, &db, &ns, "hub-py");
     })
     .await;
-    // Two requests the hub sent while no adapter ran, taken from the queue
-    // and put back as one message of several, as the hub's relay sends
-    // what one outbox round holds for a provider.
+    // Four requests the hub sent while no adapter ran, taken from the
+    // queue and put back two by two as messages of several, as the hub's
+    // relay sends what one outbox round holds for a provider. The first
+    // message is delivered once and not acknowledged (a consumer that died
+    // with it): redelivered, the adapter must send its requests back one
+    // by one, in case one of them is what killed it.
     let hub_shared = Arc::new(hub);
     let (mut together, together_ids, requests) =
-        waiting_requests(&ns, &hub_shared, "hub-py", 2).await;
+        waiting_requests(&ns, &hub_shared, "hub-py", 4).await;
     publish_requests(&ns, "hub-py", &[&requests[0], &requests[1]]).await;
+    {
+        let topology = Topology::new(ns.prefix.clone());
+        let provider: Member = POPULATION_REGISTRY.parse().unwrap();
+        let (conn, ch) = ns.client_channel().await;
+        let queue = topology.provider_queue(&provider);
+        let (taken, _, _) = take_requests(&ch, &queue, 2, &hub_shared.hub_keys()).await;
+        assert_eq!(taken, together_ids[..2]);
+        // Closed without an acknowledgement: the broker delivers it again.
+        let _ = conn.close(200, "died".into()).await;
+    }
+    publish_requests(&ns, "hub-py", &[&requests[2], &requests[3]]).await;
 
     let hub = &hub_shared;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/python_adapter.py");
@@ -134,6 +149,10 @@ async fn a_python_adapter_written_from_the_protocol_doc_serves_the_hub_over_amqp
         "{said}"
     );
     assert!(said.contains("took 2 requests in one message"), "{said}");
+    for (n, id) in together_ids.iter().enumerate() {
+        let sent_back = said.contains(&format!("sent back {id} alone"));
+        assert_eq!(sent_back, n < 2, "{id}: {said}");
+    }
     // Each answer was the Python adapter's (no other consumer runs).
     let together_ids = together_ids.iter().map(ToString::to_string);
     for id in answered.iter().cloned().chain(together_ids) {
