@@ -245,7 +245,7 @@ async fn a_suspended_member_can_neither_fetch_its_inbox_nor_read_the_log() {
         "/v1/inbox".to_owned(),
         "/v1/whoami".to_owned(),
         format!("/v1/exchanges/{}", id.as_str().unwrap()),
-        "/v1/log/entries?start=0&end=1".to_owned(),
+        "/v1/log/entries?start=0&limit=1".to_owned(),
     ] {
         let (status, body) = tax.get_json(&path).await.unwrap();
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");

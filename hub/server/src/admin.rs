@@ -138,8 +138,8 @@ pub async fn apply(hub: &Hub, admin: &str, change: AdminChange) -> Result<String
     // This hub refuses it at once; the others within their next reload.
     match change {
         AdminChange::CertificateRevoke { serial, .. } => hub.revoked_certificates.insert(serial),
-        AdminChange::AgencySuspend { member } => hub.suspended.set(&member, true),
-        AdminChange::AgencyResume { member } => hub.suspended.set(&member, false),
+        AdminChange::AgencySuspend { member } => hub.suspended.insert(member),
+        AdminChange::AgencyResume { member } => hub.suspended.remove(&member),
         _ => {}
     }
     Ok(item)

@@ -1,7 +1,9 @@
 //! The calling agency's identity, read once from its TLS client certificate
 //! and carried into handlers as a typed value.
 
+use std::borrow::Borrow;
 use std::collections::HashSet;
+use std::hash::Hash;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::extract::{Request, State};
@@ -69,33 +71,53 @@ pub async fn refuse_revoked(
     }
 }
 
-/// The members an administrator suspended, for the routes that do not go
-/// through the pipeline (which decides on the registry itself): reloaded
-/// from the registry every second, and changed at once by a suspension
-/// made through this hub.
-#[derive(Debug, Default)]
-pub struct SuspendedMembers(RwLock<HashSet<Member>>);
+/// What the registry refuses that the hub checks on every handshake or
+/// request (revoked certificate serials, suspended members): reloaded from
+/// the registry every second, and changed at once by an administrator's
+/// change made through this hub.
+#[derive(Debug)]
+pub struct RefusedSet<T>(RwLock<HashSet<T>>);
 
-impl SuspendedMembers {
+impl<T> Default for RefusedSet<T> {
+    fn default() -> Self {
+        Self(RwLock::new(HashSet::new()))
+    }
+}
+
+impl<T: Eq + Hash> RefusedSet<T> {
     /// Replace the whole set (reloaded from the registry).
-    pub fn replace(&self, members: impl IntoIterator<Item = Member>) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = members.into_iter().collect();
+    pub fn replace(&self, refused: impl IntoIterator<Item = T>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = refused.into_iter().collect();
     }
 
-    /// Suspend `member`, or lift its suspension.
-    pub fn set(&self, member: &Member, suspended: bool) {
-        let mut set = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        if suspended {
-            set.insert(member.clone());
-        } else {
-            set.remove(member);
-        }
+    pub fn insert(&self, refused: T) {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(refused);
     }
 
-    pub fn contains(&self, member: &Member) -> bool {
+    pub fn remove<Q: Eq + Hash + ?Sized>(&self, lifted: &Q)
+    where
+        T: Borrow<Q>,
+    {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(lifted);
+    }
+
+    pub fn contains<Q: Eq + Hash + ?Sized>(&self, value: &Q) -> bool
+    where
+        T: Borrow<Q>,
+    {
         self.0
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .contains(member)
+            .contains(value)
     }
 }
+
+/// The members an administrator suspended, for the routes that do not go
+/// through the pipeline (which decides on the registry itself).
+pub type SuspendedMembers = RefusedSet<Member>;

@@ -14,7 +14,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustls::DigitallySignedStruct;
@@ -65,33 +65,7 @@ fn roots(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
 /// The serials (lowercase hex) of the client certificates administrators
 /// revoked: the registry's list, kept in memory for the handshake and
 /// each request.
-#[derive(Debug, Default)]
-pub struct RevokedCertificates(RwLock<HashSet<String>>);
-
-impl RevokedCertificates {
-    /// Replace the whole list (reloaded from the registry).
-    pub fn replace(&self, serials: impl IntoIterator<Item = String>) {
-        let fresh: HashSet<String> = serials.into_iter().collect();
-        *self
-            .0
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
-    }
-
-    pub fn insert(&self, serial: String) {
-        self.0
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(serial);
-    }
-
-    pub fn contains(&self, serial: &str) -> bool {
-        self.0
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(serial)
-    }
-}
+pub type RevokedCertificates = crate::identity::RefusedSet<String>;
 
 /// The lowercase hex serial of a DER certificate.
 pub fn serial_of(der: &[u8]) -> Option<String> {
