@@ -5,7 +5,21 @@
 //! re-drive dead letters, rotate the hub's key, run a witness, purge old
 //! bodies, and audit the log offline.
 #![forbid(unsafe_code)]
-#![allow(clippy::print_stdout, clippy::print_stderr)]
+#![allow(clippy::print_stderr)]
+
+/// `println!` that returns the write's failure from the enclosing
+/// function instead of panicking: `hub inbox --ack > file` on a full disk
+/// must fail before it acknowledges, and `hub ... | head` must not print
+/// a panic. `main` exits quietly when the reader went away.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).context(STDOUT)?
+    }};
+}
+
+/// What a failed write to standard output is reported as.
+const STDOUT: &str = "writing to standard output";
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -353,7 +367,9 @@ pub struct InboxArgs {
     pub agent: Agent,
     #[arg(long, default_value_t = 20)]
     pub max: u32,
-    /// Acknowledge what was fetched (each acknowledgment is logged as a receipt).
+    /// Acknowledge what was fetched once it is written to standard output
+    /// (each acknowledgment is logged as a receipt); if it cannot be
+    /// written, nothing is acknowledged.
     #[arg(long)]
     pub ack: bool,
 }
@@ -399,8 +415,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init => {
             let adapters = app::reference_adapters(0);
             let init = app::init(&config, &SystemClock, &adapters).await?;
-            println!("data directory: {}", config.data_dir.display());
-            println!(
+            out!("data directory: {}", config.data_dir.display());
+            out!(
                 "dev PKI: {} ({})",
                 init.pki.dir.display(),
                 if init.new_pki {
@@ -409,7 +425,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "already there"
                 }
             );
-            println!(
+            out!(
                 "demo registry: {}",
                 if init.seeded {
                     "seeded"
@@ -423,7 +439,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Services => {
             let store = open_store(&config).await?;
             for s in store.services().await? {
-                println!(
+                out!(
                     "{:<26} v{}  {:<5}  provider {}  request {}  response {}",
                     s.name.as_str(),
                     s.version,
@@ -446,7 +462,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let pki = PkiPaths::new(&config.data_dir);
             let (old, new) =
                 hub_server::pki::rotate_hub_key(&pki, time::OffsetDateTime::now_utc())?;
-            println!(
+            out!(
                 "hub signing key {old} retired (kept in {}); new key {new}, handed over to in {}. \
                  Copy the pki folder to every hub host and restart every hub process.",
                 pki.hub_retired_keys().display(),
@@ -458,7 +474,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = open_store(&config).await?;
             let (before, before_millis) = app::retention_cutoff(&SystemClock, older_than_days);
             let (bodies, replies) = store.purge(&before, before_millis).await?;
-            println!("purged {bodies} bodies and {replies} cached replies from before {before}");
+            out!("purged {bodies} bodies and {replies} cached replies from before {before}");
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -483,17 +499,17 @@ async fn witness(
                 .map(|v| v.name)
                 .unwrap_or_default();
             admin_change(config, admin, AdminChange::WitnessAdd { vkey }).await?;
-            println!("witness {name} registered");
+            out!("witness {name} registered");
         }
         WitnessCmd::List => {
             for (name, vkey) in open_store(config).await?.witnesses().await? {
-                println!("{name:<40} {vkey}");
+                out!("{name:<40} {vkey}");
             }
         }
         WitnessCmd::Keygen { name, out } => {
             let key = hub_server::pki::generate_signing_key(&out)?;
             let v = note::cosigner_for(&name, &key).map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("{}", v.to_vkey());
+            out!("{}", v.to_vkey());
             eprintln!(
                 "private key written to {} (keep it secret); register the line above with `hub witness add`",
                 out.display()
@@ -618,7 +634,7 @@ async fn witness(
                 })?,
             )
             .with_context(|| state.display().to_string())?;
-            println!("cosigned {} at size {}", cp.origin, cp.size);
+            out!("cosigned {} at size {}", cp.origin, cp.size);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -752,7 +768,7 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             let handovers =
                 hub_server::pki::read_hub_key_handovers(&PkiPaths::new(&config.data_dir))?;
             let manifest = writer.finish(&config.log_origin, &now, &registry, &handovers)?;
-            println!(
+            out!(
                 "exported {} entries and {} checkpoints to {}{}",
                 manifest.entries,
                 checkpoints,
@@ -808,24 +824,26 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 bar.set_position(done)
             })?;
             bar.finish_and_clear();
-            println!("{:<22} {:>12} {:>8}", "check", "passed", "failed");
+            out!("{:<22} {:>12} {:>8}", "check", "passed", "failed");
             for (check, tally) in &report.checks {
-                println!("{check:<22} {:>12} {:>8}", tally.passed, tally.failed);
+                out!("{check:<22} {:>12} {:>8}", tally.passed, tally.failed);
             }
             if let Some(path) = report_path {
                 std::fs::write(&path, serde_json::to_string_pretty(&report)?)
                     .with_context(|| path.display().to_string())?;
             }
             if report.ok() {
-                println!(
+                out!(
                     "OK: {} entries and {} checkpoints of {} verified",
-                    report.entries, report.checkpoints, report.origin
+                    report.entries,
+                    report.checkpoints,
+                    report.origin
                 );
                 if bodies_sealed && depth == hub_audit::Depth::Full {
-                    println!("note: the bodies are sealed; give --data-key to check them too");
+                    out!("note: the bodies are sealed; give --data-key to check them too");
                 }
                 if report.entries_after_last_checkpoint > 0 {
-                    println!(
+                    out!(
                         "note: the last {} entries are not yet covered by a signed checkpoint",
                         report.entries_after_last_checkpoint
                     );
@@ -854,11 +872,11 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             let report =
                 hub_audit::replay::replay(&bundle, &data_key, &|done, _| bar.set_position(done))?;
             bar.finish_and_clear();
-            println!("{:<22} {:>12}", "entries", report.entries);
-            println!("{:<22} {:>12}", "registry changes", report.registry_changes);
-            println!("{:<22} {:>12}", "decisions replayed", report.replayed);
-            println!("{:<22} {:>12}", "same outcome", report.matched);
-            println!(
+            out!("{:<22} {:>12}", "entries", report.entries);
+            out!("{:<22} {:>12}", "registry changes", report.registry_changes);
+            out!("{:<22} {:>12}", "decisions replayed", report.replayed);
+            out!("{:<22} {:>12}", "same outcome", report.matched);
+            out!(
                 "{:<22} {:>12}",
                 "different outcome",
                 report.differences.len()
@@ -886,7 +904,7 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
         } => {
             let pinned = read_jwks(&jwks)?;
             let report = hub_audit::prove(&bundle, &pinned, &exchange_id.to_string())?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            out!("{}", serde_json::to_string_pretty(&report)?);
             eprintln!(
                 "{} entr{} of {exchange_id} included in the signed tree of size {} (proofs checked)",
                 report.proofs.len(),
@@ -932,7 +950,7 @@ async fn run_adapter(config: &Config, registry: ReferenceRegistry) -> anyhow::Re
             .with_context(|| format!("{} is not a JWK set", jwks_file.display()))?,
         prefetch: hub_adapter_sdk::amqp::WorkerConfig::prefetch_from_env()?,
     };
-    println!("adapter {} consuming its queue", adapter.provider());
+    out!("adapter {} consuming its queue", adapter.provider());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         hub_adapter_sdk::stop_signal().await;
@@ -958,7 +976,7 @@ async fn dead_letters(config: &Config, cmd: DeadLettersCmd) -> anyhow::Result<Ex
     let (letters, redriven) =
         hub_server::broker::dead_letters(&config.amqp_url, &topology, redrive.as_deref()).await?;
     for l in &letters {
-        println!(
+        out!(
             "{:<38} {:<16} from {} via {:?} {:?} ({} bytes)",
             l.message_id.as_deref().unwrap_or("-"),
             l.reason,
@@ -968,12 +986,12 @@ async fn dead_letters(config: &Config, cmd: DeadLettersCmd) -> anyhow::Result<Ex
             l.bytes
         );
         if !l.because.is_empty() {
-            println!("    because: {}", l.because);
+            out!("    because: {}", l.because);
         }
     }
-    println!("{} dead letter(s)", letters.len());
+    out!("{} dead letter(s)", letters.len());
     if redrive.is_some() {
-        println!("{redriven} re-driven");
+        out!("{redriven} re-driven");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -985,26 +1003,50 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         Arc::new(SystemRandom::default()),
     )
     .await?;
-    println!("hub API (mTLS):       https://{}", running.api_addr);
-    println!("admin (registry):     https://{}", running.admin_addr);
-    println!(
-        "public (health, keys): https://{}/healthz",
-        running.public_addr
+    let banner = format!(
+        "hub API (mTLS):       https://{api}\n\
+         admin (registry):     https://{admin}\n\
+         public (health, keys): https://{public}/healthz\n\
+         data directory:       {data}\n\n\
+         Next, in another terminal, ask the population registry for a citizen as the demo one-stop office:\n  \
+         cargo run --release -p hub -- send --as 000.00.29.H29/one-stop citizen.lookup '{{\"personal_id\":\"001085012345\"}}' --purpose public_service --case HS-2026-0001\n\n\
+         Press Ctrl-C to stop.",
+        api = running.api_addr,
+        admin = running.admin_addr,
+        public = running.public_addr,
+        data = config.data_dir.display(),
     );
-    println!("data directory:       {}", config.data_dir.display());
-    println!();
-    println!(
-        "Next, in another terminal, ask the population registry for a citizen as the demo one-stop office:"
-    );
-    println!(
-        "  cargo run --release -p hub -- send --as 000.00.29.H29/one-stop citizen.lookup '{{\"personal_id\":\"001085012345\"}}' --purpose public_service --case HS-2026-0001"
-    );
-    println!();
-    println!("Press Ctrl-C to stop.");
+    // The banner is for a person at a terminal: a closed standard output
+    // (a supervisor's, or `| tee` stopped by the same Ctrl-C) must not
+    // stop the hub, nor skip its graceful shutdown.
+    banner_line(&banner);
     hub_adapter_sdk::stop_signal().await;
-    println!("stopping...");
+    banner_line("stopping...");
     running.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How the command ends on `e`: with the error on standard error, or
+/// quietly when standard output's reader went away (`hub ... | head` has
+/// what it wanted), with the status a shell gives a program stopped by
+/// SIGPIPE, so that a script can tell it from a failed check.
+pub fn report_failure(e: &anyhow::Error) -> ExitCode {
+    let closed = e
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe);
+    if closed {
+        return ExitCode::from(141);
+    }
+    eprintln!("error: {e:#}");
+    ExitCode::FAILURE
+}
+
+/// Write a line of `serve`'s banner; a failure is only logged.
+fn banner_line(text: &str) {
+    use std::io::Write as _;
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{text}") {
+        tracing::debug!(error = %e, "standard output is closed");
+    }
 }
 
 /// Send one registry change to the hub's admin listener as the
@@ -1058,7 +1100,7 @@ async fn agency(config: &Config, admin: &AdminTarget, cmd: AgencyCmd) -> anyhow:
                     .signing_key
                     .as_ref()
                     .map_or("-".to_owned(), |k| k.kid.clone());
-                println!(
+                out!(
                     "{:<40} signing key {:<44} {}{}",
                     a.member.to_string(),
                     key,
@@ -1081,7 +1123,7 @@ async fn agency(config: &Config, admin: &AdminTarget, cmd: AgencyCmd) -> anyhow:
                 },
             )
             .await?;
-            println!("added {member}");
+            out!("added {member}");
             if issue_cert {
                 let pki = PkiPaths::new(&config.data_dir);
                 let now = time::OffsetDateTime::now_utc();
@@ -1092,8 +1134,8 @@ async fn agency(config: &Config, admin: &AdminTarget, cmd: AgencyCmd) -> anyhow:
                     now - time::Duration::hours(1),
                     now + time::Duration::days(365),
                 )?;
-                println!("certificate: {}", pki.agency_cert(&member).display());
-                println!("key:         {}", pki.agency_key(&member).display());
+                out!("certificate: {}", pki.agency_cert(&member).display());
+                out!("key:         {}", pki.agency_key(&member).display());
             }
         }
         AgencyCmd::SetKey {
@@ -1116,7 +1158,7 @@ async fn agency(config: &Config, admin: &AdminTarget, cmd: AgencyCmd) -> anyhow:
                 },
             )
             .await?;
-            println!("{member}: signing key {kid}; the one it replaces is retired");
+            out!("{member}: signing key {kid}; the one it replaces is retired");
         }
         AgencyCmd::Suspend { member } => {
             admin_change(
@@ -1127,7 +1169,7 @@ async fn agency(config: &Config, admin: &AdminTarget, cmd: AgencyCmd) -> anyhow:
                 },
             )
             .await?;
-            println!("{member}: suspended from its next request on");
+            out!("{member}: suspended from its next request on");
         }
         AgencyCmd::Resume { member } => {
             admin_change(
@@ -1138,7 +1180,7 @@ async fn agency(config: &Config, admin: &AdminTarget, cmd: AgencyCmd) -> anyhow:
                 },
             )
             .await?;
-            println!("{member}: resumed from its next request on");
+            out!("{member}: resumed from its next request on");
         }
         AgencyCmd::RevokeCert { member, serial } => {
             let serial = match serial {
@@ -1157,7 +1199,7 @@ async fn agency(config: &Config, admin: &AdminTarget, cmd: AgencyCmd) -> anyhow:
                 },
             )
             .await?;
-            println!(
+            out!(
                 "{member}: certificate {serial} revoked; refused from its next connection to any hub"
             );
         }
@@ -1170,7 +1212,7 @@ async fn grant(config: &Config, admin: &AdminTarget, cmd: GrantCmd) -> anyhow::R
         GrantCmd::List => {
             let store = open_store(config).await?;
             for g in store.grants().await? {
-                println!(
+                out!(
                     "{:<40} {:<26} {:<24} {}",
                     g.consumer.to_string(),
                     g.service.as_str(),
@@ -1205,7 +1247,7 @@ async fn grant(config: &Config, admin: &AdminTarget, cmd: GrantCmd) -> anyhow::R
                 let what = fields
                     .as_ref()
                     .map_or("every field".into(), FieldSet::to_list);
-                println!("granted {consumer} {service} for {purpose}: {what}");
+                out!("granted {consumer} {service} for {purpose}: {what}");
             }
         }
         GrantCmd::Revoke {
@@ -1223,7 +1265,7 @@ async fn grant(config: &Config, admin: &AdminTarget, cmd: GrantCmd) -> anyhow::R
                 },
             )
             .await?;
-            println!("revoked");
+            out!("revoked");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -1243,7 +1285,7 @@ async fn subscription(
                 let granted = grants
                     .iter()
                     .any(|g| g.consumer == s.subscriber && g.service == s.service);
-                println!(
+                out!(
                     "{:<40} {} v{}{}",
                     s.subscriber.to_string(),
                     s.service.as_str(),
@@ -1268,7 +1310,7 @@ async fn subscription(
                 version,
             };
             admin_change(config, admin, change).await?;
-            println!("{done}");
+            out!("{done}");
         }
         SubscriptionCmd::Remove {
             subscriber,
@@ -1282,7 +1324,7 @@ async fn subscription(
                 version,
             };
             admin_change(config, admin, change).await?;
-            println!("{done}");
+            out!("{done}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -1335,7 +1377,7 @@ async fn send(config: &Config, args: SendArgs) -> anyhow::Result<ExitCode> {
     }
     let reply = exchange(config, &args.agent, envelope).await?;
     if let Some(reply) = &reply {
-        println!("{}", serde_json::to_string_pretty(reply)?);
+        out!("{}", serde_json::to_string_pretty(reply)?);
     }
     Ok(if reply.is_some() {
         ExitCode::SUCCESS
@@ -1360,7 +1402,7 @@ async fn exchange(
     }
     let (status, reply) = client.post_json("/v1/exchanges", &request).await?;
     if !status.is_success() {
-        println!("{}", serde_json::to_string_pretty(&reply)?);
+        out!("{}", serde_json::to_string_pretty(&reply)?);
         eprintln!(
             "refused: HTTP {status} {}",
             reply["code"].as_str().unwrap_or_default()
@@ -1395,7 +1437,7 @@ async fn access_history(config: &Config, args: AccessHistoryArgs) -> anyhow::Res
         return Ok(ExitCode::FAILURE);
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&reply)?);
+        out!("{}", serde_json::to_string_pretty(&reply)?);
         return Ok(ExitCode::SUCCESS);
     }
     let member = |m: &Value| {
@@ -1409,9 +1451,15 @@ async fn access_history(config: &Config, args: AccessHistoryArgs) -> anyhow::Res
         .as_array()
         .cloned()
         .unwrap_or_default();
-    println!(
+    out!(
         "{:<24} {:<32} {:<24} {:<22} {:<16} {:<9} {:<32} fields",
-        "time", "agency", "service", "purpose", "case", "outcome", "received by"
+        "time",
+        "agency",
+        "service",
+        "purpose",
+        "case",
+        "outcome",
+        "received by"
     );
     for a in &accesses {
         let received: Vec<String> = a["received_by"]
@@ -1426,7 +1474,7 @@ async fn access_history(config: &Config, args: AccessHistoryArgs) -> anyhow::Res
                 .collect::<Vec<_>>()
                 .join(",")
         });
-        println!(
+        out!(
             "{:<24} {:<32} {:<24} {:<22} {:<16} {:<9} {:<32} {}",
             a["time"].as_str().unwrap_or_default(),
             member(&a["agency"]),
@@ -1460,12 +1508,11 @@ async fn inbox(config: &Config, args: InboxArgs) -> anyhow::Result<ExitCode> {
         .get_json(&format!("/v1/inbox?max={}", args.max))
         .await?;
     if !status.is_success() {
-        println!("{}", serde_json::to_string_pretty(&inbox)?);
+        out!("{}", serde_json::to_string_pretty(&inbox)?);
         return Ok(ExitCode::FAILURE);
     }
     let jwks = client.jwks().await?;
     let messages = inbox["messages"].as_array().cloned().unwrap_or_default();
-    println!("{}", serde_json::to_string_pretty(&inbox)?);
     let mut ids = Vec::new();
     // The messages of one group commit share one signature: check it once.
     let seals = SealVerifier::new();
@@ -1476,11 +1523,26 @@ async fn inbox(config: &Config, args: InboxArgs) -> anyhow::Result<ExitCode> {
         ids.push(m["record"]["exchange_id"].clone());
     }
     eprintln!("{} message(s), every hub seal verified", messages.len());
+    // An acknowledged message is gone from the inbox: acknowledge only
+    // what was written out.
+    let written = (|| -> anyhow::Result<()> {
+        out!("{}", serde_json::to_string_pretty(&inbox)?);
+        std::io::Write::flush(&mut std::io::stdout()).context(STDOUT)
+    })();
+    if let Err(e) = written {
+        if !ids.is_empty() {
+            eprintln!(
+                "nothing acknowledged: the messages could not be written out; \
+                 they come back after the inbox's visibility timeout"
+            );
+        }
+        return Err(e);
+    }
     if args.ack && !ids.is_empty() {
         let (status, answer) = client
             .post_json("/v1/inbox/ack", &json!({ "exchange_ids": ids }))
             .await?;
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+        out!("{}", serde_json::to_string_pretty(&answer)?);
         if !status.is_success() {
             return Ok(ExitCode::FAILURE);
         }

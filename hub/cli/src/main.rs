@@ -14,9 +14,6 @@ async fn main() -> std::process::ExitCode {
     hub::init_tracing();
     match hub::run(cli).await {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => hub::report_failure(&e),
     }
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{admin, export, hub, replay, serve, stop, text};
+use common::{admin, export, hub, publish_registration, replay, serve, stop, text};
 
 const SOCIAL_INSURANCE: &str = "000.00.00.G22/social-insurance";
 
@@ -46,23 +46,7 @@ fn the_readme_walkthrough_works_with_the_real_binary() {
         text(&lookup)
     );
 
-    let event_file = format!("@{root}/docs/examples/enterprise-registered.json");
-    let publish = hub(
-        data,
-        &[
-            "send",
-            "--as",
-            "000.00.00.G09/enterprise-registry",
-            "--hub",
-            &api,
-            "enterprise.registered",
-            &event_file,
-            "--purpose",
-            "registry_update",
-            "--case",
-            "DKKD-2026-000123",
-        ],
-    );
+    let publish = publish_registration(data, &api);
     assert!(publish.status.success(), "{}", text(&publish));
     for subscriber in ["000.00.00.G08/tax", "000.00.00.G22/social-insurance"] {
         let inbox = hub(data, &["inbox", "--as", subscriber, "--hub", &api, "--ack"]);

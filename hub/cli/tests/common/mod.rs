@@ -133,6 +133,32 @@ pub fn admin(data: &Path, served: &Served, args: &[&str]) -> Output {
     hub(data, &all)
 }
 
+/// Publish the walkthrough's `enterprise.registered` event as the
+/// enterprise registry (tax and social insurance subscribe to it).
+pub fn publish_registration(data: &Path, api: &str) -> Output {
+    let event_file = concat!(
+        "@",
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/examples/enterprise-registered.json"
+    );
+    hub(
+        data,
+        &[
+            "send",
+            "--as",
+            "000.00.00.G09/enterprise-registry",
+            "--hub",
+            api,
+            "enterprise.registered",
+            event_file,
+            "--purpose",
+            "registry_update",
+            "--case",
+            "DKKD-2026-000123",
+        ],
+    )
+}
+
 /// `hub audit export` of the whole log into `<data>/<name>`; its path.
 pub fn export(data: &Path, name: &str) -> std::path::PathBuf {
     let bundle = data.join(name);
