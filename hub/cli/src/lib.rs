@@ -950,7 +950,10 @@ async fn run_adapter(config: &Config, registry: ReferenceRegistry) -> anyhow::Re
             .with_context(|| format!("{} is not a JWK set", jwks_file.display()))?,
         prefetch: hub_adapter_sdk::amqp::WorkerConfig::prefetch_from_env()?,
     };
-    out!("adapter {} consuming its queue", adapter.provider());
+    banner_line(&format!(
+        "adapter {} consuming its queue",
+        adapter.provider()
+    ));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         hub_adapter_sdk::stop_signal().await;
@@ -1041,7 +1044,8 @@ pub fn report_failure(e: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Write a line of `serve`'s banner; a failure is only logged.
+/// Write a line of a long-running command's banner (`serve`, `adapter`);
+/// a failure is only logged.
 fn banner_line(text: &str) {
     use std::io::Write as _;
     if let Err(e) = writeln!(std::io::stdout().lock(), "{text}") {

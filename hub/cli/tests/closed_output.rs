@@ -6,9 +6,10 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{HUB, publish_registration, serve_with, stop, text};
 
@@ -116,4 +117,51 @@ fn an_inbox_that_cannot_be_written_out_is_not_acknowledged() {
     assert_failed_without_panic(&listed, 141);
     assert_eq!(String::from_utf8_lossy(&listed.stderr), "");
     stop(served);
+}
+
+#[test]
+fn a_hub_whose_standard_output_is_closed_serves_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(HUB)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("serve")
+        .env("HUB_API_LISTEN", "127.0.0.1:0")
+        .env("HUB_PUBLIC_LISTEN", "127.0.0.1:0")
+        .env("HUB_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .stdout(closed_pipe())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (lines, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        stderr
+            .lines()
+            .map_while(Result::ok)
+            .for_each(|l| drop(lines.send(l)))
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = String::new();
+    while !seen.contains("hub listening") {
+        let line = log
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("hub serve never listened:\n{seen}"));
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    // The banner is written (and fails) just after; the hub goes on.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "hub serve exited:\n{seen}"
+    );
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let status = child.wait().unwrap();
+    seen.extend(log.try_iter().map(|l| l + "\n"));
+    assert!(status.success(), "hub serve exited with {status}:\n{seen}");
+    assert!(seen.contains("listener stopped"), "{seen}");
+    assert!(!seen.contains("panicked"), "{seen}");
 }
