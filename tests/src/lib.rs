@@ -261,6 +261,12 @@ impl TestHub {
     }
 
     pub async fn send(&self, envelope: Value) -> (http::StatusCode, Value) {
+        let (status, _, body) = self.send_full(envelope).await;
+        (status, body)
+    }
+
+    /// [`TestHub::send`], with the response's headers.
+    pub async fn send_full(&self, envelope: Value) -> (http::StatusCode, http::HeaderMap, Value) {
         let sender = format!(
             "{}/{}",
             envelope["sender"]["agency"].as_str().unwrap(),
@@ -274,10 +280,21 @@ impl TestHub {
             request["signature"] =
                 json!(hub_client::sign_envelope(&request["envelope"], &key).unwrap());
         }
-        self.client(&sender)
-            .post_json("/v1/exchanges", &request)
+        let mut conn = self
+            .client(&sender)
+            .connect(hub_client::HttpVersion::Http1)
             .await
-            .unwrap()
+            .unwrap();
+        let body = serde_json::to_vec(&request).unwrap();
+        let (status, headers, body) = conn
+            .send_full(
+                hub_client::Method::POST,
+                "/v1/exchanges",
+                Some(("application/json", body)),
+            )
+            .await
+            .unwrap();
+        (status, headers, serde_json::from_slice(&body).unwrap())
     }
 }
 

@@ -73,9 +73,10 @@ async fn a_stopped_database_gets_503_at_once_and_the_hub_recovers_by_itself() {
     let restart = Restart(version.clone());
     pg_ctl(&version, "stop");
     let asked = Instant::now();
-    let (status, reply) = hub.send(lookup()).await;
+    let (status, headers, reply) = hub.send_full(lookup()).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reply}");
     assert_eq!(reply["code"], "storage_unavailable", "{reply}");
+    assert_eq!(headers["retry-after"], "1", "when to send it again");
     assert!(
         asked.elapsed() < Duration::from_secs(10),
         "answered without hanging"

@@ -234,8 +234,9 @@ async fn an_event_to_a_full_inbox_gets_503_before_logging_and_is_taken_once_it_d
     let id = hub.running().hub.new_exchange_id().to_string();
     let mut event = registered_event();
     event["id"] = serde_json::json!(id);
-    let (status, body) = hub.send(event.clone()).await;
+    let (status, headers, body) = hub.send_full(event.clone()).await;
     assert_eq!(status, 503, "{body}");
+    assert_eq!(headers["retry-after"], "1", "when to publish again");
     assert!(hub.kinds_logged_for(&id).await.is_empty());
 
     // The tax office drains its inbox; social insurance's is still full.

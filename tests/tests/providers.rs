@@ -118,9 +118,10 @@ async fn an_unavailable_provider_answers_503_and_a_retry_runs_again() {
     let id = hub.running().hub.new_exchange_id().to_string();
     let mut env = lookup("001085000003");
     env["id"] = json!(id);
-    let (status, err) = hub.send(env.clone()).await;
+    let (status, headers, err) = hub.send_full(env.clone()).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{err}");
     assert_eq!(err["code"], "provider_unavailable");
+    assert_eq!(headers["retry-after"], "1", "when to send it again");
     let failure = hub.record_at(err["log_index"].as_u64().unwrap()).await;
     assert_eq!(failure["error"]["code"], "provider_unavailable");
     // The failed exchange is not cached: the same id is tried again.

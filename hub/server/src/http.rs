@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -107,6 +107,7 @@ fn status_of(e: &ExchangeError) -> StatusCode {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let mut retry_after_secs = None;
         let (status, body) = match self {
             ApiError::Exchange(failure) => {
                 let Failure { error, logged } = *failure;
@@ -189,16 +190,22 @@ impl IntoResponse for ApiError {
                     ),
                 };
                 // Whole seconds, rounded up: never tell a client to retry at once.
-                let seconds = retry_after_ms.div_ceil(1000).max(1);
-                return (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    [(header::RETRY_AFTER, seconds.to_string())],
-                    Json(plain(code, message)),
-                )
-                    .into_response();
+                retry_after_secs = Some(retry_after_ms.div_ceil(1000).max(1));
+                (StatusCode::TOO_MANY_REQUESTS, plain(code, message))
             }
         };
-        (status, Json(body)).into_response()
+        // Every 503 of the API is worth retrying (an exchange with the same
+        // `envelope.id`); HTTP clients that honour `Retry-After` wait a
+        // second, the period of the hub's own checks (inbox counts, reloads).
+        let retry_after_secs =
+            retry_after_secs.or((status == StatusCode::SERVICE_UNAVAILABLE).then_some(1));
+        let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
