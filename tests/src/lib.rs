@@ -280,13 +280,9 @@ impl TestHub {
             request["signature"] =
                 json!(hub_client::sign_envelope(&request["envelope"], &key).unwrap());
         }
-        let mut conn = self
-            .client(&sender)
-            .connect(hub_client::HttpVersion::Http1)
-            .await
-            .unwrap();
         let body = serde_json::to_vec(&request).unwrap();
-        let (status, headers, body) = conn
+        let (status, headers, body) = self
+            .client(&sender)
             .send_full(
                 hub_client::Method::POST,
                 "/v1/exchanges",

@@ -16,8 +16,11 @@ use hub_e2e::{
 use serde_json::Value;
 
 async fn get(hub: &TestHub, who: &str, path: &str) -> (http::StatusCode, http::HeaderMap, Value) {
-    let mut conn = hub.client(who).connect(HttpVersion::Http1).await.unwrap();
-    let (status, headers, body) = conn.send_full(Method::GET, path, None).await.unwrap();
+    let (status, headers, body) = hub
+        .client(who)
+        .send_full(Method::GET, path, None)
+        .await
+        .unwrap();
     (status, headers, serde_json::from_slice(&body).unwrap())
 }
 

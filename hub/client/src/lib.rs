@@ -287,9 +287,20 @@ impl HubClient {
         path: &str,
         body: Option<(&str, Vec<u8>)>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
+        let (status, _, bytes) = self.send_full(method, path, body).await?;
+        Ok((status, bytes))
+    }
+
+    /// [`HubClient::send`], with the response's headers (`Retry-After`...).
+    pub async fn send_full(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), ClientError> {
         self.connect(HttpVersion::Http1)
             .await?
-            .send(method, path, body)
+            .send_full(method, path, body)
             .await
     }
 
