@@ -44,7 +44,9 @@ def uuid7() -> str:
     return str(uuid.UUID(int=value))
 
 
-def verify_detached(jws: str, payload: bytes, keys: dict) -> None:
+def verify_detached(jws: str, payload: bytes, keys: dict) -> str:
+    """Verify a detached, unencoded-payload JWS with the key its header
+    names; that key's `kid`."""
     header_b64, empty, signature = jws.split(".")
     if empty:
         raise ValueError("not a detached JWS")
@@ -55,6 +57,7 @@ def verify_detached(jws: str, payload: bytes, keys: dict) -> None:
     Ed25519PublicKey.from_public_bytes(unb64u(key["x"])).verify(
         unb64u(signature), header_b64.encode() + b"." + payload
     )
+    return header["kid"]
 
 
 def node(left: bytes, right: bytes) -> bytes:
@@ -123,6 +126,11 @@ def verify_consistency(first: int, second: int, first_root: bytes, second_root: 
 def verify_checkpoint(note: str, keys: dict):
     """A C2SP signed note holding a tlog-checkpoint, signed by one of the
     hub's keys (its note key derived from the JWKS): (origin, size, root)."""
+    return checkpoint_signer(note, keys)[:3]
+
+
+def checkpoint_signer(note: str, keys: dict):
+    """As `verify_checkpoint`, with the key that signed: (origin, size, root, key)."""
     body, _, signatures = note.partition("\n\n")
     body += "\n"
     origin, size, root = body.splitlines()[:3]
@@ -136,7 +144,7 @@ def verify_checkpoint(note: str, keys: dict):
             key_id = hashlib.sha256(origin.encode() + b"\n\x01" + public).digest()[:4]
             if blob[:4] == key_id:
                 Ed25519PublicKey.from_public_bytes(public).verify(blob[4:], body.encode())
-                return origin, int(size), base64.b64decode(root)
+                return origin, int(size), base64.b64decode(root), key
     raise ValueError("no signature by the hub's keys on the checkpoint")
 
 

@@ -11,24 +11,84 @@ It checks the log's integrity, as `hub audit verify --integrity-only`
 does: every record's place (`index`), its link to the one before
 (`prev`), its hub seal (version 2 records: those of hubs since batch
 seals; a bundle with older ones is for `hub audit verify`);
-every checkpoint's signature by a pinned key for the bundle's origin,
+every checkpoint's signature by a hub key for the bundle's origin,
 that sizes never decrease and no size has two roots, and that the tree
-recomputed from the records has each checkpoint's root. It leaves to
-`hub audit verify` what needs more than the hub's keys and the records:
-the hub key's hand-overs (pin the current key set), the keys' validity
-periods, the agencies' signatures, schemas, bodies and references.
-It prints each failure as `FAILED entry|checkpoint <n>: <check>: <detail>`
+recomputed from the records has each checkpoint's root. The hub keys are
+the pinned ones and those the bundle's hand-overs lead to from them
+(`key_handover`); each seal's key was valid at its record's `time`, and
+each checkpoint's at the `time` of the last record it covers
+(`key_validity`). It leaves to `hub audit verify` what needs more than
+the hub's keys and the records: the agencies' signatures, schemas,
+bodies and references.
+It prints each failure as `FAILED entry|checkpoint|handover <n>: <check>: <detail>`
 and exits non-zero if there was any. The end-to-end test
 `hub/cli/tests/foreign_audit.rs` runs it on a real hub's export.
 """
 
 import argparse
+import calendar
 import hashlib
 import json
 import os
+import re
 import sys
 
-from hubproto import b64u, jcs, leaf_hash, node, root_from_path, unb64u, verify_checkpoint, verify_detached
+from hubproto import b64u, checkpoint_signer, jcs, leaf_hash, node, root_from_path, unb64u, verify_detached
+
+RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:[Zz]|([+-])(\d\d):(\d\d))")
+
+
+def instant(text) -> int:
+    """An RFC 3339 time as nanoseconds since 1970 (exact, to compare)."""
+    m = RFC3339.fullmatch(text) if isinstance(text, str) else None
+    if not m:
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    seconds = calendar.timegm((year, month, day, hour, minute, second))
+    if m.group(8):
+        offset = int(m.group(9)) * 3600 + int(m.group(10)) * 60
+        seconds -= offset if m.group(8) == "+" else -offset
+    return seconds * 10**9 + int((m.group(7) or "")[:9].ljust(9, "0"))
+
+
+def valid_at(key: dict, time) -> None:
+    """The key's period (`valid_from`, `valid_until`, either optional) holds `time`."""
+    t = instant(time)
+    if "valid_from" in key and t < instant(key["valid_from"]) or \
+            "valid_until" in key and t > instant(key["valid_until"]):
+        raise ValueError(f"key {key['kid']} was not valid at {time}")
+
+
+def thumbprint(key: dict) -> str:
+    """RFC 7638 thumbprint of an Ed25519 JWK."""
+    required = {"crv": key["crv"], "kty": key["kty"], "x": key["x"]}
+    return b64u(hashlib.sha256(jcs(required).encode()).digest())
+
+
+def follow(keys: dict, handover: dict, successors: dict) -> None:
+    """docs/protocol.md, "Following the hub key's rotations": add the
+    hand-over's key to `keys` (kid -> JWK) and end the retired key's period."""
+    new, retires = handover["key"], handover["retires"]
+    if successors.get(retires, new["kid"]) != new["kid"]:
+        raise ValueError(f"{retires} was handed over to {successors[retires]} before")
+    if "valid_from" not in new:
+        raise ValueError(f"the new key {new['kid']} has no valid_from")
+    since = instant(new["valid_from"])
+    if thumbprint(new) != new["kid"]:
+        raise ValueError(f"the new key's kid {new['kid']} is not its thumbprint")
+    if retires not in keys:
+        raise ValueError(f"the retiring key {retires} is not pinned nor handed over to")
+    valid_at(keys[retires], new["valid_from"])
+    payload = jcs({"key": new, "retires": retires, "type": "hub-key-handover/1"}).encode()
+    signer = json.loads(unb64u(handover["signature"].split(".")[0])).get("kid")
+    if signer != retires:
+        raise ValueError(f"signed by {signer}, not by the retiring key {retires}")
+    verify_detached(handover["signature"], payload, {retires: keys[retires]})
+    retired = keys[retires]
+    if "valid_until" not in retired or instant(retired["valid_until"]) > since:
+        retired["valid_until"] = new["valid_from"]
+    keys.setdefault(new["kid"], new)
+    successors[retires] = new["kid"]
 
 
 class Tree:
@@ -71,15 +131,29 @@ def main() -> None:
         failures.append(f"FAILED {what} {n}: {check}: {detail}")
         print(failures[-1], flush=True)
 
+    # The keys the pinned ones hand over to, in order; one not followed
+    # adds nothing, so what only its key signed fails below.
+    handovers, successors, followed = [], {}, 0
+    if os.path.exists(os.path.join(args.bundle, "hub-key-handovers.json")):
+        with open(os.path.join(args.bundle, "hub-key-handovers.json"), encoding="utf-8") as f:
+            handovers = json.load(f)
+    for n, handover in enumerate(handovers):
+        try:
+            follow(keys, handover, successors)
+            followed += 1
+        except Exception as e:  # noqa: BLE001 - any failure to follow is a finding
+            fail("handover", n, "key_handover", repr(e))
+
     # Checkpoints first (a few per second of the log's life): by size.
     checkpoints = {}  # size -> root
+    signers = {}  # size -> the keys that signed a checkpoint of that size
     last_size = -1
     with open(os.path.join(args.bundle, "checkpoints.jsonl"), encoding="utf-8") as f:
         for line in f:
             checkpoint = json.loads(line)
             size = checkpoint["size"]
             try:
-                origin, signed_size, root = verify_checkpoint(checkpoint["note"], keys)
+                origin, signed_size, root, key = checkpoint_signer(checkpoint["note"], keys)
             except Exception as e:  # noqa: BLE001 - any failure to verify is a finding
                 fail("checkpoint", size, "checkpoint_signature", repr(e))
                 continue
@@ -91,8 +165,9 @@ def main() -> None:
             last_size = max(last_size, size)
             if checkpoints.setdefault(size, root) != root:
                 fail("checkpoint", size, "fork", "two roots for one size")
+            signers.setdefault(size, []).append(key)
 
-    tree, prev, batches = Tree(), bytes(32), set()
+    tree, prev, batches = Tree(), bytes(32), {}  # (batch, signature) -> kid
     with open(os.path.join(args.bundle, "entries.jsonl"), encoding="utf-8") as f:
         for n, line in enumerate(f):
             record = json.loads(line)
@@ -112,21 +187,33 @@ def main() -> None:
                 root = root_from_path(n - first, size, leaf, path)
                 batch = jcs({"first": first, "root": b64u(root), "size": size, "v": 2}).encode()
                 if (batch, seal["signature"]) not in batches:  # each batch's signature once
-                    verify_detached(seal["signature"], batch, keys)
-                    batches.add((batch, seal["signature"]))
+                    batches[(batch, seal["signature"])] = verify_detached(seal["signature"], batch, keys)
+                kid = batches[(batch, seal["signature"])]
             except Exception as e:  # noqa: BLE001 - any failure to verify is a finding
                 fail("entry", n, "hub_signature", repr(e))
+            else:
+                try:
+                    valid_at(keys[kid], record.get("time"))
+                except ValueError as e:
+                    fail("entry", n, "key_validity", str(e))
             tree.append(leaf)
             prev = leaf
             if tree.size in checkpoints and tree.root() != checkpoints[tree.size]:
                 fail("checkpoint", tree.size, "checkpoint_root", "not the root of the entries")
+            # A checkpoint is signed after the last record it covers.
+            for key in signers.get(tree.size, []):
+                try:
+                    valid_at(key, record.get("time"))
+                except ValueError as e:
+                    fail("checkpoint", tree.size, "key_validity", str(e))
     for size in sorted(s for s in checkpoints if s > tree.size):
         fail("checkpoint", size, "checkpoint_root", f"beyond the bundle's {tree.size} entries")
     if tree.size != manifest.get("entries"):
         fail("entry", tree.size, "manifest", f"the manifest counts {manifest.get('entries')}")
     covered = max((s for s in checkpoints if s <= tree.size), default=0)
     print(f"{tree.size} entries, {len(checkpoints)} checkpoints ({tree.size - covered} "
-          f"entries after the last): {len(failures)} failure(s)")
+          f"entries after the last), {followed} of {len(handovers)} hand-over(s) followed: "
+          f"{len(failures)} failure(s)")
     sys.exit(1 if failures else 0)
 
 

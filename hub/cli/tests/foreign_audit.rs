@@ -2,7 +2,10 @@
 //! and docs/protocol.md alone (`docs/examples/python_audit.py`), checks
 //! the integrity of a real hub's exported log - the traffic of the Python
 //! client (`docs/examples/python_client.py`) and a refusal - and finds a
-//! changed record and a removed one. Needs `python3` with `cryptography`
+//! changed record and a removed one; across a rotation of the hub's key it
+//! follows the hand-over from the key pinned before, and agrees with
+//! `hub audit verify` on forged hand-overs and keys used outside their
+//! periods. Needs `python3` with `cryptography`
 //! (`.ci/python` installs Debian's); without it the test says it was
 //! skipped, and fails under `CI=true`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -12,7 +15,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{export, hub, serve, stop, text};
+use common::{export, hub, publish_registration, serve, stop, text};
 
 fn example(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -132,4 +135,117 @@ fn a_python_audit_written_from_the_docs_checks_a_real_export_and_finds_tampering
         &unpinned,
         &[": checkpoint_signature: ", ": hub_signature: "],
     );
+}
+
+/// `hub audit verify` of `bundle` against `jwks` (no data key).
+fn rust_audit(data: &Path, bundle: &Path, jwks: &Path) -> Output {
+    hub(
+        data,
+        &[
+            "audit",
+            "verify",
+            bundle.to_str().unwrap(),
+            "--jwks",
+            jwks.to_str().unwrap(),
+        ],
+    )
+}
+
+#[test]
+fn a_python_audit_follows_the_hub_key_hand_over_and_the_keys_periods_as_hub_audit_does() {
+    let Some(python) = hub_e2e::services::python_with(&["cryptography"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let pki = data.join("pki");
+    // An event under the first hub key; the key pinned then; a rotation
+    // while the hub is stopped; an event under the second key.
+    let served = serve(data);
+    let before = publish_registration(data, &served.api);
+    assert!(before.status.success(), "{}", text(&before));
+    stop(served);
+    let old_pinned = data.join("old-pinned.json");
+    std::fs::copy(pki.join("hub-jwks.json"), &old_pinned).unwrap();
+    let rotate = hub(data, &["rotate-hub-key"]);
+    assert!(rotate.status.success(), "{}", text(&rotate));
+    let served = serve(data);
+    let after = publish_registration(data, &served.api);
+    assert!(after.status.success(), "{}", text(&after));
+    stop(served);
+    let bundle = export(data, "bundle");
+
+    // Both auditors reach the new key from the old one.
+    let followed = audit(python, &bundle, &old_pinned);
+    assert!(followed.status.success(), "{}", text(&followed));
+    assert!(
+        text(&followed).contains("1 of 1 hand-over(s) followed: 0 failure(s)"),
+        "{}",
+        text(&followed)
+    );
+    let rust = rust_audit(data, &bundle, &old_pinned);
+    assert!(rust.status.success(), "{}", text(&rust));
+
+    // Without the hand-over the old key vouches for nothing the new one
+    // sealed or signed.
+    let handovers_path = bundle.join("hub-key-handovers.json");
+    let handovers = std::fs::read_to_string(&handovers_path).unwrap();
+    std::fs::write(&handovers_path, "[]").unwrap();
+    let unfollowed = audit(python, &bundle, &old_pinned);
+    fails_naming(
+        &unfollowed,
+        &[": hub_signature: ", ": checkpoint_signature: "],
+    );
+    assert!(!rust_audit(data, &bundle, &old_pinned).status.success());
+
+    // A hand-over changed after signing (its new key's start moved back)
+    // is not followed, and the same seals fail.
+    let mut moved: serde_json::Value = serde_json::from_str(&handovers).unwrap();
+    moved[0]["key"]["valid_from"] = serde_json::json!("2000-01-01T00:00:00.000Z");
+    std::fs::write(&handovers_path, moved.to_string()).unwrap();
+    let forged = audit(python, &bundle, &old_pinned);
+    fails_naming(
+        &forged,
+        &["FAILED handover 0: key_handover: ", ": hub_signature: "],
+    );
+    assert!(
+        text(&forged).contains("0 of 1 hand-over(s) followed"),
+        "{}",
+        text(&forged)
+    );
+    assert!(!rust_audit(data, &bundle, &old_pinned).status.success());
+    std::fs::write(&handovers_path, &handovers).unwrap();
+
+    // A pinned set saying the first key's period ended before it sealed
+    // anything: its seals and checkpoints fail `key_validity`, while the
+    // second key, pinned too, still vouches for its own.
+    let mut ended: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(pki.join("hub-jwks.json")).unwrap()).unwrap();
+    let first_kid =
+        serde_json::from_str::<serde_json::Value>(&handovers).unwrap()[0]["retires"].clone();
+    let first = ended["keys"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|k| k["kid"] == first_kid)
+        .unwrap();
+    first["valid_until"] = serde_json::json!("2000-01-01T00:00:00Z");
+    let ended_path = data.join("ended.json");
+    std::fs::write(&ended_path, ended.to_string()).unwrap();
+    let expired = audit(python, &bundle, &ended_path);
+    fails_naming(
+        &expired,
+        &["FAILED entry 0: key_validity: ", "FAILED checkpoint "],
+    );
+    assert!(
+        text(&expired)
+            .lines()
+            .filter(|l| l.starts_with("FAILED entry"))
+            .all(|l| l.contains(": key_validity: ")),
+        "{}",
+        text(&expired)
+    );
+    let rust = rust_audit(data, &bundle, &ended_path);
+    assert!(!rust.status.success(), "{}", text(&rust));
+    assert!(text(&rust).contains("key_validity"), "{}", text(&rust));
 }
