@@ -324,6 +324,51 @@ async fn a_request_whose_adapter_dies_is_redelivered_and_answered_once() {
 }
 
 #[tokio::test]
+async fn an_adapter_given_the_hub_keys_before_a_rotation_follows_the_hand_over() {
+    let Some(mut setup) = start("hub-k").await else {
+        return;
+    };
+    // The adapter process keeps the keys it was started with.
+    let adapter = Counting::new(false);
+    let config = worker(&setup.hub, &setup.ns, &setup.ns.url);
+    let pinned = config.hub_keys.clone();
+    let (worker_task, stop) = spawn_worker(adapter.clone(), config);
+    let (status, reply) = setup.hub.send(lookup()).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+
+    // The hub's key is rotated while it is stopped, as operations.md says.
+    let dir = setup.hub.dir.clone();
+    setup.hub.stop().await;
+    hub_server::pki::rotate_hub_key(
+        &hub_server::pki::PkiPaths::new(dir.path()),
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    setup.hub = TestHub::start_in(dir, |c| run_on(c, &setup.db, &setup.ns, "hub-k")).await;
+
+    // Requests sealed by the new key reach the adapter with the hand-over
+    // from the key it holds: answered, and nothing dead-lettered.
+    let (status, reply) = setup.hub.send(lookup()).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert!(
+        hub_client::verify_reply(&reply, &pinned).is_err(),
+        "sealed by the new key, which the adapter was not given"
+    );
+    hub_client::verify_reply(&reply, &setup.hub.hub_keys()).unwrap();
+    let id = ExchangeId::parse(reply["record"]["exchange_id"].as_str().unwrap()).unwrap();
+    assert_eq!(adapter.finished(id), 1);
+    let topology = Topology::new(setup.ns.prefix.clone());
+    let (dead, _) = hub_server::broker::dead_letters(&setup.ns.url, &topology, None)
+        .await
+        .unwrap();
+    assert!(dead.is_empty(), "{dead:?}");
+
+    let _ = stop.send(true);
+    worker_task.await.unwrap();
+    setup.finish().await;
+}
+
+#[tokio::test]
 async fn a_stopping_adapter_answers_the_requests_it_took() {
     let Some(setup) = start("hub-g").await else {
         return;

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use hub_core::envelope::Envelope;
+use hub_core::handover::{self, KeyHandover};
 use hub_core::ids::{ExchangeId, Member};
 use hub_core::jws::Jwks;
 use hub_core::log::SealVerifier;
@@ -377,10 +378,84 @@ pub struct WorkerConfig {
     pub prefetch: u16,
 }
 
+/// Header of a message of requests holding the hub key's hand-overs,
+/// oldest first (the JSON of `/.well-known/hub-key-handovers.json`), once
+/// the hub's key has been rotated: an adapter given the keys from before a
+/// rotation follows them to the key that seals the requests now, trusting
+/// only the keys it was given (each hand-over is signed by the key it
+/// retires; docs/protocol.md, "Following the hub key's rotations").
+pub const KEY_HANDOVERS: &str = "x-hub-key-handovers";
+
 /// The hub's keys and the batch seals already checked with them.
 struct HubKeys {
-    keys: Jwks,
+    /// The keys the adapter was given.
+    pinned: Jwks,
+    /// Those and the keys the hub's hand-overs lead to from them.
+    current: std::sync::RwLock<Arc<Jwks>>,
     seals: SealVerifier,
+}
+
+impl HubKeys {
+    fn new(pinned: Jwks) -> Self {
+        Self {
+            current: std::sync::RwLock::new(Arc::new(pinned.clone())),
+            pinned,
+            seals: SealVerifier::new(),
+        }
+    }
+
+    fn current(&self) -> Arc<Jwks> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Follow the hand-overs `delivery` carries ([`KEY_HANDOVERS`]) from
+    /// the pinned keys; whether that added a key.
+    fn follow(&self, delivery: &Delivery) -> bool {
+        let Some(text) = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(KEY_HANDOVERS).cloned())
+            .and_then(|v| match v {
+                AMQPValue::LongString(s) => Some(s.as_bytes().to_vec()),
+                _ => None,
+            })
+        else {
+            return false;
+        };
+        let handovers: Vec<KeyHandover> = match serde_json::from_slice(&text) {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(error = %e, "the hub key's hand-overs a request carries do not read; not followed");
+                return false;
+            }
+        };
+        let (keys, outcomes) = handover::follow(&self.pinned, &handovers);
+        for (h, outcome) in handovers.iter().zip(outcomes) {
+            if let Err(e) = outcome {
+                warn!(retires = %h.retires, error = %e, "a hand-over of the hub's key does not hold; not followed");
+            }
+        }
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let added: Vec<&str> = keys
+            .keys
+            .iter()
+            .filter(|k| current.find(&k.kid).is_none())
+            .map(|k| k.kid.as_str())
+            .collect();
+        if added.is_empty() {
+            return false;
+        }
+        info!(keys = ?added, "following the hub key's hand-over");
+        *current = Arc::new(keys);
+        true
+    }
 }
 
 /// Recently answered requests, so that a redelivery is answered again
@@ -442,10 +517,7 @@ async fn consume_until_stopped(
         replies: HashMap::new(),
         order: VecDeque::new(),
     }));
-    let hub = Arc::new(HubKeys {
-        keys: config.hub_keys.clone(),
-        seals: SealVerifier::new(),
-    });
+    let hub = Arc::new(HubKeys::new(config.hub_keys.clone()));
     let mut backoff = Duration::from_millis(100);
     while !*shutdown.borrow() {
         match consume(&adapter, &config, &hub, &answered, &mut shutdown).await {
@@ -867,7 +939,12 @@ async fn answer(to: &Handling, delivery: &Delivery, data: &[u8]) -> lapin::Resul
         refusals: _,
         calls,
     } = to;
-    let checked = match check_request(data, &hub.keys, &hub.seals) {
+    let mut checked = check_request(data, &hub.current(), &hub.seals);
+    // Sealed by a key the hub rotated to since this adapter was given its keys?
+    if matches!(checked, Err(MessageRejected::Unverified(_))) && hub.follow(delivery) {
+        checked = check_request(data, &hub.current(), &hub.seals);
+    }
+    let checked = match checked {
         Ok(c) if c.receiver.as_ref() == Some(adapter.provider()) => c,
         Ok(c) => {
             return Ok(RequestOutcome::Refused(match c.receiver {

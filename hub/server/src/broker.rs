@@ -20,11 +20,12 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use hub_adapter_sdk::ServiceKind;
 use hub_adapter_sdk::amqp::{
-    Acks, REFUSED_BECAUSE, REFUSED_EXCHANGE, REFUSED_QUEUE, REFUSED_ROUTING_KEY, Refuser,
-    ReplyOutcome, Settle, Topology, array_message, array_properties, parse_replies, retry_later,
-    taken,
+    Acks, KEY_HANDOVERS, REFUSED_BECAUSE, REFUSED_EXCHANGE, REFUSED_QUEUE, REFUSED_ROUTING_KEY,
+    Refuser, ReplyOutcome, Settle, Topology, array_message, array_properties, parse_replies,
+    retry_later, taken,
 };
 use hub_core::body::DataKey;
+use hub_core::handover::KeyHandover;
 use hub_core::ids::Member;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -235,12 +236,16 @@ async fn relay_once(hub: &Hub, broker: &Broker) -> Result<usize, BrokerError> {
             }
         }
     }
+    let handovers = key_handovers_header(&hub.key_handovers);
     let mut in_flight = Vec::new();
     for requests in by_recipient(opened) {
         let (first, _) = requests[0];
         let texts: Vec<&[u8]> = requests.iter().map(|(_, t)| t.as_bytes()).collect();
-        let properties = array_properties(&first.exchange_id, requests.len())
+        let mut properties = array_properties(&first.exchange_id, requests.len())
             .with_reply_to(broker.topology.reply_queue(&broker.instance).into());
+        if let Some(headers) = &handovers {
+            properties = properties.with_headers(headers.clone());
+        }
         let confirm = ch
             .basic_publish(
                 broker.topology.exchange().into(),
@@ -276,6 +281,19 @@ async fn relay_once(hub: &Hub, broker: &Broker) -> Result<usize, BrokerError> {
         return Err(BrokerError::NotTaken(failed));
     }
     Ok(sent.len())
+}
+
+/// The headers that carry the hub key's hand-overs to the adapters
+/// ([`KEY_HANDOVERS`]), if it was ever rotated: those given the keys from
+/// before follow them instead of refusing every request.
+fn key_handovers_header(handovers: &[KeyHandover]) -> Option<FieldTable> {
+    if handovers.is_empty() {
+        return None;
+    }
+    let text = serde_json::to_string(handovers).ok()?;
+    let mut headers = FieldTable::default();
+    headers.insert(KEY_HANDOVERS.into(), AMQPValue::LongString(text.into()));
+    Some(headers)
 }
 
 /// The most requests one message carries, and about the most bytes: a
