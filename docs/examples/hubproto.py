@@ -1,13 +1,17 @@
 """What a client of the hub in Python needs of docs/protocol.md: RFC 8785
 canonical JSON, detached unencoded-payload JWS (Ed25519), the hub's seals,
-RFC 9162 inclusion and consistency proofs, and C2SP signed checkpoints.
-Shared by python_client.py and python_adapter.py; needs `cryptography`.
+RFC 9162 inclusion and consistency proofs, C2SP signed checkpoints,
+and following the hub key's hand-overs. Shared by python_client.py,
+python_adapter.py and python_audit.py; needs `cryptography`.
 """
 
 import base64
+import calendar
+import copy
 import hashlib
 import json
 import os
+import re
 import time
 import uuid
 
@@ -167,3 +171,71 @@ def verify_record(record: dict, keys: dict, body=None, salt=None) -> None:
         commitment = b64u(hashlib.sha256(unb64u(salt) + jcs(body).encode()).digest())
         if commitment != record["body_hash"]:
             raise ValueError("the body is not the one the record commits to")
+
+
+RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:[Zz]|([+-])(\d\d):(\d\d))")
+
+
+def instant(text) -> int:
+    """An RFC 3339 time as nanoseconds since 1970 (exact, to compare)."""
+    m = RFC3339.fullmatch(text) if isinstance(text, str) else None
+    if not m:
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    seconds = calendar.timegm((year, month, day, hour, minute, second))
+    if m.group(8):
+        offset = int(m.group(9)) * 3600 + int(m.group(10)) * 60
+        seconds -= offset if m.group(8) == "+" else -offset
+    return seconds * 10**9 + int((m.group(7) or "")[:9].ljust(9, "0"))
+
+
+def valid_at(key: dict, when) -> None:
+    """The key's period (`valid_from`, `valid_until`, either optional) holds `when`."""
+    t = instant(when)
+    if "valid_from" in key and t < instant(key["valid_from"]) or \
+            "valid_until" in key and t > instant(key["valid_until"]):
+        raise ValueError(f"key {key['kid']} was not valid at {when}")
+
+
+def thumbprint(key: dict) -> str:
+    """RFC 7638 thumbprint of an Ed25519 JWK."""
+    required = {"crv": key["crv"], "kty": key["kty"], "x": key["x"]}
+    return b64u(hashlib.sha256(jcs(required).encode()).digest())
+
+
+def follow(keys: dict, handover: dict, successors: dict) -> None:
+    """docs/protocol.md, "Following the hub key's rotations": add the
+    hand-over's key to `keys` (kid -> JWK) and end the retired key's period."""
+    new, retires = handover["key"], handover["retires"]
+    if successors.get(retires, new["kid"]) != new["kid"]:
+        raise ValueError(f"{retires} was handed over to {successors[retires]} before")
+    if "valid_from" not in new:
+        raise ValueError(f"the new key {new['kid']} has no valid_from")
+    since = instant(new["valid_from"])
+    if thumbprint(new) != new["kid"]:
+        raise ValueError(f"the new key's kid {new['kid']} is not its thumbprint")
+    if retires not in keys:
+        raise ValueError(f"the retiring key {retires} is not pinned nor handed over to")
+    valid_at(keys[retires], new["valid_from"])
+    payload = jcs({"key": new, "retires": retires, "type": "hub-key-handover/1"}).encode()
+    signer = json.loads(unb64u(handover["signature"].split(".")[0])).get("kid")
+    if signer != retires:
+        raise ValueError(f"signed by {signer}, not by the retiring key {retires}")
+    verify_detached(handover["signature"], payload, {retires: keys[retires]})
+    retired = keys[retires]
+    if "valid_until" not in retired or instant(retired["valid_until"]) > since:
+        retired["valid_until"] = new["valid_from"]
+    keys.setdefault(new["kid"], new)
+    successors[retires] = new["kid"]
+
+
+def follow_handovers(pinned: dict, handovers: list):
+    """The keys (kid -> JWK) that `pinned` vouches for through `handovers`
+    (oldest first), and each hand-over not followed with why: (keys, [(n, error)])."""
+    keys, successors, not_followed = copy.deepcopy(pinned), {}, []
+    for n, handover in enumerate(handovers):
+        try:
+            follow(keys, handover, successors)
+        except Exception as e:  # noqa: BLE001 - one not followed adds nothing
+            not_followed.append((n, e))
+    return keys, not_followed

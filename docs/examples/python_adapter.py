@@ -16,7 +16,10 @@ body commitment against the hub's keys, answers each exchange once (a
 redelivered request is answered again from memory, which the hub drops as
 a duplicate), publishes the answers with publisher confirms and
 acknowledges a message only once its answers are confirmed. A request
-that fails its checks is dead-lettered with the `x-refused-*` headers.
+sealed by a key the hub rotated to after the adapter started is checked
+with the keys the hand-overs it carries (`x-hub-key-handovers`) lead to
+from the pinned ones. A request that fails its checks is dead-lettered
+with the `x-refused-*` headers.
 The end-to-end test `tests/tests/foreign_adapter.rs` runs it against a
 real hub on PostgreSQL and RabbitMQ.
 """
@@ -28,7 +31,7 @@ import sys
 
 import pika
 
-from hubproto import verify_record
+from hubproto import follow_handovers, verify_record
 
 PROVIDER = {"agency": "000.00.00.G01", "subsystem": "population-registry"}
 
@@ -64,7 +67,8 @@ def answer(payload: dict) -> dict:
 
 class Adapter:
     def __init__(self, channel, prefix: str, keys: dict):
-        self.channel, self.prefix, self.keys = channel, prefix, keys
+        self.channel, self.prefix = channel, prefix
+        self.pinned, self.keys = keys, keys  # pinned, and those hand-overs led to
         self.member = f"{PROVIDER['agency']}.{PROVIDER['subsystem']}"
         self.queue = f"{prefix}.provider.{self.member}"
         self.answered = {}  # exchange id -> answer: a redelivery is answered alike
@@ -88,10 +92,32 @@ class Adapter:
         )
         ch.queue_bind(self.queue, f"{p}.exchanges", routing_key=f"provider.{self.member}")
 
-    def check(self, document: dict) -> str:
+    def follow(self, headers: dict) -> bool:
+        """Follow the hub key's hand-overs a message carries from the pinned
+        keys; whether that added a key."""
+        handovers = headers.get("x-hub-key-handovers")
+        if not handovers:
+            return False
+        keys, not_followed = follow_handovers(self.pinned, json.loads(handovers))
+        for n, e in not_followed:
+            print(f"hand-over {n} not followed: {e!r}", flush=True)
+        if set(keys) <= set(self.keys):
+            return False
+        print(f"following the hub key's hand-over to {sorted(set(keys) - set(self.keys))}", flush=True)
+        self.keys = keys
+        return True
+
+    def check(self, document: dict, headers: dict) -> str:
         """Why the request must never be handled, or '' if it may be."""
-        try:
+        def verify():
             verify_record(document["record"], self.keys, document["body"], document["body_salt"])
+        try:
+            try:
+                verify()
+            except Exception:  # noqa: BLE001 - perhaps a key the hub rotated to
+                if not self.follow(headers):
+                    raise
+                verify()
         except Exception as e:  # noqa: BLE001 - any failure to verify refuses it
             return f"the hub's signature or body commitment does not verify: {e!r}"
         record = document["record"]
@@ -177,7 +203,7 @@ class Adapter:
             channel.basic_ack(method.delivery_tag)
             return
         for element in elements:
-            because = self.check(element) if properties.reply_to else "no reply_to"
+            because = self.check(element, properties.headers or {}) if properties.reply_to else "no reply_to"
             if because and not several:
                 self.refuse_message(channel, method, properties, body, because)
                 return

@@ -26,70 +26,13 @@ and exits non-zero if there was any. The end-to-end test
 """
 
 import argparse
-import calendar
 import hashlib
 import json
 import os
-import re
 import sys
 
-from hubproto import b64u, checkpoint_signer, jcs, leaf_hash, node, root_from_path, unb64u, verify_detached
-
-RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:[Zz]|([+-])(\d\d):(\d\d))")
-
-
-def instant(text) -> int:
-    """An RFC 3339 time as nanoseconds since 1970 (exact, to compare)."""
-    m = RFC3339.fullmatch(text) if isinstance(text, str) else None
-    if not m:
-        raise ValueError(f"not an RFC 3339 time: {text!r}")
-    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
-    seconds = calendar.timegm((year, month, day, hour, minute, second))
-    if m.group(8):
-        offset = int(m.group(9)) * 3600 + int(m.group(10)) * 60
-        seconds -= offset if m.group(8) == "+" else -offset
-    return seconds * 10**9 + int((m.group(7) or "")[:9].ljust(9, "0"))
-
-
-def valid_at(key: dict, time) -> None:
-    """The key's period (`valid_from`, `valid_until`, either optional) holds `time`."""
-    t = instant(time)
-    if "valid_from" in key and t < instant(key["valid_from"]) or \
-            "valid_until" in key and t > instant(key["valid_until"]):
-        raise ValueError(f"key {key['kid']} was not valid at {time}")
-
-
-def thumbprint(key: dict) -> str:
-    """RFC 7638 thumbprint of an Ed25519 JWK."""
-    required = {"crv": key["crv"], "kty": key["kty"], "x": key["x"]}
-    return b64u(hashlib.sha256(jcs(required).encode()).digest())
-
-
-def follow(keys: dict, handover: dict, successors: dict) -> None:
-    """docs/protocol.md, "Following the hub key's rotations": add the
-    hand-over's key to `keys` (kid -> JWK) and end the retired key's period."""
-    new, retires = handover["key"], handover["retires"]
-    if successors.get(retires, new["kid"]) != new["kid"]:
-        raise ValueError(f"{retires} was handed over to {successors[retires]} before")
-    if "valid_from" not in new:
-        raise ValueError(f"the new key {new['kid']} has no valid_from")
-    since = instant(new["valid_from"])
-    if thumbprint(new) != new["kid"]:
-        raise ValueError(f"the new key's kid {new['kid']} is not its thumbprint")
-    if retires not in keys:
-        raise ValueError(f"the retiring key {retires} is not pinned nor handed over to")
-    valid_at(keys[retires], new["valid_from"])
-    payload = jcs({"key": new, "retires": retires, "type": "hub-key-handover/1"}).encode()
-    signer = json.loads(unb64u(handover["signature"].split(".")[0])).get("kid")
-    if signer != retires:
-        raise ValueError(f"signed by {signer}, not by the retiring key {retires}")
-    verify_detached(handover["signature"], payload, {retires: keys[retires]})
-    retired = keys[retires]
-    if "valid_until" not in retired or instant(retired["valid_until"]) > since:
-        retired["valid_until"] = new["valid_from"]
-    keys.setdefault(new["kid"], new)
-    successors[retires] = new["kid"]
-
+from hubproto import (b64u, checkpoint_signer, follow_handovers, jcs, leaf_hash, node, root_from_path,
+                      unb64u, valid_at, verify_detached)
 
 class Tree:
     """RFC 9162 Merkle tree hashes, appended to one leaf at a time: the
@@ -133,16 +76,14 @@ def main() -> None:
 
     # The keys the pinned ones hand over to, in order; one not followed
     # adds nothing, so what only its key signed fails below.
-    handovers, successors, followed = [], {}, 0
+    handovers = []
     if os.path.exists(os.path.join(args.bundle, "hub-key-handovers.json")):
         with open(os.path.join(args.bundle, "hub-key-handovers.json"), encoding="utf-8") as f:
             handovers = json.load(f)
-    for n, handover in enumerate(handovers):
-        try:
-            follow(keys, handover, successors)
-            followed += 1
-        except Exception as e:  # noqa: BLE001 - any failure to follow is a finding
-            fail("handover", n, "key_handover", repr(e))
+    keys, not_followed = follow_handovers(keys, handovers)
+    for n, e in not_followed:
+        fail("handover", n, "key_handover", repr(e))
+    followed = len(handovers) - len(not_followed)
 
     # Checkpoints first (a few per second of the log's life): by size.
     checkpoints = {}  # size -> root

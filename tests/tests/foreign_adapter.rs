@@ -5,7 +5,8 @@
 //! other arguments), answers queries sent one by one and together, sends
 //! the requests of a redelivered message of several back one by one, and
 //! dead-letters a forged request with the `x-refused-*` headers the hub's
-//! tools read. Needs `python3` with `pika` and `cryptography` (`.ci/python`
+//! tools read, and follows the hand-over to the hub's new key after a
+//! rotation. Needs `python3` with `pika` and `cryptography` (`.ci/python`
 //! installs Debian's); without them, PostgreSQL or RabbitMQ the test says
 //! it was skipped, and fails under `CI=true`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -158,6 +159,27 @@ async fn a_python_adapter_written_from_the_protocol_doc_serves_the_hub_over_amqp
     for id in answered.iter().cloned().chain(together_ids) {
         assert!(said.contains(&format!("answered {id}")), "{id}: {said}");
     }
+
+    // The hub's key is rotated while it is stopped: the adapter keeps the
+    // keys it read at its start and follows the hand-over the requests carry.
+    let dir = hub.dir.clone();
+    hub.stop().await;
+    hub_server::pki::rotate_hub_key(
+        &hub_server::pki::PkiPaths::new(dir.path()),
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    hub = TestHub::start_in(dir, |c| run_on(c, &db, &ns, "hub-py")).await;
+    let (status, reply) = hub.send(citizen_lookup("001085012345")).await;
+    let said = std::fs::read_to_string(&output).unwrap_or_default();
+    assert_eq!(status, StatusCode::OK, "{reply}\nthe adapter said:\n{said}");
+    let id = reply["record"]["exchange_id"].as_str().unwrap();
+    assert!(said.contains("following the hub key's hand-over"), "{said}");
+    assert!(said.contains(&format!("answered {id}")), "{id}: {said}");
+    let (letters, _) = hub_server::broker::dead_letters(&ns.url, &topology, None)
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1, "only the forged request: {letters:?}");
 
     drop(adapter);
     let _ = conn.close(200, "done".into()).await;
