@@ -126,6 +126,16 @@ impl TestHub {
         }
     }
 
+    /// Stop, rotate the hub's signing key as `hub rotate-hub-key` does
+    /// (while the hub is stopped, as docs/operations.md says) and start
+    /// again in the same data directory, adjusting the config.
+    pub async fn restart_with_rotated_key(&mut self, adjust: impl FnOnce(&mut Config)) {
+        self.stop().await;
+        let pki = hub_server::pki::PkiPaths::new(self.dir.path());
+        hub_server::pki::rotate_hub_key(&pki, time::OffsetDateTime::now_utc()).unwrap();
+        *self = Self::start_in(self.dir.clone(), adjust).await;
+    }
+
     pub fn api_base(&self) -> String {
         format!("https://{}", self.running().api_addr)
     }

@@ -337,14 +337,11 @@ async fn an_adapter_given_the_hub_keys_before_a_rotation_follows_the_hand_over()
     assert_eq!(status, StatusCode::OK, "{reply}");
 
     // The hub's key is rotated while it is stopped, as operations.md says.
-    let dir = setup.hub.dir.clone();
-    setup.hub.stop().await;
-    hub_server::pki::rotate_hub_key(
-        &hub_server::pki::PkiPaths::new(dir.path()),
-        time::OffsetDateTime::now_utc(),
-    )
-    .unwrap();
-    setup.hub = TestHub::start_in(dir, |c| run_on(c, &setup.db, &setup.ns, "hub-k")).await;
+    let (db, ns) = (&setup.db, &setup.ns);
+    setup
+        .hub
+        .restart_with_rotated_key(|c| run_on(c, db, ns, "hub-k"))
+        .await;
 
     // Requests sealed by the new key reach the adapter with the hand-over
     // from the key it holds: answered, and nothing dead-lettered.

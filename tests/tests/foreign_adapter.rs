@@ -162,14 +162,8 @@ async fn a_python_adapter_written_from_the_protocol_doc_serves_the_hub_over_amqp
 
     // The hub's key is rotated while it is stopped: the adapter keeps the
     // keys it read at its start and follows the hand-over the requests carry.
-    let dir = hub.dir.clone();
-    hub.stop().await;
-    hub_server::pki::rotate_hub_key(
-        &hub_server::pki::PkiPaths::new(dir.path()),
-        time::OffsetDateTime::now_utc(),
-    )
-    .unwrap();
-    hub = TestHub::start_in(dir, |c| run_on(c, &db, &ns, "hub-py")).await;
+    hub.restart_with_rotated_key(|c| run_on(c, &db, &ns, "hub-py"))
+        .await;
     let (status, reply) = hub.send(citizen_lookup("001085012345")).await;
     let said = std::fs::read_to_string(&output).unwrap_or_default();
     assert_eq!(status, StatusCode::OK, "{reply}\nthe adapter said:\n{said}");
