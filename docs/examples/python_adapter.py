@@ -157,6 +157,7 @@ class Adapter:
 
     def send_back(self, method, properties, element: dict) -> None:
         exchange_id = element["record"]["exchange_id"]
+        handovers = (properties.headers or {}).get("x-hub-key-handovers")
         self.channel.basic_publish(
             method.exchange,
             method.routing_key,
@@ -167,6 +168,7 @@ class Adapter:
                 reply_to=properties.reply_to,
                 content_type="application/json",
                 delivery_mode=2,
+                headers={"x-hub-key-handovers": handovers} if handovers else None,
             ),
             mandatory=True,
         )

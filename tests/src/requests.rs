@@ -88,6 +88,16 @@ pub async fn waiting_requests(
 /// Publish `requests` as one message to the population registry's queue,
 /// as the hub's relay does.
 pub async fn publish_requests(ns: &AmqpNamespace, instance: &str, requests: &[&[u8]]) {
+    publish_requests_with(ns, instance, requests, lapin::types::FieldTable::default()).await;
+}
+
+/// [`publish_requests`] with these headers.
+pub async fn publish_requests_with(
+    ns: &AmqpNamespace,
+    instance: &str,
+    requests: &[&[u8]],
+    headers: lapin::types::FieldTable,
+) {
     let topology = Topology::new(ns.prefix.clone());
     let provider: Member = POPULATION_REGISTRY.parse().unwrap();
     let (conn, ch) = ns.client_channel().await;
@@ -98,7 +108,8 @@ pub async fn publish_requests(ns: &AmqpNamespace, instance: &str, requests: &[&[
         lapin::BasicProperties::default()
             .with_message_id("several".into())
             .with_delivery_mode(2)
-            .with_reply_to(topology.reply_queue(instance).into()),
+            .with_reply_to(topology.reply_queue(instance).into())
+            .with_headers(headers),
     )
     .await;
     let _ = conn.close(200, "done".into()).await;

@@ -14,7 +14,7 @@ use hub_adapter_sdk::amqp::{Topology, WorkerConfig};
 use hub_adapter_sdk::{Adapter, AdapterRequest, HandlerFuture, ServiceSpec};
 use hub_core::ids::{ExchangeId, Member};
 use hub_e2e::relay::Relay;
-use hub_e2e::requests::{publish_requests, take_requests, waiting_requests};
+use hub_e2e::requests::{publish_requests, publish_requests_with, take_requests, waiting_requests};
 use hub_e2e::services::{AmqpNamespace, PgDatabase, publish_taken, run_on};
 use hub_e2e::*;
 use hub_server::broker::DeadLetter;
@@ -359,9 +359,53 @@ async fn an_adapter_given_the_hub_keys_before_a_rotation_follows_the_hand_over()
         .await
         .unwrap();
     assert!(dead.is_empty(), "{dead:?}");
-
     let _ = stop.send(true);
     worker_task.await.unwrap();
+
+    // A message of several requests sealed by the new key comes back from
+    // an adapter that went down with it: each request goes back to the
+    // queue alone, with the hand-overs, so that an adapter started afresh
+    // with the old keys still verifies it.
+    let hub = Arc::new(setup.hub);
+    let (mut sending, ids, requests) = waiting_requests(&setup.ns, &hub, "hub-k", 2).await;
+    let handovers =
+        std::fs::read_to_string(hub.running().pki.dir.join("hub-key-handovers.json")).unwrap();
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        hub_adapter_sdk::amqp::KEY_HANDOVERS.into(),
+        lapin::types::AMQPValue::LongString(handovers.into()),
+    );
+    publish_requests_with(&setup.ns, "hub-k", &[&requests[0], &requests[1]], headers).await;
+    {
+        let provider: Member = POPULATION_REGISTRY.parse().unwrap();
+        let (conn, ch) = setup.ns.client_channel().await;
+        let queue = topology.provider_queue(&provider);
+        let (taken, _, _) = take_requests(&ch, &queue, 2, &hub.hub_keys()).await;
+        assert_eq!(taken, ids);
+        // Closed without an acknowledgement: the broker delivers it again.
+        let _ = conn.close(200, "died".into()).await;
+    }
+    let fresh = Counting::new(false);
+    let (fresh_task, stop) = spawn_worker(
+        fresh.clone(),
+        WorkerConfig {
+            hub_keys: pinned,
+            ..worker(&hub, &setup.ns, &setup.ns.url)
+        },
+    );
+    while let Some(done) = sending.join_next().await {
+        let (status, reply) = done.unwrap();
+        assert_eq!(status, StatusCode::OK, "{reply}");
+    }
+    for id in &ids {
+        assert_eq!(fresh.finished(*id), 1);
+    }
+    let _ = stop.send(true);
+    fresh_task.await.unwrap();
+    let setup = Setup {
+        hub: Arc::into_inner(hub).unwrap(),
+        ..setup
+    };
     setup.finish().await;
 }
 

@@ -386,6 +386,22 @@ pub struct WorkerConfig {
 /// retires; docs/protocol.md, "Following the hub key's rotations").
 pub const KEY_HANDOVERS: &str = "x-hub-key-handovers";
 
+/// Of `properties`' headers, only the hub key's hand-overs
+/// ([`KEY_HANDOVERS`]), if it has them: what a request keeps when it is
+/// sent back alone or re-driven, so that an adapter given older keys can
+/// still verify it.
+pub fn key_handovers_of(properties: &BasicProperties) -> Option<FieldTable> {
+    let value = properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(KEY_HANDOVERS)?
+        .clone();
+    let mut headers = FieldTable::default();
+    headers.insert(KEY_HANDOVERS.into(), value);
+    Some(headers)
+}
+
 /// The hub's keys and the batch seals already checked with them.
 struct HubKeys {
     /// The keys the adapter was given.
@@ -1182,6 +1198,9 @@ impl Refuser {
                 properties = properties
                     .with_message_id(id.as_str().into())
                     .with_correlation_id(id.into());
+            }
+            if let Some(headers) = key_handovers_of(&delivery.properties) {
+                properties = properties.with_headers(headers);
             }
             let publishing = self
                 .ch

@@ -21,8 +21,8 @@ use futures_util::StreamExt;
 use hub_adapter_sdk::ServiceKind;
 use hub_adapter_sdk::amqp::{
     Acks, KEY_HANDOVERS, REFUSED_BECAUSE, REFUSED_EXCHANGE, REFUSED_QUEUE, REFUSED_ROUTING_KEY,
-    Refuser, ReplyOutcome, Settle, Topology, array_message, array_properties, parse_replies,
-    retry_later, taken,
+    Refuser, ReplyOutcome, Settle, Topology, array_message, array_properties, key_handovers_of,
+    parse_replies, retry_later, taken,
 };
 use hub_core::body::DataKey;
 use hub_core::handover::KeyHandover;
@@ -602,10 +602,12 @@ pub async fn dead_letters(
                         ..BasicPublishOptions::default()
                     },
                     &delivery.data,
+                    // Without the dead-lettering's headers, but with the
+                    // hub key's hand-overs the request came with.
                     delivery
                         .properties
                         .clone()
-                        .with_headers(FieldTable::default()),
+                        .with_headers(key_handovers_of(&delivery.properties).unwrap_or_default()),
                 )
                 .await?
                 .await?;
