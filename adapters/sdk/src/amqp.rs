@@ -391,15 +391,13 @@ pub const KEY_HANDOVERS: &str = "x-hub-key-handovers";
 /// sent back alone or re-driven, so that an adapter given older keys can
 /// still verify it.
 pub fn key_handovers_of(properties: &BasicProperties) -> Option<FieldTable> {
-    let value = properties
-        .headers()
-        .as_ref()?
-        .inner()
-        .get(KEY_HANDOVERS)?
-        .clone();
     let mut headers = FieldTable::default();
-    headers.insert(KEY_HANDOVERS.into(), value);
+    headers.insert(KEY_HANDOVERS.into(), key_handovers(properties)?.clone());
     Some(headers)
+}
+
+fn key_handovers(properties: &BasicProperties) -> Option<&AMQPValue> {
+    properties.headers().as_ref()?.inner().get(KEY_HANDOVERS)
 }
 
 /// The hub's keys and the batch seals already checked with them.
@@ -427,26 +425,20 @@ impl HubKeys {
             .clone()
     }
 
-    /// Follow the hand-overs `delivery` carries ([`KEY_HANDOVERS`]) from
-    /// the pinned keys; whether that added a key.
-    fn follow(&self, delivery: &Delivery) -> bool {
-        let Some(text) = delivery
-            .properties
-            .headers()
-            .as_ref()
-            .and_then(|h| h.inner().get(KEY_HANDOVERS).cloned())
-            .and_then(|v| match v {
-                AMQPValue::LongString(s) => Some(s.as_bytes().to_vec()),
-                _ => None,
-            })
-        else {
-            return false;
+    /// The keys to check `delivery`'s requests with again after `tried`
+    /// failed: those the hand-overs it carries ([`KEY_HANDOVERS`]) lead to
+    /// from the pinned keys, kept for the requests that follow - if they
+    /// hold a key `tried` lacks (another request may have followed them
+    /// since `tried` was taken).
+    fn follow(&self, delivery: &Delivery, tried: &Jwks) -> Option<Arc<Jwks>> {
+        let AMQPValue::LongString(text) = key_handovers(&delivery.properties)? else {
+            return None;
         };
-        let handovers: Vec<KeyHandover> = match serde_json::from_slice(&text) {
+        let handovers: Vec<KeyHandover> = match serde_json::from_slice(text.as_bytes()) {
             Ok(h) => h,
             Err(e) => {
                 warn!(error = %e, "the hub key's hand-overs a request carries do not read; not followed");
-                return false;
+                return None;
             }
         };
         let (keys, outcomes) = handover::follow(&self.pinned, &handovers);
@@ -465,12 +457,12 @@ impl HubKeys {
             .filter(|k| current.find(&k.kid).is_none())
             .map(|k| k.kid.as_str())
             .collect();
-        if added.is_empty() {
-            return false;
+        if !added.is_empty() {
+            info!(keys = ?added, "following the hub key's hand-over");
+            *current = Arc::new(keys);
         }
-        info!(keys = ?added, "following the hub key's hand-over");
-        *current = Arc::new(keys);
-        true
+        let newer = current.keys.iter().any(|k| tried.find(&k.kid).is_none());
+        newer.then(|| current.clone())
     }
 }
 
@@ -955,10 +947,13 @@ async fn answer(to: &Handling, delivery: &Delivery, data: &[u8]) -> lapin::Resul
         refusals: _,
         calls,
     } = to;
-    let mut checked = check_request(data, &hub.current(), &hub.seals);
+    let keys = hub.current();
+    let mut checked = check_request(data, &keys, &hub.seals);
     // Sealed by a key the hub rotated to since this adapter was given its keys?
-    if matches!(checked, Err(MessageRejected::Unverified(_))) && hub.follow(delivery) {
-        checked = check_request(data, &hub.current(), &hub.seals);
+    if matches!(checked, Err(MessageRejected::Unverified(_)))
+        && let Some(newer) = hub.follow(delivery, &keys)
+    {
+        checked = check_request(data, &newer, &hub.seals);
     }
     let checked = match checked {
         Ok(c) if c.receiver.as_ref() == Some(adapter.provider()) => c,
