@@ -18,8 +18,10 @@
 //! queue together, as one message holding a JSON array of answers
 //! ([`array_message`]): RabbitMQ's cost is per message, not per byte. A
 //! redelivered request already answered is answered again from memory,
-//! not handled twice. Requests that fail verification are dead-lettered at
-//! once, saying why ([`Refuser`]); those whose answer cannot be sent are
+//! not handled twice. A request sealed by a key the hub rotated to after
+//! the worker was given its keys is checked with the keys the hand-overs
+//! it carries lead to ([`KEY_HANDOVERS`]). Requests that fail verification
+//! are dead-lettered at once, saying why ([`Refuser`]); those whose answer cannot be sent are
 //! retried with back-off until the queue's delivery limit, then
 //! dead-lettered by the broker. A message of several requests that comes
 //! back (an adapter went down handling it) is split: each request goes back
