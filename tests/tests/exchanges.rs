@@ -433,6 +433,61 @@ async fn a_repeated_exchange_id_is_answered_once() {
 }
 
 #[tokio::test]
+async fn a_stored_answer_that_no_longer_opens_is_an_internal_error_not_a_retry() {
+    let hub = TestHub::start().await;
+    let (status, reply) = hub
+        .send(envelope(
+            ONE_STOP,
+            "citizen.lookup",
+            "public_service",
+            json!({"personal_id": "001085012345"}),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let path = format!(
+        "/v1/exchanges/{}",
+        reply["record"]["exchange_id"].as_str().unwrap()
+    );
+    let get = || async {
+        let (status, headers, body) = hub
+            .client(ONE_STOP)
+            .send_full(hub_client::Method::GET, &path, None)
+            .await
+            .unwrap();
+        (
+            status,
+            headers,
+            serde_json::from_slice::<Value>(&body).unwrap(),
+        )
+    };
+    let (status, _, again) = get().await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+
+    // The database is changed behind the hub's back: the answer's sealed
+    // body no longer opens with the data key. Retrying cannot mend that, so
+    // the hub says so (500) instead of asking for a retry (503).
+    let mut db = <sqlx::SqliteConnection as sqlx::Connection>::connect(&hub.config.database_url())
+        .await
+        .unwrap();
+    let index = reply["record"]["index"].as_i64().unwrap();
+    sqlx::query("UPDATE log_bodies SET ciphertext = zeroblob(length(ciphertext)) WHERE idx = ?")
+        .bind(index)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let (status, headers, error) = get().await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{error}");
+    assert_eq!(error["code"], "internal_error");
+    assert!(headers.get("retry-after").is_none(), "{headers:?}");
+    // The cause (which body, which key) is for the log, not the client.
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        !message.contains("data key") && !message.contains(&path[14..]),
+        "{message}"
+    );
+}
+
+#[tokio::test]
 async fn concurrent_exchanges_share_group_commits_and_the_log_stays_contiguous() {
     let hub = TestHub::start().await;
     let mut tasks = tokio::task::JoinSet::new();

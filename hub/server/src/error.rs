@@ -38,6 +38,11 @@ pub enum ExchangeError {
     },
     #[error("the hub's storage is unavailable")]
     StorageUnavailable(String),
+    /// The hub's own stored data is broken (a bug, or the database changed
+    /// behind the hub's back): retrying cannot help. The cause is for the
+    /// log, never for the client.
+    #[error("the hub failed to handle the request")]
+    Internal(String),
     /// The registry kept changing while the request was decided (an
     /// administrator's changes at that moment); nothing was written.
     #[error("the registry changed while the request was being decided; retry")]
@@ -57,6 +62,7 @@ impl ExchangeError {
             Self::ProviderTimeout(_) => "provider_timeout",
             Self::ProviderInvalidResponse { .. } => "provider_invalid_response",
             Self::StorageUnavailable(_) => "storage_unavailable",
+            Self::Internal(_) => "internal_error",
             Self::RegistryChanged => "registry_changed",
         }
     }
@@ -67,6 +73,16 @@ impl ExchangeError {
             Self::Refused(r) => r.violations(),
             Self::ProviderInvalidResponse { violations, .. } => violations,
             _ => &[],
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ExchangeError {
+    /// An outage is worth a retry; stored data that does not read is not.
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::Corrupt(_) => Self::Internal(e.to_string()),
+            _ => Self::StorageUnavailable(e.to_string()),
         }
     }
 }

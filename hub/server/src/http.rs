@@ -60,9 +60,7 @@ impl From<LogQueryError> for ApiError {
         match e {
             LogQueryError::BadRequest(m) => Self::BadRequest(m),
             LogQueryError::NotFound(m) => Self::NotFound(m),
-            LogQueryError::Storage(e) => Self::from(Failure::from(
-                ExchangeError::StorageUnavailable(e.to_string()),
-            )),
+            LogQueryError::Storage(e) => Self::from(Failure::from(ExchangeError::from(e))),
         }
     }
 }
@@ -100,6 +98,7 @@ fn status_of(e: &ExchangeError) -> StatusCode {
         | E::InboxFull { .. }
         | E::StorageUnavailable(_)
         | E::RegistryChanged => StatusCode::SERVICE_UNAVAILABLE,
+        E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         E::ProviderTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         E::ProviderInvalidResponse { .. } => StatusCode::BAD_GATEWAY,
     }
@@ -112,12 +111,19 @@ impl IntoResponse for ApiError {
             ApiError::Exchange(failure) => {
                 let Failure { error, logged } = *failure;
                 let status = status_of(&error);
-                let message = if let ExchangeError::StorageUnavailable(cause) = &error {
-                    // The cause is for operators, not clients.
-                    error!(%cause, "storage unavailable");
-                    "the hub is temporarily unavailable; retry with the same exchange id".to_owned()
-                } else {
-                    error.to_string()
+                // The causes of 5xx are for operators, not clients.
+                let message = match &error {
+                    ExchangeError::StorageUnavailable(cause) => {
+                        error!(%cause, "storage unavailable");
+                        "the hub is temporarily unavailable; retry with the same exchange id"
+                            .to_owned()
+                    }
+                    ExchangeError::Internal(cause) => {
+                        error!(%cause, "internal error");
+                        "the hub failed to handle the request; its operators have the cause"
+                            .to_owned()
+                    }
+                    _ => error.to_string(),
                 };
                 let body = ErrorBody {
                     code: error.code().to_owned(),
@@ -582,11 +588,12 @@ async fn services(
     id: Option<Extension<Identity>>,
 ) -> Result<Response, ApiError> {
     member(id)?;
-    let list = s.hub.store.services().await.map_err(|e| {
-        ApiError::from(Failure::from(ExchangeError::StorageUnavailable(
-            e.to_string(),
-        )))
-    })?;
+    let list = s
+        .hub
+        .store
+        .services()
+        .await
+        .map_err(|e| ApiError::from(Failure::from(ExchangeError::from(e))))?;
     let list: Vec<_> = list
         .iter()
         .map(|s| {

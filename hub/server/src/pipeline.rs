@@ -201,7 +201,7 @@ impl std::fmt::Debug for Hub {
 
 fn storage(e: StoreError) -> Failure {
     warn!(error = %e, "storage error");
-    ExchangeError::StorageUnavailable(e.to_string()).into()
+    ExchangeError::from(e).into()
 }
 
 fn append_failed(e: AppendError) -> Failure {
@@ -452,7 +452,6 @@ impl Hub {
         parsed: &decide::Parsed,
         decided_at: &mut Option<u64>,
     ) -> Result<Decision, ExchangeError> {
-        let storage = |e: StoreError| ExchangeError::StorageUnavailable(e.to_string());
         let env = &parsed.envelope;
         let snapshot = self
             .registry
@@ -464,7 +463,7 @@ impl Hub {
                 &env.purpose,
             )
             .await
-            .map_err(storage)?;
+            .map_err(ExchangeError::from)?;
         *decided_at = Some(snapshot.registry_version);
         let facts = &snapshot.facts;
         decide::authenticate(
@@ -474,9 +473,10 @@ impl Hub {
         )?;
         decide::not_suspended(who, facts.agency.as_ref().is_some_and(|a| a.suspended))?;
         let service = decide::route(parsed, facts.service.as_ref().map(ServiceRecord::view))?;
-        let record = facts.service.clone().ok_or_else(|| {
-            ExchangeError::StorageUnavailable("a routed service has no record".into())
-        })?;
+        let record = facts
+            .service
+            .clone()
+            .ok_or_else(|| ExchangeError::Internal("a routed service has no record".into()))?;
         let granted = service.kind == ServiceKind::Query && facts.granted;
         decide::authorize(who, parsed, &service, granted)?;
         decide::validate_payload(parsed, &service, &self.catalog)?;
@@ -616,7 +616,7 @@ impl Hub {
         match row.state {
             ExchangeState::Done { reply } => self.open_message(id, &reply).map_err(|e| {
                 warn!(error = %e, "a stored reply does not open");
-                ExchangeError::StorageUnavailable(e.to_string())
+                ExchangeError::from(e)
             }),
             ExchangeState::Pending => Err(ExchangeError::InProgress(id)),
         }
