@@ -389,7 +389,7 @@ async fn an_adapter_given_the_hub_keys_before_a_rotation_follows_the_hand_over()
     let (fresh_task, stop) = spawn_worker(
         fresh.clone(),
         WorkerConfig {
-            hub_keys: pinned,
+            hub_keys: pinned.clone(),
             ..worker(&hub, &setup.ns, &setup.ns.url)
         },
     );
@@ -402,6 +402,51 @@ async fn an_adapter_given_the_hub_keys_before_a_rotation_follows_the_hand_over()
     }
     let _ = stop.send(true);
     fresh_task.await.unwrap();
+
+    // A request dead-lettered by an adapter that holds none of the hub's
+    // keys (the hand-overs lead nowhere from a stranger's key) keeps them
+    // when re-driven: an adapter with the old keys then answers it.
+    let dir = tempfile::tempdir().unwrap();
+    let stranger = hub_server::pki::generate_signing_key(&dir.path().join("stranger.key")).unwrap();
+    let refusing = Counting::new(false);
+    let (refusing_task, stop) = spawn_worker(
+        refusing.clone(),
+        WorkerConfig {
+            hub_keys: hub_core::jws::Jwks {
+                keys: vec![stranger.public_jwk()],
+            },
+            ..worker(&hub, &setup.ns, &setup.ns.url)
+        },
+    );
+    let sending = {
+        let hub = hub.clone();
+        tokio::spawn(async move { hub.send(lookup()).await })
+    };
+    let letters = dead_letters_once_any(&setup.ns, &topology).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let _ = stop.send(true);
+    refusing_task.await.unwrap();
+    let id = letters[0].message_id.clone().unwrap();
+    let (_, redriven) = hub_server::broker::dead_letters(&setup.ns.url, &topology, Some(&[id]))
+        .await
+        .unwrap();
+    assert_eq!(redriven, 1);
+    let (again_task, stop) = spawn_worker(
+        fresh.clone(),
+        WorkerConfig {
+            hub_keys: pinned,
+            ..worker(&hub, &setup.ns, &setup.ns.url)
+        },
+    );
+    let (status, reply) = sending.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let exchange = ExchangeId::parse(reply["record"]["exchange_id"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (refusing.finished(exchange), fresh.finished(exchange)),
+        (0, 1)
+    );
+    let _ = stop.send(true);
+    again_task.await.unwrap();
     let setup = Setup {
         hub: Arc::into_inner(hub).unwrap(),
         ..setup
