@@ -435,14 +435,7 @@ async fn a_repeated_exchange_id_is_answered_once() {
 #[tokio::test]
 async fn a_stored_answer_that_no_longer_opens_is_an_internal_error_not_a_retry() {
     let hub = TestHub::start().await;
-    let (status, reply) = hub
-        .send(envelope(
-            ONE_STOP,
-            "citizen.lookup",
-            "public_service",
-            json!({"personal_id": "001085012345"}),
-        ))
-        .await;
+    let (status, reply) = hub.send(citizen_lookup("001085012345")).await;
     assert_eq!(status, StatusCode::OK, "{reply}");
     let path = format!(
         "/v1/exchanges/{}",
