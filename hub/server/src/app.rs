@@ -405,6 +405,7 @@ pub async fn start_with_adapters(
                 Topology::new(config.amqp_prefix.clone()),
                 config.instance.clone(),
                 config.amqp_confirm_window,
+                &hub.key_handovers,
             )),
             relay: Arc::new(Notify::new()),
         });

@@ -72,6 +72,10 @@ pub struct Broker {
     pub window: usize,
     connection: Mutex<Option<(Arc<Connection>, Channel)>>,
     up: AtomicBool,
+    /// The headers every request message carries once the hub's key was
+    /// rotated ([`KEY_HANDOVERS`]); made once, they do not change while the
+    /// hub runs.
+    key_handovers: Option<FieldTable>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -85,7 +89,13 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    pub fn new(url: String, topology: Topology, instance: String, window: usize) -> Self {
+    pub fn new(
+        url: String,
+        topology: Topology,
+        instance: String,
+        window: usize,
+        key_handovers: &[KeyHandover],
+    ) -> Self {
         Self {
             url,
             topology,
@@ -93,6 +103,7 @@ impl Broker {
             window: window.max(1),
             connection: Mutex::new(None),
             up: AtomicBool::new(false),
+            key_handovers: key_handovers_header(key_handovers),
         }
     }
 
@@ -236,14 +247,13 @@ async fn relay_once(hub: &Hub, broker: &Broker) -> Result<usize, BrokerError> {
             }
         }
     }
-    let handovers = key_handovers_header(&hub.key_handovers);
     let mut in_flight = Vec::new();
     for requests in by_recipient(opened) {
         let (first, _) = requests[0];
         let texts: Vec<&[u8]> = requests.iter().map(|(_, t)| t.as_bytes()).collect();
         let mut properties = array_properties(&first.exchange_id, requests.len())
             .with_reply_to(broker.topology.reply_queue(&broker.instance).into());
-        if let Some(headers) = &handovers {
+        if let Some(headers) = &broker.key_handovers {
             properties = properties.with_headers(headers.clone());
         }
         let confirm = ch
