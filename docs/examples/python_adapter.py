@@ -66,8 +66,10 @@ def answer(payload: dict) -> dict:
 
 
 class Adapter:
-    def __init__(self, channel, prefix: str, keys: dict):
-        self.channel, self.prefix = channel, prefix
+    def __init__(self, channel, prefix: str, keys: dict, user: str):
+        # user: the broker user we log in as, named in every answer's
+        # user_id; the hub takes answers for PROVIDER only from its user.
+        self.channel, self.prefix, self.user = channel, prefix, user
         self.pinned, self.keys = keys, keys  # pinned, and those hand-overs led to
         self.member = f"{PROVIDER['agency']}.{PROVIDER['subsystem']}"
         self.queue = f"{prefix}.provider.{self.member}"
@@ -138,6 +140,7 @@ class Adapter:
                 correlation_id=exchange_id,
                 content_type="application/json",
                 delivery_mode=2,
+                user_id=self.user,
             ),
             mandatory=True,
         )
@@ -150,8 +153,11 @@ class Adapter:
             "x-refused-exchange": method.exchange,
             "x-refused-routing-key": method.routing_key,
         })
-        # The message unchanged but for these headers.
+        # The message unchanged but for these headers, and without a
+        # user_id: RabbitMQ refuses a message naming a user other than the
+        # one publishing it (a re-driven request names the hub's).
         properties.headers = headers
+        properties.user_id = None
         self.channel.basic_publish(f"{self.prefix}.dead", method.routing_key, body, properties, mandatory=True)
         print(f"dead-lettered {properties.message_id}: {because}", flush=True)
 
@@ -249,10 +255,11 @@ def main() -> None:
     args = parser.parse_args()
     with open(args.jwks, encoding="utf-8") as f:
         keys = {k["kid"]: k for k in json.load(f)["keys"]}
-    connection = pika.BlockingConnection(pika.URLParameters(args.amqp))
+    parameters = pika.URLParameters(args.amqp)
+    connection = pika.BlockingConnection(parameters)
     channel = connection.channel()
     channel.confirm_delivery()
-    adapter = Adapter(channel, args.prefix, keys)
+    adapter = Adapter(channel, args.prefix, keys, parameters.credentials.username)
     adapter.declare()
     channel.basic_qos(prefetch_count=16)
     channel.basic_consume(adapter.queue, adapter.on_message)

@@ -287,3 +287,62 @@ pub fn run_on(
     config.amqp_prefix = ns.prefix.clone();
     config.instance = instance.to_owned();
 }
+
+/// A RabbitMQ user of its own for one test, allowed everything on the
+/// vhost of [`amqp_url`]; deleted when dropped. Made with `rabbitmqctl`,
+/// so the broker must run on this machine (AMQP cannot make users);
+/// without it, reported as a missing service ([`unavailable`]).
+pub struct BrokerUser {
+    pub name: String,
+    /// [`amqp_url`] logged in as this user.
+    pub url: String,
+}
+
+impl BrokerUser {
+    pub fn create() -> Option<Self> {
+        let name = format!("hubtest-{}", uuid::Uuid::now_v7().simple());
+        let password = uuid::Uuid::now_v7().simple().to_string();
+        let base = amqp_url();
+        let uri: lapin::uri::AMQPUri = match base.parse() {
+            Ok(uri) => uri,
+            Err(e) => panic!("HUB_TEST_AMQP_URL: {e}"),
+        };
+        let made = rabbitmqctl(&["add_user", &name, &password]).and_then(|()| {
+            rabbitmqctl(&["set_permissions", "-p", &uri.vhost, &name, ".*", ".*", ".*"])
+        });
+        let user = Self {
+            url: format!(
+                "amqp://{name}:{password}@{}",
+                base.split_once('@').map_or("", |(_, rest)| rest)
+            ),
+            name,
+        };
+        match made {
+            Ok(()) => Some(user),
+            Err(why) => unavailable("rabbitmqctl (to make a broker user)", why),
+        }
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        let _ = rabbitmqctl(&["delete_user", &self.name]);
+    }
+}
+
+fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .map_err(|e| format!("rabbitmqctl: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "rabbitmqctl {}: {}",
+            args[0],
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}

@@ -15,7 +15,7 @@ use hub_adapter_sdk::{Adapter, AdapterRequest, HandlerFuture, ServiceSpec};
 use hub_core::ids::{ExchangeId, Member};
 use hub_e2e::relay::Relay;
 use hub_e2e::requests::{publish_requests, publish_requests_with, take_requests, waiting_requests};
-use hub_e2e::services::{AmqpNamespace, PgDatabase, publish_taken, run_on};
+use hub_e2e::services::{AmqpNamespace, BrokerUser, PgDatabase, publish_taken, run_on};
 use hub_e2e::*;
 use hub_server::broker::DeadLetter;
 use serde_json::{Value, json};
@@ -587,6 +587,106 @@ async fn an_unreadable_answer_is_dead_lettered_saying_why() {
     setup.finish().await;
 }
 
+/// Only the broker user bound to a provider (`amqp_provider_users`) may
+/// answer for it: RabbitMQ vouches for who published an answer (its
+/// `user_id`); the `provider` the answer names is only a claim.
+#[tokio::test]
+async fn only_the_broker_user_bound_to_a_provider_may_answer_for_it() {
+    let Some(ns) = AmqpNamespace::create(&REFERENCE_PROVIDERS, &["hub-u"]).await else {
+        return;
+    };
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let (Some(hub_user), Some(population)) = (BrokerUser::create(), BrokerUser::create()) else {
+        return;
+    };
+    let hub = TestHub::start_in(Arc::new(tempfile::tempdir().unwrap()), |c| {
+        run_on(c, &db, &ns, "hub-u");
+        c.amqp_url = hub_user.url.clone();
+        c.amqp_provider_users
+            .insert(adapter_population::PROVIDER.into(), population.name.clone());
+        c.query_timeout_ms = 2_000;
+    })
+    .await;
+    let setup = Setup { db, ns, hub };
+    let topology = Topology::new(setup.ns.prefix.clone());
+    let other = hub_adapter_sdk::amqp::broker_user(&setup.ns.url).unwrap();
+
+    // An adapter logged in as another user answers for the population
+    // registry: the answer is not taken, and says why in the dead letters.
+    let (task, stop) = spawn_worker(
+        Counting::new(false),
+        worker(&setup.hub, &setup.ns, &setup.ns.url),
+    );
+    let (status, err) = setup.hub.send(lookup()).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{err}");
+    let id = err["exchange_id"].as_str().unwrap().to_owned();
+    let refused_from = |letters: &[DeadLetter], user: &str| {
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        assert_eq!(letters[0].message_id.as_deref(), Some(id.as_str()));
+        let because = &letters[0].because;
+        assert!(
+            because.contains(&format!(
+                "answers come from broker user '{}'",
+                population.name
+            )) && because.contains(&format!("but broker user '{user}' published it")),
+            "{because}"
+        );
+    };
+    refused_from(
+        &dead_letters_once_any(&setup.ns, &topology).await,
+        other.as_str(),
+    );
+    let _ = stop.send(true);
+    task.await.unwrap();
+
+    // Re-driven with the hub's own credentials, the answer still names who
+    // first published it, and is refused again.
+    let (_, redriven) =
+        hub_server::broker::dead_letters(&hub_user.url, &topology, Some(std::slice::from_ref(&id)))
+            .await
+            .unwrap();
+    assert_eq!(redriven, 1);
+    refused_from(
+        &dead_letters_once_any(&setup.ns, &topology).await,
+        other.as_str(),
+    );
+    assert_eq!(entries_of(&setup.hub, &json!(id), "response").await, 0);
+
+    // Claiming the bound user in `user_id` without logging in as it:
+    // RabbitMQ itself refuses the message.
+    let (conn, ch) = setup.ns.client_channel().await;
+    let publishing = ch
+        .basic_publish(
+            "".into(),
+            topology.reply_queue("hub-u").as_str().into(),
+            lapin::options::BasicPublishOptions::default(),
+            b"[]",
+            lapin::BasicProperties::default().with_user_id(population.name.as_str().into()),
+        )
+        .await;
+    let taken = match publishing {
+        Ok(confirm) => confirm.await.is_ok_and(|c| c.is_ack()),
+        Err(_) => false,
+    };
+    assert!(!taken, "the broker took a message claiming another user");
+    let _ = conn.close(200, "done".into()).await;
+
+    // Logged in as the bound user, the adapter is answered.
+    let (task, stop) = spawn_worker(
+        Counting::new(false),
+        worker(&setup.hub, &setup.ns, &population.url),
+    );
+    let (status, reply) = setup.hub.send(lookup()).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let answered = reply["record"]["exchange_id"].clone();
+    assert_eq!(entries_of(&setup.hub, &answered, "response").await, 1);
+    let _ = stop.send(true);
+    task.await.unwrap();
+    setup.finish().await;
+}
+
 #[tokio::test]
 async fn a_broker_that_accepts_but_never_answers_does_not_hang_the_hub() {
     let Some(ns) = AmqpNamespace::create(&REFERENCE_PROVIDERS, &["hub-d"]).await else {
@@ -690,7 +790,11 @@ async fn answers_sent_together_in_one_message_are_each_logged_once() {
             &ch,
             ("", &reply_queue),
             &message,
-            lapin::BasicProperties::default().with_delivery_mode(2),
+            // As its provider's adapter would: logged in as the user
+            // the provider answers as (the hub's own, here).
+            lapin::BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_user_id(hub_adapter_sdk::amqp::broker_user(&setup.ns.url).unwrap()),
         )
     };
     publish().await;

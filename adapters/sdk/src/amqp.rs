@@ -49,6 +49,7 @@ use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -554,10 +555,16 @@ async fn consume(
     shutdown: &mut watch::Receiver<bool>,
 ) -> lapin::Result<()> {
     let provider = adapter.provider().clone();
+    let uri: AMQPUri = config.amqp_url.parse().map_err(|e: String| {
+        lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        )))
+    })?;
+    let user = ShortString::from(uri.authority.userinfo.username.clone());
     let conn = tokio::time::timeout(
         BROKER_TIMEOUT,
-        Connection::connect(
-            &config.amqp_url,
+        Connection::connect_uri(
+            uri,
             ConnectionProperties::default()
                 .with_connection_name(format!("adapter {provider}").into()),
         ),
@@ -583,7 +590,7 @@ async fn consume(
     info!(%provider, "consuming requests");
     let mut handling = tokio::task::JoinSet::new();
     let (replies, outgoing) = mpsc::channel(usize::from(config.prefetch.max(1)));
-    handling.spawn(publish_replies(ch.clone(), outgoing));
+    handling.spawn(publish_replies(ch.clone(), user.clone(), outgoing));
     let acks = Acks::new(ch.clone());
     handling.spawn(acks.clone().run());
     let to = Handling {
@@ -591,7 +598,12 @@ async fn consume(
         replies,
         answered: answered.clone(),
         hub: hub.clone(),
-        refusals: Arc::new(Refuser::new(ch.clone(), config.topology.clone(), queue)),
+        refusals: Arc::new(Refuser::new(
+            ch.clone(),
+            config.topology.clone(),
+            queue,
+            user.clone(),
+        )),
         calls: Arc::new(tokio::sync::Semaphore::new(usize::from(
             config.prefetch.max(1),
         ))),
@@ -1038,14 +1050,22 @@ struct Outgoing {
 /// Publish the answers handed over on `outgoing`, each round's answers to
 /// one reply queue as one message, and wait for the broker's confirms
 /// before the next round: what becomes ready meanwhile makes the next
-/// round. Ends when every sender is gone, or with the first broker error.
-async fn publish_replies(ch: Channel, mut outgoing: mpsc::Receiver<Outgoing>) -> lapin::Result<()> {
+/// round. Each message names `user`, the broker user the adapter connected
+/// as, in `user_id`: RabbitMQ refuses the message if that is not true, so
+/// the hub knows who answered ([`publisher_of`]). Ends when every sender is
+/// gone, or with the first broker error.
+async fn publish_replies(
+    ch: Channel,
+    user: ShortString,
+    mut outgoing: mpsc::Receiver<Outgoing>,
+) -> lapin::Result<()> {
     let mut round = Vec::new();
     while outgoing.recv_many(&mut round, 1024).await > 0 {
         let mut confirms = Vec::new();
         for (reply_to, answers) in by_reply_queue(std::mem::take(&mut round)) {
             let bodies: Vec<&[u8]> = answers.iter().map(|a| a.reply.as_slice()).collect();
-            let properties = array_properties(&answers[0].id, answers.len());
+            let properties =
+                array_properties(&answers[0].id, answers.len()).with_user_id(user.clone());
             let publishing = ch
                 .basic_publish(
                     "".into(),
@@ -1085,6 +1105,63 @@ fn by_reply_queue(round: Vec<Outgoing>) -> Vec<(ShortString, Vec<Outgoing>)> {
     groups
 }
 
+/// Header naming the broker user that first published a message, once
+/// another user has published it again (dead-lettered or re-driven it):
+/// believed only when the message's `user_id` is that of whoever reads it
+/// ([`publisher_of`]).
+pub const PUBLISHED_BY: &str = "x-published-by";
+
+/// The broker user who published a message with `properties`, as far as
+/// one logged in as `own` can tell. RabbitMQ refuses a message whose
+/// `user_id` is not the user that published it, so `user_id` is that user;
+/// a message `own` published again (a dead letter, a re-drive) names its
+/// first publisher in [`PUBLISHED_BY`]. `None`: a message that names none.
+pub fn publisher_of(properties: &BasicProperties, own: &str) -> Option<String> {
+    let user = properties.user_id().as_ref()?.as_str();
+    if user != own {
+        return Some(user.to_owned());
+    }
+    let first = properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(PUBLISHED_BY));
+    Some(first.map_or_else(|| own.to_owned(), header_text))
+}
+
+/// `properties` for a message that `own` publishes again on another's
+/// behalf: `headers` instead of its own, with [`PUBLISHED_BY`] naming its
+/// first publisher ([`publisher_of`]), and `own` as `user_id` (which
+/// RabbitMQ requires), the rest as it was.
+pub fn republished(
+    properties: &BasicProperties,
+    own: &ShortString,
+    mut headers: FieldTable,
+) -> BasicProperties {
+    if let Some(first) = publisher_of(properties, own.as_str()) {
+        headers.insert(PUBLISHED_BY.into(), AMQPValue::LongString(first.into()));
+    }
+    properties
+        .clone()
+        .with_headers(headers)
+        .with_user_id(own.clone())
+}
+
+/// A header's value as text (the first of an array; empty if it is not text).
+pub fn header_text(v: &AMQPValue) -> String {
+    match v {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        AMQPValue::FieldArray(a) => a.as_slice().first().map(header_text).unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+/// The broker user `url` logs in as.
+pub fn broker_user(url: &str) -> Result<ShortString, String> {
+    let uri: AMQPUri = url.parse()?;
+    Ok(uri.authority.userinfo.username.into())
+}
+
 /// Header of a refused message naming the queue it was taken from.
 pub const REFUSED_QUEUE: &str = "x-refused-queue";
 /// Header of a refused message: why it will never be handled.
@@ -1105,15 +1182,19 @@ pub struct Refuser {
     ch: Channel,
     topology: Topology,
     queue: String,
+    /// The broker user `ch`'s connection logged in as.
+    user: ShortString,
 }
 
 impl Refuser {
-    /// `ch` (in confirm mode) is the channel `queue` is consumed on.
-    pub fn new(ch: Channel, topology: Topology, queue: String) -> Self {
+    /// `ch` (in confirm mode) is the channel `queue` is consumed on, on a
+    /// connection logged in as broker user `user`.
+    pub fn new(ch: Channel, topology: Topology, queue: String, user: ShortString) -> Self {
         Self {
             ch,
             topology,
             queue,
+            user,
         }
     }
 
@@ -1140,7 +1221,17 @@ impl Refuser {
         because: &str,
     ) -> lapin::Result<bool> {
         warn!(queue = %self.queue, because, "a message that will never be handled; dead-lettering it");
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        // `republished` names the first publisher, if it can tell.
+        let mut headers: FieldTable = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .map(|h| h.inner().clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(name, _)| name.as_str() != PUBLISHED_BY)
+            .collect::<BTreeMap<_, _>>()
+            .into();
         let text = |s: &str| AMQPValue::LongString(s.into());
         headers.insert(REFUSED_QUEUE.into(), text(&self.queue));
         headers.insert(REFUSED_BECAUSE.into(), text(because));
@@ -1149,7 +1240,7 @@ impl Refuser {
             REFUSED_ROUTING_KEY.into(),
             text(delivery.routing_key.as_str()),
         );
-        let mut properties = delivery.properties.clone().with_headers(headers);
+        let mut properties = republished(&delivery.properties, &self.user, headers);
         if let Some(id) = request.and_then(request_exchange_id) {
             properties = properties
                 .with_message_id(id.as_str().into())

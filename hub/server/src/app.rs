@@ -400,13 +400,17 @@ pub async fn start_with_adapters(
     let remote = !config.amqp_url.is_empty();
     if remote {
         hub.remote = Some(Remote {
-            broker: Arc::new(Broker::new(
-                config.amqp_url.clone(),
-                Topology::new(config.amqp_prefix.clone()),
-                config.instance.clone(),
-                config.amqp_confirm_window,
-                &hub.key_handovers,
-            )),
+            broker: Arc::new(
+                Broker::new(
+                    config.amqp_url.clone(),
+                    config.provider_users().map_err(anyhow::Error::msg)?,
+                    Topology::new(config.amqp_prefix.clone()),
+                    config.instance.clone(),
+                    config.amqp_confirm_window,
+                    &hub.key_handovers,
+                )
+                .context("reading amqp_url")?,
+            ),
             relay: Arc::new(Notify::new()),
         });
     }

@@ -13,6 +13,7 @@
 //! lost because unsent rows stay in the outbox and unacknowledged answers
 //! stay in their queue.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -21,8 +22,8 @@ use futures_util::StreamExt;
 use hub_adapter_sdk::ServiceKind;
 use hub_adapter_sdk::amqp::{
     Acks, KEY_HANDOVERS, REFUSED_BECAUSE, REFUSED_EXCHANGE, REFUSED_QUEUE, REFUSED_ROUTING_KEY,
-    Refuser, ReplyOutcome, Settle, Topology, array_message, array_properties, key_handovers_of,
-    parse_replies, retry_later, taken,
+    Refuser, ReplyOutcome, Settle, Topology, array_message, array_properties, broker_user,
+    header_text, key_handovers_of, parse_replies, publisher_of, republished, retry_later, taken,
 };
 use hub_core::body::DataKey;
 use hub_core::handover::KeyHandover;
@@ -32,7 +33,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::{Mutex, Notify, watch};
 use tracing::{info, instrument, warn};
@@ -51,6 +52,49 @@ pub enum BrokerError {
     NotTaken(usize),
     #[error("the broker did not answer within {0:?}")]
     TimedOut(Duration),
+    #[error("amqp_url: {0}")]
+    Url(String),
+}
+
+/// Which broker user may answer for which provider: the users
+/// `amqp_provider_users` names, and for every other provider the user the
+/// hub itself logs in as. RabbitMQ vouches for the user who published an
+/// answer ([`publisher_of`]); the answer's `provider` field is only a claim.
+#[derive(Debug, Clone)]
+pub struct Answerers {
+    own: ShortString,
+    bound: BTreeMap<Member, String>,
+}
+
+impl Answerers {
+    /// The hub logs in as `own`; `bound` names other providers' users.
+    pub fn new(own: ShortString, bound: BTreeMap<Member, String>) -> Self {
+        Self { own, bound }
+    }
+
+    /// The broker user whose answers are `provider`'s.
+    pub fn user_of(&self, provider: &Member) -> &str {
+        self.bound
+            .get(provider)
+            .map_or(self.own.as_str(), String::as_str)
+    }
+
+    /// Why an answer naming `provider` and published by `publisher` is not
+    /// taken as that provider's; `None` if it is.
+    pub fn refusal(&self, provider: &Member, publisher: Option<&str>) -> Option<String> {
+        let user = self.user_of(provider);
+        match publisher {
+            Some(p) if p == user => None,
+            Some(p) => Some(format!(
+                "it names provider {provider}, whose answers come from broker user '{user}', \
+                 but broker user '{p}' published it"
+            )),
+            None => Some(format!(
+                "it names provider {provider}, whose answers come from broker user '{user}', \
+                 but does not name the user who published it (user_id)"
+            )),
+        }
+    }
 }
 
 /// How long connecting (with declaring the topology) may take.
@@ -65,6 +109,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// This hub instance's connection to the broker, made on demand.
 pub struct Broker {
     url: String,
+    /// Who may answer for whom: the hub's own broker user and the users
+    /// bound to providers.
+    pub answerers: Arc<Answerers>,
     pub topology: Topology,
     /// Names this instance's reply queue.
     pub instance: String,
@@ -89,22 +136,26 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
+    /// Fails if `url` is not an AMQP URL.
     pub fn new(
         url: String,
+        provider_users: BTreeMap<Member, String>,
         topology: Topology,
         instance: String,
         window: usize,
         key_handovers: &[KeyHandover],
-    ) -> Self {
-        Self {
+    ) -> Result<Self, BrokerError> {
+        let own = broker_user(&url).map_err(BrokerError::Url)?;
+        Ok(Self {
             url,
+            answerers: Arc::new(Answerers::new(own, provider_users)),
             topology,
             instance,
             window: window.max(1),
             connection: Mutex::new(None),
             up: AtomicBool::new(false),
             key_handovers: key_handovers_header(key_handovers),
-        }
+        })
     }
 
     /// Whether the last attempt to use the broker succeeded.
@@ -399,17 +450,22 @@ async fn consume_replies(
         )
         .await?;
     *used = Some(conn);
-    let refusals = Arc::new(Refuser::new(ch.clone(), broker.topology.clone(), queue));
+    let answerers = broker.answerers.clone();
+    let refusals = Arc::new(Refuser::new(
+        ch.clone(),
+        broker.topology.clone(),
+        queue,
+        answerers.own.clone(),
+    ));
     let mut handling = tokio::task::JoinSet::new();
     let acks = Acks::new(ch.clone());
     handling.spawn(acks.clone().run());
     let take = |delivery: Delivery| {
-        let (hub, refusals) = (hub.clone(), refusals.clone());
+        let (hub, refusals, answerers) = (hub.clone(), refusals.clone(), answerers.clone());
         let tag = delivery.delivery_tag;
-        acks.settle_after(
-            tag,
-            async move { take_reply(&hub, &refusals, delivery).await },
-        )
+        acks.settle_after(tag, async move {
+            take_reply(&hub, &answerers, &refusals, delivery).await
+        })
     };
     loop {
         tokio::select! {
@@ -445,10 +501,17 @@ async fn consume_replies(
 
 /// Log the answers a message holds (one, or an array of them, logged
 /// together so that they share group commits), then have it acknowledged.
-/// Answers that can never be logged are dead-lettered with their message;
+/// An answer is taken only from the broker user its provider answers as
+/// ([`Answerers`]). Answers that can never be logged are dead-lettered
+/// with their message;
 /// if any cannot be logged now, the whole message comes back later (the
 /// answers logged meanwhile are then found settled, and dropped).
-async fn take_reply(hub: &Hub, refusals: &Refuser, delivery: Delivery) -> lapin::Result<Settle> {
+async fn take_reply(
+    hub: &Hub,
+    answerers: &Answerers,
+    refusals: &Refuser,
+    delivery: Delivery,
+) -> lapin::Result<Settle> {
     let replies = match parse_replies(&delivery.data) {
         Ok(r) => r,
         Err(e) => {
@@ -456,6 +519,21 @@ async fn take_reply(hub: &Hub, refusals: &Refuser, delivery: Delivery) -> lapin:
             return refusals.refuse(&delivery, &because).await;
         }
     };
+    let publisher = publisher_of(&delivery.properties, answerers.own.as_str());
+    let mut never = Vec::new();
+    let replies = replies.into_iter().filter(|reply| {
+        match answerers.refusal(&reply.provider, publisher.as_deref()) {
+            Some(why) => {
+                never.push(format!(
+                    "the answer for {} is not taken: {why}",
+                    reply.exchange_id
+                ));
+                false
+            }
+            None => true,
+        }
+    });
+    let replies: Vec<_> = replies.collect();
     let outcomes = futures_util::future::join_all(replies.into_iter().map(|reply| async move {
         let answer = match reply.outcome {
             ReplyOutcome::Payload(v) => Ok(v),
@@ -468,7 +546,6 @@ async fn take_reply(hub: &Hub, refusals: &Refuser, delivery: Delivery) -> lapin:
     }))
     .await;
     let mut later = false;
-    let mut never = Vec::new();
     for (id, outcome) in outcomes {
         match outcome {
             Ok(()) => {}
@@ -505,18 +582,9 @@ pub struct DeadLetter {
     pub bytes: usize,
 }
 
-fn text(v: &AMQPValue) -> String {
-    match v {
-        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        AMQPValue::ShortString(s) => s.as_str().to_owned(),
-        AMQPValue::FieldArray(a) => a.as_slice().first().map(text).unwrap_or_default(),
-        _ => String::new(),
-    }
-}
-
 fn dead_letter(delivery: &Delivery) -> DeadLetter {
     let headers = delivery.properties.headers().as_ref().map(|h| h.inner());
-    let header = |name: &str| headers.and_then(|h| h.get(name)).map(text);
+    let header = |name: &str| headers.and_then(|h| h.get(name)).map(header_text);
     let message_id = delivery
         .properties
         .message_id()
@@ -544,7 +612,7 @@ fn dead_letter(delivery: &Delivery) -> DeadLetter {
             _ => None,
         });
     let field = |name: &str| match &death {
-        Some(AMQPValue::FieldTable(t)) => t.inner().get(name).map(text).unwrap_or_default(),
+        Some(AMQPValue::FieldTable(t)) => t.inner().get(name).map(header_text).unwrap_or_default(),
         _ => String::new(),
     };
     DeadLetter {
@@ -572,6 +640,7 @@ pub async fn dead_letters(
         ConnectionProperties::default().with_connection_name("hub dead-letters".into()),
     )
     .await?;
+    let own = broker_user(url).map_err(BrokerError::Url)?;
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     topology.declare_common(&ch).await?;
@@ -613,11 +682,14 @@ pub async fn dead_letters(
                     },
                     &delivery.data,
                     // Without the dead-lettering's headers, but with the
-                    // hub key's hand-overs the request came with.
-                    delivery
-                        .properties
-                        .clone()
-                        .with_headers(key_handovers_of(&delivery.properties).unwrap_or_default()),
+                    // hub key's hand-overs the request came with, and
+                    // naming who first published it: an answer re-driven
+                    // is still taken only from its provider's user.
+                    republished(
+                        &delivery.properties,
+                        &own,
+                        key_handovers_of(&delivery.properties).unwrap_or_default(),
+                    ),
                 )
                 .await?
                 .await?;
