@@ -288,8 +288,8 @@ pub fn run_on(
     config.instance = instance.to_owned();
 }
 
-/// A RabbitMQ user of its own for one test, allowed everything on the
-/// vhost of [`amqp_url`]; deleted when dropped. Made with `rabbitmqctl`,
+/// A RabbitMQ user of its own for one test, on the vhost of
+/// [`amqp_url`]; deleted when dropped. Made with `rabbitmqctl`,
 /// so the broker must run on this machine (AMQP cannot make users);
 /// without it, reported as a missing service ([`unavailable`]).
 pub struct BrokerUser {
@@ -299,7 +299,13 @@ pub struct BrokerUser {
 }
 
 impl BrokerUser {
+    /// A user allowed everything on the vhost.
     pub fn create() -> Option<Self> {
+        Self::create_with([".*", ".*", ".*"].map(String::from))
+    }
+
+    /// A user with RabbitMQ's `configure`, `write` and `read` patterns.
+    pub fn create_with(permissions: [String; 3]) -> Option<Self> {
         let name = format!("hubtest-{}", uuid::Uuid::now_v7().simple());
         let password = uuid::Uuid::now_v7().simple().to_string();
         let base = amqp_url();
@@ -308,7 +314,16 @@ impl BrokerUser {
             Err(e) => panic!("HUB_TEST_AMQP_URL: {e}"),
         };
         let made = rabbitmqctl(&["add_user", &name, &password]).and_then(|()| {
-            rabbitmqctl(&["set_permissions", "-p", &uri.vhost, &name, ".*", ".*", ".*"])
+            let [configure, write, read] = &permissions;
+            rabbitmqctl(&[
+                "set_permissions",
+                "-p",
+                &uri.vhost,
+                &name,
+                configure,
+                write,
+                read,
+            ])
         });
         let user = Self {
             url: format!(

@@ -598,7 +598,12 @@ async fn only_the_broker_user_bound_to_a_provider_may_answer_for_it() {
     let Some(db) = PgDatabase::create().await else {
         return;
     };
-    let (Some(hub_user), Some(population)) = (BrokerUser::create(), BrokerUser::create()) else {
+    // The adapter's user has only the permissions the docs give it.
+    let provider: Member = adapter_population::PROVIDER.parse().unwrap();
+    let narrow = Topology::new(ns.prefix.clone()).adapter_permissions(&provider);
+    let (Some(hub_user), Some(population)) =
+        (BrokerUser::create(), BrokerUser::create_with(narrow))
+    else {
         return;
     };
     let hub = TestHub::start_in(Arc::new(tempfile::tempdir().unwrap()), |c| {
@@ -671,6 +676,24 @@ async fn only_the_broker_user_bound_to_a_provider_may_answer_for_it() {
         Err(_) => false,
     };
     assert!(!taken, "the broker took a message claiming another user");
+    let _ = conn.close(200, "done".into()).await;
+
+    // That user may not read the hub's replies, nor another provider's
+    // requests.
+    let conn = lapin::Connection::connect(&population.url, Default::default())
+        .await
+        .unwrap();
+    let land: Member = REFERENCE_PROVIDERS[1].parse().unwrap();
+    for queue in [
+        topology.reply_queue("hub-u"),
+        topology.provider_queue(&land),
+    ] {
+        let ch = conn.create_channel().await.unwrap();
+        let got = ch
+            .basic_get(queue.as_str().into(), Default::default())
+            .await;
+        assert!(got.is_err(), "{queue}: {got:?}");
+    }
     let _ = conn.close(200, "done".into()).await;
 
     // Logged in as the bound user, the adapter is answered.

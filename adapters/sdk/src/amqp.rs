@@ -123,6 +123,29 @@ impl Topology {
         format!("{}.replies.{instance}", self.prefix)
     }
 
+    /// The least a broker user needs to run `provider`'s adapter, as
+    /// RabbitMQ's `configure`, `write` and `read` patterns
+    /// (`rabbitmqctl set_permissions -p VHOST USER CONFIGURE WRITE READ`):
+    /// declare the topology it uses, consume its queue, answer through
+    /// the default exchange, dead-letter and send back requests. Nothing
+    /// on the hubs' reply queues or other providers' queues; answering
+    /// through the default exchange reaches any queue, which is why the
+    /// hub checks who published an answer.
+    pub fn adapter_permissions(&self, provider: &Member) -> [String; 3] {
+        let [exchanges, dead, letters, queue] = [
+            self.exchange(),
+            self.dead_letter_exchange(),
+            self.dead_letter_queue(),
+            self.provider_queue(provider),
+        ]
+        .map(|name| literal(&name));
+        [
+            format!("^({exchanges}|{dead}|{letters}|{queue})$"),
+            format!("^(amq\\.default|{exchanges}|{dead}|{letters}|{queue})$"),
+            format!("^({exchanges}|{dead}|{queue})$"),
+        ]
+    }
+
     fn quorum_args(&self) -> FieldTable {
         let mut args = FieldTable::default();
         args.insert(
@@ -221,6 +244,19 @@ impl Topology {
         .await
         .map(|_| ())
     }
+}
+
+/// `name` as a regular expression that matches it alone: every character
+/// but letters and digits escaped (literal in RabbitMQ's PCRE patterns).
+fn literal(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() * 2);
+    for c in name.chars() {
+        if !c.is_ascii_alphanumeric() {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// What an adapter publishes back for one request.
@@ -1416,6 +1452,15 @@ pub async fn main_with(adapter: Arc<dyn Adapter>) -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_operations_guide_grants_an_adapter_what_adapter_permissions_says() {
+        let guide = include_str!("../../../docs/operations.md");
+        let population: Member = "000.00.00.G01/population-registry".parse().unwrap();
+        for pattern in Topology::new("hub").adapter_permissions(&population) {
+            assert!(guide.contains(&format!("'{pattern}'")), "{pattern}");
+        }
+    }
 
     fn open(done: &[(u64, Option<u64>)], start: Instant) -> OpenDeliveries {
         OpenDeliveries(
