@@ -205,11 +205,15 @@ fn storage(e: StoreError) -> Failure {
 }
 
 fn append_failed(e: AppendError) -> Failure {
-    if let AppendError::RegistryChanged { .. } = e {
-        return ExchangeError::RegistryChanged.into();
+    match e {
+        AppendError::RegistryChanged { .. } => ExchangeError::RegistryChanged.into(),
+        // The hub's own fault, not an outage: retrying cannot help.
+        AppendError::Canonical(_) => ExchangeError::Internal(e.to_string()).into(),
+        _ => {
+            warn!(error = %e, "append failed");
+            ExchangeError::StorageUnavailable(e.to_string()).into()
+        }
     }
-    warn!(error = %e, "append failed");
-    ExchangeError::StorageUnavailable(e.to_string()).into()
 }
 
 /// How many times a request is decided again when the registry changed
