@@ -210,6 +210,12 @@ impl Broker {
         for p in &providers {
             self.topology.declare_provider(&ch, p).await?;
         }
+        for bound in self.answerers.bound.keys() {
+            if providers.binary_search(bound).is_err() {
+                // A typo here would leave the real provider to the hub's user.
+                warn!(provider = %bound, "amqp_provider_users names a member that provides no query service");
+            }
+        }
         info!(instance = %self.instance, providers = providers.len(), "connected to the broker; topology declared");
         Ok((conn, ch))
     }
