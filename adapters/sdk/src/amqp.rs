@@ -591,7 +591,7 @@ async fn consume(
     shutdown: &mut watch::Receiver<bool>,
 ) -> lapin::Result<()> {
     let provider = adapter.provider().clone();
-    let uri: AMQPUri = config.amqp_url.parse().map_err(|e: String| {
+    let uri = parse_url(&config.amqp_url).map_err(|e| {
         lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(
             std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
         )))
@@ -1194,8 +1194,18 @@ pub fn header_text(v: &AMQPValue) -> String {
 
 /// The broker user `url` logs in as.
 pub fn broker_user(url: &str) -> Result<ShortString, String> {
-    let uri: AMQPUri = url.parse()?;
-    Ok(uri.authority.userinfo.username.into())
+    Ok(parse_url(url)?.authority.userinfo.username.into())
+}
+
+/// `url` parsed; the error never repeats it (it may hold a password).
+fn parse_url(url: &str) -> Result<AMQPUri, String> {
+    url.parse().map_err(|e: String| {
+        if e.contains(url) {
+            "not an AMQP URL".to_owned()
+        } else {
+            e
+        }
+    })
 }
 
 /// Header of a refused message naming the queue it was taken from.
@@ -1452,6 +1462,16 @@ pub async fn main_with(adapter: Arc<dyn Adapter>) -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_that_does_not_parse_is_not_repeated_in_the_error() {
+        let refused = broker_user("amqp:hub:s3cret@mq").unwrap_err();
+        assert!(!refused.contains("s3cret"), "{refused}");
+        assert_eq!(
+            broker_user("amqp://hub:s3cret@mq/%2f").unwrap().as_str(),
+            "hub"
+        );
+    }
 
     #[test]
     fn the_operations_guide_grants_an_adapter_what_adapter_permissions_says() {

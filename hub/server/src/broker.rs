@@ -641,12 +641,13 @@ pub async fn dead_letters(
     topology: &Topology,
     redrive: Option<&[String]>,
 ) -> Result<(Vec<DeadLetter>, usize), BrokerError> {
+    // Parsed here first: lapin's own error would repeat the URL.
+    let own = broker_user(url).map_err(BrokerError::Url)?;
     let conn = Connection::connect(
         url,
         ConnectionProperties::default().with_connection_name("hub dead-letters".into()),
     )
     .await?;
-    let own = broker_user(url).map_err(BrokerError::Url)?;
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     topology.declare_common(&ch).await?;
