@@ -509,9 +509,9 @@ async fn consume_replies(
 /// together so that they share group commits), then have it acknowledged.
 /// An answer is taken only from the broker user its provider answers as
 /// ([`Answerers`]). Answers that can never be logged are dead-lettered
-/// with their message;
-/// if any cannot be logged now, the whole message comes back later (the
-/// answers logged meanwhile are then found settled, and dropped).
+/// with their message; if any cannot be logged now, the whole message
+/// comes back later (the answers logged meanwhile are then found settled,
+/// and dropped).
 async fn take_reply(
     hub: &Hub,
     answerers: &Answerers,
@@ -527,19 +527,21 @@ async fn take_reply(
     };
     let publisher = publisher_of(&delivery.properties, answerers.own.as_str());
     let mut never = Vec::new();
-    let replies = replies.into_iter().filter(|reply| {
-        match answerers.refusal(&reply.provider, publisher.as_deref()) {
-            Some(why) => {
-                never.push(format!(
-                    "the answer for {} is not taken: {why}",
-                    reply.exchange_id
-                ));
-                false
-            }
-            None => true,
-        }
-    });
-    let replies: Vec<_> = replies.collect();
+    let replies: Vec<_> = replies
+        .into_iter()
+        .filter(
+            |reply| match answerers.refusal(&reply.provider, publisher.as_deref()) {
+                Some(why) => {
+                    never.push(format!(
+                        "the answer for {} is not taken: {why}",
+                        reply.exchange_id
+                    ));
+                    false
+                }
+                None => true,
+            },
+        )
+        .collect();
     let outcomes = futures_util::future::join_all(replies.into_iter().map(|reply| async move {
         let answer = match reply.outcome {
             ReplyOutcome::Payload(v) => Ok(v),
