@@ -299,6 +299,15 @@ pub struct BrokerUser {
 }
 
 impl BrokerUser {
+    /// The user `name`, made by other means, logging in with `password`:
+    /// deleted when dropped.
+    pub fn made(name: String, password: &str) -> Self {
+        Self {
+            url: user_url(&name, password),
+            name,
+        }
+    }
+
     /// A user allowed everything on the vhost.
     pub fn create() -> Option<Self> {
         Self::create_with([".*", ".*", ".*"].map(String::from))
@@ -325,13 +334,7 @@ impl BrokerUser {
                 read,
             ])
         });
-        let user = Self {
-            url: format!(
-                "amqp://{name}:{password}@{}",
-                base.split_once('@').map_or("", |(_, rest)| rest)
-            ),
-            name,
-        };
+        let user = Self::made(name, &password);
         match made {
             Ok(()) => Some(user),
             Err(why) => unavailable("rabbitmqctl (to make a broker user)", why),
@@ -343,6 +346,13 @@ impl Drop for BrokerUser {
     fn drop(&mut self) {
         let _ = rabbitmqctl(&["delete_user", &self.name]);
     }
+}
+
+/// [`amqp_url`] logged in as `name`.
+fn user_url(name: &str, password: &str) -> String {
+    let base = amqp_url();
+    let rest = base.split_once('@').map_or("", |(_, rest)| rest);
+    format!("amqp://{name}:{password}@{rest}")
 }
 
 fn rabbitmqctl(args: &[&str]) -> Result<(), String> {

@@ -1198,7 +1198,7 @@ pub fn broker_user(url: &str) -> Result<ShortString, String> {
 }
 
 /// `url` parsed; the error never repeats it (it may hold a password).
-fn parse_url(url: &str) -> Result<AMQPUri, String> {
+pub fn parse_url(url: &str) -> Result<AMQPUri, String> {
     url.parse().map_err(|e: String| {
         if e.contains(url) {
             "not an AMQP URL".to_owned()

@@ -118,6 +118,16 @@ pub enum Command {
     /// Messages that kept failing and were dead-lettered on RabbitMQ.
     #[command(subcommand)]
     DeadLetters(DeadLettersCmd),
+    /// Print the commands that make USER the RabbitMQ user of PROVIDER's
+    /// adapter, with only the permissions it needs (on the vhost of
+    /// `amqp_url`, under `amqp_prefix`), and the hub setting that binds
+    /// them: the hubs take PROVIDER's answers from USER alone.
+    AdapterUser {
+        /// The provider's member id (`agency/subsystem`).
+        provider: Member,
+        /// The broker user its adapter logs in as.
+        user: String,
+    },
 }
 
 /// The reference adapters.
@@ -412,6 +422,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve => serve(config).await,
         Command::Adapter { registry } => run_adapter(&config, registry).await,
         Command::DeadLetters(cmd) => dead_letters(&config, cmd).await,
+        Command::AdapterUser { provider, user } => adapter_user(&config, &provider, &user),
         Command::Init => {
             let adapters = app::reference_adapters(0);
             let init = app::init(&config, &SystemClock, &adapters).await?;
@@ -997,6 +1008,44 @@ async fn dead_letters(config: &Config, cmd: DeadLettersCmd) -> anyhow::Result<Ex
         out!("{redriven} re-driven");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn adapter_user(config: &Config, provider: &Member, user: &str) -> anyhow::Result<ExitCode> {
+    let vhost = match config.amqp_url.as_str() {
+        "" => "/".to_owned(),
+        url => {
+            hub_adapter_sdk::amqp::parse_url(url)
+                .map_err(|e| anyhow::anyhow!("amqp_url: {e}"))?
+                .vhost
+        }
+    };
+    let topology = hub_adapter_sdk::amqp::Topology::new(config.amqp_prefix.clone());
+    let [configure, write, read] = topology
+        .adapter_permissions(provider)
+        .map(|p| shell_word(&p));
+    let (vhost, quoted_user) = (shell_word(&vhost), shell_word(user));
+    out!("# the password is read from $PASSWORD");
+    out!("rabbitmqctl add_user {quoted_user} \"$PASSWORD\"");
+    out!("rabbitmqctl set_permissions -p {vhost} {quoted_user} \\");
+    out!("  {configure} \\\n  {write} \\\n  {read}");
+    out!("# and on every hub, in its TOML file:");
+    out!("# [amqp_provider_users]");
+    out!(
+        "# {} = {}",
+        toml_string(&provider.to_string()),
+        toml_string(user)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `s` as one word for a POSIX shell: single-quoted.
+fn shell_word(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// `s` as a TOML basic string.
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
 }
 
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
