@@ -109,6 +109,13 @@ pub enum Command {
     /// it signed still verifies, and the hand-over, so that a key set pinned
     /// before leads to the new key (audit bundles carry it too).
     RotateHubKey,
+    /// Make a new data key, which seals the bodies stored from the next
+    /// start on; the older keys stay in `pki/data.key` to open what they
+    /// sealed (stored bodies are never sealed again: the log commits to
+    /// their sealed bytes), and the oldest keeps keying the hashes of
+    /// personal IDs. Run it with every hub process stopped, then copy the
+    /// file to every hub host and start them.
+    RotateDataKey,
     /// Run a reference adapter as its own process, consuming its queue on
     /// RabbitMQ (`amqp_url`), until Ctrl-C or SIGTERM.
     Adapter {
@@ -478,6 +485,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                  Copy the pki folder to every hub host and restart every hub process.",
                 pki.hub_retired_keys().display(),
                 pki.hub_key_handovers().display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::RotateDataKey => {
+            let pki = PkiPaths::new(&config.data_dir);
+            let (old, new) = hub_server::pki::rotate_data_key(&pki)?;
+            out!(
+                "data key {old} retired (it still opens what it sealed); new key {new} seals \
+                 from the next start. Copy {} to every hub host and restart every hub process.",
+                pki.data_key().display()
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -258,3 +258,103 @@ fn an_agency_registers_and_signs_with_a_key_made_by_openssl() {
     );
     stop(served);
 }
+
+#[test]
+fn a_rotated_data_key_seals_what_comes_after_and_still_opens_what_came_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let pki = PkiPaths::new(data);
+    let served = serve(data);
+    let before = tax_verify(data, &served.api, "T-1");
+    assert!(before.status.success(), "{}", text(&before));
+    stop(served);
+
+    let old_file = std::fs::read_to_string(pki.data_key()).unwrap();
+    let old_id = hub_server::pki::read_data_key(&pki.data_key())
+        .unwrap()
+        .id()
+        .to_owned();
+    let rotate = hub(data, &["rotate-data-key"]);
+    assert!(rotate.status.success(), "{}", text(&rotate));
+    let new_id = hub_server::pki::read_data_key(&pki.data_key())
+        .unwrap()
+        .id()
+        .to_owned();
+    assert_ne!(new_id, old_id);
+    assert!(
+        text(&rotate).contains(&old_id) && text(&rotate).contains(&new_id),
+        "{}",
+        text(&rotate)
+    );
+
+    let served = serve(data);
+    let after = tax_verify(data, &served.api, "T-2");
+    assert!(after.status.success(), "{}", text(&after));
+    // The hashes of personal IDs did not change: the citizen's history
+    // holds the questions from before the rotation and after.
+    let history = hub(
+        data,
+        &[
+            "access-history",
+            "--as",
+            "000.00.00.G03/citizen-portal",
+            "--hub",
+            &served.api,
+            "001085012345",
+            "--case",
+            "DSR-1",
+            "--json",
+        ],
+    );
+    assert!(history.status.success(), "{}", text(&history));
+    let reply: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    let cases: Vec<&str> = reply["body"]["accesses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["case_ref"].as_str())
+        .collect();
+    assert!(cases.contains(&"T-1") && cases.contains(&"T-2"), "{reply}");
+    stop(served);
+
+    // Offline: the bodies are sealed under both keys, and the key file
+    // opens them all; the old key alone only those from before.
+    let bundle = export(data, "bundle");
+    let key_ids: std::collections::BTreeSet<String> =
+        std::fs::read_to_string(bundle.join("bodies.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["key_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+    assert_eq!(key_ids, [old_id, new_id].into_iter().collect());
+    let jwks = pki.dir.join("hub-jwks.json");
+    let verify_with = |data_key: &Path| {
+        hub(
+            data,
+            &[
+                "audit",
+                "verify",
+                bundle.to_str().unwrap(),
+                "--jwks",
+                jwks.to_str().unwrap(),
+                "--data-key",
+                data_key.to_str().unwrap(),
+            ],
+        )
+    };
+    let verify = verify_with(&pki.data_key());
+    assert!(verify.status.success(), "{}", text(&verify));
+    let opened = row(&text(&verify), "body_hash");
+    assert!(opened[0] >= 4 && opened[1] == 0, "{}", text(&verify));
+    let old_key = data.join("old-data.key");
+    std::fs::write(&old_key, old_file).unwrap();
+    let verify = verify_with(&old_key);
+    assert!(!verify.status.success());
+    let partly = row(&text(&verify), "body_hash");
+    assert!(partly[0] >= 2 && partly[1] >= 2, "{}", text(&verify));
+}

@@ -28,17 +28,43 @@ pub fn commitment(salt: &[u8], body: &[u8]) -> String {
 }
 
 /// The hub's data key: encrypts bodies at rest and keys the hashes the hub
-/// keeps for idempotency. It cannot be printed.
+/// keeps of personal IDs. It cannot be printed.
+///
+/// After a rotation it is a ring ([`DataKey::ring`]): the newest key seals,
+/// every key still opens what it sealed (a stored body cannot be sealed
+/// again: the log commits to its sealed bytes), and the keyed hashes stay
+/// under the oldest key, since the log holds some of them and they must
+/// keep matching.
 pub struct DataKey {
+    newest: Sealer,
+    /// The keys it replaced, the newest of them first.
+    older: Vec<Sealer>,
+    mac: hmac::Key,
+}
+
+struct Sealer {
     id: String,
     aead: LessSafeKey,
-    mac: hmac::Key,
+}
+
+impl Sealer {
+    fn new(bytes: &[u8; 32]) -> Self {
+        let mut id_input = b"hub-data-key/v1".to_vec();
+        id_input.extend_from_slice(bytes);
+        let id = b64url(&sha256(&id_input))[..16].to_owned();
+        // A 32-byte key is always a valid AES-256 key.
+        let aead = LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM, bytes).unwrap_or_else(|_| unreachable!()),
+        );
+        Self { id, aead }
+    }
 }
 
 impl fmt::Debug for DataKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ids: Vec<&str> = self.ids().collect();
         f.debug_struct("DataKey")
-            .field("id", &self.id)
+            .field("ids", &ids)
             .finish_non_exhaustive()
     }
 }
@@ -62,26 +88,35 @@ impl SealedBody {
 impl DataKey {
     /// A key from its 32 bytes.
     pub fn from_bytes(bytes: &[u8; 32]) -> Self {
-        let mut id_input = b"hub-data-key/v1".to_vec();
-        id_input.extend_from_slice(bytes);
-        let id = b64url(&sha256(&id_input))[..16].to_owned();
-        // A 32-byte key is always a valid AES-256 key.
-        let aead = LessSafeKey::new(
-            UnboundKey::new(&AES_256_GCM, bytes).unwrap_or_else(|_| unreachable!()),
-        );
+        Self::ring(bytes, &[])
+    }
+
+    /// A rotated data key: `newest` seals, each of `older` (the newest of
+    /// them first) opens what it sealed, the oldest of all keys the hashes.
+    pub fn ring(newest: &[u8; 32], older: &[[u8; 32]]) -> Self {
+        let oldest = older.last().unwrap_or(newest);
         Self {
-            id,
-            aead,
-            mac: hmac::Key::new(hmac::HMAC_SHA256, bytes),
+            newest: Sealer::new(newest),
+            older: older.iter().map(Sealer::new).collect(),
+            mac: hmac::Key::new(hmac::HMAC_SHA256, oldest),
         }
     }
 
-    /// The key's id, recorded with every body it seals.
-    pub fn id(&self) -> &str {
-        &self.id
+    fn sealers(&self) -> impl Iterator<Item = &Sealer> {
+        std::iter::once(&self.newest).chain(&self.older)
     }
 
-    /// Seal `salt || body` under this key; `commitment` is bound as associated data.
+    /// The id of the key that seals, recorded with every body it seals.
+    pub fn id(&self) -> &str {
+        &self.newest.id
+    }
+
+    /// The ids of every key, the newest first.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.sealers().map(|s| s.id.as_str())
+    }
+
+    /// Seal `salt || body` under the newest key; `commitment` is bound as associated data.
     pub fn seal(
         &self,
         salt: &[u8],
@@ -92,27 +127,26 @@ impl DataKey {
         let mut data = Vec::with_capacity(salt.len() + body.len() + 16);
         data.extend_from_slice(salt);
         data.extend_from_slice(body);
+        let key = &self.newest;
         // Sealing in place only fails for inputs beyond GCM's size limit (64 GiB).
-        let _ = self.aead.seal_in_place_append_tag(
+        let _ = key.aead.seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
             Aad::from(commitment.as_bytes()),
             &mut data,
         );
         SealedBody {
-            key_id: self.id.clone(),
+            key_id: key.id.clone(),
             nonce,
             ciphertext: data,
         }
     }
 
-    /// Open a sealed body: `(salt, body)`, or `None` if it is not this key's
-    /// or does not authenticate with `commitment`.
+    /// Open a sealed body: `(salt, body)`, or `None` if none of these keys
+    /// sealed it or it does not authenticate with `commitment`.
     pub fn open(&self, sealed: &SealedBody, commitment: &str) -> Option<(Vec<u8>, Vec<u8>)> {
-        if sealed.key_id != self.id {
-            return None;
-        }
+        let key = self.sealers().find(|s| s.id == sealed.key_id)?;
         let mut data = sealed.ciphertext.clone();
-        let plain = self
+        let plain = key
             .aead
             .open_in_place(
                 Nonce::assume_unique_for_key(sealed.nonce),
@@ -130,12 +164,13 @@ impl DataKey {
     /// Seal an operational blob (a cached reply, a queued message):
     /// `nonce || AES-256-GCM(plaintext)`, with `aad` bound.
     pub fn seal_blob(&self, aad: &[u8], plaintext: &[u8], nonce: [u8; NONCE_LEN]) -> Vec<u8> {
-        let tag_len = self.aead.algorithm().tag_len();
+        let key = &self.newest.aead;
+        let tag_len = key.algorithm().tag_len();
         let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + tag_len);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plaintext);
         // Sealing in place only fails beyond GCM's size limit (64 GiB).
-        if let Ok(tag) = self.aead.seal_in_place_separate_tag(
+        if let Ok(tag) = key.seal_in_place_separate_tag(
             Nonce::assume_unique_for_key(nonce),
             Aad::from(aad),
             &mut out[NONCE_LEN..],
@@ -145,24 +180,27 @@ impl DataKey {
         out
     }
 
-    /// Open what [`DataKey::seal_blob`] sealed with the same `aad`.
+    /// Open what [`DataKey::seal_blob`] sealed with the same `aad`, under
+    /// any of the keys (a blob names none: the newest is tried first).
     pub fn open_blob(&self, aad: &[u8], blob: &[u8]) -> Option<Vec<u8>> {
         let (nonce, ciphertext) = blob.split_at_checked(NONCE_LEN)?;
         let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
-        let mut data = ciphertext.to_vec();
-        let plain = self
-            .aead
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut data,
-            )
-            .ok()?;
-        Some(plain.to_vec())
+        self.sealers().find_map(|key| {
+            let mut data = ciphertext.to_vec();
+            let plain = key
+                .aead
+                .open_in_place(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(aad),
+                    &mut data,
+                )
+                .ok()?;
+            Some(plain.to_vec())
+        })
     }
 
-    /// HMAC-SHA-256 under the data key, base64url: a hash of personal data
-    /// that nobody without the key can test guesses against.
+    /// HMAC-SHA-256 under the oldest data key, base64url: a hash of
+    /// personal data that nobody without the key can test guesses against.
     pub fn keyed_hash(&self, data: &[u8]) -> String {
         b64url(hmac::sign(&self.mac, data).as_ref())
     }
@@ -171,6 +209,36 @@ impl DataKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rotated_key_seals_anew_opens_the_old_and_keeps_its_hashes() {
+        let (first, second) = ([7; 32], [8; 32]);
+        let before = DataKey::from_bytes(&first);
+        let after = DataKey::ring(&second, &[first]);
+        let body = br#"{"personal_id":"001085012345"}"#;
+        let salt = [1u8; SALT_LEN];
+        let c = commitment(&salt, body);
+        let old = before.seal(&salt, body, &c, [2; NONCE_LEN]);
+        let new = after.seal(&salt, body, &c, [2; NONCE_LEN]);
+        assert_eq!(new.key_id, DataKey::from_bytes(&second).id());
+        assert_ne!(new.key_id, old.key_id);
+        for sealed in [&old, &new] {
+            assert_eq!(after.open(sealed, &c), Some((salt.to_vec(), body.to_vec())));
+        }
+        assert_eq!(
+            before.open(&new, &c),
+            None,
+            "the old key alone cannot open the new"
+        );
+        let blob = before.seal_blob(b"exchange-1", body, [3; NONCE_LEN]);
+        assert_eq!(after.open_blob(b"exchange-1", &blob), Some(body.to_vec()));
+        assert_eq!(after.keyed_hash(body), before.keyed_hash(body));
+        // A second rotation still hashes under the first key.
+        let third = DataKey::ring(&[9; 32], &[second, first]);
+        assert_eq!(third.keyed_hash(body), before.keyed_hash(body));
+        assert_eq!(third.open(&old, &c), Some((salt.to_vec(), body.to_vec())));
+        assert_eq!(third.ids().count(), 3);
+    }
 
     #[test]
     fn seal_open_and_bind() {

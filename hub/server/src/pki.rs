@@ -229,18 +229,74 @@ pub fn generate_signing_key(path: &Path) -> Result<SigningKey, PkiError> {
     Ok(key)
 }
 
-/// Read the data key (32 bytes, base64, one line).
+/// Read the data key: a line per key (32 bytes, base64), the newest first
+/// (more than one once it was rotated: [`rotate_data_key`]).
 pub fn read_data_key(path: &Path) -> Result<hub_core::body::DataKey, PkiError> {
-    let text = fs::read_to_string(path).map_err(io(path))?;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .ok()
-        .and_then(|b| <[u8; 32]>::try_from(b).ok())
-        .ok_or_else(|| PkiError::Invalid {
+    let keys = read_data_keys(path)?;
+    match keys.split_first() {
+        Some((newest, older)) => Ok(hub_core::body::DataKey::ring(newest, older)),
+        None => Err(PkiError::Invalid {
             path: path.to_owned(),
-            message: "expected 32 bytes in base64".into(),
+            message: "no key in it".into(),
+        }),
+    }
+}
+
+fn read_data_keys(path: &Path) -> Result<Vec<[u8; 32]>, PkiError> {
+    let text = fs::read_to_string(path).map_err(io(path))?;
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .enumerate()
+        .map(|(n, line)| {
+            base64::engine::general_purpose::STANDARD
+                .decode(line)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| PkiError::Invalid {
+                    path: path.to_owned(),
+                    message: format!("key {}: expected 32 bytes in base64", n + 1),
+                })
+        })
+        .collect()
+}
+
+fn data_key_lines(keys: &[[u8; 32]]) -> String {
+    keys.iter()
+        .map(|k| format!("{}\n", base64::engine::general_purpose::STANDARD.encode(k)))
+        .collect()
+}
+
+/// Rotate the data key: a new key seals from the next start on; the
+/// older keys stay in the file, each to open what it sealed (and the
+/// oldest to key the hashes of personal IDs). The file is replaced
+/// whole, by a rename, so that a crash leaves the old file or the new.
+/// Returns the ids of the key retired and of the new one.
+pub fn rotate_data_key(paths: &PkiPaths) -> Result<(String, String), PkiError> {
+    use ring::rand::SecureRandom;
+    let path = paths.data_key();
+    let mut keys = read_data_keys(&path)?;
+    let retired = read_data_key(&path)?.id().to_owned();
+    let mut key = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| PkiError::Invalid {
+            path: path.clone(),
+            message: "the system random generator failed".into(),
         })?;
-    Ok(hub_core::body::DataKey::from_bytes(&bytes))
+    keys.insert(0, key);
+    let next = path.with_extension("key.next");
+    write_private(&next, data_key_lines(&keys).as_bytes())?;
+    fs::rename(&next, &path).map_err(io(&path))?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+    }
+    Ok((
+        retired,
+        hub_core::body::DataKey::from_bytes(&key).id().to_owned(),
+    ))
 }
 
 /// Read every certificate in a PEM file.
@@ -377,14 +433,7 @@ pub fn ensure_dev_pki(paths: &PkiPaths, now: OffsetDateTime) -> Result<bool, Pki
                 path: paths.data_key(),
                 message: "the system random generator failed".into(),
             })?;
-        write_private(
-            &paths.data_key(),
-            format!(
-                "{}\n",
-                base64::engine::general_purpose::STANDARD.encode(key)
-            )
-            .as_bytes(),
-        )?;
+        write_private(&paths.data_key(), data_key_lines(&[key]).as_bytes())?;
     }
     for demo in DEMO_AGENCIES {
         let member: Member =
