@@ -261,6 +261,19 @@ fn read_data_keys(path: &Path) -> Result<Vec<[u8; 32]>, PkiError> {
         .collect()
 }
 
+/// 32 random bytes for a data key to be written to `path`.
+fn new_data_key(path: &Path) -> Result<[u8; 32], PkiError> {
+    use ring::rand::SecureRandom;
+    let mut key = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| PkiError::Invalid {
+            path: path.to_owned(),
+            message: "the system random generator failed".into(),
+        })?;
+    Ok(key)
+}
+
 fn data_key_lines(keys: &[[u8; 32]]) -> String {
     keys.iter()
         .map(|k| format!("{}\n", base64::engine::general_purpose::STANDARD.encode(k)))
@@ -273,17 +286,10 @@ fn data_key_lines(keys: &[[u8; 32]]) -> String {
 /// whole, by a rename, so that a crash leaves the old file or the new.
 /// Returns the ids of the key retired and of the new one.
 pub fn rotate_data_key(paths: &PkiPaths) -> Result<(String, String), PkiError> {
-    use ring::rand::SecureRandom;
     let path = paths.data_key();
     let mut keys = read_data_keys(&path)?;
     let retired = read_data_key(&path)?.id().to_owned();
-    let mut key = [0u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut key)
-        .map_err(|_| PkiError::Invalid {
-            path: path.clone(),
-            message: "the system random generator failed".into(),
-        })?;
+    let key = new_data_key(&path)?;
     keys.insert(0, key);
     let next = path.with_extension("key.next");
     write_private(&next, data_key_lines(&keys).as_bytes())?;
@@ -425,14 +431,7 @@ pub fn ensure_dev_pki(paths: &PkiPaths, now: OffsetDateTime) -> Result<bool, Pki
         generate_signing_key(&paths.hub_signing_key())?;
     }
     if !paths.data_key().exists() {
-        use ring::rand::SecureRandom;
-        let mut key = [0u8; 32];
-        ring::rand::SystemRandom::new()
-            .fill(&mut key)
-            .map_err(|_| PkiError::Invalid {
-                path: paths.data_key(),
-                message: "the system random generator failed".into(),
-            })?;
+        let key = new_data_key(&paths.data_key())?;
         write_private(&paths.data_key(), data_key_lines(&[key]).as_bytes())?;
     }
     for demo in DEMO_AGENCIES {
