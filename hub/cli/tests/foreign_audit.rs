@@ -15,7 +15,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{export, hub, publish_registration, serve, stop, text};
+use common::{audit_verify, export, hub, publish_registration, serve, stop, text};
 
 fn example(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -139,16 +139,7 @@ fn a_python_audit_written_from_the_docs_checks_a_real_export_and_finds_tampering
 
 /// `hub audit verify` of `bundle` against `jwks` (no data key).
 fn rust_audit(data: &Path, bundle: &Path, jwks: &Path) -> Output {
-    hub(
-        data,
-        &[
-            "audit",
-            "verify",
-            bundle.to_str().unwrap(),
-            "--jwks",
-            jwks.to_str().unwrap(),
-        ],
-    )
+    audit_verify(data, bundle, jwks, None)
 }
 
 #[test]

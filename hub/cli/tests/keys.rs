@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{admin, export, hub, serve, stop, text};
+use common::{admin, audit_verify, export, hub, serve, stop, text};
 use hub_core::ids::Member;
 use hub_server::pki::{PkiPaths, generate_signing_key};
 
@@ -124,17 +124,7 @@ fn rotated_keys_sign_from_now_on_and_retired_ones_still_verify() {
     // `hub audit verify` of the bundle against a pinned key set, with the
     // data key (bodies and agency signatures checked) or without.
     let verify_with = |jwks: &std::path::Path, bodies: bool| {
-        let mut args = vec![
-            "audit",
-            "verify",
-            bundle.to_str().unwrap(),
-            "--jwks",
-            jwks.to_str().unwrap(),
-        ];
-        if bodies {
-            args.extend(["--data-key", data_key.to_str().unwrap()]);
-        }
-        hub(data, &args)
+        audit_verify(data, &bundle, jwks, bodies.then_some(data_key.as_path()))
     };
     let verify = verify_with(&pinned, true);
     assert!(verify.status.success(), "{}", text(&verify));
@@ -333,20 +323,7 @@ fn a_rotated_data_key_seals_what_comes_after_and_still_opens_what_came_before() 
             .collect();
     assert_eq!(key_ids, [old_id, new_id].into_iter().collect());
     let jwks = pki.dir.join("hub-jwks.json");
-    let verify_with = |data_key: &Path| {
-        hub(
-            data,
-            &[
-                "audit",
-                "verify",
-                bundle.to_str().unwrap(),
-                "--jwks",
-                jwks.to_str().unwrap(),
-                "--data-key",
-                data_key.to_str().unwrap(),
-            ],
-        )
-    };
+    let verify_with = |data_key: &Path| audit_verify(data, &bundle, &jwks, Some(data_key));
     let verify = verify_with(&pki.data_key());
     assert!(verify.status.success(), "{}", text(&verify));
     let opened = row(&text(&verify), "body_hash");

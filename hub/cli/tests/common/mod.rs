@@ -170,6 +170,22 @@ pub fn export(data: &Path, name: &str) -> std::path::PathBuf {
     bundle
 }
 
+/// `hub audit verify` of `bundle` against the pinned keys `jwks`, and with
+/// `data_key`, the bodies too.
+pub fn audit_verify(data: &Path, bundle: &Path, jwks: &Path, data_key: Option<&Path>) -> Output {
+    let mut args = vec![
+        "audit",
+        "verify",
+        bundle.to_str().unwrap(),
+        "--jwks",
+        jwks.to_str().unwrap(),
+    ];
+    if let Some(key) = data_key {
+        args.extend(["--data-key", key.to_str().unwrap()]);
+    }
+    hub(data, &args)
+}
+
 /// `hub audit replay` of `bundle` with the data directory's data key.
 pub fn replay(data: &Path, bundle: &Path) -> Output {
     hub(
