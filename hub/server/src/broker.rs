@@ -68,12 +68,12 @@ pub struct Answerers {
 
 impl Answerers {
     /// The hub logs in as `own`; `bound` names other providers' users.
-    pub fn new(own: ShortString, bound: BTreeMap<Member, String>) -> Self {
+    fn new(own: ShortString, bound: BTreeMap<Member, String>) -> Self {
         Self { own, bound }
     }
 
     /// The broker user whose answers are `provider`'s.
-    pub fn user_of(&self, provider: &Member) -> &str {
+    fn user_of(&self, provider: &Member) -> &str {
         self.bound
             .get(provider)
             .map_or(self.own.as_str(), String::as_str)
@@ -81,7 +81,7 @@ impl Answerers {
 
     /// Why an answer naming `provider` and published by `publisher` is not
     /// taken as that provider's; `None` if it is.
-    pub fn refusal(&self, provider: &Member, publisher: Option<&str>) -> Option<String> {
+    fn refusal(&self, provider: &Member, publisher: Option<&str>) -> Option<String> {
         let user = self.user_of(provider);
         match publisher {
             Some(p) if p == user => None,

@@ -233,12 +233,14 @@ pub fn generate_signing_key(path: &Path) -> Result<SigningKey, PkiError> {
 /// (more than one once it was rotated: [`rotate_data_key`]).
 pub fn read_data_key(path: &Path) -> Result<hub_core::body::DataKey, PkiError> {
     let keys = read_data_keys(path)?;
-    match keys.split_first() {
-        Some((newest, older)) => Ok(hub_core::body::DataKey::ring(newest, older)),
-        None => Err(PkiError::Invalid {
-            path: path.to_owned(),
-            message: "no key in it".into(),
-        }),
+    let (newest, older) = keys.split_first().ok_or_else(|| no_data_key(path))?;
+    Ok(hub_core::body::DataKey::ring(newest, older))
+}
+
+fn no_data_key(path: &Path) -> PkiError {
+    PkiError::Invalid {
+        path: path.to_owned(),
+        message: "no key in it".into(),
     }
 }
 
@@ -288,7 +290,10 @@ fn data_key_lines(keys: &[[u8; 32]]) -> String {
 pub fn rotate_data_key(paths: &PkiPaths) -> Result<(String, String), PkiError> {
     let path = paths.data_key();
     let mut keys = read_data_keys(&path)?;
-    let retired = read_data_key(&path)?.id().to_owned();
+    let retired = keys
+        .first()
+        .map(|k| hub_core::body::DataKey::from_bytes(k).id().to_owned())
+        .ok_or_else(|| no_data_key(&path))?;
     let key = new_data_key(&path)?;
     keys.insert(0, key);
     let next = path.with_extension("key.next");
