@@ -140,6 +140,18 @@ async fn a_change_that_makes_no_sense_is_refused_and_not_logged() {
             "not_found",
         ),
         (
+            json!({"op": "agency_set_broker_user", "member": member(POPULATION_REGISTRY),
+                   "user": "population\nadapter"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_change",
+        ),
+        (
+            json!({"op": "agency_set_broker_user", "member": member("000.00.00.X99/nobody"),
+                   "user": "nobody"}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
             json!({"op": "drop_the_log"}),
             StatusCode::BAD_REQUEST,
             "bad_request",

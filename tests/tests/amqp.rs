@@ -587,9 +587,10 @@ async fn an_unreadable_answer_is_dead_lettered_saying_why() {
     setup.finish().await;
 }
 
-/// Only the broker user bound to a provider (`amqp_provider_users`) may
-/// answer for it: RabbitMQ vouches for who published an answer (its
-/// `user_id`); the `provider` the answer names is only a claim.
+/// Only the broker user the registry binds to a provider (`agency
+/// set-broker-user`) may answer for it: RabbitMQ vouches for who published
+/// an answer (its `user_id`); the `provider` the answer names is only a
+/// claim.
 #[tokio::test]
 async fn only_the_broker_user_bound_to_a_provider_may_answer_for_it() {
     let Some(ns) = AmqpNamespace::create(&REFERENCE_PROVIDERS, &["hub-u"]).await else {
@@ -609,12 +610,22 @@ async fn only_the_broker_user_bound_to_a_provider_may_answer_for_it() {
     let hub = TestHub::start_in(Arc::new(tempfile::tempdir().unwrap()), |c| {
         run_on(c, &db, &ns, "hub-u");
         c.amqp_url = hub_user.url.clone();
-        c.amqp_provider_users
-            .insert(adapter_population::PROVIDER.into(), population.name.clone());
         c.query_timeout_ms = 2_000;
     })
     .await;
     let setup = Setup { db, ns, hub };
+    // The binding is a logged registry change, in force on this hub at once.
+    let bind = json!({"op": "agency_set_broker_user",
+                      "member": {"agency": provider.agency, "subsystem": provider.subsystem},
+                      "user": population.name});
+    let (status, logged) = setup
+        .hub
+        .operator()
+        .post_json("/admin/v1/changes", &bind)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{logged}");
+    assert_eq!(logged["record"]["kind"], "admin");
     let topology = Topology::new(setup.ns.prefix.clone());
     let other = hub_adapter_sdk::amqp::broker_user(&setup.ns.url).unwrap();
 
@@ -705,6 +716,41 @@ async fn only_the_broker_user_bound_to_a_provider_may_answer_for_it() {
     assert_eq!(status, StatusCode::OK, "{reply}");
     let answered = reply["record"]["exchange_id"].clone();
     assert_eq!(entries_of(&setup.hub, &answered, "response").await, 1);
+
+    // Another hub on the database lifts the binding: from this hub's next
+    // reload on, the provider answers as the hubs' own user again, so the
+    // same adapter is refused.
+    let mut unbound = setup
+        .hub
+        .running()
+        .hub
+        .store
+        .agency(&provider)
+        .await
+        .unwrap()
+        .unwrap();
+    unbound.broker_user = None;
+    setup
+        .hub
+        .running()
+        .hub
+        .store
+        .apply_changes(&[hub_server::store::RegistryChange::UpsertAgency(unbound)])
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + EVENTUALLY;
+    loop {
+        let (status, reply) = setup.hub.send(lookup()).await;
+        if status == StatusCode::GATEWAY_TIMEOUT {
+            break;
+        }
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lifted binding was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let _ = stop.send(true);
     task.await.unwrap();
     setup.finish().await;

@@ -92,6 +92,7 @@ async fn registry(store: &dyn Store) {
                 name: m.into(),
                 signing_key: None,
                 suspended: false,
+                broker_user: None,
             })
             .await
             .unwrap();
@@ -119,11 +120,12 @@ async fn registry_round_trips(store: Arc<dyn Store>) {
         name: "General Department of Taxation".into(),
         signing_key: Some(key.public_jwk()),
         suspended: true,
+        broker_user: Some("tax-adapter".into()),
     };
     store.upsert_agency(&renamed).await.unwrap();
     assert_eq!(
         store.agency(&member(CONSUMER)).await.unwrap(),
-        Some(renamed)
+        Some(renamed.clone())
     );
     assert_eq!(store.agencies().await.unwrap().len(), 2);
     assert_eq!(
@@ -171,7 +173,7 @@ async fn registry_round_trips(store: Arc<dyn Store>) {
         facts.agency.as_ref().map(|a| &a.name),
         Some(&"General Department of Taxation".to_owned())
     );
-    assert_eq!(facts.agency.unwrap().signing_key, Some(key.public_jwk()));
+    assert_eq!(facts.agency, Some(renamed.clone()));
     assert_eq!(facts.service, Some(found.clone()));
     assert!(facts.granted);
     assert_eq!(facts.fields, None);
@@ -720,6 +722,7 @@ async fn the_registry_version_advances_with_each_change_requests_are_decided_on(
         name: CONSUMER.into(),
         signing_key: None,
         suspended: true,
+        broker_user: None,
     };
     let subscription = Subscription {
         subscriber: member(CONSUMER),
@@ -1317,6 +1320,7 @@ async fn two_log_writers_on_one_store_keep_one_chain(store: Arc<dyn Store>) {
             name: "renamed".into(),
             signing_key: None,
             suspended: false,
+            broker_user: None,
         })
         .await
         .unwrap();

@@ -127,8 +127,9 @@ pub enum Command {
     DeadLetters(DeadLettersCmd),
     /// Print the commands that make USER the RabbitMQ user of PROVIDER's
     /// adapter, with only the permissions it needs (on the vhost of
-    /// `amqp_url`, under `amqp_prefix`), and the hub setting that binds
-    /// them: the hubs take PROVIDER's answers from USER alone.
+    /// `amqp_url`, under `amqp_prefix`), and the `agency set-broker-user`
+    /// command that binds them: the hubs take PROVIDER's answers from USER
+    /// alone.
     AdapterUser {
         /// The provider's member id (`agency/subsystem`).
         provider: Member,
@@ -274,6 +275,16 @@ pub enum AgencyCmd {
         /// directory's dev PKI.
         #[arg(long)]
         serial: Option<String>,
+    },
+    /// Take the answers for a provider's query services only from this
+    /// RabbitMQ user, on every hub (or, with --none, from the hubs' own
+    /// user again): a logged registry change, no restart.
+    SetBrokerUser {
+        member: Member,
+        #[arg(required_unless_present = "none", conflicts_with = "none")]
+        user: Option<String>,
+        #[arg(long)]
+        none: bool,
     },
     /// Register (or, with --none, remove) the Ed25519/P-256 public key that must sign the member's envelopes.
     SetKey {
@@ -1045,12 +1056,10 @@ fn adapter_user(config: &Config, provider: &Member, user: &str) -> anyhow::Resul
     out!("rabbitmqctl add_user {quoted_user} \"$PASSWORD\"");
     out!("rabbitmqctl set_permissions -p {vhost} {quoted_user} \\");
     out!("  {configure} \\\n  {write} \\\n  {read}");
-    out!("# and on every hub, in its TOML file:");
-    out!("# [amqp_provider_users]");
+    out!("# then, as an administrator, bind it to the provider on every hub (logged):");
     out!(
-        "# {} = {}",
-        toml_string(&provider.to_string()),
-        toml_string(user)
+        "# hub agency set-broker-user {} {quoted_user}",
+        shell_word(&provider.to_string())
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -1058,11 +1067,6 @@ fn adapter_user(config: &Config, provider: &Member, user: &str) -> anyhow::Resul
 /// `s` as one word for a POSIX shell: single-quoted.
 fn shell_word(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-/// `s` as a TOML basic string.
-fn toml_string(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_default()
 }
 
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
@@ -1171,11 +1175,14 @@ async fn agency(config: &Config, admin: &AdminTarget, cmd: AgencyCmd) -> anyhow:
                     .as_ref()
                     .map_or("-".to_owned(), |k| k.kid.clone());
                 out!(
-                    "{:<40} signing key {:<44} {}{}",
+                    "{:<40} signing key {:<44} {}{}{}",
                     a.member.to_string(),
                     key,
                     a.name,
-                    if a.suspended { " (suspended)" } else { "" }
+                    if a.suspended { " (suspended)" } else { "" },
+                    a.broker_user
+                        .as_ref()
+                        .map_or(String::new(), |u| format!(" (answers as broker user {u})"))
                 );
             }
         }
@@ -1229,6 +1236,25 @@ async fn agency(config: &Config, admin: &AdminTarget, cmd: AgencyCmd) -> anyhow:
             )
             .await?;
             out!("{member}: signing key {kid}; the one it replaces is retired");
+        }
+        AgencyCmd::SetBrokerUser { member, user, .. } => {
+            admin_change(
+                config,
+                admin,
+                AdminChange::AgencySetBrokerUser {
+                    member: member.clone(),
+                    user: user.clone(),
+                },
+            )
+            .await?;
+            match user {
+                Some(user) => out!(
+                    "{member}: answers taken only from broker user {user}, on every hub within a second"
+                ),
+                None => out!(
+                    "{member}: answers taken from the hubs' own broker user, on every hub within a second"
+                ),
+            }
         }
         AgencyCmd::Suspend { member } => {
             admin_change(

@@ -1,13 +1,14 @@
 //! `hub adapter-user`: the commands it prints, run by a shell, make a
 //! RabbitMQ user that can run its provider's adapter and nothing more, and
-//! the setting it prints binds the two on a hub.
+//! the `hub agency set-broker-user` command it prints binds the two on a
+//! running hub.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::process::Command;
 
-use common::HUB;
+use common::{HUB, admin, export, replay, serve, stop, text};
 use hub_adapter_sdk::amqp::Topology;
 use hub_core::ids::Member;
 use hub_e2e::services::{AmqpNamespace, BrokerUser, amqp_url, unavailable};
@@ -41,19 +42,41 @@ async fn the_printed_commands_make_a_user_that_runs_its_providers_adapter_alone(
         return;
     }
 
-    // The setting, uncommented, binds the provider to the user.
-    let setting: String = script
+    // The command, uncommented and run as the administrator of a running
+    // hub, binds the provider to the user in the registry.
+    let bind = script
         .lines()
-        .skip_while(|l| *l != "# [amqp_provider_users]")
-        .map(|l| l.trim_start_matches("# "))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("hub.toml");
-    std::fs::write(&file, setting).unwrap();
-    let config = hub_server::config::Config::load(Some(&file)).unwrap();
+        .find_map(|l| l.strip_prefix("# hub agency set-broker-user "))
+        .unwrap_or_else(|| panic!("no set-broker-user command in\n{script}"));
+    let data = tempfile::tempdir().unwrap();
+    let served = serve(data.path());
+    let bound = Command::new("bash")
+        .args([
+            "-euc",
+            &format!("hub() {{ \"$HUB\" --data-dir \"$DATA\" --admin-hub \"$ADMIN\" \"$@\"; }}\nhub agency set-broker-user {bind}"),
+        ])
+        .env("HUB", HUB)
+        .env("DATA", data.path())
+        .env("ADMIN", &served.admin)
+        .output()
+        .unwrap();
+    assert!(bound.status.success(), "{}", text(&bound));
+    let listed = admin(data.path(), &served, &["agency", "list"]);
+    let population_line = String::from_utf8(listed.stdout.clone())
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(POPULATION_REGISTRY))
+        .map(str::to_owned);
+    assert!(
+        population_line.is_some_and(|l| l.ends_with(&format!("(answers as broker user {name})"))),
+        "{}",
+        text(&listed)
+    );
+    // The binding is an admin entry an auditor's replay goes through.
+    let replayed = replay(data.path(), &export(data.path(), "bundle"));
+    assert!(replayed.status.success(), "{}", text(&replayed));
+    stop(served);
     let population: Member = POPULATION_REGISTRY.parse().unwrap();
-    assert_eq!(config.provider_users().unwrap()[&population], name);
 
     // The user can do what the adapter does, and no more.
     let topology = Topology::new(ns.prefix.clone());

@@ -60,6 +60,12 @@ pub enum AdminChange {
         member: Member,
         key: Option<Jwk>,
     },
+    /// Take answers for `member`'s query services only from this RabbitMQ
+    /// user (`null`: from the hubs' own user), on every hub.
+    AgencySetBrokerUser {
+        member: Member,
+        user: Option<String>,
+    },
     /// Let `consumer` call `service` for `purpose`, receiving only
     /// `fields` of its responses when given (replaces an existing grant's).
     GrantAdd {
@@ -140,6 +146,11 @@ pub async fn apply(hub: &Hub, admin: &str, change: AdminChange) -> Result<String
         AdminChange::CertificateRevoke { serial, .. } => hub.revoked_certificates.insert(serial),
         AdminChange::AgencySuspend { member } => hub.suspended.insert(member),
         AdminChange::AgencyResume { member } => hub.suspended.remove(&member),
+        AdminChange::AgencySetBrokerUser { member, user } => {
+            if let Some(remote) = &hub.remote {
+                remote.broker.answerers.set(&member, user.as_deref());
+            }
+        }
         _ => {}
     }
     Ok(item)
@@ -168,9 +179,22 @@ async fn versions_of(hub: &Hub, service: &ServiceName) -> Result<Vec<ServiceReco
 
 /// What the registry held of an agency before a change to it.
 fn agency_before(agency: Option<&AgencyRecord>) -> Value {
-    let agency = agency
-        .map(|a| json!({"name": a.name, "signing_key": a.signing_key, "suspended": a.suspended}));
+    let agency = agency.map(|a| {
+        json!({"name": a.name, "signing_key": a.signing_key, "suspended": a.suspended,
+               "broker_user": a.broker_user})
+    });
     json!({ "agency": agency })
+}
+
+/// A RabbitMQ user name: what the broker can carry as a message's
+/// `user_id` (an AMQP short string) and a person can read in a log line.
+fn check_broker_user(user: &str) -> Result<(), AdminError> {
+    if user.is_empty() || user.len() > 255 || user.chars().any(char::is_control) {
+        return Err(AdminError::Invalid(format!(
+            "broker user {user:?} is not a RabbitMQ user name (1 to 255 bytes, no control characters)"
+        )));
+    }
+    Ok(())
 }
 
 /// The grant for (consumer, service, purpose), if any.
@@ -196,7 +220,7 @@ fn grant_before(grant: Option<&Grant>) -> Value {
 /// registry held before of what it changes - logged with the change, so
 /// that an auditor can rebuild the registry as it was at any entry from the
 /// one exported (`hub_audit::replay`): `{"agency": null | {"name",
-/// "signing_key", "suspended"}}` for agency changes, `{"grant": null |
+/// "signing_key", "suspended", "broker_user"}}` for agency changes, `{"grant": null |
 /// {"fields"}}` for grant changes, `{}` else.
 async fn registry_writes(
     hub: &Hub,
@@ -215,7 +239,8 @@ async fn registry_writes(
                 member: member.clone(),
                 name: name.clone(),
                 suspended: existing.as_ref().is_some_and(|a| a.suspended),
-                signing_key: existing.and_then(|a| a.signing_key),
+                signing_key: existing.as_ref().and_then(|a| a.signing_key.clone()),
+                broker_user: existing.and_then(|a| a.broker_user),
             });
             (vec![write], before)
         }
@@ -256,6 +281,20 @@ async fn registry_writes(
                 at: hub_core::timefmt::rfc3339_millis(hub.clock.now()),
             };
             (vec![write], json!({}))
+        }
+        AdminChange::AgencySetBrokerUser { member, user } => {
+            if *member == hub_member() {
+                return Err(AdminError::Invalid(format!(
+                    "{member} is the hub itself: it answers its own services in process"
+                )));
+            }
+            if let Some(user) = user {
+                check_broker_user(user)?;
+            }
+            let mut record = registered(hub, member).await?;
+            let before = agency_before(Some(&record));
+            record.broker_user.clone_from(user);
+            (vec![RegistryChange::UpsertAgency(record)], before)
         }
         AdminChange::AgencySetKey { member, key } => {
             let record = registered(hub, member).await?;

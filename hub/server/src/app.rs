@@ -147,6 +147,7 @@ async fn register_adapters(store: &dyn Store, adapters: &[Arc<dyn Adapter>]) -> 
                     name: provider.to_string(),
                     signing_key: None,
                     suspended: false,
+                    broker_user: None,
                 })
                 .await?;
         }
@@ -200,6 +201,7 @@ async fn seed_demo(store: &dyn Store, pki: &PkiPaths) -> anyhow::Result<bool> {
                 name: demo.name.to_owned(),
                 signing_key,
                 suspended: false,
+                broker_user: None,
             })
             .await?;
     }
@@ -403,7 +405,6 @@ pub async fn start_with_adapters(
             broker: Arc::new(
                 Broker::new(
                     config.amqp_url.clone(),
-                    config.provider_users().map_err(anyhow::Error::msg)?,
                     Topology::new(config.amqp_prefix.clone()),
                     config.instance.clone(),
                     config.amqp_confirm_window,
@@ -490,12 +491,16 @@ pub async fn start_with_adapters(
             .await
             .context("reading the revoked certificates")?,
     );
-    hub.suspended.replace(suspended_members(
-        init.store
-            .agencies()
-            .await
-            .context("reading the agencies")?,
-    ));
+    let agencies = init
+        .store
+        .agencies()
+        .await
+        .context("reading the agencies")?;
+    let answerers = hub.remote.as_ref().map(|r| r.broker.answerers.clone());
+    if let Some(answerers) = &answerers {
+        answerers.replace(&agencies);
+    }
+    hub.suspended.replace(suspended_members(agencies));
     tasks.spawn(index_subjects(init.store.clone(), shutdown_rx.clone()));
     tasks.spawn(crate::backlog::count_backlog(
         init.store.clone(),
@@ -511,6 +516,7 @@ pub async fn start_with_adapters(
         init.store.clone(),
         hub.revoked_certificates.clone(),
         hub.suspended.clone(),
+        answerers,
         shutdown_rx.clone(),
     ));
     let api_tls = tls::ServerTls::api(&init.pki, hub.revoked_certificates.clone())?;
@@ -607,13 +613,15 @@ async fn index_subjects(store: Arc<dyn Store>, mut shutdown: watch::Receiver<boo
     }
 }
 
-/// Reload the revoked certificates and the suspended members every second:
-/// a revocation or suspension made through another hub's admin listener
-/// holds here from the next handshake or request after.
+/// Reload the revoked certificates, the suspended members and the
+/// providers' broker users every second: a revocation, suspension or
+/// binding made through another hub's admin listener holds here from the
+/// next handshake, request or answer after.
 async fn reload_refusals(
     store: Arc<dyn Store>,
     revoked: Arc<tls::RevokedCertificates>,
     suspended: Arc<crate::identity::SuspendedMembers>,
+    answerers: Option<Arc<crate::broker::Answerers>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -628,9 +636,14 @@ async fn reload_refusals(
             }
         }
         match store.agencies().await {
-            Ok(agencies) => suspended.replace(suspended_members(agencies)),
+            Ok(agencies) => {
+                if let Some(answerers) = &answerers {
+                    answerers.replace(&agencies);
+                }
+                suspended.replace(suspended_members(agencies));
+            }
             Err(e) => {
-                warn!(error = %e, "could not reload the suspended members; keeping the last list")
+                warn!(error = %e, "could not reload the agencies (suspensions, broker users); keeping the last ones")
             }
         }
     }

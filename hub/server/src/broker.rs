@@ -14,8 +14,8 @@
 //! stay in their queue.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -39,7 +39,7 @@ use tokio::sync::{Mutex, Notify, watch};
 use tracing::{info, instrument, warn};
 
 use crate::pipeline::{Hub, RemoteAnswerError};
-use crate::store::{OutboxRow, Store, StoreError};
+use crate::store::{AgencyRecord, OutboxRow, Store, StoreError};
 
 /// A failure talking to the broker.
 #[derive(Debug, thiserror::Error)]
@@ -56,33 +56,54 @@ pub enum BrokerError {
     Url(String),
 }
 
-/// Which broker user may answer for which provider: the users
-/// `amqp_provider_users` names, and for every other provider the user the
-/// hub itself logs in as. RabbitMQ vouches for the user who published an
-/// answer ([`publisher_of`]); the answer's `provider` field is only a claim.
-#[derive(Debug, Clone)]
+/// Which broker user may answer for which provider: the user the registry
+/// binds to the provider (`agency set-broker-user`, [`AgencyRecord::broker_user`]),
+/// and for every other provider the user the hub itself logs in as.
+/// RabbitMQ vouches for the user who published an answer ([`publisher_of`]);
+/// the answer's `provider` field is only a claim.
+#[derive(Debug)]
 pub struct Answerers {
     own: ShortString,
-    bound: BTreeMap<Member, String>,
+    bound: std::sync::RwLock<BTreeMap<Member, String>>,
 }
 
 impl Answerers {
-    /// The hub logs in as `own`; `bound` names other providers' users.
-    fn new(own: ShortString, bound: BTreeMap<Member, String>) -> Self {
-        Self { own, bound }
+    /// The hub logs in as `own`; no provider is bound to another user yet.
+    fn new(own: ShortString) -> Self {
+        Self {
+            own,
+            bound: std::sync::RwLock::default(),
+        }
     }
 
-    /// The broker user whose answers are `provider`'s.
-    fn user_of(&self, provider: &Member) -> &str {
-        self.bound
-            .get(provider)
-            .map_or(self.own.as_str(), String::as_str)
+    /// Take the bindings from the registry's agencies (at start, and on
+    /// every reload: a change made through another hub holds here from
+    /// the next reload on).
+    pub fn replace(&self, agencies: &[AgencyRecord]) {
+        let bound = agencies
+            .iter()
+            .filter_map(|a| Some((a.member.clone(), a.broker_user.clone()?)))
+            .collect();
+        *self.bound.write().unwrap_or_else(PoisonError::into_inner) = bound;
+    }
+
+    /// Bind `provider` to `user` (`None`: to the hub's own user) at once,
+    /// for a change made through this hub.
+    pub fn set(&self, provider: &Member, user: Option<&str>) {
+        let mut bound = self.bound.write().unwrap_or_else(PoisonError::into_inner);
+        match user {
+            Some(user) => bound.insert(provider.clone(), user.to_owned()),
+            None => bound.remove(provider),
+        };
     }
 
     /// Why an answer naming `provider` and published by `publisher` is not
     /// taken as that provider's; `None` if it is.
     fn refusal(&self, provider: &Member, publisher: Option<&str>) -> Option<String> {
-        let user = self.user_of(provider);
+        let bound = self.bound.read().unwrap_or_else(PoisonError::into_inner);
+        let user = bound
+            .get(provider)
+            .map_or(self.own.as_str(), String::as_str);
         match publisher {
             Some(p) if p == user => None,
             Some(p) => Some(format!(
@@ -110,7 +131,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Broker {
     url: String,
     /// Who may answer for whom: the hub's own broker user and the users
-    /// bound to providers.
+    /// the registry binds to providers.
     pub answerers: Arc<Answerers>,
     pub topology: Topology,
     /// Names this instance's reply queue.
@@ -139,7 +160,6 @@ impl Broker {
     /// Fails if `url` is not an AMQP URL.
     pub fn new(
         url: String,
-        provider_users: BTreeMap<Member, String>,
         topology: Topology,
         instance: String,
         window: usize,
@@ -148,7 +168,7 @@ impl Broker {
         let own = broker_user(&url).map_err(BrokerError::Url)?;
         Ok(Self {
             url,
-            answerers: Arc::new(Answerers::new(own, provider_users)),
+            answerers: Arc::new(Answerers::new(own)),
             topology,
             instance,
             window: window.max(1),
@@ -209,12 +229,6 @@ impl Broker {
         providers.dedup();
         for p in &providers {
             self.topology.declare_provider(&ch, p).await?;
-        }
-        for bound in self.answerers.bound.keys() {
-            if providers.binary_search(bound).is_err() {
-                // A typo here would leave the real provider to the hub's user.
-                warn!(provider = %bound, "amqp_provider_users names a member that provides no query service");
-            }
         }
         info!(instance = %self.instance, providers = providers.len(), "connected to the broker; topology declared");
         Ok((conn, ch))

@@ -1,13 +1,11 @@
 //! Layered configuration: built-in defaults, then an optional TOML file,
 //! then `HUB_*` environment variables (`HUB_API_LISTEN=0.0.0.0:8443`).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use hub_core::ids::Member;
 use serde::{Deserialize, Serialize};
 
 /// Everything the hub reads at start-up.
@@ -35,10 +33,6 @@ pub struct Config {
     pub amqp_url: String,
     /// Prefix of every exchange and queue the hub declares.
     pub amqp_prefix: String,
-    /// The broker user each provider's adapter logs in as (member id ->
-    /// user): an answer is taken only from its provider's user. Providers
-    /// not named answer as the user of `amqp_url`.
-    pub amqp_provider_users: BTreeMap<String, String>,
     /// This hub process's name among several: names its reply queue, so it
     /// must be stable across restarts and unique among running hubs.
     pub instance: String,
@@ -92,7 +86,6 @@ impl Default for Config {
             database_acquire_timeout_ms: 2000,
             amqp_url: String::new(),
             amqp_prefix: "hub".into(),
-            amqp_provider_users: BTreeMap::new(),
             instance: "hub-1".into(),
             amqp_confirm_window: 512,
             max_body_bytes: 1024 * 1024,
@@ -154,17 +147,6 @@ impl Config {
         }
     }
 
-    /// `amqp_provider_users` with its member ids parsed.
-    pub fn provider_users(&self) -> Result<BTreeMap<Member, String>, String> {
-        self.amqp_provider_users
-            .iter()
-            .map(|(member, user)| match member.parse() {
-                Ok(m) => Ok((m, user.clone())),
-                Err(e) => Err(format!("amqp_provider_users: '{member}': {e}")),
-            })
-            .collect()
-    }
-
     /// The database URL, defaulted from the data directory.
     pub fn database_url(&self) -> String {
         if self.database_url.is_empty() {
@@ -189,36 +171,6 @@ mod tests {
             assert_eq!(c.max_body_bytes, 2048);
             assert_eq!(c.log_batch_max, 9);
             assert_eq!(c.query_timeout_ms, 10_000);
-            Ok(())
-        });
-    }
-
-    #[test]
-    #[allow(clippy::result_large_err)]
-    fn provider_users_come_from_the_file_or_the_environment() {
-        figment::Jail::expect_with(|jail| {
-            jail.create_file(
-                "hub.toml",
-                "[amqp_provider_users]\n\"000.00.00.G01/population-registry\" = \"population\"",
-            )?;
-            let c = Config::load(Some(Path::new("hub.toml"))).map_err(|e| e.to_string())?;
-            let population: Member = "000.00.00.G01/population-registry".parse().unwrap();
-            assert_eq!(c.provider_users()?.get(&population).unwrap(), "population");
-            jail.set_env(
-                "HUB_AMQP_PROVIDER_USERS",
-                "{\"000.00.00.G01/population-registry\"=\"pop-2\",\"000.00.00.G13/land-registry\"=\"land\"}",
-            );
-            let c = Config::load(Some(Path::new("hub.toml"))).map_err(|e| e.to_string())?;
-            let users = c.provider_users()?;
-            assert_eq!(users.get(&population).unwrap(), "pop-2");
-            assert_eq!(users.len(), 2);
-            jail.set_env("HUB_AMQP_PROVIDER_USERS", "{\"population\"=\"x\"}");
-            let c = Config::load(None).map_err(|e| e.to_string())?;
-            let refused = c.provider_users().unwrap_err();
-            assert!(
-                refused.contains("amqp_provider_users: 'population'"),
-                "{refused}"
-            );
             Ok(())
         });
     }

@@ -47,6 +47,10 @@ pub struct AgencyRecord {
     pub signing_key: Option<Jwk>,
     /// Suspended by an administrator: every request is refused until resumed.
     pub suspended: bool,
+    /// The RabbitMQ user whose answers are taken as this member's, when it
+    /// provides query services through an adapter process; `None`: the
+    /// hubs' own broker user.
+    pub broker_user: Option<String>,
 }
 
 /// A service and its provider.

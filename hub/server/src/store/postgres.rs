@@ -478,7 +478,7 @@ impl Store for PgStore {
     ) -> Result<Facts, StoreError> {
         // One round trip for the three facts every request needs.
         let row = sqlx::query(
-            "SELECT a.agency AS a_agency, a.name AS a_name, a.signing_jwk AS a_jwk, a.suspended AS a_suspended,
+            "SELECT a.agency AS a_agency, a.name AS a_name, a.signing_jwk AS a_jwk, a.suspended AS a_suspended, a.broker_user AS a_broker_user,
                     s.name AS s_name, s.version AS s_version, s.kind AS s_kind,
                     s.provider_agency AS s_provider_agency, s.provider_subsystem AS s_provider_subsystem,
                     s.request_schema AS s_request_schema, s.response_schema AS s_response_schema,
@@ -1084,15 +1084,18 @@ impl Store for PgStore {
 fn change_query(change: &RegistryChange) -> Result<Query<'_>, StoreError> {
     Ok(match change {
         RegistryChange::UpsertAgency(a) => sqlx::query(
-            "INSERT INTO agencies (agency, subsystem, name, signing_jwk, suspended) VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO agencies (agency, subsystem, name, signing_jwk, suspended, broker_user)
+                 VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (agency, subsystem) DO UPDATE SET name = excluded.name,
-                     signing_jwk = excluded.signing_jwk, suspended = excluded.suspended",
+                     signing_jwk = excluded.signing_jwk, suspended = excluded.suspended,
+                     broker_user = excluded.broker_user",
         )
         .bind(a.member.agency.as_str())
         .bind(a.member.subsystem.as_str())
         .bind(a.name.as_str())
         .bind(a.signing_key.as_ref().map(json_text).transpose()?)
-        .bind(a.suspended),
+        .bind(a.suspended)
+        .bind(a.broker_user.as_deref()),
         RegistryChange::RetireAgencyKey { member, key } => sqlx::query(
             "INSERT INTO retired_agency_keys (agency, subsystem, kid, jwk) VALUES ($1, $2, $3, $4)
                  ON CONFLICT DO NOTHING",

@@ -105,6 +105,7 @@ pub(crate) fn agency(row: &impl Columns) -> Result<AgencyRecord, StoreError> {
         name: row.text("name")?,
         signing_key: jwk_of(row.text_or_null("signing_jwk")?)?,
         suspended: row.flag("suspended")?,
+        broker_user: row.text_or_null("broker_user")?,
     })
 }
 
@@ -137,6 +138,7 @@ pub(crate) fn facts(
             name: row.text("a_name")?,
             signing_key: jwk_of(row.text_or_null("a_jwk")?)?,
             suspended: row.flag("a_suspended")?,
+            broker_user: row.text_or_null("a_broker_user")?,
         }),
     };
     let service = match row.text_or_null("s_kind")? {
