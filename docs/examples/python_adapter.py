@@ -25,6 +25,7 @@ real hub on PostgreSQL and RabbitMQ.
 """
 
 import argparse
+import collections
 import json
 import signal
 import sys
@@ -34,6 +35,10 @@ import pika
 from hubproto import follow_handovers, verify_record
 
 PROVIDER = {"agency": "000.00.00.G01", "subsystem": "population-registry"}
+
+# How many answers are kept to answer a redelivered request again (the
+# Rust SDK keeps as many).
+REMEMBERED = 100_000
 
 # What pika raises, with confirms on, when the broker refuses a message or
 # returns it unroutable (`mandatory`).
@@ -73,7 +78,9 @@ class Adapter:
         self.pinned, self.keys = keys, keys  # pinned, and those hand-overs led to
         self.member = f"{PROVIDER['agency']}.{PROVIDER['subsystem']}"
         self.queue = f"{prefix}.provider.{self.member}"
-        self.answered = {}  # exchange id -> answer: a redelivery is answered alike
+        # exchange id -> answer, the latest REMEMBERED: a redelivery is
+        # answered alike, and a long-running adapter does not grow forever.
+        self.answered = collections.OrderedDict()
 
     def declare(self):
         ch, p = self.channel, self.prefix
@@ -232,6 +239,8 @@ class Adapter:
             exchange_id = element["record"]["exchange_id"]
             if exchange_id not in self.answered:
                 self.answered[exchange_id] = {"payload": answer(element["body"]["payload"])}
+                if len(self.answered) > REMEMBERED:
+                    self.answered.popitem(last=False)
             self.reply(properties.reply_to, exchange_id, self.answered[exchange_id])
             print(f"answered {exchange_id}", flush=True)
         channel.basic_ack(method.delivery_tag)
