@@ -582,6 +582,11 @@ async fn an_unreadable_answer_is_dead_lettered_saying_why() {
     let back = redrive(&setup.ns, &topology, "empty-1").await;
     assert_eq!(back.len(), 1, "refused again after the re-drive: {back:?}");
     assert_eq!(back[0].queue, reply_queue);
+    let metrics = setup.hub.metrics().await;
+    assert!(
+        metrics.contains("hub_answers_refused_total{reason=\"unreadable\"} 2\n"),
+        "{metrics}"
+    );
 
     let _ = conn.close(200, "done".into()).await;
     setup.finish().await;
@@ -654,6 +659,16 @@ async fn only_the_broker_user_bound_to_a_provider_may_answer_for_it() {
         &dead_letters_once_any(&setup.ns, &topology).await,
         other.as_str(),
     );
+    let refused = r#"hub_answers_refused_total{reason="wrong_broker_user"}"#;
+    assert!(
+        setup
+            .hub
+            .metrics()
+            .await
+            .contains(&format!("{refused} 1\n")),
+        "{}",
+        setup.hub.metrics().await
+    );
     let _ = stop.send(true);
     task.await.unwrap();
 
@@ -669,6 +684,13 @@ async fn only_the_broker_user_bound_to_a_provider_may_answer_for_it() {
         other.as_str(),
     );
     assert_eq!(entries_of(&setup.hub, &json!(id), "response").await, 0);
+    assert!(
+        setup
+            .hub
+            .metrics()
+            .await
+            .contains(&format!("{refused} 2\n"))
+    );
 
     // Claiming the bound user in `user_id` without logging in as it:
     // RabbitMQ itself refuses the message.

@@ -38,6 +38,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::{Mutex, Notify, watch};
 use tracing::{info, instrument, warn};
 
+use crate::metrics::AnswerRefusal;
 use crate::pipeline::{Hub, RemoteAnswerError};
 use crate::store::{AgencyRecord, OutboxRow, Store, StoreError};
 
@@ -536,11 +537,13 @@ async fn take_reply(
         Ok(r) => r,
         Err(e) => {
             let because = format!("an unreadable answer: {e}");
+            hub.metrics.refused_answers(AnswerRefusal::Unreadable, 1);
             return refusals.refuse(&delivery, &because).await;
         }
     };
     let publisher = publisher_of(&delivery.properties, answerers.own.as_str());
     let mut never = Vec::new();
+    let total = replies.len();
     let replies: Vec<_> = replies
         .into_iter()
         .filter(
@@ -556,6 +559,7 @@ async fn take_reply(
             },
         )
         .collect();
+    let wrong_user = total - replies.len();
     let outcomes = futures_util::future::join_all(replies.into_iter().map(|reply| async move {
         let answer = match reply.outcome {
             ReplyOutcome::Payload(v) => Ok(v),
@@ -582,6 +586,11 @@ async fn take_reply(
     if later {
         retry_later(&delivery).await
     } else if !never.is_empty() {
+        let not_loggable = never.len() - wrong_user;
+        hub.metrics
+            .refused_answers(AnswerRefusal::WrongBrokerUser, wrong_user as u64);
+        hub.metrics
+            .refused_answers(AnswerRefusal::NotLoggable, not_loggable as u64);
         refusals.refuse(&delivery, &never.join("; ")).await
     } else {
         Ok(Settle::Ack)

@@ -2,7 +2,8 @@
 //! text exposition format (version 0.0.4).
 //!
 //! Counters live in this process (requests per listener, route and status,
-//! with their durations; log entries this process appended, by kind); the
+//! with their durations; log entries this process appended, by kind;
+//! providers' answers it refused, by reason); the
 //! gauges are read when scraped (the database and broker, the committed
 //! log, the latest checkpoint), but for the outbox and inbox backlogs,
 //! which are the hub's last count of them (`crate::backlog`, taken about
@@ -38,13 +39,49 @@ struct Requests {
 /// allocates nothing once its series exists.
 type ByListener = BTreeMap<&'static str, BTreeMap<String, BTreeMap<u16, Requests>>>;
 
-/// This process's request counters.
+/// Why the hub did not take an answer from the broker (it was
+/// dead-lettered, with these words and more in `x-refused-because`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AnswerRefusal {
+    /// Not an answer, nor a JSON array of answers.
+    Unreadable,
+    /// Published by another broker user than the one its provider answers as.
+    WrongBrokerUser,
+    /// An answer that can never be logged: no request is logged under its
+    /// exchange id, or it names another provider than the request's.
+    NotLoggable,
+}
+
+impl AnswerRefusal {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Unreadable => "unreadable",
+            Self::WrongBrokerUser => "wrong_broker_user",
+            Self::NotLoggable => "not_loggable",
+        }
+    }
+}
+
+/// This process's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
     requests: Mutex<ByListener>,
+    answers_refused: Mutex<BTreeMap<AnswerRefusal, u64>>,
 }
 
 impl Metrics {
+    /// Count `n` answers refused for `why`.
+    pub fn refused_answers(&self, why: AnswerRefusal, n: u64) {
+        if n > 0 {
+            *self
+                .answers_refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(why)
+                .or_default() += n;
+        }
+    }
+
     /// Count one request answered with `status` after `elapsed`.
     pub fn observe(&self, listener: &'static str, route: &str, status: u16, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
@@ -137,6 +174,26 @@ impl Metrics {
                 "hub_http_request_duration_seconds_count{{{labels}}} {}",
                 r.count
             );
+        }
+        let refused = self
+            .answers_refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if !refused.is_empty() {
+            help(
+                &mut out,
+                "hub_answers_refused_total",
+                "counter",
+                "Providers' answers this process refused and dead-lettered, by reason.",
+            );
+            for (why, n) in refused {
+                let _ = writeln!(
+                    out,
+                    "hub_answers_refused_total{{reason=\"{}\"}} {n}",
+                    why.label()
+                );
+            }
         }
         gauges.render(&mut out);
         out
@@ -324,6 +381,29 @@ mod tests {
             )),
             "20.033"
         );
+    }
+
+    #[test]
+    fn refused_answers_add_up_by_reason_and_are_left_out_until_there_is_one() {
+        let m = Metrics::default();
+        assert!(
+            !m.render(&Gauges::default())
+                .contains("hub_answers_refused_total")
+        );
+        m.refused_answers(AnswerRefusal::WrongBrokerUser, 2);
+        m.refused_answers(AnswerRefusal::NotLoggable, 0);
+        m.refused_answers(AnswerRefusal::WrongBrokerUser, 1);
+        m.refused_answers(AnswerRefusal::Unreadable, 1);
+        let text = m.render(&Gauges::default());
+        assert!(
+            text.contains(concat!(
+                "# TYPE hub_answers_refused_total counter\n",
+                "hub_answers_refused_total{reason=\"unreadable\"} 1\n",
+                "hub_answers_refused_total{reason=\"wrong_broker_user\"} 3\n"
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("not_loggable"), "{text}");
     }
 
     #[test]
