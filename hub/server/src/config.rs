@@ -1,6 +1,7 @@
 //! Layered configuration: built-in defaults, then an optional TOML file,
 //! then `HUB_*` environment variables (`HUB_API_LISTEN=0.0.0.0:8443`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -111,10 +112,14 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Defaults, then `file` if given, then `HUB_*` variables.
+    /// Defaults, then `file` if given, then `HUB_*` variables. A setting
+    /// the file names that does not exist stops the load: a misspelt one
+    /// would otherwise leave its default in force unnoticed. `HUB_*`
+    /// variables that name no setting are ignored (other tools read some).
     pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
+            refuse_unknown_settings(file)?;
             figment = figment.merge(Toml::file_exact(file));
         }
         figment
@@ -157,6 +162,28 @@ impl Config {
     }
 }
 
+/// Fails, naming them, if `file` holds settings that do not exist.
+fn refuse_unknown_settings(file: &Path) -> Result<(), Box<figment::Error>> {
+    let named: BTreeMap<String, figment::value::Value> = Figment::from(Toml::file_exact(file))
+        .extract()
+        .map_err(Box::new)?;
+    let known = serde_json::to_value(Config::default())
+        .map_err(|e| Box::new(figment::Error::from(e.to_string())))?;
+    let unknown: Vec<&str> = named
+        .keys()
+        .map(String::as_str)
+        .filter(|k| known.get(k).is_none())
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(Box::new(figment::Error::from(format!(
+        "{}: no such setting: {} (docs/configuration.md lists them)",
+        file.display(),
+        unknown.join(", ")
+    ))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +198,50 @@ mod tests {
             assert_eq!(c.max_body_bytes, 2048);
             assert_eq!(c.log_batch_max, 9);
             assert_eq!(c.query_timeout_ms, 10_000);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn the_files_docs_configuration_shows_load() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let files: Vec<&str> = doc
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|block| block.split("```").next())
+            .collect();
+        assert_eq!(files.len(), 2, "the examples of docs/configuration.md");
+        figment::Jail::expect_with(|jail| {
+            for file in &files {
+                jail.create_file("hub.toml", file)?;
+                Config::load(Some(Path::new("hub.toml"))).map_err(|e| format!("{file}: {e}"))?;
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn a_setting_the_file_misspells_stops_the_load_and_is_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "hub.toml",
+                "databse_url = \"postgres://db/hub\"\nlog_batch_max = 7",
+            )?;
+            // Other tools' variables share the prefix: not refused.
+            jail.set_env("HUB_JWKS_FILE", "keys.json");
+            let refused = Config::load(Some(Path::new("hub.toml")))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                refused.contains("hub.toml: no such setting: databse_url"),
+                "{refused}"
+            );
+            jail.create_file("hub.toml", "database_url = \"postgres://db/hub\"")?;
+            let c = Config::load(Some(Path::new("hub.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.database_url, "postgres://db/hub");
             Ok(())
         });
     }
