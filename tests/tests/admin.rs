@@ -235,6 +235,45 @@ async fn a_revoked_grant_stops_a_subscribers_events() {
     );
 }
 
+/// Revoking a subscriber's grant takes back what its inbox holds of the
+/// service and it was never handed; what it was handed before stays until it
+/// acknowledges it, so that its receipt is logged; other subscribers keep
+/// theirs.
+#[tokio::test]
+async fn a_revoked_grant_withdraws_the_events_its_subscriber_was_never_handed() {
+    let hub = TestHub::start().await;
+    let handed = hub.publish_registered_event().await["record"]["exchange_id"].clone();
+    assert_eq!(
+        hub.inbox_ids(SOCIAL_INSURANCE).await,
+        std::slice::from_ref(&handed)
+    );
+    let queued = hub.publish_registered_event().await["record"]["exchange_id"].clone();
+    let revoke = json!({"op": "grant_revoke", "consumer": member(SOCIAL_INSURANCE),
+                        "service": "enterprise.registered", "purpose": "social_insurance"});
+    let (status, reply) = hub
+        .operator()
+        .post_json("/admin/v1/changes", &revoke)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{reply}");
+
+    // The lease of the first still runs (30 s): nothing is fetched.
+    assert_eq!(hub.inbox_ids(SOCIAL_INSURANCE).await, Vec::<Value>::new());
+    let (status, answer) = hub
+        .client(SOCIAL_INSURANCE)
+        .post_json(
+            "/v1/inbox/ack",
+            &json!({ "exchange_ids": [handed.clone(), queued.clone()] }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["receipts"].as_array().unwrap().len(), 1, "{answer}");
+    assert_eq!(answer["receipts"][0]["exchange_id"], handed, "{answer}");
+    assert_eq!(answer["unknown"], json!([queued.clone()]), "{answer}");
+    assert_eq!(hub.inbox_ids(TAX).await, [handed, queued]);
+}
+
 /// A suspended member is refused every request, not only exchanges: its
 /// inbox, acknowledgements, answers and the log are closed to it from its
 /// next request on (`403 member_suspended`); resumed, it finds its inbox as

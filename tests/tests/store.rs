@@ -75,6 +75,7 @@ both_backends!(
     a_log_of_version_1_entries_goes_on_in_version_2,
     kept_block_roots_are_read_in_runs_and_never_replaced,
     a_log_writer_keeps_the_root_of_each_block_it_completes,
+    a_revoked_grant_withdraws_only_the_events_never_handed_out,
 );
 
 fn member(s: &str) -> Member {
@@ -542,6 +543,76 @@ fn ids_of(items: &[AppendItem]) -> Vec<ExchangeId> {
         .iter()
         .map(|i| i.sealed.record.statement.draft.exchange_id)
         .collect()
+}
+
+/// Revoking a consumer's last grant for a service takes back the events of
+/// that service queued for it that it was never handed - in the
+/// revocation's own transaction - and nothing else: not while another
+/// grant for the service remains, not another service's, not a queued
+/// request, not a message already leased (its acknowledgement is still
+/// to be logged).
+async fn a_revoked_grant_withdraws_only_the_events_never_handed_out(store: Arc<dyn Store>) {
+    registry(store.as_ref()).await;
+    let consumer = member(CONSUMER);
+    let service = ServiceName::parse("enterprise.lookup").unwrap();
+    let grant = |purpose: &str| Grant {
+        consumer: consumer.clone(),
+        service: service.clone(),
+        purpose: PurposeCode::parse(purpose).unwrap(),
+        fields: None,
+    };
+    let (tax, stats) = (grant("tax_administration"), grant("statistics"));
+    store.add_grant(&tax).await.unwrap();
+    store.add_grant(&stats).await.unwrap();
+    let mut e = Entries::new();
+    let to_consumer = Effect::Enqueue {
+        recipient: consumer.clone(),
+        visible_at_millis: 0,
+    };
+    let mut items: Vec<AppendItem> = (1..=3)
+        .map(|n| {
+            e.item(
+                EntryKind::Event,
+                id(n),
+                vec![open(1_000), Effect::CloseExchange, to_consumer.clone()],
+            )
+        })
+        .collect();
+    items.push(e.item(EntryKind::Request, id(4), vec![open(1_000), to_consumer]));
+    store.append(&items).await.unwrap();
+    let handed = store.lease(&consumer, 1, 10_000, 60_000).await.unwrap();
+    assert_eq!(handed.len(), 1);
+    assert_eq!(handed[0].exchange_id, id(1));
+    let waiting = || async {
+        let mut found = Vec::new();
+        for n in 1..=4 {
+            if delivery(&*store, &consumer, id(n)).await.is_some() {
+                found.push(n);
+            }
+        }
+        found
+    };
+    let withdraw = |service: &ServiceName| RegistryChange::WithdrawUnfetchedEvents {
+        recipient: consumer.clone(),
+        service: service.clone(),
+    };
+
+    // Another purpose's grant for the service remains: nothing goes.
+    store
+        .apply_changes(&[RegistryChange::RevokeGrant(tax), withdraw(&service)])
+        .await
+        .unwrap();
+    assert_eq!(waiting().await, [1, 2, 3, 4]);
+    // The last grant goes, with a withdrawal of another service's events.
+    let other = ServiceName::parse("citizen.lookup").unwrap();
+    store
+        .apply_changes(&[RegistryChange::RevokeGrant(stats), withdraw(&other)])
+        .await
+        .unwrap();
+    assert_eq!(waiting().await, [1, 2, 3, 4]);
+    // This service's: the two events never handed out go, in one change.
+    assert_eq!(store.apply_changes(&[withdraw(&service)]).await.unwrap(), 2);
+    assert_eq!(waiting().await, [1, 4]);
 }
 
 /// Whether the provider's queue holds exchange `id`.

@@ -313,6 +313,9 @@ pub enum GrantCmd {
         #[arg(long, value_parser = FieldSet::parse_list)]
         fields: Option<FieldSet>,
     },
+    /// Remove a grant. With its last grant for an event service gone, the
+    /// consumer receives none of its events, and those waiting in its inbox
+    /// that it never fetched are taken out.
     Revoke {
         consumer: Member,
         service: ServiceName,

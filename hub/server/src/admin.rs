@@ -75,6 +75,9 @@ pub enum AdminChange {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fields: Option<FieldSet>,
     },
+    /// Remove a grant. The consumer's last grant for the service gone, it
+    /// receives no more of the service's events, and those queued for it
+    /// that it was never handed leave its inbox.
     GrantRevoke {
         consumer: Member,
         service: ServiceName,
@@ -341,7 +344,13 @@ async fn registry_writes(
                 )));
             };
             let before = grant_before(Some(&grant));
-            (vec![RegistryChange::RevokeGrant(grant)], before)
+            // Revoked, the last grant for a service takes back the events
+            // queued for the consumer that it was never handed.
+            let withdraw = RegistryChange::WithdrawUnfetchedEvents {
+                recipient: consumer.clone(),
+                service: service.clone(),
+            };
+            (vec![RegistryChange::RevokeGrant(grant), withdraw], before)
         }
         AdminChange::SubscriptionAdd {
             subscriber,

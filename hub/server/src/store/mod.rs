@@ -268,6 +268,14 @@ pub enum RegistryChange {
     /// Add a grant, or replace the fields of the same (consumer, service, purpose).
     AddGrant(Grant),
     RevokeGrant(Grant),
+    /// Remove from `recipient`'s inbox the events of `service` it was never
+    /// handed, if it holds no grant for the service any more (checked in
+    /// the same transaction). A message already leased stays, so that the
+    /// recipient's acknowledgement of what it received is still logged.
+    WithdrawUnfetchedEvents {
+        recipient: Member,
+        service: ServiceName,
+    },
     AddSubscription(Subscription),
     /// Deliver no more of the service's events to the subscriber; what its
     /// inbox holds stays there.

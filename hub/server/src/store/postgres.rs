@@ -1120,6 +1120,17 @@ fn change_query(change: &RegistryChange) -> Result<Query<'_>, StoreError> {
         .bind(g.consumer.subsystem.as_str())
         .bind(g.service.as_str())
         .bind(g.purpose.as_str()),
+        RegistryChange::WithdrawUnfetchedEvents { recipient, service } => sqlx::query(
+            "DELETE FROM deliveries d WHERE d.recipient = $1 AND d.attempts = 0
+                 AND NOT EXISTS (SELECT 1 FROM grants g WHERE g.consumer_agency = $2
+                     AND g.consumer_subsystem = $3 AND g.service = $4)
+                 AND EXISTS (SELECT 1 FROM log_entries e WHERE e.exchange_id = d.exchange_id
+                     AND e.kind = 'event' AND e.record::json ->> 'service' = $4)",
+        )
+        .bind(recipient.to_string())
+        .bind(recipient.agency.as_str())
+        .bind(recipient.subsystem.as_str())
+        .bind(service.as_str()),
         RegistryChange::AddSubscription(s) => sqlx::query(
             "INSERT INTO subscriptions (agency, subsystem, service, version) VALUES ($1, $2, $3, $4)
                  ON CONFLICT DO NOTHING",
