@@ -192,9 +192,28 @@ async fn a_removed_subscription_gets_no_more_events_and_keeps_what_it_has() {
     assert_eq!(status, StatusCode::OK, "{reply}");
     assert_eq!(reply["record"]["kind"], "admin");
     assert_eq!(reply["body"]["change"]["op"], "subscription_remove");
+    // What it replaced, for an auditor's replay to undo it.
+    assert_eq!(reply["body"]["before"], json!({"subscribed": true}));
     let second = hub.publish_registered_event().await["record"]["exchange_id"].clone();
     assert_eq!(hub.inbox_ids(TAX).await, std::slice::from_ref(&first));
     assert_eq!(hub.inbox_ids(SOCIAL_INSURANCE).await, [first, second]);
+    // Subscribed again (then once more, which changes nothing), it gets
+    // the next event.
+    for was in [false, true] {
+        let (status, reply) = hub
+            .operator()
+            .post_json(
+                "/admin/v1/changes",
+                &json!({"op": "subscription_add", "subscriber": member(TAX),
+                        "service": "enterprise.registered", "version": 1}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        assert_eq!(reply["body"]["before"], json!({"subscribed": was}));
+    }
+    let third = hub.publish_registered_event().await["record"]["exchange_id"].clone();
+    assert_eq!(hub.inbox_ids(TAX).await, [third]);
 }
 
 /// A subscriber whose grant for an event service is revoked gets none of

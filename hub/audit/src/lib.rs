@@ -9,7 +9,7 @@
 //! | `entries.jsonl` | one record per line, exactly as logged (RFC 8785 canonical JSON), from index 0 |
 //! | `bodies.jsonl` | optional; per line `{"index": i, "body": "<base64>"}`, in entry order |
 //! | `checkpoints.jsonl` | per line `{"size": n, "note": "<signed note>"}`, by size |
-//! | `registry.json` | the registry at export: agencies (with their envelope-signing keys), services, grants |
+//! | `registry.json` | the registry at export: agencies (with their envelope-signing keys), services, grants, subscriptions |
 //! | `hub-key-handovers.json` | the hub key's rotations, each new key signed by the one it retired (`hub_core::handover`); absent in older bundles |
 //!
 //! [`verify`] follows the hand-overs from the pinned keys to the keys that

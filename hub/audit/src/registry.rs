@@ -1,9 +1,10 @@
 //! The registry as exported with a bundle (`registry.json`): agencies and
-//! their envelope-signing keys, services, grants. Verification reads the
-//! agencies' keys from it; replay decides against it and checks that every
-//! response released no more than its grant's fields.
+//! their envelope-signing keys, services, grants, subscriptions.
+//! Verification reads the agencies' keys from it; replay decides against
+//! it, checks that every response released no more than its grant's
+//! fields and that every event went to exactly its service's subscribers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use hub_core::decide::{Registry, ServiceView};
 use hub_core::envelope::ServiceKind;
@@ -51,12 +52,24 @@ pub struct GrantEntry {
     pub fields: Option<FieldSet>,
 }
 
+/// One subscription to an event service's version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionEntry {
+    pub subscriber: Member,
+    pub service: ServiceName,
+    pub version: u32,
+}
+
 /// The registry at export.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistrySnapshot {
     pub agencies: Vec<AgencyEntry>,
     pub services: Vec<ServiceEntry>,
     pub grants: Vec<GrantEntry>,
+    /// Absent from bundles exported before subscriptions were: then an
+    /// event's recipients cannot be checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriptions: Option<Vec<SubscriptionEntry>>,
 }
 
 impl RegistrySnapshot {
@@ -91,6 +104,12 @@ impl RegistrySnapshot {
                 .iter()
                 .map(|g| ((&g.consumer, &g.service, &g.purpose), g))
                 .collect(),
+            granted_services: self
+                .grants
+                .iter()
+                .map(|g| (&g.consumer, &g.service))
+                .collect(),
+            subscriptions: self.subscriptions.as_deref(),
         }
     }
 }
@@ -101,6 +120,9 @@ pub struct IndexedRegistry<'a> {
     agencies: BTreeMap<&'a Member, &'a AgencyEntry>,
     services: BTreeMap<(&'a ServiceName, u32), &'a ServiceEntry>,
     grants: BTreeMap<GrantKey<'a>, &'a GrantEntry>,
+    /// (consumer, service) of every grant, whatever its purpose.
+    granted_services: BTreeSet<(&'a Member, &'a ServiceName)>,
+    subscriptions: Option<&'a [SubscriptionEntry]>,
 }
 
 type GrantKey<'a> = (&'a Member, &'a ServiceName, &'a PurposeCode);
@@ -114,6 +136,22 @@ impl IndexedRegistry<'_> {
         purpose: &PurposeCode,
     ) -> Option<&GrantEntry> {
         self.grants.get(&(consumer, service, purpose)).copied()
+    }
+
+    /// Whom an event of `service` v`version` goes to, as the hub decides
+    /// it: its subscribers holding a grant for the service (any purpose),
+    /// ordered by member; `None` if the bundle exported no subscriptions.
+    pub fn recipients(&self, service: &ServiceName, version: u32) -> Option<Vec<&Member>> {
+        let mut recipients: Vec<&Member> = self
+            .subscriptions?
+            .iter()
+            .filter(|s| &s.service == service && s.version == version)
+            .map(|s| &s.subscriber)
+            .filter(|m| self.granted_services.contains(&(*m, service)))
+            .collect();
+        recipients.sort();
+        recipients.dedup();
+        Some(recipients)
     }
 }
 
@@ -207,7 +245,24 @@ impl RegistrySnapshot {
                     self.set_grant(consumer, service, purpose, fields);
                 }
             }
+            Some(op @ ("subscription_add" | "subscription_remove")) => {
+                if let Some(sub) = subscription_of(change) {
+                    self.set_subscription(sub, op == "subscription_add");
+                }
+            }
             _ => {}
+        }
+    }
+
+    /// Subscribe or unsubscribe (nothing to do if the bundle exported no
+    /// subscriptions).
+    fn set_subscription(&mut self, sub: SubscriptionEntry, subscribed: bool) {
+        let Some(subscriptions) = &mut self.subscriptions else {
+            return;
+        };
+        subscriptions.retain(|s| s != &sub);
+        if subscribed {
+            subscriptions.push(sub);
         }
     }
 
@@ -243,9 +298,25 @@ impl RegistrySnapshot {
                     self.set_grant(consumer, service, purpose, was);
                 }
             }
+            // A removal's subscription existed (the hub refuses to remove
+            // one that does not); an addition's only if `before` says so.
+            Some(op @ ("subscription_add" | "subscription_remove")) => {
+                if let Some(sub) = subscription_of(change) {
+                    let was = op == "subscription_remove" || before["subscribed"] == true;
+                    self.set_subscription(sub, was);
+                }
+            }
             _ => {}
         }
     }
+}
+
+fn subscription_of(change: &Value) -> Option<SubscriptionEntry> {
+    Some(SubscriptionEntry {
+        subscriber: serde_json::from_value(change["subscriber"].clone()).ok()?,
+        service: serde_json::from_value(change["service"].clone()).ok()?,
+        version: serde_json::from_value(change["version"].clone()).ok()?,
+    })
 }
 
 fn grant_key(change: &Value) -> Option<(Member, ServiceName, PurposeCode)> {
@@ -254,4 +325,99 @@ fn grant_key(change: &Value) -> Option<(Member, ServiceName, PurposeCode)> {
         serde_json::from_value(change["service"].clone()).ok()?,
         serde_json::from_value(change["purpose"].clone()).ok()?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    const TAX: &str = "000.00.00.G08/tax";
+    const INSURANCE: &str = "000.00.00.G22/social-insurance";
+
+    fn member(s: &str) -> Member {
+        s.parse().unwrap()
+    }
+
+    fn registry() -> RegistrySnapshot {
+        let service = ServiceName::parse("enterprise.registered").unwrap();
+        RegistrySnapshot {
+            grants: [TAX, INSURANCE]
+                .into_iter()
+                .map(|m| GrantEntry {
+                    consumer: member(m),
+                    service: service.clone(),
+                    purpose: PurposeCode::parse("tax_administration").unwrap(),
+                    fields: None,
+                })
+                .collect(),
+            subscriptions: Some(vec![SubscriptionEntry {
+                subscriber: member(INSURANCE),
+                service,
+                version: 1,
+            }]),
+            ..RegistrySnapshot::default()
+        }
+    }
+
+    fn recipients(r: &RegistrySnapshot) -> Option<Vec<String>> {
+        let service = ServiceName::parse("enterprise.registered").unwrap();
+        r.index()
+            .recipients(&service, 1)
+            .map(|m| m.iter().map(ToString::to_string).collect())
+    }
+
+    fn change(op: &str, who: &str) -> Value {
+        let (agency, subsystem) = who.split_once('/').unwrap();
+        json!({"op": op, "subscriber": {"agency": agency, "subsystem": subsystem},
+               "service": "enterprise.registered", "version": 1})
+    }
+
+    #[test]
+    fn subscription_changes_are_made_and_undone_as_logged() {
+        let mut r = registry();
+        assert_eq!(recipients(&r), Some(vec![INSURANCE.to_owned()]));
+        let add = change("subscription_add", TAX);
+        r.apply_change(&add);
+        assert_eq!(
+            recipients(&r),
+            Some(vec![TAX.to_owned(), INSURANCE.to_owned()])
+        );
+        // Undone: gone again, unless it was there before the change.
+        let mut undone = r.clone();
+        undone.undo_change(&add, &json!({"subscribed": false}));
+        assert_eq!(recipients(&undone), Some(vec![INSURANCE.to_owned()]));
+        r.undo_change(&add, &json!({"subscribed": true}));
+        assert_eq!(
+            recipients(&r),
+            Some(vec![TAX.to_owned(), INSURANCE.to_owned()])
+        );
+        let remove = change("subscription_remove", INSURANCE);
+        r.apply_change(&remove);
+        assert_eq!(recipients(&r), Some(vec![TAX.to_owned()]));
+        r.undo_change(&remove, &json!({"subscribed": true}));
+        assert_eq!(
+            recipients(&r),
+            Some(vec![TAX.to_owned(), INSURANCE.to_owned()])
+        );
+    }
+
+    #[test]
+    fn only_subscribers_granted_the_service_receive_its_events() {
+        let mut r = registry();
+        r.apply_change(&change("subscription_add", TAX));
+        r.apply_change(&json!({"op": "grant_revoke",
+            "consumer": {"agency": "000.00.00.G08", "subsystem": "tax"},
+            "service": "enterprise.registered", "purpose": "tax_administration"}));
+        assert_eq!(recipients(&r), Some(vec![INSURANCE.to_owned()]));
+        // A bundle exported before subscriptions were: nothing to check
+        // against, whatever the changes.
+        let mut old = RegistrySnapshot {
+            subscriptions: None,
+            ..registry()
+        };
+        old.apply_change(&change("subscription_add", TAX));
+        assert_eq!(recipients(&old), None);
+    }
 }

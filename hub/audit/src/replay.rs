@@ -1,7 +1,8 @@
 //! Replay: re-run the pipeline's decisions (`hub_core::decide`) for every
 //! logged request, event and refusal, against the registry exported with
 //! the bundle, check that every response released no more than its grant's
-//! fields, and report every entry whose recorded outcome differs.
+//! fields and that every event went to exactly the subscribers granted its
+//! service, and report every entry whose recorded outcome differs.
 //!
 //! Each entry is judged by the registry as it was when it was logged: the
 //! registry exported with the bundle, with the administrators' changes
@@ -107,6 +108,44 @@ fn fields_match_grant(
             "the request released {}; the grant now releases {}",
             list(logged.as_deref()),
             list(granted.as_deref())
+        ))
+    }
+}
+
+/// An event went to exactly the subscribers that held a grant for its
+/// service then (the hub's rule); unchecked if the bundle exported no
+/// subscriptions.
+fn recipients_match_subscriptions(
+    record: &Value,
+    registry: &IndexedRegistry<'_>,
+) -> Result<(), String> {
+    let (Ok(service), Some(version)) = (
+        serde_json::from_value(record["service"].clone()),
+        record["version"]
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok()),
+    ) else {
+        return Err("the event names no service or version".into());
+    };
+    let Some(subscribed) = registry.recipients(&service, version) else {
+        return Ok(());
+    };
+    // An event nobody was to receive lists none.
+    let mut delivered: Vec<Member> = record
+        .get("recipients")
+        .map_or(Ok(Vec::new()), |r| serde_json::from_value(r.clone()))
+        .map_err(|e| format!("recipients: {e}"))?;
+    delivered.sort();
+    if delivered.iter().eq(subscribed.iter().copied()) {
+        Ok(())
+    } else {
+        let names = |m: &mut dyn Iterator<Item = &Member>| {
+            m.map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        };
+        Err(format!(
+            "delivered to [{}]; the subscribers granted {service} then were [{}]",
+            names(&mut delivered.iter()),
+            names(&mut subscribed.iter().copied())
         ))
     }
 }
@@ -319,6 +358,11 @@ pub fn replay(
                 Ok(_) if kind == "request" => match fields_match_grant(&record, &who, &indexed) {
                     Ok(()) => ("accepted".to_owned(), String::new()),
                     Err(detail) => ("accepted_other_fields".to_owned(), detail),
+                },
+                Ok(_) if kind == "event" => match recipients_match_subscriptions(&record, &indexed)
+                {
+                    Ok(()) => ("accepted".to_owned(), String::new()),
+                    Err(detail) => ("accepted_other_recipients".to_owned(), detail),
                 },
                 Ok(_) => ("accepted".to_owned(), String::new()),
                 Err(r) => (r.code().to_owned(), r.to_string()),

@@ -805,6 +805,18 @@ async fn audit(config: &Config, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                         fields: g.fields,
                     })
                     .collect(),
+                subscriptions: Some(
+                    store
+                        .subscriptions()
+                        .await?
+                        .into_iter()
+                        .map(|s| hub_audit::registry::SubscriptionEntry {
+                            subscriber: s.subscriber,
+                            service: s.service,
+                            version: s.version,
+                        })
+                        .collect(),
+                ),
             };
             let now = hub_core::timefmt::rfc3339_millis(time::OffsetDateTime::now_utc());
             let handovers =

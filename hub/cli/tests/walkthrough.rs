@@ -321,6 +321,28 @@ fn the_readme_walkthrough_works_with_the_real_binary() {
         "{}",
         text(&replay)
     );
+    // Had the tax office not been subscribed, the hub would have sent it
+    // the enterprise registry's event all the same: replay says so.
+    registry["subscriptions"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|s| s["subscriber"]["subsystem"] != "tax");
+    std::fs::write(&registry_path, registry.to_string()).unwrap();
+    let replay = hub(
+        data,
+        &["audit", "replay", bundle_s, "--data-key", data_key_s],
+    );
+    assert!(!replay.status.success());
+    assert!(
+        text(&replay).contains("(event): recorded accepted, replayed accepted_other_recipients"),
+        "{}",
+        text(&replay)
+    );
+    assert!(
+        text(&replay).contains(&format!("delivered to [000.00.00.G08/tax, {SOCIAL_INSURANCE}]; the subscribers granted enterprise.registered then were [{SOCIAL_INSURANCE}]")),
+        "{}",
+        text(&replay)
+    );
 
     // A changed byte makes verify fail and name the entry.
     let entries = bundle.join("entries.jsonl");

@@ -219,12 +219,19 @@ fn grant_before(grant: Option<&Grant>) -> Value {
     json!({ "grant": grant.map(|g| json!({ "fields": g.fields })) })
 }
 
+/// Whether the subscription existed before a change to it.
+async fn subscription_before(hub: &Hub, subscription: &Subscription) -> Result<Value, AdminError> {
+    let subscribed = hub.store.subscriptions().await?.contains(subscription);
+    Ok(json!({ "subscribed": subscribed }))
+}
+
 /// What `change` writes, after checking it makes sense, and what the
 /// registry held before of what it changes - logged with the change, so
 /// that an auditor can rebuild the registry as it was at any entry from the
 /// one exported (`hub_audit::replay`): `{"agency": null | {"name",
 /// "signing_key", "suspended", "broker_user"}}` for agency changes, `{"grant": null |
-/// {"fields"}}` for grant changes, `{}` else.
+/// {"fields"}}` for grant changes, `{"subscribed": bool}` for subscription
+/// changes, `{}` else.
 async fn registry_writes(
     hub: &Hub,
     change: &AdminChange,
@@ -378,12 +385,13 @@ async fn registry_writes(
                     "{subscriber} has no grant for {service}: add one first"
                 )));
             }
-            let write = RegistryChange::AddSubscription(Subscription {
+            let subscription = Subscription {
                 subscriber: subscriber.clone(),
                 service: service.clone(),
                 version: *version,
-            });
-            (vec![write], json!({}))
+            };
+            let before = subscription_before(hub, &subscription).await?;
+            (vec![RegistryChange::AddSubscription(subscription)], before)
         }
         AdminChange::SubscriptionRemove {
             subscriber,
@@ -395,14 +403,15 @@ async fn registry_writes(
                 service: service.clone(),
                 version: *version,
             };
-            if !hub.store.subscriptions().await?.contains(&subscription) {
+            let before = subscription_before(hub, &subscription).await?;
+            if before["subscribed"] != true {
                 return Err(AdminError::NotFound(format!(
                     "{subscriber} is not subscribed to {service} v{version}"
                 )));
             }
             (
                 vec![RegistryChange::RemoveSubscription(subscription)],
-                json!({}),
+                before,
             )
         }
     })
