@@ -219,10 +219,8 @@ fn grant_before(grant: Option<&Grant>) -> Value {
     json!({ "grant": grant.map(|g| json!({ "fields": g.fields })) })
 }
 
-/// Whether the subscription existed before a change to it.
-async fn subscription_before(hub: &Hub, subscription: &Subscription) -> Result<Value, AdminError> {
-    let subscribed = hub.store.subscriptions().await?.contains(subscription);
-    Ok(json!({ "subscribed": subscribed }))
+async fn subscribed(hub: &Hub, subscription: &Subscription) -> Result<bool, AdminError> {
+    Ok(hub.store.subscriptions().await?.contains(subscription))
 }
 
 /// What `change` writes, after checking it makes sense, and what the
@@ -390,7 +388,7 @@ async fn registry_writes(
                 service: service.clone(),
                 version: *version,
             };
-            let before = subscription_before(hub, &subscription).await?;
+            let before = json!({ "subscribed": subscribed(hub, &subscription).await? });
             (vec![RegistryChange::AddSubscription(subscription)], before)
         }
         AdminChange::SubscriptionRemove {
@@ -403,15 +401,14 @@ async fn registry_writes(
                 service: service.clone(),
                 version: *version,
             };
-            let before = subscription_before(hub, &subscription).await?;
-            if before["subscribed"] != true {
+            if !subscribed(hub, &subscription).await? {
                 return Err(AdminError::NotFound(format!(
                     "{subscriber} is not subscribed to {service} v{version}"
                 )));
             }
             (
                 vec![RegistryChange::RemoveSubscription(subscription)],
-                before,
+                json!({ "subscribed": true }),
             )
         }
     })
