@@ -173,30 +173,23 @@ async fn a_change_that_makes_no_sense_is_refused_and_not_logged() {
 }
 
 /// A subscriber removed from an event service gets none of its later
-/// events (the others still do) and keeps what its inbox already holds:
-/// the remedy for a subscriber that stopped fetching and holds up its
-/// publishers at `inbox_max`.
+/// events (the others still do), and those waiting in its inbox that it
+/// never fetched leave it: the remedy for a subscriber that stopped
+/// fetching and holds up its publishers at `inbox_max`.
 #[tokio::test]
-async fn a_removed_subscription_gets_no_more_events_and_keeps_what_it_has() {
+async fn a_removed_subscription_gets_no_more_events_and_loses_what_it_never_fetched() {
     let hub = TestHub::start().await;
-    let first = hub.publish_registered_event().await["record"]["exchange_id"].clone();
-    let (status, reply) = hub
-        .operator()
-        .post_json(
-            "/admin/v1/changes",
-            &json!({"op": "subscription_remove", "subscriber": member(TAX),
-                    "service": "enterprise.registered", "version": 1}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK, "{reply}");
+    let remove = json!({"op": "subscription_remove", "subscriber": member(TAX),
+                        "service": "enterprise.registered", "version": 1});
+    let reply = withdrawal_by(&hub, &remove, TAX, SOCIAL_INSURANCE).await;
     assert_eq!(reply["record"]["kind"], "admin");
     assert_eq!(reply["body"]["change"]["op"], "subscription_remove");
     // What it replaced, for an auditor's replay to undo it.
     assert_eq!(reply["body"]["before"], json!({"subscribed": true}));
-    let second = hub.publish_registered_event().await["record"]["exchange_id"].clone();
-    assert_eq!(hub.inbox_ids(TAX).await, std::slice::from_ref(&first));
-    assert_eq!(hub.inbox_ids(SOCIAL_INSURANCE).await, [first, second]);
+    let later = hub.publish_registered_event().await["record"]["exchange_id"].clone();
+    assert_eq!(hub.inbox_ids(TAX).await, Vec::<Value>::new());
+    // The other subscriber, whose two are leased, gets it.
+    assert_eq!(hub.inbox_ids(SOCIAL_INSURANCE).await, [later]);
     // Subscribed again (then once more, which changes nothing), it gets
     // the next event.
     for was in [false, true] {
@@ -214,6 +207,42 @@ async fn a_removed_subscription_gets_no_more_events_and_keeps_what_it_has() {
     }
     let third = hub.publish_registered_event().await["record"]["exchange_id"].clone();
     assert_eq!(hub.inbox_ids(TAX).await, [third]);
+}
+
+/// Publishes two events, `subscriber` fetching the first, then makes
+/// `change`, which must take the second out of its inbox: the first is still
+/// acknowledged with a receipt (the lease of it runs 30 s, so nothing is
+/// fetched meanwhile), the second is unknown to it, and `other` has both,
+/// unacknowledged. Returns the change's entry.
+async fn withdrawal_by(hub: &TestHub, change: &Value, subscriber: &str, other: &str) -> Value {
+    let handed = hub.publish_registered_event().await["record"]["exchange_id"].clone();
+    assert_eq!(
+        hub.inbox_ids(subscriber).await,
+        std::slice::from_ref(&handed)
+    );
+    let queued = hub.publish_registered_event().await["record"]["exchange_id"].clone();
+    let (status, reply) = hub
+        .operator()
+        .post_json("/admin/v1/changes", change)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{reply}");
+
+    assert_eq!(hub.inbox_ids(subscriber).await, Vec::<Value>::new());
+    let (status, answer) = hub
+        .client(subscriber)
+        .post_json(
+            "/v1/inbox/ack",
+            &json!({ "exchange_ids": [handed.clone(), queued.clone()] }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["receipts"].as_array().unwrap().len(), 1, "{answer}");
+    assert_eq!(answer["receipts"][0]["exchange_id"], handed, "{answer}");
+    assert_eq!(answer["unknown"], json!([queued.clone()]), "{answer}");
+    assert_eq!(hub.inbox_ids(other).await, [handed, queued]);
+    reply
 }
 
 /// A subscriber whose grant for an event service is revoked gets none of
@@ -261,36 +290,9 @@ async fn a_revoked_grant_stops_a_subscribers_events() {
 #[tokio::test]
 async fn a_revoked_grant_withdraws_the_events_its_subscriber_was_never_handed() {
     let hub = TestHub::start().await;
-    let handed = hub.publish_registered_event().await["record"]["exchange_id"].clone();
-    assert_eq!(
-        hub.inbox_ids(SOCIAL_INSURANCE).await,
-        std::slice::from_ref(&handed)
-    );
-    let queued = hub.publish_registered_event().await["record"]["exchange_id"].clone();
     let revoke = json!({"op": "grant_revoke", "consumer": member(SOCIAL_INSURANCE),
                         "service": "enterprise.registered", "purpose": "social_insurance"});
-    let (status, reply) = hub
-        .operator()
-        .post_json("/admin/v1/changes", &revoke)
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK, "{reply}");
-
-    // The lease of the first still runs (30 s): nothing is fetched.
-    assert_eq!(hub.inbox_ids(SOCIAL_INSURANCE).await, Vec::<Value>::new());
-    let (status, answer) = hub
-        .client(SOCIAL_INSURANCE)
-        .post_json(
-            "/v1/inbox/ack",
-            &json!({ "exchange_ids": [handed.clone(), queued.clone()] }),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(answer["receipts"].as_array().unwrap().len(), 1, "{answer}");
-    assert_eq!(answer["receipts"][0]["exchange_id"], handed, "{answer}");
-    assert_eq!(answer["unknown"], json!([queued.clone()]), "{answer}");
-    assert_eq!(hub.inbox_ids(TAX).await, [handed, queued]);
+    withdrawal_by(&hub, &revoke, SOCIAL_INSURANCE, TAX).await;
 }
 
 /// A suspended member is refused every request, not only exchanges: its

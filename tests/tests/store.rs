@@ -75,7 +75,7 @@ both_backends!(
     a_log_of_version_1_entries_goes_on_in_version_2,
     kept_block_roots_are_read_in_runs_and_never_replaced,
     a_log_writer_keeps_the_root_of_each_block_it_completes,
-    a_revoked_grant_withdraws_only_the_events_never_handed_out,
+    withdrawn_are_only_the_events_never_handed_out_and_no_longer_delivered,
 );
 
 fn member(s: &str) -> Member {
@@ -545,47 +545,63 @@ fn ids_of(items: &[AppendItem]) -> Vec<ExchangeId> {
         .collect()
 }
 
-/// Revoking a consumer's last grant for a service takes back the events of
-/// that service queued for it that it was never handed - in the
-/// revocation's own transaction - and nothing else: not while another
-/// grant for the service remains, not another service's, not a queued
-/// request, not a message already leased (its acknowledgement is still
-/// to be logged).
-async fn a_revoked_grant_withdraws_only_the_events_never_handed_out(store: Arc<dyn Store>) {
+/// The events of a service waiting in a consumer's inbox that it was never
+/// handed are taken back - in the change's own transaction - once it would
+/// no longer be delivered them: its last grant for the service revoked, or
+/// its subscription to their version removed. Nothing else goes: not while
+/// it still receives them, not another service's, not a queued request,
+/// not a message already leased (its acknowledgement is still to be logged).
+async fn withdrawn_are_only_the_events_never_handed_out_and_no_longer_delivered(
+    store: Arc<dyn Store>,
+) {
     registry(store.as_ref()).await;
     let consumer = member(CONSUMER);
     let service = ServiceName::parse("enterprise.lookup").unwrap();
+    let mut v2 = store.service(&service, 1).await.unwrap().unwrap();
+    v2.version = 2;
+    store.upsert_service(&v2).await.unwrap();
     let grant = |purpose: &str| Grant {
         consumer: consumer.clone(),
         service: service.clone(),
         purpose: PurposeCode::parse(purpose).unwrap(),
         fields: None,
     };
+    let subscription = |version| Subscription {
+        subscriber: consumer.clone(),
+        service: service.clone(),
+        version,
+    };
     let (tax, stats) = (grant("tax_administration"), grant("statistics"));
     store.add_grant(&tax).await.unwrap();
     store.add_grant(&stats).await.unwrap();
+    store.add_subscription(&subscription(1)).await.unwrap();
+    store.add_subscription(&subscription(2)).await.unwrap();
     let mut e = Entries::new();
     let to_consumer = Effect::Enqueue {
         recipient: consumer.clone(),
         visible_at_millis: 0,
     };
-    let mut items: Vec<AppendItem> = (1..=3)
-        .map(|n| {
-            e.item(
-                EntryKind::Event,
-                id(n),
-                vec![open(1_000), Effect::CloseExchange, to_consumer.clone()],
-            )
-        })
-        .collect();
-    items.push(e.item(EntryKind::Request, id(4), vec![open(1_000), to_consumer]));
+    let events = |e: &mut Entries, ids: &[u8]| -> Vec<AppendItem> {
+        ids.iter()
+            .map(|&n| {
+                let effects = vec![open(1_000), Effect::CloseExchange, to_consumer.clone()];
+                e.item(EntryKind::Event, id(n), effects)
+            })
+            .collect()
+    };
+    let mut items = events(&mut e, &[1, 2, 3]);
+    items.push(e.item(
+        EntryKind::Request,
+        id(4),
+        vec![open(1_000), to_consumer.clone()],
+    ));
     store.append(&items).await.unwrap();
     let handed = store.lease(&consumer, 1, 10_000, 60_000).await.unwrap();
     assert_eq!(handed.len(), 1);
     assert_eq!(handed[0].exchange_id, id(1));
     let waiting = || async {
         let mut found = Vec::new();
-        for n in 1..=4 {
+        for n in 1..=6 {
             if delivery(&*store, &consumer, id(n)).await.is_some() {
                 found.push(n);
             }
@@ -603,13 +619,30 @@ async fn a_revoked_grant_withdraws_only_the_events_never_handed_out(store: Arc<d
         .await
         .unwrap();
     assert_eq!(waiting().await, [1, 2, 3, 4]);
-    // The last grant goes, with a withdrawal of another service's events.
+    // The events are of v1: unsubscribed from v2, nothing goes.
+    let unsubscribe = |version| RegistryChange::RemoveSubscription(subscription(version));
+    store
+        .apply_changes(&[unsubscribe(2), withdraw(&service)])
+        .await
+        .unwrap();
+    assert_eq!(waiting().await, [1, 2, 3, 4]);
+    // Unsubscribed from v1: the two events never handed out go.
+    store
+        .apply_changes(&[unsubscribe(1), withdraw(&service)])
+        .await
+        .unwrap();
+    assert_eq!(waiting().await, [1, 4]);
+
+    // Subscribed again, two more events; the last grant goes, with a
+    // withdrawal of another service's events: nothing goes.
+    store.add_subscription(&subscription(1)).await.unwrap();
+    store.append(&events(&mut e, &[5, 6])).await.unwrap();
     let other = ServiceName::parse("citizen.lookup").unwrap();
     store
         .apply_changes(&[RegistryChange::RevokeGrant(stats), withdraw(&other)])
         .await
         .unwrap();
-    assert_eq!(waiting().await, [1, 2, 3, 4]);
+    assert_eq!(waiting().await, [1, 4, 5, 6]);
     // This service's: the two events never handed out go, in one change.
     assert_eq!(store.apply_changes(&[withdraw(&service)]).await.unwrap(), 2);
     assert_eq!(waiting().await, [1, 4]);

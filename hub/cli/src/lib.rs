@@ -332,8 +332,8 @@ pub enum SubscriptionCmd {
         #[arg(long, default_value_t = 1)]
         version: u32,
     },
-    /// Deliver no more of the service's events to the subscriber (what its
-    /// inbox holds stays there, to be fetched).
+    /// Deliver no more of the service's events to the subscriber; those
+    /// waiting in its inbox that it never fetched are taken out.
     Remove {
         subscriber: Member,
         service: ServiceName,

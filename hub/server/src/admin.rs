@@ -90,8 +90,8 @@ pub enum AdminChange {
         service: ServiceName,
         version: u32,
     },
-    /// Deliver no more of `service` v`version`'s events to `subscriber`
-    /// (what its inbox holds stays there, to be fetched).
+    /// Deliver no more of `service` v`version`'s events to `subscriber`;
+    /// those queued for it that it was never handed leave its inbox.
     SubscriptionRemove {
         subscriber: Member,
         service: ServiceName,
@@ -406,8 +406,14 @@ async fn registry_writes(
                     "{subscriber} is not subscribed to {service} v{version}"
                 )));
             }
+            // As with a revoked grant: the subscriber no longer wants the
+            // events, and a waiting one would keep its body past retention.
+            let withdraw = RegistryChange::WithdrawUnfetchedEvents {
+                recipient: subscriber.clone(),
+                service: service.clone(),
+            };
             (
-                vec![RegistryChange::RemoveSubscription(subscription)],
+                vec![RegistryChange::RemoveSubscription(subscription), withdraw],
                 json!({ "subscribed": true }),
             )
         }

@@ -269,16 +269,16 @@ pub enum RegistryChange {
     AddGrant(Grant),
     RevokeGrant(Grant),
     /// Remove from `recipient`'s inbox the events of `service` it was never
-    /// handed, if it holds no grant for the service any more (checked in
-    /// the same transaction). A message already leased stays, so that the
-    /// recipient's acknowledgement of what it received is still logged.
+    /// handed and would not be delivered now: it holds no grant for the
+    /// service any more, or no subscription to the event's version (both
+    /// checked in the same transaction). A message already leased stays, so
+    /// that the recipient's acknowledgement of what it received is logged.
     WithdrawUnfetchedEvents {
         recipient: Member,
         service: ServiceName,
     },
     AddSubscription(Subscription),
-    /// Deliver no more of the service's events to the subscriber; what its
-    /// inbox holds stays there.
+    /// Deliver no more of the service's events to the subscriber.
     RemoveSubscription(Subscription),
     /// Register a witness (or replace its key): its cosignatures count.
     AddWitness {

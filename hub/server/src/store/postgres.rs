@@ -1122,10 +1122,13 @@ fn change_query(change: &RegistryChange) -> Result<Query<'_>, StoreError> {
         .bind(g.purpose.as_str()),
         RegistryChange::WithdrawUnfetchedEvents { recipient, service } => sqlx::query(
             "DELETE FROM deliveries d WHERE d.recipient = $1 AND d.attempts = 0
-                 AND NOT EXISTS (SELECT 1 FROM grants g WHERE g.consumer_agency = $2
-                     AND g.consumer_subsystem = $3 AND g.service = $4)
                  AND EXISTS (SELECT 1 FROM log_entries e WHERE e.exchange_id = d.exchange_id
-                     AND e.kind = 'event' AND e.record::json ->> 'service' = $4)",
+                     AND e.kind = 'event' AND e.record::json ->> 'service' = $4
+                     AND NOT (EXISTS (SELECT 1 FROM grants g WHERE g.consumer_agency = $2
+                                  AND g.consumer_subsystem = $3 AND g.service = $4)
+                              AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.agency = $2
+                                  AND s.subsystem = $3 AND s.service = $4
+                                  AND s.version = (e.record::json ->> 'version')::bigint)))",
         )
         .bind(recipient.to_string())
         .bind(recipient.agency.as_str())

@@ -937,10 +937,13 @@ fn change_query(change: &RegistryChange) -> Result<Query<'_>, StoreError> {
         .bind(g.purpose.as_str()),
         RegistryChange::WithdrawUnfetchedEvents { recipient, service } => sqlx::query(
             "DELETE FROM deliveries WHERE recipient = ?1 AND attempts = 0
-                 AND NOT EXISTS (SELECT 1 FROM grants g WHERE g.consumer_agency = ?2
-                     AND g.consumer_subsystem = ?3 AND g.service = ?4)
                  AND EXISTS (SELECT 1 FROM log_entries e WHERE e.exchange_id = deliveries.exchange_id
-                     AND e.kind = 'event' AND json_extract(e.record, '$.service') = ?4)",
+                     AND e.kind = 'event' AND json_extract(e.record, '$.service') = ?4
+                     AND NOT (EXISTS (SELECT 1 FROM grants g WHERE g.consumer_agency = ?2
+                                  AND g.consumer_subsystem = ?3 AND g.service = ?4)
+                              AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.agency = ?2
+                                  AND s.subsystem = ?3 AND s.service = ?4
+                                  AND s.version = json_extract(e.record, '$.version'))))",
         )
         .bind(recipient.to_string())
         .bind(recipient.agency.as_str())
