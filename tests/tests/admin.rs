@@ -4,8 +4,11 @@
 
 use http::StatusCode;
 use hub_client::HubClient;
+use hub_core::ids::ExchangeId;
 use hub_e2e::*;
+use hub_server::clock::{Clock, ManualClock, SystemClock};
 use hub_server::pki::DEV_ADMIN;
+use hub_server::store::{RegistryChange, Subscription};
 use serde_json::{Value, json};
 
 fn admin_client(hub: &TestHub, cert: &std::path::Path, key: &std::path::Path) -> HubClient {
@@ -293,6 +296,71 @@ async fn a_revoked_grant_withdraws_the_events_its_subscriber_was_never_handed() 
     let revoke = json!({"op": "grant_revoke", "consumer": member(SOCIAL_INSURANCE),
                         "service": "enterprise.registered", "purpose": "social_insurance"});
     withdrawal_by(&hub, &revoke, SOCIAL_INSURANCE, TAX).await;
+}
+
+/// A withdrawal its hub did not work off (it stopped after logging the
+/// change) keeps the subscriber's inbox closed, and a hub works it off once
+/// it is a minute old - here the next to start, a minute later: the inbox
+/// opens again without the withdrawn events.
+#[tokio::test]
+async fn a_withdrawal_left_over_is_worked_off_at_the_next_start() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let mut hub = TestHub::start_in(dir.clone(), |_| {}).await;
+    let withdrawn = hub.publish_registered_event().await["record"]["exchange_id"].clone();
+    let store = hub.running().hub.store.clone();
+    let tax: hub_core::ids::Member = TAX.parse().unwrap();
+    let service = hub_core::ids::ServiceName::parse("enterprise.registered").unwrap();
+    // What the removal of TAX's subscription writes, less the working off.
+    store
+        .apply_changes(&[
+            RegistryChange::RemoveSubscription(Subscription {
+                subscriber: tax.clone(),
+                service: service.clone(),
+                version: 1,
+            }),
+            RegistryChange::WithdrawUnfetchedEvents {
+                recipient: tax.clone(),
+                service,
+                at_millis: SystemClock.unix_millis(),
+            },
+        ])
+        .await
+        .unwrap();
+    // Closed: the event waits, but is not handed out.
+    assert_eq!(hub.inbox_ids(TAX).await, Vec::<Value>::new());
+    assert_eq!(store.deliveries(&tax, &[]).await.unwrap(), vec![]);
+    let id: ExchangeId = withdrawn.as_str().unwrap().parse().unwrap();
+    assert_eq!(store.deliveries(&tax, &[id]).await.unwrap().len(), 1);
+
+    hub.stop().await;
+    let later = time::OffsetDateTime::now_utc() + time::Duration::seconds(61);
+    let options = Options {
+        clock: Some(std::sync::Arc::new(ManualClock::new(later))),
+        ..Options::default()
+    };
+    let hub = TestHub::start_with(dir, |_| {}, options).await;
+    let store = hub.running().hub.store.clone();
+    let worked_off = eventually(|| async {
+        let pending = store.pending_withdrawals(u64::MAX).await.unwrap();
+        pending.is_empty().then_some(())
+    })
+    .await;
+    assert!(worked_off.is_some(), "the withdrawal is still pending");
+    assert_eq!(store.deliveries(&tax, &[id]).await.unwrap(), vec![]);
+    // Open again: TAX is subscribed anew and gets the next event.
+    let (status, reply) = hub
+        .operator()
+        .post_json(
+            "/admin/v1/changes",
+            &json!({"op": "subscription_add", "subscriber": member(TAX),
+                    "service": "enterprise.registered", "version": 1}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let next = hub.publish_registered_event().await["record"]["exchange_id"].clone();
+    assert_eq!(hub.inbox_ids(TAX).await, [next]);
+    assert_eq!(hub.inbox_ids(SOCIAL_INSURANCE).await.len(), 2);
 }
 
 /// A suspended member is refused every request, not only exchanges: its

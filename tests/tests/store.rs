@@ -17,9 +17,10 @@ use hub_core::log::{EntryDraft, EntryKind, seal};
 use hub_e2e::services::PgDatabase;
 use hub_server::store::{
     AgencyRecord, AppendItem, AtTail, Body, Claims, Delivery, Effect, ExchangeState, Grant,
-    PoolSettings, Presumed, Presumption, RegistryChange, ServiceRecord, Store, StoredCheckpoint,
-    StoredMessage, Subscription, message_of,
+    InboxPosition, PoolSettings, Presumed, Presumption, RegistryChange, ServiceRecord, Store,
+    StoredCheckpoint, StoredMessage, Subscription, message_of,
 };
+use hub_server::withdrawal;
 use time::macros::datetime;
 
 /// Run `test` against a fresh store of each backend.
@@ -546,11 +547,13 @@ fn ids_of(items: &[AppendItem]) -> Vec<ExchangeId> {
 }
 
 /// The events of a service waiting in a consumer's inbox that it was never
-/// handed are taken back - in the change's own transaction - once it would
-/// no longer be delivered them: its last grant for the service revoked, or
-/// its subscription to their version removed. Nothing else goes: not while
-/// it still receives them, not another service's, not a queued request,
-/// not a message already leased (its acknowledgement is still to be logged).
+/// handed are taken back once it would no longer be delivered them: its
+/// last grant for the service revoked, or its subscription to their version
+/// removed. The change writes the withdrawal; its inbox hands out nothing
+/// until the withdrawal is worked off, in batches, possibly by another hub.
+/// Nothing else goes: not while it still receives them, not another
+/// service's, not a queued request, not a message already leased (its
+/// acknowledgement is still to be logged).
 async fn withdrawn_are_only_the_events_never_handed_out_and_no_longer_delivered(
     store: Arc<dyn Store>,
 ) {
@@ -611,26 +614,44 @@ async fn withdrawn_are_only_the_events_never_handed_out_and_no_longer_delivered(
     let withdraw = |service: &ServiceName| RegistryChange::WithdrawUnfetchedEvents {
         recipient: consumer.clone(),
         service: service.clone(),
+        at_millis: 5_000,
+    };
+    // A change with its withdrawal; worked off in batches of two messages,
+    // as another hub would: how many went.
+    let change = |change: RegistryChange, of: &ServiceName| {
+        let (store, withdrawal) = (store.clone(), withdraw(of));
+        async move {
+            store.apply_changes(&[change, withdrawal]).await.unwrap();
+            let pending = store.pending_withdrawals(5_001).await.unwrap();
+            assert_eq!(pending.len(), 1);
+            assert!(store.pending_withdrawals(5_000).await.unwrap().is_empty());
+            let mut after = InboxPosition::START;
+            let mut removed = 0;
+            while let Some((last, n)) = store.withdraw_batch(&pending[0], after, 2).await.unwrap() {
+                // The inbox is closed until the withdrawal is worked off.
+                assert!(
+                    store
+                        .lease(&pending[0].recipient, 10, 20_000, 60_000)
+                        .await
+                        .unwrap()
+                        .is_empty()
+                );
+                (after, removed) = (last, removed + n);
+            }
+            store.finish_withdrawal(pending[0].id).await.unwrap();
+            removed
+        }
     };
 
     // Another purpose's grant for the service remains: nothing goes.
-    store
-        .apply_changes(&[RegistryChange::RevokeGrant(tax), withdraw(&service)])
-        .await
-        .unwrap();
+    assert_eq!(change(RegistryChange::RevokeGrant(tax), &service).await, 0);
     assert_eq!(waiting().await, [1, 2, 3, 4]);
     // The events are of v1: unsubscribed from v2, nothing goes.
     let unsubscribe = |version| RegistryChange::RemoveSubscription(subscription(version));
-    store
-        .apply_changes(&[unsubscribe(2), withdraw(&service)])
-        .await
-        .unwrap();
+    assert_eq!(change(unsubscribe(2), &service).await, 0);
     assert_eq!(waiting().await, [1, 2, 3, 4]);
     // Unsubscribed from v1: the two events never handed out go.
-    store
-        .apply_changes(&[unsubscribe(1), withdraw(&service)])
-        .await
-        .unwrap();
+    assert_eq!(change(unsubscribe(1), &service).await, 2);
     assert_eq!(waiting().await, [1, 4]);
 
     // Subscribed again, two more events; the last grant goes, with a
@@ -638,14 +659,20 @@ async fn withdrawn_are_only_the_events_never_handed_out_and_no_longer_delivered(
     store.add_subscription(&subscription(1)).await.unwrap();
     store.append(&events(&mut e, &[5, 6])).await.unwrap();
     let other = ServiceName::parse("citizen.lookup").unwrap();
-    store
-        .apply_changes(&[RegistryChange::RevokeGrant(stats), withdraw(&other)])
-        .await
-        .unwrap();
+    assert_eq!(change(RegistryChange::RevokeGrant(stats), &other).await, 0);
     assert_eq!(waiting().await, [1, 4, 5, 6]);
-    // This service's: the two events never handed out go, in one change.
-    assert_eq!(store.apply_changes(&[withdraw(&service)]).await.unwrap(), 2);
+    // This service's: the two events never handed out go, and the inbox
+    // hands out again (the queued request).
+    let removed = store.apply_changes(&[withdraw(&service)]).await.unwrap();
+    assert_eq!(removed, 1, "one withdrawal written");
+    assert_eq!(
+        withdrawal::work_off(store.as_ref(), 5_001).await.unwrap(),
+        2
+    );
     assert_eq!(waiting().await, [1, 4]);
+    let leased = store.lease(&consumer, 10, 20_000, 60_000).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].exchange_id, id(4));
 }
 
 /// Whether the provider's queue holds exchange `id`.

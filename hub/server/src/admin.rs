@@ -19,6 +19,7 @@ use hub_core::jws::Jwk;
 use hub_core::log::{EntryDraft, EntryKind, LoggedEndUser};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tracing::warn;
 
 use crate::access_history::hub_member;
 use crate::pipeline::Hub;
@@ -136,6 +137,9 @@ pub async fn apply(hub: &Hub, admin: &str, change: AdminChange) -> Result<String
         }),
         ..EntryDraft::new(EntryKind::Admin, hub.new_exchange_id(), hub_member())
     };
+    let withdraws = writes
+        .iter()
+        .any(|w| matches!(w, RegistryChange::WithdrawUnfetchedEvents { .. }));
     let effects = writes
         .into_iter()
         .map(|w| Effect::Registry(Box::new(w)))
@@ -144,6 +148,9 @@ pub async fn apply(hub: &Hub, admin: &str, change: AdminChange) -> Result<String
         .append_admin(draft, body, effects)
         .await
         .map_err(|e| AdminError::Storage(StoreError::Unavailable(e.to_string())))?;
+    if withdraws {
+        work_off_withdrawals(hub).await;
+    }
     // This hub refuses it at once; the others within their next reload.
     match change {
         AdminChange::CertificateRevoke { serial, .. } => hub.revoked_certificates.insert(serial),
@@ -157,6 +164,23 @@ pub async fn apply(hub: &Hub, admin: &str, change: AdminChange) -> Result<String
         _ => {}
     }
     Ok(item)
+}
+
+/// Take out the events the change withdrew before answering, in a task of
+/// its own so that an administrator who hangs up does not stop it halfway.
+/// The change is made whatever happens here: a withdrawal that fails is
+/// worked off later by any hub ([`crate::withdrawal`]), its inbox closed
+/// until then.
+async fn work_off_withdrawals(hub: &Hub) {
+    let store = hub.store.clone();
+    let written_by = hub.clock.unix_millis().saturating_add(1);
+    let work =
+        tokio::spawn(async move { crate::withdrawal::work_off(store.as_ref(), written_by).await });
+    match work.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => warn!(error = %e, "withdrawing events failed; a hub retries within a minute"),
+        Err(e) => warn!(error = %e, "withdrawing events stopped; a hub retries within a minute"),
+    }
 }
 
 async fn registered(hub: &Hub, member: &Member) -> Result<AgencyRecord, AdminError> {
@@ -354,6 +378,7 @@ async fn registry_writes(
             let withdraw = RegistryChange::WithdrawUnfetchedEvents {
                 recipient: consumer.clone(),
                 service: service.clone(),
+                at_millis: hub.clock.unix_millis(),
             };
             (vec![RegistryChange::RevokeGrant(grant), withdraw], before)
         }
@@ -411,6 +436,7 @@ async fn registry_writes(
             let withdraw = RegistryChange::WithdrawUnfetchedEvents {
                 recipient: subscriber.clone(),
                 service: service.clone(),
+                at_millis: hub.clock.unix_millis(),
             };
             (
                 vec![RegistryChange::RemoveSubscription(subscription), withdraw],

@@ -512,6 +512,11 @@ pub async fn start_with_adapters(
         hub.log.clone(),
         shutdown_rx.clone(),
     ));
+    tasks.spawn(crate::withdrawal::run_left_over(
+        init.store.clone(),
+        hub.clock.clone(),
+        shutdown_rx.clone(),
+    ));
     tasks.spawn(reload_refusals(
         init.store.clone(),
         hub.revoked_certificates.clone(),

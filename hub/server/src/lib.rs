@@ -39,6 +39,7 @@ pub mod serve;
 pub mod store;
 pub mod tls;
 pub mod transparency;
+pub mod withdrawal;
 
 pub use app::{RunningHub, start};
 pub use config::Config;

@@ -268,14 +268,19 @@ pub enum RegistryChange {
     /// Add a grant, or replace the fields of the same (consumer, service, purpose).
     AddGrant(Grant),
     RevokeGrant(Grant),
-    /// Remove from `recipient`'s inbox the events of `service` it was never
+    /// Take out of `recipient`'s inbox the events of `service` it was never
     /// handed and would not be delivered now: it holds no grant for the
-    /// service any more, or no subscription to the event's version (both
-    /// checked in the same transaction). A message already leased stays, so
-    /// that the recipient's acknowledgement of what it received is logged.
+    /// service any more, or no subscription to the event's version. Written
+    /// as a pending [`Withdrawal`], which closes the recipient's inbox at
+    /// once; the messages go after the change, in batches
+    /// ([`crate::withdrawal`]), since there may be up to `inbox_max` of them
+    /// and the change's transaction holds the writers' lock. A message
+    /// already leased stays, so that the recipient's acknowledgement of
+    /// what it received is logged.
     WithdrawUnfetchedEvents {
         recipient: Member,
         service: ServiceName,
+        at_millis: u64,
     },
     AddSubscription(Subscription),
     /// Deliver no more of the service's events to the subscriber.
@@ -607,6 +612,30 @@ pub struct Delivery {
     pub exchange_id: ExchangeId,
     pub message: StoredMessage,
     pub attempts: u32,
+}
+
+/// A withdrawal of events from an inbox, written by a registry change
+/// ([`RegistryChange::WithdrawUnfetchedEvents`]) and not yet worked off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Withdrawal {
+    pub id: i64,
+    pub recipient: Member,
+    pub service: ServiceName,
+}
+
+/// A place in an inbox, in the order a lease reads it: (`visible_at`, `seq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct InboxPosition {
+    pub visible_at: i64,
+    pub seq: i64,
+}
+
+impl InboxPosition {
+    /// Before every message.
+    pub const START: Self = Self {
+        visible_at: i64::MIN,
+        seq: i64::MIN,
+    };
 }
 
 /// What waits in the store ([`Store::backlog`]).
@@ -1227,7 +1256,8 @@ pub trait Store: Send + Sync {
     /// `now + visibility`: those visible the longest first (so a message
     /// whose lease lapsed waits behind those already waiting), returned in
     /// the order they were queued. A lease reads about what it returns,
-    /// however long the backlog.
+    /// however long the backlog. Nothing, while a withdrawal from the
+    /// inbox is pending.
     async fn lease(
         &self,
         recipient: &Member,
@@ -1235,6 +1265,27 @@ pub trait Store: Send + Sync {
         now_millis: u64,
         visibility_millis: u64,
     ) -> Result<Vec<Delivery>, StoreError>;
+    /// The withdrawals not yet worked off that were written before
+    /// `created_before_millis`, oldest first.
+    async fn pending_withdrawals(
+        &self,
+        created_before_millis: u64,
+    ) -> Result<Vec<Withdrawal>, StoreError>;
+    /// Examine the next `limit` messages of the withdrawal's inbox after
+    /// `after` and remove those it takes (see
+    /// [`RegistryChange::WithdrawUnfetchedEvents`]): the position of the
+    /// last one examined and how many were removed, or `None` once none
+    /// are left to examine. A lease does not move a message meanwhile:
+    /// the inbox is closed while the withdrawal is pending.
+    async fn withdraw_batch(
+        &self,
+        withdrawal: &Withdrawal,
+        after: InboxPosition,
+        limit: u32,
+    ) -> Result<Option<(InboxPosition, u64)>, StoreError>;
+    /// The withdrawal is worked off: the inbox opens again (unless another
+    /// is pending for it).
+    async fn finish_withdrawal(&self, id: i64) -> Result<(), StoreError>;
     /// Those of messages `ids` that wait unacknowledged for `recipient`,
     /// leased or not, in no particular order, as far as a receipt needs
     /// them: a message that points at its entry comes without the entry's

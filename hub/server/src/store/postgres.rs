@@ -16,9 +16,9 @@ use sqlx::{Arguments as _, PgPool, Row};
 use super::rows;
 use super::{
     AgencyRecord, AppendItem, Batch, Claims, CosignedCheckpoint, Delivery, ExchangeRow, Facts,
-    Grant, Leadership, OutboxRow, PoolSettings, RegistryChange, Role, SealAfter, ServiceRecord,
-    Store, StoreError, StoredCheckpoint, StoredEntry, Subscription, Tail, json_text,
-    page_of_exchanges,
+    Grant, InboxPosition, Leadership, OutboxRow, PoolSettings, RegistryChange, Role, SealAfter,
+    ServiceRecord, Store, StoreError, StoredCheckpoint, StoredEntry, Subscription, Tail,
+    Withdrawal, json_text, page_of_exchanges,
 };
 use super::{
     Backlog, BodyChunk, Effect, INBOX_BY_RECIPIENT, OUTBOX_BY_INSTANCE, PURGE_CHUNK, Presumed,
@@ -977,6 +977,7 @@ impl Store for PgStore {
             "WITH leased AS (
                 UPDATE deliveries SET visible_at = $1, attempts = attempts + 1
                 WHERE seq = ANY(ARRAY(SELECT seq FROM deliveries WHERE recipient = $2 AND visible_at <= $3
+                                        AND NOT EXISTS (SELECT 1 FROM withdrawals WHERE recipient = $2)
                                       ORDER BY visible_at, seq LIMIT $4 FOR UPDATE SKIP LOCKED))
                 RETURNING exchange_id, attempts, seq, message)
              SELECT d.exchange_id, d.attempts::bigint AS attempts, d.seq, COALESCE(d.message, x.reply) AS message,
@@ -999,6 +1000,77 @@ impl Store for PgStore {
             .collect::<Result<Vec<_>, StoreError>>()?;
         leased.sort_by_key(|(seq, _)| *seq);
         Ok(leased.into_iter().map(|(_, d)| d).collect())
+    }
+
+    async fn pending_withdrawals(
+        &self,
+        created_before_millis: u64,
+    ) -> Result<Vec<Withdrawal>, StoreError> {
+        sqlx::query(
+            "SELECT id, recipient, service FROM withdrawals WHERE created_at < $1 ORDER BY id",
+        )
+        .bind(to_i64(created_before_millis))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(rows::withdrawal)
+        .collect()
+    }
+
+    async fn withdraw_batch(
+        &self,
+        withdrawal: &Withdrawal,
+        after: InboxPosition,
+        limit: u32,
+    ) -> Result<Option<(InboxPosition, u64)>, StoreError> {
+        let examined = sqlx::query(
+            "SELECT visible_at, seq FROM deliveries
+             WHERE recipient = $1 AND (visible_at, seq) > ($2, $3)
+             ORDER BY visible_at, seq LIMIT $4",
+        )
+        .bind(withdrawal.recipient.to_string())
+        .bind(after.visible_at)
+        .bind(after.seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(rows::inbox_position)
+        .collect::<Result<Vec<_>, _>>()?;
+        let Some(last) = examined.last().copied() else {
+            return Ok(None);
+        };
+        let seqs: Vec<i64> = examined.iter().map(|p| p.seq).collect();
+        let removed = sqlx::query(
+            "DELETE FROM deliveries d WHERE d.seq = ANY($1) AND d.attempts = 0
+                 AND EXISTS (SELECT 1 FROM log_entries e WHERE e.exchange_id = d.exchange_id
+                     AND e.kind = 'event' AND e.record::json ->> 'service' = $2
+                     AND NOT (EXISTS (SELECT 1 FROM grants g WHERE g.consumer_agency = $3
+                                  AND g.consumer_subsystem = $4 AND g.service = $2)
+                              AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.agency = $3
+                                  AND s.subsystem = $4 AND s.service = $2
+                                  AND s.version = (e.record::json ->> 'version')::bigint)))",
+        )
+        .bind(&seqs)
+        .bind(withdrawal.service.as_str())
+        .bind(withdrawal.recipient.agency.as_str())
+        .bind(withdrawal.recipient.subsystem.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        Ok(Some((last, removed)))
+    }
+
+    async fn finish_withdrawal(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM withdrawals WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
     }
 
     async fn deliveries(
@@ -1120,20 +1192,16 @@ fn change_query(change: &RegistryChange) -> Result<Query<'_>, StoreError> {
         .bind(g.consumer.subsystem.as_str())
         .bind(g.service.as_str())
         .bind(g.purpose.as_str()),
-        RegistryChange::WithdrawUnfetchedEvents { recipient, service } => sqlx::query(
-            "DELETE FROM deliveries d WHERE d.recipient = $1 AND d.attempts = 0
-                 AND EXISTS (SELECT 1 FROM log_entries e WHERE e.exchange_id = d.exchange_id
-                     AND e.kind = 'event' AND e.record::json ->> 'service' = $4
-                     AND NOT (EXISTS (SELECT 1 FROM grants g WHERE g.consumer_agency = $2
-                                  AND g.consumer_subsystem = $3 AND g.service = $4)
-                              AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.agency = $2
-                                  AND s.subsystem = $3 AND s.service = $4
-                                  AND s.version = (e.record::json ->> 'version')::bigint)))",
+        RegistryChange::WithdrawUnfetchedEvents {
+            recipient,
+            service,
+            at_millis,
+        } => sqlx::query(
+            "INSERT INTO withdrawals (recipient, service, created_at) VALUES ($1, $2, $3)",
         )
         .bind(recipient.to_string())
-        .bind(recipient.agency.as_str())
-        .bind(recipient.subsystem.as_str())
-        .bind(service.as_str()),
+        .bind(service.as_str())
+        .bind(to_i64(*at_millis)),
         RegistryChange::AddSubscription(s) => sqlx::query(
             "INSERT INTO subscriptions (agency, subsystem, service, version) VALUES ($1, $2, $3, $4)
                  ON CONFLICT DO NOTHING",

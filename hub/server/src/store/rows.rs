@@ -11,9 +11,9 @@ use hub_core::jws::Jwk;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::{
-    AgencyRecord, Delivery, ExchangeRow, ExchangeState, Facts, Grant, OutboxRow, ServiceRecord,
-    StoreError, StoredCheckpoint, StoredEntry, StoredMessage, Subscription, corrupt,
-    fields_of_column, member, to_u64,
+    AgencyRecord, Delivery, ExchangeRow, ExchangeState, Facts, Grant, InboxPosition, OutboxRow,
+    ServiceRecord, StoreError, StoredCheckpoint, StoredEntry, StoredMessage, Subscription,
+    Withdrawal, corrupt, fields_of_column, member, to_u64,
 };
 
 /// A row's columns by name, as the types the store's tables use.
@@ -176,6 +176,23 @@ pub(crate) fn subscription(row: &impl Columns) -> Result<Subscription, StoreErro
         subscriber: member_in(row, "agency", "subsystem")?,
         service: service_name_in(row, "service")?,
         version: version_in(row, "version")?,
+    })
+}
+
+/// A row of `withdrawals`.
+pub(crate) fn withdrawal(row: &impl Columns) -> Result<Withdrawal, StoreError> {
+    Ok(Withdrawal {
+        id: row.int("id")?,
+        recipient: row.text("recipient")?.parse().map_err(corrupt)?,
+        service: service_name_in(row, "service")?,
+    })
+}
+
+/// A row's place in its inbox.
+pub(crate) fn inbox_position(row: &impl Columns) -> Result<InboxPosition, StoreError> {
+    Ok(InboxPosition {
+        visible_at: row.int("visible_at")?,
+        seq: row.int("seq")?,
     })
 }
 

@@ -15,8 +15,9 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use super::rows;
 use super::{
     AgencyRecord, AppendItem, Batch, Claims, CosignedCheckpoint, Delivery, ExchangeRow, Facts,
-    Grant, Leadership, OutboxRow, RegistryChange, Role, SealAfter, ServiceRecord, Store,
-    StoreError, StoredCheckpoint, StoredEntry, Subscription, Tail, json_text, page_of_exchanges,
+    Grant, InboxPosition, Leadership, OutboxRow, RegistryChange, Role, SealAfter, ServiceRecord,
+    Store, StoreError, StoredCheckpoint, StoredEntry, Subscription, Tail, Withdrawal, json_text,
+    page_of_exchanges,
 };
 use super::{
     Backlog, BodyChunk, INBOX_BY_RECIPIENT, OUTBOX_BY_INSTANCE, PURGE_CHUNK, counts, expired_in,
@@ -790,8 +791,10 @@ impl Store for SqliteStore {
         // again with their entries. Nothing removes a leased row meanwhile
         // but an acknowledgement of it, which then needs no delivery.
         let seqs: Vec<i64> = sqlx::query_scalar(
-            "UPDATE deliveries SET visible_at = ?, attempts = attempts + 1
-             WHERE seq IN (SELECT seq FROM deliveries WHERE recipient = ? AND visible_at <= ? ORDER BY visible_at, seq LIMIT ?)
+            "UPDATE deliveries SET visible_at = ?1, attempts = attempts + 1
+             WHERE seq IN (SELECT seq FROM deliveries WHERE recipient = ?2 AND visible_at <= ?3
+                               AND NOT EXISTS (SELECT 1 FROM withdrawals WHERE recipient = ?2)
+                           ORDER BY visible_at, seq LIMIT ?4)
              RETURNING seq",
         )
         .bind(to_i64(now_millis.saturating_add(visibility_millis)))
@@ -814,6 +817,77 @@ impl Store for SqliteStore {
         .iter()
         .map(rows::delivery)
         .collect()
+    }
+
+    async fn pending_withdrawals(
+        &self,
+        created_before_millis: u64,
+    ) -> Result<Vec<Withdrawal>, StoreError> {
+        sqlx::query(
+            "SELECT id, recipient, service FROM withdrawals WHERE created_at < ? ORDER BY id",
+        )
+        .bind(to_i64(created_before_millis))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(rows::withdrawal)
+        .collect()
+    }
+
+    async fn withdraw_batch(
+        &self,
+        withdrawal: &Withdrawal,
+        after: InboxPosition,
+        limit: u32,
+    ) -> Result<Option<(InboxPosition, u64)>, StoreError> {
+        let examined = sqlx::query(
+            "SELECT visible_at, seq FROM deliveries
+             WHERE recipient = ? AND (visible_at, seq) > (?, ?)
+             ORDER BY visible_at, seq LIMIT ?",
+        )
+        .bind(withdrawal.recipient.to_string())
+        .bind(after.visible_at)
+        .bind(after.seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(rows::inbox_position)
+        .collect::<Result<Vec<_>, _>>()?;
+        let Some(last) = examined.last().copied() else {
+            return Ok(None);
+        };
+        let seqs: Vec<i64> = examined.iter().map(|p| p.seq).collect();
+        let removed = sqlx::query(
+            "DELETE FROM deliveries WHERE seq IN (SELECT value FROM json_each(?1)) AND attempts = 0
+                 AND EXISTS (SELECT 1 FROM log_entries e WHERE e.exchange_id = deliveries.exchange_id
+                     AND e.kind = 'event' AND json_extract(e.record, '$.service') = ?2
+                     AND NOT (EXISTS (SELECT 1 FROM grants g WHERE g.consumer_agency = ?3
+                                  AND g.consumer_subsystem = ?4 AND g.service = ?2)
+                              AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.agency = ?3
+                                  AND s.subsystem = ?4 AND s.service = ?2
+                                  AND s.version = json_extract(e.record, '$.version'))))",
+        )
+        .bind(json_text(&seqs)?)
+        .bind(withdrawal.service.as_str())
+        .bind(withdrawal.recipient.agency.as_str())
+        .bind(withdrawal.recipient.subsystem.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        Ok(Some((last, removed)))
+    }
+
+    async fn finish_withdrawal(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM withdrawals WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
     }
 
     async fn deliveries(
@@ -935,20 +1009,14 @@ fn change_query(change: &RegistryChange) -> Result<Query<'_>, StoreError> {
         .bind(g.consumer.subsystem.as_str())
         .bind(g.service.as_str())
         .bind(g.purpose.as_str()),
-        RegistryChange::WithdrawUnfetchedEvents { recipient, service } => sqlx::query(
-            "DELETE FROM deliveries WHERE recipient = ?1 AND attempts = 0
-                 AND EXISTS (SELECT 1 FROM log_entries e WHERE e.exchange_id = deliveries.exchange_id
-                     AND e.kind = 'event' AND json_extract(e.record, '$.service') = ?4
-                     AND NOT (EXISTS (SELECT 1 FROM grants g WHERE g.consumer_agency = ?2
-                                  AND g.consumer_subsystem = ?3 AND g.service = ?4)
-                              AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.agency = ?2
-                                  AND s.subsystem = ?3 AND s.service = ?4
-                                  AND s.version = json_extract(e.record, '$.version'))))",
-        )
-        .bind(recipient.to_string())
-        .bind(recipient.agency.as_str())
-        .bind(recipient.subsystem.as_str())
-        .bind(service.as_str()),
+        RegistryChange::WithdrawUnfetchedEvents {
+            recipient,
+            service,
+            at_millis,
+        } => sqlx::query("INSERT INTO withdrawals (recipient, service, created_at) VALUES (?, ?, ?)")
+            .bind(recipient.to_string())
+            .bind(service.as_str())
+            .bind(to_i64(*at_millis)),
         RegistryChange::AddSubscription(s) => sqlx::query(
             "INSERT OR IGNORE INTO subscriptions (agency, subsystem, service, version) VALUES (?, ?, ?, ?)",
         )
