@@ -216,7 +216,7 @@ async fn a_removed_subscription_gets_no_more_events_and_loses_what_it_never_fetc
 /// `change`, which must take the second out of its inbox: the first is still
 /// acknowledged with a receipt (the lease of it runs 30 s, so nothing is
 /// fetched meanwhile), the second is unknown to it, and `other` has both,
-/// unacknowledged. Returns the change's entry.
+/// unacknowledged. Returns the change's reply.
 async fn withdrawal_by(hub: &TestHub, change: &Value, subscriber: &str, other: &str) -> Value {
     let handed = hub.publish_registered_event().await["record"]["exchange_id"].clone();
     assert_eq!(
@@ -230,6 +230,8 @@ async fn withdrawal_by(hub: &TestHub, change: &Value, subscriber: &str, other: &
         .await
         .unwrap();
     assert_eq!(status, StatusCode::OK, "{reply}");
+    // Beside the entry: how many it took out.
+    assert_eq!(reply["withdrawn"], 1, "{reply}");
 
     assert_eq!(hub.inbox_ids(subscriber).await, Vec::<Value>::new());
     let (status, answer) = hub
@@ -286,16 +288,47 @@ async fn a_revoked_grant_stops_a_subscribers_events() {
     );
 }
 
-/// Revoking a subscriber's grant takes back what its inbox holds of the
-/// service and it was never handed; what it was handed before stays until it
-/// acknowledges it, so that its receipt is logged; other subscribers keep
-/// theirs.
+/// Revoking a subscriber's last grant for an event service takes back what
+/// its inbox holds of the service and it was never handed; what it was
+/// handed before stays until it acknowledges it, so that its receipt is
+/// logged; other subscribers keep theirs. While another grant for the
+/// service is left, nothing is withdrawn and its inbox stays open.
 #[tokio::test]
 async fn a_revoked_grant_withdraws_the_events_its_subscriber_was_never_handed() {
     let hub = TestHub::start().await;
-    let revoke = json!({"op": "grant_revoke", "consumer": member(SOCIAL_INSURANCE),
-                        "service": "enterprise.registered", "purpose": "social_insurance"});
-    withdrawal_by(&hub, &revoke, SOCIAL_INSURANCE, TAX).await;
+    let change = |op: &str, purpose: &str| {
+        json!({"op": op, "consumer": member(SOCIAL_INSURANCE),
+               "service": "enterprise.registered", "purpose": purpose})
+    };
+    let (status, reply) = hub
+        .operator()
+        .post_json("/admin/v1/changes", &change("grant_add", "statistics"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let kept = hub.publish_registered_event().await["record"]["exchange_id"].clone();
+    let (status, reply) = hub
+        .operator()
+        .post_json(
+            "/admin/v1/changes",
+            &change("grant_revoke", "social_insurance"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply.get("withdrawn"), None, "{reply}");
+    assert_eq!(hub.inbox_ids(SOCIAL_INSURANCE).await, [kept]);
+    hub.drain_inbox(SOCIAL_INSURANCE).await;
+    hub.drain_inbox(TAX).await;
+
+    let reply = withdrawal_by(
+        &hub,
+        &change("grant_revoke", "statistics"),
+        SOCIAL_INSURANCE,
+        TAX,
+    )
+    .await;
+    assert_eq!(reply["body"]["change"]["op"], "grant_revoke");
 }
 
 /// A withdrawal its hub did not work off (it stopped after logging the

@@ -666,7 +666,9 @@ async fn withdrawn_are_only_the_events_never_handed_out_and_no_longer_delivered(
     let removed = store.apply_changes(&[withdraw(&service)]).await.unwrap();
     assert_eq!(removed, 1, "one withdrawal written");
     assert_eq!(
-        withdrawal::work_off(store.as_ref(), 5_001).await.unwrap(),
+        withdrawal::work_off(store.as_ref(), 5_001, |_| true)
+            .await
+            .unwrap(),
         2
     );
     assert_eq!(waiting().await, [1, 4]);

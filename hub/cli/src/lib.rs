@@ -1177,6 +1177,9 @@ async fn admin_change(
         "logged as admin entry {} by {}",
         reply["record"]["index"], admin.name
     );
+    if let Some(n) = reply["withdrawn"].as_u64() {
+        eprintln!("{n} events waiting in the inbox, never fetched, were withdrawn");
+    }
     Ok(())
 }
 

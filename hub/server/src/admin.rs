@@ -25,6 +25,7 @@ use crate::access_history::hub_member;
 use crate::pipeline::Hub;
 use crate::store::{
     AgencyRecord, Effect, Grant, RegistryChange, ServiceRecord, StoreError, Subscription,
+    Withdrawal,
 };
 use hub_adapter_sdk::ServiceKind;
 
@@ -137,9 +138,12 @@ pub async fn apply(hub: &Hub, admin: &str, change: AdminChange) -> Result<String
         }),
         ..EntryDraft::new(EntryKind::Admin, hub.new_exchange_id(), hub_member())
     };
-    let withdraws = writes
-        .iter()
-        .any(|w| matches!(w, RegistryChange::WithdrawUnfetchedEvents { .. }));
+    let withdrawn = writes.iter().find_map(|w| match w {
+        RegistryChange::WithdrawUnfetchedEvents {
+            recipient, service, ..
+        } => Some((recipient.clone(), service.clone())),
+        _ => None,
+    });
     let effects = writes
         .into_iter()
         .map(|w| Effect::Registry(Box::new(w)))
@@ -148,9 +152,14 @@ pub async fn apply(hub: &Hub, admin: &str, change: AdminChange) -> Result<String
         .append_admin(draft, body, effects)
         .await
         .map_err(|e| AdminError::Storage(StoreError::Unavailable(e.to_string())))?;
-    if withdraws {
-        work_off_withdrawals(hub).await;
-    }
+    let item = match withdrawn {
+        // The count beside the entry, not in it: it is known only after.
+        Some((recipient, service)) => match work_off_withdrawal(hub, recipient, service).await {
+            Some(n) => format!("{{\"withdrawn\":{n},{}", &item[1..]),
+            None => item,
+        },
+        None => item,
+    };
     // This hub refuses it at once; the others within their next reload.
     match change {
         AdminChange::CertificateRevoke { serial, .. } => hub.revoked_certificates.insert(serial),
@@ -167,19 +176,27 @@ pub async fn apply(hub: &Hub, admin: &str, change: AdminChange) -> Result<String
 }
 
 /// Take out the events the change withdrew before answering, in a task of
-/// its own so that an administrator who hangs up does not stop it halfway.
-/// The change is made whatever happens here: a withdrawal that fails is
-/// worked off later by any hub ([`crate::withdrawal`]), its inbox closed
-/// until then.
-async fn work_off_withdrawals(hub: &Hub) {
+/// its own so that an administrator who hangs up does not stop it halfway:
+/// how many. The change is made whatever happens here: a withdrawal that
+/// fails is worked off later by any hub ([`crate::withdrawal`]), its inbox
+/// closed until then.
+async fn work_off_withdrawal(hub: &Hub, recipient: Member, service: ServiceName) -> Option<u64> {
     let store = hub.store.clone();
     let written_by = hub.clock.unix_millis().saturating_add(1);
-    let work =
-        tokio::spawn(async move { crate::withdrawal::work_off(store.as_ref(), written_by).await });
+    let work = tokio::spawn(async move {
+        let this = |w: &Withdrawal| w.recipient == recipient && w.service == service;
+        crate::withdrawal::work_off(store.as_ref(), written_by, this).await
+    });
     match work.await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => warn!(error = %e, "withdrawing events failed; a hub retries within a minute"),
-        Err(e) => warn!(error = %e, "withdrawing events stopped; a hub retries within a minute"),
+        Ok(Ok(n)) => Some(n),
+        Ok(Err(e)) => {
+            warn!(error = %e, "withdrawing events failed; a hub retries within a minute");
+            None
+        }
+        Err(e) => {
+            warn!(error = %e, "withdrawing events stopped; a hub retries within a minute");
+            None
+        }
     }
 }
 
@@ -373,14 +390,29 @@ async fn registry_writes(
                 )));
             };
             let before = grant_before(Some(&grant));
-            // Revoked, the last grant for a service takes back the events
-            // queued for the consumer that it was never handed.
-            let withdraw = RegistryChange::WithdrawUnfetchedEvents {
-                recipient: consumer.clone(),
-                service: service.clone(),
-                at_millis: hub.clock.unix_millis(),
-            };
-            (vec![RegistryChange::RevokeGrant(grant), withdraw], before)
+            let mut writes = vec![RegistryChange::RevokeGrant(grant)];
+            // Revoked, the last grant for an event service takes back the
+            // events queued for the consumer that it was never handed.
+            // Another grant left, or a query service, there are none, and
+            // a withdrawal would close the inbox while it looks.
+            let last =
+                !hub.store.grants().await?.iter().any(|g| {
+                    &g.consumer == consumer && &g.service == service && &g.purpose != purpose
+                });
+            let events = hub
+                .store
+                .services()
+                .await?
+                .iter()
+                .any(|v| &v.name == service && v.kind == ServiceKind::Event);
+            if last && events {
+                writes.push(RegistryChange::WithdrawUnfetchedEvents {
+                    recipient: consumer.clone(),
+                    service: service.clone(),
+                    at_millis: hub.clock.unix_millis(),
+                });
+            }
+            (writes, before)
         }
         AdminChange::SubscriptionAdd {
             subscriber,
