@@ -359,11 +359,14 @@ async fn a_withdrawal_left_over_is_worked_off_at_the_next_start() {
         ])
         .await
         .unwrap();
-    // Closed: the event waits, but is not handed out.
+    // Closed: the event waits, but is not handed out; the operator sees
+    // the pending withdrawal.
     assert_eq!(hub.inbox_ids(TAX).await, Vec::<Value>::new());
-    assert_eq!(store.deliveries(&tax, &[]).await.unwrap(), vec![]);
     let id: ExchangeId = withdrawn.as_str().unwrap().parse().unwrap();
     assert_eq!(store.deliveries(&tax, &[id]).await.unwrap().len(), 1);
+    let pending = format!("hub_inbox_withdrawals_pending{{recipient=\"{TAX}\"}}");
+    let shown = eventually(|| async { sample(&hub.metrics().await, &pending) }).await;
+    assert_eq!(shown, Some(1.0), "{pending}");
 
     hub.stop().await;
     let later = time::OffsetDateTime::now_utc() + time::Duration::seconds(61);
@@ -380,6 +383,12 @@ async fn a_withdrawal_left_over_is_worked_off_at_the_next_start() {
     .await;
     assert!(worked_off.is_some(), "the withdrawal is still pending");
     assert_eq!(store.deliveries(&tax, &[id]).await.unwrap(), vec![]);
+    let gone = eventually(|| async {
+        let text = hub.metrics().await;
+        (text.contains("hub_inbox_messages") && sample(&text, &pending).is_none()).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "{pending} still shown");
     // Open again: TAX is subscribed anew and gets the next event.
     let (status, reply) = hub
         .operator()

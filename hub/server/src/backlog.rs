@@ -147,6 +147,7 @@ mod tests {
         Backlog {
             outbox: vec![],
             inboxes: sizes.iter().map(|(m, n)| (m.to_string(), *n)).collect(),
+            withdrawals: vec![],
         }
     }
 

@@ -327,7 +327,10 @@ async fn metrics(State(s): State<AppState>) -> Response {
             (false, None, None)
         }
     };
-    let (outbox, inboxes) = backlog.map(|b| (b.outbox, b.inboxes)).unzip();
+    let (outbox, inboxes, withdrawals) = match backlog {
+        Some(b) => (Some(b.outbox), Some(b.inboxes), Some(b.withdrawals)),
+        None => (None, None, None),
+    };
     let gauges = crate::metrics::Gauges {
         database_up,
         broker_up: hub.remote.as_ref().map(|r| r.broker.is_up()),
@@ -336,6 +339,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
         checkpoint_size,
         outbox,
         inboxes,
+        withdrawals,
     };
     (
         [(

@@ -218,6 +218,8 @@ pub struct Gauges {
     /// Messages waiting in each recipient's inbox, at the last count; `None`
     /// when the database is down or the last count failed.
     pub inboxes: Option<Vec<(String, u64)>>,
+    /// Pending withdrawals by recipient, at the last count; as `inboxes`.
+    pub withdrawals: Option<Vec<(String, u64)>>,
 }
 
 impl Gauges {
@@ -277,6 +279,14 @@ impl Gauges {
                 ("hub_inbox_messages", "recipient"),
                 "Messages waiting in a recipient's inbox (leased or not).",
                 inboxes,
+            );
+        }
+        if let Some(withdrawals) = &self.withdrawals {
+            labelled_gauge(
+                out,
+                ("hub_inbox_withdrawals_pending", "recipient"),
+                "Withdrawals of events from a recipient's inbox not yet worked off; until they are, it hands out nothing.",
+                withdrawals,
             );
         }
     }
@@ -411,6 +421,7 @@ mod tests {
         let text = Metrics::default().render(&Gauges {
             database_up: false,
             inboxes: Some(vec![("a\"b\\c".into(), 4)]),
+            withdrawals: Some(vec![("x/y".into(), 1)]),
             ..Gauges::default()
         });
         assert!(text.contains("hub_database_up 0\n"), "{text}");
@@ -419,6 +430,10 @@ mod tests {
         assert!(!text.contains("hub_outbox_unsent"), "{text}");
         assert!(
             text.contains(r#"hub_inbox_messages{recipient="a\"b\\c"} 4"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"hub_inbox_withdrawals_pending{recipient="x/y"} 1"#),
             "{text}"
         );
     }

@@ -645,13 +645,17 @@ pub struct Backlog {
     pub outbox: Vec<(String, u64)>,
     /// Inbox messages by recipient, leased or not.
     pub inboxes: Vec<(String, u64)>,
+    /// Pending withdrawals by recipient: those inboxes hand out nothing.
+    pub withdrawals: Vec<(String, u64)>,
 }
 
-/// The backlog's two counts, the same SQL on both backends.
+/// The backlog's counts, the same SQL on both backends.
 pub(crate) const OUTBOX_BY_INSTANCE: &str =
     "SELECT instance, count(*) FROM outbox GROUP BY instance ORDER BY instance";
 pub(crate) const INBOX_BY_RECIPIENT: &str =
     "SELECT recipient, count(*) FROM deliveries GROUP BY recipient ORDER BY recipient";
+pub(crate) const WITHDRAWALS_BY_RECIPIENT: &str =
+    "SELECT recipient, count(*) FROM withdrawals GROUP BY recipient ORDER BY recipient";
 
 /// How many bodies a purge reads at a time ([`expired_in`]).
 pub(crate) const PURGE_CHUNK: u32 = 1_000;

@@ -22,7 +22,8 @@ use super::{
 };
 use super::{
     Backlog, BodyChunk, Effect, INBOX_BY_RECIPIENT, OUTBOX_BY_INSTANCE, PURGE_CHUNK, Presumed,
-    Presumption, corrupt, counts, expired_in, registry_changes, to_i64, to_u64,
+    Presumption, WITHDRAWALS_BY_RECIPIENT, corrupt, counts, expired_in, registry_changes, to_i64,
+    to_u64,
 };
 
 /// The PostgreSQL store.
@@ -1121,9 +1122,14 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
+        let withdrawals = sqlx::query_as(WITHDRAWALS_BY_RECIPIENT)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
         Ok(Backlog {
             outbox: counts(outbox),
             inboxes: counts(inboxes),
+            withdrawals: counts(withdrawals),
         })
     }
 

@@ -20,8 +20,8 @@ use super::{
     page_of_exchanges,
 };
 use super::{
-    Backlog, BodyChunk, INBOX_BY_RECIPIENT, OUTBOX_BY_INSTANCE, PURGE_CHUNK, counts, expired_in,
-    to_i64, to_u64,
+    Backlog, BodyChunk, INBOX_BY_RECIPIENT, OUTBOX_BY_INSTANCE, PURGE_CHUNK,
+    WITHDRAWALS_BY_RECIPIENT, counts, expired_in, to_i64, to_u64,
 };
 
 /// Inbox rows with their messages, `WHERE` the given clause: the sealed
@@ -938,9 +938,14 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
+        let withdrawals = sqlx::query_as(WITHDRAWALS_BY_RECIPIENT)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
         Ok(Backlog {
             outbox: counts(outbox),
             inboxes: counts(inboxes),
+            withdrawals: counts(withdrawals),
         })
     }
 
