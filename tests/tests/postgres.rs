@@ -1,6 +1,7 @@
 //! The real hub on PostgreSQL: the whole exchange path, a restart that
 //! continues the same log, two hubs sharing the registry and taking one
-//! exchange id at once, and a database that goes away and comes back.
+//! exchange id at once, a withdrawal one hub left that another finishes,
+//! and a database that goes away and comes back.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -502,4 +503,52 @@ async fn a_message_acknowledged_through_two_hubs_at_once_gets_one_receipt() {
         );
     }
     stop_both(Arc::into_inner(hubs).unwrap(), db).await;
+}
+
+/// A withdrawal left over by a hub that stopped before working it off
+/// (written here as that hub's change would, a minute ago) is worked off by
+/// another hub on the same database, within its next look (every 10 s):
+/// the event leaves the subscriber's inbox, which opens again.
+#[tokio::test]
+async fn a_withdrawal_a_stopped_hub_left_is_worked_off_by_another() {
+    use hub_core::ids::{ExchangeId, Member, ServiceName};
+    use hub_server::clock::{Clock, SystemClock};
+    use hub_server::store::{RegistryChange, Subscription};
+
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let [mut first, second] = two_hubs_adjusted(&db, |_| {}).await;
+    let event = first.publish_registered_event().await["record"]["exchange_id"].clone();
+    let id: ExchangeId = event.as_str().unwrap().parse().unwrap();
+    let tax: Member = TAX.parse().unwrap();
+    let service = ServiceName::parse("enterprise.registered").unwrap();
+    let store = first.running().hub.store.clone();
+    store
+        .apply_changes(&[
+            RegistryChange::RemoveSubscription(Subscription {
+                subscriber: tax.clone(),
+                service: service.clone(),
+                version: 1,
+            }),
+            RegistryChange::WithdrawUnfetchedEvents {
+                recipient: tax.clone(),
+                service,
+                at_millis: SystemClock.unix_millis() - 61_000,
+            },
+        ])
+        .await
+        .unwrap();
+    first.stop().await;
+
+    let store = second.running().hub.store.clone();
+    let worked_off = eventually(|| async {
+        let pending = store.pending_withdrawals(u64::MAX).await.unwrap();
+        pending.is_empty().then_some(())
+    })
+    .await;
+    assert!(worked_off.is_some(), "the withdrawal is still pending");
+    assert_eq!(store.deliveries(&tax, &[id]).await.unwrap(), vec![]);
+    assert_eq!(second.inbox_ids(SOCIAL_INSURANCE).await, [event]);
+    stop_both([first, second], db).await;
 }
