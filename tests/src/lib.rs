@@ -270,6 +270,33 @@ impl TestHub {
         }
     }
 
+    /// Remove `subscriber`'s subscription to enterprise.registered v1 and
+    /// write its withdrawal as of `at_millis`, as the change does, but
+    /// without working it off: what a hub that stopped right after the
+    /// change leaves.
+    pub async fn leave_withdrawal(&self, subscriber: &str, at_millis: u64) {
+        use hub_server::store::{RegistryChange, Subscription};
+        let subscriber: Member = subscriber.parse().unwrap();
+        let service = hub_core::ids::ServiceName::parse("enterprise.registered").unwrap();
+        self.running()
+            .hub
+            .store
+            .apply_changes(&[
+                RegistryChange::RemoveSubscription(Subscription {
+                    subscriber: subscriber.clone(),
+                    service: service.clone(),
+                    version: 1,
+                }),
+                RegistryChange::WithdrawUnfetchedEvents {
+                    recipient: subscriber,
+                    service,
+                    at_millis,
+                },
+            ])
+            .await
+            .unwrap();
+    }
+
     pub async fn send(&self, envelope: Value) -> (http::StatusCode, Value) {
         let (status, _, body) = self.send_full(envelope).await;
         (status, body)

@@ -8,7 +8,6 @@ use hub_core::ids::ExchangeId;
 use hub_e2e::*;
 use hub_server::clock::{Clock, ManualClock, SystemClock};
 use hub_server::pki::DEV_ADMIN;
-use hub_server::store::{RegistryChange, Subscription};
 use serde_json::{Value, json};
 
 fn admin_client(hub: &TestHub, cert: &std::path::Path, key: &std::path::Path) -> HubClient {
@@ -32,15 +31,11 @@ async fn a_change_is_logged_signed_and_in_force_at_once() {
     let (status, answer) = hub.send(citizen_lookup("001085012345")).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     let before = hub.log_records().await.len();
-    let (status, reply) = hub
-        .operator()
-        .post_json(
-            "/admin/v1/changes",
-            &json!({"op": "agency_suspend", "member": member(ONE_STOP)}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK, "{reply}");
+    let reply = made(
+        &hub,
+        &json!({"op": "agency_suspend", "member": member(ONE_STOP)}),
+    )
+    .await;
     let jwks = hub.public_client().jwks().await.unwrap();
     hub_client::verify_reply(&reply, &jwks).unwrap();
     let record = &reply["record"];
@@ -62,12 +57,7 @@ async fn a_change_is_logged_signed_and_in_force_at_once() {
     // A grant limited to fields, then revoked: each change one entry.
     let grant = json!({"op": "grant_add", "consumer": member(TAX), "service": "citizen.lookup",
                        "purpose": "tax_administration", "fields": ["/found", "/citizen/full_name"]});
-    let (status, reply) = hub
-        .operator()
-        .post_json("/admin/v1/changes", &grant)
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK, "{reply}");
+    made(&hub, &grant).await;
     let tax_lookup = || {
         envelope(
             TAX,
@@ -196,16 +186,12 @@ async fn a_removed_subscription_gets_no_more_events_and_loses_what_it_never_fetc
     // Subscribed again (then once more, which changes nothing), it gets
     // the next event.
     for was in [false, true] {
-        let (status, reply) = hub
-            .operator()
-            .post_json(
-                "/admin/v1/changes",
-                &json!({"op": "subscription_add", "subscriber": member(TAX),
+        let reply = made(
+            &hub,
+            &json!({"op": "subscription_add", "subscriber": member(TAX),
                         "service": "enterprise.registered", "version": 1}),
-            )
-            .await
-            .unwrap();
-        assert_eq!(status, StatusCode::OK, "{reply}");
+        )
+        .await;
         assert_eq!(reply["body"]["before"], json!({"subscribed": was}));
     }
     let third = hub.publish_registered_event().await["record"]["exchange_id"].clone();
@@ -224,12 +210,7 @@ async fn withdrawal_by(hub: &TestHub, change: &Value, subscriber: &str, other: &
         std::slice::from_ref(&handed)
     );
     let queued = hub.publish_registered_event().await["record"]["exchange_id"].clone();
-    let (status, reply) = hub
-        .operator()
-        .post_json("/admin/v1/changes", change)
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK, "{reply}");
+    let reply = made(&hub, change).await;
     // Beside the entry: how many it took out.
     assert_eq!(reply["withdrawn"], 1, "{reply}");
 
@@ -263,29 +244,30 @@ async fn a_revoked_grant_stops_a_subscribers_events() {
         c["op"] = json!(op);
         c
     };
-    let (status, reply) = hub
-        .operator()
-        .post_json("/admin/v1/changes", &change("grant_revoke"))
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK, "{reply}");
+    made(&hub, &change("grant_revoke")).await;
     let ungranted = hub.publish_registered_event().await;
     assert_eq!(
         ungranted["record"]["recipients"],
         json!([member(TAX)]),
         "{ungranted}"
     );
-    let (status, reply) = hub
-        .operator()
-        .post_json("/admin/v1/changes", &change("grant_add"))
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK, "{reply}");
+    made(&hub, &change("grant_add")).await;
     let granted = hub.publish_registered_event().await;
     assert_eq!(
         hub.inbox_ids(SOCIAL_INSURANCE).await,
         [granted["record"]["exchange_id"].clone()]
     );
+}
+
+/// Make `change` on the admin listener; the reply, which must be 200.
+async fn made(hub: &TestHub, change: &Value) -> Value {
+    let (status, reply) = hub
+        .operator()
+        .post_json("/admin/v1/changes", change)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    reply
 }
 
 /// Revoking a subscriber's last grant for an event service takes back what
@@ -300,22 +282,9 @@ async fn a_revoked_grant_withdraws_the_events_its_subscriber_was_never_handed() 
         json!({"op": op, "consumer": member(SOCIAL_INSURANCE),
                "service": "enterprise.registered", "purpose": purpose})
     };
-    let (status, reply) = hub
-        .operator()
-        .post_json("/admin/v1/changes", &change("grant_add", "statistics"))
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK, "{reply}");
+    made(&hub, &change("grant_add", "statistics")).await;
     let kept = hub.publish_registered_event().await["record"]["exchange_id"].clone();
-    let (status, reply) = hub
-        .operator()
-        .post_json(
-            "/admin/v1/changes",
-            &change("grant_revoke", "social_insurance"),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK, "{reply}");
+    let reply = made(&hub, &change("grant_revoke", "social_insurance")).await;
     assert_eq!(reply.get("withdrawn"), None, "{reply}");
     assert_eq!(hub.inbox_ids(SOCIAL_INSURANCE).await, [kept]);
     hub.drain_inbox(SOCIAL_INSURANCE).await;
@@ -340,25 +309,9 @@ async fn a_withdrawal_left_over_is_worked_off_at_the_next_start() {
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
     let mut hub = TestHub::start_in(dir.clone(), |_| {}).await;
     let withdrawn = hub.publish_registered_event().await["record"]["exchange_id"].clone();
+    hub.leave_withdrawal(TAX, SystemClock.unix_millis()).await;
     let store = hub.running().hub.store.clone();
     let tax: hub_core::ids::Member = TAX.parse().unwrap();
-    let service = hub_core::ids::ServiceName::parse("enterprise.registered").unwrap();
-    // What the removal of TAX's subscription writes, less the working off.
-    store
-        .apply_changes(&[
-            RegistryChange::RemoveSubscription(Subscription {
-                subscriber: tax.clone(),
-                service: service.clone(),
-                version: 1,
-            }),
-            RegistryChange::WithdrawUnfetchedEvents {
-                recipient: tax.clone(),
-                service,
-                at_millis: SystemClock.unix_millis(),
-            },
-        ])
-        .await
-        .unwrap();
     // Closed: the event waits, but is not handed out; the operator sees
     // the pending withdrawal.
     assert_eq!(hub.inbox_ids(TAX).await, Vec::<Value>::new());
@@ -390,16 +343,12 @@ async fn a_withdrawal_left_over_is_worked_off_at_the_next_start() {
     .await;
     assert!(gone.is_some(), "{pending} still shown");
     // Open again: TAX is subscribed anew and gets the next event.
-    let (status, reply) = hub
-        .operator()
-        .post_json(
-            "/admin/v1/changes",
-            &json!({"op": "subscription_add", "subscriber": member(TAX),
+    made(
+        &hub,
+        &json!({"op": "subscription_add", "subscriber": member(TAX),
                     "service": "enterprise.registered", "version": 1}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK, "{reply}");
+    )
+    .await;
     let next = hub.publish_registered_event().await["record"]["exchange_id"].clone();
     assert_eq!(hub.inbox_ids(TAX).await, [next]);
     assert_eq!(hub.inbox_ids(SOCIAL_INSURANCE).await.len(), 2);
@@ -415,12 +364,7 @@ async fn a_suspended_member_can_neither_fetch_its_inbox_nor_read_the_log() {
     let event = hub.publish_registered_event().await;
     let id = event["record"]["exchange_id"].clone();
     let change = |op: &str| json!({"op": op, "member": member(TAX)});
-    let (status, reply) = hub
-        .operator()
-        .post_json("/admin/v1/changes", &change("agency_suspend"))
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK, "{reply}");
+    made(&hub, &change("agency_suspend")).await;
     let tax = hub.client(TAX);
     let logged = hub.log_records().await.len();
     for path in [
@@ -453,12 +397,7 @@ async fn a_suspended_member_can_neither_fetch_its_inbox_nor_read_the_log() {
     let (status, _) = tax.get_json("/v1/schemas").await.unwrap();
     assert_eq!(status, StatusCode::OK);
 
-    let (status, reply) = hub
-        .operator()
-        .post_json("/admin/v1/changes", &change("agency_resume"))
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK, "{reply}");
+    made(&hub, &change("agency_resume")).await;
     let (status, inbox) = tax.get_json("/v1/inbox").await.unwrap();
     assert_eq!(status, StatusCode::OK, "{inbox}");
     assert_eq!(inbox["messages"][0]["record"]["exchange_id"], id, "{inbox}");

@@ -511,9 +511,8 @@ async fn a_message_acknowledged_through_two_hubs_at_once_gets_one_receipt() {
 /// the event leaves the subscriber's inbox, which opens again.
 #[tokio::test]
 async fn a_withdrawal_a_stopped_hub_left_is_worked_off_by_another() {
-    use hub_core::ids::{ExchangeId, Member, ServiceName};
+    use hub_core::ids::{ExchangeId, Member};
     use hub_server::clock::{Clock, SystemClock};
-    use hub_server::store::{RegistryChange, Subscription};
 
     let Some(db) = PgDatabase::create().await else {
         return;
@@ -522,23 +521,9 @@ async fn a_withdrawal_a_stopped_hub_left_is_worked_off_by_another() {
     let event = first.publish_registered_event().await["record"]["exchange_id"].clone();
     let id: ExchangeId = event.as_str().unwrap().parse().unwrap();
     let tax: Member = TAX.parse().unwrap();
-    let service = ServiceName::parse("enterprise.registered").unwrap();
-    let store = first.running().hub.store.clone();
-    store
-        .apply_changes(&[
-            RegistryChange::RemoveSubscription(Subscription {
-                subscriber: tax.clone(),
-                service: service.clone(),
-                version: 1,
-            }),
-            RegistryChange::WithdrawUnfetchedEvents {
-                recipient: tax.clone(),
-                service,
-                at_millis: SystemClock.unix_millis() - 61_000,
-            },
-        ])
-        .await
-        .unwrap();
+    first
+        .leave_withdrawal(TAX, SystemClock.unix_millis() - 61_000)
+        .await;
     first.stop().await;
 
     let store = second.running().hub.store.clone();
