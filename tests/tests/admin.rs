@@ -210,7 +210,7 @@ async fn withdrawal_by(hub: &TestHub, change: &Value, subscriber: &str, other: &
         std::slice::from_ref(&handed)
     );
     let queued = hub.publish_registered_event().await["record"]["exchange_id"].clone();
-    let reply = made(&hub, change).await;
+    let reply = made(hub, change).await;
     // Beside the entry: how many it took out.
     assert_eq!(reply["withdrawn"], 1, "{reply}");
 
