@@ -191,6 +191,13 @@ fn the_readme_walkthrough_works_with_the_real_binary() {
     ];
     let revoked = admin(data, &served, &revoke);
     assert!(revoked.status.success(), "{}", text(&revoked));
+    // Its last grant for the event service: what it never fetched would be
+    // withdrawn, and it fetched and acknowledged the one event.
+    assert!(
+        text(&revoked).contains("0 events waiting in the inbox, never fetched, were withdrawn"),
+        "{}",
+        text(&revoked)
+    );
     let list = text(&hub(data, &["subscription", "list"]));
     assert!(
         list.lines().any(|l| l.starts_with(SOCIAL_INSURANCE)
