@@ -297,6 +297,18 @@ impl TestHub {
             .unwrap();
     }
 
+    /// Wait until no withdrawal is pending in the hub's store (at most
+    /// [`EVENTUALLY`]); panics if one still is.
+    pub async fn await_withdrawals_worked_off(&self) {
+        let store = &self.running().hub.store;
+        let worked_off = eventually(|| async {
+            let pending = store.pending_withdrawals(u64::MAX).await.unwrap();
+            pending.is_empty().then_some(())
+        })
+        .await;
+        assert!(worked_off.is_some(), "a withdrawal is still pending");
+    }
+
     pub async fn send(&self, envelope: Value) -> (http::StatusCode, Value) {
         let (status, _, body) = self.send_full(envelope).await;
         (status, body)

@@ -329,12 +329,7 @@ async fn a_withdrawal_left_over_is_worked_off_at_the_next_start() {
     };
     let hub = TestHub::start_with(dir, |_| {}, options).await;
     let store = hub.running().hub.store.clone();
-    let worked_off = eventually(|| async {
-        let pending = store.pending_withdrawals(u64::MAX).await.unwrap();
-        pending.is_empty().then_some(())
-    })
-    .await;
-    assert!(worked_off.is_some(), "the withdrawal is still pending");
+    hub.await_withdrawals_worked_off().await;
     assert_eq!(store.deliveries(&tax, &[id]).await.unwrap(), vec![]);
     let gone = eventually(|| async {
         let text = hub.metrics().await;

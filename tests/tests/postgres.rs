@@ -527,12 +527,7 @@ async fn a_withdrawal_a_stopped_hub_left_is_worked_off_by_another() {
     first.stop().await;
 
     let store = second.running().hub.store.clone();
-    let worked_off = eventually(|| async {
-        let pending = store.pending_withdrawals(u64::MAX).await.unwrap();
-        pending.is_empty().then_some(())
-    })
-    .await;
-    assert!(worked_off.is_some(), "the withdrawal is still pending");
+    second.await_withdrawals_worked_off().await;
     assert_eq!(store.deliveries(&tax, &[id]).await.unwrap(), vec![]);
     assert_eq!(second.inbox_ids(SOCIAL_INSURANCE).await, [event]);
     stop_both([first, second], db).await;
