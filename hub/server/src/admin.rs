@@ -384,7 +384,15 @@ async fn registry_writes(
             service,
             purpose,
         } => {
-            let Some(grant) = grant_of(hub, consumer, service, purpose).await? else {
+            // The consumer's grants for the service, this purpose's first.
+            let (mut this, others): (Vec<Grant>, Vec<Grant>) = hub
+                .store
+                .grants()
+                .await?
+                .into_iter()
+                .filter(|g| &g.consumer == consumer && &g.service == service)
+                .partition(|g| &g.purpose == purpose);
+            let Some(grant) = this.pop() else {
                 return Err(AdminError::NotFound(format!(
                     "{consumer} has no grant for {service} with purpose {purpose}"
                 )));
@@ -395,10 +403,7 @@ async fn registry_writes(
             // events queued for the consumer that it was never handed.
             // Another grant left, or a query service, there are none, and
             // a withdrawal would close the inbox while it looks.
-            let last =
-                !hub.store.grants().await?.iter().any(|g| {
-                    &g.consumer == consumer && &g.service == service && &g.purpose != purpose
-                });
+            let last = others.is_empty();
             let events = hub
                 .store
                 .services()

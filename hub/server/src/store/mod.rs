@@ -624,7 +624,7 @@ pub struct Withdrawal {
 }
 
 /// A place in an inbox, in the order a lease reads it: (`visible_at`, `seq`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InboxPosition {
     pub visible_at: i64,
     pub seq: i64,
